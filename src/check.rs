@@ -1,0 +1,69 @@
+//! `ficus check`: the preflight as a report, one line per check, with the exact fix for each problem.
+//!
+//! It changes nothing in the database. Exit code 2 when a check blocks streaming (the CLI maps it).
+
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::kafka;
+use crate::postgres::conninfo::ConnInfo;
+use crate::postgres::control::{self, CheckItem, Report, Status};
+
+/// Runs every check; connection failures become failed lines rather than errors, so the report is always whole.
+pub async fn run(config: &Config) -> Report {
+    let mut report = Report::default();
+    match ConnInfo::parse(&config.source.url) {
+        Err(e) => report.items.push(fail("source.url", e.to_string(), None)),
+        Ok(info) => match info.connect_control().await {
+            Err(e) => report.items.push(fail(
+                &format!("connect to {}", info.redacted()),
+                e.to_string(),
+                Some("check host, port, user and password (PGPASSWORD via ${...} in source.url)".into()),
+            )),
+            Ok((client, connection)) => {
+                report.items.push(CheckItem {
+                    status: Status::Ok,
+                    title: format!("connect to {}", info.redacted()),
+                    detail: String::new(),
+                    fix: None,
+                });
+                match control::preflight(&client, config).await {
+                    Ok((r, _)) => report.items.extend(r.items),
+                    Err(e) => report.items.push(fail("preflight", e.to_string(), None)),
+                }
+                drop(client);
+                connection.abort();
+            }
+        },
+    }
+    report.items.push(check_kafka(config).await);
+    report
+}
+
+fn fail(title: &str, detail: String, fix: Option<String>) -> CheckItem {
+    CheckItem { status: Status::Fail, title: title.to_string(), detail, fix }
+}
+
+async fn check_kafka(config: &Config) -> CheckItem {
+    let title = format!("Kafka {}", config.kafka.brokers);
+    let cc = kafka::client_config(&config.kafka);
+    let result = tokio::task::spawn_blocking(move || -> Result<usize, String> {
+        let producer: rdkafka::producer::BaseProducer = cc.create().map_err(|e| e.to_string())?;
+        use rdkafka::producer::Producer;
+        producer
+            .client()
+            .fetch_metadata(None, Duration::from_secs(5))
+            .map(|m| m.brokers().len())
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    match result {
+        Ok(n) => CheckItem { status: Status::Ok, title, detail: format!("{n} broker(s) reachable"), fix: None },
+        Err(e) => fail(
+            &title,
+            format!("not reachable: {e}"),
+            Some("check kafka.brokers and kafka.properties (security.protocol, sasl.*); ficus retries at run time".into()),
+        ),
+    }
+}

@@ -1,0 +1,176 @@
+//! Checkpoints: the flushed LSN, persisted so a restart resumes where Kafka's acknowledgements ended.
+//!
+//! [`CheckpointStore`] is deliberately small: at-least-once mode keeps the checkpoint in a file in `state.dir`
+//! ([`FileCheckpointStore`]); exactly-once mode will keep it inside Kafka transactions.
+//!
+//! **Guarantees of [`FileCheckpointStore`]:** a write is atomic (temporary file, fsync, rename, fsync of the
+//! directory), so after a crash the file holds either the old or the new checkpoint, never a torn one. A
+//! checkpoint belongs to one database system, database and slot; loading one written for another is an error,
+//! because resuming from it would silently skip changes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::lsn::Lsn;
+
+/// What is persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Checkpoint {
+    /// Everything up to here is in Kafka (a commit end LSN or an idle position).
+    pub lsn: String,
+    pub system_id: String,
+    pub database: String,
+    pub slot: String,
+    /// RFC 3339, for humans.
+    pub written_at: String,
+}
+
+impl Checkpoint {
+    /// The LSN as a value.
+    pub fn lsn(&self) -> Result<Lsn, CheckpointError> {
+        self.lsn.parse().map_err(|e: crate::lsn::ParseLsnError| CheckpointError::Corrupt(e.to_string()))
+    }
+}
+
+/// Checkpoint storage failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("checkpoint file is corrupt: {0}; move it away to resume from the slot's confirmed position")]
+    Corrupt(String),
+    #[error(
+        "checkpoint in {path} belongs to system {found_system} database {found_db} slot {found_slot}, \
+         not to this source ({system} {db} {slot}); use a separate state.dir per source"
+    )]
+    Mismatch {
+        path: PathBuf,
+        found_system: String,
+        found_db: String,
+        found_slot: String,
+        system: String,
+        db: String,
+        slot: String,
+    },
+}
+
+/// Where checkpoints live.
+pub trait CheckpointStore: Send {
+    /// The last stored checkpoint, if any.
+    fn load(&mut self) -> Result<Option<Checkpoint>, CheckpointError>;
+    /// Persists `checkpoint` durably before returning.
+    fn store(&mut self, checkpoint: &Checkpoint) -> Result<(), CheckpointError>;
+}
+
+/// A JSON file `<state.dir>/<slot>.checkpoint.json`.
+#[derive(Debug)]
+pub struct FileCheckpointStore {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl FileCheckpointStore {
+    /// Creates the directory if needed.
+    pub fn open(dir: &Path, slot: &str) -> Result<Self, CheckpointError> {
+        std::fs::create_dir_all(dir).map_err(|source| CheckpointError::Io { path: dir.to_path_buf(), source })?;
+        Ok(FileCheckpointStore { dir: dir.to_path_buf(), path: dir.join(format!("{slot}.checkpoint.json")) })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Loads and checks that the checkpoint belongs to this source.
+    pub fn load_for(&mut self, system_id: &str, database: &str, slot: &str) -> Result<Option<Lsn>, CheckpointError> {
+        let Some(cp) = self.load()? else { return Ok(None) };
+        if cp.system_id != system_id || cp.database != database || cp.slot != slot {
+            return Err(CheckpointError::Mismatch {
+                path: self.path.clone(),
+                found_system: cp.system_id,
+                found_db: cp.database,
+                found_slot: cp.slot,
+                system: system_id.into(),
+                db: database.into(),
+                slot: slot.into(),
+            });
+        }
+        cp.lsn().map(Some)
+    }
+
+    fn io(&self, source: std::io::Error) -> CheckpointError {
+        CheckpointError::Io { path: self.path.clone(), source }
+    }
+}
+
+impl CheckpointStore for FileCheckpointStore {
+    fn load(&mut self) -> Result<Option<Checkpoint>, CheckpointError> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| CheckpointError::Corrupt(e.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io(e)),
+        }
+    }
+
+    fn store(&mut self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+        let tmp = self.path.with_extension("json.tmp");
+        let body = serde_json::to_vec_pretty(checkpoint).map_err(|e| CheckpointError::Corrupt(e.to_string()))?;
+        let mut f = std::fs::File::create(&tmp).map_err(|e| self.io(e))?;
+        f.write_all(&body).and_then(|_| f.sync_all()).map_err(|e| self.io(e))?;
+        drop(f);
+        std::fs::rename(&tmp, &self.path).map_err(|e| self.io(e))?;
+        // The rename is only durable once the directory entry is.
+        std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| self.io(e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cp(lsn: &str) -> Checkpoint {
+        Checkpoint {
+            lsn: lsn.into(),
+            system_id: "7301".into(),
+            database: "shop".into(),
+            slot: "ficus".into(),
+            written_at: "now".into(),
+        }
+    }
+
+    #[test]
+    fn stores_and_loads_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = FileCheckpointStore::open(&dir.path().join("state"), "ficus").unwrap();
+        assert_eq!(s.load_for("7301", "shop", "ficus").unwrap(), None);
+        s.store(&cp("0/16B3748")).unwrap();
+        s.store(&cp("0/16B3800")).unwrap();
+        assert_eq!(s.load_for("7301", "shop", "ficus").unwrap(), Some(Lsn(0x16B3800)));
+        assert!(!s.path().with_extension("json.tmp").exists());
+    }
+
+    #[test]
+    fn refuses_checkpoint_of_another_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = FileCheckpointStore::open(dir.path(), "ficus").unwrap();
+        s.store(&cp("0/1")).unwrap();
+        let err = s.load_for("9999", "shop", "ficus").unwrap_err().to_string();
+        assert!(err.contains("separate state.dir"), "{err}");
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error_not_a_restart_from_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = FileCheckpointStore::open(dir.path(), "ficus").unwrap();
+        std::fs::write(s.path(), b"{not json").unwrap();
+        assert!(matches!(s.load(), Err(CheckpointError::Corrupt(_))));
+    }
+}

@@ -1,0 +1,567 @@
+//! Configuration: one YAML file, `${ENV}` interpolation, unknown keys rejected with their path.
+//!
+//! Loading happens in three steps so every error can name the key that is wrong:
+//! 1. the YAML text is parsed into a generic tree (syntax errors carry a line and column);
+//! 2. every string in the tree has `${NAME}` replaced by the environment variable `NAME` — after parsing, so a
+//!    secret containing `#`, `:` or quotes can never change the YAML structure;
+//! 3. the tree is deserialized into [`Config`] through `serde_path_to_error`, so an unknown key or a wrong type is
+//!    reported as e.g. `kafka.propertis: unknown field ...`; then [`Config::validate`] checks the constraints
+//!    serde cannot express.
+//!
+//! The doc comment on every field is the reference documentation of that key (docs/configuration.md mirrors it).
+//! Secrets (the password in `source.url`) are only ever printed through [`crate::postgres::conninfo`]'s redaction.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration problem. The message names the key and says how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config is not valid YAML: {0}")]
+    Yaml(String),
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid { key: key.into(), message: message.into() }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where changes come from.
+    pub source: SourceConfig,
+    /// Where events go.
+    pub kafka: KafkaConfig,
+    /// Local state (checkpoints).
+    #[serde(default)]
+    pub state: StateConfig,
+    /// Raw change events, opt-in per table.
+    #[serde(default)]
+    pub changes: ChangesConfig,
+    /// Business-event rules. Not supported by this version yet: a non-empty list is refused by `validate`.
+    #[serde(default)]
+    pub events: Vec<serde_json::Value>,
+    /// Initial snapshot of existing rows.
+    #[serde(default)]
+    pub snapshot: SnapshotConfig,
+    /// HTTP endpoints for probes and metrics.
+    #[serde(default)]
+    pub health: HealthConfig,
+}
+
+/// `source:` — the PostgreSQL database to capture.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `postgres://user:password@host:port/db?sslmode=...`. Put the password in an environment variable:
+    /// `postgres://ficus:${PGPASSWORD}@db:5432/shop`.
+    pub url: String,
+    /// Logical replication slot; created (pgoutput) if missing.
+    #[serde(default = "default_slot")]
+    pub slot: String,
+    /// Publication; created `FOR TABLE <tables>` if missing, missing tables are added.
+    #[serde(default = "default_publication")]
+    pub publication: String,
+    /// Captured tables: `schema.table`, `table` (= `public.table`), or with quoted parts: `legacy."Order Lines"`.
+    pub tables: Vec<String>,
+    /// Seconds between standby status updates (must stay below the server's `wal_sender_timeout / 2`).
+    #[serde(default = "default_status_interval_secs")]
+    pub status_interval_secs: u64,
+}
+
+/// `kafka:` — the broker and producer settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port]`.
+    pub brokers: String,
+    /// `at_least_once` (default). `exactly_once` is not supported by this version yet.
+    #[serde(default)]
+    pub delivery: Delivery,
+    /// Dead-letter topic for changes that cannot become events (used by business-event rules).
+    #[serde(default)]
+    pub dlq_topic: Option<String>,
+    /// Any librdkafka property (`compression.type: lz4`, `security.protocol: SASL_SSL`, ...). ficus sets
+    /// `enable.idempotence=true` and `acks=all` and refuses properties that would break its delivery guarantee.
+    #[serde(default)]
+    pub properties: BTreeMap<String, Scalar>,
+}
+
+/// A YAML scalar given as a librdkafka property value (`linger.ms: 5` and `linger.ms: "5"` are the same).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Scalar {
+    String(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl fmt::Display for Scalar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scalar::String(s) => f.write_str(s),
+            Scalar::Int(i) => write!(f, "{i}"),
+            Scalar::Float(x) => write!(f, "{x}"),
+            Scalar::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+/// `kafka.delivery`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Every change reaches Kafka at least once; after a crash the transactions after the last checkpoint repeat.
+    #[default]
+    AtLeastOnce,
+    /// Kafka transactions with the checkpoint inside them (not supported by this version yet).
+    ExactlyOnce,
+}
+
+/// `state:` — local state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Directory for the checkpoint file. Must survive restarts (a volume in containers).
+    #[serde(default = "default_state_dir")]
+    pub dir: PathBuf,
+    /// Milliseconds between checkpoint writes while the flushed LSN advances. After a crash at most this much
+    /// (plus what the server had not been told yet) is replayed.
+    #[serde(default = "default_checkpoint_interval_ms")]
+    pub checkpoint_interval_ms: u64,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig { dir: default_state_dir(), checkpoint_interval_ms: default_checkpoint_interval_ms() }
+    }
+}
+
+/// `changes:` — raw change events.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangesConfig {
+    /// Tables whose changes are published as raw change events; `"*"` = every captured table.
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// Topic = `<topic_prefix>.<schema>.<table>` (characters outside `[a-zA-Z0-9._-]` become `_`).
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+}
+
+impl Default for ChangesConfig {
+    fn default() -> Self {
+        ChangesConfig { tables: Vec::new(), topic_prefix: default_topic_prefix() }
+    }
+}
+
+/// `snapshot:`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// `never` (default in this version): stream changes from the slot's start only. `initial` and
+    /// `initial_only` (copy existing rows first) are not supported by this version yet.
+    #[serde(default)]
+    pub mode: SnapshotMode,
+}
+
+/// `snapshot.mode`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotMode {
+    Initial,
+    #[default]
+    Never,
+    InitialOnly,
+}
+
+/// `health:`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Address for `/healthz`, `/readyz`, `/metrics`, `/status`; absent = no HTTP server.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+}
+
+fn default_slot() -> String {
+    "ficus".into()
+}
+fn default_publication() -> String {
+    "ficus".into()
+}
+fn default_status_interval_secs() -> u64 {
+    10
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("./ficus-state")
+}
+fn default_checkpoint_interval_ms() -> u64 {
+    1000
+}
+fn default_topic_prefix() -> String {
+    "ficus".into()
+}
+
+/// A table name split into schema and name, both unquoted (exactly as in `pg_class`/`pg_namespace`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableName {
+    pub schema: String,
+    pub name: String,
+}
+
+impl TableName {
+    /// Parses `table`, `schema.table`, `"Mixed Case"."Table ""x"""`. Unquoted parts fold to lower case, like SQL.
+    pub fn parse(text: &str) -> Result<TableName, String> {
+        let parts = split_identifiers(text)?;
+        match parts.as_slice() {
+            [name] => Ok(TableName { schema: "public".into(), name: name.clone() }),
+            [schema, name] => Ok(TableName { schema: schema.clone(), name: name.clone() }),
+            _ => Err(format!("{text:?} is not `table` or `schema.table`")),
+        }
+    }
+
+    /// `"schema"."name"`, safe to splice into SQL.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// Double-quotes an SQL identifier, doubling embedded quotes. Every identifier ficus puts into SQL goes
+/// through this (or a bind parameter), so names with capitals, spaces or quotes work and cannot inject SQL.
+pub fn quote_ident(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+fn split_identifiers(text: &str) -> Result<Vec<String>, String> {
+    let mut parts = Vec::new();
+    let mut chars = text.trim().chars().peekable();
+    loop {
+        let mut part = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('"') if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        part.push('"');
+                    }
+                    Some('"') => break,
+                    Some(c) => part.push(c),
+                    None => return Err(format!("unterminated quoted identifier in {text:?}")),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == '.' {
+                    break;
+                }
+                if c == '"' || c.is_whitespace() {
+                    return Err(format!(
+                        "{text:?}: quote identifiers that contain spaces or quotes, e.g. legacy.\"Order Lines\""
+                    ));
+                }
+                part.extend(c.to_lowercase());
+                chars.next();
+            }
+        }
+        if part.is_empty() {
+            return Err(format!("empty identifier in {text:?}"));
+        }
+        parts.push(part);
+        match chars.next() {
+            None => return Ok(parts),
+            Some('.') => continue,
+            Some(c) => return Err(format!("unexpected {c:?} after identifier in {text:?}")),
+        }
+    }
+}
+
+/// Replaces `${NAME}` by the environment variable NAME; `$$` is a literal `$`. A missing variable is an error.
+pub fn interpolate_env(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body.find('}').ok_or_else(|| "unterminated ${...}".to_string())?;
+            let name = &body[..end];
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("invalid environment variable name {name:?} in ${{...}}"));
+            }
+            let value = lookup(name).ok_or_else(|| {
+                format!("environment variable {name} is not set (export {name}=... or remove ${{{name}}})")
+            })?;
+            out.push_str(&value);
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn interpolate_tree(
+    value: &mut serde_json::Value,
+    path: &mut Vec<String>,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    match value {
+        serde_json::Value::String(s) => {
+            if s.contains('$') {
+                *s = interpolate_env(s, lookup).map_err(|m| ConfigError::invalid(path.join("."), m))?;
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                path.push(format!("[{i}]"));
+                interpolate_tree(item, path, lookup)?;
+                path.pop();
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                path.push(k.clone());
+                interpolate_tree(v, path, lookup)?;
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Reads, interpolates, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Config::from_yaml(&text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates YAML text; `lookup` resolves `${NAME}`.
+    pub fn from_yaml(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut tree: serde_json::Value =
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+        interpolate_tree(&mut tree, &mut Vec::new(), lookup)?;
+        let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { "(top level)".to_string() } else { key };
+            ConfigError::invalid(key, e.into_inner().to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks constraints serde cannot express. Every error names the key and the fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.source.tables.is_empty() {
+            return Err(ConfigError::invalid(
+                "source.tables",
+                "list at least one table to capture, e.g. [public.orders]",
+            ));
+        }
+        let captured = self.captured_tables()?;
+        for (i, t) in self.changes.tables.iter().enumerate() {
+            if t == "*" {
+                continue;
+            }
+            let name = TableName::parse(t).map_err(|m| ConfigError::invalid(format!("changes.tables[{i}]"), m))?;
+            if !captured.contains(&name) {
+                return Err(ConfigError::invalid(
+                    format!("changes.tables[{i}]"),
+                    format!("{name} is not in source.tables; add it there or use \"*\" for all captured tables"),
+                ));
+            }
+        }
+        for (key, value) in [("source.slot", &self.source.slot), ("source.publication", &self.source.publication)] {
+            if value.is_empty() || value.len() > 63 {
+                return Err(ConfigError::invalid(key, "must be 1 to 63 bytes long (a PostgreSQL identifier)"));
+            }
+        }
+        if !self
+            .source
+            .slot
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            return Err(ConfigError::invalid(
+                "source.slot",
+                "replication slot names may contain only lower-case letters, digits and underscores",
+            ));
+        }
+        if self.source.status_interval_secs == 0 || self.source.status_interval_secs > 30 {
+            return Err(ConfigError::invalid(
+                "source.status_interval_secs",
+                "must be between 1 and 30 (below wal_sender_timeout / 2; the server default timeout is 60 s)",
+            ));
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            return Err(ConfigError::invalid("kafka.brokers", "set the bootstrap servers, e.g. 127.0.0.1:9092"));
+        }
+        if self.kafka.delivery == Delivery::ExactlyOnce {
+            return Err(ConfigError::invalid(
+                "kafka.delivery",
+                "exactly_once is not supported by this version yet; use at_least_once",
+            ));
+        }
+        crate::kafka::check_user_properties(&self.kafka.properties)?;
+        if !self.events.is_empty() {
+            return Err(ConfigError::invalid(
+                "events",
+                "business-event rules are not supported by this version yet; remove `events:` and use `changes:`",
+            ));
+        }
+        if self.snapshot.mode != SnapshotMode::Never {
+            return Err(ConfigError::invalid(
+                "snapshot.mode",
+                "initial snapshots are not supported by this version yet; set `mode: never`",
+            ));
+        }
+        if self.changes.tables.is_empty() {
+            return Err(ConfigError::invalid(
+                "changes.tables",
+                "nothing would be published: list tables whose raw changes to publish, or \"*\"",
+            ));
+        }
+        if self.state.checkpoint_interval_ms == 0 {
+            return Err(ConfigError::invalid("state.checkpoint_interval_ms", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// `source.tables`, parsed. Errors name the list index.
+    pub fn captured_tables(&self) -> Result<Vec<TableName>, ConfigError> {
+        let mut out: Vec<TableName> = Vec::new();
+        for (i, t) in self.source.tables.iter().enumerate() {
+            let name = TableName::parse(t).map_err(|m| ConfigError::invalid(format!("source.tables[{i}]"), m))?;
+            if out.contains(&name) {
+                return Err(ConfigError::invalid(format!("source.tables[{i}]"), format!("{name} is listed twice")));
+            }
+            out.push(name);
+        }
+        Ok(out)
+    }
+
+    /// Whether raw change events are published for `table`.
+    pub fn publishes_changes_of(&self, table: &TableName) -> bool {
+        self.changes.tables.iter().any(|t| t == "*" || TableName::parse(t).as_ref() == Ok(table))
+    }
+
+    /// `state.checkpoint_interval_ms` as a duration.
+    pub fn checkpoint_interval(&self) -> Duration {
+        Duration::from_millis(self.state.checkpoint_interval_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+source:
+  url: postgres://ficus:${PGPASSWORD}@127.0.0.1:5432/shop
+  tables: [public.orders, 'legacy."Order Lines"']
+kafka:
+  brokers: 127.0.0.1:9092
+  properties: {compression.type: lz4, linger.ms: 5}
+changes:
+  tables: ["*"]
+"#;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "PGPASSWORD").then(|| "s3cr#t: 'x'".to_string())
+    }
+
+    #[test]
+    fn loads_minimal_config_with_defaults_and_env() {
+        let c = Config::from_yaml(MINIMAL, &env).unwrap();
+        assert_eq!(c.source.url, "postgres://ficus:s3cr#t: 'x'@127.0.0.1:5432/shop");
+        assert_eq!(c.source.slot, "ficus");
+        assert_eq!(c.changes.topic_prefix, "ficus");
+        assert_eq!(c.kafka.properties["linger.ms"].to_string(), "5");
+        let tables = c.captured_tables().unwrap();
+        assert_eq!(tables[1], TableName { schema: "legacy".into(), name: "Order Lines".into() });
+        assert!(c.publishes_changes_of(&tables[1]));
+    }
+
+    #[test]
+    fn unknown_key_is_reported_with_its_path() {
+        let text = MINIMAL.replace("  properties:", "  propertis:");
+        let err = Config::from_yaml(&text, &env).unwrap_err().to_string();
+        assert!(err.starts_with("kafka.propertis"), "{err}");
+        assert!(err.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn missing_env_var_names_key_and_variable() {
+        let err = Config::from_yaml(MINIMAL, &|_| None).unwrap_err().to_string();
+        assert!(err.contains("source.url") && err.contains("PGPASSWORD"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let text = MINIMAL.replace("tables: [public.orders, 'legacy.\"Order Lines\"']", "tables: 5");
+        let err = Config::from_yaml(&text, &env).unwrap_err().to_string();
+        assert!(err.starts_with("source.tables"), "{err}");
+    }
+
+    #[test]
+    fn changes_table_must_be_captured() {
+        let text = MINIMAL.replace("tables: [\"*\"]", "tables: [public.customers]");
+        let err = Config::from_yaml(&text, &env).unwrap_err().to_string();
+        assert!(err.starts_with("changes.tables[0]"), "{err}");
+    }
+
+    #[test]
+    fn table_names_parse_like_sql() {
+        assert_eq!(TableName::parse("Orders").unwrap(), TableName { schema: "public".into(), name: "orders".into() });
+        let t = TableName::parse(r#""We""ird"."Order Lines""#).unwrap();
+        assert_eq!(t.schema, "We\"ird");
+        assert_eq!(t.quoted(), r#""We""ird"."Order Lines""#);
+        for bad in ["", "a.b.c", "a..b", "\"open", "has space", "a.\"b\"x"] {
+            assert!(TableName::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn interpolation_edge_cases() {
+        let l = |n: &str| (n == "A").then(|| "1".to_string());
+        assert_eq!(interpolate_env("x${A}y$$z$", &l).unwrap(), "x1y$z$");
+        assert!(interpolate_env("${A", &l).is_err());
+        assert!(interpolate_env("${B}", &l).is_err());
+        assert!(interpolate_env("${A-B}", &l).is_err());
+    }
+}

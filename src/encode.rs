@@ -1,0 +1,263 @@
+//! Encoding of raw change events (DESIGN.md, "Raw change event").
+//!
+//! The JSON is written straight into one buffer per event (no intermediate `serde_json::Value`): this is the hot
+//! path of the pipeline. Values are mapped by [`crate::postgres::value`].
+//!
+//! **Guarantees:** an unchanged TOASTed column is taken from the old row when the server sent it; otherwise it is
+//! left out of `after` and named in `unavailable` — never a placeholder posing as data. Placeholder columns of a
+//! key-only old row (REPLICA IDENTITY DEFAULT) are not published either: `before` then holds only the key.
+
+use crate::change::{Change, Datum, Row, Table};
+use crate::postgres::value::{self, ValueError};
+
+/// Identifies the source database in every event.
+#[derive(Debug, Clone)]
+pub struct SourceInfo {
+    /// `IDENTIFY_SYSTEM`'s system identifier.
+    pub system: String,
+    pub database: String,
+    pub slot: String,
+}
+
+/// A value could not be encoded; names the column so the cause can be found.
+#[derive(Debug, thiserror::Error)]
+#[error("column {table}.{column}: {source}")]
+pub struct EncodeError {
+    pub table: String,
+    pub column: String,
+    #[source]
+    pub source: ValueError,
+}
+
+fn err(table: &Table, col: usize, source: ValueError) -> EncodeError {
+    EncodeError {
+        table: table.qualified_name(),
+        column: table.columns.get(col).map(|c| c.name.clone()).unwrap_or_default(),
+        source,
+    }
+}
+
+fn write_datum(out: &mut Vec<u8>, table: &Table, col: usize, datum: &Datum) -> Result<(), EncodeError> {
+    match datum {
+        Datum::Null | Datum::UnchangedToast => out.extend_from_slice(b"null"),
+        Datum::Text(bytes) => {
+            let oid = table.columns.get(col).map(|c| c.type_oid).unwrap_or(25);
+            value::write_json(out, oid, bytes).map_err(|e| err(table, col, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// JSON object of the key columns, or `None` when the table has no key.
+fn key_json(table: &Table, row: &Row) -> Result<Option<Vec<u8>>, EncodeError> {
+    if !table.has_key() {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(32);
+    out.push(b'{');
+    let mut first = true;
+    for (i, (col, datum)) in table.columns.iter().zip(row.iter()).enumerate() {
+        if !col.is_key {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        value::write_json_string(&mut out, &col.name);
+        out.push(b':');
+        write_datum(&mut out, table, i, datum)?;
+    }
+    out.push(b'}');
+    Ok(Some(out))
+}
+
+/// Encodes `change`; returns (Kafka key, value).
+pub fn raw_change(change: &Change, source: &SourceInfo) -> Result<(Option<Vec<u8>>, Vec<u8>), EncodeError> {
+    let table = &*change.table;
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"{\"op\":\"");
+    out.extend_from_slice(change.op.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"schema\":");
+    value::write_json_string(&mut out, &table.schema);
+    out.extend_from_slice(b",\"table\":");
+    value::write_json_string(&mut out, &table.name);
+
+    let key_row = change.after.as_ref().or(change.before.as_ref());
+    let key = match key_row {
+        Some(row) => key_json(table, row)?,
+        None => None,
+    };
+    out.extend_from_slice(b",\"key\":");
+    match &key {
+        Some(k) => out.extend_from_slice(k),
+        None => out.extend_from_slice(b"null"),
+    }
+
+    out.extend_from_slice(b",\"before\":");
+    match &change.before {
+        None => out.extend_from_slice(b"null"),
+        Some(row) => {
+            out.push(b'{');
+            let mut first = true;
+            for (i, (col, datum)) in table.columns.iter().zip(row.iter()).enumerate() {
+                if matches!(datum, Datum::UnchangedToast) || (change.before_is_key_only && !col.is_key) {
+                    continue;
+                }
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                value::write_json_string(&mut out, &col.name);
+                out.push(b':');
+                write_datum(&mut out, table, i, datum)?;
+            }
+            out.push(b'}');
+        }
+    }
+
+    let mut unavailable: Vec<&str> = Vec::new();
+    out.extend_from_slice(b",\"after\":");
+    match &change.after {
+        None => out.extend_from_slice(b"null"),
+        Some(row) => {
+            out.push(b'{');
+            let mut first = true;
+            for (i, (col, datum)) in table.columns.iter().zip(row.iter()).enumerate() {
+                let datum = match datum {
+                    Datum::UnchangedToast => {
+                        // The server omits unchanged TOASTed values; the old row has them under REPLICA IDENTITY FULL.
+                        let old = change
+                            .before
+                            .as_ref()
+                            .filter(|_| !change.before_is_key_only)
+                            .and_then(|b| b.get(i))
+                            .filter(|d| !matches!(d, Datum::UnchangedToast));
+                        match old {
+                            Some(d) => d,
+                            None => {
+                                unavailable.push(&col.name);
+                                continue;
+                            }
+                        }
+                    }
+                    d => d,
+                };
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                value::write_json_string(&mut out, &col.name);
+                out.push(b':');
+                write_datum(&mut out, table, i, datum)?;
+            }
+            out.push(b'}');
+        }
+    }
+    out.extend_from_slice(b",\"unavailable\":[");
+    for (i, name) in unavailable.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        value::write_json_string(&mut out, name);
+    }
+    out.extend_from_slice(b"],\"source\":{\"system\":");
+    value::write_json_string(&mut out, &source.system);
+    out.extend_from_slice(b",\"database\":");
+    value::write_json_string(&mut out, &source.database);
+    out.extend_from_slice(b",\"slot\":");
+    value::write_json_string(&mut out, &source.slot);
+    out.extend_from_slice(b",\"lsn\":\"");
+    out.extend_from_slice(change.lsn.to_string().as_bytes());
+    out.extend_from_slice(b"\",\"commitLsn\":\"");
+    out.extend_from_slice(change.tx.commit_lsn.to_string().as_bytes());
+    out.extend_from_slice(b"\",\"txId\":");
+    out.extend_from_slice(change.tx.xid.to_string().as_bytes());
+    out.extend_from_slice(b",\"commitTime\":\"");
+    out.extend_from_slice(value::format_unix_micros(change.tx.commit_time_us).as_bytes());
+    out.extend_from_slice(b"\"}}");
+    Ok((key, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::change::{Column, Op, TxMeta};
+    use crate::lsn::Lsn;
+
+    fn table(identity: u8) -> Arc<Table> {
+        let col = |name: &str, oid: u32, is_key: bool| Column { name: name.into(), type_oid: oid, type_modifier: -1, is_key };
+        Arc::new(Table {
+            oid: 1,
+            schema: "public".into(),
+            name: "orders".into(),
+            columns: vec![col("id", 23, true), col("status", 25, false), col("note", 25, false)],
+            replica_identity: identity,
+        })
+    }
+
+    fn text(s: &str) -> Datum {
+        Datum::Text(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    fn change(op: Op, before: Option<Row>, after: Option<Row>, key_only: bool) -> Change {
+        Change {
+            op,
+            table: table(b'd'),
+            before,
+            after,
+            before_is_key_only: key_only,
+            lsn: Lsn(0x16B3748),
+            position: 0,
+            tx: Arc::new(TxMeta { xid: 1234, commit_lsn: Lsn(0x16B3800), commit_time_us: 1_795_852_800_123_456 }),
+        }
+    }
+
+    fn src() -> SourceInfo {
+        SourceInfo { system: "7301".into(), database: "shop".into(), slot: "ficus".into() }
+    }
+
+    #[test]
+    fn update_with_full_identity_fills_toast_from_before() {
+        let c = change(
+            Op::Update,
+            Some(vec![text("42"), text("paid"), text("long")]),
+            Some(vec![text("42"), text("shipped"), Datum::UnchangedToast]),
+            false,
+        );
+        let (key, value) = raw_change(&c, &src()).unwrap();
+        assert_eq!(key.unwrap(), br#"{"id":42}"#);
+        let v: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        assert_eq!(v["after"], serde_json::json!({"id": 42, "status": "shipped", "note": "long"}));
+        assert_eq!(v["unavailable"], serde_json::json!([]));
+        assert_eq!(v["source"]["lsn"], "0/16B3748");
+        assert_eq!(v["source"]["commitLsn"], "0/16B3800");
+        assert_eq!(v["source"]["txId"], 1234);
+        assert!(v["source"]["commitTime"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn unchanged_toast_without_old_row_is_named_not_faked() {
+        let c = change(Op::Update, None, Some(vec![text("42"), text("shipped"), Datum::UnchangedToast]), false);
+        let (_, value) = raw_change(&c, &src()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        assert_eq!(v["after"], serde_json::json!({"id": 42, "status": "shipped"}));
+        assert_eq!(v["unavailable"], serde_json::json!(["note"]));
+        assert_eq!(v["before"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn key_only_before_publishes_only_key_columns() {
+        let c = change(Op::Delete, Some(vec![text("42"), Datum::Null, Datum::Null]), None, true);
+        let (key, value) = raw_change(&c, &src()).unwrap();
+        assert_eq!(key.unwrap(), br#"{"id":42}"#);
+        let v: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        assert_eq!(v["before"], serde_json::json!({"id": 42}));
+        assert_eq!(v["after"], serde_json::Value::Null);
+        assert_eq!(v["op"], "delete");
+    }
+}

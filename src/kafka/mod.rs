@@ -1,0 +1,250 @@
+//! Kafka sink: an idempotent librdkafka producer whose acknowledgements drive [`crate::progress`].
+//!
+//! **Guarantees.** The producer always runs with `enable.idempotence=true` and `acks=all`, so a retried batch is
+//! never written twice and an acknowledged message is on every in-sync replica. Messages are handed to librdkafka in
+//! stream order; each carries its transaction's [`TxSeq`] as delivery opaque, and the delivery callback reports it
+//! to [`Progress`]. A message that librdkafka gives up on (too large, authorization, or an explicit
+//! `message.timeout.ms`) is fatal: the flushed LSN never passes its transaction, so nothing after it is confirmed.
+//!
+//! **Backpressure.** librdkafka's queue is bounded (`queue.buffering.max.kbytes`, 16 MiB by default here). When it
+//! is full, [`KafkaSink::send`] waits for acknowledgements instead of buffering; the pipeline's bounded channel then
+//! fills and the source stops reading the replication socket. Memory stays flat whatever the transaction size.
+//!
+//! `message.timeout.ms` defaults to 0 (retry forever): a broker outage stalls the pipeline (readiness turns false)
+//! rather than failing deliveries, and no change is lost. librdkafka types stay inside this module.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+
+use crate::config::{ConfigError, KafkaConfig, Scalar};
+use crate::progress::{Progress, TxSeq};
+use crate::router::Record;
+
+/// Producer settings ficus owns; users may not override them because the delivery guarantee depends on them.
+const FORCED: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks", "all")];
+
+/// Defaults users may override.
+const DEFAULTS: &[(&str, &str)] = &[
+    ("compression.type", "lz4"),
+    ("linger.ms", "5"),
+    ("message.timeout.ms", "0"),
+    ("queue.buffering.max.kbytes", "16384"),
+    ("queue.buffering.max.messages", "100000"),
+    ("batch.size", "1000000"),
+    ("client.id", "ficus"),
+];
+
+/// Properties that are configured elsewhere or would break guarantees.
+const REFUSED: &[(&str, &str)] = &[
+    ("bootstrap.servers", "set kafka.brokers instead"),
+    ("metadata.broker.list", "set kafka.brokers instead"),
+    ("enable.idempotence", "ficus always enables idempotence (no duplicates on producer retries)"),
+    ("acks", "ficus always uses acks=all (an acknowledged change is on every in-sync replica)"),
+    ("request.required.acks", "ficus always uses acks=all"),
+    ("transactional.id", "set by ficus itself in exactly_once mode"),
+];
+
+/// Rejects `kafka.properties` entries that ficus must own. Called by [`crate::config::Config::validate`].
+pub fn check_user_properties(props: &BTreeMap<String, Scalar>) -> Result<(), ConfigError> {
+    for key in props.keys() {
+        if let Some((_, why)) = REFUSED.iter().find(|(k, _)| k == key) {
+            return Err(ConfigError::Invalid {
+                key: format!("kafka.properties.{key}"),
+                message: format!("cannot be set: {why}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The librdkafka configuration ficus uses for `cfg` (also used by `ficus check` to probe the broker).
+pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    for (k, v) in DEFAULTS {
+        cc.set(*k, *v);
+    }
+    for (k, v) in &cfg.properties {
+        cc.set(k.as_str(), v.to_string());
+    }
+    for (k, v) in FORCED {
+        cc.set(*k, *v);
+    }
+    cc.set("bootstrap.servers", cfg.brokers.as_str());
+    cc
+}
+
+/// Sink failures.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The producer could not be created: a librdkafka property is invalid.
+    #[error("kafka.properties: librdkafka refused the producer configuration: {0}")]
+    Config(String),
+    /// A message can never be delivered (fatal; the stream stops before it).
+    #[error("{0}")]
+    Delivery(String),
+    /// The broker did not answer within the wait (transient).
+    #[error("Kafka broker {brokers} unreachable: {reason}")]
+    Unreachable { brokers: String, reason: String },
+}
+
+struct SinkContext {
+    progress: Arc<Progress>,
+}
+
+impl ClientContext for SinkContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use rdkafka::config::RDKafkaLogLevel::*;
+        match level {
+            Emerg | Alert | Critical | Error => tracing::error!(target: "librdkafka", fac, "{log_message}"),
+            Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
+            Notice | Info => tracing::info!(target: "librdkafka", fac, "{log_message}"),
+            Debug => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Broker transport errors are retried by librdkafka forever (message.timeout.ms=0); log them so an
+        // operator sees why the pipeline stalls.
+        tracing::warn!(target: "librdkafka", %error, "{reason}");
+    }
+}
+
+impl ProducerContext for SinkContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
+        let tx = TxSeq(seq as u64);
+        match result {
+            Ok(_) => self.progress.ack(tx),
+            Err((err, msg)) => {
+                let header = |name: &str| -> String {
+                    msg.headers()
+                        .and_then(|h| {
+                            h.iter()
+                                .find(|x| x.key == name)
+                                .and_then(|x| x.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+                        })
+                        .unwrap_or_else(|| "?".into())
+                };
+                let reason = format!(
+                    "Kafka did not accept a message for topic {} (table {}, LSN {}, {} bytes): {err}{}",
+                    msg.topic(),
+                    header("source-table"),
+                    header("source-lsn"),
+                    msg.payload_len(),
+                    hint(err),
+                );
+                tracing::error!("{reason}");
+                self.progress.fail(tx, reason);
+            }
+        }
+    }
+}
+
+fn hint(err: &KafkaError) -> &'static str {
+    match err.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) => {
+            "; raise the topic's max.message.bytes and kafka.properties.message.max.bytes, or exclude the column"
+        }
+        Some(RDKafkaErrorCode::TopicAuthorizationFailed) => "; grant this client WRITE on the topic",
+        Some(RDKafkaErrorCode::MessageTimedOut) => {
+            "; the broker was unreachable longer than kafka.properties.message.timeout.ms (0 = retry forever)"
+        }
+        _ => "",
+    }
+}
+
+/// The producer. Cheap to share by reference; sends in call order.
+pub struct KafkaSink {
+    producer: ThreadedProducer<SinkContext>,
+    progress: Arc<Progress>,
+    brokers: String,
+}
+
+impl KafkaSink {
+    /// Creates the producer (no network I/O yet).
+    pub fn new(cfg: &KafkaConfig, progress: Arc<Progress>) -> Result<KafkaSink, SinkError> {
+        let producer = client_config(cfg)
+            .create_with_context(SinkContext { progress: progress.clone() })
+            .map_err(|e| SinkError::Config(e.to_string()))?;
+        Ok(KafkaSink { producer, progress, brokers: cfg.brokers.clone() })
+    }
+
+    /// Fetches cluster metadata once; `Unreachable` if the broker does not answer within `timeout`.
+    pub async fn probe(&self, timeout: Duration) -> Result<usize, SinkError> {
+        let producer = self.producer.clone();
+        let brokers = self.brokers.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, timeout)
+                .map(|m| m.brokers().len())
+                .map_err(|e| SinkError::Unreachable { brokers, reason: e.to_string() })
+        })
+        .await
+        .map_err(|e| SinkError::Unreachable { brokers: self.brokers.clone(), reason: e.to_string() })?
+    }
+
+    /// Hands one record of transaction `tx` to librdkafka, waiting while its queue is full.
+    pub async fn send(&self, tx: TxSeq, record: &Record) -> Result<(), SinkError> {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (k, v) in &record.headers {
+            headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
+        }
+        self.progress.add_message(tx);
+        let mut rec = BaseRecord::with_opaque_to(&record.topic, tx.0 as usize)
+            .payload(&record.payload[..])
+            .headers(headers);
+        if let Some(key) = &record.key {
+            rec = rec.key(&key[..]);
+        }
+        loop {
+            match self.producer.send(rec) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    rec = back;
+                    // Backpressure: wait for acknowledgements to free queue space. The timeout covers an ack
+                    // that raced with registering the waiter.
+                    let _ = tokio::time::timeout(Duration::from_millis(10), self.progress.wait_for_ack()).await;
+                    if let Some(f) = self.progress.failure() {
+                        self.progress.remove_message(tx);
+                        return Err(SinkError::Delivery(f));
+                    }
+                }
+                Err((err, _)) => {
+                    self.progress.fail(tx, String::new());
+                    return Err(SinkError::Delivery(format!(
+                        "Kafka refused a message for topic {} (table {}, LSN {}, {} bytes): {err}{}",
+                        record.topic,
+                        record.header("source-table").unwrap_or("?"),
+                        record.header("source-lsn").unwrap_or("?"),
+                        record.payload.len(),
+                        hint(&err),
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Waits until every queued message was acknowledged or failed, at most `timeout`.
+    pub async fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
+        let producer = self.producer.clone();
+        let brokers = self.brokers.clone();
+        tokio::task::spawn_blocking(move || producer.flush(timeout))
+            .await
+            .map_err(|e| SinkError::Unreachable { brokers: brokers.clone(), reason: e.to_string() })?
+            .map_err(|e| SinkError::Unreachable { brokers, reason: format!("flush: {e}") })
+    }
+
+    /// Messages librdkafka still holds.
+    pub fn in_flight(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+}

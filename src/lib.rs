@@ -1,0 +1,39 @@
+//! # ficus — PostgreSQL logical replication to canonical business events on Kafka
+//!
+//! ```text
+//!  Postgres ──(replication protocol, pgoutput)──▶ source ──Change──▶ router ──Record──▶ sink (Kafka) ──acks──▶ progress
+//!      ▲                                                                                                  │
+//!      └──────── standby status update + checkpoint: flush LSN = last commit whose every message is acked ◀─┘
+//! ```
+//!
+//! **Invariant:** nothing is confirmed to PostgreSQL, and no checkpoint is written, before Kafka acknowledged
+//! every message of that transaction and of all transactions before it. A crash at any instant loses nothing;
+//! at-least-once delivery may repeat the transactions after the last checkpoint.
+//!
+//! ## Layout
+//! - [`config`]: the YAML configuration, `${ENV}` interpolation, validation with key paths.
+//! - [`lsn`]: WAL positions.
+//! - [`change`]: ficus's own change types, the only thing the source hands downstream.
+//! - [`postgres`]: connection strings and TLS, the replication protocol client, the pgoutput decoder,
+//!   value mapping, and the control connection (preflight, slot and publication management, catalog).
+//! - [`source`]: the replication stream task: decode, skip what is already checkpointed, report progress.
+//! - [`encode`]: the raw change event JSON (DESIGN.md "Raw change event").
+//! - [`router`]: turns a change into Kafka records (raw change events today; business-event rules next).
+//! - [`kafka`]: the idempotent producer with backpressure and delivery tracking.
+//! - [`progress`]: the ordered ack tracker that computes the flushed LSN.
+//! - [`checkpoint`]: where the flushed LSN is persisted (a file in `state.dir`), behind a trait.
+//! - [`pipeline`]: wires the stages with bounded channels and one shutdown token; `run(config, shutdown)`.
+//! - [`check`]: `ficus check`, the preflight report.
+
+pub mod change;
+pub mod check;
+pub mod checkpoint;
+pub mod config;
+pub mod encode;
+pub mod kafka;
+pub mod lsn;
+pub mod pipeline;
+pub mod postgres;
+pub mod progress;
+pub mod router;
+pub mod source;

@@ -1,0 +1,64 @@
+//! PostgreSQL log sequence numbers.
+//!
+//! An [`Lsn`] is a 64-bit position in the WAL. PostgreSQL prints it as two hex halves, `16/B374D848`;
+//! [`Lsn`]'s `Display` and `FromStr` use exactly that form so checkpoints and logs match `pg_lsn` values.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A WAL position. `Lsn(0)` is PostgreSQL's `InvalidXLogRecPtr` ("0/0").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    /// `0/0`: no position.
+    pub const INVALID: Lsn = Lsn(0);
+
+    /// True for `0/0`.
+    pub fn is_invalid(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+/// The text was not of the form `HEX/HEX`.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid LSN {0:?}: expected two hexadecimal halves like 16/B374D848")]
+pub struct ParseLsnError(pub String);
+
+impl FromStr for Lsn {
+    type Err = ParseLsnError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ParseLsnError(s.to_string());
+        let (hi, lo) = s.trim().split_once('/').ok_or_else(err)?;
+        let hi = u32::from_str_radix(hi, 16).map_err(|_| err())?;
+        let lo = u32::from_str_radix(lo, 16).map_err(|_| err())?;
+        Ok(Lsn((u64::from(hi) << 32) | u64::from(lo)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_postgres_text_form() {
+        let lsn: Lsn = "16/B374D848".parse().unwrap();
+        assert_eq!(lsn.0, 0x16_B374_D848);
+        assert_eq!(lsn.to_string(), "16/B374D848");
+        assert_eq!(Lsn(0).to_string(), "0/0");
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        for bad in ["", "16", "x/1", "1/", "/1", "1/2/3", "100000000/0"] {
+            assert!(bad.parse::<Lsn>().is_err(), "{bad:?} should not parse");
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! Wiring: preflight → slot and publication → replication stream → router → Kafka → progress → checkpoint.
+//!
+//! ```text
+//!  source task ──bounded mpsc (batches)──▶ sink task ──librdkafka──▶ broker
+//!      ▲                                     │ delivery callbacks
+//!      └── flushed LSN (watch) ◀── Progress ◀┘──▶ checkpoint task (state.dir)
+//! ```
+//!
+//! **Shutdown order** (SIGTERM/SIGINT, or a fatal error in any stage): the source stops reading and hands over what
+//! it holds → the sink drains the channel and flushes the producer → the final standby status update reports the
+//! flushed LSN → the final checkpoint is written. One [`CancellationToken`] is cloned into every task.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, FileCheckpointStore};
+use crate::config::{quote_ident, Config};
+use crate::encode::SourceInfo;
+use crate::kafka::{KafkaSink, SinkError};
+use crate::lsn::Lsn;
+use crate::postgres::conninfo::ConnInfo;
+use crate::postgres::control::{self, ControlError, Report};
+use crate::postgres::replication::{ReplicationConnection, ReplicationError};
+use crate::progress::Progress;
+use crate::router::{Record, Router};
+use crate::source::{Batch, Source, SourceError, SourceEvent};
+
+/// Why the pipeline stopped. [`PipelineError::exit_code`] maps it to the CLI's exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("preflight failed:\n{0}")]
+    Preflight(Report),
+    #[error("control connection: {0}")]
+    Control(#[from] ControlError),
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("Kafka: {0}")]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("routing change at {lsn}: {message}")]
+    Route { lsn: Lsn, message: String },
+}
+
+impl PipelineError {
+    /// 2 for configuration and preflight problems (fix and rerun), 1 for runtime failures.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            PipelineError::Config(_) | PipelineError::Preflight(_) => 2,
+            PipelineError::Sink(SinkError::Config(_)) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Where records go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Output {
+    /// The configured Kafka cluster.
+    #[default]
+    Kafka,
+    /// Encode everything, publish nothing, acknowledge at once (benchmarks: measures the pipeline without a broker).
+    Null,
+}
+
+/// Options beyond the config file.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub output: Output,
+}
+
+fn replication_error(e: ReplicationError) -> PipelineError {
+    PipelineError::Postgres(e.to_string())
+}
+
+/// Runs the pipeline until `shutdown` is cancelled (returns `Ok`) or a stage fails.
+pub async fn run(config: Config, options: RunOptions, shutdown: CancellationToken) -> Result<(), PipelineError> {
+    let info = ConnInfo::parse(&config.source.url).map_err(|e| PipelineError::Config(format!("source.url: {e}")))?;
+    tracing::info!(url = %info.redacted(), slot = %config.source.slot, "connecting to PostgreSQL");
+    let (client, connection) = info.connect_control().await.map_err(|e| PipelineError::Postgres(e.to_string()))?;
+
+    let (report, catalog) = control::preflight(&client, &config).await?;
+    for item in &report.items {
+        if item.status == control::Status::Warn {
+            tracing::warn!(check = %item.title, fix = item.fix.as_deref().unwrap_or(""), "{}", item.detail);
+        }
+    }
+    if report.is_blocking() {
+        return Err(PipelineError::Preflight(report));
+    }
+    control::ensure_publication(&client, &config).await?;
+    if control::ensure_slot(&client, &config.source.slot).await? {
+        tracing::info!(slot = %config.source.slot, "created replication slot");
+    }
+
+    let mut repl = ReplicationConnection::connect(&info).await.map_err(replication_error)?;
+    let system = repl.identify_system().await.map_err(replication_error)?;
+    let database = system.dbname.clone().unwrap_or_else(|| info.dbname.clone());
+    let mut store = FileCheckpointStore::open(&config.state.dir, &config.source.slot)?;
+    let checkpoint = store.load_for(&system.systemid, &database, &config.source.slot)?;
+    let slot = control::slot_info(&client, &config.source.slot).await?;
+    let confirmed = slot.as_ref().and_then(|s| s.confirmed_flush).unwrap_or(Lsn::INVALID);
+    let start = match checkpoint {
+        Some(cp) => {
+            if cp < confirmed {
+                // We wrote the checkpoint before the server recorded our last status update, or the other way
+                // round; both are flushed positions, the server resumes from its own.
+                tracing::info!(checkpoint = %cp, confirmed_flush = %confirmed, "slot is ahead of the checkpoint");
+            }
+            cp.max(confirmed)
+        }
+        None => {
+            tracing::info!(confirmed_flush = %confirmed, path = %store.path().display(), "no checkpoint yet; starting at the slot's position");
+            confirmed
+        }
+    };
+
+    let progress = Arc::new(Progress::new(start));
+    let sink = match options.output {
+        Output::Kafka => {
+            let sink = KafkaSink::new(&config.kafka, progress.clone())?;
+            wait_for_broker(&sink, &config.kafka.brokers, &shutdown).await?;
+            Some(sink)
+        }
+        Output::Null => None,
+    };
+    if shutdown.is_cancelled() {
+        return Ok(());
+    }
+
+    let publication = quote_ident(&config.source.publication);
+    let stream = repl
+        .start_logical_replication(
+            &config.source.slot,
+            start,
+            &[("proto_version", "1"), ("publication_names", publication.as_str()), ("messages", "true")],
+        )
+        .await
+        .map_err(replication_error)?;
+    tracing::info!(slot = %config.source.slot, lsn = %start, system = %system.systemid, "streaming");
+
+    let source_info = SourceInfo { system: system.systemid.clone(), database: database.clone(), slot: config.source.slot.clone() };
+    let router = Router::new(&config, source_info);
+    let stop = shutdown.child_token();
+    let (tx, rx) = mpsc::channel::<Batch>(64);
+
+    let sink_task = tokio::spawn(sink_loop(rx, router, sink, progress.clone(), stop.clone()));
+    let writer = CheckpointWriter {
+        store,
+        system_id: system.systemid.clone(),
+        database: database.clone(),
+        slot: config.source.slot.clone(),
+        written: start,
+    };
+    let checkpoint_task =
+        tokio::spawn(checkpoint_loop(writer, progress.subscribe(), config.checkpoint_interval(), stop.clone()));
+
+    let source = Source::new(
+        stream,
+        tx,
+        progress.subscribe(),
+        catalog,
+        start,
+        Duration::from_secs(config.source.status_interval_secs),
+    );
+    let source_result = source.run(stop.clone()).await;
+    stop.cancel();
+
+    let sink_result = sink_task.await.unwrap_or_else(|e| Err(PipelineError::Postgres(format!("sink task: {e}"))));
+    let flushed = progress.flushed();
+    let checkpoint_result = checkpoint_task
+        .await
+        .unwrap_or_else(|e| Err(CheckpointError::Corrupt(e.to_string())))
+        .and_then(|mut writer| writer.write_if_advanced(flushed));
+
+    let source_result = match source_result {
+        Ok(stopped) => {
+            // Final status update: the server may now drop WAL up to what Kafka holds.
+            let mut stream = stopped.stream;
+            let r = stream.send_status(stopped.received.max(flushed), flushed, flushed, false).await;
+            if let Err(e) = r.and(stream.finish().await) {
+                tracing::warn!(error = %e, "final status update failed; the server resumes from its last confirmed position");
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    };
+    drop(client);
+    connection.abort();
+    tracing::info!(flushed = %flushed, "stopped");
+
+    sink_result?;
+    checkpoint_result?;
+    source_result?;
+    Ok(())
+}
+
+/// Waits until the broker answers, retrying with jittered exponential backoff (readiness stays false meanwhile).
+async fn wait_for_broker(sink: &KafkaSink, brokers: &str, shutdown: &CancellationToken) -> Result<(), PipelineError> {
+    let mut delays = backon::ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(30))
+        .without_max_times()
+        .build();
+    loop {
+        match sink.probe(Duration::from_secs(5)).await {
+            Ok(n) => {
+                tracing::info!(brokers, count = n, "Kafka reachable");
+                return Ok(());
+            }
+            Err(e) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Kafka not reachable yet");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Routes every event and hands records to Kafka in order; returns after the channel closed and the producer flushed.
+async fn sink_loop(
+    mut rx: mpsc::Receiver<Batch>,
+    mut router: Router,
+    sink: Option<KafkaSink>,
+    progress: Arc<Progress>,
+    stop: CancellationToken,
+) -> Result<(), PipelineError> {
+    let result = async {
+        let mut records: Vec<Record> = Vec::with_capacity(4);
+        let mut current = None;
+        while let Some(batch) = rx.recv().await {
+            for event in batch {
+                match event {
+                    SourceEvent::Begin(_) => current = Some(progress.begin()),
+                    SourceEvent::Change(change) => {
+                        let tx = current.ok_or_else(|| PipelineError::Route { lsn: change.lsn, message: "change outside a transaction".into() })?;
+                        records.clear();
+                        router
+                            .route(&change, &mut records)
+                            .map_err(|e| PipelineError::Route { lsn: change.lsn, message: e.to_string() })?;
+                        for record in &records {
+                            match &sink {
+                                Some(sink) => sink.send(tx, record).await?,
+                                None => {
+                                    progress.add_message(tx);
+                                    progress.ack(tx);
+                                }
+                            }
+                        }
+                    }
+                    SourceEvent::Commit { end_lsn } => {
+                        if let Some(tx) = current.take() {
+                            progress.commit(tx, end_lsn);
+                        }
+                    }
+                    SourceEvent::Idle(at) => progress.idle(at),
+                }
+            }
+            if let Some(f) = progress.failure() {
+                return Err(PipelineError::Sink(SinkError::Delivery(f)));
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        stop.cancel();
+        // Keep draining so the source never blocks on a full channel while it shuts down.
+        while rx.recv().await.is_some() {}
+    }
+    if let Some(sink) = &sink {
+        let waited = sink.flush(Duration::from_secs(30)).await;
+        if let Err(e) = waited {
+            tracing::warn!(error = %e, in_flight = sink.in_flight(), "producer did not flush everything; unacknowledged changes will be replayed");
+        }
+    }
+    if let Some(f) = progress.failure() {
+        return Err(PipelineError::Sink(SinkError::Delivery(f)));
+    }
+    result
+}
+
+/// Writes checkpoints for one source, skipping positions already written.
+struct CheckpointWriter {
+    store: FileCheckpointStore,
+    system_id: String,
+    database: String,
+    slot: String,
+    written: Lsn,
+}
+
+impl CheckpointWriter {
+    fn write_if_advanced(&mut self, lsn: Lsn) -> Result<(), CheckpointError> {
+        if lsn <= self.written {
+            return Ok(());
+        }
+        self.store.store(&Checkpoint {
+            lsn: lsn.to_string(),
+            system_id: self.system_id.clone(),
+            database: self.database.clone(),
+            slot: self.slot.clone(),
+            written_at: chrono::Utc::now().to_rfc3339(),
+        })?;
+        self.written = lsn;
+        tracing::debug!(lsn = %lsn, "checkpoint written");
+        Ok(())
+    }
+}
+
+/// Persists the flushed LSN at most every `interval` until `stop`; the caller writes the final one after the sink
+/// drained.
+async fn checkpoint_loop(
+    mut writer: CheckpointWriter,
+    mut flushed: watch::Receiver<Lsn>,
+    interval: Duration,
+    stop: CancellationToken,
+) -> Result<CheckpointWriter, CheckpointError> {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            changed = flushed.changed() => if changed.is_err() { break },
+        }
+        let lsn = *flushed.borrow_and_update();
+        writer.write_if_advanced(lsn)?;
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+    Ok(writer)
+}

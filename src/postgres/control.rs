@@ -1,0 +1,481 @@
+//! The control connection: an ordinary SQL session (tokio-postgres) next to the replication stream.
+//!
+//! It runs the preflight checks (each with an actionable fix), creates the publication and the slot when they are
+//! missing, and reads the catalog facts the decoder needs (primary-key columns, replica identity).
+//!
+//! **Guarantees:** every identifier that reaches SQL is either a bind parameter or quoted with
+//! [`quote_ident`]; the preflight never changes the database (only [`ensure_publication`] and [`ensure_slot`] do,
+//! and only by creating what is missing or adding configured tables to the publication — never dropping).
+
+use std::collections::HashMap;
+use std::fmt;
+
+use tokio_postgres::Client;
+
+use crate::config::{quote_ident, Config, TableName};
+use crate::lsn::Lsn;
+
+/// A control-connection failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{context}: {source}")]
+    Sql {
+        context: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn sql(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> ControlError {
+    let context = context.into();
+    move |source| ControlError::Sql { context, source }
+}
+
+/// Severity of one preflight line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One line of the preflight report.
+#[derive(Debug, Clone)]
+pub struct CheckItem {
+    pub status: Status,
+    pub title: String,
+    pub detail: String,
+    /// Exact SQL or config change that fixes the problem.
+    pub fix: Option<String>,
+}
+
+/// The preflight report.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub items: Vec<CheckItem>,
+}
+
+impl Report {
+    fn push(&mut self, status: Status, title: impl Into<String>, detail: impl Into<String>, fix: Option<String>) {
+        self.items.push(CheckItem { status, title: title.into(), detail: detail.into(), fix });
+    }
+
+    /// Whether any check blocks streaming.
+    pub fn is_blocking(&self) -> bool {
+        self.items.iter().any(|i| i.status == Status::Fail)
+    }
+
+    /// The failing lines, for an error message.
+    pub fn failures(&self) -> Vec<&CheckItem> {
+        self.items.iter().filter(|i| i.status == Status::Fail).collect()
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for item in &self.items {
+            let mark = match item.status {
+                Status::Ok => "✓",
+                Status::Warn => "!",
+                Status::Fail => "✗",
+            };
+            write!(f, "{mark} {}", item.title)?;
+            if !item.detail.is_empty() {
+                write!(f, ": {}", item.detail)?;
+            }
+            writeln!(f)?;
+            if let Some(fix) = &item.fix {
+                for line in fix.lines() {
+                    writeln!(f, "    fix: {line}")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Catalog facts about one captured table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    pub oid: u32,
+    /// `pg_class.relreplident`.
+    pub replica_identity: u8,
+    /// Primary-key columns in key order, else the replica-identity index columns, else empty.
+    pub key_columns: Vec<String>,
+    pub has_primary_key: bool,
+}
+
+/// Catalog facts for every captured table that exists.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub tables: HashMap<TableName, TableInfo>,
+}
+
+/// The slot as `pg_replication_slots` shows it.
+#[derive(Debug, Clone)]
+pub struct SlotInfo {
+    pub plugin: Option<String>,
+    pub database: Option<String>,
+    pub active_pid: Option<i32>,
+    pub confirmed_flush: Option<Lsn>,
+    pub wal_status: Option<String>,
+}
+
+/// Reads the slot, if it exists.
+pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, ControlError> {
+    let row = client
+        .query_opt(
+            "SELECT plugin::text, database::text, active_pid, confirmed_flush_lsn::text, wal_status \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(sql("reading pg_replication_slots"))?;
+    Ok(row.map(|r| SlotInfo {
+        plugin: r.get(0),
+        database: r.get(1),
+        active_pid: r.get(2),
+        confirmed_flush: r.get::<_, Option<String>>(3).and_then(|s| s.parse().ok()),
+        wal_status: r.get(4),
+    }))
+}
+
+async fn setting(client: &Client, name: &str) -> Result<String, ControlError> {
+    let row = client
+        .query_one("SELECT current_setting($1)", &[&name])
+        .await
+        .map_err(sql(format!("reading setting {name}")))?;
+    Ok(row.get(0))
+}
+
+/// Reads catalog facts of one table; `None` if it does not exist.
+pub async fn table_info(client: &Client, table: &TableName) -> Result<Option<TableInfo>, ControlError> {
+    let row = client
+        .query_opt(
+            "SELECT c.oid, c.relreplident::text, c.relkind::text FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(sql(format!("looking up table {table}")))?;
+    let Some(row) = row else { return Ok(None) };
+    let oid: u32 = row.get(0);
+    let ident: String = row.get(1);
+    let kind: String = row.get(2);
+    if kind != "r" && kind != "p" {
+        return Err(ControlError::Invalid(format!(
+            "{table} is not a table (relkind {kind}); only ordinary and partitioned tables can be captured"
+        )));
+    }
+    let keys = client
+        .query(
+            "SELECT a.attname::text, i.indisprimary FROM pg_index i \
+             CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE i.indrelid = $1 AND (i.indisprimary OR i.indisreplident) \
+             ORDER BY i.indisprimary DESC, k.ord",
+            &[&oid],
+        )
+        .await
+        .map_err(sql(format!("reading the key of {table}")))?;
+    let has_primary_key = keys.iter().any(|r| r.get::<_, bool>(1));
+    let key_columns = keys
+        .iter()
+        .filter(|r| r.get::<_, bool>(1) == has_primary_key)
+        .map(|r| r.get::<_, String>(0))
+        .collect();
+    Ok(Some(TableInfo {
+        oid,
+        replica_identity: ident.as_bytes().first().copied().unwrap_or(b'd'),
+        key_columns,
+        has_primary_key,
+    }))
+}
+
+/// Runs every check without changing anything. Returns the report and the catalog of the tables found.
+pub async fn preflight(client: &Client, config: &Config) -> Result<(Report, Catalog), ControlError> {
+    let mut report = Report::default();
+    let mut catalog = Catalog::default();
+
+    let version: i32 = setting(client, "server_version_num").await?.parse().unwrap_or(0);
+    let version_text = setting(client, "server_version").await?;
+    if version < 100_000 {
+        report.push(Status::Fail, "server version", format!("{version_text} has no pgoutput"), Some("upgrade to PostgreSQL 10 or later".into()));
+    } else {
+        report.push(Status::Ok, "server version", version_text, None);
+    }
+
+    let wal_level = setting(client, "wal_level").await?;
+    if wal_level == "logical" {
+        report.push(Status::Ok, "wal_level", "logical", None);
+    } else {
+        report.push(
+            Status::Fail,
+            "wal_level",
+            format!("is {wal_level}, logical decoding needs logical"),
+            Some("ALTER SYSTEM SET wal_level = logical;  -- then restart PostgreSQL".into()),
+        );
+    }
+
+    let row = client
+        .query_one(
+            "SELECT current_user::text, rolreplication OR rolsuper, rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(sql("reading the role"))?;
+    let user: String = row.get(0);
+    let can_replicate: bool = row.get(1);
+    let is_super: bool = row.get(2);
+    if can_replicate {
+        report.push(Status::Ok, "replication privilege", format!("role {user}"), None);
+    } else {
+        report.push(
+            Status::Fail,
+            "replication privilege",
+            format!("role {user} lacks REPLICATION"),
+            Some(format!("ALTER ROLE {} WITH REPLICATION;", quote_ident(&user))),
+        );
+    }
+
+    // Tables.
+    let tables = config.captured_tables().map_err(|e| ControlError::Invalid(e.to_string()))?;
+    for table in &tables {
+        match table_info(client, table).await {
+            Err(ControlError::Invalid(msg)) => report.push(Status::Fail, format!("table {table}"), msg, None),
+            Err(e) => return Err(e),
+            Ok(None) => {
+                let hint = similar_table(client, table).await?;
+                report.push(
+                    Status::Fail,
+                    format!("table {table}"),
+                    "does not exist",
+                    Some(match hint {
+                        Some(found) => format!("did you mean {found}? (quote mixed-case names: schema.\"Name\")"),
+                        None => "fix source.tables or create the table".into(),
+                    }),
+                );
+            }
+            Ok(Some(info)) => {
+                let select: bool = client
+                    .query_one("SELECT has_table_privilege($1::oid, 'SELECT')", &[&info.oid])
+                    .await
+                    .map_err(sql("checking SELECT privilege"))?
+                    .get(0);
+                let q = table.quoted();
+                match (info.replica_identity, info.key_columns.is_empty()) {
+                    (b'f', _) => report.push(Status::Ok, format!("table {table}"), "REPLICA IDENTITY FULL: before images complete", None),
+                    (b'n', _) | (b'd', true) => report.push(
+                        Status::Fail,
+                        format!("table {table}"),
+                        "has no replica identity: once published, the legacy application's UPDATE and DELETE on it would fail",
+                        Some(format!("ALTER TABLE {q} REPLICA IDENTITY FULL;  -- or add a primary key")),
+                    ),
+                    _ => report.push(
+                        Status::Warn,
+                        format!("table {table}"),
+                        format!("REPLICA IDENTITY {}: `before` holds only the key ({})",
+                            if info.replica_identity == b'i' { "USING INDEX" } else { "DEFAULT" },
+                            info.key_columns.join(", ")),
+                        Some(format!("ALTER TABLE {q} REPLICA IDENTITY FULL;  -- for complete before images")),
+                    ),
+                }
+                if !select {
+                    report.push(
+                        Status::Warn,
+                        format!("table {table}"),
+                        format!("role {user} cannot SELECT it (needed for snapshots)"),
+                        Some(format!("GRANT SELECT ON {q} TO {};", quote_ident(&user))),
+                    );
+                }
+                catalog.tables.insert(table.clone(), info);
+            }
+        }
+    }
+
+    check_publication(client, config, &tables, is_super, &mut report).await?;
+    check_slot(client, config, &mut report).await?;
+    Ok((report, catalog))
+}
+
+async fn similar_table(client: &Client, table: &TableName) -> Result<Option<String>, ControlError> {
+    let row = client
+        .query_opt(
+            "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE lower(n.nspname) = lower($1) AND lower(c.relname) = lower($2) AND c.relkind IN ('r','p') LIMIT 1",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(sql("looking for similar tables"))?;
+    Ok(row.map(|r| TableName { schema: r.get(0), name: r.get(1) }.quoted()))
+}
+
+/// Tables of `config` missing from the publication (all of them if it does not exist), and whether it exists.
+async fn publication_gap(
+    client: &Client,
+    publication: &str,
+    tables: &[TableName],
+) -> Result<(bool, bool, Vec<TableName>), ControlError> {
+    let row = client
+        .query_opt(
+            "SELECT puballtables, pg_get_userbyid(pubowner) = current_user FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(sql("reading pg_publication"))?;
+    let Some(row) = row else { return Ok((false, false, tables.to_vec())) };
+    let all: bool = row.get(0);
+    let owned: bool = row.get(1);
+    if all {
+        return Ok((true, owned, Vec::new()));
+    }
+    let rows = client
+        .query("SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1", &[&publication])
+        .await
+        .map_err(sql("reading pg_publication_tables"))?;
+    let present: Vec<TableName> = rows.iter().map(|r| TableName { schema: r.get(0), name: r.get(1) }).collect();
+    Ok((true, owned, tables.iter().filter(|t| !present.contains(t)).cloned().collect()))
+}
+
+async fn check_publication(
+    client: &Client,
+    config: &Config,
+    tables: &[TableName],
+    is_super: bool,
+    report: &mut Report,
+) -> Result<(), ControlError> {
+    let publication = &config.source.publication;
+    let (exists, owned, missing) = publication_gap(client, publication, tables).await?;
+    let list = missing.iter().map(TableName::quoted).collect::<Vec<_>>().join(", ");
+    let title = format!("publication {publication}");
+    if !exists {
+        let can_create: bool = client
+            .query_one("SELECT has_database_privilege(current_database(), 'CREATE')", &[])
+            .await
+            .map_err(sql("checking CREATE privilege"))?
+            .get(0);
+        let status = if can_create || is_super { Status::Ok } else { Status::Fail };
+        report.push(
+            status,
+            title,
+            if status == Status::Ok { "missing, ficus will create it".to_string() } else { "missing and this role cannot create it".to_string() },
+            (status == Status::Fail).then(|| format!("CREATE PUBLICATION {} FOR TABLE {list};  -- as the tables' owner", quote_ident(publication))),
+        );
+    } else if missing.is_empty() {
+        report.push(Status::Ok, title, "includes every captured table", None);
+    } else {
+        let status = if owned || is_super { Status::Warn } else { Status::Fail };
+        report.push(
+            status,
+            title,
+            format!("lacks {list}{}", if status == Status::Warn { "; ficus will add them" } else { "" }),
+            Some(format!("ALTER PUBLICATION {} ADD TABLE {list};", quote_ident(publication))),
+        );
+    }
+    Ok(())
+}
+
+async fn check_slot(client: &Client, config: &Config, report: &mut Report) -> Result<(), ControlError> {
+    let slot = &config.source.slot;
+    let title = format!("replication slot {slot}");
+    let database: String = client.query_one("SELECT current_database()::text", &[]).await.map_err(sql("reading database"))?.get(0);
+    match slot_info(client, slot).await? {
+        None => {
+            let row = client
+                .query_one(
+                    "SELECT (SELECT count(*) FROM pg_replication_slots), current_setting('max_replication_slots')::bigint",
+                    &[],
+                )
+                .await
+                .map_err(sql("counting slots"))?;
+            let (used, max): (i64, i64) = (row.get(0), row.get(1));
+            if used >= max {
+                report.push(
+                    Status::Fail,
+                    title,
+                    format!("missing, and all {max} slots are in use"),
+                    Some("ALTER SYSTEM SET max_replication_slots = <more>;  -- then restart; or drop an unused slot".into()),
+                );
+            } else {
+                report.push(Status::Ok, title, "missing, ficus will create it (pgoutput)", None);
+            }
+        }
+        Some(info) => {
+            let fix_drop = format!("SELECT pg_drop_replication_slot('{}');  -- only if nothing else uses it", slot.replace('\'', "''"));
+            if info.plugin.as_deref() != Some("pgoutput") {
+                report.push(Status::Fail, title, format!("uses plugin {:?}, ficus needs pgoutput", info.plugin), Some(fix_drop));
+            } else if info.database.as_deref() != Some(database.as_str()) {
+                report.push(Status::Fail, title, format!("belongs to database {:?}, not {database}", info.database), Some("choose another source.slot".into()));
+            } else if info.wal_status.as_deref() == Some("lost") {
+                report.push(
+                    Status::Fail,
+                    title,
+                    "was invalidated (WAL it needed was removed, see max_slot_wal_keep_size); changes since then are lost",
+                    Some(format!("{fix_drop}\nthen restart ficus to recreate it and re-snapshot the tables")),
+                );
+            } else if let Some(pid) = info.active_pid {
+                report.push(
+                    Status::Fail,
+                    title,
+                    format!("in use by another process (pid {pid}): another ficus instance?"),
+                    Some(format!("stop the other consumer, or SELECT pg_terminate_backend({pid});")),
+                );
+            } else {
+                let at = info.confirmed_flush.map(|l| l.to_string()).unwrap_or_else(|| "?".into());
+                report.push(Status::Ok, title, format!("exists, confirmed up to {at}"), None);
+            }
+        }
+    }
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_stat_replication), current_setting('max_wal_senders')::bigint",
+            &[],
+        )
+        .await
+        .map_err(sql("counting WAL senders"))?;
+    let (used, max): (i64, i64) = (row.get(0), row.get(1));
+    if used >= max {
+        report.push(
+            Status::Fail,
+            "WAL senders",
+            format!("all {max} in use"),
+            Some("ALTER SYSTEM SET max_wal_senders = <more>;  -- then restart".into()),
+        );
+    } else {
+        report.push(Status::Ok, "WAL senders", format!("{used} of {max} in use"), None);
+    }
+    Ok(())
+}
+
+/// Creates the publication `FOR TABLE` the captured tables, or adds the ones it lacks.
+pub async fn ensure_publication(client: &Client, config: &Config) -> Result<(), ControlError> {
+    let tables = config.captured_tables().map_err(|e| ControlError::Invalid(e.to_string()))?;
+    let publication = &config.source.publication;
+    let (exists, _, missing) = publication_gap(client, publication, &tables).await?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list = missing.iter().map(TableName::quoted).collect::<Vec<_>>().join(", ");
+    let stmt = if exists {
+        format!("ALTER PUBLICATION {} ADD TABLE {list}", quote_ident(publication))
+    } else {
+        format!("CREATE PUBLICATION {} FOR TABLE {list}", quote_ident(publication))
+    };
+    tracing::info!(publication = %publication, tables = %list, "{}", if exists { "adding tables to publication" } else { "creating publication" });
+    client.batch_execute(&stmt).await.map_err(sql(format!("{stmt} (run it as the tables' owner)")))
+}
+
+/// Creates the logical slot if it does not exist. Returns whether it was created.
+pub async fn ensure_slot(client: &Client, slot: &str) -> Result<bool, ControlError> {
+    if slot_info(client, slot).await?.is_some() {
+        return Ok(false);
+    }
+    tracing::info!(slot, "creating logical replication slot (pgoutput)");
+    client
+        .query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
+        .await
+        .map_err(sql(format!("creating replication slot {slot}")))?;
+    Ok(true)
+}

@@ -1,0 +1,15 @@
+//! Everything that speaks to PostgreSQL.
+//!
+//! - [`conninfo`]: `postgres://` URLs and `sslmode`, with the password kept out of `Debug`/`Display`.
+//! - [`tls`]: rustls client configurations for each `sslmode`.
+//! - [`replication`]: our replication-protocol client (startup, auth, `IDENTIFY_SYSTEM`, slots, CopyBoth stream).
+//! - [`pgoutput`]: decoder for pgoutput protocol version 1 messages.
+//! - [`value`]: PostgreSQL text values → JSON, as DESIGN.md maps them.
+//! - [`control`]: the regular SQL connection: preflight, publication and slot management, catalog reads.
+
+pub mod conninfo;
+pub mod control;
+pub mod pgoutput;
+pub mod replication;
+pub mod tls;
+pub mod value;

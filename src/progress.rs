@@ -1,0 +1,247 @@
+//! Ordered acknowledgement tracking: which LSN is safe to confirm.
+//!
+//! The sink registers every source transaction in stream order ([`Progress::begin`]), counts each Kafka message
+//! it hands to the producer ([`Progress::add_message`]) and closes the transaction with its commit end LSN
+//! ([`Progress::commit`]). librdkafka's delivery callback calls [`Progress::ack`] from its own thread.
+//!
+//! **Guarantee:** the flushed LSN published by [`Progress::subscribe`] only ever moves forward, and only to the end
+//! LSN of a transaction whose every message was acknowledged *and* whose predecessors were all flushed. Nothing
+//! else in ficus decides what to confirm to PostgreSQL or to write as a checkpoint: both read this value.
+//! A failed delivery freezes the flushed LSN before that transaction and is reported as fatal.
+//!
+//! Idle positions ([`Progress::idle`]) are server WAL positions seen in keepalives while no transaction was open:
+//! once everything before them is flushed they can be confirmed too, so a slot on quiet tables does not pin WAL.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use tokio::sync::{watch, Notify};
+
+use crate::lsn::Lsn;
+
+/// Identifies a registered transaction (its position in the stream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxSeq(pub u64);
+
+#[derive(Debug)]
+struct Pending {
+    outstanding: u64,
+    /// `None` until the commit was seen.
+    end: Option<Lsn>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Sequence number of `pending[0]`.
+    base: u64,
+    pending: VecDeque<Pending>,
+    flushed: Lsn,
+    in_flight: u64,
+    failure: Option<String>,
+}
+
+/// Shared ack tracker; see the module docs.
+#[derive(Debug)]
+pub struct Progress {
+    inner: Mutex<Inner>,
+    flushed: watch::Sender<Lsn>,
+    /// Woken on every ack: the sink waits on it when librdkafka's queue is full.
+    acked: Notify,
+}
+
+impl Progress {
+    /// Starts from an already flushed position (the checkpoint).
+    pub fn new(start: Lsn) -> Progress {
+        let (flushed, _) = watch::channel(start);
+        Progress {
+            inner: Mutex::new(Inner { base: 0, pending: VecDeque::new(), flushed: start, in_flight: 0, failure: None }),
+            flushed,
+            acked: Notify::new(),
+        }
+    }
+
+    /// A receiver of the flushed LSN.
+    pub fn subscribe(&self) -> watch::Receiver<Lsn> {
+        self.flushed.subscribe()
+    }
+
+    /// Current flushed LSN.
+    pub fn flushed(&self) -> Lsn {
+        *self.flushed.borrow()
+    }
+
+    /// Messages handed to the producer and not yet acknowledged.
+    pub fn in_flight(&self) -> u64 {
+        self.lock().in_flight
+    }
+
+    /// The first delivery failure, if any.
+    pub fn failure(&self) -> Option<String> {
+        self.lock().failure.clone()
+    }
+
+    /// Resolves after the next ack (or immediately if one raced); used for backpressure.
+    pub async fn wait_for_ack(&self) {
+        self.acked.notified().await
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding this lock would be a bug in this module; the data stays consistent
+        // (every method updates it in one step), so recover rather than poison the whole pipeline.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers the next transaction of the stream.
+    pub fn begin(&self) -> TxSeq {
+        let mut inner = self.lock();
+        let seq = inner.base + inner.pending.len() as u64;
+        inner.pending.push_back(Pending { outstanding: 0, end: None });
+        TxSeq(seq)
+    }
+
+    /// Counts one message of `tx` about to be produced. Call *before* handing it to the producer.
+    pub fn add_message(&self, tx: TxSeq) {
+        let mut inner = self.lock();
+        inner.in_flight += 1;
+        if let Some(p) = Self::slot(&mut inner, tx) {
+            p.outstanding += 1;
+        }
+    }
+
+    /// Undoes [`Progress::add_message`] for a message the producer refused synchronously.
+    pub fn remove_message(&self, tx: TxSeq) {
+        self.ack(tx);
+    }
+
+    /// One message of `tx` was acknowledged by Kafka.
+    pub fn ack(&self, tx: TxSeq) {
+        let mut inner = self.lock();
+        inner.in_flight = inner.in_flight.saturating_sub(1);
+        if let Some(p) = Self::slot(&mut inner, tx) {
+            p.outstanding = p.outstanding.saturating_sub(1);
+        }
+        self.advance(&mut inner);
+        drop(inner);
+        self.acked.notify_waiters();
+    }
+
+    /// A message of `tx` could not be delivered: nothing from `tx` on will ever be flushed.
+    pub fn fail(&self, tx: TxSeq, reason: String) {
+        let mut inner = self.lock();
+        inner.in_flight = inner.in_flight.saturating_sub(1);
+        if inner.failure.is_none() {
+            inner.failure = Some(reason);
+        }
+        // Keep `outstanding` > 0 so the transaction never flushes.
+        let _ = tx;
+        drop(inner);
+        self.acked.notify_waiters();
+    }
+
+    /// The commit of `tx` was seen; `end` is the commit's end LSN (what PostgreSQL expects as flush position).
+    pub fn commit(&self, tx: TxSeq, end: Lsn) {
+        let mut inner = self.lock();
+        if let Some(p) = Self::slot(&mut inner, tx) {
+            p.end = Some(end);
+        }
+        self.advance(&mut inner);
+    }
+
+    /// A server WAL position seen while no transaction was open (see module docs).
+    pub fn idle(&self, at: Lsn) {
+        let tx = self.begin();
+        self.commit(tx, at);
+    }
+
+    fn slot(inner: &mut Inner, tx: TxSeq) -> Option<&mut Pending> {
+        let idx = tx.0.checked_sub(inner.base)?;
+        inner.pending.get_mut(usize::try_from(idx).ok()?)
+    }
+
+    fn advance(&self, inner: &mut Inner) {
+        if inner.failure.is_some() {
+            return;
+        }
+        let before = inner.flushed;
+        while let Some(front) = inner.pending.front() {
+            match front.end {
+                Some(end) if front.outstanding == 0 => {
+                    inner.flushed = inner.flushed.max(end);
+                    inner.pending.pop_front();
+                    inner.base += 1;
+                }
+                _ => break,
+            }
+        }
+        if inner.flushed != before {
+            let lsn = inner.flushed;
+            self.flushed.send_if_modified(|v| {
+                let changed = *v != lsn;
+                *v = lsn;
+                changed
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flushes_only_in_order_and_only_when_all_acked() {
+        let p = Progress::new(Lsn(10));
+        let a = p.begin();
+        p.add_message(a);
+        p.add_message(a);
+        p.commit(a, Lsn(100));
+        let b = p.begin();
+        p.add_message(b);
+        p.commit(b, Lsn(200));
+        p.ack(b);
+        assert_eq!(p.flushed(), Lsn(10), "b acked but a is not");
+        p.ack(a);
+        assert_eq!(p.flushed(), Lsn(10), "a has one message left");
+        p.ack(a);
+        assert_eq!(p.flushed(), Lsn(200));
+        assert_eq!(p.in_flight(), 0);
+    }
+
+    #[test]
+    fn open_transaction_blocks_flush_even_when_acked() {
+        let p = Progress::new(Lsn(0));
+        let a = p.begin();
+        p.add_message(a);
+        p.ack(a);
+        assert_eq!(p.flushed(), Lsn(0));
+        p.commit(a, Lsn(5));
+        assert_eq!(p.flushed(), Lsn(5));
+    }
+
+    #[test]
+    fn idle_positions_flush_after_predecessors() {
+        let p = Progress::new(Lsn(0));
+        let a = p.begin();
+        p.add_message(a);
+        p.commit(a, Lsn(50));
+        p.idle(Lsn(80));
+        assert_eq!(p.flushed(), Lsn(0));
+        p.ack(a);
+        assert_eq!(p.flushed(), Lsn(80));
+        p.idle(Lsn(70)); // never moves backwards
+        assert_eq!(p.flushed(), Lsn(80));
+    }
+
+    #[test]
+    fn failure_freezes_flush() {
+        let p = Progress::new(Lsn(0));
+        let a = p.begin();
+        p.add_message(a);
+        p.commit(a, Lsn(10));
+        p.fail(a, "too large".into());
+        let b = p.begin();
+        p.commit(b, Lsn(20));
+        assert_eq!(p.flushed(), Lsn(0));
+        assert_eq!(p.failure().as_deref(), Some("too large"));
+    }
+}

@@ -1,0 +1,326 @@
+//! The source stage: reads the replication stream, decodes pgoutput, and hands [`SourceEvent`]s downstream.
+//!
+//! **Guarantees.**
+//! - Transactions whose commit record lies before the checkpoint are skipped whole: after a restart nothing that was
+//!   already flushed is published again, even if the server resends it (its confirmed position may lag ours).
+//! - Events are forwarded in stream order through a bounded channel. When the channel is full the source stops
+//!   reading the socket (TCP backpressure to the walsender) but keeps sending standby status updates, so the server
+//!   never times the connection out while Kafka is slow.
+//! - The standby status update reports `write` = last received commit, `flush` = `apply` = the flushed LSN from
+//!   [`crate::progress`] — never more.
+//! - Keepalives outside a transaction become [`SourceEvent::Idle`] positions: once everything before them is in
+//!   Kafka they are confirmed, so a slot whose tables are idle does not pin the WAL of a busy database.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::change::{Change, Column, Datum, Op, Table, TxMeta};
+use crate::config::TableName;
+use crate::lsn::Lsn;
+use crate::postgres::control::Catalog;
+use crate::postgres::pgoutput::{self, DecodeError, Message, OldKind};
+use crate::postgres::replication::{ReplicationError, ReplicationMessage, ReplicationStream};
+
+/// What the source hands to the sink, in stream order.
+#[derive(Debug)]
+pub enum SourceEvent {
+    Begin(Arc<TxMeta>),
+    Change(Change),
+    /// End of the open transaction; `end_lsn` is what PostgreSQL expects as flush position.
+    Commit { end_lsn: Lsn },
+    /// A server position with no transaction open (see module docs).
+    Idle(Lsn),
+}
+
+/// Events travel in batches to keep channel overhead off the per-change path.
+pub type Batch = Vec<SourceEvent>;
+
+const BATCH: usize = 256;
+
+/// Source failures.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("replication stream: {0}")]
+    Replication(#[from] ReplicationError),
+    #[error("pgoutput message at {lsn}: {source}")]
+    Decode {
+        lsn: Lsn,
+        #[source]
+        source: DecodeError,
+    },
+    #[error("{0}")]
+    Protocol(String),
+    #[error("the server ended the replication stream")]
+    Ended,
+}
+
+impl SourceError {
+    /// Worth reconnecting for.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SourceError::Replication(e) => e.is_transient(),
+            SourceError::Ended => true,
+            _ => false,
+        }
+    }
+}
+
+/// Where the source ended; handed back so the pipeline can send the final status update after the sink drained.
+pub struct Stopped {
+    pub stream: ReplicationStream,
+    pub received: Lsn,
+}
+
+/// The source task's state.
+pub struct Source {
+    stream: ReplicationStream,
+    out: mpsc::Sender<Batch>,
+    flushed: watch::Receiver<Lsn>,
+    catalog: Catalog,
+    relations: HashMap<u32, Arc<Table>>,
+    skip_before: Lsn,
+    received: Lsn,
+    reported: Lsn,
+    last_status: Instant,
+    status_interval: Duration,
+    tx: Option<Arc<TxMeta>>,
+    skipping: bool,
+    position: u32,
+    batch: Batch,
+    last_idle: Lsn,
+}
+
+impl Source {
+    /// `skip_before` is the checkpoint: transactions committed before it are not forwarded again.
+    pub fn new(
+        stream: ReplicationStream,
+        out: mpsc::Sender<Batch>,
+        flushed: watch::Receiver<Lsn>,
+        catalog: Catalog,
+        skip_before: Lsn,
+        status_interval: Duration,
+    ) -> Source {
+        Source {
+            stream,
+            out,
+            flushed,
+            catalog,
+            relations: HashMap::new(),
+            skip_before,
+            received: skip_before,
+            reported: Lsn::INVALID,
+            last_status: Instant::now(),
+            status_interval,
+            tx: None,
+            skipping: false,
+            position: 0,
+            batch: Vec::with_capacity(BATCH),
+            last_idle: skip_before,
+        }
+    }
+
+    /// Streams until `shutdown` fires or an error occurs.
+    #[tracing::instrument(name = "source", skip_all)]
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<Stopped, SourceError> {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => self.maybe_status(false).await?,
+                msg = self.stream.next() => {
+                    match msg? {
+                        None => return Err(SourceError::Ended),
+                        Some(m) => self.handle(m, &shutdown).await?,
+                    }
+                }
+            }
+        }
+        // Hand over what is complete; a partial transaction without its commit is never flushed anyway.
+        self.flush_batch(&shutdown, true).await?;
+        Ok(Stopped { stream: self.stream, received: self.received })
+    }
+
+    /// Sends a standby status update when forced, when the flushed LSN moved, or when the interval elapsed.
+    async fn maybe_status(&mut self, force: bool) -> Result<(), SourceError> {
+        let flushed = *self.flushed.borrow();
+        let due = self.last_status.elapsed() >= self.status_interval;
+        if force || due || flushed != self.reported {
+            self.stream.send_status(self.received.max(flushed), flushed, flushed, false).await?;
+            self.reported = flushed;
+            self.last_status = Instant::now();
+        }
+        Ok(())
+    }
+
+    async fn handle(&mut self, msg: ReplicationMessage, shutdown: &CancellationToken) -> Result<(), SourceError> {
+        match msg {
+            ReplicationMessage::XLogData { wal_start, data, .. } => {
+                let decoded = pgoutput::decode(data).map_err(|source| SourceError::Decode { lsn: wal_start, source })?;
+                self.on_message(wal_start, decoded, shutdown).await
+            }
+            ReplicationMessage::KeepAlive { wal_end, reply_requested, .. } => {
+                if self.tx.is_none() && !self.skipping && wal_end > self.last_idle {
+                    self.last_idle = wal_end;
+                    self.batch.push(SourceEvent::Idle(wal_end));
+                    self.flush_batch(shutdown, false).await?;
+                }
+                if reply_requested {
+                    self.maybe_status(true).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_message(&mut self, lsn: Lsn, msg: Message, shutdown: &CancellationToken) -> Result<(), SourceError> {
+        match msg {
+            Message::Begin(b) => {
+                if self.tx.is_some() {
+                    return Err(SourceError::Protocol(format!("Begin at {lsn} inside an open transaction")));
+                }
+                self.position = 0;
+                let meta = Arc::new(TxMeta { xid: b.xid, commit_lsn: b.final_lsn, commit_time_us: b.commit_time_us });
+                self.skipping = b.final_lsn < self.skip_before;
+                if self.skipping {
+                    tracing::debug!(commit_lsn = %b.final_lsn, checkpoint = %self.skip_before, "skipping transaction already flushed");
+                } else {
+                    self.batch.push(SourceEvent::Begin(meta.clone()));
+                }
+                self.tx = Some(meta);
+            }
+            Message::Commit(c) => {
+                if self.tx.take().is_none() {
+                    return Err(SourceError::Protocol(format!("Commit at {lsn} without Begin")));
+                }
+                self.received = self.received.max(c.end_lsn);
+                if !self.skipping {
+                    self.batch.push(SourceEvent::Commit { end_lsn: c.end_lsn });
+                    self.flush_batch(shutdown, true).await?;
+                }
+                self.skipping = false;
+            }
+            Message::Relation(r) => {
+                let name = TableName { schema: r.namespace.clone(), name: r.name.clone() };
+                let catalog_keys = self.catalog.tables.get(&name).map(|t| t.key_columns.clone()).filter(|k| !k.is_empty());
+                // With REPLICA IDENTITY FULL pgoutput flags every column as key, so the key comes from the
+                // catalog; for DEFAULT/INDEX the flags are exact and are the fallback for unknown tables.
+                let flags_are_keys = matches!(r.replica_identity, b'd' | b'i');
+                let columns = r
+                    .columns
+                    .into_iter()
+                    .map(|c| Column {
+                        is_key: match &catalog_keys {
+                            Some(keys) => keys.iter().any(|k| *k == c.name),
+                            None => flags_are_keys && c.flags & 1 == 1,
+                        },
+                        name: c.name,
+                        type_oid: c.type_oid,
+                        type_modifier: c.type_modifier,
+                    })
+                    .collect();
+                let table = Table { oid: r.oid, schema: r.namespace, name: r.name, columns, replica_identity: r.replica_identity };
+                tracing::debug!(table = %table.qualified_name(), oid = table.oid, "relation");
+                self.relations.insert(r.oid, Arc::new(table));
+            }
+            Message::Insert { relation, new } => self.change(lsn, Op::Insert, relation, None, false, Some(new))?,
+            Message::Update { relation, old, new } => {
+                let (old, key_only) = split_old(old);
+                self.change(lsn, Op::Update, relation, old, key_only, Some(new))?
+            }
+            Message::Delete { relation, old } => {
+                let (old, key_only) = split_old(Some(old));
+                self.change(lsn, Op::Delete, relation, old, key_only, None)?
+            }
+            Message::Truncate { relations, .. } => {
+                for relation in relations {
+                    self.change(lsn, Op::Truncate, relation, None, false, None)?;
+                }
+            }
+            Message::Origin { .. } | Message::Type { .. } | Message::LogicalMessage { .. } => {}
+        }
+        if self.batch.len() >= BATCH {
+            self.flush_batch(shutdown, false).await?;
+        }
+        Ok(())
+    }
+
+    fn change(
+        &mut self,
+        lsn: Lsn,
+        op: Op,
+        relation: u32,
+        before: Option<Vec<Datum>>,
+        before_is_key_only: bool,
+        after: Option<Vec<Datum>>,
+    ) -> Result<(), SourceError> {
+        let Some(tx) = self.tx.clone() else {
+            return Err(SourceError::Protocol(format!("row change at {lsn} outside a transaction")));
+        };
+        let position = self.position;
+        self.position += 1;
+        if self.skipping {
+            return Ok(());
+        }
+        let table = self.relations.get(&relation).cloned().ok_or_else(|| {
+            SourceError::Protocol(format!("change at {lsn} for relation {relation} before its Relation message"))
+        })?;
+        for row in [&before, &after].into_iter().flatten() {
+            if row.len() != table.columns.len() {
+                return Err(SourceError::Protocol(format!(
+                    "change at {lsn} for {} has {} columns, its Relation message {}",
+                    table.qualified_name(),
+                    row.len(),
+                    table.columns.len()
+                )));
+            }
+        }
+        self.batch.push(SourceEvent::Change(Change { op, table, before, after, before_is_key_only, lsn, position, tx }));
+        Ok(())
+    }
+
+    /// Sends the pending batch, waiting for channel capacity while still answering the server.
+    async fn flush_batch(&mut self, shutdown: &CancellationToken, _commit: bool) -> Result<(), SourceError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
+        let out = self.out.clone();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                permit = out.reserve() => {
+                    match permit {
+                        Ok(p) => { p.send(batch); return Ok(()); }
+                        // The sink is gone; the pipeline reports its error.
+                        Err(_) => return Ok(()),
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    // Still deliver: the sink drains the channel until it closes.
+                    let _ = out.send(batch).await;
+                    return Ok(());
+                }
+                _ = tick.tick() => self.maybe_status(false).await?,
+            }
+        }
+    }
+}
+
+fn split_old(old: Option<pgoutput::OldTuple>) -> (Option<Vec<Datum>>, bool) {
+    match old {
+        None => (None, false),
+        Some(o) => {
+            let key_only = matches!(o.kind, OldKind::Key);
+            (Some(o.values), key_only)
+        }
+    }
+}
