@@ -1,1 +1,557 @@
-//! TODO
+//! `postgres://` connection URLs, `sslmode`, and the control connection.
+//!
+//! Accepted form (libpq's URL syntax, one host):
+//! `postgres[ql]://USER[:PASSWORD]@HOST[:PORT]/DBNAME?sslmode=..&sslrootcert=..&application_name=..&connect_timeout=..`.
+//! User, password, database and parameter values are percent-decoded; `[::1]` brackets an IPv6 address; `?host=/dir`
+//! selects a Unix-domain socket directory (the socket is `/dir/.s.PGSQL.PORT`, and like libpq `sslmode` does not
+//! apply to it). `user`, `password`, `dbname`, `host` and `port` may also be given as query parameters.
+//! Defaults: port 5432, database = user, `sslmode=prefer`, `application_name=ficus`, `connect_timeout=10` (seconds;
+//! 0 waits forever).
+//!
+//! **Guarantee:** the password never appears in `Debug`, `Display`, errors or [`ConnInfo::redacted`]; it is
+//! reachable only through [`Password::expose`].
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use super::tls::{self, TlsError};
+
+/// A password that prints as `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    pub fn new(password: impl Into<String>) -> Password {
+        Password(password.into())
+    }
+
+    /// The secret itself; only for the authentication exchange.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// libpq's `sslmode`, minus `allow` (see [`super::tls`] for what each mode verifies).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    #[default]
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    const ACCEPTED: &'static str = "disable, prefer, require, verify-ca, verify-full";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for SslMode {
+    type Err = ConnInfoError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "disable" => SslMode::Disable,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => {
+                return Err(ConnInfoError(format!(
+                    "sslmode={other:?} is not supported; use one of: {}",
+                    SslMode::ACCEPTED
+                )))
+            }
+        })
+    }
+}
+
+/// What is wrong with a connection URL, and how to fix it. Never contains the password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConnInfoError(String);
+
+/// Opening the control connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlConnectError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// `detail` is the whole cause chain (tokio-postgres' own Display is terse, e.g. "db error").
+    #[error("connecting to {target}: {detail}")]
+    Postgres {
+        target: String,
+        detail: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+/// "server error 28P01: password authentication failed ...", or the error with its sources.
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!("server error {}: {}", db.code().code(), db.message());
+        if let Some(d) = db.detail() {
+            s.push_str(&format!("; detail: {d}"));
+        }
+        if let Some(h) = db.hint() {
+            s.push_str(&format!("; hint: {h}"));
+        }
+        return s;
+    }
+    let mut s = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        s.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    s
+}
+
+/// A parsed connection URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// Host name, IP address, or (starting with `/`) a Unix-domain socket directory.
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<Password>,
+    pub dbname: String,
+    pub sslmode: SslMode,
+    pub sslrootcert: Option<PathBuf>,
+    pub application_name: String,
+    /// Bounds the whole connect (TCP, TLS, authentication); zero means no bound.
+    pub connect_timeout: Duration,
+}
+
+const FORM: &str = "postgres://USER[:PASSWORD]@HOST[:PORT]/DBNAME[?sslmode=...]";
+const PARAMS: &str = "host, port, user, password, dbname, sslmode, sslrootcert, application_name, connect_timeout";
+
+fn bad(msg: impl Into<String>) -> ConnInfoError {
+    ConnInfoError(msg.into())
+}
+
+impl ConnInfo {
+    /// Parses a `postgres://` or `postgresql://` URL (see the module docs).
+    pub fn parse(url: &str) -> Result<ConnInfo, ConnInfoError> {
+        let url = url.trim();
+        let rest = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://")).ok_or_else(|| {
+            bad(format!("the connection URL must start with postgres:// or postgresql://, as in {FORM}"))
+        })?;
+        let (main, query) = match rest.split_once('?') {
+            Some((m, q)) => (m, Some(q)),
+            None => (rest, None),
+        };
+        let (authority, path) = match main.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (main, None),
+        };
+        let (userinfo, hostport) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+
+        let mut user = None;
+        let mut password = None;
+        if let Some(userinfo) = userinfo {
+            let (u, p) = match userinfo.split_once(':') {
+                Some((u, p)) => (u, Some(p)),
+                None => (userinfo, None),
+            };
+            user = Some(decode(u, "user name")?).filter(|u| !u.is_empty());
+            password = p.map(|p| decode(p, "password")).transpose()?.map(Password);
+        }
+
+        if hostport.contains(',') {
+            return Err(bad("several hosts in one URL are not supported; give exactly one HOST[:PORT]"));
+        }
+        let (host, port) = split_host_port(hostport)?;
+        let mut host = decode(host, "host")?;
+        let mut port = port.map(parse_port).transpose()?;
+        let mut dbname = match path {
+            Some(p) if p.contains('/') => {
+                return Err(bad(format!("the database name {p:?} contains '/'; percent-encode it as %2F")))
+            }
+            Some(p) => Some(decode(p, "database name")?).filter(|d| !d.is_empty()),
+            None => None,
+        };
+
+        let mut sslmode = SslMode::default();
+        let mut sslrootcert = None;
+        let mut application_name = "ficus".to_string();
+        let mut connect_timeout = Duration::from_secs(10);
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| bad(format!("URL parameter {pair:?} has no value; write NAME=VALUE")))?;
+            let what = format!("URL parameter {key}");
+            let value = if key == "password" { decode(value, "password")? } else { decode(value, &what)? };
+            match key {
+                "host" => host = value,
+                "port" => port = Some(parse_port(&value)?),
+                "user" => user = Some(value).filter(|u| !u.is_empty()),
+                "password" => password = Some(Password(value)),
+                "dbname" => dbname = Some(value).filter(|d| !d.is_empty()),
+                "sslmode" => sslmode = value.parse()?,
+                "sslrootcert" => sslrootcert = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty()),
+                "application_name" => application_name = value,
+                "connect_timeout" => {
+                    let secs: u64 = value.parse().map_err(|_| {
+                        bad(format!(
+                            "connect_timeout={value:?} is not a whole number of seconds (e.g. connect_timeout=10)"
+                        ))
+                    })?;
+                    connect_timeout = Duration::from_secs(secs);
+                }
+                other => {
+                    return Err(bad(format!(
+                        "URL parameter {other:?} is not supported; supported parameters: {PARAMS}"
+                    )))
+                }
+            }
+        }
+
+        let user = user.ok_or_else(|| bad(format!("the connection URL has no user name; write it as {FORM}")))?;
+        if host.is_empty() {
+            host = "localhost".to_string();
+        }
+        Ok(ConnInfo {
+            dbname: dbname.unwrap_or_else(|| user.clone()),
+            host,
+            port: port.unwrap_or(5432),
+            user,
+            password,
+            sslmode,
+            sslrootcert,
+            application_name,
+            connect_timeout,
+        })
+    }
+
+    /// True when `host` names a Unix-domain socket directory.
+    pub fn is_unix_socket(&self) -> bool {
+        self.host.starts_with('/')
+    }
+
+    /// The Unix-domain socket path (`{host}/.s.PGSQL.{port}`), for socket-directory hosts.
+    pub fn unix_socket_path(&self) -> Option<PathBuf> {
+        self.is_unix_socket()
+            .then(|| PathBuf::from(format!("{}/.s.PGSQL.{}", self.host.trim_end_matches('/'), self.port)))
+    }
+
+    /// `host:port` (or the socket path), for messages.
+    pub fn target(&self) -> String {
+        match self.unix_socket_path() {
+            Some(p) => p.display().to_string(),
+            None if self.host.contains(':') => format!("[{}]:{}", self.host, self.port),
+            None => format!("{}:{}", self.host, self.port),
+        }
+    }
+
+    /// The URL with the password replaced by `***`, safe to log.
+    pub fn redacted(&self) -> String {
+        let mut s = format!("postgres://{}", encode(&self.user));
+        if self.password.is_some() {
+            s.push_str(":***");
+        }
+        s.push('@');
+        let mut params = Vec::new();
+        if self.is_unix_socket() {
+            params.push(format!("host={}", encode(&self.host)));
+            s.push_str(&format!(":{}", self.port));
+        } else if self.host.contains(':') {
+            s.push_str(&format!("[{}]:{}", self.host, self.port));
+        } else {
+            s.push_str(&format!("{}:{}", encode(&self.host), self.port));
+        }
+        s.push('/');
+        s.push_str(&encode(&self.dbname));
+        params.push(format!("sslmode={}", self.sslmode));
+        if let Some(p) = &self.sslrootcert {
+            params.push(format!("sslrootcert={}", encode(&p.display().to_string())));
+        }
+        if self.application_name != "ficus" {
+            params.push(format!("application_name={}", encode(&self.application_name)));
+        }
+        if self.connect_timeout != Duration::from_secs(10) {
+            params.push(format!("connect_timeout={}", self.connect_timeout.as_secs()));
+        }
+        s.push('?');
+        s.push_str(&params.join("&"));
+        s
+    }
+
+    /// Whether TLS applies: never on Unix sockets (libpq ignores `sslmode` there), never with `disable`.
+    pub fn uses_tls(&self) -> bool {
+        self.sslmode != SslMode::Disable && !self.is_unix_socket()
+    }
+
+    /// tokio-postgres settings for the control connection (TLS mode: `verify-*` map to `Require`; the rustls
+    /// configuration from [`super::tls::client_config`] does the verifying).
+    pub fn tokio_postgres_config(&self) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&self.host)
+            .port(self.port)
+            .user(&self.user)
+            .dbname(&self.dbname)
+            .application_name(&self.application_name)
+            .ssl_mode(match self.sslmode {
+                _ if !self.uses_tls() => tokio_postgres::config::SslMode::Disable,
+                SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+                _ => tokio_postgres::config::SslMode::Require,
+            });
+        if let Some(p) = &self.password {
+            config.password(p.expose());
+        }
+        if !self.connect_timeout.is_zero() {
+            config.connect_timeout(self.connect_timeout);
+        }
+        config
+    }
+
+    /// Opens the control connection (TLS per `sslmode`) and spawns its connection task; abort the handle to close.
+    pub async fn connect_control(&self) -> Result<(tokio_postgres::Client, JoinHandle<()>), ControlConnectError> {
+        let config = self.tokio_postgres_config();
+        let target = self.target();
+        let err = |source: tokio_postgres::Error| ControlConnectError::Postgres {
+            target: target.clone(),
+            detail: describe(&source),
+            source,
+        };
+        if !self.uses_tls() {
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(err)?;
+            return Ok((client, tokio::spawn(drive(connection))));
+        }
+        let tls = tls::client_config(self.sslmode, self.sslrootcert.as_deref())?;
+        let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
+        let (client, connection) = config.connect(connector).await.map_err(err)?;
+        Ok((client, tokio::spawn(drive(connection))))
+    }
+}
+
+async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {
+    if let Err(e) = connection.await {
+        tracing::warn!(error = %e, "control connection closed");
+    }
+}
+
+fn split_host_port(hostport: &str) -> Result<(&str, Option<&str>), ConnInfoError> {
+    if let Some(v6) = hostport.strip_prefix('[') {
+        let (host, after) = v6
+            .split_once(']')
+            .ok_or_else(|| bad(format!("host {hostport:?} opens '[' without closing ']'; write [IPv6]:PORT")))?;
+        return match after {
+            "" => Ok((host, None)),
+            _ => match after.strip_prefix(':') {
+                Some(port) => Ok((host, Some(port))),
+                None => Err(bad(format!("unexpected {after:?} after the IPv6 host; write [IPv6]:PORT"))),
+            },
+        };
+    }
+    Ok(match hostport.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (hostport, None),
+    })
+}
+
+fn parse_port(port: &str) -> Result<u16, ConnInfoError> {
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(p),
+        _ => Err(bad(format!("port {port:?} is not a number from 1 to 65535 (the default is 5432)"))),
+    }
+}
+
+/// Percent-decodes one URL component; `what` names it in the error (never its value for passwords).
+fn decode(s: &str, what: &str) -> Result<String, ConnInfoError> {
+    let secret = what == "password";
+    let shown = |s: &str| if secret { String::new() } else { format!(" {s:?}") };
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+            let byte = hex.and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or_else(|| {
+                bad(format!(
+                    "the {what}{} has a '%' not followed by two hex digits; write a literal % as %25",
+                    shown(s)
+                ))
+            })?;
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad(format!("the {what}{} does not percent-decode to UTF-8", shown(s))))
+}
+
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_url() {
+        let info = ConnInfo::parse(
+            "postgres://ficus:s%40cr%3At@db.example.com:6543/shop?sslmode=verify-full&sslrootcert=/etc/ca.pem&application_name=cdc&connect_timeout=3",
+        )
+        .unwrap();
+        assert_eq!(info.host, "db.example.com");
+        assert_eq!(info.port, 6543);
+        assert_eq!(info.user, "ficus");
+        assert_eq!(info.password.as_ref().unwrap().expose(), "s@cr:t");
+        assert_eq!(info.dbname, "shop");
+        assert_eq!(info.sslmode, SslMode::VerifyFull);
+        assert_eq!(info.sslrootcert, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(info.application_name, "cdc");
+        assert_eq!(info.connect_timeout, Duration::from_secs(3));
+        assert_eq!(info.target(), "db.example.com:6543");
+    }
+
+    #[test]
+    fn defaults() {
+        let info = ConnInfo::parse("postgresql://alice@localhost").unwrap();
+        assert_eq!(info.port, 5432);
+        assert_eq!(info.password, None);
+        assert_eq!(info.dbname, "alice");
+        assert_eq!(info.sslmode, SslMode::Prefer);
+        assert_eq!(info.application_name, "ficus");
+        assert_eq!(info.connect_timeout, Duration::from_secs(10));
+        assert!(info.uses_tls());
+        let info = ConnInfo::parse("postgres://alice@/db").unwrap();
+        assert_eq!(info.host, "localhost");
+    }
+
+    #[test]
+    fn ipv6_and_unix_socket() {
+        let info = ConnInfo::parse("postgres://u@[::1]:5433/d").unwrap();
+        assert_eq!((info.host.as_str(), info.port), ("::1", 5433));
+        assert_eq!(info.target(), "[::1]:5433");
+        assert!(info.redacted().contains("@[::1]:5433/d"), "{}", info.redacted());
+
+        let info = ConnInfo::parse("postgres://u@:5499/d?host=%2Ftmp%2Fpg&sslmode=require").unwrap();
+        assert!(info.is_unix_socket());
+        assert!(!info.uses_tls());
+        assert_eq!(info.unix_socket_path(), Some(PathBuf::from("/tmp/pg/.s.PGSQL.5499")));
+        let again = ConnInfo::parse(&info.redacted()).unwrap();
+        assert_eq!((again.host, again.port), (info.host, info.port));
+    }
+
+    #[test]
+    fn password_is_never_printed() {
+        let info = ConnInfo::parse("postgres://ficus:hunter2@h/db?sslmode=disable").unwrap();
+        let debug = format!("{info:?}");
+        assert!(!debug.contains("hunter2") && debug.contains("***"), "{debug}");
+        assert_eq!(info.redacted(), "postgres://ficus:***@h:5432/db?sslmode=disable");
+        assert_eq!(info.password.as_ref().unwrap().to_string(), "***");
+        let no_pw = ConnInfo::parse("postgres://ficus@h/db").unwrap();
+        assert_eq!(no_pw.redacted(), "postgres://ficus@h:5432/db?sslmode=prefer");
+        // A malformed password escape is reported without echoing the password.
+        let e = ConnInfo::parse("postgres://ficus:hunt%zzer2@h/db").unwrap_err().to_string();
+        assert!(e.contains("password") && !e.contains("hunt"), "{e}");
+    }
+
+    #[test]
+    fn query_parameters_override() {
+        let info =
+            ConnInfo::parse("postgres://h/?user=bob&password=p%26w&dbname=x%20y&port=7000&host=10.1.2.3").unwrap();
+        assert_eq!(info.user, "bob");
+        assert_eq!(info.password.unwrap().expose(), "p&w");
+        assert_eq!(info.dbname, "x y");
+        assert_eq!((info.host.as_str(), info.port), ("10.1.2.3", 7000));
+    }
+
+    #[test]
+    fn bad_urls_say_what_to_fix() {
+        let cases = [
+            ("mysql://u@h/db", "postgres://"),
+            ("postgres://h/db", "no user name"),
+            ("postgres://u@h:99999/db", "port \"99999\""),
+            ("postgres://u@h:0/db", "1 to 65535"),
+            ("postgres://u@h:x/db", "port \"x\""),
+            ("postgres://u@h1,h2/db", "several hosts"),
+            ("postgres://u@h/db?sslmode=verify", "sslmode=\"verify\""),
+            ("postgres://u@h/db?sslmode=verify", "verify-full"),
+            ("postgres://u@h/db?sslmod=require", "\"sslmod\" is not supported"),
+            ("postgres://u@h/db?sslmode", "has no value"),
+            ("postgres://u@h/db?connect_timeout=soon", "connect_timeout"),
+            ("postgres://u@h/a/b", "'/'"),
+            ("postgres://u@h/d%4", "database name"),
+            ("postgres://u@h/d%ff", "UTF-8"),
+            ("postgres://u@[::1/d", "']'"),
+        ];
+        for (url, needle) in cases {
+            let e = ConnInfo::parse(url).expect_err(url).to_string();
+            assert!(e.contains(needle), "{url}: {e:?} should mention {needle:?}");
+        }
+    }
+
+    #[test]
+    fn sslmode_from_str() {
+        for mode in [SslMode::Disable, SslMode::Prefer, SslMode::Require, SslMode::VerifyCa, SslMode::VerifyFull] {
+            assert_eq!(mode.as_str().parse::<SslMode>().unwrap(), mode);
+        }
+        let e = "allow".parse::<SslMode>().unwrap_err().to_string();
+        assert!(e.contains("sslmode") && e.contains("verify-ca"), "{e}");
+    }
+
+    #[test]
+    fn tokio_postgres_config_maps_modes() {
+        use tokio_postgres::config::SslMode as T;
+        let c = ConnInfo::parse("postgres://u:p@h:1/d?sslmode=verify-ca&connect_timeout=0")
+            .unwrap()
+            .tokio_postgres_config();
+        assert_eq!(c.get_ssl_mode(), T::Require);
+        assert_eq!(c.get_connect_timeout(), None);
+        assert_eq!(c.get_password(), Some(&b"p"[..]));
+        let c = ConnInfo::parse("postgres://u@h/d?sslmode=disable").unwrap().tokio_postgres_config();
+        assert_eq!(c.get_ssl_mode(), T::Disable);
+        let c = ConnInfo::parse("postgres://u@h/d?host=/run/pg&sslmode=require").unwrap().tokio_postgres_config();
+        assert_eq!(c.get_ssl_mode(), T::Disable);
+    }
+}

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Throughput benchmark: ficus (null sink and end to end) vs pg_recvlogical vs in-server decode on one WAL.
+# Prints a table and the targets; see docs/benchmarks.md.  Usage: scripts/bench.sh [--rows N] [--updates N] [--skip-kafka]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-test-deps.sh >/dev/null
+cargo build --release --locked --bin ficus
+export FICUS_NOIDA="${FICUS_NOIDA:-$PWD/.venv/noida/bin/noida-db}"
+exec python3 scripts/bench.py "$@"

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs, and only what is missing (safe to rerun; a second run changes nothing):
+#   - Debian packages: PostgreSQL 15 server (tests start their own throwaway clusters), and the build
+#     dependencies of rdkafka (C/C++ compiler, make, pkg-config, OpenSSL and zlib headers; zstd is built from
+#     source by zstd-sys) and python3-venv (for the broker below). apt-get runs only when something is missing,
+#     and needs root.
+#   - .venv/noida: a Python venv with noida-db 0.2.3, the Kafka-protocol broker the tests start (gitignored).
+# Environment: FICUS_PG_BIN (PostgreSQL server binaries, default /usr/lib/postgresql/15/bin).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NOIDA_VERSION=0.2.3
+VENV=.venv/noida
+PG_BIN=${FICUS_PG_BIN:-/usr/lib/postgresql/15/bin}
+
+log() { echo "install-test-deps: $*"; }
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+have() { command -v "$1" >/dev/null 2>&1; }
+# Headers count as present when the compiler finds them (they may come from outside dpkg).
+have_header() { printf '#include <%s>\n' "$1" | cc -E -x c - >/dev/null 2>&1; }
+
+# --- Debian packages -------------------------------------------------------------------------------------------
+missing=()
+if [ ! -x "$PG_BIN/initdb" ] || [ ! -x "$PG_BIN/pg_ctl" ] || [ ! -x "$PG_BIN/postgres" ]; then
+    missing+=(postgresql-15)
+elif is_root && ! id -u postgres >/dev/null 2>&1; then
+    # As root the tests run PostgreSQL as the `postgres` user, which the package creates.
+    missing+=(postgresql-15)
+fi
+have make || missing+=(make)
+have cc || missing+=(gcc)
+have c++ || missing+=(g++)
+have pkg-config || missing+=(pkg-config)
+if have cc; then
+    have_header openssl/ssl.h || missing+=(libssl-dev)
+    have_header zlib.h || missing+=(zlib1g-dev)
+else
+    missing+=(libssl-dev zlib1g-dev)
+fi
+have python3 || missing+=(python3)
+# Debian splits ensurepip (which `python3 -m venv` needs) into python3-venv. Only needed to create the venv.
+if [ ! -x "$VENV/bin/python3" ] && ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    missing+=(python3-venv)
+fi
+
+if [ ${#missing[@]} -gt 0 ]; then
+    if ! is_root; then
+        echo "install-test-deps: missing: ${missing[*]}" >&2
+        echo "install-test-deps: run this script as root, or: sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
+        exit 1
+    fi
+    if ! have apt-get; then
+        echo "install-test-deps: missing ${missing[*]} and there is no apt-get: install them by hand" >&2
+        exit 1
+    fi
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends --no-upgrade "${missing[@]}"
+    # The package may create and start a `15 main` cluster on port 5432; the tests never use it (each starts its
+    # own on a free port), so it is left alone.
+    if [ ! -x "$PG_BIN/initdb" ]; then
+        echo "install-test-deps: PostgreSQL server binaries still not in $PG_BIN (set FICUS_PG_BIN?)" >&2
+        exit 1
+    fi
+else
+    log "system packages: all present"
+fi
+if is_root && ! id -u postgres >/dev/null 2>&1; then
+    log "creating the postgres user"
+    useradd --system --user-group --home-dir /var/lib/postgresql --shell /bin/bash postgres
+fi
+
+# --- noida-db (test broker) ------------------------------------------------------------------------------------
+installed_noida() {
+    [ -x "$VENV/bin/noida-db" ] &&
+        "$VENV/bin/python3" -c 'import importlib.metadata as m, sys; sys.stdout.write(m.version("noida-db"))' 2>/dev/null
+}
+if [ "$(installed_noida || true)" = "$NOIDA_VERSION" ]; then
+    log "noida-db $NOIDA_VERSION: already in $VENV"
+else
+    log "creating $VENV with noida-db $NOIDA_VERSION"
+    python3 -m venv --clear "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "noida-db==$NOIDA_VERSION"
+    if [ "$(installed_noida || true)" != "$NOIDA_VERSION" ]; then
+        echo "install-test-deps: noida-db $NOIDA_VERSION did not install into $VENV" >&2
+        exit 1
+    fi
+fi
+log "done (broker: $PWD/$VENV/bin/noida-db, PostgreSQL: $PG_BIN)"

@@ -1,0 +1,165 @@
+//! Tests of the test harness itself (`tests/support`): if these fail on CI, the environment is broken, not ficus.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+use support::{unique_db, PgOptions, TestKafka, TestPostgres};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shared_postgres_is_logical_and_databases_are_private() {
+    let pg = TestPostgres::shared();
+    let db = unique_db("smoke");
+    pg.create_database(&db);
+    pg.execute(&db, "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);").await;
+    let client = pg.client(&db).await;
+    let level: String = client.query_one("SHOW wal_level", &[]).await.unwrap().get(0);
+    assert_eq!(level, "logical");
+    let n: i64 = client.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
+    assert_eq!(n, 2);
+    // A logical slot with pgoutput works (what ficus needs).
+    let slot = db.clone();
+    client.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot]).await.unwrap();
+    client.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await.unwrap();
+    assert!(pg.superuser_url(&db).starts_with(&format!("postgres://postgres@127.0.0.1:{}/{db}", pg.port())));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn roles_other_than_the_superuser_need_their_password() {
+    let pg = TestPostgres::shared();
+    let db = unique_db("pw");
+    pg.create_database(&db);
+    let role = unique_db("role");
+    pg.execute(&db, &format!("CREATE ROLE {role} LOGIN REPLICATION PASSWORD 'p@ss word'")).await;
+    let connect = |password: &str| {
+        let url = pg.url(&role, password, &db);
+        async move { tokio_postgres::connect(&url, tokio_postgres::NoTls).await.map(|_| ()) }
+    };
+    let err = connect("wrong").await.expect_err("wrong password accepted");
+    assert!(err.to_string().contains("password") || format!("{err:?}").contains("password"), "{err:?}");
+    connect("p@ss word").await.expect("right password refused");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dedicated_cluster_with_settings_restarts_and_is_removed_on_drop() {
+    let pg = TestPostgres::start_with(PgOptions::default().setting("wal_level", "replica").superuser_password("s3cret"));
+    let root: PathBuf = pg.data_dir().parent().unwrap().to_path_buf();
+    let client = pg.client("postgres").await;
+    let level: String = client.query_one("SHOW wal_level", &[]).await.unwrap().get(0);
+    assert_eq!(level, "replica");
+    assert!(pg.superuser_url("postgres").contains("postgres:s3cret@"));
+    pg.execute("postgres", "CREATE TABLE survives (id int); INSERT INTO survives VALUES (7);").await;
+    drop(client);
+    pg.restart_immediate();
+    let client = pg.client("postgres").await;
+    let v: i32 = client.query_one("SELECT id FROM survives", &[]).await.unwrap().get(0);
+    assert_eq!(v, 7);
+    assert!(pg.log().contains("database system was interrupted"), "no crash recovery in the log:\n{}", pg.log());
+    drop(client);
+    let port = pg.port();
+    drop(pg);
+    assert!(!root.exists(), "{} left behind", root.display());
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "server still listening on {port}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn produce_to_the_shared_broker_and_consume_it_back() {
+    let kafka = TestKafka::shared();
+    let topic = kafka.unique_topic("smoke");
+    kafka.create_topic(&topic, 3).await;
+    assert_eq!(kafka.partitions(&topic).await, vec![0, 1, 2]);
+    let producer = kafka.producer();
+    for i in 0..3 {
+        let key = format!("k{i}");
+        let payload = format!(r#"{{"n":{i}}}"#);
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "event-type", value: Some("Smoke") })
+            .insert(Header { key: "n", value: Some(&i.to_string()) });
+        producer
+            .send(FutureRecord::to(&topic).key(&key).payload(&payload).headers(headers).partition(i), WAIT)
+            .await
+            .unwrap_or_else(|(e, _)| panic!("produce: {e}"));
+    }
+    let mut msgs = kafka.consume_all(&topic, 3, WAIT).await;
+    assert_eq!(msgs.len(), 3, "{msgs:?}");
+    msgs.sort_by_key(|m| m.partition);
+    for (i, m) in msgs.iter().enumerate() {
+        assert_eq!(m.partition, i as i32);
+        assert_eq!(m.offset, 0);
+        assert_eq!(m.key.as_deref(), Some(format!("k{i}").as_bytes()));
+        assert_eq!(m.payload.as_deref(), Some(format!(r#"{{"n":{i}}}"#).as_bytes()));
+        assert_eq!(m.headers, vec![("event-type".to_string(), b"Smoke".to_vec()), ("n".to_string(), i.to_string().into_bytes())]);
+        assert!(m.timestamp.is_some());
+    }
+    assert_eq!(kafka.high_watermark(&topic).await, 3);
+    // Never hangs: fewer messages than expected returns at the timeout, a missing topic too.
+    assert_eq!(kafka.consume_all(&topic, 4, Duration::from_secs(2)).await.len(), 3);
+    assert!(kafka.consume_all(&kafka.unique_topic("missing"), 1, Duration::from_secs(2)).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dedicated_broker_stops_and_starts() {
+    let kafka = TestKafka::start_dedicated();
+    let dir = kafka.data_dir().unwrap();
+    let port: u16 = kafka.brokers().rsplit(':').next().unwrap().parse().unwrap();
+    let topic = kafka.unique_topic("restart");
+    kafka.create_topic(&topic, 1).await;
+    let producer = kafka.producer();
+    producer.send(FutureRecord::to(&topic).key("k").payload("before"), WAIT).await.unwrap_or_else(|(e, _)| panic!("{e}"));
+    kafka.stop();
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    kafka.start();
+    // A graceful stop saves noida-db's data: the topic and its message are back.
+    let msgs = kafka.consume_all(&topic, 1, WAIT).await;
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].payload.as_deref(), Some(&b"before"[..]));
+    drop(kafka);
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "broker still listening on {port}");
+}
+
+/// Runs in a child process (see below): starts the shared instances, prints where they live, and exits.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "helper for shared_instances_are_removed_when_the_test_process_exits"]
+async fn helper_start_shared_instances_and_exit() {
+    let pg = TestPostgres::shared();
+    println!("PG_ROOT={}", pg.data_dir().parent().unwrap().display());
+    println!("PG_PORT={}", pg.port());
+    if let Some(dir) = TestKafka::shared().data_dir() {
+        println!("KAFKA_ROOT={}", dir.parent().unwrap().display());
+        println!("KAFKA_BROKERS={}", TestKafka::shared().brokers());
+    }
+}
+
+#[test]
+fn shared_instances_are_removed_when_the_test_process_exits() {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "helper_start_shared_instances_and_exit", "--nocapture", "--test-threads=1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "helper failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let value = |name: &str| {
+        // libtest prints `test <name> ... ` on the line of the first value.
+        stdout.lines().find_map(|l| l.split_once(&format!("{name}=")).map(|(_, v)| v.trim().to_string()))
+    };
+    let pg_root = PathBuf::from(value("PG_ROOT").unwrap_or_else(|| panic!("no PG_ROOT in helper output:\n{stdout}")));
+    let pg_port: u16 = value("PG_PORT").unwrap().parse().unwrap();
+    let mut gone: Vec<(PathBuf, Option<String>)> = vec![(pg_root, Some(format!("127.0.0.1:{pg_port}")))];
+    if let Some(root) = value("KAFKA_ROOT") {
+        gone.push((PathBuf::from(root), value("KAFKA_BROKERS")));
+    }
+    for (dir, addr) in gone {
+        let deadline = std::time::Instant::now() + WAIT;
+        while dir.exists() || addr.as_ref().is_some_and(|a| std::net::TcpStream::connect(a.as_str()).is_ok()) {
+            assert!(std::time::Instant::now() < deadline, "{} ({addr:?}) still there {WAIT:?} after the process exited", dir.display());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
