@@ -78,14 +78,28 @@ pub struct RunOptions {
 }
 
 fn replication_error(e: ReplicationError) -> PipelineError {
-    PipelineError::Postgres(e.to_string())
+    match &e {
+        // The control connection authenticated, so this is a replication-specific grant (pg_hba.conf
+        // `replication` lines do not apply to logical replication, but a role without LOGIN/REPLICATION does).
+        ReplicationError::Auth { .. } => PipelineError::Config(format!("source.url: {e}")),
+        ReplicationError::Server { sqlstate, .. } if sqlstate.starts_with("28") || sqlstate == "3D000" => {
+            PipelineError::Config(format!("source.url: {e}"))
+        }
+        _ => PipelineError::Postgres(e.to_string()),
+    }
 }
 
 /// Runs the pipeline until `shutdown` is cancelled (returns `Ok`) or a stage fails.
 pub async fn run(config: Config, options: RunOptions, shutdown: CancellationToken) -> Result<(), PipelineError> {
     let info = ConnInfo::parse(&config.source.url).map_err(|e| PipelineError::Config(format!("source.url: {e}")))?;
     tracing::info!(url = %info.redacted(), slot = %config.source.slot, "connecting to PostgreSQL");
-    let (client, connection) = info.connect_control().await.map_err(|e| PipelineError::Postgres(e.to_string()))?;
+    let (client, connection) = info.connect_control().await.map_err(|e| {
+        if e.is_configuration_problem() {
+            PipelineError::Config(format!("source.url: {e} (check user, password, database and pg_hba.conf)"))
+        } else {
+            PipelineError::Postgres(e.to_string())
+        }
+    })?;
 
     let (report, catalog) = control::preflight(&client, &config).await?;
     for item in &report.items {

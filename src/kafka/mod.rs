@@ -219,15 +219,17 @@ impl KafkaSink {
                     }
                 }
                 Err((err, _)) => {
-                    self.progress.fail(tx, String::new());
-                    return Err(SinkError::Delivery(format!(
+                    let reason = format!(
                         "Kafka refused a message for topic {} (table {}, LSN {}, {} bytes): {err}{}",
                         record.topic,
                         record.header("source-table").unwrap_or("?"),
                         record.header("source-lsn").unwrap_or("?"),
                         record.payload.len(),
                         hint(&err),
-                    )));
+                    );
+                    // Freeze the flushed position before returning, so nothing after this record is confirmed.
+                    self.progress.fail(tx, reason.clone());
+                    return Err(SinkError::Delivery(reason));
                 }
             }
         }

@@ -118,6 +118,21 @@ pub enum ControlConnectError {
     },
 }
 
+impl ControlConnectError {
+    /// True when retrying cannot help and the operator must change the configuration or the server's grants:
+    /// bad credentials, unknown role or database, no `pg_hba.conf` entry, TLS set-up errors.
+    pub fn is_configuration_problem(&self) -> bool {
+        match self {
+            ControlConnectError::Tls(_) => true,
+            ControlConnectError::Postgres { source, .. } => source.as_db_error().is_some_and(|db| {
+                // 28xxx: invalid authorization (wrong password, no hba entry); 3D000: database does not exist.
+                let code = db.code().code();
+                code.starts_with("28") || code == "3D000"
+            }),
+        }
+    }
+}
+
 /// "server error 28P01: password authentication failed ...", or the error with its sources.
 fn describe(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
