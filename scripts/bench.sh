@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Throughput benchmark: ficus (null sink and end to end) vs pg_recvlogical vs in-server decode on one WAL.
-# Prints a table and the targets; see docs/benchmarks.md.  Usage: scripts/bench.sh [--rows N] [--updates N] [--skip-kafka]
+# Prints a table and the targets; see docs/benchmarks.md.  Usage: scripts/bench.sh [--rows N] [--updates N] [--big-txn N] [--skip-kafka]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh >/dev/null

@@ -69,7 +69,7 @@ impl Table {
     }
 }
 
-/// A column value in PostgreSQL's text output format.
+/// A column value as pgoutput sent it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Datum {
     Null,
@@ -77,6 +77,9 @@ pub enum Datum {
     UnchangedToast,
     /// Text-format bytes (valid UTF-8 when the database encoding is UTF8).
     Text(Bytes),
+    /// Binary-format bytes (the type's `send` output), when the stream was started with pgoutput's `binary`
+    /// option. Only for types [`crate::postgres::value_binary::supports`].
+    Binary(Bytes),
 }
 
 /// One row image, one datum per column of [`Table::columns`].

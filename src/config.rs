@@ -83,6 +83,20 @@ pub struct SourceConfig {
     /// Seconds between standby status updates (must stay below the server's `wal_sender_timeout / 2`).
     #[serde(default = "default_status_interval_secs")]
     pub status_interval_secs: u64,
+    /// How pgoutput sends column values: `auto` (default) requests the binary format when every captured column
+    /// has a type ficus decodes in binary (cheaper for the walsender, see docs/benchmarks.md), else text;
+    /// `text` always requests text.
+    #[serde(default)]
+    pub value_format: ValueFormat,
+}
+
+/// `source.value_format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueFormat {
+    #[default]
+    Auto,
+    Text,
 }
 
 /// `kafka:` — the broker and producer settings.

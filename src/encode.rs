@@ -7,8 +7,11 @@
 //! left out of `after` and named in `unavailable` — never a placeholder posing as data. Placeholder columns of a
 //! key-only old row (REPLICA IDENTITY DEFAULT) are not published either: `before` then holds only the key.
 
+use std::io::Write as _;
+
 use crate::change::{Change, Datum, Row, Table};
 use crate::postgres::value::{self, ValueError};
+use crate::postgres::value_binary;
 
 /// Identifies the source database in every event.
 #[derive(Debug, Clone)]
@@ -44,6 +47,10 @@ fn write_datum(out: &mut Vec<u8>, table: &Table, col: usize, datum: &Datum) -> R
             let oid = table.columns.get(col).map(|c| c.type_oid).unwrap_or(25);
             value::write_json(out, oid, bytes).map_err(|e| err(table, col, e))?;
         }
+        Datum::Binary(bytes) => {
+            let oid = table.columns.get(col).map(|c| c.type_oid).unwrap_or(25);
+            value_binary::write_json(out, oid, bytes).map_err(|e| err(table, col, e))?;
+        }
     }
     Ok(())
 }
@@ -75,7 +82,7 @@ fn key_json(table: &Table, row: &Row) -> Result<Option<Vec<u8>>, EncodeError> {
 /// Encodes `change`; returns (Kafka key, value).
 pub fn raw_change(change: &Change, source: &SourceInfo) -> Result<(Option<Vec<u8>>, Vec<u8>), EncodeError> {
     let table = &*change.table;
-    let mut out = Vec::with_capacity(256);
+    let mut out = Vec::with_capacity(512);
     out.extend_from_slice(b"{\"op\":\"");
     out.extend_from_slice(change.op.as_str().as_bytes());
     out.extend_from_slice(b"\",\"schema\":");
@@ -168,13 +175,9 @@ pub fn raw_change(change: &Change, source: &SourceInfo) -> Result<(Option<Vec<u8
     out.extend_from_slice(b",\"slot\":");
     value::write_json_string(&mut out, &source.slot);
     out.extend_from_slice(b",\"lsn\":\"");
-    out.extend_from_slice(change.lsn.to_string().as_bytes());
-    out.extend_from_slice(b"\",\"commitLsn\":\"");
-    out.extend_from_slice(change.tx.commit_lsn.to_string().as_bytes());
-    out.extend_from_slice(b"\",\"txId\":");
-    out.extend_from_slice(change.tx.xid.to_string().as_bytes());
+    let _ = write!(out, "{}\",\"commitLsn\":\"{}\",\"txId\":{}", change.lsn, change.tx.commit_lsn, change.tx.xid);
     out.extend_from_slice(b",\"commitTime\":\"");
-    out.extend_from_slice(value::format_unix_micros(change.tx.commit_time_us).as_bytes());
+    value::write_unix_micros(&mut out, change.tx.commit_time_us);
     out.extend_from_slice(b"\"}}");
     Ok((key, out))
 }

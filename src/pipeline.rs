@@ -18,11 +18,12 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, FileCheckpointStore};
-use crate::config::{quote_ident, Config};
+use crate::config::{quote_ident, Config, ValueFormat};
 use crate::encode::SourceInfo;
 use crate::kafka::{KafkaSink, SinkError};
 use crate::lsn::Lsn;
 use crate::postgres::conninfo::ConnInfo;
+use crate::postgres::value_binary;
 use crate::postgres::control::{self, ControlError, Report};
 use crate::postgres::replication::{ReplicationConnection, ReplicationError};
 use crate::progress::Progress;
@@ -115,12 +116,77 @@ pub async fn run(config: Config, options: RunOptions, shutdown: CancellationToke
         tracing::info!(slot = %config.source.slot, "created replication slot");
     }
 
-    let mut repl = ReplicationConnection::connect(&info).await.map_err(replication_error)?;
+    let mut binary = binary_values_possible(&config, &catalog);
+    let result = loop {
+        let session = stream_session(&config, &info, &client, catalog.clone(), &options, &shutdown, binary).await;
+        match session {
+            Err(PipelineError::Source(SourceError::NeedsTextValues { table, column, type_oid })) if binary => {
+                tracing::warn!(
+                    table,
+                    column,
+                    type_oid,
+                    "a captured column's type has no binary mapping (the table changed); restarting the stream with text values"
+                );
+                binary = false;
+                wait_for_slot_release(&client, &config.source.slot).await?;
+            }
+            other => break other,
+        }
+    };
+    drop(client);
+    connection.abort();
+    result
+}
+
+/// Whether the stream can request binary values: `source.value_format: auto` and every captured column has a
+/// type [`value_binary::supports`]. Logs why not otherwise.
+fn binary_values_possible(config: &Config, catalog: &control::Catalog) -> bool {
+    if config.source.value_format == ValueFormat::Text {
+        return false;
+    }
+    for (table, info) in &catalog.tables {
+        if let Some(c) = info.columns.iter().find(|c| !value_binary::supports(c.type_oid)) {
+            tracing::info!(
+                table = %table,
+                column = %c.name,
+                r#type = %c.type_name,
+                "streaming text values: this column's type has no binary mapping"
+            );
+            return false;
+        }
+    }
+    true
+}
+
+/// After our own replication connection closed, the server needs a moment to end its walsender and release the
+/// slot; starting again before that fails with "replication slot is active".
+async fn wait_for_slot_release(client: &tokio_postgres::Client, slot: &str) -> Result<(), PipelineError> {
+    for _ in 0..100 {
+        match control::slot_info(client, slot).await? {
+            Some(info) if info.active_pid.is_some() => tokio::time::sleep(Duration::from_millis(100)).await,
+            _ => return Ok(()),
+        }
+    }
+    Err(PipelineError::Postgres(format!("replication slot {slot} is still active 10 s after ficus closed its stream")))
+}
+
+/// One replication stream from the checkpoint until shutdown or an error: connect, start at the checkpoint, run
+/// source, sink and checkpoint tasks, then drain and write the final checkpoint and status update.
+async fn stream_session(
+    config: &Config,
+    info: &ConnInfo,
+    client: &tokio_postgres::Client,
+    catalog: control::Catalog,
+    options: &RunOptions,
+    shutdown: &CancellationToken,
+    binary: bool,
+) -> Result<(), PipelineError> {
+    let mut repl = ReplicationConnection::connect(info).await.map_err(replication_error)?;
     let system = repl.identify_system().await.map_err(replication_error)?;
     let database = system.dbname.clone().unwrap_or_else(|| info.dbname.clone());
     let mut store = FileCheckpointStore::open(&config.state.dir, &config.source.slot)?;
     let checkpoint = store.load_for(&system.systemid, &database, &config.source.slot)?;
-    let slot = control::slot_info(&client, &config.source.slot).await?;
+    let slot = control::slot_info(client, &config.source.slot).await?;
     let confirmed = slot.as_ref().and_then(|s| s.confirmed_flush).unwrap_or(Lsn::INVALID);
     let start = match checkpoint {
         Some(cp) => {
@@ -141,7 +207,7 @@ pub async fn run(config: Config, options: RunOptions, shutdown: CancellationToke
     let sink = match options.output {
         Output::Kafka => {
             let sink = KafkaSink::new(&config.kafka, progress.clone())?;
-            wait_for_broker(&sink, &config.kafka.brokers, &shutdown).await?;
+            wait_for_broker(&sink, &config.kafka.brokers, shutdown).await?;
             Some(sink)
         }
         Output::Null => None,
@@ -155,14 +221,19 @@ pub async fn run(config: Config, options: RunOptions, shutdown: CancellationToke
         .start_logical_replication(
             &config.source.slot,
             start,
-            &[("proto_version", "1"), ("publication_names", publication.as_str()), ("messages", "true")],
+            &[
+                ("proto_version", "1"),
+                ("publication_names", publication.as_str()),
+                ("messages", "true"),
+                ("binary", if binary { "true" } else { "false" }),
+            ],
         )
         .await
         .map_err(replication_error)?;
-    tracing::info!(slot = %config.source.slot, lsn = %start, system = %system.systemid, "streaming");
+    tracing::info!(slot = %config.source.slot, lsn = %start, system = %system.systemid, binary_values = binary, "streaming");
 
     let source_info = SourceInfo { system: system.systemid.clone(), database: database.clone(), slot: config.source.slot.clone() };
-    let router = Router::new(&config, source_info);
+    let router = Router::new(config, source_info);
     let stop = shutdown.child_token();
     let (tx, rx) = mpsc::channel::<Batch>(64);
 
@@ -184,7 +255,8 @@ pub async fn run(config: Config, options: RunOptions, shutdown: CancellationToke
         catalog,
         start,
         Duration::from_secs(config.source.status_interval_secs),
-    );
+    )
+    .with_binary_values(binary);
     let source_result = source.run(stop.clone()).await;
     stop.cancel();
 
@@ -207,8 +279,6 @@ pub async fn run(config: Config, options: RunOptions, shutdown: CancellationToke
         }
         Err(e) => Err(e),
     };
-    drop(client);
-    connection.abort();
     tracing::info!(flushed = %flushed, "stopped");
 
     sink_result?;

@@ -19,7 +19,25 @@ pub struct Record {
     /// `None` = null key (the table has no primary key nor replica-identity index).
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(&'static str, HeaderValue)>,
+}
+
+/// A header value; shared or static where possible, so a record costs few allocations.
+#[derive(Debug, Clone)]
+pub enum HeaderValue {
+    Static(&'static str),
+    Shared(Arc<str>),
+    Owned(String),
+}
+
+impl HeaderValue {
+    pub fn as_str(&self) -> &str {
+        match self {
+            HeaderValue::Static(s) => s,
+            HeaderValue::Shared(s) => s,
+            HeaderValue::Owned(s) => s,
+        }
+    }
 }
 
 impl Record {
@@ -27,6 +45,15 @@ impl Record {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
     }
+}
+
+/// What the router decided for one relation, valid while the change's table is this very `Arc`.
+struct Route {
+    table: Arc<crate::change::Table>,
+    /// `None` = not published as raw changes.
+    topic: Option<Arc<str>>,
+    /// `schema.table`, for the `source-table` header.
+    qualified: Arc<str>,
 }
 
 /// Kafka topic for raw changes of `schema.table`: characters Kafka cannot hold become `_`.
@@ -46,8 +73,8 @@ pub struct Router {
     source: SourceInfo,
     prefix: String,
     changes_tables: Vec<String>,
-    /// Per relation id: the qualified name it was decided for and the topic (None = not published).
-    topics: HashMap<u32, (String, Option<Arc<str>>)>,
+    /// Per relation id: the decision for the latest schema of that relation.
+    routes: HashMap<u32, Route>,
 }
 
 impl Router {
@@ -57,38 +84,44 @@ impl Router {
             source,
             prefix: config.changes.topic_prefix.clone(),
             changes_tables: config.changes.tables.clone(),
-            topics: HashMap::new(),
+            routes: HashMap::new(),
         }
     }
 
-    fn topic_for(&mut self, change: &Change) -> Option<Arc<str>> {
+    fn route_for(&mut self, change: &Change) -> &Route {
         let t = &change.table;
-        let qualified = t.qualified_name();
-        if let Some((name, topic)) = self.topics.get(&t.oid) {
-            if *name == qualified {
-                return topic.clone();
-            }
+        // Same Arc = same Relation message: the common case costs one pointer comparison.
+        let fresh = match self.routes.get(&t.oid) {
+            Some(r) => !Arc::ptr_eq(&r.table, t) && (r.table.schema != t.schema || r.table.name != t.name),
+            None => true,
+        };
+        if fresh {
+            let name = TableName { schema: t.schema.clone(), name: t.name.clone() };
+            let publish = self.changes_tables.iter().any(|x| x == "*" || TableName::parse(x).as_ref() == Ok(&name));
+            let topic = publish.then(|| Arc::from(change_topic(&self.prefix, &t.schema, &t.name)));
+            self.routes.insert(t.oid, Route { table: t.clone(), topic, qualified: Arc::from(t.qualified_name()) });
+        } else if let Some(r) = self.routes.get_mut(&t.oid) {
+            // A new Relation message with the same name: keep the decision, remember the new Arc.
+            r.table = t.clone();
         }
-        let name = TableName { schema: t.schema.clone(), name: t.name.clone() };
-        let publish = self.changes_tables.iter().any(|x| x == "*" || TableName::parse(x).as_ref() == Ok(&name));
-        let topic = publish.then(|| Arc::from(change_topic(&self.prefix, &t.schema, &t.name)));
-        self.topics.insert(t.oid, (qualified, topic.clone()));
-        topic
+        &self.routes[&t.oid]
     }
 
     /// Records for one change, in publishing order.
     pub fn route(&mut self, change: &Change, out: &mut Vec<Record>) -> Result<(), encode::EncodeError> {
-        let Some(topic) = self.topic_for(change) else { return Ok(()) };
+        let route = self.route_for(change);
+        let Some(topic) = route.topic.clone() else { return Ok(()) };
+        let qualified = route.qualified.clone();
         let (key, payload) = encode::raw_change(change, &self.source)?;
         out.push(Record {
             topic,
             key,
             payload,
             headers: vec![
-                ("content-type", "application/json".to_string()),
-                ("source-lsn", change.lsn.to_string()),
-                ("op", change.op.as_str().to_string()),
-                ("source-table", change.table.qualified_name()),
+                ("content-type", HeaderValue::Static("application/json")),
+                ("source-lsn", HeaderValue::Owned(change.lsn.to_string())),
+                ("op", HeaderValue::Static(change.op.as_str())),
+                ("source-table", HeaderValue::Shared(qualified)),
             ],
         });
         Ok(())

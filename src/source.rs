@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::change::{Change, Column, Datum, Op, Table, TxMeta};
 use crate::config::TableName;
 use crate::lsn::Lsn;
+use crate::postgres::value_binary;
 use crate::postgres::control::Catalog;
 use crate::postgres::pgoutput::{self, DecodeError, Message, OldKind};
 use crate::postgres::replication::{ReplicationError, ReplicationMessage, ReplicationStream};
@@ -57,6 +58,10 @@ pub enum SourceError {
     Protocol(String),
     #[error("the server ended the replication stream")]
     Ended,
+    /// The stream sends binary values and a Relation message names a column type ficus cannot map from binary
+    /// (the table changed after the stream started). The pipeline restarts the stream in text mode.
+    #[error("column {table}.{column} has type OID {type_oid}, which has no binary mapping; text values needed")]
+    NeedsTextValues { table: String, column: String, type_oid: u32 },
 }
 
 impl SourceError {
@@ -93,6 +98,8 @@ pub struct Source {
     position: u32,
     batch: Batch,
     last_idle: Lsn,
+    /// The stream was started with pgoutput's `binary` option.
+    binary: bool,
 }
 
 impl Source {
@@ -121,7 +128,15 @@ impl Source {
             position: 0,
             batch: Vec::with_capacity(BATCH),
             last_idle: skip_before,
+            binary: false,
         }
+    }
+
+    /// Declares that the stream was started with binary values: a relation whose column types cannot be mapped
+    /// from binary then stops the source with [`SourceError::NeedsTextValues`] before any of its rows.
+    pub fn with_binary_values(mut self, binary: bool) -> Source {
+        self.binary = binary;
+        self
     }
 
     /// Streams until `shutdown` fires or an error occurs.
@@ -207,6 +222,15 @@ impl Source {
                 self.skipping = false;
             }
             Message::Relation(r) => {
+                if self.binary {
+                    if let Some(c) = r.columns.iter().find(|c| !value_binary::supports(c.type_oid)) {
+                        return Err(SourceError::NeedsTextValues {
+                            table: format!("{}.{}", r.namespace, r.name),
+                            column: c.name.clone(),
+                            type_oid: c.type_oid,
+                        });
+                    }
+                }
                 let name = TableName { schema: r.namespace.clone(), name: r.name.clone() };
                 let catalog_keys = self.catalog.tables.get(&name).map(|t| t.key_columns.clone()).filter(|k| !k.is_empty());
                 // With REPLICA IDENTITY FULL pgoutput flags every column as key, so the key comes from the

@@ -543,3 +543,66 @@ async fn password_authentication_scram_md5_and_wrong_password() {
     assert_eq!(f.wait(WAIT).code(), Some(2), "{}", f.log());
     assert!(!f.log().contains("wrong-pw"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn binary_values_match_text_values_and_new_types_fall_back_to_text() {
+    let ddl = "CREATE TABLE v (id int PRIMARY KEY, b bool, i2 int2, i8 int8, o oid, f4 float4, f8 float8, n numeric, \
+               tx text, vc varchar(10), bp char(3), nm name, js json, jb jsonb, u uuid, d date, tm time, ts timestamp, \
+               tz timestamptz, by bytea, ai int8[], an numeric[], at text[], ats timestamptz[], a2 float8[]); \
+               ALTER TABLE v REPLICA IDENTITY FULL;";
+    let s = Setup::new("binary", ddl).await;
+    let text_prefix = format!("{}_text", s.prefix);
+    let text_config = Ficus::config(&s.pg.superuser_url(&s.db), &["public.v"], &text_prefix, &s.kafka.brokers(), "")
+        .replace("  status_interval_secs: 1\n", "  status_interval_secs: 1\n  value_format: text\n");
+    let mut bin = Ficus::start(&s.config(&["public.v"]));
+    let mut txt = Ficus::start(&text_config);
+    bin.wait_for_log("binary_values=true", WAIT);
+    txt.wait_for_log("binary_values=false", WAIT);
+    // Edge values of every type with a binary mapping; the text stream is the reference.
+    s.sql(r#"INSERT INTO v VALUES
+        (1, true, -32768, -9223372036854775808, 4294967295, 3.4028235e38, 1e100, '12345678901234567890.123456789',
+         E'hé "x" \\ \t 日本語 🎉', 'vc', 'ab', 'nm', '{"a": [1, 2.50]}', '{"b": {"c": null}}',
+         'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '2026-11-22', '00:00:00', '2026-11-22 08:00:00.123456',
+         '2026-11-22 10:00:00+02', '\x', '{}', '{1.50,NULL,NaN}', '{"a,b",NULL,""}', '{"2026-11-22 08:00:00+00"}',
+         '{1.5,2,4e100}'),
+        (2, false, 32767, 9223372036854775807, 0, -0.0001, 1.5e-7, '-0.00001230', '', '', '', '', '[]', '[]',
+         '00000000-0000-0000-0000-000000000000', '0044-03-15 BC', '23:59:59.999999', '0001-01-01 00:00:00 BC',
+         '0044-03-15 12:00:00+00 BC', '\x00ff', '{1,NULL}', '{}', '{}', '{}', '{-0.0}'),
+        (3, NULL, 0, 0, 26, 123456, 123456789012345, '0', 'x', 'x', 'x', 'x', '1', '"s"',
+         'ffffffff-ffff-ffff-ffff-ffffffffffff', 'infinity', '12:00:00.1', 'infinity', '-infinity', '\xdeadbeef',
+         '{9007199254740993}', '{1e-20}', '{NULL}', '{infinity}', '{NaN,Infinity,-Infinity}'),
+        (4, true, 1, 1, 1, 1234567, 1e15, 'NaN', 'y', 'y', 'y', 'y', 'null', 'null',
+         'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '10000-01-01', '24:00:00', '1999-12-31 23:59:59.5',
+         '1970-01-01 00:00:00.000001+00', '\x00', NULL, '{100000000,0.5}', NULL, NULL, '{5e-324}'),
+        (5, false, 2, 2, 2, 'NaN', '-Infinity', 'Infinity', 'z', 'z', 'z', 'z', '{}', '{}',
+         'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '-infinity', '01:02:03', '2000-01-01 00:00:00',
+         '2000-01-01 00:00:00+00', '\x01', '{-1}', '{-Infinity}', '{"\"q\""}', '{}', '{1.7976931348623157e308}'),
+        (6, true, 3, 3, 3, 1.17549435e-38, 5e-324, '1e-20', 'w', 'w', 'w', 'w', '0.1', '0.1',
+         'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '2000-02-29', '00:00:00.000001', '2024-02-29 12:00:00',
+         '2024-02-29 12:00:00+14', '\x02', '{}', '{1e20}', '{}', '{}', '{0.1}')"#)
+        .await;
+    s.sql("INSERT INTO v (id) VALUES (7)").await;
+    s.sql("UPDATE v SET tx = tx || '!' WHERE id = 1").await;
+    let bin_msgs = values(&s.kafka.consume_all(&s.topic("public", "v"), 8, WAIT).await);
+    let txt_msgs = values(&s.kafka.consume_all(&format!("{text_prefix}.public.v"), 8, WAIT).await);
+    assert_eq!(bin_msgs.len(), 8, "{}", bin.log());
+    assert_eq!(txt_msgs.len(), 8, "{}", txt.log());
+    for (b, t) in bin_msgs.iter().zip(&txt_msgs) {
+        for field in ["op", "key", "before", "after", "unavailable"] {
+            assert_eq!(b[field], t[field], "{field} of {}", t["key"]);
+        }
+    }
+    assert_eq!(bin_msgs[0]["after"]["f8"], json!(1e100));
+    assert_eq!(bin_msgs[1]["after"]["d"], "0044-03-15 BC");
+
+    // A column whose type has no binary mapping appears mid-stream: the stream restarts with text values and
+    // nothing is lost or repeated.
+    s.sql("ALTER TABLE v ADD COLUMN iv interval; INSERT INTO v (id, iv) VALUES (100, '1 day 02:00:00')").await;
+    let bin_msgs = values(&s.kafka.consume_all(&s.topic("public", "v"), 9, WAIT).await);
+    bin.wait_for_log("restarting the stream with text values", WAIT);
+    assert_eq!(bin_msgs.len(), 9, "{}", bin.log());
+    assert_eq!(bin_msgs[8]["after"]["iv"], "P1DT2H");
+    assert!(bin.log().contains("binary_values=false"));
+    assert_eq!(bin.terminate().code(), Some(0), "{}", bin.log());
+    assert_eq!(txt.terminate().code(), Some(0));
+}

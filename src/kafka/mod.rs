@@ -196,7 +196,7 @@ impl KafkaSink {
     pub async fn send(&self, tx: TxSeq, record: &Record) -> Result<(), SinkError> {
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for (k, v) in &record.headers {
-            headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
+            headers = headers.insert(Header { key: k, value: Some(v.as_str().as_bytes()) });
         }
         self.progress.add_message(tx);
         let mut rec = BaseRecord::with_opaque_to(&record.topic, tx.0 as usize)

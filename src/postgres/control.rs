@@ -105,6 +105,16 @@ pub struct TableInfo {
     /// Primary-key columns in key order, else the replica-identity index columns, else empty.
     pub key_columns: Vec<String>,
     pub has_primary_key: bool,
+    /// Every live column: name, type OID, and the type as SQL writes it (for messages).
+    pub columns: Vec<ColumnType>,
+}
+
+/// A column's type as the catalog states it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnType {
+    pub name: String,
+    pub type_oid: u32,
+    pub type_name: String,
 }
 
 /// Catalog facts for every captured table that exists.
@@ -186,11 +196,23 @@ pub async fn table_info(client: &Client, table: &TableName) -> Result<Option<Tab
         .filter(|r| r.get::<_, bool>(1) == has_primary_key)
         .map(|r| r.get::<_, String>(0))
         .collect();
+    let columns = client
+        .query(
+            "SELECT attname::text, atttypid, format_type(atttypid, atttypmod) FROM pg_attribute \
+             WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            &[&oid],
+        )
+        .await
+        .map_err(sql(format!("reading the columns of {table}")))?
+        .iter()
+        .map(|r| ColumnType { name: r.get(0), type_oid: r.get(1), type_name: r.get(2) })
+        .collect();
     Ok(Some(TableInfo {
         oid,
         replica_identity: ident.as_bytes().first().copied().unwrap_or(b'd'),
         key_columns,
         has_primary_key,
+        columns,
     }))
 }
 

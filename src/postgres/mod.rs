@@ -5,6 +5,7 @@
 //! - [`replication`]: our replication-protocol client (startup, auth, `IDENTIFY_SYSTEM`, slots, CopyBoth stream).
 //! - [`pgoutput`]: decoder for pgoutput protocol version 1 messages.
 //! - [`value`]: PostgreSQL text values → JSON, as DESIGN.md maps them.
+//! - [`value_binary`]: the same mapping from binary (`send`) values, for pgoutput's `binary` option.
 //! - [`control`]: the regular SQL connection: preflight, publication and slot management, catalog reads.
 
 pub mod conninfo;
@@ -13,3 +14,4 @@ pub mod pgoutput;
 pub mod replication;
 pub mod tls;
 pub mod value;
+pub mod value_binary;

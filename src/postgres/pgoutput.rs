@@ -370,7 +370,10 @@ impl<'a> Reader<'a> {
                     let len = self.len("column value length")?;
                     Datum::Text(self.bytes(len, "column value")?)
                 }
-                b'b' => return Err(DecodeError::Unsupported("binary tuple data (column kind 'b')")),
+                b'b' => {
+                    let len = self.len("column value length")?;
+                    Datum::Binary(self.bytes(len, "column value")?)
+                }
                 kind => return Err(DecodeError::UnknownTupleKind(kind)),
             };
             values.push(datum);
@@ -619,8 +622,14 @@ mod tests {
         assert_eq!(decode(Enc::new(b'S').u32(1).u8(1).bytes()), Err(DecodeError::UnknownMessage(b'S')));
         let buf = Enc::new(b'I').u32(1).u8(b'N').u16(1).u8(b'x').bytes();
         assert_eq!(decode(buf), Err(DecodeError::UnknownTupleKind(b'x')));
+        // Binary column values (the `binary` option) are kept as bytes for value_binary.
         let buf = Enc::new(b'I').u32(1).u8(b'N').u16(1).u8(b'b').i32(1).raw(b"\x01").bytes();
-        assert!(matches!(decode(buf), Err(DecodeError::Unsupported(_))));
+        assert_eq!(
+            decode(buf),
+            Ok(Message::Insert { relation: 1, new: vec![Datum::Binary(Bytes::from_static(b"\x01"))] })
+        );
+        let buf = Enc::new(b'I').u32(1).u8(b'N').u16(1).u8(b'b').i32(5).raw(b"\x01").bytes();
+        assert!(decode(buf).is_err());
     }
 
     #[test]
