@@ -86,6 +86,21 @@ def cpu_ticks(pid):
         return None
 
 
+def group_cpu_ticks(pgid):
+    """CPU ticks of every process in process group `pgid` (the broker's wrapper and its server)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if int(fields[2]) == pgid:
+                    total += int(fields[11]) + int(fields[12])
+            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                pass
+    return total
+
+
 def peak_rss_mib(pid):
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -105,7 +120,7 @@ def walsender_pid(cluster, slot):
     return None
 
 
-def wait_confirmed(cluster, slot, end, proc, timeout=1800):
+def wait_confirmed(cluster, slot, end, proc, timeout=1800, other_pid=None):
     """Polls until the walsender sent `end` and the slot's confirmed_flush_lsn reached it.
 
     Returns (seconds until sent, seconds until confirmed, walsender cpu%, client cpu%, peak rss). "Sent" is when
@@ -117,6 +132,9 @@ def wait_confirmed(cluster, slot, end, proc, timeout=1800):
     ws = walsender_pid(cluster, slot)
     ws0, cl0 = cpu_ticks(ws) if ws else None, cpu_ticks(proc.pid)
     ws_last, cl_last, rss, sent_at = ws0, cl0, None, None
+    # A third process whose CPU matters (the local broker): it shares the machine's cores.
+    ot0 = group_cpu_ticks(other_pid) if other_pid else None
+    ot_last = ot0
     while True:
         row = cluster.psql("SELECT coalesce(r.sent_lsn::text, ''), coalesce(s.confirmed_flush_lsn::text, '') "
                            "FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid "
@@ -128,10 +146,13 @@ def wait_confirmed(cluster, slot, end, proc, timeout=1800):
         c = cpu_ticks(proc.pid)
         cl_last = c if c is not None else cl_last
         rss = peak_rss_mib(proc.pid) or rss
+        if other_pid:
+            o = group_cpu_ticks(other_pid)
+            ot_last = o if o is not None else ot_last
         if sent_at is None and ((sent and lsn(sent) >= end) or (conf and lsn(conf) >= end)):
             sent_at = now
             # CPU over the streaming phase only, not the idle wait for the last confirmation.
-            ws_sent, cl_sent = ws_last, cl_last
+            ws_sent, cl_sent, ot_sent = ws_last, cl_last, ot_last
         if conf and lsn(conf) >= end:
             break
         if proc.poll() is not None:
@@ -143,6 +164,8 @@ def wait_confirmed(cluster, slot, end, proc, timeout=1800):
     conf_secs = time.monotonic() - start
     wcpu = 100.0 * (ws_sent - ws0) / TICK / secs if ws0 is not None and ws_sent is not None else float("nan")
     ccpu = 100.0 * (cl_sent - cl0) / TICK / secs if cl0 is not None and cl_sent is not None else float("nan")
+    if other_pid and ot0 is not None and ot_sent is not None:
+        print(f"  ({slot}: broker CPU {100.0 * (ot_sent - ot0) / TICK / secs:.0f}% while streaming)", flush=True)
     return secs, conf_secs, wcpu, ccpu, rss
 
 
@@ -152,20 +175,21 @@ def ficus_config(cluster, slot, brokers, state, table="bench"):
             f"state:\n  dir: {state}\nchanges:\n  tables: ['*']\n  topic_prefix: {slot}\n")
 
 
-def run_ficus(cluster, slot, end, brokers, null_sink, binary, table="bench"):
+def run_ficus(cluster, slot, end, brokers, null_sink, binary, table="bench", broker_pid=None):
     state = tempfile.mkdtemp(prefix="ficus-bench-state-")
     cfg = os.path.join(state, "ficus.yaml")
     with open(cfg, "w") as f:
         f.write(ficus_config(cluster, slot, brokers, state, table))
     args = [binary, "run", "--config", cfg] + (["--null-sink"] if null_sink else [])
-    # FICUS_BENCH_WRAP: a profiler prefix for the null-sink run, e.g. "perf record -e cpu-clock -g -o /tmp/p.data --"
-    wrap = os.environ.get("FICUS_BENCH_WRAP", "").split()
-    if wrap and null_sink:
+    # A profiler prefix, e.g. "perf record -e cpu-clock -g -o /tmp/p.data --": FICUS_BENCH_WRAP for the null-sink
+    # run, FICUS_BENCH_WRAP_KAFKA for the end-to-end run.
+    wrap = os.environ.get("FICUS_BENCH_WRAP" if null_sink else "FICUS_BENCH_WRAP_KAFKA", "").split()
+    if wrap and table == "bench":
         args = wrap + args
     log = open(os.path.join(state, "log"), "w")
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "RUST_LOG": "warn"})
     try:
-        result = wait_confirmed(cluster, slot, end, proc)
+        result = wait_confirmed(cluster, slot, end, proc, other_pid=broker_pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
@@ -177,10 +201,17 @@ def start_broker():
     if os.environ.get("FICUS_TEST_KAFKA"):
         return os.environ["FICUS_TEST_KAFKA"], None
     noida = os.environ.get("FICUS_NOIDA", os.path.join(ROOT, ".venv/noida/bin/noida-db"))
+    # The launcher is a Python wrapper around a bundled server binary; run the binary itself so that stopping it
+    # (and measuring its CPU) reaches the real server.
+    import glob
+    bundled = glob.glob(os.path.join(os.path.dirname(os.path.dirname(noida)), "lib/python*/site-packages/noida_db/noida-db"))
+    if bundled:
+        noida = bundled[0]
     port = free_port()
     data = tempfile.mkdtemp(prefix="ficus-bench-kafka-")
+    # Own session: the wrapper starts the server as a child, and both are stopped (and measured) as a group.
     proc = subprocess.Popen([noida, "start", "--only", "kafka", "--kafka-port", str(port), "--data-dir", data],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     for _ in range(300):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -255,7 +286,8 @@ def main():
 
         if not a.skip_kafka:
             brokers, broker = start_broker()
-            secs, conf, w, c, rss = run_ficus(cluster, "s_kafka", end, brokers, False, a.binary)
+            secs, conf, w, c, rss = run_ficus(cluster, "s_kafka", end, brokers, False, a.binary,
+                                            broker_pid=broker.pid if broker else None)
             results["ficus -> broker"] = (changes / secs, secs, conf, w, c, rss)
 
             # Peak RSS through one huge transaction (issue #2: <= 64 MiB), end to end to the broker.
@@ -296,7 +328,12 @@ def main():
     finally:
         cluster.stop()
         if broker:
-            broker.terminate()
+            try:
+                os.killpg(broker.pid, signal.SIGTERM)
+                broker.wait(timeout=10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(broker.pid, signal.SIGKILL)
+                broker.wait()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 //! to [`Progress`]. A message that librdkafka gives up on (too large, authorization, or an explicit
 //! `message.timeout.ms`) is fatal: the flushed LSN never passes its transaction, so nothing after it is confirmed.
 //!
-//! **Backpressure.** librdkafka's queue is bounded (`queue.buffering.max.kbytes`, 16 MiB by default here). When it
+//! **Backpressure.** librdkafka's queue is bounded (`queue.buffering.max.kbytes`, 8 MiB by default here). When it
 //! is full, [`KafkaSink::send`] waits for acknowledgements instead of buffering; the pipeline's bounded channel then
 //! fills and the source stops reading the replication socket. Memory stays flat whatever the transaction size.
 //!
@@ -35,7 +35,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("compression.type", "lz4"),
     ("linger.ms", "5"),
     ("message.timeout.ms", "0"),
-    ("queue.buffering.max.kbytes", "16384"),
+    ("queue.buffering.max.kbytes", "8192"),
     ("queue.buffering.max.messages", "100000"),
     ("batch.size", "1000000"),
     ("client.id", "ficus"),
