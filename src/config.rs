@@ -35,7 +35,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError::Invalid { key: key.into(), message: message.into() }
     }
 }
@@ -54,9 +54,9 @@ pub struct Config {
     /// Raw change events, opt-in per table.
     #[serde(default)]
     pub changes: ChangesConfig,
-    /// Business-event rules. Not supported by this version yet: a non-empty list is refused by `validate`.
+    /// Business-event rules (see [`crate::rules`]).
     #[serde(default)]
-    pub events: Vec<serde_json::Value>,
+    pub events: Vec<crate::rules::spec::RuleSpec>,
     /// Initial snapshot of existing rows.
     #[serde(default)]
     pub snapshot: SnapshotConfig,
@@ -452,22 +452,18 @@ impl Config {
             ));
         }
         crate::kafka::check_user_properties(&self.kafka.properties)?;
-        if !self.events.is_empty() {
-            return Err(ConfigError::invalid(
-                "events",
-                "business-event rules are not supported by this version yet; remove `events:` and use `changes:`",
-            ));
-        }
+        // Compiling checks every rule (tables, topics, CEL syntax) with errors naming the key.
+        crate::rules::RuleSet::compile(self)?;
         if self.snapshot.mode != SnapshotMode::Never {
             return Err(ConfigError::invalid(
                 "snapshot.mode",
                 "initial snapshots are not supported by this version yet; set `mode: never`",
             ));
         }
-        if self.changes.tables.is_empty() {
+        if self.changes.tables.is_empty() && self.events.is_empty() {
             return Err(ConfigError::invalid(
                 "changes.tables",
-                "nothing would be published: list tables whose raw changes to publish, or \"*\"",
+                "nothing would be published: list tables whose raw changes to publish, or \"*\", or add `events:` rules",
             ));
         }
         if self.state.checkpoint_interval_ms == 0 {

@@ -36,4 +36,5 @@ pub mod pipeline;
 pub mod postgres;
 pub mod progress;
 pub mod router;
+pub mod rules;
 pub mod source;

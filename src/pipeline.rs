@@ -28,6 +28,7 @@ use crate::postgres::control::{self, ControlError, Report};
 use crate::postgres::replication::{ReplicationConnection, ReplicationError};
 use crate::progress::Progress;
 use crate::router::{Record, Router};
+use crate::rules::RuleSet;
 use crate::source::{Batch, Source, SourceError, SourceEvent};
 
 /// Why the pipeline stopped. [`PipelineError::exit_code`] maps it to the CLI's exit code.
@@ -233,7 +234,11 @@ async fn stream_session(
     tracing::info!(slot = %config.source.slot, lsn = %start, system = %system.systemid, binary_values = binary, "streaming");
 
     let source_info = SourceInfo { system: system.systemid.clone(), database: database.clone(), slot: config.source.slot.clone() };
-    let router = Router::new(config, source_info);
+    let rules = RuleSet::compile(config).map_err(|e| PipelineError::Config(e.to_string()))?;
+    for w in rules.warnings() {
+        tracing::warn!("{w}");
+    }
+    let router = Router::new(config, source_info, rules);
     let stop = shutdown.child_token();
     let (tx, rx) = mpsc::channel::<Batch>(64);
 

@@ -1,8 +1,9 @@
 //! Routing: one [`Change`] in, zero or more Kafka [`Record`]s out.
 //!
-//! Today a change becomes a raw change event on `<topic_prefix>.<schema>.<table>` when its table is listed in
-//! `changes.tables`; business-event rules will add records here. A change that nothing publishes is dropped on
-//! purpose (the source only captures configured tables, so this is a choice of the config, not a loss).
+//! A change becomes a raw change event on `<topic_prefix>.<schema>.<table>` when its table is listed in
+//! `changes.tables`, then one business event per matching rule ([`crate::rules`]), in rule order, and DLQ records
+//! for rules that failed on it. A change that produces no record is dropped on purpose (no rule matched and raw
+//! changes are not published for its table) and counted per table in [`Router::dropped`].
 //! Records are produced in the order returned, which keeps per-key order.
 
 use std::collections::HashMap;
@@ -11,6 +12,16 @@ use std::sync::Arc;
 use crate::change::Change;
 use crate::config::{Config, TableName};
 use crate::encode::{self, SourceInfo};
+use crate::rules::{RuleFailure, RuleSet};
+
+/// Why a change could not be routed; both stop the pipeline (exit 1) without confirming the change.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error(transparent)]
+    Encode(#[from] encode::EncodeError),
+    #[error(transparent)]
+    Rule(#[from] RuleFailure),
+}
 
 /// A message for Kafka, independent of librdkafka.
 #[derive(Debug, Clone)]
@@ -56,6 +67,13 @@ struct Route {
     qualified: Arc<str>,
 }
 
+/// Changes of one table that produced no record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    pub table: Arc<str>,
+    pub count: u64,
+}
+
 /// Kafka topic for raw changes of `schema.table`: characters Kafka cannot hold become `_`.
 pub fn change_topic(prefix: &str, schema: &str, table: &str) -> String {
     let raw = format!("{prefix}.{schema}.{table}");
@@ -75,17 +93,34 @@ pub struct Router {
     changes_tables: Vec<String>,
     /// Per relation id: the decision for the latest schema of that relation.
     routes: HashMap<u32, Route>,
+    rules: RuleSet,
+    /// Per `schema.table`: changes dropped on purpose.
+    dropped: HashMap<Arc<str>, u64>,
 }
 
 impl Router {
     /// Builds the router for `config`; `source` identifies the database in every event.
-    pub fn new(config: &Config, source: SourceInfo) -> Router {
+    pub fn new(config: &Config, source: SourceInfo, rules: RuleSet) -> Router {
         Router {
             source,
             prefix: config.changes.topic_prefix.clone(),
             changes_tables: config.changes.tables.clone(),
             routes: HashMap::new(),
+            rules,
+            dropped: HashMap::new(),
         }
+    }
+
+    /// The compiled rules and their counters.
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
+    }
+
+    /// Changes dropped on purpose so far, per table (sorted by table).
+    pub fn dropped(&self) -> Vec<Dropped> {
+        let mut v: Vec<Dropped> = self.dropped.iter().map(|(t, n)| Dropped { table: t.clone(), count: *n }).collect();
+        v.sort_by(|a, b| a.table.cmp(&b.table));
+        v
     }
 
     fn route_for(&mut self, change: &Change) -> &Route {
@@ -108,22 +143,28 @@ impl Router {
     }
 
     /// Records for one change, in publishing order.
-    pub fn route(&mut self, change: &Change, out: &mut Vec<Record>) -> Result<(), encode::EncodeError> {
+    pub fn route(&mut self, change: &Change, out: &mut Vec<Record>) -> Result<(), RouteError> {
+        let start = out.len();
         let route = self.route_for(change);
-        let Some(topic) = route.topic.clone() else { return Ok(()) };
         let qualified = route.qualified.clone();
-        let (key, payload) = encode::raw_change(change, &self.source)?;
-        out.push(Record {
-            topic,
-            key,
-            payload,
-            headers: vec![
-                ("content-type", HeaderValue::Static("application/json")),
-                ("source-lsn", HeaderValue::Owned(change.lsn.to_string())),
-                ("op", HeaderValue::Static(change.op.as_str())),
-                ("source-table", HeaderValue::Shared(qualified)),
-            ],
-        });
+        if let Some(topic) = route.topic.clone() {
+            let (key, payload) = encode::raw_change(change, &self.source)?;
+            out.push(Record {
+                topic,
+                key,
+                payload,
+                headers: vec![
+                    ("content-type", HeaderValue::Static("application/json")),
+                    ("source-lsn", HeaderValue::Owned(change.lsn.to_string())),
+                    ("op", HeaderValue::Static(change.op.as_str())),
+                    ("source-table", HeaderValue::Shared(qualified.clone())),
+                ],
+            });
+        }
+        self.rules.apply(change, &self.source, out)?;
+        if out.len() == start {
+            *self.dropped.entry(qualified).or_insert(0) += 1;
+        }
         Ok(())
     }
 }

@@ -317,6 +317,12 @@ pub async fn preflight(client: &Client, config: &Config) -> Result<(Report, Cata
         }
     }
 
+    if !config.events.is_empty() {
+        match crate::rules::RuleSet::compile(config) {
+            Ok(rules) => report.items.extend(rules.preflight(&catalog)),
+            Err(e) => report.push(Status::Fail, "events", e.to_string(), None),
+        }
+    }
     check_publication(client, config, &tables, is_super, &mut report).await?;
     check_slot(client, config, &mut report).await?;
     Ok((report, catalog))

@@ -1,0 +1,101 @@
+//! The `events:` section of the config, as written: one [`RuleSpec`] per business-event rule.
+//!
+//! These types only describe the YAML; [`super::RuleSet::compile`] checks them (names, tables, CEL) and turns
+//! them into executable rules. Expressions are CEL source text.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// One business-event rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    /// Event type, PascalCase and past tense by convention (`OrderShipped`); warned about, not refused.
+    pub name: String,
+    /// Event version (`eventVersion`); bump it when `data` changes incompatibly. Default 1.
+    #[serde(default = "default_version")]
+    pub version: u32,
+    /// Source table, as in `source.tables`.
+    pub table: String,
+    /// Which row operations trigger the rule; default all row operations (insert, update, delete, read).
+    #[serde(default)]
+    pub on: Option<OneOrMany<OpName>>,
+    /// CEL condition over `new`, `old`, `op`, `table`, `tx`; default: always.
+    #[serde(default)]
+    pub when: Option<String>,
+    /// CEL expression for the event key (Kafka key): a string or an integer, never null.
+    pub key: String,
+    /// Kafka topic for the events.
+    pub topic: String,
+    /// The event's `data`: a map of field → CEL expression (nested maps allowed), or a column selection
+    /// `{columns: [a, b]}` / `{exclude: [c]}` from the new row (the old row for deletes). Default: every column.
+    #[serde(default)]
+    pub data: Option<serde_json::Value>,
+    /// Extra Kafka headers: name → CEL expression (the value is sent as text).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// CEL expression replacing the default `correlationId` (shared by all events of one source transaction).
+    #[serde(default)]
+    pub correlation: Option<String>,
+    /// Message format; only `json` (the canonical envelope) in this version.
+    #[serde(default)]
+    pub encoding: Encoding,
+    /// What to do when the rule fails at run time for a change: `dlq` (default), `fail`, `skip`.
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+fn default_version() -> u32 {
+    1
+}
+
+/// A YAML scalar or list: `on: update` or `on: [insert, update]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T: Clone> OneOrMany<T> {
+    pub fn to_vec(&self) -> Vec<T> {
+        match self {
+            OneOrMany::One(t) => vec![t.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// An operation a rule can trigger on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpName {
+    Insert,
+    Update,
+    Delete,
+    Read,
+    Truncate,
+}
+
+/// `encoding:` of a rule.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encoding {
+    /// The canonical JSON envelope (DESIGN.md).
+    #[default]
+    Json,
+}
+
+/// `on_error:` of a rule.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Publish the original change to `kafka.dlq_topic` with the reason, and go on.
+    #[default]
+    Dlq,
+    /// Stop ficus (exit 1); the change is retried after the rule is fixed.
+    Fail,
+    /// Count it, log it, and go on without an event.
+    Skip,
+}

@@ -1,0 +1,288 @@
+//! Unit tests of rule compilation and evaluation, on hand-built changes (the integration tests in
+//! `tests/pipeline.rs` run the same rules against PostgreSQL and the broker).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::change::{Column, Datum, Table, TxMeta};
+use crate::lsn::Lsn;
+use crate::postgres::value::oid;
+
+const BASE: &str = r#"
+source:
+  url: postgres://ficus@127.0.0.1/shop
+  tables: [public.orders, public.customers]
+kafka:
+  brokers: 127.0.0.1:9092
+events:
+"#;
+
+fn config(events: &str) -> Result<Config, ConfigError> {
+    Config::from_yaml(&format!("{BASE}{events}"), &|_| None)
+}
+
+fn rules(events: &str) -> RuleSet {
+    RuleSet::compile(&config(events).unwrap()).unwrap()
+}
+
+fn compile_error(events: &str) -> String {
+    config(events).err().expect("config should be refused").to_string()
+}
+
+fn orders() -> Arc<Table> {
+    let col = |name: &str, type_oid: u32, is_key: bool| Column { name: name.into(), type_oid, type_modifier: -1, is_key };
+    Arc::new(Table {
+        oid: 16384,
+        schema: "public".into(),
+        name: "orders".into(),
+        columns: vec![
+            col("id", oid::INT8, true),
+            col("stat_cd", oid::TEXT, false),
+            col("amt_cents", oid::INT4, false),
+            col("total", oid::NUMERIC, false),
+            col("shipped_ts", oid::TIMESTAMPTZ, false),
+            col("notes", oid::TEXT, false),
+        ],
+        replica_identity: b'f',
+    })
+}
+
+fn text(s: &str) -> Datum {
+    Datum::Text(Bytes::copy_from_slice(s.as_bytes()))
+}
+
+fn row(id: &str, status: &str) -> Vec<Datum> {
+    vec![text(id), text(status), text("1250"), text("12.50"), Datum::Null, text("fragile")]
+}
+
+fn update(before: Option<Vec<Datum>>, after: Vec<Datum>, position: u32) -> Change {
+    Change {
+        op: Op::Update,
+        table: orders(),
+        before,
+        before_is_key_only: false,
+        after: Some(after),
+        lsn: Lsn(0x16B3748 + u64::from(position)),
+        position,
+        tx: Arc::new(TxMeta { xid: 1234, commit_lsn: Lsn(0x16B3800), commit_time_us: 1_795_334_400_123_456 }),
+    }
+}
+
+fn source() -> SourceInfo {
+    SourceInfo { system: "7301".into(), database: "shop".into(), slot: "ficus".into() }
+}
+
+fn json(record: &Record) -> serde_json::Value {
+    serde_json::from_slice(&record.payload).unwrap()
+}
+
+const SHIPPED: &str = r#"
+  - name: OrderShipped
+    table: public.orders
+    on: update
+    when: old.stat_cd != 'S' && new.stat_cd == 'S'
+    key: string(new.id)
+    topic: shop.orders
+    data:
+      orderId: new.id
+      amount: {cents: new.amt_cents, total: double(new.total)}
+      shippedAt: new.shipped_ts
+"#;
+
+#[test]
+fn a_transition_rule_fires_only_on_the_transition() {
+    let mut rules = rules(SHIPPED);
+    let mut out = Vec::new();
+    let fired = update(Some(row("42", "P")), row("42", "S"), 0);
+    assert_eq!(rules.apply(&fired, &source(), &mut out).unwrap(), 1);
+    assert_eq!(out.len(), 1);
+    let e = json(&out[0]);
+    assert_eq!(e["eventType"], "OrderShipped");
+    assert_eq!(e["eventVersion"], 1);
+    assert_eq!(e["key"], "42");
+    assert_eq!(e["occurredAt"], "2026-11-22T08:00:00.123456Z");
+    assert_eq!(e["source"]["table"], "public.orders");
+    assert_eq!(e["data"], serde_json::json!({"orderId": 42, "amount": {"cents": 1250, "total": 12.5}, "shippedAt": null}));
+    assert_eq!(out[0].key.as_deref(), Some(&b"42"[..]));
+    assert_eq!(&*out[0].topic, "shop.orders");
+    for h in ["event-type", "event-id", "event-version", "correlation-id", "content-type"] {
+        assert!(out[0].header(h).is_some(), "missing header {h}");
+    }
+    assert_eq!(out[0].header("event-id"), e["eventId"].as_str());
+
+    // Already shipped, not shipped, and inserts: no event.
+    out.clear();
+    for c in [update(Some(row("42", "S")), row("42", "S"), 1), update(Some(row("42", "P")), row("42", "X"), 2)] {
+        assert_eq!(rules.apply(&c, &source(), &mut out).unwrap(), 1);
+    }
+    let mut insert = update(None, row("43", "S"), 3);
+    insert.op = Op::Insert;
+    assert_eq!(rules.apply(&insert, &source(), &mut out).unwrap(), 0, "the rule is for updates only");
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(rules.stats(0).events, 1);
+}
+
+#[test]
+fn one_change_yields_several_events_in_rule_order_with_deterministic_ids() {
+    let events = format!(
+        "{SHIPPED}{}",
+        r#"
+  - name: OrderChanged
+    version: 2
+    table: public.orders
+    key: new.id
+    topic: shop.audit
+    data: {columns: [id, stat_cd]}
+    headers: {tenant: "'acme'"}
+"#
+    );
+    let mut rules = rules(&events);
+    let change = update(Some(row("42", "P")), row("42", "S"), 5);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    rules.apply(&change, &source(), &mut a).unwrap();
+    rules.apply(&change, &source(), &mut b).unwrap();
+    assert_eq!(a.len(), 2);
+    assert_eq!(json(&a[0])["eventType"], "OrderShipped");
+    let second = json(&a[1]);
+    assert_eq!(second["eventType"], "OrderChanged");
+    assert_eq!(second["eventVersion"], 2);
+    assert_eq!(second["data"], serde_json::json!({"id": 42, "stat_cd": "S"}));
+    assert_eq!(a[1].header("tenant"), Some("acme"));
+    assert_ne!(json(&a[0])["eventId"], second["eventId"]);
+    assert_eq!(json(&a[0])["correlationId"], second["correlationId"], "one transaction, one correlation id");
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.payload, y.payload, "replaying a change gives the same bytes");
+    }
+}
+
+#[test]
+fn runtime_failures_go_to_the_dlq_with_the_reason() {
+    let mut rules = rules(
+        r#"
+  - name: OrderNoted
+    table: public.orders
+    key: new.notes
+    topic: shop.orders
+    data: {n: new.amt_cents + 'x'}
+"#,
+    );
+    let mut out = Vec::new();
+    let mut null_key = row("42", "P");
+    null_key[5] = Datum::Null;
+    rules.apply(&update(None, null_key, 0), &source(), &mut out).unwrap();
+    rules.apply(&update(None, row("42", "P"), 1), &source(), &mut out).unwrap();
+    assert_eq!(out.len(), 2);
+    for r in &out {
+        assert_eq!(&*r.topic, "ficus.dlq");
+        assert_eq!(r.header("dlq-rule"), Some("OrderNoted v1"));
+        assert_eq!(r.header("source-table"), Some("public.orders"));
+        assert!(r.header("source-lsn").unwrap().starts_with("0/16B374"));
+        // The payload is the original change, as a raw change event.
+        assert_eq!(json(r)["after"]["id"], 42);
+    }
+    let (first, second) = (out[0].header("dlq-error").unwrap(), out[1].header("dlq-error").unwrap());
+    assert!(first.contains("events[0].key") && first.contains("null"), "{first}");
+    assert!(second.contains("events[0].data.n"), "{second}");
+    assert_eq!(rules.stats(0).dlq, 2);
+}
+
+#[test]
+fn on_error_fail_stops_and_skip_counts() {
+    let rule = |on_error: &str| {
+        format!("  - {{name: OrderNoted, table: public.orders, key: new.nope, topic: t, on_error: {on_error}}}\n")
+    };
+    let mut fail = rules(&rule("fail"));
+    let err = fail.apply(&update(None, row("1", "P"), 0), &source(), &mut Vec::new()).unwrap_err();
+    assert_eq!(err.rule, "OrderNoted");
+    assert!(err.to_string().contains("on_error: fail"), "{err}");
+
+    let mut skip = rules(&rule("skip"));
+    let mut out = Vec::new();
+    skip.apply(&update(None, row("1", "P"), 0), &source(), &mut out).unwrap();
+    assert!(out.is_empty());
+    assert_eq!(skip.stats(0).skipped, 1);
+}
+
+#[test]
+fn unchanged_toast_is_absent_and_has_tells() {
+    let mut rules = rules(
+        r#"
+  - name: OrderNoted
+    table: public.orders
+    key: string(new.id)
+    topic: t
+    data: {notes: "has(new.notes) ? new.notes : 'unknown'"}
+"#,
+    );
+    let mut after = row("7", "P");
+    after[5] = Datum::UnchangedToast;
+    let mut out = Vec::new();
+    rules.apply(&update(None, after, 0), &source(), &mut out).unwrap();
+    assert_eq!(json(&out[0])["data"]["notes"], "unknown");
+}
+
+#[test]
+fn config_errors_name_the_key_and_the_fix() {
+    let cases = [
+        ("  - {name: A, table: public.orders, key: 'new.id +', topic: t}\n", "events[0].key"),
+        ("  - {name: A, table: public.nope, key: new.id, topic: t}\n", "events[0].table"),
+        ("  - {name: A, table: public.orders, key: new.id, topic: 'bad topic'}\n", "events[0].topic"),
+        ("  - {name: A, table: public.orders, key: new.id, topic: t, version: 0}\n", "events[0].version"),
+        ("  - {name: A, table: public.orders, key: new.id, topic: t, headers: {event-id: '1'}}\n", "events[0].headers.event-id"),
+        ("  - {name: A, table: public.orders, key: new.id, topic: t, data: {a: {b: 'new.x('}}}\n", "events[0].data.a.b"),
+        ("  - {name: A, table: public.orders, key: new.id, topic: t, on: [upsert]}\n", "events[0].on"),
+        ("  - {name: A, table: public.orders, key: new.id, topic: t, colour: red}\n", "events[0]"),
+        (
+            "  - {name: A, table: public.orders, key: new.id, topic: t}\n  - {name: A, table: public.orders, key: new.id, topic: u}\n",
+            "events[1].name",
+        ),
+    ];
+    for (events, key) in cases {
+        let err = compile_error(events);
+        assert!(err.starts_with(key), "expected an error at {key}, got: {err}");
+    }
+    let err = compile_error("  - {name: A, table: public.orders, key: 'new.id +', topic: t}\n");
+    assert!(err.contains("invalid CEL"), "{err}");
+    assert!(err.contains("line 1") || err.contains("column") || err.contains('^'), "position missing: {err}");
+    let err = compile_error("  - {name: A, table: public.nope, key: new.id, topic: t}\n");
+    assert!(err.contains("add it there"), "{err}");
+}
+
+#[test]
+fn style_is_warned_not_refused_and_reads_are_collected() {
+    let r = rules(
+        r#"
+  - name: order_shipped
+    table: public.orders
+    when: old.stat_cd != new.stat_cd && has(new.notes) && [new.total].size() > 0
+    key: string(new.id)
+    topic: t
+"#,
+    );
+    assert_eq!(r.warnings().len(), 1, "{:?}", r.warnings());
+    let rule = &r.rules()[0];
+    assert!(rule.reads_old);
+    assert_eq!(rule.columns_read, vec!["id", "notes", "stat_cd", "total"]);
+}
+
+#[test]
+fn catalog_preflight_names_unknown_columns_and_missing_old_rows() {
+    use crate::postgres::control::{ColumnType, TableInfo};
+    let r = rules(&format!("{SHIPPED}  - {{name: OrderTyped, table: public.orders, key: new.id, topic: t, data: {{x: new.stat}}}}\n"));
+    let mut catalog = Catalog::default();
+    let columns = orders()
+        .columns
+        .iter()
+        .map(|c| ColumnType { name: c.name.clone(), type_oid: c.type_oid, type_name: "x".into() })
+        .collect();
+    let info = TableInfo { oid: 1, replica_identity: b'd', key_columns: vec!["id".into()], has_primary_key: true, columns };
+    catalog.tables.insert(TableName::parse("public.orders").unwrap(), info);
+    let items = r.preflight(&catalog);
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0].status, Status::Warn, "{items:?}");
+    assert!(items[0].fix.as_deref().unwrap().contains("REPLICA IDENTITY FULL"));
+    assert_eq!(items[1].status, Status::Fail);
+    assert!(items[1].detail.contains("stat"), "{items:?}");
+}
