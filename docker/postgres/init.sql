@@ -1,7 +1,11 @@
 -- A small legacy shop schema, the kind ficus is pointed at: cryptic names, cents, status strings.
 -- Runs once when the compose Postgres volume is created.
 
-CREATE ROLE ficus WITH LOGIN REPLICATION PASSWORD 'ficus';
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ficus') THEN
+    CREATE ROLE ficus WITH LOGIN REPLICATION PASSWORD 'ficus';
+  END IF;
+END $$;
 
 CREATE TABLE public.customers (
     id          bigserial PRIMARY KEY,
@@ -9,6 +13,8 @@ CREATE TABLE public.customers (
     nm          text,                   -- display name
     crt_ts      timestamptz NOT NULL DEFAULT now()
 );
+-- Full before-images, so CustomerEmailChanged can compare old.eml and new.eml.
+ALTER TABLE public.customers REPLICA IDENTITY FULL;
 
 CREATE TABLE public.orders (
     id          bigserial PRIMARY KEY,

@@ -104,7 +104,7 @@ pub struct RuleSet {
 impl RuleSet {
     /// Checks and compiles `config.events`.
     pub fn compile(config: &Config) -> Result<RuleSet, ConfigError> {
-        let env = Arc::new(Env::stdlib());
+        let env = Arc::new(environment());
         let captured = config.captured_tables()?;
         let mut rules = Vec::with_capacity(config.events.len());
         let mut seen = HashSet::new();
@@ -271,6 +271,18 @@ impl RuleSet {
             }
         }
     }
+}
+
+/// The CEL standard library plus the strings, lists and math extensions (trim, lowerAscii, substring, …).
+fn environment() -> Env {
+    let mut env = Env::stdlib();
+    for ext in [cel::extensions::strings, cel::extensions::lists, cel::extensions::math] {
+        // The extensions declare disjoint names; a clash would be a bug in the cel crate, caught by the tests.
+        if let Err(e) = env.add_extension(ext) {
+            tracing::error!("CEL extension not available: {e:?}");
+        }
+    }
+    env
 }
 
 /// The CEL variables of one change: `new`, `old` (maps or null), `op`, `table`, `tx`.

@@ -286,3 +286,38 @@ fn catalog_preflight_names_unknown_columns_and_missing_old_rows() {
     assert_eq!(items[1].status, Status::Fail);
     assert!(items[1].detail.contains("stat"), "{items:?}");
 }
+
+#[test]
+fn documented_recipes_work() {
+    let mut r = rules(
+        r#"
+  - name: OrderRecipes
+    table: public.orders
+    when: old.stat_cd != new.stat_cd && op == 'update' && table == 'public.orders'
+    key: string(new.id) + '-' + string(tx.id)
+    topic: t
+    data:
+      amount: double(new.amt_cents) / 100.0
+      status: "{'N': 'new', 'P': 'paid', 'S': 'shipped'}[new.stat_cd.trim()]"
+      lower: new.notes.upperAscii().lowerAscii()
+      shippedOn: string(new.shipped_ts).substring(0, 10)
+      year: new.shipped_ts.getFullYear()
+      committed: tx.commitTime
+      rounded: math.round(2.5)
+      literal: 2
+"#,
+    );
+    let mut after = row("42", "S ");
+    after[4] = text("2026-11-22 07:59:59.25+00");
+    let mut out = Vec::new();
+    r.apply(&update(Some(row("42", "P")), after, 0), &source(), &mut out).unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].header("dlq-error"), None);
+    let e = json(&out[0]);
+    assert_eq!(e["key"], "42-1234");
+    assert_eq!(
+        e["data"],
+        serde_json::json!({"amount": 12.5, "status": "shipped", "lower": "fragile", "shippedOn": "2026-11-22",
+                           "year": 2026, "committed": "2026-11-22T08:00:00.123456Z", "rounded": 3.0, "literal": 2})
+    );
+}

@@ -1,0 +1,267 @@
+//! Business-event rules end to end: legacy rows in, canonical events (and DLQ records) out of the broker.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::{check, header, lsn, values, Ficus, Setup, WAIT};
+
+const LEGACY: &str = r#"
+CREATE TABLE ord_hdr (
+  ord_no bigint PRIMARY KEY,
+  cust_no int NOT NULL,
+  stat_cd char(1) NOT NULL DEFAULT 'N',
+  amt_cents int NOT NULL,
+  ship_ts timestamptz,
+  rmk text
+);
+ALTER TABLE ord_hdr REPLICA IDENTITY FULL;
+CREATE TABLE cust_mst (cust_no int PRIMARY KEY, email varchar(200));
+"#;
+
+/// Rules in the order the test expects their events; `OrderFlagged` fails (null key) for rows without a remark.
+fn rules(topic: &str) -> String {
+    format!(
+        r#"
+events:
+  - name: OrderPlaced
+    table: public.ord_hdr
+    on: insert
+    key: string(new.ord_no)
+    topic: {topic}
+    data:
+      orderId: new.ord_no
+      customer: {{id: new.cust_no}}
+      amount: {{cents: new.amt_cents, currency: "'EUR'"}}
+  - name: OrderShipped
+    version: 2
+    table: public.ord_hdr
+    on: update
+    when: old.stat_cd != 'S' && new.stat_cd == 'S'
+    key: string(new.ord_no)
+    topic: {topic}
+    data:
+      orderId: new.ord_no
+      shippedAt: new.ship_ts
+  - name: OrderFlagged
+    table: public.ord_hdr
+    on: insert
+    key: new.rmk
+    topic: {topic}
+    data: {{columns: [ord_no, rmk]}}
+"#
+    )
+}
+
+/// Config with rules only (no raw changes), on `slot`/`topic`.
+fn config(s: &Setup, slot: &str, topic: &str) -> String {
+    let dlq = format!("{topic}.dlq");
+    let base = Ficus::config(&s.pg.superuser_url(&s.db), &["public.ord_hdr", "public.cust_mst"], slot, &s.kafka.brokers(), "");
+    let base = base
+        .replace("changes:\n  tables: ['*']", "changes:\n  tables: []")
+        .replace("kafka:\n", &format!("kafka:\n  dlq_topic: {dlq}\n"));
+    format!("{base}{}", rules(topic))
+}
+
+async fn wait_confirmed(s: &Setup, slot: &str, target: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let client = s.pg.client(&s.db).await;
+        let confirmed: Option<String> = client
+            .query_opt("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+            .await
+            .unwrap()
+            .and_then(|r| r.get(0));
+        if confirmed.as_deref().is_some_and(|c| lsn(c) >= lsn(target)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "slot {slot} never confirmed {target} (at {confirmed:?})");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn state_transitions_become_versioned_events_with_deterministic_ids_and_a_dlq() {
+    let s = Setup::new("rules_e2e", LEGACY).await;
+    // Two independent runs over the same WAL (two slots): the replay must give identical events.
+    let (topic_a, topic_b) = (format!("{}.orders", s.prefix), format!("{}.orders_replay", s.prefix));
+    let slot_b = format!("{}_b", s.prefix);
+    let mut a = Ficus::start(&config(&s, &s.prefix, &topic_a));
+    a.wait_for_log("streaming", WAIT);
+    let mut b = Ficus::start(&config(&s, &slot_b, &topic_b));
+    b.wait_for_log("streaming", WAIT);
+
+    s.sql("INSERT INTO ord_hdr (ord_no, cust_no, amt_cents, rmk) VALUES (1, 7, 1250, 'gift')").await;
+    s.sql("UPDATE ord_hdr SET stat_cd = 'P' WHERE ord_no = 1").await; // paid: no rule
+    s.sql("UPDATE ord_hdr SET stat_cd = 'S', ship_ts = '2026-11-22 08:00:00+00' WHERE ord_no = 1").await;
+    s.sql("UPDATE ord_hdr SET amt_cents = 1300 WHERE ord_no = 1").await; // still shipped: must not fire again
+    s.sql("INSERT INTO cust_mst VALUES (7, 'a@example.com')").await; // no rule, no raw changes: dropped
+    // One transaction: an insert without a remark (OrderFlagged → DLQ) and a shipment.
+    s.sql("BEGIN; INSERT INTO ord_hdr (ord_no, cust_no, amt_cents) VALUES (2, 8, 990); \
+           UPDATE ord_hdr SET stat_cd = 'S' WHERE ord_no = 2; COMMIT;")
+        .await;
+    let end = s.current_lsn().await;
+    wait_confirmed(&s, &s.prefix, &end).await;
+    wait_confirmed(&s, &slot_b, &end).await;
+
+    let msgs = s.kafka.consume_all(&topic_a, usize::MAX, Duration::from_secs(5)).await;
+    let v = values(&msgs);
+    let types: Vec<&str> = v.iter().map(|e| e["eventType"].as_str().unwrap()).collect();
+    assert_eq!(types, ["OrderPlaced", "OrderFlagged", "OrderShipped", "OrderPlaced", "OrderShipped"], "{}", a.log());
+
+    let placed = &v[0];
+    assert_eq!(placed["eventVersion"], 1);
+    assert_eq!(placed["key"], "1");
+    assert_eq!(placed["data"], json!({"orderId": 1, "customer": {"id": 7}, "amount": {"cents": 1250, "currency": "EUR"}}));
+    assert_eq!(placed["source"]["table"], "public.ord_hdr");
+    assert_eq!(placed["source"]["op"], "insert");
+    assert_eq!(placed["source"]["database"], s.db.as_str());
+    assert_eq!(v[1]["data"], json!({"ord_no": 1, "rmk": "gift"}));
+    let shipped = &v[2];
+    assert_eq!(shipped["eventVersion"], 2);
+    assert_eq!(shipped["data"], json!({"orderId": 1, "shippedAt": "2026-11-22T08:00:00Z"}));
+    assert_eq!(msgs[2].key.as_deref(), Some(&b"1"[..]), "Kafka key = the rule's key");
+    assert_eq!(header(&msgs[2], "event-type"), Some("OrderShipped"));
+    assert_eq!(header(&msgs[2], "event-version"), Some("2"));
+    assert_eq!(header(&msgs[2], "event-id"), shipped["eventId"].as_str());
+    assert_eq!(header(&msgs[2], "correlation-id"), shipped["correlationId"].as_str());
+    assert_eq!(header(&msgs[2], "content-type"), Some("application/json"));
+    // occurredAt is the commit time; one transaction shares one correlation id.
+    assert!(shipped["occurredAt"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(v[3]["correlationId"], v[4]["correlationId"]);
+    assert_ne!(v[0]["correlationId"], v[3]["correlationId"]);
+    let ids: HashSet<&str> = v.iter().map(|e| e["eventId"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), v.len(), "event ids are unique");
+
+    // The insert of order 2 had no remark: OrderFlagged failed and the change went to the DLQ, with the reason.
+    let dlq = s.kafka.consume_all(&format!("{topic_a}.dlq"), usize::MAX, Duration::from_secs(5)).await;
+    assert_eq!(dlq.len(), 1, "{}", a.log());
+    let d = &values(&dlq)[0];
+    assert_eq!(d["op"], "insert");
+    assert_eq!(d["after"]["ord_no"], 2);
+    assert_eq!(header(&dlq[0], "dlq-rule"), Some("OrderFlagged v1"));
+    assert_eq!(header(&dlq[0], "source-table"), Some("public.ord_hdr"));
+    assert_eq!(header(&dlq[0], "source-lsn"), d["source"]["lsn"].as_str());
+    let reason = header(&dlq[0], "dlq-error").unwrap();
+    assert!(reason.contains("events[2].key") && reason.contains("null"), "{reason}");
+
+    // The replay through the second slot produced the very same events.
+    let replay = values(&s.kafka.consume_all(&topic_b, usize::MAX, Duration::from_secs(5)).await);
+    assert_eq!(replay, v, "same WAL, same events (ids included)");
+
+    assert_eq!(a.terminate().code(), Some(0), "{}", a.log());
+    assert_eq!(b.terminate().code(), Some(0));
+    let log = a.log();
+    assert!(log.contains("rule failed; change sent to the DLQ"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_error_fail_stops_without_confirming_the_change() {
+    let s = Setup::new("rules_fail", "CREATE TABLE t (id int PRIMARY KEY, note text)").await;
+    let topic = format!("{}.t", s.prefix);
+    let cfg = Ficus::config(&s.pg.superuser_url(&s.db), &["public.t"], &s.prefix, &s.kafka.brokers(), "")
+        .replace("changes:\n  tables: ['*']", "changes:\n  tables: []")
+        + &format!("events:\n  - {{name: NoteAdded, table: public.t, key: new.note, topic: {topic}, on_error: fail}}\n");
+    let mut f = Ficus::start(&cfg);
+    f.wait_for_log("streaming", WAIT);
+    let before = s.current_lsn().await;
+    s.sql("INSERT INTO t VALUES (1, NULL)").await;
+    let status = f.wait(WAIT);
+    assert_eq!(status.code(), Some(1), "{}", f.log());
+    let log = f.log();
+    assert!(log.contains("NoteAdded") && log.contains("on_error: fail"), "{log}");
+    // Not confirmed: after the rule is fixed the change is read again.
+    let confirmed = s.confirmed_flush().await.unwrap();
+    assert!(lsn(&confirmed) <= lsn(&before), "confirmed {confirmed} past the failed change at {before}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_names_unknown_columns_and_warns_about_old_without_full_identity() {
+    let s = Setup::new("rules_check", "CREATE TABLE t (id int PRIMARY KEY, stat text)").await;
+    let base = Ficus::config(&s.pg.superuser_url(&s.db), &["public.t"], &s.prefix, &s.kafka.brokers(), "");
+    let old_rule = "events:\n  - {name: StatChanged, table: public.t, on: update, when: 'old.stat != new.stat', key: string(new.id), topic: x}\n";
+    let (code, out) = check(&format!("{base}{old_rule}"));
+    assert_eq!(code, 0, "a warning does not block: {out}");
+    assert!(out.contains("StatChanged") && out.contains("REPLICA IDENTITY FULL"), "{out}");
+
+    let typo = "events:\n  - {name: StatChanged, table: public.t, key: string(new.id), topic: x, data: {s: new.status}}\n";
+    let (code, out) = check(&format!("{base}{typo}"));
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("status") && out.contains("use one of: id, stat"), "{out}");
+
+    // Invalid CEL is a config error naming the rule's key and the position, before any connection.
+    let bad = "events:\n  - {name: StatChanged, table: public.t, key: 'string(new.id', topic: x}\n";
+    let (code, out) = check(&format!("{base}{bad}"));
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("events[0].key") && out.contains("invalid CEL"), "{out}");
+}
+
+/// Raw changes and events side by side: a table in `changes.tables` keeps its raw stream when rules also use it.
+#[tokio::test(flavor = "multi_thread")]
+async fn raw_changes_and_events_from_the_same_change() {
+    let s = Setup::new("rules_mixed", "CREATE TABLE t (id int PRIMARY KEY, v int)").await;
+    let topic = format!("{}.events", s.prefix);
+    let cfg = format!(
+        "{}events:\n  - {{name: ValueSet, table: public.t, key: string(new.id), topic: {topic}, data: {{v: new.v}}}}\n",
+        s.config(&["public.t"])
+    );
+    let mut f = Ficus::start(&cfg);
+    f.wait_for_log("streaming", WAIT);
+    s.sql("INSERT INTO t VALUES (1, 10)").await;
+    let raw = values(&s.kafka.consume_all(&s.topic("public", "t"), 1, WAIT).await);
+    let events = values(&s.kafka.consume_all(&topic, 1, WAIT).await);
+    assert_eq!(raw.len(), 1, "{}", f.log());
+    assert_eq!(raw[0]["after"], json!({"id": 1, "v": 10}));
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["data"], json!({"v": 10}));
+    assert_eq!(events[0]["source"]["lsn"], raw[0]["source"]["lsn"]);
+    assert_eq!(f.terminate().code(), Some(0));
+}
+
+/// The example of the README (config/shop.yaml on docker/postgres/init.sql) produces its six event types.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shop_example_produces_its_business_events() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let init = std::fs::read_to_string(format!("{root}/docker/postgres/init.sql")).unwrap();
+    let s = Setup::new("shop_example", &init).await;
+    let example = std::fs::read_to_string(format!("{root}/config/shop.yaml")).unwrap();
+    // Point the example at this test's database, broker, slot and topics; everything else as shipped.
+    let cfg = example
+        .replace("postgres://ficus:${PGPASSWORD}@${FICUS_PG_HOST}:5432/shop?sslmode=prefer", &s.pg.superuser_url(&s.db))
+        .replace("${FICUS_KAFKA}", &s.kafka.brokers())
+        .replace("slot: ficus", &format!("slot: {}", s.prefix))
+        .replace("publication: ficus", &format!("publication: {}", s.prefix))
+        .replace("shop.", &format!("{}.", s.prefix))
+        .replace("topic_prefix: ficus", &format!("topic_prefix: {}", s.prefix))
+        .replace("./ficus-state", "STATE");
+    assert!(!cfg.contains("${"), "{cfg}");
+    let mut f = Ficus::start(&cfg);
+    f.wait_for_log("streaming", WAIT);
+    s.sql(
+        "INSERT INTO customers (eml, nm) VALUES ('Ada@Example.com', 'Ada');
+         INSERT INTO orders (cust_id, amt_cents, note) VALUES (1, 4200, 'gift wrap');
+         INSERT INTO orders (cust_id, amt_cents) VALUES (1, 999);
+         UPDATE orders SET status = 'paid' WHERE id = 1;
+         UPDATE orders SET status = 'shipped', shipped_at = '2026-11-22 08:00:00+00' WHERE id = 1;
+         UPDATE orders SET note = 'left at the door' WHERE id = 1;
+         UPDATE orders SET status = 'cancelled' WHERE id = 2;
+         UPDATE customers SET eml = 'ada@new.example.com' WHERE id = 1;
+         UPDATE customers SET nm = 'Ada L.' WHERE id = 1;",
+    )
+    .await;
+    let orders = values(&s.kafka.consume_all(&format!("{}.orders", s.prefix), 5, WAIT).await);
+    let customers = values(&s.kafka.consume_all(&format!("{}.customers", s.prefix), 2, WAIT).await);
+    let types = |v: &[serde_json::Value]| v.iter().map(|e| e["eventType"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(types(&orders), ["OrderPlaced", "OrderPlaced", "OrderPaid", "OrderShipped", "OrderCancelled"], "{}", f.log());
+    assert_eq!(types(&customers), ["CustomerRegistered", "CustomerEmailChanged"]);
+    assert_eq!(orders[0]["data"], json!({"orderId": 1, "customerId": 1, "total": {"amountCents": 4200, "currency": "EUR"}, "note": "gift wrap"}));
+    assert_eq!(orders[3]["data"], json!({"orderId": 1, "shippedAt": "2026-11-22T08:00:00Z"}));
+    assert_eq!(orders[4]["data"], json!({"orderId": 2, "previousStatus": "new"}));
+    assert_eq!(customers[0]["data"]["email"], "ada@example.com");
+    assert_eq!(customers[1]["data"], json!({"customerId": 1, "previousEmail": "Ada@Example.com", "email": "ada@new.example.com"}));
+    // Raw changes are published too (changes.tables: "*").
+    let raw = s.kafka.consume_all(&s.topic("public", "orders"), 6, WAIT).await;
+    assert_eq!(raw.len(), 6);
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+}
