@@ -8,6 +8,7 @@ Workload (issue #2): 1M inserts + 500k updates on a 5-column table with REPLICA 
   pg_recvlogical     pgoutput to /dev/null                                            (the C baseline)
   ficus null sink    `ficus run --null-sink`: decode + encode JSON, publish nothing
   ficus → broker     `ficus run` end to end to the Kafka-protocol broker (FICUS_TEST_KAFKA or a local noida-db)
+  … + rules          the same two, with business-event rules (RULES below) instead of raw change events (issue #3)
 
 Rates are changes/s over the time until the consumer reached the workload's end LSN. CPU% of the walsender and of
 the client process are sampled from /proc. Usage: scripts/bench.sh [--rows N] [--updates N] [--big-txn N] [--skip-kafka]
@@ -169,21 +170,58 @@ def wait_confirmed(cluster, slot, end, proc, timeout=1800, other_pid=None):
     return secs, conf_secs, wcpu, ccpu, rss
 
 
-def ficus_config(cluster, slot, brokers, state, table="bench"):
+# Issue #3's rules workload: three state-transition rules on updates, plus one rule for inserts so that every change
+# yields at least one event, as the raw passthrough does. Every update evaluates all three `when`s.
+RULES = """events:
+  - name: ItemAdded
+    table: public.bench
+    on: insert
+    key: string(new.id)
+    topic: {slot}.items
+    data: {{itemId: new.id, name: new.name, qty: new.qty, price: new.price, addedAt: new.ts}}
+  - name: QtyIncreased
+    table: public.bench
+    on: update
+    when: new.qty > old.qty
+    key: string(new.id)
+    topic: {slot}.items
+    data: {{itemId: new.id, from: old.qty, to: new.qty, at: new.ts}}
+  - name: QtyReachedTen
+    table: public.bench
+    on: update
+    when: old.qty % 10 != 0 && new.qty % 10 == 0
+    key: string(new.id)
+    topic: {slot}.items
+    data: {{itemId: new.id, qty: new.qty}}
+  - name: PriceChanged
+    table: public.bench
+    on: update
+    when: old.price != new.price
+    key: string(new.id)
+    topic: {slot}.items
+    data: {{itemId: new.id, from: old.price, to: new.price}}
+"""
+
+
+def ficus_config(cluster, slot, brokers, state, table="bench", rules=False):
+    changes = "[]" if rules else "['*']"
     return (f"source:\n  url: {cluster.url()}\n  slot: {slot}\n  publication: {table}\n  tables: [public.{table}]\n"
             f"  status_interval_secs: 1\nkafka:\n  brokers: {brokers}\n"
-            f"state:\n  dir: {state}\nchanges:\n  tables: ['*']\n  topic_prefix: {slot}\n")
+            f"state:\n  dir: {state}\nchanges:\n  tables: {changes}\n  topic_prefix: {slot}\n"
+            + (RULES.format(slot=slot) if rules else ""))
 
 
-def run_ficus(cluster, slot, end, brokers, null_sink, binary, table="bench", broker_pid=None):
+def run_ficus(cluster, slot, end, brokers, null_sink, binary, table="bench", broker_pid=None, rules=False):
     state = tempfile.mkdtemp(prefix="ficus-bench-state-")
     cfg = os.path.join(state, "ficus.yaml")
     with open(cfg, "w") as f:
-        f.write(ficus_config(cluster, slot, brokers, state, table))
+        f.write(ficus_config(cluster, slot, brokers, state, table, rules))
     args = [binary, "run", "--config", cfg] + (["--null-sink"] if null_sink else [])
     # A profiler prefix, e.g. "perf record -e cpu-clock -g -o /tmp/p.data --": FICUS_BENCH_WRAP for the null-sink
     # run, FICUS_BENCH_WRAP_KAFKA for the end-to-end run.
-    wrap = os.environ.get("FICUS_BENCH_WRAP" if null_sink else "FICUS_BENCH_WRAP_KAFKA", "").split()
+    # FICUS_BENCH_WRAP_RULES and FICUS_BENCH_WRAP_RULES_KAFKA for the same two runs with rules.
+    wrap_var = ("FICUS_BENCH_WRAP" + ("_RULES" if rules else "") + ("" if null_sink else "_KAFKA"))
+    wrap = os.environ.get(wrap_var, "").split()
     if wrap and table == "bench":
         args = wrap + args
     log = open(os.path.join(state, "log"), "w")
@@ -249,7 +287,7 @@ def main():
         cluster.psql("CREATE DATABASE bench", db="postgres")
         cluster.psql("CREATE TABLE bench (id bigint PRIMARY KEY, name text, qty int, price float8, ts timestamptz); "
                      "ALTER TABLE bench REPLICA IDENTITY FULL; CREATE PUBLICATION bench FOR TABLE bench;")
-        slots = ["s_peek", "s_recv", "s_recvbin", "s_null", "s_kafka"]
+        slots = ["s_peek", "s_recv", "s_recvbin", "s_null", "s_kafka", "s_null_rules", "s_kafka_rules"]
         for s in slots:
             cluster.psql(f"SELECT pg_create_logical_replication_slot('{s}', 'pgoutput')")
         t0 = time.monotonic()
@@ -283,12 +321,17 @@ def main():
 
         secs, conf, w, c, rss = run_ficus(cluster, "s_null", end, "127.0.0.1:9", True, a.binary)
         results["ficus null sink"] = (changes / secs, secs, conf, w, c, rss)
+        secs, conf, w, c, rss = run_ficus(cluster, "s_null_rules", end, "127.0.0.1:9", True, a.binary, rules=True)
+        results["null sink + rules"] = (changes / secs, secs, conf, w, c, rss)
 
         if not a.skip_kafka:
             brokers, broker = start_broker()
             secs, conf, w, c, rss = run_ficus(cluster, "s_kafka", end, brokers, False, a.binary,
                                             broker_pid=broker.pid if broker else None)
             results["ficus -> broker"] = (changes / secs, secs, conf, w, c, rss)
+            secs, conf, w, c, rss = run_ficus(cluster, "s_kafka_rules", end, brokers, False, a.binary,
+                                            broker_pid=broker.pid if broker else None, rules=True)
+            results["broker + rules"] = (changes / secs, secs, conf, w, c, rss)
 
             # Peak RSS through one huge transaction (issue #2: <= 64 MiB), end to end to the broker.
             cluster.psql("CREATE TABLE big (id bigint PRIMARY KEY, name text, qty int, price float8, ts timestamptz); "
@@ -318,6 +361,14 @@ def main():
             e2e = changes / results["ficus -> broker"][2] / base
             print(f"target ficus -> broker (until confirmed) >= 0.85x pg_recvlogical: {e2e:.2f}x "
                   f"{'MET' if e2e >= 0.85 else 'MISSED'}")
+        # Rules (issue #3): the same WAL through 4 rules (3 state transitions) vs raw passthrough, <= 25% cost.
+        for raw_name, rules_name, col in (("ficus null sink", "null sink + rules", 0), ("ficus -> broker", "broker + rules", 2)):
+            if raw_name in results and rules_name in results:
+                raw_rate = changes / results[raw_name][col] if col else results[raw_name][0]
+                rules_rate = changes / results[rules_name][col] if col else results[rules_name][0]
+                cost = 1 - rules_rate / raw_rate
+                print(f"target rules cost <= 25% ({rules_name} vs {raw_name}{', until confirmed' if col else ''}): "
+                      f"{rules_rate:,.0f} vs {raw_rate:,.0f} changes/s = {100 * cost:.0f}% {'MET' if cost <= 0.25 else 'MISSED'}")
         for name, (_, _, _, _, _, rss) in results.items():
             if name.startswith("1 txn") and rss:
                 print(f"target peak RSS through {name} <= 64 MiB: {rss:.1f} MiB {'MET' if rss <= 64 else 'MISSED'}")

@@ -40,7 +40,7 @@ fn err(table: &Table, col: usize, source: ValueError) -> EncodeError {
     }
 }
 
-fn write_datum(out: &mut Vec<u8>, table: &Table, col: usize, datum: &Datum) -> Result<(), EncodeError> {
+pub(crate) fn write_datum(out: &mut Vec<u8>, table: &Table, col: usize, datum: &Datum) -> Result<(), EncodeError> {
     match datum {
         Datum::Null | Datum::UnchangedToast => out.extend_from_slice(b"null"),
         Datum::Text(bytes) => {

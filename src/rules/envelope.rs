@@ -4,8 +4,6 @@
 //! transaction, rule name) and `correlationId` a UUIDv5 of (system id, commit LSN): replaying the same WAL after a
 //! restart produces the same ids, so consumers can deduplicate. The JSON is written field by field in a fixed order.
 
-use std::io::Write as _;
-
 use uuid::Uuid;
 
 use crate::change::Change;
@@ -21,10 +19,36 @@ pub fn event_id(source: &SourceInfo, change: &Change, rule: &str) -> Uuid {
     Uuid::new_v5(&NAMESPACE, name.as_bytes())
 }
 
+/// [`event_id`] as text, formatting the name in `buf` (reused across events: no allocation but the result).
+pub fn event_id_into(buf: &mut Vec<u8>, source: &SourceInfo, change: &Change, rule: &str) -> String {
+    buf.clear();
+    buf.extend_from_slice(source.system.as_bytes());
+    buf.push(b'/');
+    buf.extend_from_slice(source.database.as_bytes());
+    buf.push(b'/');
+    change.tx.commit_lsn.write_to(buf);
+    buf.push(b'/');
+    buf.extend_from_slice(itoa::Buffer::new().format(change.position).as_bytes());
+    buf.push(b'/');
+    buf.extend_from_slice(rule.as_bytes());
+    let mut text = String::with_capacity(36);
+    text.push_str(Uuid::new_v5(&NAMESPACE, buf).hyphenated().encode_lower(&mut Uuid::encode_buffer()));
+    text
+}
+
 /// Default `correlationId`: one per source transaction.
 pub fn correlation_id(source: &SourceInfo, change: &Change) -> Uuid {
     let name = format!("{}/{}", source.system, change.tx.commit_lsn);
     Uuid::new_v5(&NAMESPACE, name.as_bytes())
+}
+
+/// `s` escaped as inside a JSON string, without the quotes.
+fn write_json_inner(out: &mut Vec<u8>, s: &str) {
+    let start = out.len();
+    write_json_string(out, s);
+    // Drop the quotes write_json_string added (table names are short: the shift is cheap).
+    out.pop();
+    out.remove(start);
 }
 
 /// What the envelope needs besides the change.
@@ -34,18 +58,18 @@ pub struct Envelope<'a> {
     pub event_id: &'a str,
     pub correlation_id: &'a str,
     pub key: &'a str,
-    /// `data`, already JSON.
-    pub data: &'a [u8],
 }
 
-/// Writes the envelope JSON of `e` for `change`.
-pub fn write(out: &mut Vec<u8>, e: &Envelope<'_>, change: &Change, source: &SourceInfo) {
-    out.reserve(256 + e.data.len());
+/// Writes the envelope JSON of `e` for `change` up to `"data":`; the caller appends the data and the closing `}`.
+pub fn write_head(out: &mut Vec<u8>, e: &Envelope<'_>, change: &Change, source: &SourceInfo) {
+    out.reserve(256);
     out.extend_from_slice(b"{\"eventId\":\"");
     out.extend_from_slice(e.event_id.as_bytes());
     out.extend_from_slice(b"\",\"eventType\":");
     write_json_string(out, e.event_type);
-    let _ = write!(out, ",\"eventVersion\":{},\"occurredAt\":\"", e.version);
+    out.extend_from_slice(b",\"eventVersion\":");
+    out.extend_from_slice(itoa::Buffer::new().format(e.version).as_bytes());
+    out.extend_from_slice(b",\"occurredAt\":\"");
     write_unix_micros(out, change.tx.commit_time_us);
     out.extend_from_slice(b"\",\"correlationId\":");
     write_json_string(out, e.correlation_id);
@@ -54,18 +78,19 @@ pub fn write(out: &mut Vec<u8>, e: &Envelope<'_>, change: &Change, source: &Sour
     out.extend_from_slice(b",\"database\":");
     write_json_string(out, &source.database);
     out.extend_from_slice(b",\"table\":");
-    write_json_string(out, &change.table.qualified_name());
-    let _ = write!(
-        out,
-        ",\"op\":\"{}\",\"lsn\":\"{}\",\"txId\":{}}},\"key\":",
-        change.op.as_str(),
-        change.lsn,
-        change.tx.xid
-    );
+    out.push(b'"');
+    write_json_inner(out, &change.table.schema);
+    out.push(b'.');
+    write_json_inner(out, &change.table.name);
+    out.extend_from_slice(b"\",\"op\":\"");
+    out.extend_from_slice(change.op.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"lsn\":\"");
+    change.lsn.write_to(out);
+    out.extend_from_slice(b"\",\"txId\":");
+    out.extend_from_slice(itoa::Buffer::new().format(change.tx.xid).as_bytes());
+    out.extend_from_slice(b"},\"key\":");
     write_json_string(out, e.key);
     out.extend_from_slice(b",\"data\":");
-    out.extend_from_slice(e.data);
-    out.push(b'}');
 }
 
 #[cfg(test)]
@@ -102,14 +127,17 @@ mod tests {
         assert_eq!(correlation_id(&source(), &a), correlation_id(&source(), &b));
         assert_ne!(correlation_id(&source(), &a), correlation_id(&source(), &change(0, 0x200)));
         assert_eq!(event_id(&source(), &a, "X").get_version_num(), 5);
+        let mut buf = Vec::new();
+        assert_eq!(event_id_into(&mut buf, &source(), &a, "OrderShipped"), event_id(&source(), &a, "OrderShipped").to_string());
     }
 
     #[test]
     fn envelope_is_valid_json_in_the_documented_shape() {
         let c = change(3, 0x16B3800);
         let mut out = Vec::new();
-        let e = Envelope { event_type: "OrderShipped", version: 2, event_id: "e", correlation_id: "c", key: "42", data: b"{\"orderId\":42}" };
-        write(&mut out, &e, &c, &source());
+        let e = Envelope { event_type: "OrderShipped", version: 2, event_id: "e", correlation_id: "c", key: "42" };
+        write_head(&mut out, &e, &c, &source());
+        out.extend_from_slice(b"{\"orderId\":42}}");
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             v,

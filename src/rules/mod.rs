@@ -14,16 +14,20 @@
 //! - CEL is sandboxed and not Turing-complete; expressions cannot reach the database, files or network.
 
 pub mod envelope;
+mod fast;
 pub mod spec;
 pub mod values;
 
 use std::collections::{HashMap, HashSet};
+use std::cell::OnceCell;
 use std::sync::Arc;
 
 use cel::common::ast::{EntryExpr, Expr};
+use cel::common::types::{CelNull, CelString};
+use cel::common::value::Val;
 use cel::{Context, Env, Program, Value};
 
-use crate::change::{Change, Op, Table};
+use crate::change::{Change, Datum, Op, Table};
 use crate::config::{Config, ConfigError, TableName};
 use crate::encode::{self, SourceInfo};
 use crate::postgres::control::{Catalog, CheckItem, Status};
@@ -38,6 +42,8 @@ struct Expression {
     program: Program,
     /// Config key, e.g. `events[2].data.orderId`.
     key: String,
+    /// Set when the expression is a plain column reference, read without CEL.
+    fast: Option<fast::Fast>,
 }
 
 /// How a rule builds `data`.
@@ -58,6 +64,9 @@ enum Field {
 pub struct Rule {
     pub name: String,
     pub version: u32,
+    /// `name` and `version` as header values, shared by every event of the rule.
+    name_shared: Arc<str>,
+    version_text: Arc<str>,
     pub table: TableName,
     ops: Vec<Op>,
     when: Option<Expression>,
@@ -71,6 +80,12 @@ pub struct Rule {
     pub reads_old: bool,
     /// Columns the rule's expressions read from `new`/`old` (checked against the catalog by `ficus check`).
     pub columns_read: Vec<String>,
+    /// Some expression reads `tx`.
+    reads_tx: bool,
+    /// Some CEL expression uses `new` or `old` as a whole (then every column goes into the CEL maps).
+    cel_whole_row: bool,
+    /// Columns CEL reads (only these are converted for the CEL maps).
+    cel_columns: Vec<String>,
 }
 
 /// Per-rule counters (exported as metrics by the health endpoint).
@@ -99,6 +114,44 @@ pub struct RuleSet {
     env: Arc<Env>,
     dlq_topic: Arc<str>,
     warnings: Vec<String>,
+    /// Some rule reads `tx` (built only then).
+    uses_tx: bool,
+    /// Per relation id: the table as last seen, its rules and the columns CEL reads.
+    by_relation: HashMap<u32, RelationRules>,
+    /// Default correlation id of the current transaction.
+    correlation: Option<(crate::lsn::Lsn, Arc<str>)>,
+    /// Reusable buffers (event id name, text conversions).
+    bufs: Buffers,
+}
+
+struct RelationRules {
+    table: Arc<Table>,
+    rules: Arc<[usize]>,
+    mask: Option<Arc<[bool]>>,
+}
+
+#[derive(Default)]
+struct Buffers {
+    id: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+/// The CEL context of one change, built on first use.
+struct LazyContext<'c> {
+    env: &'c Arc<Env>,
+    change: &'c Change,
+    with_tx: bool,
+    mask: Option<&'c [bool]>,
+    cell: OnceCell<Result<Context<'c, 'c>, String>>,
+}
+
+impl<'c> LazyContext<'c> {
+    fn get(&self) -> Result<&Context<'c, 'c>, String> {
+        self.cell
+            .get_or_init(|| change_context(self.env, self.change, self.with_tx, self.mask))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
 }
 
 impl RuleSet {
@@ -119,6 +172,7 @@ impl RuleSet {
             }
             rules.push(rule);
         }
+        let uses_tx = rules.iter().any(|r| r.reads_tx);
         let mut by_table: HashMap<TableName, Vec<usize>> = HashMap::new();
         for (i, r) in rules.iter().enumerate() {
             by_table.entry(r.table.clone()).or_default().push(i);
@@ -131,6 +185,10 @@ impl RuleSet {
             env,
             dlq_topic: dlq_topic.into(),
             warnings,
+            uses_tx,
+            by_relation: HashMap::new(),
+            correlation: None,
+            bufs: Buffers::default(),
         })
     }
 
@@ -204,36 +262,63 @@ impl RuleSet {
     /// Runs the rules of `change`'s table; appends events (and DLQ records) to `out`. Returns how many rules
     /// matched the table and op (0 = no rule is about this change).
     pub fn apply(&mut self, change: &Change, source: &SourceInfo, out: &mut Vec<Record>) -> Result<usize, RuleFailure> {
-        let t = &change.table;
-        let name = TableName { schema: t.schema.clone(), name: t.name.clone() };
-        let Some(indices) = self.by_table.get(&name) else { return Ok(0) };
-        let indices: Vec<usize> = indices.iter().copied().filter(|&i| self.rules[i].ops.contains(&change.op)).collect();
-        if indices.is_empty() {
+        let (indices, mask) = self.rules_of(&change.table);
+        let matching = indices.iter().filter(|&&i| self.rules[i].ops.contains(&change.op)).count();
+        if matching == 0 {
             return Ok(0);
         }
-        let context = match change_context(&self.env, change) {
-            Ok(c) => Some(c),
-            Err(reason) => {
-                // The row itself cannot be read: every rule fails the same way.
-                for &i in &indices {
-                    self.fail(i, change, source, &reason, out)?;
-                }
-                None
+        let correlation = self.correlation_id(source, change);
+        // The CEL maps are built on first use: rules made of column references never need them.
+        let env = self.env.clone();
+        let lazy = LazyContext { env: &env, change, with_tx: self.uses_tx, mask: mask.as_deref(), cell: OnceCell::new() };
+        for &i in indices.iter() {
+            if !self.rules[i].ops.contains(&change.op) {
+                continue;
             }
-        };
-        if let Some(context) = context {
-            for &i in &indices {
-                match self.rules[i].event(&context, change, source) {
-                    Ok(Some(record)) => {
-                        self.stats[i].events += 1;
-                        out.push(record);
-                    }
-                    Ok(None) => {}
-                    Err(reason) => self.fail(i, change, source, &reason, out)?,
+            let mut bufs = std::mem::take(&mut self.bufs);
+            let result = self.rules[i].event(&lazy, change, source, &correlation, &mut bufs);
+            self.bufs = bufs;
+            match result {
+                Ok(Some(record)) => {
+                    self.stats[i].events += 1;
+                    out.push(record);
                 }
+                Ok(None) => {}
+                Err(reason) => self.fail(i, change, source, &reason, out)?,
             }
         }
-        Ok(indices.len())
+        Ok(matching)
+    }
+
+    /// Indices of the rules of `table` and which columns CEL reads (`None` = all), cached per relation (a pointer
+    /// comparison per change).
+    fn rules_of(&mut self, table: &Arc<Table>) -> (Arc<[usize]>, Option<Arc<[bool]>>) {
+        if let Some(r) = self.by_relation.get(&table.oid) {
+            if Arc::ptr_eq(&r.table, table) {
+                return (r.rules.clone(), r.mask.clone());
+            }
+        }
+        let name = TableName { schema: table.schema.clone(), name: table.name.clone() };
+        let rules: Arc<[usize]> = self.by_table.get(&name).map(|v| v.as_slice().into()).unwrap_or_else(|| Arc::from([]));
+        let mask: Option<Arc<[bool]>> = if rules.iter().any(|&i| self.rules[i].cel_whole_row) {
+            None
+        } else {
+            Some(table.columns.iter().map(|c| rules.iter().any(|&i| self.rules[i].cel_columns.contains(&c.name))).collect())
+        };
+        self.by_relation.insert(table.oid, RelationRules { table: table.clone(), rules: rules.clone(), mask: mask.clone() });
+        (rules, mask)
+    }
+
+    /// The default `correlationId` of `change`'s transaction, computed once per transaction.
+    fn correlation_id(&mut self, source: &SourceInfo, change: &Change) -> Arc<str> {
+        match &self.correlation {
+            Some((lsn, id)) if *lsn == change.tx.commit_lsn => id.clone(),
+            _ => {
+                let id: Arc<str> = envelope::correlation_id(source, change).to_string().into();
+                self.correlation = Some((change.tx.commit_lsn, id.clone()));
+                id
+            }
+        }
     }
 
     fn fail(&mut self, i: usize, change: &Change, source: &SourceInfo, reason: &str, out: &mut Vec<Record>) -> Result<(), RuleFailure> {
@@ -285,36 +370,48 @@ fn environment() -> Env {
     env
 }
 
-/// The CEL variables of one change: `new`, `old` (maps or null), `op`, `table`, `tx`.
-fn change_context(env: &Arc<Env>, change: &Change) -> Result<Context<'static, 'static>, String> {
+/// The CEL variables of one change: `new`, `old` (maps or null), `op`, `table`, and `tx` when a rule reads it.
+/// Column names and text values are borrowed from the change, not copied; only the columns in `mask` (all when
+/// `None`) are converted.
+fn change_context<'c>(env: &Arc<Env>, change: &'c Change, with_tx: bool, mask: Option<&[bool]>) -> Result<Context<'c, 'c>, String> {
     let table = &*change.table;
-    let new = match &change.after {
-        Some(row) => values::row_to_cel(table, row, false)?,
-        None => Value::Null,
+    let mut scratch = Vec::new();
+    let full_before = change.before.as_deref().filter(|_| !change.before_is_key_only);
+    let new: Box<dyn Val + 'c> = match &change.after {
+        Some(row) => values::row_to_val(table, row, false, full_before, mask, &mut scratch)?,
+        None => Box::new(CelNull),
     };
-    let old = match &change.before {
-        Some(row) => values::row_to_cel(table, row, change.before_is_key_only)?,
-        None => Value::Null,
+    let old: Box<dyn Val + 'c> = match &change.before {
+        Some(row) => values::row_to_val(table, row, change.before_is_key_only, None, mask, &mut scratch)?,
+        None => Box::new(CelNull),
     };
-    let commit = chrono::DateTime::from_timestamp_micros(change.tx.commit_time_us).map(|t| t.fixed_offset());
-    let mut tx: HashMap<String, Value> = HashMap::new();
-    tx.insert("id".into(), Value::Int(i64::from(change.tx.xid)));
-    tx.insert("commitLsn".into(), Value::String(Arc::new(change.tx.commit_lsn.to_string())));
-    if let Some(t) = commit {
-        tx.insert("commitTime".into(), Value::Timestamp(t));
-    }
     let mut ctx = Context::with_env(env.clone());
-    ctx.add_variable_from_value("new", new);
-    ctx.add_variable_from_value("old", old);
-    ctx.add_variable_from_value("op", change.op.as_str().to_string());
-    ctx.add_variable_from_value("table", table.qualified_name());
-    ctx.add_variable_from_value("tx", tx);
+    ctx.add_variable_as_val("new", new);
+    ctx.add_variable_as_val("old", old);
+    ctx.add_variable_as_val("op", Box::new(CelString::from(change.op.as_str())));
+    ctx.add_variable_as_val("table", Box::new(CelString::from(format!("{}.{}", table.schema, table.name))));
+    if with_tx {
+        let mut tx: HashMap<String, Value> = HashMap::new();
+        tx.insert("id".into(), Value::Int(i64::from(change.tx.xid)));
+        tx.insert("commitLsn".into(), Value::String(Arc::new(change.tx.commit_lsn.to_string())));
+        if let Some(t) = chrono::DateTime::from_timestamp_micros(change.tx.commit_time_us) {
+            tx.insert("commitTime".into(), Value::Timestamp(t.fixed_offset()));
+        }
+        ctx.add_variable_from_value("tx", tx);
+    }
     Ok(ctx)
 }
 
 impl Rule {
     /// The event this rule derives from the change, `None` when `when` is false, `Err(reason)` on failure.
-    fn event(&self, ctx: &Context<'_, '_>, change: &Change, source: &SourceInfo) -> Result<Option<Record>, String> {
+    fn event(
+        &self,
+        ctx: &LazyContext<'_>,
+        change: &Change,
+        source: &SourceInfo,
+        default_correlation: &Arc<str>,
+        bufs: &mut Buffers,
+    ) -> Result<Option<Record>, String> {
         if let Some(when) = &self.when {
             match eval(when, ctx)? {
                 Value::Bool(true) => {}
@@ -322,81 +419,88 @@ impl Rule {
                 other => return Err(format!("{}: must be true or false, got a {:?}", when.key, other.type_of())),
             }
         }
-        let key = values::cel_to_text(&eval(&self.key, ctx)?).map_err(|e| format!("{}: the key {e}", self.key.key))?;
-        let mut data = Vec::with_capacity(128);
-        self.write_data(&mut data, ctx, change)?;
-        let event_id = envelope::event_id(source, change, &self.name).to_string();
-        let correlation_id = match &self.correlation {
-            Some(expr) => values::cel_to_text(&eval(expr, ctx)?).map_err(|e| format!("{}: {e}", expr.key))?,
-            None => envelope::correlation_id(source, change).to_string(),
+        let key = eval_text(&self.key, ctx, change, &mut bufs.scratch).map_err(|e| e.replacen(": ", ": the key ", 1))?;
+        let mut payload = Vec::with_capacity(512);
+        let event_id = envelope::event_id_into(&mut bufs.id, source, change, &self.name);
+        let correlation_id: Arc<str> = match &self.correlation {
+            Some(expr) => eval_text(expr, ctx, change, &mut bufs.scratch)?.into(),
+            None => default_correlation.clone(),
         };
-        let mut headers = vec![
-            ("content-type", HeaderValue::Static("application/json")),
-            ("event-type", HeaderValue::Owned(self.name.clone())),
-            ("event-id", HeaderValue::Owned(event_id.clone())),
-            ("event-version", HeaderValue::Owned(self.version.to_string())),
-            ("correlation-id", HeaderValue::Owned(correlation_id.clone())),
-        ];
-        for (name, expr) in &self.headers {
-            let value = values::cel_to_text(&eval(expr, ctx)?).map_err(|e| format!("{}: {e}", expr.key))?;
-            // Header names are `&'static str` in records: rules live for the whole run, so leak-free sharing
-            // would need an Arc; the set of names is small and fixed, so intern them once.
-            headers.push((intern(name), HeaderValue::Owned(value)));
-        }
-        let mut payload = Vec::with_capacity(256 + data.len());
         let e = envelope::Envelope {
             event_type: &self.name,
             version: self.version,
             event_id: &event_id,
             correlation_id: &correlation_id,
             key: &key,
-            data: &data,
         };
-        envelope::write(&mut payload, &e, change, source);
+        envelope::write_head(&mut payload, &e, change, source);
+        self.write_data(&mut payload, ctx, change)?;
+        payload.push(b'}');
+        let mut headers = Vec::with_capacity(5 + self.headers.len());
+        headers.extend([
+            ("content-type", HeaderValue::Static("application/json")),
+            ("event-type", HeaderValue::Shared(self.name_shared.clone())),
+            ("event-id", HeaderValue::Owned(event_id)),
+            ("event-version", HeaderValue::Shared(self.version_text.clone())),
+            ("correlation-id", HeaderValue::Shared(correlation_id)),
+        ]);
+        for (name, expr) in &self.headers {
+            let value = eval_text(expr, ctx, change, &mut bufs.scratch)?;
+            // Header names are `&'static str` in records; the set of names is small and fixed: interned once.
+            headers.push((intern(name), HeaderValue::Owned(value)));
+        }
         Ok(Some(Record { topic: self.topic.clone(), key: Some(key.into_bytes()), payload, headers }))
     }
 
-    fn write_data(&self, out: &mut Vec<u8>, ctx: &Context<'_, '_>, change: &Change) -> Result<(), String> {
-        match &self.data {
-            Data::Fields(fields) => write_fields(out, fields, ctx),
-            selection => {
-                let (row, key_only) = match (&change.after, &change.before) {
-                    (Some(r), _) => (r, false),
-                    (None, Some(r)) => (r, change.before_is_key_only),
-                    (None, None) => {
-                        out.extend_from_slice(b"{}");
-                        return Ok(());
-                    }
-                };
-                let keep = |c: &str| match selection {
-                    Data::Columns(cols) => cols.iter().any(|x| x == c),
-                    Data::Exclude(cols) => !cols.iter().any(|x| x == c),
-                    _ => true,
-                };
-                let table: &Table = &change.table;
-                let value = values::row_to_cel(table, row, key_only)?;
-                let Value::Map(m) = value else { return Err("row is not a map".into()) };
-                out.push(b'{');
-                let mut first = true;
-                // Table column order, not hash order.
-                for col in table.columns.iter().filter(|c| keep(&c.name)) {
-                    let Some(v) = m.map.get(&cel::objects::Key::String(Arc::new(col.name.clone()))) else { continue };
-                    if !first {
-                        out.push(b',');
-                    }
-                    first = false;
-                    crate::postgres::value::write_json_string(out, &col.name);
-                    out.push(b':');
-                    values::write_cel_json(out, v).map_err(|e| format!("column {}: {e}", col.name))?;
-                }
-                out.push(b'}');
-                Ok(())
+    fn write_data(&self, out: &mut Vec<u8>, ctx: &LazyContext<'_>, change: &Change) -> Result<(), String> {
+        let selection = match &self.data {
+            Data::Fields(fields) => return write_fields(out, fields, ctx, change),
+            selection => selection,
+        };
+        // A column selection: the columns as raw change events map them, in table order.
+        let (row, other, key_only) = match (&change.after, &change.before) {
+            (Some(r), before) => (r, before.as_ref().filter(|_| !change.before_is_key_only), false),
+            (None, Some(r)) => (r, None, change.before_is_key_only),
+            (None, None) => {
+                out.extend_from_slice(b"{}");
+                return Ok(());
             }
+        };
+        let table: &Table = &change.table;
+        out.push(b'{');
+        let mut first = true;
+        for (i, col) in table.columns.iter().enumerate() {
+            let keep = match selection {
+                Data::Columns(cols) => cols.iter().any(|x| *x == col.name),
+                Data::Exclude(cols) => !cols.iter().any(|x| *x == col.name),
+                _ => true,
+            };
+            if !keep || (key_only && !col.is_key) {
+                continue;
+            }
+            // An unchanged TOAST value comes from the old row when the server sent it, else the column is absent.
+            let datum = match row.get(i) {
+                Some(Datum::UnchangedToast) => match other.and_then(|o| o.get(i)) {
+                    Some(d) if *d != Datum::UnchangedToast => d,
+                    _ => continue,
+                },
+                Some(d) => d,
+                None => continue,
+            };
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            crate::postgres::value::write_json_string(out, &col.name);
+            out.push(b':');
+            encode::write_datum(out, table, i, datum).map_err(|e| e.to_string())?;
         }
+        out.push(b'}');
+        Ok(())
     }
 }
 
-fn write_fields(out: &mut Vec<u8>, fields: &[(String, Field)], ctx: &Context<'_, '_>) -> Result<(), String> {
+fn write_fields(out: &mut Vec<u8>, fields: &[(String, Field)], ctx: &LazyContext<'_>, change: &Change) -> Result<(), String> {
     out.push(b'{');
     for (i, (name, field)) in fields.iter().enumerate() {
         if i > 0 {
@@ -405,8 +509,12 @@ fn write_fields(out: &mut Vec<u8>, fields: &[(String, Field)], ctx: &Context<'_,
         crate::postgres::value::write_json_string(out, name);
         out.push(b':');
         match field {
-            Field::Map(inner) => write_fields(out, inner, ctx)?,
+            Field::Map(inner) => write_fields(out, inner, ctx, change)?,
             Field::Expr(expr) => {
+                if let Some(done) = expr.fast.as_ref().and_then(|f| f.write_json(out, change)) {
+                    done.map_err(|e| format!("{}: {e}", expr.key))?;
+                    continue;
+                }
                 let v = eval(expr, ctx)?;
                 values::write_cel_json(out, &v).map_err(|e| format!("{}: {e}", expr.key))?;
             }
@@ -416,8 +524,16 @@ fn write_fields(out: &mut Vec<u8>, fields: &[(String, Field)], ctx: &Context<'_,
     Ok(())
 }
 
-fn eval(expr: &Expression, ctx: &Context<'_, '_>) -> Result<Value, String> {
-    expr.program.execute(ctx).map_err(|e| format!("{}: {e}", expr.key))
+fn eval(expr: &Expression, ctx: &LazyContext<'_>) -> Result<Value, String> {
+    expr.program.execute(ctx.get()?).map_err(|e| format!("{}: {e}", expr.key))
+}
+
+/// A key, header or correlation value as text (fast path for column references). Errors start with the key.
+fn eval_text(expr: &Expression, ctx: &LazyContext<'_>, change: &Change, scratch: &mut Vec<u8>) -> Result<String, String> {
+    if let Some(text) = expr.fast.as_ref().and_then(|f| f.text(change, scratch)) {
+        return text.map_err(|e| format!("{}: {e}", expr.key));
+    }
+    values::cel_to_text(&eval(expr, ctx)?).map_err(|e| format!("{}: {e}", expr.key))
 }
 
 /// A `&'static str` for a header name configured by a rule (a handful per config, interned once).
@@ -482,10 +598,20 @@ fn compile_rule(
         return Err(ConfigError::invalid(at("on"), "list at least one of insert, update, delete, read, truncate"));
     }
     let mut reads = Reads::default();
+    // What CEL itself reads (column references with a fast path need no CEL map, except `string(...)` of an
+    // unusual type, which falls back to CEL at run time: its column is kept).
+    let mut cel_reads = Reads::default();
     let mut compile = |key: String, source: &str| -> Result<Expression, ConfigError> {
         let program = env.compile(source).map_err(|e| ConfigError::invalid(key.clone(), format!("invalid CEL: {e}")))?;
-        reads.collect(&program.expression().expr);
-        Ok(Expression { program, key })
+        let expr = &program.expression().expr;
+        reads.collect(expr);
+        let fast = fast::Fast::detect(expr);
+        match &fast {
+            Some(fast::Fast::Column { .. }) => {}
+            Some(f @ fast::Fast::StringOf { .. }) => cel_reads.new_columns.push(f.column().to_string()),
+            None => cel_reads.collect(expr),
+        }
+        Ok(Expression { program, key, fast })
     };
     let when = spec.when.as_deref().map(|w| compile(at("when"), w)).transpose()?;
     let key = compile(at("key"), &spec.key)?;
@@ -514,6 +640,8 @@ fn compile_rule(
     Ok(Rule {
         name: spec.name.clone(),
         version: spec.version,
+        name_shared: spec.name.as_str().into(),
+        version_text: spec.version.to_string().into(),
         table,
         ops,
         when,
@@ -524,7 +652,10 @@ fn compile_rule(
         correlation,
         on_error: spec.on_error,
         reads_old: reads.old,
+        reads_tx: reads.tx,
         columns_read,
+        cel_whole_row: cel_reads.whole_row,
+        cel_columns: cel_reads.new_columns.into_iter().chain(cel_reads.old_columns).collect(),
     })
 }
 
@@ -578,6 +709,9 @@ fn compile_fields(
 #[derive(Default)]
 struct Reads {
     old: bool,
+    tx: bool,
+    /// `new` or `old` used other than as `new.col`.
+    whole_row: bool,
     new_columns: Vec<String>,
     old_columns: Vec<String>,
 }
@@ -585,7 +719,12 @@ struct Reads {
 impl Reads {
     fn collect(&mut self, e: &Expr) {
         match e {
-            Expr::Ident(name) if name == "old" => self.old = true,
+            Expr::Ident(name) if name == "old" => {
+                self.old = true;
+                self.whole_row = true;
+            }
+            Expr::Ident(name) if name == "new" => self.whole_row = true,
+            Expr::Ident(name) if name == "tx" => self.tx = true,
             Expr::Select(s) => {
                 if let Expr::Ident(root) = &s.operand.expr {
                     match root.as_str() {
@@ -594,6 +733,7 @@ impl Reads {
                             self.old = true;
                             self.old_columns.push(s.field.clone());
                         }
+                        "tx" => self.tx = true,
                         _ => {}
                     }
                 } else {

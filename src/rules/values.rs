@@ -15,6 +15,8 @@ use std::io::Write as _;
 use std::sync::Arc;
 
 use base64::Engine as _;
+use cel::common::types::{CelBool, CelDouble, CelInt, CelMap, CelMapKey, CelNull, CelString, CelTimestamp};
+use cel::common::value::Val;
 use cel::objects::{Key, Map};
 use cel::Value;
 
@@ -22,33 +24,119 @@ use crate::change::{Datum, Table};
 use crate::postgres::value::{self, oid, write_json_string};
 use crate::postgres::value_binary;
 
-/// A row as a CEL map of column name → value. Key-only old rows (`key_only`) hold only the key columns; unchanged
-/// TOAST values are left out.
-pub fn row_to_cel(table: &Table, row: &[Datum], key_only: bool) -> Result<Value, String> {
-    let mut map = HashMap::with_capacity(row.len());
-    let mut scratch = Vec::with_capacity(64);
-    for (col, datum) in table.columns.iter().zip(row) {
-        if key_only && !col.is_key {
+/// 2000-01-01T00:00:00Z (PostgreSQL's timestamp epoch) in Unix microseconds.
+const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+
+/// A row as a CEL map of column name → value, borrowing column names and text values from `table` and `row`
+/// (built once per change, so the fewer copies the better). Key-only old rows (`key_only`) hold only the key
+/// columns; an unchanged TOAST value is taken from `toast_from` (the full old row) or left out; only columns
+/// whose `mask` entry is true are converted (all when `None`). `scratch` is a reusable buffer.
+pub fn row_to_val<'a>(
+    table: &'a Table,
+    row: &'a [Datum],
+    key_only: bool,
+    toast_from: Option<&'a [Datum]>,
+    mask: Option<&[bool]>,
+    scratch: &mut Vec<u8>,
+) -> Result<Box<dyn Val + 'a>, String> {
+    let mut map: HashMap<CelMapKey<'a>, Box<dyn Val + 'a>> = HashMap::with_capacity(row.len());
+    for (i, (col, datum)) in table.columns.iter().zip(row).enumerate() {
+        if (key_only && !col.is_key) || mask.is_some_and(|m| !m.get(i).copied().unwrap_or(true)) {
             continue;
         }
-        let value = match datum {
+        // An unchanged TOAST value is known when the old row carries it (REPLICA IDENTITY FULL).
+        let datum = match (datum, toast_from.and_then(|r| r.get(i))) {
+            (Datum::UnchangedToast, Some(old)) => old,
+            _ => datum,
+        };
+        let value: Box<dyn Val + 'a> = match datum {
             Datum::UnchangedToast => continue,
-            Datum::Null => Value::Null,
+            Datum::Null => Box::new(CelNull),
             Datum::Text(b) | Datum::Binary(b) => {
-                scratch.clear();
-                let written = match datum {
-                    Datum::Binary(_) => value_binary::write_json(&mut scratch, col.type_oid, b),
-                    _ => value::write_json(&mut scratch, col.type_oid, b),
-                };
-                written.map_err(|e| format!("column {}: {e}", col.name))?;
-                let json: serde_json::Value =
-                    serde_json::from_slice(&scratch).map_err(|e| format!("column {}: {e}", col.name))?;
-                json_to_cel(&json, col.type_oid)
+                datum_to_val(col.type_oid, b, matches!(datum, Datum::Binary(_)), scratch)
+                    .map_err(|e| format!("column {}: {e}", col.name))?
             }
         };
-        map.insert(Key::String(Arc::new(col.name.clone())), value);
+        map.insert(CelMapKey::from(col.name.as_str()), value);
     }
-    Ok(Value::Map(Map { map: Arc::new(map) }))
+    Ok(Box::new(CelMap::from(map)))
+}
+
+/// One non-null column value as a CEL value. Text types borrow their bytes; everything else goes through the
+/// JSON mapping (the same code as raw change events, so both agree on every value).
+fn datum_to_val<'a>(type_oid: u32, bytes: &'a [u8], binary: bool, scratch: &mut Vec<u8>) -> Result<Box<dyn Val + 'a>, String> {
+    let as_str = |b: &'a [u8]| std::str::from_utf8(b).map_err(|_| "not valid UTF-8".to_string());
+    // Fast paths for the common scalar types; the rest (and anything unusual) takes the JSON route below.
+    match (type_oid, binary) {
+        // Text and binary forms of these are the string itself.
+        (oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME, _) => return Ok(Box::new(CelString::from(as_str(bytes)?))),
+        (oid::INT2 | oid::INT4 | oid::INT8 | oid::OID, false) => {
+            let text = as_str(bytes)?;
+            return text.parse::<i64>().map(|i| Box::new(CelInt::from(i)) as Box<dyn Val>).map_err(|_| format!("{text:?} is not an integer"));
+        }
+        (oid::FLOAT4 | oid::FLOAT8, false) => {
+            // Rust parses PostgreSQL's NaN, Infinity and -Infinity too.
+            let text = as_str(bytes)?;
+            return text.parse::<f64>().map(|f| Box::new(CelDouble::from(f)) as Box<dyn Val>).map_err(|_| format!("{text:?} is not a number"));
+        }
+        (oid::BOOL, false) if bytes.len() == 1 && matches!(bytes[0], b't' | b'f') => {
+            return Ok(Box::new(CelBool::from(bytes[0] == b't')));
+        }
+        (oid::INT2, true) if bytes.len() == 2 => return Ok(Box::new(CelInt::from(i64::from(i16::from_be_bytes([bytes[0], bytes[1]]))))),
+        (oid::INT4, true) if bytes.len() == 4 => {
+            return Ok(Box::new(CelInt::from(i64::from(i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])))));
+        }
+        (oid::OID, true) if bytes.len() == 4 => {
+            return Ok(Box::new(CelInt::from(i64::from(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])))));
+        }
+        (oid::INT8, true) => {
+            if let Ok(b) = <[u8; 8]>::try_from(bytes) {
+                return Ok(Box::new(CelInt::from(i64::from_be_bytes(b))));
+            }
+        }
+        (oid::FLOAT8, true) => {
+            if let Ok(b) = <[u8; 8]>::try_from(bytes) {
+                return Ok(Box::new(CelDouble::from(f64::from_be_bytes(b))));
+            }
+        }
+        (oid::FLOAT4, true) if bytes.len() == 4 => {
+            return Ok(Box::new(CelDouble::from(f64::from(f32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])))));
+        }
+        (oid::BOOL, true) if bytes.len() == 1 => return Ok(Box::new(CelBool::from(bytes[0] != 0))),
+        (oid::TIMESTAMP | oid::TIMESTAMPTZ, true) => {
+            if let Ok(b) = <[u8; 8]>::try_from(bytes) {
+                // Microseconds since 2000-01-01 UTC; ±infinity (i64::MAX/MIN) stays a string, below.
+                let us = i64::from_be_bytes(b);
+                let unix = us.checked_add(PG_EPOCH_UNIX_MICROS).filter(|_| us != i64::MAX && us != i64::MIN);
+                if let Some(t) = unix.and_then(chrono::DateTime::from_timestamp_micros) {
+                    return Ok(Box::new(CelTimestamp::from(t.fixed_offset())));
+                }
+            }
+        }
+        _ => {}
+    }
+    scratch.clear();
+    let written = if binary { value_binary::write_json(scratch, type_oid, bytes) } else { value::write_json(scratch, type_oid, bytes) };
+    written.map_err(|e| e.to_string())?;
+    let json = std::str::from_utf8(scratch).map_err(|_| "not valid UTF-8".to_string())?;
+    // Plain JSON strings without escapes (numeric, uuid, dates, enums, …): no parser needed.
+    if let Some(inner) = json.strip_prefix('"').and_then(|j| j.strip_suffix('"')).filter(|i| !i.contains(['\\', '"'])) {
+        return Ok(match string_to_cel(inner, type_oid) {
+            Value::String(_) => Box::new(CelString::from(inner.to_string())),
+            other => Box::<dyn Val>::try_from(other).map_err(|e| e.to_string())?,
+        });
+    }
+    let value = match type_oid {
+        oid::BOOL => Value::Bool(json == "true"),
+        oid::INT2 | oid::INT4 | oid::INT8 | oid::OID => Value::Int(json.parse::<i64>().map_err(|_| format!("{json} is not an integer"))?),
+        // A float column stays a double even when its value is integral (`3` == `3.0` must hold in CEL).
+        oid::FLOAT4 | oid::FLOAT8 => Value::Float(json.parse::<f64>().map_err(|_| format!("{json} is not a number"))?),
+        _ => {
+            let parsed: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+            json_to_cel(&parsed, type_oid)
+        }
+    };
+    Box::<dyn Val>::try_from(value).map_err(|e| e.to_string())
 }
 
 /// `json` as a CEL value; `type_oid` (the column type, or an array's element type) turns ISO timestamp strings
@@ -132,8 +220,17 @@ pub fn write_cel_json(out: &mut Vec<u8>, v: &Value) -> Result<(), String> {
             out.push(b'"');
         }
         Value::Timestamp(t) => {
-            let utc = t.with_timezone(&chrono::Utc);
-            write_json_string(out, &utc.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
+            // As the value mapping writes timestamptz: UTC, `Z`, fraction without trailing zeros.
+            out.push(b'"');
+            value::write_unix_micros(out, t.timestamp_micros());
+            out.pop(); // Z
+            while out.last() == Some(&b'0') {
+                out.pop();
+            }
+            if out.last() == Some(&b'.') {
+                out.pop();
+            }
+            out.extend_from_slice(b"Z\"");
         }
         Value::Duration(d) => {
             let secs = d.num_microseconds().map(|us| us as f64 / 1e6).unwrap_or(d.num_seconds() as f64);
@@ -229,7 +326,9 @@ mod tests {
             Datum::UnchangedToast,
             text("NaN"),
         ];
-        let v = row_to_cel(&table(), &row, false).unwrap();
+        let t = table();
+        let mut scratch = Vec::new();
+        let v = Value::try_from(&*row_to_val(&t, &row, false, None, None, &mut scratch).unwrap()).unwrap();
         let Value::Map(m) = &v else { panic!("not a map") };
         assert_eq!(m.map.get(&Key::String(Arc::new("id".into()))), Some(&Value::Int(42)));
         assert_eq!(m.map.get(&Key::String(Arc::new("amount".into()))), Some(&Value::String(Arc::new("12.50".into()))));
@@ -239,17 +338,40 @@ mod tests {
         write_cel_json(&mut out, &v).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            r#"{"amount":"12.50","at":"2026-11-22T08:00:00.500Z","doc":{"a":null,"b":[1,"x"]},"f":"NaN","id":42}"#
+            r#"{"amount":"12.50","at":"2026-11-22T08:00:00.5Z","doc":{"a":null,"b":[1,"x"]},"f":"NaN","id":42}"#
         );
-        let key_only = row_to_cel(&table(), &row, true).unwrap();
+        let key_only = Value::try_from(&*row_to_val(&t, &row, true, None, None, &mut scratch).unwrap()).unwrap();
         let Value::Map(k) = key_only else { panic!() };
         assert_eq!(k.map.len(), 1);
     }
 
     #[test]
+    fn binary_and_text_values_give_the_same_cel_values() {
+        let ts_us: i64 = 848_649_600_500_000; // 2026-11-22T08:00:00.5Z in microseconds since 2000
+        let cases: Vec<(u32, Vec<u8>, &str)> = vec![
+            (oid::INT8, 42i64.to_be_bytes().to_vec(), "42"),
+            (oid::INT4, (-7i32).to_be_bytes().to_vec(), "-7"),
+            (oid::INT2, 3i16.to_be_bytes().to_vec(), "3"),
+            (oid::FLOAT8, 1.5f64.to_be_bytes().to_vec(), "1.5"),
+            (oid::FLOAT8, f64::INFINITY.to_be_bytes().to_vec(), "Infinity"),
+            (oid::FLOAT4, 0.25f32.to_be_bytes().to_vec(), "0.25"),
+            (oid::BOOL, vec![1], "t"),
+            (oid::TIMESTAMPTZ, ts_us.to_be_bytes().to_vec(), "2026-11-22 08:00:00.5+00"),
+            (oid::TIMESTAMPTZ, i64::MAX.to_be_bytes().to_vec(), "infinity"),
+            (oid::TEXT, b"caf\xc3\xa9".to_vec(), "caf\u{e9}"),
+        ];
+        let mut scratch = Vec::new();
+        for (type_oid, bin, text) in cases {
+            let b = Value::try_from(&*datum_to_val(type_oid, &bin, true, &mut scratch).unwrap()).unwrap();
+            let t = Value::try_from(&*datum_to_val(type_oid, text.as_bytes(), false, &mut scratch).unwrap()).unwrap();
+            assert_eq!(b, t, "type {type_oid}: {text}");
+        }
+    }
+
+    #[test]
     fn bad_values_are_errors_naming_the_column() {
         let row = vec![text("not a number"), Datum::Null, Datum::Null, Datum::Null, Datum::Null, Datum::Null];
-        let e = row_to_cel(&table(), &row, false).unwrap_err();
+        let e = row_to_val(&table(), &row, false, None, None, &mut Vec::new()).map(|_| ()).unwrap_err();
         assert!(e.starts_with("column id:"), "{e}");
     }
 
