@@ -57,6 +57,9 @@ pub struct Config {
     /// Business-event rules (see [`crate::rules`]).
     #[serde(default)]
     pub events: Vec<crate::rules::spec::RuleSpec>,
+    /// Defaults for every rule (`encoding`, `on_error`).
+    #[serde(default)]
+    pub event_defaults: crate::rules::spec::EventDefaults,
     /// Initial snapshot of existing rows.
     #[serde(default)]
     pub snapshot: SnapshotConfig,
@@ -178,12 +181,26 @@ pub struct ChangesConfig {
     /// Topic = `<topic_prefix>.<schema>.<table>` (characters outside `[a-zA-Z0-9._-]` become `_`).
     #[serde(default = "default_topic_prefix")]
     pub topic_prefix: String,
+    /// Envelope of raw change events: `json` (ficus's own, default) or `debezium` (Debezium-compatible).
+    #[serde(default)]
+    pub encoding: ChangeEncoding,
 }
 
 impl Default for ChangesConfig {
     fn default() -> Self {
-        ChangesConfig { tables: Vec::new(), topic_prefix: default_topic_prefix() }
+        ChangesConfig { tables: Vec::new(), topic_prefix: default_topic_prefix(), encoding: ChangeEncoding::default() }
     }
+}
+
+/// `changes.encoding`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeEncoding {
+    /// The raw change event of DESIGN.md.
+    #[default]
+    Json,
+    /// Debezium's PostgreSQL connector envelope (`before`, `after`, `source`, `op` c/u/d/r/t, `ts_ms`).
+    Debezium,
 }
 
 /// `snapshot:`.

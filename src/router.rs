@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::change::Change;
-use crate::config::{Config, TableName};
+use crate::config::{ChangeEncoding, Config, TableName};
 use crate::encode::{self, SourceInfo};
 use crate::rules::{RuleFailure, RuleSet};
 
@@ -90,6 +90,7 @@ pub fn change_topic(prefix: &str, schema: &str, table: &str) -> String {
 pub struct Router {
     source: SourceInfo,
     prefix: String,
+    encoding: ChangeEncoding,
     changes_tables: Vec<String>,
     /// Per relation id: the decision for the latest schema of that relation.
     routes: HashMap<u32, Route>,
@@ -104,6 +105,7 @@ impl Router {
         Router {
             source,
             prefix: config.changes.topic_prefix.clone(),
+            encoding: config.changes.encoding,
             changes_tables: config.changes.tables.clone(),
             routes: HashMap::new(),
             rules,
@@ -148,7 +150,10 @@ impl Router {
         let route = self.route_for(change);
         let qualified = route.qualified.clone();
         if let Some(topic) = route.topic.clone() {
-            let (key, payload) = encode::raw_change(change, &self.source)?;
+            let (key, payload) = match self.encoding {
+                ChangeEncoding::Json => encode::raw_change(change, &self.source)?,
+                ChangeEncoding::Debezium => encode::debezium::change(change, &self.source, &self.prefix)?,
+            };
             out.push(Record {
                 topic,
                 key,

@@ -42,6 +42,52 @@ pub fn correlation_id(source: &SourceInfo, change: &Change) -> Uuid {
     Uuid::new_v5(&NAMESPACE, name.as_bytes())
 }
 
+/// CloudEvents `source` of events derived from `change`: `/postgres/<system>/<database>/<schema>.<table>`, a
+/// URI reference (characters outside RFC 3986's unreserved set percent-encoded).
+pub fn cloudevents_source(change: &Change, source: &SourceInfo) -> String {
+    let mut out = String::from("/postgres/");
+    for (i, part) in [source.system.as_str(), source.database.as_str(), &change.table.qualified_name()].iter().enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        for b in part.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out
+}
+
+/// The commit time as CloudEvents `time` / `occurredAt` (RFC 3339, UTC, microseconds).
+pub fn occurred_at(change: &Change) -> String {
+    let mut out = Vec::with_capacity(27);
+    write_unix_micros(&mut out, change.tx.commit_time_us);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Writes a CloudEvents 1.0 structured-mode event (JSON format) up to `"data":`; the caller appends the data and
+/// the closing `}`. Extensions: `correlationid`, `eventversion`.
+pub fn write_cloudevent_head(out: &mut Vec<u8>, e: &Envelope<'_>, change: &Change, source: &SourceInfo) {
+    out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
+    write_json_string(out, e.event_id);
+    out.extend_from_slice(b",\"source\":");
+    write_json_string(out, &cloudevents_source(change, source));
+    out.extend_from_slice(b",\"type\":");
+    write_json_string(out, e.event_type);
+    out.extend_from_slice(b",\"time\":\"");
+    write_unix_micros(out, change.tx.commit_time_us);
+    out.extend_from_slice(b"\",\"subject\":");
+    write_json_string(out, e.key);
+    out.extend_from_slice(b",\"datacontenttype\":\"application/json\",\"correlationid\":");
+    write_json_string(out, e.correlation_id);
+    out.extend_from_slice(b",\"eventversion\":");
+    out.extend_from_slice(itoa::Buffer::new().format(e.version).as_bytes());
+    out.extend_from_slice(b",\"data\":");
+}
+
 /// `s` escaped as inside a JSON string, without the quotes.
 fn write_json_inner(out: &mut Vec<u8>, s: &str) {
     let start = out.len();

@@ -32,10 +32,13 @@ use crate::config::{Config, ConfigError, TableName};
 use crate::encode::{self, SourceInfo};
 use crate::postgres::control::{Catalog, CheckItem, Status};
 use crate::router::{HeaderValue, Record};
-use spec::{OnError, OpName, RuleSpec};
+use spec::{Encoding, EventDefaults, OnError, OpName, RuleSpec};
 
 /// Headers ficus sets on every event; a rule's `headers:` may not reuse them.
 const RESERVED_HEADERS: &[&str] = &["content-type", "event-type", "event-id", "event-version", "correlation-id"];
+
+/// Prefix of the CloudEvents binary-mode headers, also reserved.
+const RESERVED_PREFIX: &str = "ce_";
 
 /// One compiled CEL expression and where it came from (for errors).
 struct Expression {
@@ -76,6 +79,7 @@ pub struct Rule {
     headers: Vec<(String, Expression)>,
     correlation: Option<Expression>,
     pub on_error: OnError,
+    pub encoding: Encoding,
     /// Some expression of the rule reads `old` (the old row): needs REPLICA IDENTITY FULL for non-key columns.
     pub reads_old: bool,
     /// Columns the rule's expressions read from `new`/`old` (checked against the catalog by `ficus check`).
@@ -163,7 +167,7 @@ impl RuleSet {
         let mut seen = HashSet::new();
         let mut warnings = Vec::new();
         for (i, spec) in config.events.iter().enumerate() {
-            let rule = compile_rule(&env, i, spec, &captured, &mut warnings)?;
+            let rule = compile_rule(&env, i, spec, &config.event_defaults, &captured, &mut warnings)?;
             if !seen.insert((rule.name.clone(), rule.version)) {
                 return Err(ConfigError::invalid(
                     format!("events[{i}].name"),
@@ -433,12 +437,39 @@ impl Rule {
             correlation_id: &correlation_id,
             key: &key,
         };
-        envelope::write_head(&mut payload, &e, change, source);
-        self.write_data(&mut payload, ctx, change)?;
-        payload.push(b'}');
-        let mut headers = Vec::with_capacity(5 + self.headers.len());
+        let content_type = match self.encoding {
+            Encoding::Json => {
+                envelope::write_head(&mut payload, &e, change, source);
+                self.write_data(&mut payload, ctx, change)?;
+                payload.push(b'}');
+                "application/json"
+            }
+            Encoding::CloudeventsStructured => {
+                envelope::write_cloudevent_head(&mut payload, &e, change, source);
+                self.write_data(&mut payload, ctx, change)?;
+                payload.push(b'}');
+                "application/cloudevents+json"
+            }
+            Encoding::CloudeventsBinary => {
+                self.write_data(&mut payload, ctx, change)?;
+                "application/json"
+            }
+        };
+        let mut headers = Vec::with_capacity(13 + self.headers.len());
+        if self.encoding == Encoding::CloudeventsBinary {
+            headers.extend([
+                ("ce_specversion", HeaderValue::Static("1.0")),
+                ("ce_id", HeaderValue::Owned(event_id.clone())),
+                ("ce_source", HeaderValue::Owned(envelope::cloudevents_source(change, source))),
+                ("ce_type", HeaderValue::Shared(self.name_shared.clone())),
+                ("ce_time", HeaderValue::Owned(envelope::occurred_at(change))),
+                ("ce_subject", HeaderValue::Owned(key.clone())),
+                ("ce_correlationid", HeaderValue::Shared(correlation_id.clone())),
+                ("ce_eventversion", HeaderValue::Shared(self.version_text.clone())),
+            ]);
+        }
         headers.extend([
-            ("content-type", HeaderValue::Static("application/json")),
+            ("content-type", HeaderValue::Static(content_type)),
             ("event-type", HeaderValue::Shared(self.name_shared.clone())),
             ("event-id", HeaderValue::Owned(event_id)),
             ("event-version", HeaderValue::Shared(self.version_text.clone())),
@@ -553,6 +584,7 @@ fn compile_rule(
     env: &Env,
     i: usize,
     spec: &RuleSpec,
+    defaults: &EventDefaults,
     captured: &[TableName],
     warnings: &mut Vec<String>,
 ) -> Result<Rule, ConfigError> {
@@ -619,10 +651,10 @@ fn compile_rule(
     let mut headers = Vec::new();
     for (name, expr) in &spec.headers {
         let lower = name.to_ascii_lowercase();
-        if name.is_empty() || RESERVED_HEADERS.contains(&lower.as_str()) {
+        if name.is_empty() || RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with(RESERVED_PREFIX) {
             return Err(ConfigError::invalid(
                 at(&format!("headers.{name}")),
-                format!("choose another header name; ficus sets {}", RESERVED_HEADERS.join(", ")),
+                format!("choose another header name; ficus sets {} and ce_* (CloudEvents)", RESERVED_HEADERS.join(", ")),
             ));
         }
         headers.push((name.clone(), compile(at(&format!("headers.{name}")), expr)?));
@@ -650,7 +682,8 @@ fn compile_rule(
         data,
         headers,
         correlation,
-        on_error: spec.on_error,
+        on_error: spec.on_error.unwrap_or(defaults.on_error),
+        encoding: spec.encoding.unwrap_or(defaults.encoding),
         reads_old: reads.old,
         reads_tx: reads.tx,
         columns_read,

@@ -38,12 +38,14 @@ pub struct RuleSpec {
     /// CEL expression replacing the default `correlationId` (shared by all events of one source transaction).
     #[serde(default)]
     pub correlation: Option<String>,
-    /// Message format; only `json` (the canonical envelope) in this version.
+    /// Message format: `json` (the canonical envelope), `cloudevents-binary` or `cloudevents-structured`;
+    /// default `event_defaults.encoding`, else `json`.
     #[serde(default)]
-    pub encoding: Encoding,
-    /// What to do when the rule fails at run time for a change: `dlq` (default), `fail`, `skip`.
+    pub encoding: Option<Encoding>,
+    /// What to do when the rule fails at run time for a change: `dlq`, `fail`, `skip`; default
+    /// `event_defaults.on_error`, else `dlq`.
     #[serde(default)]
-    pub on_error: OnError,
+    pub on_error: Option<OnError>,
 }
 
 fn default_version() -> u32 {
@@ -85,6 +87,22 @@ pub enum Encoding {
     /// The canonical JSON envelope (DESIGN.md).
     #[default]
     Json,
+    /// CloudEvents 1.0 Kafka protocol binding, binary mode: `ce_*` headers, value = `data`.
+    CloudeventsBinary,
+    /// CloudEvents 1.0 Kafka protocol binding, structured mode: `application/cloudevents+json`.
+    CloudeventsStructured,
+}
+
+/// `event_defaults:` — defaults for every rule of `events:`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventDefaults {
+    /// Default `encoding` of rules.
+    #[serde(default)]
+    pub encoding: Encoding,
+    /// Default `on_error` of rules.
+    #[serde(default)]
+    pub on_error: OnError,
 }
 
 /// `on_error:` of a rule.

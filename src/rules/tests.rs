@@ -321,3 +321,45 @@ fn documented_recipes_work() {
                            "year": 2026, "committed": "2026-11-22T08:00:00.123456Z", "rounded": 3.0, "literal": 2})
     );
 }
+
+#[test]
+fn cloudevents_binary_and_structured_modes() {
+    let events = r#"
+event_defaults: {encoding: cloudevents-binary}
+events:
+  - {name: OrderShipped, table: public.orders, key: string(new.id), topic: t, data: {orderId: new.id}}
+  - {name: OrderShipped, version: 2, encoding: cloudevents-structured, table: public.orders, key: string(new.id), topic: t, data: {orderId: new.id}}
+  - {name: OrderShipped, version: 3, encoding: json, table: public.orders, key: string(new.id), topic: t, data: {orderId: new.id}}
+"#;
+    let cfg = Config::from_yaml(&format!("{}{}", BASE.trim_end_matches("events:\n"), events), &|_| None).unwrap();
+    let mut r = RuleSet::compile(&cfg).unwrap();
+    let mut out = Vec::new();
+    r.apply(&update(None, row("42", "S"), 0), &source(), &mut out).unwrap();
+    let (bin, structured, canonical) = (&out[0], &out[1], &out[2]);
+
+    assert_eq!(json(bin), serde_json::json!({"orderId": 42}), "binary mode: the value is the data");
+    assert_eq!(bin.header("ce_specversion"), Some("1.0"));
+    assert_eq!(bin.header("ce_type"), Some("OrderShipped"));
+    assert_eq!(bin.header("ce_source"), Some("/postgres/7301/shop/public.orders"));
+    assert_eq!(bin.header("ce_time"), Some("2026-11-22T08:00:00.123456Z"));
+    assert_eq!(bin.header("ce_subject"), Some("42"));
+    assert_eq!(bin.header("ce_eventversion"), Some("1"));
+    assert_eq!(bin.header("ce_id"), bin.header("event-id"));
+    assert_eq!(bin.header("ce_correlationid"), bin.header("correlation-id"));
+    assert_eq!(bin.header("content-type"), Some("application/json"));
+
+    let s = json(structured);
+    assert_eq!(structured.header("content-type"), Some("application/cloudevents+json"));
+    assert_eq!(s["specversion"], "1.0");
+    assert_eq!(s["type"], "OrderShipped");
+    assert_eq!(s["eventversion"], 2);
+    assert_eq!(s["id"], structured.header("event-id").unwrap());
+    assert_eq!(s["datacontenttype"], "application/json");
+    assert_eq!(s["data"], serde_json::json!({"orderId": 42}));
+    assert!(structured.header("ce_id").is_none());
+
+    assert_eq!(json(canonical)["eventVersion"], 3);
+    assert_eq!(canonical.header("content-type"), Some("application/json"));
+    // ce_ headers are CloudEvents' own.
+    assert!(compile_error("  - {name: A, table: public.orders, key: new.id, topic: t, headers: {ce_id: '1'}}\n").starts_with("events[0].headers.ce_id"));
+}

@@ -265,3 +265,40 @@ async fn the_shop_example_produces_its_business_events() {
     assert_eq!(raw.len(), 6);
     assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
 }
+
+/// Other encodings through a real broker: Debezium-compatible raw changes and CloudEvents (binary mode) events.
+#[tokio::test(flavor = "multi_thread")]
+async fn debezium_raw_changes_and_cloudevents_binary_events() {
+    let s = Setup::new("encodings", "CREATE TABLE t (id int PRIMARY KEY, st text); ALTER TABLE t REPLICA IDENTITY FULL;").await;
+    let topic = format!("{}.ce", s.prefix);
+    let cfg = s.config(&["public.t"]).replace("  topic_prefix:", "  encoding: debezium\n  topic_prefix:")
+        + &format!(
+            "event_defaults: {{encoding: cloudevents-binary}}\nevents:\n  - {{name: StateChanged, table: public.t, on: update, \
+             when: old.st != new.st, key: string(new.id), topic: {topic}, data: {{id: new.id, from: old.st, to: new.st}}}}\n"
+        );
+    let mut f = Ficus::start(&cfg);
+    f.wait_for_log("streaming", WAIT);
+    s.sql("INSERT INTO t VALUES (1, 'a'); UPDATE t SET st = 'b' WHERE id = 1; DELETE FROM t WHERE id = 1;").await;
+    let raw = s.kafka.consume_all(&s.topic("public", "t"), 3, WAIT).await;
+    let v = values(&raw);
+    assert_eq!(v.iter().map(|e| e["op"].as_str().unwrap()).collect::<Vec<_>>(), ["c", "u", "d"], "{}", f.log());
+    assert_eq!(v[1]["before"], json!({"id": 1, "st": "a"}));
+    assert_eq!(v[1]["after"], json!({"id": 1, "st": "b"}));
+    assert_eq!(v[2]["after"], serde_json::Value::Null);
+    assert_eq!(v[1]["source"]["connector"], "postgresql");
+    assert_eq!(v[1]["source"]["db"], s.db.as_str());
+    assert_eq!(v[1]["source"]["table"], "t");
+    assert!(v[1]["source"]["lsn"].as_u64().unwrap() > 0);
+    assert!(v[1]["ts_ms"].as_i64().unwrap() > 1_700_000_000_000);
+    assert_eq!(raw[1].key.as_deref(), Some(&br#"{"id":1}"#[..]));
+
+    let ce = s.kafka.consume_all(&topic, 1, WAIT).await;
+    assert_eq!(ce.len(), 1);
+    assert_eq!(values(&ce)[0], json!({"id": 1, "from": "a", "to": "b"}));
+    assert_eq!(header(&ce[0], "ce_specversion"), Some("1.0"));
+    assert_eq!(header(&ce[0], "ce_type"), Some("StateChanged"));
+    assert_eq!(header(&ce[0], "ce_subject"), Some("1"));
+    assert!(header(&ce[0], "ce_source").unwrap().ends_with(&format!("/{}/public.t", s.db)));
+    assert_eq!(header(&ce[0], "ce_id"), header(&ce[0], "event-id"));
+    assert_eq!(f.terminate().code(), Some(0));
+}

@@ -13,6 +13,8 @@ use crate::change::{Change, Datum, Row, Table};
 use crate::postgres::value::{self, ValueError};
 use crate::postgres::value_binary;
 
+pub mod debezium;
+
 /// Identifies the source database in every event.
 #[derive(Debug, Clone)]
 pub struct SourceInfo {
@@ -90,11 +92,7 @@ pub fn raw_change(change: &Change, source: &SourceInfo) -> Result<(Option<Vec<u8
     out.extend_from_slice(b",\"table\":");
     value::write_json_string(&mut out, &table.name);
 
-    let key_row = change.after.as_ref().or(change.before.as_ref());
-    let key = match key_row {
-        Some(row) => key_json(table, row)?,
-        None => None,
-    };
+    let key = change_key(change)?;
     out.extend_from_slice(b",\"key\":");
     match &key {
         Some(k) => out.extend_from_slice(k),
@@ -102,6 +100,33 @@ pub fn raw_change(change: &Change, source: &SourceInfo) -> Result<(Option<Vec<u8
     }
 
     out.extend_from_slice(b",\"before\":");
+    write_before(&mut out, change)?;
+    out.extend_from_slice(b",\"after\":");
+    let unavailable = write_after(&mut out, change)?;
+    out.extend_from_slice(b",\"unavailable\":[");
+    for (i, name) in unavailable.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        value::write_json_string(&mut out, name);
+    }
+    out.extend_from_slice(b"],\"source\":{\"system\":");
+    value::write_json_string(&mut out, &source.system);
+    out.extend_from_slice(b",\"database\":");
+    value::write_json_string(&mut out, &source.database);
+    out.extend_from_slice(b",\"slot\":");
+    value::write_json_string(&mut out, &source.slot);
+    out.extend_from_slice(b",\"lsn\":\"");
+    let _ = write!(out, "{}\",\"commitLsn\":\"{}\",\"txId\":{}", change.lsn, change.tx.commit_lsn, change.tx.xid);
+    out.extend_from_slice(b",\"commitTime\":\"");
+    value::write_unix_micros(&mut out, change.tx.commit_time_us);
+    out.extend_from_slice(b"\"}}");
+    Ok((key, out))
+}
+
+/// `before` as JSON (or `null`): the old row, without placeholder columns of a key-only old row.
+pub(crate) fn write_before(out: &mut Vec<u8>, change: &Change) -> Result<(), EncodeError> {
+    let table = &*change.table;
     match &change.before {
         None => out.extend_from_slice(b"null"),
         Some(row) => {
@@ -111,20 +136,18 @@ pub fn raw_change(change: &Change, source: &SourceInfo) -> Result<(Option<Vec<u8
                 if matches!(datum, Datum::UnchangedToast) || (change.before_is_key_only && !col.is_key) {
                     continue;
                 }
-                if !first {
-                    out.push(b',');
-                }
-                first = false;
-                value::write_json_string(&mut out, &col.name);
-                out.push(b':');
-                write_datum(&mut out, table, i, datum)?;
+                write_member(out, &mut first, table, i, datum)?;
             }
             out.push(b'}');
         }
     }
+    Ok(())
+}
 
+/// `after` as JSON (or `null`); returns the columns left out because their unchanged TOAST value is unknown.
+pub(crate) fn write_after<'c>(out: &mut Vec<u8>, change: &'c Change) -> Result<Vec<&'c str>, EncodeError> {
+    let table = &*change.table;
     let mut unavailable: Vec<&str> = Vec::new();
-    out.extend_from_slice(b",\"after\":");
     match &change.after {
         None => out.extend_from_slice(b"null"),
         Some(row) => {
@@ -150,36 +173,30 @@ pub fn raw_change(change: &Change, source: &SourceInfo) -> Result<(Option<Vec<u8
                     }
                     d => d,
                 };
-                if !first {
-                    out.push(b',');
-                }
-                first = false;
-                value::write_json_string(&mut out, &col.name);
-                out.push(b':');
-                write_datum(&mut out, table, i, datum)?;
+                write_member(out, &mut first, table, i, datum)?;
             }
             out.push(b'}');
         }
     }
-    out.extend_from_slice(b",\"unavailable\":[");
-    for (i, name) in unavailable.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        value::write_json_string(&mut out, name);
+    Ok(unavailable)
+}
+
+/// Appends `"column":value`, preceded by a comma unless it is the first member.
+fn write_member(out: &mut Vec<u8>, first: &mut bool, table: &Table, i: usize, datum: &Datum) -> Result<(), EncodeError> {
+    if !std::mem::replace(first, false) {
+        out.push(b',');
     }
-    out.extend_from_slice(b"],\"source\":{\"system\":");
-    value::write_json_string(&mut out, &source.system);
-    out.extend_from_slice(b",\"database\":");
-    value::write_json_string(&mut out, &source.database);
-    out.extend_from_slice(b",\"slot\":");
-    value::write_json_string(&mut out, &source.slot);
-    out.extend_from_slice(b",\"lsn\":\"");
-    let _ = write!(out, "{}\",\"commitLsn\":\"{}\",\"txId\":{}", change.lsn, change.tx.commit_lsn, change.tx.xid);
-    out.extend_from_slice(b",\"commitTime\":\"");
-    value::write_unix_micros(&mut out, change.tx.commit_time_us);
-    out.extend_from_slice(b"\"}}");
-    Ok((key, out))
+    value::write_json_string(out, table.columns.get(i).map(|c| c.name.as_str()).unwrap_or(""));
+    out.push(b':');
+    write_datum(out, table, i, datum)
+}
+
+/// Kafka key of a change: the JSON object of its key columns, `None` without a key (or for truncates).
+pub(crate) fn change_key(change: &Change) -> Result<Option<Vec<u8>>, EncodeError> {
+    match change.after.as_ref().or(change.before.as_ref()) {
+        Some(row) => key_json(&change.table, row),
+        None => Ok(None),
+    }
 }
 
 #[cfg(test)]
