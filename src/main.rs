@@ -36,6 +36,10 @@ enum Command {
         /// Benchmark aid: encode everything but publish nothing (changes are still confirmed to PostgreSQL).
         #[arg(long, hide = true)]
         null_sink: bool,
+        /// Stream from a temporary slot and print the records the config produces (one JSON per line) instead of
+        /// publishing them; confirms nothing and writes no checkpoint. For writing rules against a live database.
+        #[arg(long, conflicts_with = "null_sink")]
+        dry_run: bool,
     },
     /// Preflight report: what is wrong and how to fix it. Exit 2 on a blocking problem.
     Check {
@@ -110,12 +114,17 @@ async fn async_main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     match cli.command {
-        Command::Run { config, null_sink } => {
+        Command::Run { config, null_sink, dry_run } => {
             let config = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let options = RunOptions { output: if null_sink { Output::Null } else { Output::Kafka } };
+            let output = match (null_sink, dry_run) {
+                (true, _) => Output::Null,
+                (_, true) => Output::DryRun,
+                _ => Output::Kafka,
+            };
+            let options = RunOptions { output };
             match pipeline::run(config, options, shutdown_on_signals()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

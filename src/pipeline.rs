@@ -71,6 +71,9 @@ pub enum Output {
     Kafka,
     /// Encode everything, publish nothing, acknowledge at once (benchmarks: measures the pipeline without a broker).
     Null,
+    /// `ficus run --dry-run`: stream from a temporary slot, print every record as one JSON line on stdout,
+    /// publish nothing, confirm nothing, write no checkpoint.
+    DryRun,
 }
 
 /// Options beyond the config file.
@@ -103,7 +106,12 @@ pub async fn run(config: Config, options: RunOptions, shutdown: CancellationToke
         }
     })?;
 
-    let (report, catalog) = control::preflight(&client, &config).await?;
+    let (mut report, catalog) = control::preflight(&client, &config).await?;
+    let dry_run = options.output == Output::DryRun;
+    if dry_run {
+        // A dry run streams from a temporary slot of its own: the configured slot may be busy with the real ficus.
+        report.items.retain(|item| !item.title.starts_with("replication slot "));
+    }
     for item in &report.items {
         if item.status == control::Status::Warn {
             tracing::warn!(check = %item.title, fix = item.fix.as_deref().unwrap_or(""), "{}", item.detail);
@@ -113,7 +121,7 @@ pub async fn run(config: Config, options: RunOptions, shutdown: CancellationToke
         return Err(PipelineError::Preflight(report));
     }
     control::ensure_publication(&client, &config).await?;
-    if control::ensure_slot(&client, &config.source.slot).await? {
+    if !dry_run && control::ensure_slot(&client, &config.source.slot).await? {
         tracing::info!(slot = %config.source.slot, "created replication slot");
     }
 
@@ -185,23 +193,33 @@ async fn stream_session(
     let mut repl = ReplicationConnection::connect(info).await.map_err(replication_error)?;
     let system = repl.identify_system().await.map_err(replication_error)?;
     let database = system.dbname.clone().unwrap_or_else(|| info.dbname.clone());
-    let mut store = FileCheckpointStore::open(&config.state.dir, &config.source.slot)?;
-    let checkpoint = store.load_for(&system.systemid, &database, &config.source.slot)?;
-    let slot = control::slot_info(client, &config.source.slot).await?;
-    let confirmed = slot.as_ref().and_then(|s| s.confirmed_flush).unwrap_or(Lsn::INVALID);
-    let start = match checkpoint {
-        Some(cp) => {
-            if cp < confirmed {
-                // We wrote the checkpoint before the server recorded our last status update, or the other way
-                // round; both are flushed positions, the server resumes from its own.
-                tracing::info!(checkpoint = %cp, confirmed_flush = %confirmed, "slot is ahead of the checkpoint");
+    let dry_run = options.output == Output::DryRun;
+    let (slot_name, start, store) = if dry_run {
+        // A temporary slot disappears with this connection: nothing of the dry run stays on the server.
+        let name = format!("ficus_dry_run_{}", std::process::id());
+        let created = repl.create_logical_slot(&name, true).await.map_err(replication_error)?;
+        tracing::info!(slot = %name, lsn = %created.consistent_point, "dry run: temporary slot; records are printed, nothing is published or confirmed");
+        (name, created.consistent_point, None)
+    } else {
+        let mut store = FileCheckpointStore::open(&config.state.dir, &config.source.slot)?;
+        let checkpoint = store.load_for(&system.systemid, &database, &config.source.slot)?;
+        let slot = control::slot_info(client, &config.source.slot).await?;
+        let confirmed = slot.as_ref().and_then(|s| s.confirmed_flush).unwrap_or(Lsn::INVALID);
+        let start = match checkpoint {
+            Some(cp) => {
+                if cp < confirmed {
+                    // We wrote the checkpoint before the server recorded our last status update, or the other way
+                    // round; both are flushed positions, the server resumes from its own.
+                    tracing::info!(checkpoint = %cp, confirmed_flush = %confirmed, "slot is ahead of the checkpoint");
+                }
+                cp.max(confirmed)
             }
-            cp.max(confirmed)
-        }
-        None => {
-            tracing::info!(confirmed_flush = %confirmed, path = %store.path().display(), "no checkpoint yet; starting at the slot's position");
-            confirmed
-        }
+            None => {
+                tracing::info!(confirmed_flush = %confirmed, path = %store.path().display(), "no checkpoint yet; starting at the slot's position");
+                confirmed
+            }
+        };
+        (config.source.slot.clone(), start, Some(store))
     };
 
     let progress = Arc::new(Progress::new(start));
@@ -209,9 +227,10 @@ async fn stream_session(
         Output::Kafka => {
             let sink = KafkaSink::new(&config.kafka, progress.clone())?;
             wait_for_broker(&sink, &config.kafka.brokers, shutdown).await?;
-            Some(sink)
+            Sink::Kafka(sink)
         }
-        Output::Null => None,
+        Output::Null => Sink::Null,
+        Output::DryRun => Sink::Print(std::io::BufWriter::new(std::io::stdout())),
     };
     if shutdown.is_cancelled() {
         return Ok(());
@@ -220,7 +239,7 @@ async fn stream_session(
     let publication = quote_ident(&config.source.publication);
     let stream = repl
         .start_logical_replication(
-            &config.source.slot,
+            &slot_name,
             start,
             &[
                 ("proto_version", "1"),
@@ -231,7 +250,7 @@ async fn stream_session(
         )
         .await
         .map_err(replication_error)?;
-    tracing::info!(slot = %config.source.slot, lsn = %start, system = %system.systemid, binary_values = binary, "streaming");
+    tracing::info!(slot = %slot_name, lsn = %start, system = %system.systemid, binary_values = binary, "streaming");
 
     let source_info = SourceInfo { system: system.systemid.clone(), database: database.clone(), slot: config.source.slot.clone() };
     let rules = RuleSet::compile(config).map_err(|e| PipelineError::Config(e.to_string()))?;
@@ -243,15 +262,16 @@ async fn stream_session(
     let (tx, rx) = mpsc::channel::<Batch>(64);
 
     let sink_task = tokio::spawn(sink_loop(rx, router, sink, progress.clone(), stop.clone()));
-    let writer = CheckpointWriter {
-        store,
-        system_id: system.systemid.clone(),
-        database: database.clone(),
-        slot: config.source.slot.clone(),
-        written: start,
-    };
-    let checkpoint_task =
-        tokio::spawn(checkpoint_loop(writer, progress.subscribe(), config.checkpoint_interval(), stop.clone()));
+    let checkpoint_task = store.map(|store| {
+        let writer = CheckpointWriter {
+            store,
+            system_id: system.systemid.clone(),
+            database: database.clone(),
+            slot: config.source.slot.clone(),
+            written: start,
+        };
+        tokio::spawn(checkpoint_loop(writer, progress.subscribe(), config.checkpoint_interval(), stop.clone()))
+    });
 
     let source = Source::new(
         stream,
@@ -267,10 +287,13 @@ async fn stream_session(
 
     let sink_result = sink_task.await.unwrap_or_else(|e| Err(PipelineError::Postgres(format!("sink task: {e}"))));
     let flushed = progress.flushed();
-    let checkpoint_result = checkpoint_task
-        .await
-        .unwrap_or_else(|e| Err(CheckpointError::Corrupt(e.to_string())))
-        .and_then(|mut writer| writer.write_if_advanced(flushed));
+    let checkpoint_result = match checkpoint_task {
+        Some(task) => task
+            .await
+            .unwrap_or_else(|e| Err(CheckpointError::Corrupt(e.to_string())))
+            .and_then(|mut writer| writer.write_if_advanced(flushed)),
+        None => Ok(()),
+    };
 
     let source_result = match source_result {
         Ok(stopped) => {
@@ -322,7 +345,7 @@ async fn wait_for_broker(sink: &KafkaSink, brokers: &str, shutdown: &Cancellatio
 async fn sink_loop(
     mut rx: mpsc::Receiver<Batch>,
     mut router: Router,
-    sink: Option<KafkaSink>,
+    mut sink: Sink,
     progress: Arc<Progress>,
     stop: CancellationToken,
 ) -> Result<(), PipelineError> {
@@ -332,6 +355,8 @@ async fn sink_loop(
         while let Some(batch) = rx.recv().await {
             for event in batch {
                 match event {
+                    // A dry run confirms nothing: its transactions never enter the progress tracker.
+                    SourceEvent::Begin(_) if matches!(sink, Sink::Print(_)) => current = Some(crate::progress::TxSeq(0)),
                     SourceEvent::Begin(_) => current = Some(progress.begin()),
                     SourceEvent::Change(change) => {
                         let tx = current.ok_or_else(|| PipelineError::Route { lsn: change.lsn, message: "change outside a transaction".into() })?;
@@ -340,17 +365,22 @@ async fn sink_loop(
                             .route(&change, &mut records)
                             .map_err(|e| PipelineError::Route { lsn: change.lsn, message: e.to_string() })?;
                         for record in &records {
-                            match &sink {
-                                Some(sink) => sink.send(tx, record).await?,
-                                None => {
+                            match &mut sink {
+                                Sink::Kafka(sink) => sink.send(tx, record).await?,
+                                Sink::Null => {
                                     progress.add_message(tx);
                                     progress.ack(tx);
                                 }
+                                Sink::Print(out) => print_record(out, record)
+                                    .map_err(|e| PipelineError::Route { lsn: change.lsn, message: format!("writing to stdout: {e}") })?,
                             }
                         }
                     }
                     SourceEvent::Commit { end_lsn } => {
-                        if let Some(tx) = current.take() {
+                        if let Sink::Print(out) = &mut sink {
+                            current = None;
+                            std::io::Write::flush(out).map_err(|e| PipelineError::Route { lsn: end_lsn, message: format!("writing to stdout: {e}") })?;
+                        } else if let Some(tx) = current.take() {
                             progress.commit(tx, end_lsn);
                         }
                     }
@@ -369,7 +399,7 @@ async fn sink_loop(
         // Keep draining so the source never blocks on a full channel while it shuts down.
         while rx.recv().await.is_some() {}
     }
-    if let Some(sink) = &sink {
+    if let Sink::Kafka(sink) = &sink {
         let waited = sink.flush(Duration::from_secs(30)).await;
         if let Err(e) = waited {
             tracing::warn!(error = %e, in_flight = sink.in_flight(), "producer did not flush everything; unacknowledged changes will be replayed");
@@ -379,6 +409,44 @@ async fn sink_loop(
         return Err(PipelineError::Sink(SinkError::Delivery(f)));
     }
     result
+}
+
+/// Where the sink task puts records.
+enum Sink {
+    Kafka(KafkaSink),
+    Null,
+    Print(std::io::BufWriter<std::io::Stdout>),
+}
+
+/// One record as a JSON line: `{"topic", "key", "headers", "value"}`. The value is embedded as JSON when it is
+/// JSON (every encoding ficus writes), else as a string.
+fn print_record(out: &mut impl std::io::Write, record: &Record) -> std::io::Result<()> {
+    use crate::postgres::value::write_json_string;
+    let mut line = Vec::with_capacity(record.payload.len() + 256);
+    line.extend_from_slice(b"{\"topic\":");
+    write_json_string(&mut line, &record.topic);
+    line.extend_from_slice(b",\"key\":");
+    match &record.key {
+        Some(k) => write_json_string(&mut line, &String::from_utf8_lossy(k)),
+        None => line.extend_from_slice(b"null"),
+    }
+    line.extend_from_slice(b",\"headers\":{");
+    for (i, (k, v)) in record.headers.iter().enumerate() {
+        if i > 0 {
+            line.push(b',');
+        }
+        write_json_string(&mut line, k);
+        line.push(b':');
+        write_json_string(&mut line, v.as_str());
+    }
+    line.extend_from_slice(b"},\"value\":");
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&record.payload).is_ok() {
+        line.extend_from_slice(&record.payload);
+    } else {
+        write_json_string(&mut line, &String::from_utf8_lossy(&record.payload));
+    }
+    line.extend_from_slice(b"}\n");
+    out.write_all(&line)
 }
 
 /// Writes checkpoints for one source, skipping positions already written.

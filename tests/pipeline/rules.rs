@@ -1,6 +1,7 @@
 //! Business-event rules end to end: legacy rows in, canonical events (and DLQ records) out of the broker.
 
 use std::collections::HashSet;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -301,4 +302,74 @@ async fn debezium_raw_changes_and_cloudevents_binary_events() {
     assert!(header(&ce[0], "ce_source").unwrap().ends_with(&format!("/{}/public.t", s.db)));
     assert_eq!(header(&ce[0], "ce_id"), header(&ce[0], "event-id"));
     assert_eq!(f.terminate().code(), Some(0));
+}
+
+/// `ficus run --dry-run`: events on stdout, nothing published (the broker address is unreachable), no slot of
+/// the config's name created, no checkpoint written, and the temporary slot gone after exit.
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_prints_events_and_leaves_nothing_behind() {
+    let s = Setup::new("dry_run", LEGACY).await;
+    let cfg = config(&s, &s.prefix, "shop.orders").replace(&s.kafka.brokers(), "127.0.0.1:9");
+    let (dir, path) = Ficus::dir_config(&cfg);
+    let stdout = dir.path().join("stdout.jsonl");
+    let log = dir.path().join("stderr.log");
+    let mut child = std::process::Command::new(crate::support::ficus_bin())
+        .args(["run", "--dry-run", "--config"])
+        .arg(&path)
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + WAIT;
+    while !read_log().contains("streaming") {
+        assert!(Instant::now() < deadline && child.try_wait().unwrap().is_none(), "no streaming:\n{}", read_log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.sql("INSERT INTO ord_hdr (ord_no, cust_no, amt_cents, rmk) VALUES (5, 1, 100, 'x'); \
+           UPDATE ord_hdr SET stat_cd = 'S' WHERE ord_no = 5;")
+        .await;
+    let lines = loop {
+        let text = std::fs::read_to_string(&stdout).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        if lines.len() >= 3 {
+            break lines;
+        }
+        assert!(Instant::now() < deadline, "dry run printed {lines:?}\n{}", read_log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let types: Vec<&str> = lines.iter().map(|l| l["value"]["eventType"].as_str().unwrap()).collect();
+    assert_eq!(types, ["OrderPlaced", "OrderFlagged", "OrderShipped"]);
+    assert_eq!(lines[0]["topic"], "shop.orders");
+    assert_eq!(lines[0]["key"], "5");
+    assert_eq!(lines[0]["headers"]["event-type"], "OrderPlaced");
+    assert_eq!(lines[2]["value"]["data"]["orderId"], 5);
+
+    let client = s.pg.client(&s.db).await;
+    let slots: Vec<String> = client
+        .query("SELECT slot_name::text FROM pg_replication_slots WHERE database = current_database()", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(slots.len(), 1, "{slots:?}");
+    assert!(slots[0].starts_with("ficus_dry_run_"), "{slots:?}");
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", read_log());
+    assert!(!dir.path().join("state").join(format!("{}.checkpoint.json", s.prefix)).exists());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: i64 = client
+            .query_one("SELECT count(*) FROM pg_replication_slots WHERE database = current_database()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the temporary slot outlived the dry run");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
