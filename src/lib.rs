@@ -17,14 +17,17 @@
 //! - [`postgres`]: connection strings and TLS, the replication protocol client, the pgoutput decoder,
 //!   value mapping, and the control connection (preflight, slot and publication management, catalog).
 //! - [`source`]: the replication stream task: decode, skip what is already checkpointed, report progress.
-//! - [`encode`]: the raw change event JSON (DESIGN.md "Raw change event").
-//! - [`router`]: turns a change into Kafka records (raw change events today; business-event rules next).
+//! - [`encode`]: the raw change event JSON (DESIGN.md "Raw change event"), and its Debezium-compatible form.
+//! - [`router`]: turns a change into Kafka records: raw change events, then the events of the rules.
+//! - [`rules`]: business-event rules: CEL compiled once, the canonical envelope, CloudEvents, the DLQ.
 //! - [`kafka`]: the idempotent producer with backpressure and delivery tracking.
 //! - [`progress`]: the ordered ack tracker that computes the flushed LSN.
 //! - [`checkpoint`]: where the flushed LSN is persisted (a file in `state.dir`), behind a trait.
 //! - [`pipeline`]: wires the stages with bounded channels and one shutdown token; `run(config, shutdown)`.
 //! - [`check`]: `ficus check`, the preflight report.
+//! - [`catalog`]: `ficus catalog`, the event catalog with JSON Schemas.
 
+pub mod catalog;
 pub mod change;
 pub mod check;
 pub mod checkpoint;

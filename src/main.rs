@@ -46,6 +46,22 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// The event catalog: every event type and version with its topic, key, source and a JSON Schema of `data`.
+    Catalog {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Do not read column types from the database (column references are then typed `{}`).
+        #[arg(long)]
+        offline: bool,
+        #[arg(long, value_enum, default_value_t = CatalogFormat::Markdown)]
+        format: CatalogFormat,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CatalogFormat {
+    Markdown,
+    Json,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -131,6 +147,27 @@ async fn async_main() -> ExitCode {
                     tracing::error!("{e}");
                     eprintln!("error: {e}");
                     ExitCode::from(e.exit_code() as u8)
+                }
+            }
+        }
+        Command::Catalog { config, offline, format } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match ficus::catalog::build(&config, offline).await {
+                Ok(entries) => {
+                    match format {
+                        CatalogFormat::Markdown => print!("{}", ficus::catalog::to_markdown(&entries)),
+                        CatalogFormat::Json => {
+                            println!("{}", serde_json::to_string_pretty(&ficus::catalog::to_json(&entries)).unwrap_or_default())
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
                 }
             }
         }

@@ -115,6 +115,8 @@ pub struct ColumnType {
     pub name: String,
     pub type_oid: u32,
     pub type_name: String,
+    /// `NOT NULL`.
+    pub not_null: bool,
 }
 
 /// Catalog facts for every captured table that exists.
@@ -198,14 +200,14 @@ pub async fn table_info(client: &Client, table: &TableName) -> Result<Option<Tab
         .collect();
     let columns = client
         .query(
-            "SELECT attname::text, atttypid, format_type(atttypid, atttypmod) FROM pg_attribute \
+            "SELECT attname::text, atttypid, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute \
              WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
             &[&oid],
         )
         .await
         .map_err(sql(format!("reading the columns of {table}")))?
         .iter()
-        .map(|r| ColumnType { name: r.get(0), type_oid: r.get(1), type_name: r.get(2) })
+        .map(|r| ColumnType { name: r.get(0), type_oid: r.get(1), type_name: r.get(2), not_null: r.get(3) })
         .collect();
     Ok(Some(TableInfo {
         oid,

@@ -15,6 +15,7 @@
 
 pub mod envelope;
 mod fast;
+pub mod schema;
 pub mod spec;
 pub mod values;
 
@@ -30,7 +31,7 @@ use cel::{Context, Env, Program, Value};
 use crate::change::{Change, Datum, Op, Table};
 use crate::config::{Config, ConfigError, TableName};
 use crate::encode::{self, SourceInfo};
-use crate::postgres::control::{Catalog, CheckItem, Status};
+use crate::postgres::control::{Catalog, CheckItem, ColumnType, Status};
 use crate::router::{HeaderValue, Record};
 use spec::{Encoding, EventDefaults, OnError, OpName, RuleSpec};
 
@@ -47,6 +48,8 @@ struct Expression {
     key: String,
     /// Set when the expression is a plain column reference, read without CEL.
     fast: Option<fast::Fast>,
+    /// The CEL source, as written.
+    source: String,
 }
 
 /// How a rule builds `data`.
@@ -90,6 +93,24 @@ pub struct Rule {
     cel_whole_row: bool,
     /// Columns CEL reads (only these are converted for the CEL maps).
     cel_columns: Vec<String>,
+}
+
+/// What the event catalog shows of a rule.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleDescription {
+    pub event_type: String,
+    pub version: u32,
+    pub topic: String,
+    /// The key expression.
+    pub key: String,
+    pub table: String,
+    pub on: Vec<&'static str>,
+    pub when: Option<String>,
+    pub encoding: &'static str,
+    pub on_error: &'static str,
+    /// JSON Schema (2020-12) of `data`.
+    pub schema: serde_json::Value,
 }
 
 /// Per-rule counters (exported as metrics by the health endpoint).
@@ -241,6 +262,37 @@ impl RuleSet {
             items.push(CheckItem { status: Status::Ok, title, detail: format!("{} → {}", rule.table, rule.topic), fix: None });
         }
         items
+    }
+
+    /// A description of every rule for the event catalog; `columns` gives a table's catalog columns when the
+    /// database was read.
+    pub fn describe(&self, columns: &dyn Fn(&TableName) -> Option<Vec<ColumnType>>) -> Vec<RuleDescription> {
+        self.rules
+            .iter()
+            .map(|r| {
+                let cols = columns(&r.table);
+                RuleDescription {
+                    event_type: r.name.clone(),
+                    version: r.version,
+                    topic: r.topic.to_string(),
+                    key: r.key.source.clone(),
+                    table: r.table.to_string(),
+                    on: r.ops.iter().map(|o| o.as_str()).collect(),
+                    when: r.when.as_ref().map(|w| w.source.clone()),
+                    encoding: match r.encoding {
+                        Encoding::Json => "json",
+                        Encoding::CloudeventsBinary => "cloudevents-binary",
+                        Encoding::CloudeventsStructured => "cloudevents-structured",
+                    },
+                    on_error: match r.on_error {
+                        OnError::Dlq => "dlq",
+                        OnError::Fail => "fail",
+                        OnError::Skip => "skip",
+                    },
+                    schema: schema::data_schema(r, cols.as_deref()),
+                }
+            })
+            .collect()
     }
 
     /// The dead-letter topic.
@@ -643,7 +695,7 @@ fn compile_rule(
             Some(f @ fast::Fast::StringOf { .. }) => cel_reads.new_columns.push(f.column().to_string()),
             None => cel_reads.collect(expr),
         }
-        Ok(Expression { program, key, fast })
+        Ok(Expression { program, key, fast, source: source.to_string() })
     };
     let when = spec.when.as_deref().map(|w| compile(at("when"), w)).transpose()?;
     let key = compile(at("key"), &spec.key)?;

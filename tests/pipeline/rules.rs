@@ -373,3 +373,43 @@ async fn dry_run_prints_events_and_leaves_nothing_behind() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `ficus catalog` reads column types from the database (JSON for tools, Markdown for people); `--offline` works
+/// without it, and an unreachable database without `--offline` is an error that says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn catalog_types_data_from_the_database() {
+    let s = Setup::new("catalog", LEGACY).await;
+    let (dir, path) = Ficus::dir_config(&config(&s, &s.prefix, "shop.orders"));
+    let run = |args: &[&str], path: &std::path::Path| {
+        let out = Command::new(crate::support::ficus_bin()).arg("catalog").args(args).arg("--config").arg(path).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (code, out, err) = run(&["--format", "json"], &path);
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let placed = &v["events"][0];
+    assert_eq!(placed["eventType"], "OrderPlaced");
+    assert_eq!(placed["table"], "public.ord_hdr");
+    assert_eq!(placed["on"], json!(["insert"]));
+    let props = &placed["schema"]["properties"];
+    assert_eq!(props["orderId"]["type"], "integer", "bigint NOT NULL (primary key)");
+    assert_eq!(props["amount"]["properties"]["currency"]["type"], "string");
+    let shipped = &v["events"][1]["schema"]["properties"];
+    assert_eq!(shipped["shippedAt"]["type"], json!(["string", "null"]), "timestamptz, nullable");
+    assert_eq!(shipped["shippedAt"]["format"], "date-time");
+    assert_eq!(v["events"][2]["schema"]["properties"]["rmk"]["type"], json!(["string", "null"]));
+
+    let (code, md, _) = run(&[], &path);
+    assert_eq!(code, Some(0));
+    assert!(md.starts_with("# Event catalog") && md.contains("## OrderShipped v2"), "{md}");
+
+    let offline_cfg = std::fs::read_to_string(&path).unwrap().replace(&s.pg.superuser_url(&s.db), "postgres://nobody@127.0.0.1:9/none");
+    std::fs::write(dir.path().join("offline.yaml"), offline_cfg).unwrap();
+    let (code, out, _) = run(&["--offline", "--format", "json"], &dir.path().join("offline.yaml"));
+    assert_eq!(code, Some(0));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["events"][0]["schema"]["properties"]["orderId"], json!({}));
+    let (code, _, err) = run(&[], &dir.path().join("offline.yaml"));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--offline"), "{err}");
+}
