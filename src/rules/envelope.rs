@@ -6,7 +6,8 @@
 
 use uuid::Uuid;
 
-use crate::change::Change;
+use crate::change::{Change, TxMeta};
+use crate::lsn::Lsn;
 use crate::encode::SourceInfo;
 use crate::postgres::value::{write_json_string, write_unix_micros};
 
@@ -14,21 +15,21 @@ use crate::postgres::value::{write_json_string, write_unix_micros};
 pub const NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_3b8e_2d4a_4c7e_9a10_3e5b_7d9f_1a2c);
 
 /// `eventId` of the event `rule` derives from `change`.
-pub fn event_id(source: &SourceInfo, change: &Change, rule: &str) -> Uuid {
-    let name = format!("{}/{}/{}/{}/{}", source.system, source.database, change.tx.commit_lsn, change.position, rule);
+pub fn event_id(source: &SourceInfo, o: &Origin<'_>, rule: &str) -> Uuid {
+    let name = format!("{}/{}/{}/{}/{}", source.system, source.database, o.tx.commit_lsn, o.position, rule);
     Uuid::new_v5(&NAMESPACE, name.as_bytes())
 }
 
 /// [`event_id`] as text, formatting the name in `buf` (reused across events: no allocation but the result).
-pub fn event_id_into(buf: &mut Vec<u8>, source: &SourceInfo, change: &Change, rule: &str) -> String {
+pub fn event_id_into(buf: &mut Vec<u8>, source: &SourceInfo, o: &Origin<'_>, rule: &str) -> String {
     buf.clear();
     buf.extend_from_slice(source.system.as_bytes());
     buf.push(b'/');
     buf.extend_from_slice(source.database.as_bytes());
     buf.push(b'/');
-    change.tx.commit_lsn.write_to(buf);
+    o.tx.commit_lsn.write_to(buf);
     buf.push(b'/');
-    buf.extend_from_slice(itoa::Buffer::new().format(change.position).as_bytes());
+    buf.extend_from_slice(itoa::Buffer::new().format(o.position).as_bytes());
     buf.push(b'/');
     buf.extend_from_slice(rule.as_bytes());
     let mut text = String::with_capacity(36);
@@ -37,19 +38,15 @@ pub fn event_id_into(buf: &mut Vec<u8>, source: &SourceInfo, change: &Change, ru
 }
 
 /// Default `correlationId`: one per source transaction.
-pub fn correlation_id(source: &SourceInfo, change: &Change) -> Uuid {
-    let name = format!("{}/{}", source.system, change.tx.commit_lsn);
+pub fn correlation_id(source: &SourceInfo, tx: &TxMeta) -> Uuid {
+    let name = format!("{}/{}", source.system, tx.commit_lsn);
     Uuid::new_v5(&NAMESPACE, name.as_bytes())
 }
 
-/// CloudEvents `source` of events derived from `change`: `/postgres/<system>/<database>/<schema>.<table>`, a
-/// URI reference (characters outside RFC 3986's unreserved set percent-encoded).
-pub fn cloudevents_source(change: &Change, source: &SourceInfo) -> String {
-    let mut out = String::from("/postgres/");
-    for (i, part) in [source.system.as_str(), source.database.as_str(), &change.table.qualified_name()].iter().enumerate() {
-        if i > 0 {
-            out.push('/');
-        }
+/// CloudEvents `source` of events derived from `o`: `/postgres/<system>/<database>/<schema>.<table>` (or
+/// `…/message/<prefix>`), a URI reference (characters outside RFC 3986's unreserved set percent-encoded).
+pub fn cloudevents_source(o: &Origin<'_>, source: &SourceInfo) -> String {
+    fn escaped(out: &mut String, part: &str) {
         for b in part.bytes() {
             if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
                 out.push(b as char);
@@ -58,27 +55,43 @@ pub fn cloudevents_source(change: &Change, source: &SourceInfo) -> String {
             }
         }
     }
+    let mut out = String::from("/postgres/");
+    escaped(&mut out, &source.system);
+    out.push('/');
+    escaped(&mut out, &source.database);
+    out.push('/');
+    match o.what {
+        What::Table { schema, name } => {
+            escaped(&mut out, schema);
+            out.push('.');
+            escaped(&mut out, name);
+        }
+        What::Message { prefix } => {
+            out.push_str("message/");
+            escaped(&mut out, prefix);
+        }
+    }
     out
 }
 
 /// The commit time as CloudEvents `time` / `occurredAt` (RFC 3339, UTC, microseconds).
-pub fn occurred_at(change: &Change) -> String {
+pub fn occurred_at(o: &Origin<'_>) -> String {
     let mut out = Vec::with_capacity(27);
-    write_unix_micros(&mut out, change.tx.commit_time_us);
+    write_unix_micros(&mut out, o.tx.commit_time_us);
     String::from_utf8(out).unwrap_or_default()
 }
 
 /// Writes a CloudEvents 1.0 structured-mode event (JSON format) up to `"data":`; the caller appends the data and
 /// the closing `}`. Extensions: `correlationid`, `eventversion`.
-pub fn write_cloudevent_head(out: &mut Vec<u8>, e: &Envelope<'_>, change: &Change, source: &SourceInfo) {
+pub fn write_cloudevent_head(out: &mut Vec<u8>, e: &Envelope<'_>, o: &Origin<'_>, source: &SourceInfo) {
     out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
     write_json_string(out, e.event_id);
     out.extend_from_slice(b",\"source\":");
-    write_json_string(out, &cloudevents_source(change, source));
+    write_json_string(out, &cloudevents_source(o, source));
     out.extend_from_slice(b",\"type\":");
     write_json_string(out, e.event_type);
     out.extend_from_slice(b",\"time\":\"");
-    write_unix_micros(out, change.tx.commit_time_us);
+    write_unix_micros(out, o.tx.commit_time_us);
     out.extend_from_slice(b"\",\"subject\":");
     write_json_string(out, e.key);
     out.extend_from_slice(b",\"datacontenttype\":\"application/json\",\"correlationid\":");
@@ -97,7 +110,40 @@ fn write_json_inner(out: &mut Vec<u8>, s: &str) {
     out.remove(start);
 }
 
-/// What the envelope needs besides the change.
+/// Where an event comes from: a row change or a logical decoding message, with its place in the WAL.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub what: What<'a>,
+    /// `op` of the envelope's `source`: the change's operation, or `message`.
+    pub op: &'a str,
+    /// LSN of the change or message.
+    pub lsn: Lsn,
+    /// 0-based position in the transaction (part of `eventId`).
+    pub position: u32,
+    pub tx: &'a TxMeta,
+}
+
+/// The table of a row change, or the prefix of a logical decoding message.
+#[derive(Debug, Clone, Copy)]
+pub enum What<'a> {
+    Table { schema: &'a str, name: &'a str },
+    Message { prefix: &'a str },
+}
+
+impl<'a> Origin<'a> {
+    /// The origin of events derived from a row change.
+    pub fn of(change: &'a Change) -> Origin<'a> {
+        Origin {
+            what: What::Table { schema: &change.table.schema, name: &change.table.name },
+            op: change.op.as_str(),
+            lsn: change.lsn,
+            position: change.position,
+            tx: &change.tx,
+        }
+    }
+}
+
+/// What the envelope needs besides the origin.
 pub struct Envelope<'a> {
     pub event_type: &'a str,
     pub version: u32,
@@ -107,7 +153,7 @@ pub struct Envelope<'a> {
 }
 
 /// Writes the envelope JSON of `e` for `change` up to `"data":`; the caller appends the data and the closing `}`.
-pub fn write_head(out: &mut Vec<u8>, e: &Envelope<'_>, change: &Change, source: &SourceInfo) {
+pub fn write_head(out: &mut Vec<u8>, e: &Envelope<'_>, o: &Origin<'_>, source: &SourceInfo) {
     out.reserve(256);
     out.extend_from_slice(b"{\"eventId\":\"");
     out.extend_from_slice(e.event_id.as_bytes());
@@ -116,7 +162,7 @@ pub fn write_head(out: &mut Vec<u8>, e: &Envelope<'_>, change: &Change, source: 
     out.extend_from_slice(b",\"eventVersion\":");
     out.extend_from_slice(itoa::Buffer::new().format(e.version).as_bytes());
     out.extend_from_slice(b",\"occurredAt\":\"");
-    write_unix_micros(out, change.tx.commit_time_us);
+    write_unix_micros(out, o.tx.commit_time_us);
     out.extend_from_slice(b"\",\"correlationId\":");
     write_json_string(out, e.correlation_id);
     out.extend_from_slice(b",\"causationId\":null,\"source\":{\"system\":");
@@ -124,16 +170,26 @@ pub fn write_head(out: &mut Vec<u8>, e: &Envelope<'_>, change: &Change, source: 
     out.extend_from_slice(b",\"database\":");
     write_json_string(out, &source.database);
     out.extend_from_slice(b",\"table\":");
-    out.push(b'"');
-    write_json_inner(out, &change.table.schema);
-    out.push(b'.');
-    write_json_inner(out, &change.table.name);
-    out.extend_from_slice(b"\",\"op\":\"");
-    out.extend_from_slice(change.op.as_str().as_bytes());
+    match o.what {
+        What::Table { schema, name } => {
+            out.push(b'"');
+            write_json_inner(out, schema);
+            out.push(b'.');
+            write_json_inner(out, name);
+            out.push(b'"');
+        }
+        What::Message { .. } => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"op\":\"");
+    out.extend_from_slice(o.op.as_bytes());
     out.extend_from_slice(b"\",\"lsn\":\"");
-    change.lsn.write_to(out);
+    o.lsn.write_to(out);
     out.extend_from_slice(b"\",\"txId\":");
-    out.extend_from_slice(itoa::Buffer::new().format(change.tx.xid).as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(o.tx.xid).as_bytes());
+    if let What::Message { prefix } = o.what {
+        out.extend_from_slice(b",\"prefix\":");
+        write_json_string(out, prefix);
+    }
     out.extend_from_slice(b"},\"key\":");
     write_json_string(out, e.key);
     out.extend_from_slice(b",\"data\":");
@@ -166,12 +222,13 @@ mod tests {
 
     #[test]
     fn ids_are_deterministic_and_distinct() {
-        let (a, b) = (change(0, 0x100), change(1, 0x100));
-        assert_eq!(event_id(&source(), &a, "OrderShipped"), event_id(&source(), &change(0, 0x100), "OrderShipped"));
+        let (a, b, a2, c) = (change(0, 0x100), change(1, 0x100), change(0, 0x100), change(0, 0x200));
+        let (a, b, a2, c) = (Origin::of(&a), Origin::of(&b), Origin::of(&a2), Origin::of(&c));
+        assert_eq!(event_id(&source(), &a, "OrderShipped"), event_id(&source(), &a2, "OrderShipped"));
         assert_ne!(event_id(&source(), &a, "OrderShipped"), event_id(&source(), &b, "OrderShipped"));
         assert_ne!(event_id(&source(), &a, "OrderShipped"), event_id(&source(), &a, "OrderPaid"));
-        assert_eq!(correlation_id(&source(), &a), correlation_id(&source(), &b));
-        assert_ne!(correlation_id(&source(), &a), correlation_id(&source(), &change(0, 0x200)));
+        assert_eq!(correlation_id(&source(), a.tx), correlation_id(&source(), b.tx));
+        assert_ne!(correlation_id(&source(), a.tx), correlation_id(&source(), c.tx));
         assert_eq!(event_id(&source(), &a, "X").get_version_num(), 5);
         let mut buf = Vec::new();
         assert_eq!(event_id_into(&mut buf, &source(), &a, "OrderShipped"), event_id(&source(), &a, "OrderShipped").to_string());
@@ -182,7 +239,7 @@ mod tests {
         let c = change(3, 0x16B3800);
         let mut out = Vec::new();
         let e = Envelope { event_type: "OrderShipped", version: 2, event_id: "e", correlation_id: "c", key: "42" };
-        write_head(&mut out, &e, &c, &source());
+        write_head(&mut out, &e, &Origin::of(&c), &source());
         out.extend_from_slice(b"{\"orderId\":42}}");
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(

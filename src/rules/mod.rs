@@ -370,7 +370,7 @@ impl RuleSet {
         match &self.correlation {
             Some((lsn, id)) if *lsn == change.tx.commit_lsn => id.clone(),
             _ => {
-                let id: Arc<str> = envelope::correlation_id(source, change).to_string().into();
+                let id: Arc<str> = envelope::correlation_id(source, &change.tx).to_string().into();
                 self.correlation = Some((change.tx.commit_lsn, id.clone()));
                 id
             }
@@ -477,7 +477,8 @@ impl Rule {
         }
         let key = eval_text(&self.key, ctx, change, &mut bufs.scratch).map_err(|e| e.replacen(": ", ": the key ", 1))?;
         let mut payload = Vec::with_capacity(512);
-        let event_id = envelope::event_id_into(&mut bufs.id, source, change, &self.name);
+        let origin = envelope::Origin::of(change);
+        let event_id = envelope::event_id_into(&mut bufs.id, source, &origin, &self.name);
         let correlation_id: Arc<str> = match &self.correlation {
             Some(expr) => eval_text(expr, ctx, change, &mut bufs.scratch)?.into(),
             None => default_correlation.clone(),
@@ -491,13 +492,13 @@ impl Rule {
         };
         let content_type = match self.encoding {
             Encoding::Json => {
-                envelope::write_head(&mut payload, &e, change, source);
+                envelope::write_head(&mut payload, &e, &origin, source);
                 self.write_data(&mut payload, ctx, change)?;
                 payload.push(b'}');
                 "application/json"
             }
             Encoding::CloudeventsStructured => {
-                envelope::write_cloudevent_head(&mut payload, &e, change, source);
+                envelope::write_cloudevent_head(&mut payload, &e, &origin, source);
                 self.write_data(&mut payload, ctx, change)?;
                 payload.push(b'}');
                 "application/cloudevents+json"
@@ -512,9 +513,9 @@ impl Rule {
             headers.extend([
                 ("ce_specversion", HeaderValue::Static("1.0")),
                 ("ce_id", HeaderValue::Owned(event_id.clone())),
-                ("ce_source", HeaderValue::Owned(envelope::cloudevents_source(change, source))),
+                ("ce_source", HeaderValue::Owned(envelope::cloudevents_source(&origin, source))),
                 ("ce_type", HeaderValue::Shared(self.name_shared.clone())),
-                ("ce_time", HeaderValue::Owned(envelope::occurred_at(change))),
+                ("ce_time", HeaderValue::Owned(envelope::occurred_at(&origin))),
                 ("ce_subject", HeaderValue::Owned(key.clone())),
                 ("ce_correlationid", HeaderValue::Shared(correlation_id.clone())),
                 ("ce_eventversion", HeaderValue::Shared(self.version_text.clone())),
