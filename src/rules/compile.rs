@@ -1,0 +1,240 @@
+//! Compiling `events:` specs into [`super::Rule`]s: names, tables, topics and every CEL expression are checked
+//! once at start-up; errors name the key (`events[2].when`) and the position in the expression.
+
+use super::*;
+
+/// The CEL standard library plus the strings, lists and math extensions (trim, lowerAscii, substring, …).
+pub(super) fn environment() -> Env {
+    let mut env = Env::stdlib();
+    for ext in [cel::extensions::strings, cel::extensions::lists, cel::extensions::math] {
+        // The extensions declare disjoint names; a clash would be a bug in the cel crate, caught by the tests.
+        if let Err(e) = env.add_extension(ext) {
+            tracing::error!("CEL extension not available: {e:?}");
+        }
+    }
+    env
+}
+
+pub(super) fn compile_rule(
+    env: &Env,
+    i: usize,
+    spec: &RuleSpec,
+    defaults: &EventDefaults,
+    captured: &[TableName],
+    warnings: &mut Vec<String>,
+) -> Result<Rule, ConfigError> {
+    let at = |field: &str| format!("events[{i}].{field}");
+    if spec.name.is_empty() || !spec.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+        return Err(ConfigError::invalid(at("name"), "use letters, digits, '_' or '.', e.g. OrderShipped"));
+    }
+    if !spec.name.starts_with(|c: char| c.is_ascii_uppercase()) || spec.name.contains('_') {
+        warnings.push(format!(
+            "{}: event names are PascalCase and past tense by convention (e.g. OrderShipped), got {}",
+            at("name"),
+            spec.name
+        ));
+    }
+    if spec.version == 0 {
+        return Err(ConfigError::invalid(at("version"), "versions start at 1"));
+    }
+    let table = TableName::parse(&spec.table).map_err(|m| ConfigError::invalid(at("table"), m))?;
+    if !captured.contains(&table) {
+        return Err(ConfigError::invalid(at("table"), format!("{table} is not in source.tables; add it there")));
+    }
+    if spec.topic.is_empty()
+        || spec.topic.len() > 249
+        || !spec.topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(ConfigError::invalid(at("topic"), "a Kafka topic name: 1 to 249 of [a-zA-Z0-9._-]"));
+    }
+    let ops = match &spec.on {
+        None => vec![Op::Insert, Op::Update, Op::Delete, Op::Read],
+        Some(on) => on
+            .to_vec()
+            .into_iter()
+            .map(|o| match o {
+                OpName::Insert => Op::Insert,
+                OpName::Update => Op::Update,
+                OpName::Delete => Op::Delete,
+                OpName::Read => Op::Read,
+                OpName::Truncate => Op::Truncate,
+            })
+            .collect(),
+    };
+    if ops.is_empty() {
+        return Err(ConfigError::invalid(at("on"), "list at least one of insert, update, delete, read, truncate"));
+    }
+    let mut reads = Reads::default();
+    // What CEL itself reads (column references with a fast path need no CEL map, except `string(...)` of an
+    // unusual type, which falls back to CEL at run time: its column is kept).
+    let mut cel_reads = Reads::default();
+    let mut compile = |key: String, source: &str| -> Result<Expression, ConfigError> {
+        let program = env.compile(source).map_err(|e| ConfigError::invalid(key.clone(), format!("invalid CEL: {e}")))?;
+        let expr = &program.expression().expr;
+        reads.collect(expr);
+        let fast = fast::Fast::detect(expr);
+        match &fast {
+            Some(fast::Fast::Column { .. }) => {}
+            Some(f @ fast::Fast::StringOf { .. }) => cel_reads.new_columns.push(f.column().to_string()),
+            None => cel_reads.collect(expr),
+        }
+        Ok(Expression { program, key, fast, source: source.to_string() })
+    };
+    let when = spec.when.as_deref().map(|w| compile(at("when"), w)).transpose()?;
+    let key = compile(at("key"), &spec.key)?;
+    let correlation = spec.correlation.as_deref().map(|c| compile(at("correlation"), c)).transpose()?;
+    let mut headers = Vec::new();
+    for (name, expr) in &spec.headers {
+        let lower = name.to_ascii_lowercase();
+        if name.is_empty() || RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with(RESERVED_PREFIX) {
+            return Err(ConfigError::invalid(
+                at(&format!("headers.{name}")),
+                format!("choose another header name; ficus sets {} and ce_* (CloudEvents)", RESERVED_HEADERS.join(", ")),
+            ));
+        }
+        headers.push((name.clone(), compile(at(&format!("headers.{name}")), expr)?));
+    }
+    let data = match &spec.data {
+        None => Data::All,
+        Some(v) => compile_data(v, &at("data"), &mut compile)?,
+    };
+    if let Data::Columns(cols) | Data::Exclude(cols) = &data {
+        reads.new_columns.extend(cols.iter().cloned());
+    }
+    let mut columns_read: Vec<String> = reads.new_columns.into_iter().chain(reads.old_columns.iter().cloned()).collect();
+    columns_read.sort();
+    columns_read.dedup();
+    Ok(Rule {
+        name: spec.name.clone(),
+        version: spec.version,
+        name_shared: spec.name.as_str().into(),
+        version_text: spec.version.to_string().into(),
+        table,
+        ops,
+        when,
+        key,
+        topic: spec.topic.as_str().into(),
+        data,
+        headers,
+        correlation,
+        on_error: spec.on_error.unwrap_or(defaults.on_error),
+        encoding: spec.encoding.unwrap_or(defaults.encoding),
+        reads_old: reads.old,
+        reads_tx: reads.tx,
+        columns_read,
+        cel_whole_row: cel_reads.whole_row,
+        cel_columns: cel_reads.new_columns.into_iter().chain(cel_reads.old_columns).collect(),
+    })
+}
+
+pub(super) fn compile_data(
+    v: &serde_json::Value,
+    key: &str,
+    compile: &mut dyn FnMut(String, &str) -> Result<Expression, ConfigError>,
+) -> Result<Data, ConfigError> {
+    let serde_json::Value::Object(map) = v else {
+        return Err(ConfigError::invalid(key, "a map of field: CEL expression, or {columns: [..]} / {exclude: [..]}"));
+    };
+    if map.len() == 1 {
+        for (sel, is_columns) in [("columns", true), ("exclude", false)] {
+            if let Some(serde_json::Value::Array(items)) = map.get(sel) {
+                let cols = items
+                    .iter()
+                    .map(|c| c.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| ConfigError::invalid(format!("{key}.{sel}"), "a list of column names"))?;
+                return Ok(if is_columns { Data::Columns(cols) } else { Data::Exclude(cols) });
+            }
+        }
+    }
+    Ok(Data::Fields(compile_fields(map, key, compile)?))
+}
+
+pub(super) fn compile_fields(
+    map: &serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    compile: &mut dyn FnMut(String, &str) -> Result<Expression, ConfigError>,
+) -> Result<Vec<(String, Field)>, ConfigError> {
+    let mut fields = Vec::with_capacity(map.len());
+    for (name, v) in map {
+        let k = format!("{key}.{name}");
+        let field = match v {
+            serde_json::Value::String(s) => Field::Expr(compile(k, s)?),
+            // YAML scalars are CEL literals: `version: 2`, `active: true`.
+            serde_json::Value::Number(_) | serde_json::Value::Bool(_) => Field::Expr(compile(k, &v.to_string())?),
+            serde_json::Value::Null => Field::Expr(compile(k, "null")?),
+            serde_json::Value::Object(inner) => Field::Map(compile_fields(inner, &k, compile)?),
+            serde_json::Value::Array(_) => {
+                return Err(ConfigError::invalid(k, "write a list as a CEL expression, e.g. '[new.a, new.b]'"));
+            }
+        };
+        fields.push((name.clone(), field));
+    }
+    Ok(fields)
+}
+
+/// What a rule's expressions read: `old` at all, and which columns of `new` and `old`.
+#[derive(Default)]
+pub(super) struct Reads {
+    old: bool,
+    tx: bool,
+    /// `new` or `old` used other than as `new.col`.
+    whole_row: bool,
+    new_columns: Vec<String>,
+    old_columns: Vec<String>,
+}
+
+impl Reads {
+    fn collect(&mut self, e: &Expr) {
+        match e {
+            Expr::Ident(name) if name == "old" => {
+                self.old = true;
+                self.whole_row = true;
+            }
+            Expr::Ident(name) if name == "new" => self.whole_row = true,
+            Expr::Ident(name) if name == "tx" => self.tx = true,
+            Expr::Select(s) => {
+                if let Expr::Ident(root) = &s.operand.expr {
+                    match root.as_str() {
+                        "new" => self.new_columns.push(s.field.clone()),
+                        "old" => {
+                            self.old = true;
+                            self.old_columns.push(s.field.clone());
+                        }
+                        "tx" => self.tx = true,
+                        _ => {}
+                    }
+                } else {
+                    self.collect(&s.operand.expr);
+                }
+            }
+            Expr::Call(c) => {
+                if let Some(t) = &c.target {
+                    self.collect(&t.expr);
+                }
+                for a in &c.args {
+                    self.collect(&a.expr);
+                }
+            }
+            Expr::Comprehension(c) => {
+                for x in [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
+                    self.collect(&x.expr);
+                }
+            }
+            Expr::List(l) => l.elements.iter().for_each(|x| self.collect(&x.expr)),
+            Expr::Map(m) => m.entries.iter().for_each(|x| self.collect_entry(&x.expr)),
+            Expr::Struct(s) => s.entries.iter().for_each(|x| self.collect_entry(&x.expr)),
+            _ => {}
+        }
+    }
+
+    fn collect_entry(&mut self, e: &EntryExpr) {
+        match e {
+            EntryExpr::StructField(f) => self.collect(&f.value.expr),
+            EntryExpr::MapEntry(m) => {
+                self.collect(&m.key.expr);
+                self.collect(&m.value.expr);
+            }
+        }
+    }
+}
