@@ -28,7 +28,7 @@ pub async fn build(config: &Config, offline: bool) -> Result<Vec<RuleDescription
     if !offline {
         let info = ConnInfo::parse(&config.source.url).map_err(|e| CatalogError::Config(format!("source.url: {e}")))?;
         let (client, connection) = info.connect_control().await.map_err(|e| CatalogError::Database(e.to_string()))?;
-        let tables: Vec<TableName> = rules.rules().iter().map(|r| r.table.clone()).collect();
+        let tables: Vec<TableName> = rules.rules().iter().filter_map(|r| r.table.clone()).collect();
         for table in tables {
             if columns.contains_key(&table) {
                 continue;

@@ -113,3 +113,16 @@ pub struct Change {
     pub position: u32,
     pub tx: Arc<TxMeta>,
 }
+
+/// A transactional logical decoding message (`pg_logical_emit_message(true, prefix, content)`), in its
+/// transaction's order among the row changes.
+#[derive(Clone, Debug)]
+pub struct LogicalMessage {
+    pub prefix: String,
+    pub content: Bytes,
+    /// WAL position of the message.
+    pub lsn: Lsn,
+    /// 0-based position in its transaction, counted with the row changes (stable across replays).
+    pub position: u32,
+    pub tx: Arc<TxMeta>,
+}

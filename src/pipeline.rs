@@ -364,17 +364,15 @@ async fn sink_loop(
                         router
                             .route(&change, &mut records)
                             .map_err(|e| PipelineError::Route { lsn: change.lsn, message: e.to_string() })?;
-                        for record in &records {
-                            match &mut sink {
-                                Sink::Kafka(sink) => sink.send(tx, record).await?,
-                                Sink::Null => {
-                                    progress.add_message(tx);
-                                    progress.ack(tx);
-                                }
-                                Sink::Print(out) => print_record(out, record)
-                                    .map_err(|e| PipelineError::Route { lsn: change.lsn, message: format!("writing to stdout: {e}") })?,
-                            }
-                        }
+                        emit(&mut sink, &progress, tx, &records, change.lsn).await?;
+                    }
+                    SourceEvent::Message(message) => {
+                        let tx = current.ok_or_else(|| PipelineError::Route { lsn: message.lsn, message: "message outside a transaction".into() })?;
+                        records.clear();
+                        router
+                            .route_message(&message, &mut records)
+                            .map_err(|e| PipelineError::Route { lsn: message.lsn, message: e.to_string() })?;
+                        emit(&mut sink, &progress, tx, &records, message.lsn).await?;
                     }
                     SourceEvent::Commit { end_lsn } => {
                         if let Sink::Print(out) = &mut sink {
@@ -409,6 +407,23 @@ async fn sink_loop(
         return Err(PipelineError::Sink(SinkError::Delivery(f)));
     }
     result
+}
+
+/// Hands the records of one change or message to the sink, in order.
+async fn emit(sink: &mut Sink, progress: &Progress, tx: crate::progress::TxSeq, records: &[Record], lsn: Lsn) -> Result<(), PipelineError> {
+    for record in records {
+        match sink {
+            Sink::Kafka(sink) => sink.send(tx, record).await?,
+            Sink::Null => {
+                progress.add_message(tx);
+                progress.ack(tx);
+            }
+            Sink::Print(out) => {
+                print_record(out, record).map_err(|e| PipelineError::Route { lsn, message: format!("writing to stdout: {e}") })?
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Where the sink task puts records.

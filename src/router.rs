@@ -76,7 +76,11 @@ pub struct Dropped {
 
 /// Kafka topic for raw changes of `schema.table`: characters Kafka cannot hold become `_`.
 pub fn change_topic(prefix: &str, schema: &str, table: &str) -> String {
-    let raw = format!("{prefix}.{schema}.{table}");
+    sanitize_topic(&format!("{prefix}.{schema}.{table}"))
+}
+
+/// `raw` as a Kafka topic name: characters outside `[a-zA-Z0-9._-]` become `_`, at most 249 characters.
+pub fn sanitize_topic(raw: &str) -> String {
     let mut topic: String = raw
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
@@ -142,6 +146,16 @@ impl Router {
             r.table = t.clone();
         }
         &self.routes[&t.oid]
+    }
+
+    /// Records for one transactional logical decoding message (the events of the message rules for its prefix).
+    pub fn route_message(&mut self, message: &crate::change::LogicalMessage, out: &mut Vec<Record>) -> Result<(), RouteError> {
+        let start = out.len();
+        self.rules.apply_message(message, &self.source, out)?;
+        if out.len() == start {
+            *self.dropped.entry(Arc::from(format!("message {}", message.prefix))).or_insert(0) += 1;
+        }
+        Ok(())
     }
 
     /// Records for one change, in publishing order.

@@ -32,6 +32,8 @@ use crate::postgres::replication::{ReplicationError, ReplicationMessage, Replica
 pub enum SourceEvent {
     Begin(Arc<TxMeta>),
     Change(Change),
+    /// A transactional logical decoding message.
+    Message(crate::change::LogicalMessage),
     /// End of the open transaction; `end_lsn` is what PostgreSQL expects as flush position.
     Commit { end_lsn: Lsn },
     /// A server position with no transaction open (see module docs).
@@ -267,7 +269,21 @@ impl Source {
                     self.change(lsn, Op::Truncate, relation, None, false, None)?;
                 }
             }
-            Message::Origin { .. } | Message::Type { .. } | Message::LogicalMessage { .. } => {}
+            Message::LogicalMessage { transactional: true, lsn: msg_lsn, prefix, content } => {
+                let Some(tx) = self.tx.clone() else {
+                    return Err(SourceError::Protocol(format!("transactional message at {lsn} outside a transaction")));
+                };
+                let position = self.position;
+                self.position += 1;
+                if !self.skipping {
+                    self.batch.push(SourceEvent::Message(crate::change::LogicalMessage { prefix, content, lsn: msg_lsn, position, tx }));
+                }
+            }
+            Message::LogicalMessage { transactional: false, prefix, .. } => {
+                // Not part of a transaction, so not covered by the checkpoint: rules take transactional messages only.
+                tracing::warn!(prefix = %prefix, lsn = %lsn, "non-transactional logical message ignored; emit it with pg_logical_emit_message(true, ...)");
+            }
+            Message::Origin { .. } | Message::Type { .. } => {}
         }
         if self.batch.len() >= BATCH {
             self.flush_batch(shutdown, false).await?;

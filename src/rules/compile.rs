@@ -37,17 +37,61 @@ pub(super) fn compile_rule(
     if spec.version == 0 {
         return Err(ConfigError::invalid(at("version"), "versions start at 1"));
     }
-    let table = TableName::parse(&spec.table).map_err(|m| ConfigError::invalid(at("table"), m))?;
-    if !captured.contains(&table) {
-        return Err(ConfigError::invalid(at("table"), format!("{table} is not in source.tables; add it there")));
+    let kinds = [spec.table.is_some(), spec.message.is_some(), spec.outbox.is_some()];
+    if kinds.iter().filter(|k| **k).count() != 1 {
+        return Err(ConfigError::invalid(
+            at("table"),
+            "set exactly one of `table` (row changes), `message` (logical decoding messages) or `outbox` (an outbox table)",
+        ));
     }
-    if spec.topic.is_empty()
-        || spec.topic.len() > 249
-        || !spec.topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
-        return Err(ConfigError::invalid(at("topic"), "a Kafka topic name: 1 to 249 of [a-zA-Z0-9._-]"));
+    let parse_table = |name: &str, key: String| -> Result<TableName, ConfigError> {
+        let table = TableName::parse(name).map_err(|m| ConfigError::invalid(key.clone(), m))?;
+        if !captured.contains(&table) {
+            return Err(ConfigError::invalid(key, format!("{table} is not in source.tables; add it there")));
+        }
+        Ok(table)
+    };
+    let (kind, table) = match (&spec.table, &spec.message, &spec.outbox) {
+        (Some(t), _, _) => (Kind::Table, Some(parse_table(t, at("table"))?)),
+        (_, Some(prefix), _) => {
+            if prefix.is_empty() {
+                return Err(ConfigError::invalid(at("message"), "the prefix given to pg_logical_emit_message, e.g. payments"));
+            }
+            (Kind::Message(prefix.clone()), None)
+        }
+        (_, _, Some(ob)) => {
+            let table = parse_table(&ob.table, at("outbox.table"))?;
+            for (field, value) in [("key", spec.key.is_some()), ("data", spec.data.is_some()), ("on", spec.on.is_some())] {
+                if value {
+                    return Err(ConfigError::invalid(
+                        at(field),
+                        "an outbox rule takes key, data and trigger from the outbox row (aggregateid, payload, inserts); remove it",
+                    ));
+                }
+            }
+            let template = spec.topic.clone().unwrap_or_else(|| "outbox.event.{aggregatetype}".into());
+            let sample = template.replace("{aggregatetype}", "x");
+            if !is_topic_name(&sample) {
+                return Err(ConfigError::invalid(at("topic"), "a Kafka topic name of [a-zA-Z0-9._-], with {aggregatetype} where the aggregate type goes"));
+            }
+            (Kind::Outbox(outbox::Outbox::new(ob, template)), Some(table))
+        }
+        (None, None, None) => unreachable!("checked above: exactly one kind"),
+    };
+    let topic = match (&kind, &spec.topic) {
+        (Kind::Outbox(_), _) => String::new(),
+        (_, Some(t)) if is_topic_name(t) => t.clone(),
+        (_, Some(_)) => return Err(ConfigError::invalid(at("topic"), "a Kafka topic name: 1 to 249 of [a-zA-Z0-9._-]")),
+        (_, None) => return Err(ConfigError::invalid(at("topic"), "required: the Kafka topic of the events")),
+    };
+    if !matches!(kind, Kind::Outbox(_)) && spec.key.is_none() {
+        return Err(ConfigError::invalid(at("key"), "required: a CEL expression for the Kafka key, e.g. string(new.id)"));
+    }
+    if matches!(kind, Kind::Message(_)) && spec.on.is_some() {
+        return Err(ConfigError::invalid(at("on"), "message rules fire on every message with their prefix; remove `on`"));
     }
     let ops = match &spec.on {
+        None if matches!(kind, Kind::Outbox(_)) => vec![Op::Insert],
         None => vec![Op::Insert, Op::Update, Op::Delete, Op::Read],
         Some(on) => on
             .to_vec()
@@ -81,7 +125,7 @@ pub(super) fn compile_rule(
         Ok(Expression { program, key, fast, source: source.to_string() })
     };
     let when = spec.when.as_deref().map(|w| compile(at("when"), w)).transpose()?;
-    let key = compile(at("key"), &spec.key)?;
+    let key = spec.key.as_deref().map(|k| compile(at("key"), k)).transpose()?;
     let correlation = spec.correlation.as_deref().map(|c| compile(at("correlation"), c)).transpose()?;
     let mut headers = Vec::new();
     for (name, expr) in &spec.headers {
@@ -98,6 +142,14 @@ pub(super) fn compile_rule(
         None => Data::All,
         Some(v) => compile_data(v, &at("data"), &mut compile)?,
     };
+    if matches!(kind, Kind::Message(_)) {
+        if reads.whole_row || !reads.new_columns.is_empty() || !reads.old_columns.is_empty() {
+            return Err(ConfigError::invalid(at("message"), "message rules read `content`, `prefix` and `tx`, not `new`/`old`"));
+        }
+        if matches!(data, Data::Columns(_) | Data::Exclude(_)) {
+            return Err(ConfigError::invalid(at("data"), "a message has no columns: use fields over `content`, or omit data for the whole content"));
+        }
+    }
     if let Data::Columns(cols) | Data::Exclude(cols) = &data {
         reads.new_columns.extend(cols.iter().cloned());
     }
@@ -113,7 +165,8 @@ pub(super) fn compile_rule(
         ops,
         when,
         key,
-        topic: spec.topic.as_str().into(),
+        topic: topic.as_str().into(),
+        kind,
         data,
         headers,
         correlation,
@@ -125,6 +178,10 @@ pub(super) fn compile_rule(
         cel_whole_row: cel_reads.whole_row,
         cel_columns: cel_reads.new_columns.into_iter().chain(cel_reads.old_columns).collect(),
     })
+}
+
+fn is_topic_name(t: &str) -> bool {
+    !t.is_empty() && t.len() <= 249 && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 pub(super) fn compile_data(

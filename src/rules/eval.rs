@@ -6,14 +6,36 @@ use super::*;
 
 #[derive(Default)]
 pub(super) struct Buffers {
-    id: Vec<u8>,
-    scratch: Vec<u8>,
+    pub(super) id: Vec<u8>,
+    pub(super) scratch: Vec<u8>,
 }
 
-/// The CEL context of one change, built on first use.
+/// What a rule runs on: a row change or a logical decoding message.
+#[derive(Clone, Copy)]
+pub(super) enum Input<'c> {
+    Change(&'c Change),
+    Message(&'c LogicalMessage),
+}
+
+impl<'c> Input<'c> {
+    fn origin(self) -> envelope::Origin<'c> {
+        match self {
+            Input::Change(c) => envelope::Origin::of(c),
+            Input::Message(m) => envelope::Origin {
+                what: envelope::What::Message { prefix: &m.prefix },
+                op: "message",
+                lsn: m.lsn,
+                position: m.position,
+                tx: &m.tx,
+            },
+        }
+    }
+}
+
+/// The CEL context of one change or message, built on first use.
 pub(super) struct LazyContext<'c> {
     pub(super) env: &'c Arc<Env>,
-    pub(super) change: &'c Change,
+    pub(super) input: Input<'c>,
     pub(super) with_tx: bool,
     pub(super) mask: Option<&'c [bool]>,
     pub(super) cell: OnceCell<Result<Context<'c, 'c>, String>>,
@@ -22,7 +44,10 @@ pub(super) struct LazyContext<'c> {
 impl<'c> LazyContext<'c> {
     fn get(&self) -> Result<&Context<'c, 'c>, String> {
         self.cell
-            .get_or_init(|| change_context(self.env, self.change, self.with_tx, self.mask))
+            .get_or_init(|| match self.input {
+                Input::Change(change) => change_context(self.env, change, self.with_tx, self.mask),
+                Input::Message(message) => Ok(message_context(self.env, message, self.with_tx)),
+            })
             .as_ref()
             .map_err(Clone::clone)
     }
@@ -49,23 +74,114 @@ pub(super) fn change_context<'c>(env: &Arc<Env>, change: &'c Change, with_tx: bo
     ctx.add_variable_as_val("op", Box::new(CelString::from(change.op.as_str())));
     ctx.add_variable_as_val("table", Box::new(CelString::from(format!("{}.{}", table.schema, table.name))));
     if with_tx {
-        let mut tx: HashMap<String, Value> = HashMap::new();
-        tx.insert("id".into(), Value::Int(i64::from(change.tx.xid)));
-        tx.insert("commitLsn".into(), Value::String(Arc::new(change.tx.commit_lsn.to_string())));
-        if let Some(t) = chrono::DateTime::from_timestamp_micros(change.tx.commit_time_us) {
-            tx.insert("commitTime".into(), Value::Timestamp(t.fixed_offset()));
-        }
-        ctx.add_variable_from_value("tx", tx);
+        ctx.add_variable_from_value("tx", tx_value(&change.tx));
     }
     Ok(ctx)
 }
 
+/// The CEL variables of a logical decoding message: `content` (its JSON as maps, lists and scalars when it is JSON,
+/// else the text), `prefix`, `op` (`message`), and `tx`.
+fn message_context<'c>(env: &Arc<Env>, message: &'c LogicalMessage, with_tx: bool) -> Context<'c, 'c> {
+    let content = match serde_json::from_slice::<serde_json::Value>(&message.content) {
+        Ok(json) => values::json_value(&json),
+        Err(_) => Value::String(Arc::new(String::from_utf8_lossy(&message.content).into_owned())),
+    };
+    let mut ctx = Context::with_env(env.clone());
+    ctx.add_variable_from_value("content", content);
+    ctx.add_variable_as_val("prefix", Box::new(CelString::from(message.prefix.as_str())));
+    ctx.add_variable_as_val("op", Box::new(CelString::from("message")));
+    if with_tx {
+        ctx.add_variable_from_value("tx", tx_value(&message.tx));
+    }
+    ctx
+}
+
+fn tx_value(tx: &TxMeta) -> HashMap<String, Value> {
+    let mut map: HashMap<String, Value> = HashMap::new();
+    map.insert("id".into(), Value::Int(i64::from(tx.xid)));
+    map.insert("commitLsn".into(), Value::String(Arc::new(tx.commit_lsn.to_string())));
+    if let Some(t) = chrono::DateTime::from_timestamp_micros(tx.commit_time_us) {
+        map.insert("commitTime".into(), Value::Timestamp(t.fixed_offset()));
+    }
+    map
+}
+
+/// Everything of an event but its `data`.
+pub(super) struct EventHead<'a> {
+    pub event_type: Arc<str>,
+    pub version: u32,
+    pub version_text: Arc<str>,
+    pub event_id: String,
+    pub key: String,
+    pub correlation_id: Arc<str>,
+    pub topic: Arc<str>,
+    pub encoding: Encoding,
+    pub origin: envelope::Origin<'a>,
+}
+
+/// Builds the Kafka record of an event in its encoding; `write_data` appends `data` as JSON.
+pub(super) fn build_record(
+    head: EventHead<'_>,
+    source: &SourceInfo,
+    write_data: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+    extra_headers: Vec<(&'static str, HeaderValue)>,
+) -> Result<Record, String> {
+    let mut payload = Vec::with_capacity(512);
+    let e = envelope::Envelope {
+        event_type: &head.event_type,
+        version: head.version,
+        event_id: &head.event_id,
+        correlation_id: &head.correlation_id,
+        key: &head.key,
+    };
+    let content_type = match head.encoding {
+        Encoding::Json => {
+            envelope::write_head(&mut payload, &e, &head.origin, source);
+            write_data(&mut payload)?;
+            payload.push(b'}');
+            "application/json"
+        }
+        Encoding::CloudeventsStructured => {
+            envelope::write_cloudevent_head(&mut payload, &e, &head.origin, source);
+            write_data(&mut payload)?;
+            payload.push(b'}');
+            "application/cloudevents+json"
+        }
+        Encoding::CloudeventsBinary => {
+            write_data(&mut payload)?;
+            "application/json"
+        }
+    };
+    let mut headers = Vec::with_capacity(13 + extra_headers.len());
+    if head.encoding == Encoding::CloudeventsBinary {
+        headers.extend([
+            ("ce_specversion", HeaderValue::Static("1.0")),
+            ("ce_id", HeaderValue::Owned(head.event_id.clone())),
+            ("ce_source", HeaderValue::Owned(envelope::cloudevents_source(&head.origin, source))),
+            ("ce_type", HeaderValue::Shared(head.event_type.clone())),
+            ("ce_time", HeaderValue::Owned(envelope::occurred_at(&head.origin))),
+            ("ce_subject", HeaderValue::Owned(head.key.clone())),
+            ("ce_correlationid", HeaderValue::Shared(head.correlation_id.clone())),
+            ("ce_eventversion", HeaderValue::Shared(head.version_text.clone())),
+        ]);
+    }
+    headers.extend([
+        ("content-type", HeaderValue::Static(content_type)),
+        ("event-type", HeaderValue::Shared(head.event_type)),
+        ("event-id", HeaderValue::Owned(head.event_id)),
+        ("event-version", HeaderValue::Shared(head.version_text)),
+        ("correlation-id", HeaderValue::Shared(head.correlation_id)),
+    ]);
+    headers.extend(extra_headers);
+    Ok(Record { topic: head.topic, key: Some(head.key.into_bytes()), payload, headers })
+}
+
 impl Rule {
-    /// The event this rule derives from the change, `None` when `when` is false, `Err(reason)` on failure.
+    /// The event this rule derives from the change or message, `None` when `when` is false, `Err(reason)` on
+    /// failure.
     pub(super) fn event(
         &self,
         ctx: &LazyContext<'_>,
-        change: &Change,
         source: &SourceInfo,
         default_correlation: &Arc<str>,
         bufs: &mut Buffers,
@@ -77,71 +193,50 @@ impl Rule {
                 other => return Err(format!("{}: must be true or false, got a {:?}", when.key, other.type_of())),
             }
         }
-        let key = eval_text(&self.key, ctx, change, &mut bufs.scratch).map_err(|e| e.replacen(": ", ": the key ", 1))?;
-        let mut payload = Vec::with_capacity(512);
-        let origin = envelope::Origin::of(change);
+        let Some(key_expr) = &self.key else { return Err("the rule has no key".into()) };
+        let key = eval_text(key_expr, ctx, &mut bufs.scratch).map_err(|e| e.replacen(": ", ": the key ", 1))?;
+        let origin = ctx.input.origin();
         let event_id = envelope::event_id_into(&mut bufs.id, source, &origin, &self.name);
         let correlation_id: Arc<str> = match &self.correlation {
-            Some(expr) => eval_text(expr, ctx, change, &mut bufs.scratch)?.into(),
+            Some(expr) => eval_text(expr, ctx, &mut bufs.scratch)?.into(),
             None => default_correlation.clone(),
         };
-        let e = envelope::Envelope {
-            event_type: &self.name,
-            version: self.version,
-            event_id: &event_id,
-            correlation_id: &correlation_id,
-            key: &key,
-        };
-        let content_type = match self.encoding {
-            Encoding::Json => {
-                envelope::write_head(&mut payload, &e, &origin, source);
-                self.write_data(&mut payload, ctx, change)?;
-                payload.push(b'}');
-                "application/json"
-            }
-            Encoding::CloudeventsStructured => {
-                envelope::write_cloudevent_head(&mut payload, &e, &origin, source);
-                self.write_data(&mut payload, ctx, change)?;
-                payload.push(b'}');
-                "application/cloudevents+json"
-            }
-            Encoding::CloudeventsBinary => {
-                self.write_data(&mut payload, ctx, change)?;
-                "application/json"
-            }
-        };
-        let mut headers = Vec::with_capacity(13 + self.headers.len());
-        if self.encoding == Encoding::CloudeventsBinary {
-            headers.extend([
-                ("ce_specversion", HeaderValue::Static("1.0")),
-                ("ce_id", HeaderValue::Owned(event_id.clone())),
-                ("ce_source", HeaderValue::Owned(envelope::cloudevents_source(&origin, source))),
-                ("ce_type", HeaderValue::Shared(self.name_shared.clone())),
-                ("ce_time", HeaderValue::Owned(envelope::occurred_at(&origin))),
-                ("ce_subject", HeaderValue::Owned(key.clone())),
-                ("ce_correlationid", HeaderValue::Shared(correlation_id.clone())),
-                ("ce_eventversion", HeaderValue::Shared(self.version_text.clone())),
-            ]);
-        }
-        headers.extend([
-            ("content-type", HeaderValue::Static(content_type)),
-            ("event-type", HeaderValue::Shared(self.name_shared.clone())),
-            ("event-id", HeaderValue::Owned(event_id)),
-            ("event-version", HeaderValue::Shared(self.version_text.clone())),
-            ("correlation-id", HeaderValue::Shared(correlation_id)),
-        ]);
+        let mut extra = Vec::with_capacity(self.headers.len());
         for (name, expr) in &self.headers {
-            let value = eval_text(expr, ctx, change, &mut bufs.scratch)?;
+            let value = eval_text(expr, ctx, &mut bufs.scratch)?;
             // Header names are `&'static str` in records; the set of names is small and fixed: interned once.
-            headers.push((intern(name), HeaderValue::Owned(value)));
+            extra.push((intern(name), HeaderValue::Owned(value)));
         }
-        Ok(Some(Record { topic: self.topic.clone(), key: Some(key.into_bytes()), payload, headers }))
+        let head = EventHead {
+            event_type: self.name_shared.clone(),
+            version: self.version,
+            version_text: self.version_text.clone(),
+            event_id,
+            key,
+            correlation_id,
+            topic: self.topic.clone(),
+            encoding: self.encoding,
+            origin,
+        };
+        build_record(head, source, |out| self.write_data(out, ctx), extra).map(Some)
     }
 
-    pub(super) fn write_data(&self, out: &mut Vec<u8>, ctx: &LazyContext<'_>, change: &Change) -> Result<(), String> {
+    pub(super) fn write_data(&self, out: &mut Vec<u8>, ctx: &LazyContext<'_>) -> Result<(), String> {
         let selection = match &self.data {
-            Data::Fields(fields) => return write_fields(out, fields, ctx, change),
+            Data::Fields(fields) => return write_fields(out, fields, ctx),
             selection => selection,
+        };
+        let change = match ctx.input {
+            Input::Change(change) => change,
+            // A message rule without `data`: the content, as JSON when it is JSON, else as a string.
+            Input::Message(m) => {
+                if serde_json::from_slice::<serde::de::IgnoredAny>(&m.content).is_ok() {
+                    out.extend_from_slice(&m.content);
+                } else {
+                    crate::postgres::value::write_json_string(out, &String::from_utf8_lossy(&m.content));
+                }
+                return Ok(());
+            }
         };
         // A column selection: the columns as raw change events map them, in table order.
         let (row, other, key_only) = match (&change.after, &change.before) {
@@ -186,7 +281,7 @@ impl Rule {
     }
 }
 
-pub(super) fn write_fields(out: &mut Vec<u8>, fields: &[(String, Field)], ctx: &LazyContext<'_>, change: &Change) -> Result<(), String> {
+pub(super) fn write_fields(out: &mut Vec<u8>, fields: &[(String, Field)], ctx: &LazyContext<'_>) -> Result<(), String> {
     out.push(b'{');
     for (i, (name, field)) in fields.iter().enumerate() {
         if i > 0 {
@@ -195,9 +290,13 @@ pub(super) fn write_fields(out: &mut Vec<u8>, fields: &[(String, Field)], ctx: &
         crate::postgres::value::write_json_string(out, name);
         out.push(b':');
         match field {
-            Field::Map(inner) => write_fields(out, inner, ctx, change)?,
+            Field::Map(inner) => write_fields(out, inner, ctx)?,
             Field::Expr(expr) => {
-                if let Some(done) = expr.fast.as_ref().and_then(|f| f.write_json(out, change)) {
+                let fast = match ctx.input {
+                    Input::Change(change) => expr.fast.as_ref().and_then(|f| f.write_json(out, change)),
+                    Input::Message(_) => None,
+                };
+                if let Some(done) = fast {
                     done.map_err(|e| format!("{}: {e}", expr.key))?;
                     continue;
                 }
@@ -215,9 +314,11 @@ pub(super) fn eval(expr: &Expression, ctx: &LazyContext<'_>) -> Result<Value, St
 }
 
 /// A key, header or correlation value as text (fast path for column references). Errors start with the key.
-pub(super) fn eval_text(expr: &Expression, ctx: &LazyContext<'_>, change: &Change, scratch: &mut Vec<u8>) -> Result<String, String> {
-    if let Some(text) = expr.fast.as_ref().and_then(|f| f.text(change, scratch)) {
-        return text.map_err(|e| format!("{}: {e}", expr.key));
+pub(super) fn eval_text(expr: &Expression, ctx: &LazyContext<'_>, scratch: &mut Vec<u8>) -> Result<String, String> {
+    if let Input::Change(change) = ctx.input {
+        if let Some(text) = expr.fast.as_ref().and_then(|f| f.text(change, scratch)) {
+            return text.map_err(|e| format!("{}: {e}", expr.key));
+        }
     }
     values::cel_to_text(&eval(expr, ctx)?).map_err(|e| format!("{}: {e}", expr.key))
 }

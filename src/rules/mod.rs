@@ -17,6 +17,7 @@ mod compile;
 pub mod envelope;
 mod eval;
 mod fast;
+mod outbox;
 pub mod schema;
 pub mod spec;
 pub mod values;
@@ -30,13 +31,13 @@ use cel::common::types::{CelNull, CelString};
 use cel::common::value::Val;
 use cel::{Context, Env, Program, Value};
 
-use crate::change::{Change, Datum, Op, Table};
+use crate::change::{Change, Datum, LogicalMessage, Op, Table, TxMeta};
 use crate::config::{Config, ConfigError, TableName};
 use crate::encode::{self, SourceInfo};
 use crate::postgres::control::{Catalog, CheckItem, ColumnType, Status};
 use crate::router::{HeaderValue, Record};
 use compile::{compile_rule, environment};
-use eval::{Buffers, LazyContext};
+use eval::{Buffers, Input, LazyContext};
 use spec::{Encoding, EventDefaults, OnError, OpName, RuleSpec};
 
 /// Headers ficus sets on every event; a rule's `headers:` may not reuse them.
@@ -74,13 +75,15 @@ enum Field {
 pub struct Rule {
     pub name: String,
     pub version: u32,
+    kind: Kind,
     /// `name` and `version` as header values, shared by every event of the rule.
     name_shared: Arc<str>,
     version_text: Arc<str>,
-    pub table: TableName,
+    /// The source table (None for message rules).
+    pub table: Option<TableName>,
     ops: Vec<Op>,
     when: Option<Expression>,
-    key: Expression,
+    key: Option<Expression>,
     topic: Arc<str>,
     data: Data,
     headers: Vec<(String, Expression)>,
@@ -97,6 +100,16 @@ pub struct Rule {
     cel_whole_row: bool,
     /// Columns CEL reads (only these are converted for the CEL maps).
     cel_columns: Vec<String>,
+}
+
+/// What a rule turns into events.
+enum Kind {
+    /// Row changes of `Rule::table`.
+    Table,
+    /// Transactional logical decoding messages with this prefix.
+    Message(String),
+    /// Inserts into the outbox table `Rule::table`.
+    Outbox(outbox::Outbox),
 }
 
 /// What the event catalog shows of a rule.
@@ -140,6 +153,8 @@ pub struct RuleSet {
     rules: Vec<Rule>,
     stats: Vec<RuleStats>,
     by_table: HashMap<TableName, Vec<usize>>,
+    /// Message rules per prefix.
+    by_prefix: HashMap<String, Vec<usize>>,
     env: Arc<Env>,
     dlq_topic: Arc<str>,
     warnings: Vec<String>,
@@ -179,14 +194,20 @@ impl RuleSet {
         }
         let uses_tx = rules.iter().any(|r| r.reads_tx);
         let mut by_table: HashMap<TableName, Vec<usize>> = HashMap::new();
+        let mut by_prefix: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, r) in rules.iter().enumerate() {
-            by_table.entry(r.table.clone()).or_default().push(i);
+            match (&r.kind, &r.table) {
+                (Kind::Message(prefix), _) => by_prefix.entry(prefix.clone()).or_default().push(i),
+                (_, Some(table)) => by_table.entry(table.clone()).or_default().push(i),
+                (_, None) => {}
+            }
         }
         let dlq_topic = config.kafka.dlq_topic.clone().unwrap_or_else(|| format!("{}.dlq", config.changes.topic_prefix));
         Ok(RuleSet {
             stats: vec![RuleStats::default(); rules.len()],
             rules,
             by_table,
+            by_prefix,
             env,
             dlq_topic: dlq_topic.into(),
             warnings,
@@ -209,9 +230,13 @@ impl RuleSet {
         let mut items = Vec::new();
         for (i, rule) in self.rules.iter().enumerate() {
             let title = format!("events[{i}] {} v{}", rule.name, rule.version);
-            let Some(info) = catalog.tables.get(&rule.table) else { continue };
-            let unknown: Vec<&str> = rule
-                .columns_read
+            let Some(table) = &rule.table else { continue };
+            let Some(info) = catalog.tables.get(table) else { continue };
+            let needed: Vec<String> = match &rule.kind {
+                Kind::Outbox(ob) => ob.columns(),
+                _ => rule.columns_read.clone(),
+            };
+            let unknown: Vec<&str> = needed
                 .iter()
                 .filter(|c| !info.columns.iter().any(|x| &x.name == *c))
                 .map(String::as_str)
@@ -221,7 +246,7 @@ impl RuleSet {
                 items.push(CheckItem {
                     status: Status::Fail,
                     title: title.clone(),
-                    detail: format!("reads column(s) {} that {} does not have", unknown.join(", "), rule.table),
+                    detail: format!("reads column(s) {} that {table} does not have", unknown.join(", ")),
                     fix: Some(format!("use one of: {}", known.join(", "))),
                 });
                 continue;
@@ -232,14 +257,14 @@ impl RuleSet {
                     title: title.clone(),
                     detail: format!(
                         "reads `old` on update, but {} does not have REPLICA IDENTITY FULL: updates arrive without the old row and the rule fails for them (→ {})",
-                        rule.table,
+                        table,
                         match rule.on_error { OnError::Dlq => "DLQ", OnError::Fail => "stop", OnError::Skip => "skipped" }
                     ),
-                    fix: Some(format!("ALTER TABLE {} REPLICA IDENTITY FULL;", rule.table.quoted())),
+                    fix: Some(format!("ALTER TABLE {} REPLICA IDENTITY FULL;", table.quoted())),
                 });
                 continue;
             }
-            items.push(CheckItem { status: Status::Ok, title, detail: format!("{} → {}", rule.table, rule.topic), fix: None });
+            items.push(CheckItem { status: Status::Ok, title, detail: format!("{table} → {}", rule.topic_text()), fix: None });
         }
         items
     }
@@ -250,13 +275,24 @@ impl RuleSet {
         self.rules
             .iter()
             .map(|r| {
-                let cols = columns(&r.table);
+                let cols = r.table.as_ref().and_then(|t| columns(t));
                 RuleDescription {
-                    event_type: r.name.clone(),
+                    event_type: match &r.kind {
+                        Kind::Outbox(ob) => format!("{} (eventType from column {})", r.name, ob.r#type),
+                        _ => r.name.clone(),
+                    },
                     version: r.version,
-                    topic: r.topic.to_string(),
-                    key: r.key.source.clone(),
-                    table: r.table.to_string(),
+                    topic: r.topic_text(),
+                    key: match (&r.key, &r.kind) {
+                        (Some(k), _) => k.source.clone(),
+                        (None, Kind::Outbox(ob)) => format!("column {}", ob.aggregateid),
+                        (None, _) => String::new(),
+                    },
+                    table: match (&r.kind, &r.table) {
+                        (Kind::Message(prefix), _) => format!("logical messages with prefix {prefix}"),
+                        (_, Some(t)) => t.to_string(),
+                        (_, None) => String::new(),
+                    },
                     on: r.ops.iter().map(|o| o.as_str()).collect(),
                     when: r.when.as_ref().map(|w| w.source.clone()),
                     encoding: match r.encoding {
@@ -303,27 +339,62 @@ impl RuleSet {
         if matching == 0 {
             return Ok(0);
         }
-        let correlation = self.correlation_id(source, change);
+        let correlation = self.correlation_id(source, &change.tx);
         // The CEL maps are built on first use: rules made of column references never need them.
         let env = self.env.clone();
-        let lazy = LazyContext { env: &env, change, with_tx: self.uses_tx, mask: mask.as_deref(), cell: OnceCell::new() };
+        let input = Input::Change(change);
+        let lazy = LazyContext { env: &env, input, with_tx: self.uses_tx, mask: mask.as_deref(), cell: OnceCell::new() };
         for &i in indices.iter() {
             if !self.rules[i].ops.contains(&change.op) {
                 continue;
             }
             let mut bufs = std::mem::take(&mut self.bufs);
-            let result = self.rules[i].event(&lazy, change, source, &correlation, &mut bufs);
+            let rule = &self.rules[i];
+            let result = match &rule.kind {
+                Kind::Outbox(ob) => ob.event(rule, &lazy, change, source, &correlation, &mut bufs),
+                _ => rule.event(&lazy, source, &correlation, &mut bufs),
+            };
             self.bufs = bufs;
-            match result {
-                Ok(Some(record)) => {
-                    self.stats[i].events += 1;
-                    out.push(record);
-                }
-                Ok(None) => {}
-                Err(reason) => self.fail(i, change, source, &reason, out)?,
-            }
+            self.settle(i, result, input, source, out)?;
         }
         Ok(matching)
+    }
+
+    /// Runs the message rules of `message`'s prefix; appends events (and DLQ records) to `out`. Returns how many
+    /// rules matched the prefix.
+    pub fn apply_message(&mut self, message: &LogicalMessage, source: &SourceInfo, out: &mut Vec<Record>) -> Result<usize, RuleFailure> {
+        let Some(indices) = self.by_prefix.get(&message.prefix).cloned() else { return Ok(0) };
+        let correlation = self.correlation_id(source, &message.tx);
+        let env = self.env.clone();
+        let input = Input::Message(message);
+        let lazy = LazyContext { env: &env, input, with_tx: self.uses_tx, mask: None, cell: OnceCell::new() };
+        for &i in &indices {
+            let mut bufs = std::mem::take(&mut self.bufs);
+            let result = self.rules[i].event(&lazy, source, &correlation, &mut bufs);
+            self.bufs = bufs;
+            self.settle(i, result, input, source, out)?;
+        }
+        Ok(indices.len())
+    }
+
+    /// Counts an event, or handles a failure as the rule's `on_error` says.
+    fn settle(
+        &mut self,
+        i: usize,
+        result: Result<Option<Record>, String>,
+        input: Input<'_>,
+        source: &SourceInfo,
+        out: &mut Vec<Record>,
+    ) -> Result<(), RuleFailure> {
+        match result {
+            Ok(Some(record)) => {
+                self.stats[i].events += 1;
+                out.push(record);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(reason) => self.fail(i, input, source, &reason, out),
+        }
     }
 
     /// Indices of the rules of `table` and which columns CEL reads (`None` = all), cached per relation (a pointer
@@ -345,35 +416,41 @@ impl RuleSet {
         (rules, mask)
     }
 
-    /// The default `correlationId` of `change`'s transaction, computed once per transaction.
-    fn correlation_id(&mut self, source: &SourceInfo, change: &Change) -> Arc<str> {
+    /// The default `correlationId` of a transaction, computed once per transaction.
+    fn correlation_id(&mut self, source: &SourceInfo, tx: &TxMeta) -> Arc<str> {
         match &self.correlation {
-            Some((lsn, id)) if *lsn == change.tx.commit_lsn => id.clone(),
+            Some((lsn, id)) if *lsn == tx.commit_lsn => id.clone(),
             _ => {
-                let id: Arc<str> = envelope::correlation_id(source, &change.tx).to_string().into();
-                self.correlation = Some((change.tx.commit_lsn, id.clone()));
+                let id: Arc<str> = envelope::correlation_id(source, tx).to_string().into();
+                self.correlation = Some((tx.commit_lsn, id.clone()));
                 id
             }
         }
     }
 
-    fn fail(&mut self, i: usize, change: &Change, source: &SourceInfo, reason: &str, out: &mut Vec<Record>) -> Result<(), RuleFailure> {
+    fn fail(&mut self, i: usize, input: Input<'_>, source: &SourceInfo, reason: &str, out: &mut Vec<Record>) -> Result<(), RuleFailure> {
         let rule = &self.rules[i];
-        let table = change.table.qualified_name();
+        let (table, lsn, op) = match input {
+            Input::Change(c) => (c.table.qualified_name(), c.lsn, c.op.as_str()),
+            Input::Message(m) => (format!("message {}", m.prefix), m.lsn, "message"),
+        };
         match rule.on_error {
-            OnError::Fail => Err(RuleFailure { rule: rule.name.clone(), table, lsn: change.lsn, reason: reason.to_string() }),
+            OnError::Fail => Err(RuleFailure { rule: rule.name.clone(), table, lsn, reason: reason.to_string() }),
             OnError::Skip => {
                 self.stats[i].skipped += 1;
-                tracing::warn!(rule = %rule.name, table, lsn = %change.lsn, "rule failed; change skipped (on_error: skip): {reason}");
+                tracing::warn!(rule = %rule.name, table, lsn = %lsn, "rule failed; change skipped (on_error: skip): {reason}");
                 Ok(())
             }
             OnError::Dlq => {
                 self.stats[i].dlq += 1;
-                tracing::warn!(rule = %rule.name, table, lsn = %change.lsn, topic = %self.dlq_topic, "rule failed; change sent to the DLQ: {reason}");
-                let (key, payload) = match encode::raw_change(change, source) {
-                    Ok(kp) => kp,
-                    // Not even the raw change encodes: the DLQ record carries the reason and the position.
-                    Err(e) => (None, format!("{{\"error\":\"raw change not encodable: {}\"}}", e.to_string().replace('"', "'")).into_bytes()),
+                tracing::warn!(rule = %rule.name, table, lsn = %lsn, topic = %self.dlq_topic, "rule failed; change sent to the DLQ: {reason}");
+                let (key, payload) = match input {
+                    Input::Change(change) => match encode::raw_change(change, source) {
+                        Ok(kp) => kp,
+                        // Not even the raw change encodes: the DLQ record carries the reason and the position.
+                        Err(e) => (None, format!("{{\"error\":\"raw change not encodable: {}\"}}", e.to_string().replace('"', "'")).into_bytes()),
+                    },
+                    Input::Message(m) => (None, message_json(m, source)),
                 };
                 out.push(Record {
                     topic: self.dlq_topic.clone(),
@@ -384,14 +461,44 @@ impl RuleSet {
                         ("dlq-error", HeaderValue::Owned(reason.to_string())),
                         ("dlq-rule", HeaderValue::Owned(format!("{} v{}", rule.name, rule.version))),
                         ("source-table", HeaderValue::Owned(table)),
-                        ("source-lsn", HeaderValue::Owned(change.lsn.to_string())),
-                        ("op", HeaderValue::Static(change.op.as_str())),
+                        ("source-lsn", HeaderValue::Owned(lsn.to_string())),
+                        ("op", HeaderValue::Static(op)),
                     ],
                 });
                 Ok(())
             }
         }
     }
+}
+
+impl Rule {
+    /// The topic, or the topic template of an outbox rule.
+    fn topic_text(&self) -> String {
+        match &self.kind {
+            Kind::Outbox(ob) => ob.topic_template().to_string(),
+            _ => self.topic.to_string(),
+        }
+    }
+}
+
+/// A logical decoding message as JSON for the DLQ: prefix, content (embedded when it is JSON), position.
+fn message_json(m: &LogicalMessage, source: &SourceInfo) -> Vec<u8> {
+    use crate::postgres::value::write_json_string;
+    let mut out = Vec::with_capacity(m.content.len() + 200);
+    out.extend_from_slice(b"{\"op\":\"message\",\"prefix\":");
+    write_json_string(&mut out, &m.prefix);
+    out.extend_from_slice(b",\"content\":");
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&m.content).is_ok() {
+        out.extend_from_slice(&m.content);
+    } else {
+        write_json_string(&mut out, &String::from_utf8_lossy(&m.content));
+    }
+    out.extend_from_slice(b",\"source\":{\"system\":");
+    write_json_string(&mut out, &source.system);
+    out.extend_from_slice(b",\"database\":");
+    write_json_string(&mut out, &source.database);
+    out.extend_from_slice(format!(",\"lsn\":\"{}\",\"commitLsn\":\"{}\",\"txId\":{}}}}}", m.lsn, m.tx.commit_lsn, m.tx.xid).as_bytes());
+    out
 }
 
 #[cfg(test)]

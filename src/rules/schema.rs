@@ -9,16 +9,25 @@
 use cel::common::ast::{operators, EntryExpr, Expr, LiteralValue};
 use serde_json::{json, Map, Value as Json};
 
-use super::{Data, Field, Rule};
+use super::{Data, Field, Kind, Rule};
 use crate::postgres::control::ColumnType;
 use crate::postgres::value::{array_element_type, oid};
 
 /// The JSON Schema document of `rule`'s `data`. `columns`: the table's columns from the catalog (`None` offline).
 pub fn data_schema(rule: &Rule, columns: Option<&[ColumnType]>) -> Json {
-    let mut schema = match &rule.data {
-        Data::Fields(fields) => fields_schema(fields, columns),
-        Data::All | Data::Columns(_) | Data::Exclude(_) => selection_schema(&rule.data, columns),
+    let mut schema = match (&rule.kind, &rule.data) {
+        // The outbox payload column: its own schema (jsonb: any JSON).
+        (Kind::Outbox(ob), _) => columns
+            .and_then(|cols| cols.iter().find(|c| c.name == ob.payload))
+            .map(column_schema)
+            .unwrap_or_else(|| json!({})),
+        (Kind::Message(_), Data::All) => json!({}),
+        (_, Data::Fields(fields)) => fields_schema(fields, columns),
+        (_, Data::All | Data::Columns(_) | Data::Exclude(_)) => selection_schema(&rule.data, columns),
     };
+    if schema == json!({}) {
+        schema = json!({"description": "any JSON"});
+    }
     if let Json::Object(m) = &mut schema {
         let mut root = Map::new();
         root.insert("$schema".into(), json!("https://json-schema.org/draft/2020-12/schema"));

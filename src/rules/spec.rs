@@ -16,18 +16,30 @@ pub struct RuleSpec {
     /// Event version (`eventVersion`); bump it when `data` changes incompatibly. Default 1.
     #[serde(default = "default_version")]
     pub version: u32,
-    /// Source table, as in `source.tables`.
-    pub table: String,
+    /// Source table, as in `source.tables` (a table rule). Exactly one of `table`, `message`, `outbox`.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// Prefix of transactional logical decoding messages (`pg_logical_emit_message(true, prefix, content)`) this
+    /// rule turns into events (a message rule). CEL sees `content` (parsed JSON, or the text), `prefix`, `tx`.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// An outbox table with Debezium's outbox semantics (an outbox rule).
+    #[serde(default)]
+    pub outbox: Option<OutboxSpec>,
     /// Which row operations trigger the rule; default all row operations (insert, update, delete, read).
     #[serde(default)]
     pub on: Option<OneOrMany<OpName>>,
     /// CEL condition over `new`, `old`, `op`, `table`, `tx`; default: always.
     #[serde(default)]
     pub when: Option<String>,
-    /// CEL expression for the event key (Kafka key): a string or an integer, never null.
-    pub key: String,
-    /// Kafka topic for the events.
-    pub topic: String,
+    /// CEL expression for the event key (Kafka key): a string or an integer, never null. Required for table and
+    /// message rules; an outbox rule's key is the `aggregateid` column.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Kafka topic for the events. For an outbox rule a template over `{aggregatetype}`, default
+    /// `outbox.event.{aggregatetype}` (Debezium's default).
+    #[serde(default)]
+    pub topic: Option<String>,
     /// The event's `data`: a map of field → CEL expression (nested maps allowed), or a column selection
     /// `{columns: [a, b]}` / `{exclude: [c]}` from the new row (the old row for deletes). Default: every column.
     #[serde(default)]
@@ -46,6 +58,48 @@ pub struct RuleSpec {
     /// `event_defaults.on_error`, else `dlq`.
     #[serde(default)]
     pub on_error: Option<OnError>,
+}
+
+/// `outbox:` of a rule: the table and its column names (Debezium's by default).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxSpec {
+    /// The outbox table, as in `source.tables`. Its inserts become events; updates and deletes are ignored.
+    pub table: String,
+    /// Column with the event id (`eventId`; uuid or text or integer).
+    #[serde(default = "col_id")]
+    pub id: String,
+    /// Column naming the aggregate type (fills `{aggregatetype}` of the topic template).
+    #[serde(default = "col_aggregatetype")]
+    pub aggregatetype: String,
+    /// Column with the aggregate id (the Kafka key and `key`).
+    #[serde(default = "col_aggregateid")]
+    pub aggregateid: String,
+    /// Column with the event type (`eventType`).
+    #[serde(default = "col_type")]
+    pub r#type: String,
+    /// Column with the payload (`data`): jsonb/json published as JSON, not as an escaped string.
+    #[serde(default = "col_payload")]
+    pub payload: String,
+    /// Further columns sent as Kafka headers (name = column name, value = its text).
+    #[serde(default)]
+    pub headers: Vec<String>,
+}
+
+fn col_id() -> String {
+    "id".into()
+}
+fn col_aggregatetype() -> String {
+    "aggregatetype".into()
+}
+fn col_aggregateid() -> String {
+    "aggregateid".into()
+}
+fn col_type() -> String {
+    "type".into()
+}
+fn col_payload() -> String {
+    "payload".into()
 }
 
 fn default_version() -> u32 {

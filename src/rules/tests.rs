@@ -363,3 +363,104 @@ events:
     // ce_ headers are CloudEvents' own.
     assert!(compile_error("  - {name: A, table: public.orders, key: new.id, topic: t, headers: {ce_id: '1'}}\n").starts_with("events[0].headers.ce_id"));
 }
+
+fn outbox_table() -> Arc<Table> {
+    let col = |name: &str, type_oid: u32, is_key: bool| Column { name: name.into(), type_oid, type_modifier: -1, is_key };
+    Arc::new(Table {
+        oid: 16400,
+        schema: "public".into(),
+        name: "customers".into(),
+        columns: vec![
+            col("id", oid::UUID, true),
+            col("aggregatetype", oid::TEXT, false),
+            col("aggregateid", oid::TEXT, false),
+            col("type", oid::TEXT, false),
+            col("payload", oid::JSONB, false),
+            col("tenant", oid::TEXT, false),
+        ],
+        replica_identity: b'd',
+    })
+}
+
+#[test]
+fn outbox_rows_become_events_with_their_own_id_type_key_and_payload() {
+    let mut r = rules("  - {name: ShopOutbox, outbox: {table: public.customers, headers: [tenant]}}\n");
+    let id = "7f1c3b8e-2d4a-4c7e-9a10-3e5b7d9f1a2c";
+    let mut change = update(None, vec![text(id), text("Order Line"), text("42"), text("OrderCreated"), text(r#"{"total": 12.5}"#), text("acme")], 0);
+    change.op = Op::Insert;
+    change.table = outbox_table();
+    let mut out = Vec::new();
+    r.apply(&change, &source(), &mut out).unwrap();
+    assert_eq!(out.len(), 1, "{:?}", out.first().map(|r| r.header("dlq-error")));
+    let e = json(&out[0]);
+    assert_eq!(&*out[0].topic, "outbox.event.Order_Line", "template over aggregatetype, sanitized");
+    assert_eq!(out[0].key.as_deref(), Some(&b"42"[..]));
+    assert_eq!(e["eventId"], id);
+    assert_eq!(e["eventType"], "OrderCreated");
+    assert_eq!(e["data"], serde_json::json!({"total": 12.5}), "payload as JSON, not an escaped string");
+    assert_eq!(out[0].header("tenant"), Some("acme"));
+    // Deleting outbox rows (cleanup) publishes nothing.
+    change.op = Op::Delete;
+    out.clear();
+    r.apply(&change, &source(), &mut out).unwrap();
+    assert!(out.is_empty());
+    for (bad, key) in [
+        ("  - {name: A, outbox: {table: public.customers}, key: new.id}\n", "events[0].key"),
+        ("  - {name: A, outbox: {table: public.customers}, topic: 'a b {aggregatetype}'}\n", "events[0].topic"),
+        ("  - {name: A, outbox: {table: public.nope}}\n", "events[0].outbox.table"),
+        ("  - {name: A, table: public.orders, message: x, key: '1', topic: t}\n", "events[0].table"),
+        ("  - {name: A, message: pay, key: string(new.id), topic: t}\n", "events[0].message"),
+        ("  - {name: A, message: pay, key: content.id, on: insert, topic: t}\n", "events[0].on"),
+        ("  - {name: A, table: public.orders, topic: t}\n", "events[0].key"),
+    ] {
+        let err = compile_error(bad);
+        assert!(err.starts_with(key), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn logical_messages_become_events_and_failures_go_to_the_dlq() {
+    let mut r = rules(
+        r#"
+  - name: PaymentCaptured
+    message: payments
+    when: content.kind == 'capture'
+    key: content.paymentId
+    topic: shop.payments
+    data: {paymentId: content.paymentId, amount: content.amount, at: tx.commitTime}
+  - {name: PaymentNoted, message: payments, key: prefix, topic: shop.notes}
+"#,
+    );
+    let tx = Arc::new(TxMeta { xid: 9, commit_lsn: Lsn(0x2000), commit_time_us: 1_795_334_400_000_000 });
+    let msg = |content: &str, position| crate::change::LogicalMessage {
+        prefix: "payments".into(),
+        content: Bytes::copy_from_slice(content.as_bytes()),
+        lsn: Lsn(0x1F00),
+        position,
+        tx: tx.clone(),
+    };
+    let mut out = Vec::new();
+    r.apply_message(&msg(r#"{"kind": "capture", "paymentId": "p-1", "amount": 12}"#, 0), &source(), &mut out).unwrap();
+    assert_eq!(out.len(), 2);
+    let e = json(&out[0]);
+    assert_eq!(e["eventType"], "PaymentCaptured");
+    assert_eq!(e["key"], "p-1");
+    assert_eq!(e["data"], serde_json::json!({"paymentId": "p-1", "amount": 12, "at": "2026-11-22T08:00:00Z"}));
+    assert_eq!(e["source"]["op"], "message");
+    assert_eq!(e["source"]["prefix"], "payments");
+    assert_eq!(e["source"]["table"], serde_json::Value::Null);
+    assert_eq!(json(&out[1])["data"], serde_json::json!({"kind": "capture", "paymentId": "p-1", "amount": 12}));
+
+    // Not JSON: `content` is the text; the first rule fails (a string has no fields) → DLQ with the message.
+    out.clear();
+    r.apply_message(&msg("plain text", 1), &source(), &mut out).unwrap();
+    assert_eq!(out.len(), 2);
+    assert_eq!(&*out[0].topic, "ficus.dlq");
+    assert_eq!(json(&out[0])["content"], "plain text");
+    assert_eq!(out[0].header("op"), Some("message"));
+    assert_eq!(json(&out[1])["data"], "plain text");
+    // Other prefixes: no rule.
+    let mut other = msg("{}", 2);
+    other.prefix = "audit".into();
+    assert_eq!(r.apply_message(&other, &source(), &mut Vec::new()).unwrap(), 0);
+}

@@ -139,6 +139,11 @@ fn datum_to_val<'a>(type_oid: u32, bytes: &'a [u8], binary: bool, scratch: &mut 
     Box::<dyn Val>::try_from(value).map_err(|e| e.to_string())
 }
 
+/// Arbitrary JSON (a logical message's content) as a CEL value.
+pub fn json_value(json: &serde_json::Value) -> Value {
+    json_to_cel(json, 0)
+}
+
 /// `json` as a CEL value; `type_oid` (the column type, or an array's element type) turns ISO timestamp strings
 /// into CEL timestamps.
 fn json_to_cel(json: &serde_json::Value, type_oid: u32) -> Value {

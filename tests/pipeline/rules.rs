@@ -413,3 +413,44 @@ async fn catalog_types_data_from_the_database() {
     assert_eq!(code, Some(2));
     assert!(err.contains("--offline"), "{err}");
 }
+
+/// An outbox table and `pg_logical_emit_message` through PostgreSQL and the broker, in transaction order.
+#[tokio::test(flavor = "multi_thread")]
+async fn outbox_rows_and_logical_messages_become_events() {
+    let ddl = "CREATE TABLE outbox (id uuid PRIMARY KEY, aggregatetype text NOT NULL, aggregateid text NOT NULL, \
+               type text NOT NULL, payload jsonb NOT NULL, tenant text);";
+    let s = Setup::new("outbox", ddl).await;
+    let cfg = s.config(&["public.outbox"]).replace("changes:\n  tables: ['*']", "changes:\n  tables: []")
+        + &format!(
+            "events:\n  - {{name: Outbox, outbox: {{table: public.outbox, headers: [tenant]}}, topic: '{p}.{{aggregatetype}}'}}\n  \
+             - {{name: PaymentCaptured, message: payments, key: content.paymentId, topic: {p}.payments, \
+             data: {{paymentId: content.paymentId, amount: content.amount}}}}\n",
+            p = s.prefix
+        );
+    let mut f = Ficus::start(&cfg);
+    f.wait_for_log("streaming", WAIT);
+    s.sql(
+        "BEGIN;
+         INSERT INTO outbox VALUES ('7f1c3b8e-2d4a-4c7e-9a10-3e5b7d9f1a2c', 'order', '42', 'OrderCreated', '{\"total\": 12.5, \"lines\": [1, 2]}', 'acme');
+         SELECT pg_logical_emit_message(true, 'payments', '{\"paymentId\": \"p-9\", \"amount\": 1250}');
+         DELETE FROM outbox;
+         COMMIT;",
+    )
+    .await;
+    let orders = s.kafka.consume_all(&format!("{}.order", s.prefix), 1, WAIT).await;
+    assert_eq!(orders.len(), 1, "{}", f.log());
+    let e = &values(&orders)[0];
+    assert_eq!(e["eventId"], "7f1c3b8e-2d4a-4c7e-9a10-3e5b7d9f1a2c");
+    assert_eq!(e["eventType"], "OrderCreated");
+    assert_eq!(e["data"], json!({"total": 12.5, "lines": [1, 2]}));
+    assert_eq!(orders[0].key.as_deref(), Some(&b"42"[..]));
+    assert_eq!(header(&orders[0], "tenant"), Some("acme"));
+    let payments = s.kafka.consume_all(&format!("{}.payments", s.prefix), 1, WAIT).await;
+    assert_eq!(payments.len(), 1, "{}", f.log());
+    let p = &values(&payments)[0];
+    assert_eq!(p["data"], json!({"paymentId": "p-9", "amount": 1250}));
+    assert_eq!(p["source"]["op"], "message");
+    assert_eq!(p["correlationId"], e["correlationId"], "same transaction");
+    assert_eq!(payments[0].key.as_deref(), Some(&b"p-9"[..]));
+    assert_eq!(f.terminate().code(), Some(0));
+}
