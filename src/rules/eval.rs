@@ -177,6 +177,15 @@ pub(super) fn build_record(
 }
 
 impl Rule {
+    /// Whether the rule's `when` holds (true without one).
+    pub(super) fn fires(&self, ctx: &LazyContext<'_>) -> Result<bool, String> {
+        let Some(when) = &self.when else { return Ok(true) };
+        match eval(when, ctx)? {
+            Value::Bool(b) => Ok(b),
+            other => Err(format!("{}: must be true or false, got a {:?}", when.key, other.type_of())),
+        }
+    }
+
     /// The event this rule derives from the change or message, `None` when `when` is false, `Err(reason)` on
     /// failure.
     pub(super) fn event(
@@ -186,12 +195,8 @@ impl Rule {
         default_correlation: &Arc<str>,
         bufs: &mut Buffers,
     ) -> Result<Option<Record>, String> {
-        if let Some(when) = &self.when {
-            match eval(when, ctx)? {
-                Value::Bool(true) => {}
-                Value::Bool(false) => return Ok(None),
-                other => return Err(format!("{}: must be true or false, got a {:?}", when.key, other.type_of())),
-            }
+        if !self.fires(ctx)? {
+            return Ok(None);
         }
         let Some(key_expr) = &self.key else { return Err("the rule has no key".into()) };
         let key = eval_text(key_expr, ctx, &mut bufs.scratch).map_err(|e| e.replacen(": ", ": the key ", 1))?;

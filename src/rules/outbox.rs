@@ -56,16 +56,11 @@ impl Outbox {
         default_correlation: &Arc<str>,
         bufs: &mut Buffers,
     ) -> Result<Option<Record>, String> {
-        if let Some(when) = &rule.when {
-            match eval::eval(when, ctx)? {
-                Value::Bool(true) => {}
-                Value::Bool(false) => return Ok(None),
-                other => return Err(format!("{}: must be true or false, got a {:?}", when.key, other.type_of())),
-            }
+        if !rule.fires(ctx)? {
+            return Ok(None);
         }
         let text = |col: &str, scratch: &mut Vec<u8>| -> Result<String, String> {
-            let (i, json) = column_json(change, col, scratch)?;
-            let _ = i;
+            let (_, json) = column_json(change, col, scratch)?;
             match serde_json::from_slice::<serde_json::Value>(json) {
                 Ok(serde_json::Value::String(s)) => Ok(s),
                 Ok(serde_json::Value::Number(n)) => Ok(n.to_string()),
