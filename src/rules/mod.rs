@@ -155,6 +155,8 @@ pub struct RuleSet {
     by_table: HashMap<TableName, Vec<usize>>,
     /// Message rules per prefix.
     by_prefix: HashMap<String, Vec<usize>>,
+    /// librdkafka's `message.max.bytes`: a larger event goes to the DLQ instead of stopping the pipeline.
+    max_message_bytes: usize,
     env: Arc<Env>,
     dlq_topic: Arc<str>,
     warnings: Vec<String>,
@@ -208,6 +210,12 @@ impl RuleSet {
             rules,
             by_table,
             by_prefix,
+            max_message_bytes: config
+                .kafka
+                .properties
+                .get("message.max.bytes")
+                .and_then(|v| v.to_string().parse().ok())
+                .unwrap_or(1_000_000),
             env,
             dlq_topic: dlq_topic.into(),
             warnings,
@@ -388,6 +396,18 @@ impl RuleSet {
     ) -> Result<(), RuleFailure> {
         match result {
             Ok(Some(record)) => {
+                // librdkafka would refuse it (and stop the pipeline): the DLQ takes the change instead. Headers
+                // and framing count towards the limit too, hence the margin.
+                let size = record.payload.len()
+                    + record.key.as_ref().map_or(0, Vec::len)
+                    + record.headers.iter().map(|(k, v)| k.len() + v.as_str().len()).sum::<usize>();
+                if size + 512 > self.max_message_bytes {
+                    let reason = format!(
+                        "the event is {size} bytes, more than message.max.bytes ({}) allows; raise kafka.properties.message.max.bytes and the topic's max.message.bytes, or make data smaller",
+                        self.max_message_bytes
+                    );
+                    return self.fail(i, input, source, &reason, out);
+                }
                 self.stats[i].events += 1;
                 out.push(record);
                 Ok(())

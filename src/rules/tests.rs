@@ -464,3 +464,19 @@ fn logical_messages_become_events_and_failures_go_to_the_dlq() {
     other.prefix = "audit".into();
     assert_eq!(r.apply_message(&other, &source(), &mut Vec::new()).unwrap(), 0);
 }
+
+#[test]
+fn an_event_larger_than_message_max_bytes_goes_to_the_dlq() {
+    let cfg = format!("{}{}", BASE.replace("  brokers: 127.0.0.1:9092\n", "  brokers: 127.0.0.1:9092\n  properties: {message.max.bytes: 2000}\n"),
+        "  - {name: OrderNoted, table: public.orders, key: string(new.id), topic: t, data: {notes: new.notes}}\n");
+    let mut r = RuleSet::compile(&Config::from_yaml(&cfg, &|_| None).unwrap()).unwrap();
+    let mut big = row("1", "P");
+    big[5] = text(&"x".repeat(3000));
+    let mut out = Vec::new();
+    r.apply(&update(None, big, 0), &source(), &mut out).unwrap();
+    assert_eq!(&*out[0].topic, "ficus.dlq");
+    assert!(out[0].header("dlq-error").unwrap().contains("message.max.bytes"), "{:?}", out[0].header("dlq-error"));
+    out.clear();
+    r.apply(&update(None, row("1", "P"), 1), &source(), &mut out).unwrap();
+    assert_eq!(&*out[0].topic, "t", "small events pass");
+}
