@@ -392,6 +392,13 @@ async fn sink_loop(
         Ok(())
     }
     .await;
+    for d in router.dropped() {
+        tracing::info!(table = %d.table, count = d.count, "changes no rule turned into an event and not published as raw changes (dropped on purpose)");
+    }
+    for (i, rule) in router.rules().rules().iter().enumerate() {
+        let st = router.rules().stats(i);
+        tracing::info!(rule = %rule.name, version = rule.version, events = st.events, dlq = st.dlq, skipped = st.skipped, "rule counts");
+    }
     if result.is_err() {
         stop.cancel();
         // Keep draining so the source never blocks on a full channel while it shuts down.

@@ -193,6 +193,49 @@ mod tests {
     use super::*;
 
     #[test]
+    fn changes_nothing_publishes_are_counted_per_table() {
+        use crate::change::{Column, Datum, Op, Table, TxMeta};
+        let config = Config::from_yaml(
+            "source: {url: 'postgres://x@h/db', tables: [public.a, public.b]}\nkafka: {brokers: 'k:9092'}\n\
+             changes: {tables: [public.a]}\nevents:\n  - {name: BInserted, table: public.b, on: insert, key: string(new.id), topic: t}\n",
+            &|_| None,
+        )
+        .unwrap();
+        let rules = RuleSet::compile(&config).unwrap();
+        let source = SourceInfo { system: "1".into(), database: "db".into(), slot: "s".into() };
+        let mut router = Router::new(&config, source, rules);
+        let table = |oid, name: &str| {
+            Arc::new(Table {
+                oid,
+                schema: "public".into(),
+                name: name.into(),
+                columns: vec![Column { name: "id".into(), type_oid: 23, type_modifier: -1, is_key: true }],
+                replica_identity: b'd',
+            })
+        };
+        let tx = Arc::new(TxMeta { xid: 1, commit_lsn: crate::lsn::Lsn(9), commit_time_us: 0 });
+        let change = |t: &Arc<Table>, op| Change {
+            op,
+            table: t.clone(),
+            before: None,
+            before_is_key_only: false,
+            after: Some(vec![Datum::Text(bytes::Bytes::from_static(b"1"))]),
+            lsn: crate::lsn::Lsn(1),
+            position: 0,
+            tx: tx.clone(),
+        };
+        let (a, b) = (table(1, "a"), table(2, "b"));
+        let mut out = Vec::new();
+        router.route(&change(&a, Op::Update), &mut out).unwrap(); // raw change
+        router.route(&change(&b, Op::Insert), &mut out).unwrap(); // event
+        router.route(&change(&b, Op::Update), &mut out).unwrap(); // nothing: dropped
+        router.route(&change(&b, Op::Update), &mut out).unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(router.dropped(), vec![Dropped { table: Arc::from("public.b"), count: 2 }]);
+        assert_eq!(router.rules().stats(0).events, 1);
+    }
+
+    #[test]
     fn topic_names_are_sanitized() {
         assert_eq!(change_topic("ficus", "legacy", "Order Lines"), "ficus.legacy.Order_Lines");
         assert_eq!(change_topic("ficus", "public", "orders"), "ficus.public.orders");
