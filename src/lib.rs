@@ -26,6 +26,8 @@
 //! - [`pipeline`]: wires the stages with bounded channels and one shutdown token; `run(config, shutdown)`.
 //! - [`check`]: `ficus check`, the preflight report.
 //! - [`catalog`]: `ficus catalog`, the event catalog with JSON Schemas.
+//! - [`health`]: the HTTP endpoints (`/healthz`, `/readyz`, `/metrics`, `/status`) and the state behind them.
+//! - [`metrics`]: metric names and the Prometheus recorder.
 
 pub mod catalog;
 pub mod change;
@@ -35,6 +37,8 @@ pub mod config;
 pub mod encode;
 pub mod kafka;
 pub mod lsn;
+pub mod metrics;
+pub mod health;
 pub mod pipeline;
 pub mod postgres;
 pub mod progress;

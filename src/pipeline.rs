@@ -26,6 +26,7 @@ use crate::postgres::conninfo::ConnInfo;
 use crate::postgres::value_binary;
 use crate::postgres::control::{self, ControlError, Report};
 use crate::postgres::replication::{ReplicationConnection, ReplicationError};
+use crate::health::Health;
 use crate::progress::Progress;
 use crate::router::{Record, Router};
 use crate::rules::RuleSet;
@@ -53,6 +54,17 @@ pub enum PipelineError {
 }
 
 impl PipelineError {
+    /// The `kind` label of `ficus_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PipelineError::Config(_) | PipelineError::Preflight(_) => "config",
+            PipelineError::Control(_) | PipelineError::Postgres(_) | PipelineError::Source(_) => "replication",
+            PipelineError::Sink(_) => "delivery",
+            PipelineError::Checkpoint(_) => "checkpoint",
+            PipelineError::Route { .. } => "rule",
+        }
+    }
+
     /// 2 for configuration and preflight problems (fix and rerun), 1 for runtime failures.
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -96,6 +108,33 @@ fn replication_error(e: ReplicationError) -> PipelineError {
 
 /// Runs the pipeline until `shutdown` is cancelled (returns `Ok`) or a stage fails.
 pub async fn run(config: Config, options: RunOptions, shutdown: CancellationToken) -> Result<(), PipelineError> {
+    let health = Health::new(crate::metrics::install());
+    let server_stop = CancellationToken::new();
+    let server = match config.health.listen {
+        Some(addr) => Some(
+            crate::health::serve(addr, health.clone(), server_stop.clone())
+                .await
+                .map_err(|e| PipelineError::Config(format!("health.listen: cannot listen on {addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    let result = run_with(&config, &options, &shutdown, &health).await;
+    match &result {
+        Err(e) => {
+            metrics::counter!(crate::metrics::ERRORS, "kind" => e.kind()).increment(1);
+            health.set_fatal(e.to_string());
+        }
+        Ok(()) => health.set_streaming(false),
+    }
+    server_stop.cancel();
+    if let Some(server) = server {
+        let _ = server.await;
+    }
+    result
+}
+
+async fn run_with(config: &Config, options: &RunOptions, shutdown: &CancellationToken, health: &Arc<Health>) -> Result<(), PipelineError> {
+    let config = config.clone();
     let info = ConnInfo::parse(&config.source.url).map_err(|e| PipelineError::Config(format!("source.url: {e}")))?;
     tracing::info!(url = %info.redacted(), slot = %config.source.slot, "connecting to PostgreSQL");
     let (client, connection) = info.connect_control().await.map_err(|e| {
@@ -126,21 +165,33 @@ pub async fn run(config: Config, options: RunOptions, shutdown: CancellationToke
     }
 
     let mut binary = binary_values_possible(&config, &catalog);
-    let result = loop {
-        let session = stream_session(&config, &info, &client, catalog.clone(), &options, &shutdown, binary).await;
-        match session {
-            Err(PipelineError::Source(SourceError::NeedsTextValues { table, column, type_oid })) if binary => {
-                tracing::warn!(
-                    table,
-                    column,
-                    type_oid,
-                    "a captured column's type has no binary mapping (the table changed); restarting the stream with text values"
-                );
-                binary = false;
-                wait_for_slot_release(&client, &config.source.slot).await?;
+    let sessions = async {
+        let mut first = true;
+        loop {
+            if !std::mem::replace(&mut first, false) {
+                metrics::counter!(crate::metrics::RECONNECTS).increment(1);
             }
-            other => break other,
+            let session = stream_session(&config, &info, &client, catalog.clone(), options, shutdown, binary, health).await;
+            health.set_streaming(false);
+            match session {
+                Err(PipelineError::Source(SourceError::NeedsTextValues { table, column, type_oid })) if binary => {
+                    tracing::warn!(
+                        table,
+                        column,
+                        type_oid,
+                        "a captured column's type has no binary mapping (the table changed); restarting the stream with text values"
+                    );
+                    binary = false;
+                    wait_for_slot_release(&client, &config.source.slot).await?;
+                }
+                other => break other,
+            }
         }
+    };
+    let monitor_slot = if options.output == Output::DryRun { None } else { Some(config.source.slot.as_str()) };
+    let result = tokio::select! {
+        r = sessions => r,
+        () = monitor_server(&client, monitor_slot, health) => unreachable!("the monitor runs until the sessions end"),
     };
     drop(client);
     connection.abort();
@@ -189,6 +240,7 @@ async fn stream_session(
     options: &RunOptions,
     shutdown: &CancellationToken,
     binary: bool,
+    health: &Arc<Health>,
 ) -> Result<(), PipelineError> {
     let mut repl = ReplicationConnection::connect(info).await.map_err(replication_error)?;
     let system = repl.identify_system().await.map_err(replication_error)?;
@@ -223,10 +275,12 @@ async fn stream_session(
     };
 
     let progress = Arc::new(Progress::new(start));
+    let mut probe = None;
     let sink = match options.output {
         Output::Kafka => {
             let sink = KafkaSink::new(&config.kafka, progress.clone())?;
             wait_for_broker(&sink, &config.kafka.brokers, shutdown).await?;
+            probe = Some(sink.clone());
             Sink::Kafka(sink)
         }
         Output::Null => Sink::Null,
@@ -251,6 +305,15 @@ async fn stream_session(
         .await
         .map_err(replication_error)?;
     tracing::info!(slot = %slot_name, lsn = %start, system = %system.systemid, binary_values = binary, "streaming");
+    health.update(|s| {
+        s.slot = slot_name.clone();
+        s.database = database.clone();
+        s.system = system.systemid.clone();
+    });
+    if probe.is_none() {
+        health.set_broker(None);
+    }
+    health.set_streaming(true);
 
     let source_info = SourceInfo { system: system.systemid.clone(), database: database.clone(), slot: config.source.slot.clone() };
     let rules = RuleSet::compile(config).map_err(|e| PipelineError::Config(e.to_string()))?;
@@ -261,7 +324,8 @@ async fn stream_session(
     let stop = shutdown.child_token();
     let (tx, rx) = mpsc::channel::<Batch>(64);
 
-    let sink_task = tokio::spawn(sink_loop(rx, router, sink, progress.clone(), stop.clone()));
+    let sink_task = tokio::spawn(sink_loop(rx, router, sink, progress.clone(), stop.clone(), health.clone()));
+    let reporter = tokio::spawn(report_loop(health.clone(), progress.clone(), probe, stop.clone()));
     let checkpoint_task = store.map(|store| {
         let writer = CheckpointWriter {
             store,
@@ -284,6 +348,7 @@ async fn stream_session(
     .with_binary_values(binary);
     let source_result = source.run(stop.clone()).await;
     stop.cancel();
+    let _ = reporter.await;
 
     let sink_result = sink_task.await.unwrap_or_else(|e| Err(PipelineError::Postgres(format!("sink task: {e}"))));
     let flushed = progress.flushed();
@@ -348,16 +413,22 @@ async fn sink_loop(
     mut sink: Sink,
     progress: Arc<Progress>,
     stop: CancellationToken,
+    health: Arc<Health>,
 ) -> Result<(), PipelineError> {
+    let mut reported = std::time::Instant::now();
     let result = async {
         let mut records: Vec<Record> = Vec::with_capacity(4);
         let mut current = None;
+        let mut commit_time_us = 0i64;
         while let Some(batch) = rx.recv().await {
             for event in batch {
                 match event {
                     // A dry run confirms nothing: its transactions never enter the progress tracker.
                     SourceEvent::Begin(_) if matches!(sink, Sink::Print(_)) => current = Some(crate::progress::TxSeq(0)),
-                    SourceEvent::Begin(_) => current = Some(progress.begin()),
+                    SourceEvent::Begin(meta) => {
+                        current = Some(progress.begin());
+                        commit_time_us = meta.commit_time_us;
+                    }
                     SourceEvent::Change(change) => {
                         let tx = current.ok_or_else(|| PipelineError::Route { lsn: change.lsn, message: "change outside a transaction".into() })?;
                         records.clear();
@@ -379,7 +450,7 @@ async fn sink_loop(
                             current = None;
                             std::io::Write::flush(out).map_err(|e| PipelineError::Route { lsn: end_lsn, message: format!("writing to stdout: {e}") })?;
                         } else if let Some(tx) = current.take() {
-                            progress.commit(tx, end_lsn);
+                            progress.commit_at(tx, end_lsn, commit_time_us);
                         }
                     }
                     SourceEvent::Idle(at) => progress.idle(at),
@@ -388,10 +459,16 @@ async fn sink_loop(
             if let Some(f) = progress.failure() {
                 return Err(PipelineError::Sink(SinkError::Delivery(f)));
             }
+            // Counts for /status, at most four times a second.
+            if reported.elapsed() >= Duration::from_millis(250) {
+                reported = std::time::Instant::now();
+                publish_counts(&health, &router, commit_time_us);
+            }
         }
         Ok(())
     }
     .await;
+    publish_counts(&health, &router, 0);
     for d in router.dropped() {
         tracing::info!(table = %d.table, count = d.count, "changes no rule turned into an event and not published as raw changes (dropped on purpose)");
     }
@@ -414,6 +491,88 @@ async fn sink_loop(
         return Err(PipelineError::Sink(SinkError::Delivery(f)));
     }
     result
+}
+
+/// Per-table and per-rule counts (and the last event time) into `/status`.
+fn publish_counts(health: &Health, router: &Router, last_commit_us: i64) {
+    let tables = router.table_counts();
+    let rules = router.rules().counts();
+    health.update(|s| {
+        s.dlq_records = rules.iter().map(|r| r.dlq).sum();
+        s.tables = tables;
+        s.rules = rules;
+        if last_commit_us > 0 {
+            let mut t = Vec::with_capacity(27);
+            crate::postgres::value::write_unix_micros(&mut t, last_commit_us);
+            s.last_event_time = String::from_utf8(t).ok();
+        }
+    });
+}
+
+/// Every second while streaming: flushed LSN, lag in seconds, producer queue, broker reachability.
+async fn report_loop(health: Arc<Health>, progress: Arc<Progress>, probe: Option<KafkaSink>, stop: CancellationToken) {
+    let mut tick = 0u64;
+    loop {
+        let flushed = progress.flushed();
+        let lag = progress.lag_seconds();
+        let queue = probe.as_ref().map_or(0, |p| p.in_flight().max(0) as u64);
+        metrics::gauge!(crate::metrics::FLUSHED_LSN).set(flushed.0 as f64);
+        metrics::gauge!(crate::metrics::LAG_SECONDS).set(lag);
+        metrics::gauge!(crate::metrics::PRODUCER_QUEUE).set(queue as f64);
+        health.update(|s| {
+            s.flushed_lsn = Some(flushed.to_string());
+            s.lag_seconds = lag;
+            s.producer_queue = queue;
+        });
+        if let (Some(p), 0) = (&probe, tick % 2) {
+            match p.probe(Duration::from_secs(2)).await {
+                Ok(_) => health.set_broker(None),
+                Err(e) => health.set_broker(Some(e.to_string())),
+            }
+        }
+        health.upkeep();
+        tick += 1;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Every two seconds until dropped: the slot's lag and retained WAL as the server sees them.
+async fn monitor_server(client: &tokio_postgres::Client, slot: Option<&str>, health: &Health) {
+    loop {
+        if let Some(slot) = slot {
+            let row = client
+                .query_opt(
+                    "SELECT pg_current_wal_lsn()::text, (pg_current_wal_lsn() - confirmed_flush_lsn)::int8, \
+                     (pg_current_wal_lsn() - restart_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await;
+            match row {
+                Ok(Some(r)) => {
+                    let wal: Option<String> = r.get(0);
+                    let lag: Option<i64> = r.get(1);
+                    let retained: Option<i64> = r.get(2);
+                    if let Some(l) = lag {
+                        metrics::gauge!(crate::metrics::LAG_BYTES).set(l as f64);
+                    }
+                    if let Some(w) = retained {
+                        metrics::gauge!(crate::metrics::RETAINED_WAL).set(w as f64);
+                    }
+                    health.update(|s| {
+                        s.server_wal_lsn = wal;
+                        s.lag_bytes = lag.map(|l| l.max(0) as u64);
+                        s.retained_wal_bytes = retained.map(|w| w.max(0) as u64);
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e, "reading the slot's lag"),
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 /// Hands the records of one change or message to the sink, in order.
@@ -493,6 +652,7 @@ impl CheckpointWriter {
             written_at: chrono::Utc::now().to_rfc3339(),
         })?;
         self.written = lsn;
+        metrics::gauge!(crate::metrics::CHECKPOINT_LSN).set(lsn.0 as f64);
         tracing::debug!(lsn = %lsn, "checkpoint written");
         Ok(())
     }

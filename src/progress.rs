@@ -19,6 +19,10 @@ use tokio::sync::{watch, Notify};
 
 use crate::lsn::Lsn;
 
+fn now_us() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
 /// Identifies a registered transaction (its position in the stream).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TxSeq(pub u64);
@@ -28,6 +32,8 @@ struct Pending {
     outstanding: u64,
     /// `None` until the commit was seen.
     end: Option<Lsn>,
+    /// Commit time of the source transaction (Unix µs), for the commit → ack latency; `None` for idle positions.
+    commit_time_us: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -54,7 +60,13 @@ impl Progress {
     pub fn new(start: Lsn) -> Progress {
         let (flushed, _) = watch::channel(start);
         Progress {
-            inner: Mutex::new(Inner { base: 0, pending: VecDeque::new(), flushed: start, in_flight: 0, failure: None }),
+            inner: Mutex::new(Inner {
+                base: 0,
+                pending: VecDeque::new(),
+                flushed: start,
+                in_flight: 0,
+                failure: None,
+            }),
             flushed,
             acked: Notify::new(),
         }
@@ -95,7 +107,7 @@ impl Progress {
     pub fn begin(&self) -> TxSeq {
         let mut inner = self.lock();
         let seq = inner.base + inner.pending.len() as u64;
-        inner.pending.push_back(Pending { outstanding: 0, end: None });
+        inner.pending.push_back(Pending { outstanding: 0, end: None, commit_time_us: None });
         TxSeq(seq)
     }
 
@@ -147,6 +159,27 @@ impl Progress {
         self.advance(&mut inner);
     }
 
+    /// [`Progress::commit`] of a source transaction committed at `commit_time_us` (Unix µs): when it flushes, the
+    /// commit → ack latency is recorded.
+    pub fn commit_at(&self, tx: TxSeq, end: Lsn, commit_time_us: i64) {
+        let mut inner = self.lock();
+        if let Some(p) = Self::slot(&mut inner, tx) {
+            p.commit_time_us = Some(commit_time_us);
+        }
+        drop(inner);
+        self.commit(tx, end);
+    }
+
+    /// Seconds since the commit of the oldest transaction not yet acknowledged completely (0 when none).
+    pub fn lag_seconds(&self) -> f64 {
+        let inner = self.lock();
+        let oldest = inner.pending.iter().find_map(|p| p.commit_time_us);
+        match oldest {
+            Some(us) => ((now_us() - us) as f64 / 1e6).max(0.0),
+            None => 0.0,
+        }
+    }
+
     /// A server WAL position seen while no transaction was open (see module docs).
     pub fn idle(&self, at: Lsn) {
         let tx = self.begin();
@@ -166,6 +199,9 @@ impl Progress {
         while let Some(front) = inner.pending.front() {
             match front.end {
                 Some(end) if front.outstanding == 0 => {
+                    if let Some(us) = front.commit_time_us {
+                        metrics::histogram!(crate::metrics::COMMIT_ACK_LATENCY).record(((now_us() - us) as f64 / 1e6).max(0.0));
+                    }
                     inner.flushed = inner.flushed.max(end);
                     inner.pending.pop_front();
                     inner.base += 1;

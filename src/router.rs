@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::change::Change;
+use crate::change::{Change, Op};
 use crate::config::{ChangeEncoding, Config, TableName};
 use crate::encode::{self, SourceInfo};
 use crate::rules::{RuleFailure, RuleSet};
@@ -65,6 +65,10 @@ struct Route {
     topic: Option<Arc<str>>,
     /// `schema.table`, for the `source-table` header.
     qualified: Arc<str>,
+    /// `ficus_changes_received_total{table, op}` per op (insert, update, delete, truncate, read), created once.
+    received: [metrics::Counter; 5],
+    raw_events: metrics::Counter,
+    dropped_counter: metrics::Counter,
 }
 
 /// Changes of one table that produced no record.
@@ -101,6 +105,18 @@ pub struct Router {
     rules: RuleSet,
     /// Per `schema.table`: changes dropped on purpose.
     dropped: HashMap<Arc<str>, u64>,
+    /// Per `schema.table`: changes received.
+    received: HashMap<Arc<str>, u64>,
+}
+
+fn op_index(op: Op) -> usize {
+    match op {
+        Op::Insert => 0,
+        Op::Update => 1,
+        Op::Delete => 2,
+        Op::Truncate => 3,
+        Op::Read => 4,
+    }
 }
 
 impl Router {
@@ -114,7 +130,20 @@ impl Router {
             routes: HashMap::new(),
             rules,
             dropped: HashMap::new(),
+            received: HashMap::new(),
         }
+    }
+
+    /// Changes received and dropped on purpose so far, per `schema.table` (or `message <prefix>`).
+    pub fn table_counts(&self) -> std::collections::BTreeMap<String, crate::health::TableCounts> {
+        let mut out: std::collections::BTreeMap<String, crate::health::TableCounts> = std::collections::BTreeMap::new();
+        for (t, n) in &self.received {
+            out.entry(t.to_string()).or_default().changes = *n;
+        }
+        for (t, n) in &self.dropped {
+            out.entry(t.to_string()).or_default().dropped = *n;
+        }
+        out
     }
 
     /// The compiled rules and their counters.
@@ -140,7 +169,15 @@ impl Router {
             let name = TableName { schema: t.schema.clone(), name: t.name.clone() };
             let publish = self.changes_tables.iter().any(|x| x == "*" || TableName::parse(x).as_ref() == Ok(&name));
             let topic = publish.then(|| Arc::from(change_topic(&self.prefix, &t.schema, &t.name)));
-            self.routes.insert(t.oid, Route { table: t.clone(), topic, qualified: Arc::from(t.qualified_name()) });
+            let qualified = t.qualified_name();
+            let received = [Op::Insert, Op::Update, Op::Delete, Op::Truncate, Op::Read]
+                .map(|op| metrics::counter!(crate::metrics::CHANGES, "table" => qualified.clone(), "op" => op.as_str()));
+            let raw_events = metrics::counter!(crate::metrics::RAW_EVENTS, "table" => qualified.clone());
+            let dropped_counter = metrics::counter!(crate::metrics::DROPPED, "table" => qualified.clone());
+            self.routes.insert(
+                t.oid,
+                Route { table: t.clone(), topic, qualified: Arc::from(qualified), received, raw_events, dropped_counter },
+            );
         } else if let Some(r) = self.routes.get_mut(&t.oid) {
             // A new Relation message with the same name: keep the decision, remember the new Arc.
             r.table = t.clone();
@@ -162,8 +199,12 @@ impl Router {
     pub fn route(&mut self, change: &Change, out: &mut Vec<Record>) -> Result<(), RouteError> {
         let start = out.len();
         let route = self.route_for(change);
+        route.received[op_index(change.op)].increment(1);
         let qualified = route.qualified.clone();
-        if let Some(topic) = route.topic.clone() {
+        let (raw_events, dropped_counter, topic) = (route.raw_events.clone(), route.dropped_counter.clone(), route.topic.clone());
+        *self.received.entry(qualified.clone()).or_insert(0) += 1;
+        if let Some(topic) = topic {
+            raw_events.increment(1);
             let (key, payload) = match self.encoding {
                 ChangeEncoding::Json => encode::raw_change(change, &self.source)?,
                 ChangeEncoding::Debezium => encode::debezium::change(change, &self.source, &self.prefix)?,
@@ -182,6 +223,7 @@ impl Router {
         }
         self.rules.apply(change, &self.source, out)?;
         if out.len() == start {
+            dropped_counter.increment(1);
             *self.dropped.entry(qualified).or_insert(0) += 1;
         }
         Ok(())
@@ -194,7 +236,7 @@ mod tests {
 
     #[test]
     fn changes_nothing_publishes_are_counted_per_table() {
-        use crate::change::{Column, Datum, Op, Table, TxMeta};
+        use crate::change::{Column, Datum, Table, TxMeta};
         let config = Config::from_yaml(
             "source: {url: 'postgres://x@h/db', tables: [public.a, public.b]}\nkafka: {brokers: 'k:9092'}\n\
              changes: {tables: [public.a]}\nevents:\n  - {name: BInserted, table: public.b, on: insert, key: string(new.id), topic: t}\n",

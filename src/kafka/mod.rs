@@ -162,6 +162,7 @@ fn hint(err: &KafkaError) -> &'static str {
 }
 
 /// The producer. Cheap to share by reference; sends in call order.
+#[derive(Clone)]
 pub struct KafkaSink {
     producer: ThreadedProducer<SinkContext>,
     progress: Arc<Progress>,

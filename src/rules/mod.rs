@@ -100,6 +100,9 @@ pub struct Rule {
     cel_whole_row: bool,
     /// Columns CEL reads (only these are converted for the CEL maps).
     cel_columns: Vec<String>,
+    /// `ficus_events_total{event_type, version}` and `ficus_dlq_records_total{rule}` of this rule.
+    events_counter: metrics::Counter,
+    dlq_counter: metrics::Counter,
 }
 
 /// What a rule turns into events.
@@ -329,6 +332,21 @@ impl RuleSet {
         &self.rules
     }
 
+    /// Every rule's counts, for `/status`.
+    pub fn counts(&self) -> Vec<crate::health::RuleCounts> {
+        self.rules
+            .iter()
+            .zip(&self.stats)
+            .map(|(r, st)| crate::health::RuleCounts {
+                name: r.name.clone(),
+                version: r.version,
+                events: st.events,
+                dlq: st.dlq,
+                skipped: st.skipped,
+            })
+            .collect()
+    }
+
     /// Counters of rule `i`.
     pub fn stats(&self, i: usize) -> RuleStats {
         self.stats.get(i).copied().unwrap_or_default()
@@ -409,6 +427,7 @@ impl RuleSet {
                     return self.fail(i, input, source, &reason, out);
                 }
                 self.stats[i].events += 1;
+                self.rules[i].events_counter.increment(1);
                 out.push(record);
                 Ok(())
             }
@@ -463,6 +482,7 @@ impl RuleSet {
             }
             OnError::Dlq => {
                 self.stats[i].dlq += 1;
+                rule.dlq_counter.increment(1);
                 tracing::warn!(rule = %rule.name, table, lsn = %lsn, topic = %self.dlq_topic, "rule failed; change sent to the DLQ: {reason}");
                 let (key, payload) = match input {
                     Input::Change(change) => match encode::raw_change(change, source) {

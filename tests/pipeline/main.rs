@@ -5,6 +5,7 @@
 mod support;
 
 mod core;
+mod ops;
 mod rules;
 
 use std::path::PathBuf;

@@ -1,0 +1,84 @@
+//! Metric names (all `ficus_`, units in the name, counters end in `_total`) and the Prometheus recorder.
+//!
+//! Stages record through the `metrics` facade; handles for labelled counters are created once per relation or rule
+//! and cached, so the per-change cost is an atomic add. docs/operations.md lists every metric with its meaning and
+//! the alerts to set.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Row changes received, by `table` and `op`.
+pub const CHANGES: &str = "ficus_changes_received_total";
+/// Changes that produced no record (no rule matched, raw changes not published for the table), by `table`.
+pub const DROPPED: &str = "ficus_changes_dropped_total";
+/// Business events handed to Kafka, by `event_type` and `version`.
+pub const EVENTS: &str = "ficus_events_total";
+/// Raw change events handed to Kafka, by `table`.
+pub const RAW_EVENTS: &str = "ficus_raw_events_total";
+/// Records sent to the dead-letter topic, by `rule`.
+pub const DLQ: &str = "ficus_dlq_records_total";
+/// Errors, by `kind` (`delivery`, `replication`, `rule`, `checkpoint`).
+pub const ERRORS: &str = "ficus_errors_total";
+/// Server WAL end − confirmed flush position of the slot, bytes.
+pub const LAG_BYTES: &str = "ficus_replication_lag_bytes";
+/// Now − commit time of the last transaction Kafka acknowledged completely, seconds (0 when nothing is pending).
+pub const LAG_SECONDS: &str = "ficus_replication_lag_seconds";
+/// WAL the slot retains on the server (`pg_current_wal_lsn() - restart_lsn`), bytes.
+pub const RETAINED_WAL: &str = "ficus_slot_retained_wal_bytes";
+/// Commit of a source transaction → Kafka acknowledged all its records, seconds.
+pub const COMMIT_ACK_LATENCY: &str = "ficus_commit_to_ack_seconds";
+/// Messages librdkafka holds (queued or in flight).
+pub const PRODUCER_QUEUE: &str = "ficus_producer_queue_messages";
+/// The flushed (confirmed) LSN, as a number.
+pub const FLUSHED_LSN: &str = "ficus_flushed_lsn";
+/// The last checkpoint written, as an LSN number.
+pub const CHECKPOINT_LSN: &str = "ficus_checkpoint_lsn";
+/// Replication sessions started after the first one (reconnects, restarts in text mode).
+pub const RECONNECTS: &str = "ficus_reconnects_total";
+/// 1 while streaming.
+pub const STREAMING: &str = "ficus_streaming";
+
+/// Installs the Prometheus recorder once per process; later calls return the same handle.
+pub fn install() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(COMMIT_ACK_LATENCY.into()),
+                    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+                )
+                .ok()?;
+            match builder.install_recorder() {
+                Ok(handle) => {
+                    describe();
+                    Some(handle)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics recorder not installed; /metrics will be empty");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(CHANGES, "Row changes received, by table and op");
+    describe_counter!(DROPPED, "Changes that no rule turned into an event and that are not published raw, by table");
+    describe_counter!(EVENTS, "Business events handed to Kafka, by event type and version");
+    describe_counter!(RAW_EVENTS, "Raw change events handed to Kafka, by table");
+    describe_counter!(DLQ, "Records sent to the dead-letter topic, by rule");
+    describe_counter!(ERRORS, "Errors, by kind");
+    describe_gauge!(LAG_BYTES, Unit::Bytes, "Server WAL end minus the slot's confirmed flush position");
+    describe_gauge!(LAG_SECONDS, Unit::Seconds, "Now minus the commit time of the last fully acknowledged transaction");
+    describe_gauge!(RETAINED_WAL, Unit::Bytes, "WAL retained on the server for the slot");
+    describe_histogram!(COMMIT_ACK_LATENCY, Unit::Seconds, "Source commit to Kafka acknowledgement of the whole transaction");
+    describe_gauge!(PRODUCER_QUEUE, "Messages held by the producer");
+    describe_gauge!(FLUSHED_LSN, "Flushed (confirmed) LSN");
+    describe_gauge!(CHECKPOINT_LSN, "Last checkpoint LSN");
+    describe_counter!(RECONNECTS, "Replication sessions started after the first");
+    describe_gauge!(STREAMING, "1 while streaming");
+}

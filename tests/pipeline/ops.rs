@@ -1,0 +1,101 @@
+//! Operating ficus: the HTTP endpoints, metrics, readiness that follows the broker, and secrets kept out of sight.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use crate::support::{free_port, TestKafka};
+use crate::{Ficus, Setup, WAIT};
+
+/// `GET path` on `port`: (status code, body).
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((code, body))
+}
+
+fn wait_for_status(port: u16, path: &str, want: u16, log: &dyn Fn() -> String) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some((code, body)) = get(port, path) {
+            if code == want {
+                return body;
+            }
+        }
+        assert!(Instant::now() < deadline, "{path} never answered {want}; last {:?}\n{}", get(port, path), log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Value of the Prometheus sample whose line starts with `prefix` (name and labels).
+fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn endpoints_report_metrics_status_and_readiness_that_follows_the_broker() {
+    let s = Setup::new("ops_health", "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
+    let kafka = TestKafka::start_dedicated();
+    // A role with a password: the password must never show in the logs or in /status.
+    let secret = "s3cret-Pa55word";
+    s.sql(&format!(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ops_user') THEN \
+         CREATE ROLE ops_user LOGIN REPLICATION PASSWORD '{secret}'; END IF; END $$; \
+         GRANT SELECT ON t TO ops_user;"
+    ))
+    .await;
+    // Least privilege: the publication is created by the owner, ficus only uses it.
+    s.sql(&format!("CREATE PUBLICATION \"{}\" FOR TABLE t", s.prefix)).await;
+    let port = free_port();
+    let url = s.pg.url("ops_user", secret, &s.db);
+    let cfg = Ficus::config(&url, &["public.t"], &s.prefix, &kafka.brokers(), &format!("health:\n  listen: 127.0.0.1:{port}\n"));
+    let f = Ficus::start(&cfg);
+    let log = || f.log();
+    assert_eq!(wait_for_status(port, "/healthz", 200, &log), "ok\n");
+    wait_for_status(port, "/readyz", 200, &log);
+
+    s.sql("INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c'); UPDATE t SET v = 'x' WHERE id = 1;").await;
+    let deadline = Instant::now() + WAIT;
+    let metrics = loop {
+        let (_, m) = get(port, "/metrics").unwrap();
+        if sample(&m, "ficus_changes_received_total{table=\"public.t\",op=\"update\"}") == Some(1.0) {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "metrics never counted the changes:\n{m}\n{}", f.log());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(sample(&metrics, "ficus_changes_received_total{table=\"public.t\",op=\"insert\"}"), Some(3.0));
+    assert_eq!(sample(&metrics, "ficus_raw_events_total{table=\"public.t\"}"), Some(4.0));
+    assert_eq!(sample(&metrics, "ficus_streaming"), Some(1.0));
+    assert!(metrics.contains("ficus_commit_to_ack_seconds_bucket"), "{metrics}");
+
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        let (_, body) = get(port, "/status").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if v["tables"]["public.t"]["changes"] == 4 && v["lagBytes"].is_u64() && v["flushedLsn"].is_string() {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "status never showed the changes: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status["slot"], s.prefix.as_str());
+    assert_eq!(status["database"], s.db.as_str());
+    assert_eq!(status["streaming"], true);
+    assert!(status["lastEventTime"].as_str().unwrap().ends_with('Z'));
+
+    // The broker goes away: not ready (with the reason); it comes back: ready again.
+    kafka.stop();
+    let body = wait_for_status(port, "/readyz", 503, &log);
+    assert!(body.contains("Kafka"), "{body}");
+    assert_eq!(get(port, "/healthz").unwrap().0, 200, "alive all along");
+    kafka.start();
+    wait_for_status(port, "/readyz", 200, &log);
+
+    let everything = format!("{}{}{}", f.log(), get(port, "/status").unwrap().1, get(port, "/metrics").unwrap().1);
+    assert!(!everything.contains(secret), "the password leaked");
+}
