@@ -86,6 +86,11 @@ pub struct SourceConfig {
     /// Seconds between standby status updates (must stay below the server's `wal_sender_timeout / 2`).
     #[serde(default = "default_status_interval_secs")]
     pub status_interval_secs: u64,
+    /// Every this many seconds, write a tiny transactional logical message (`pg_logical_emit_message`, prefix
+    /// `ficus.heartbeat`) so the slot's confirmed position follows the server's WAL even when nothing captured
+    /// changes and the server sends no keepalive. 0 = off (default).
+    #[serde(default)]
+    pub heartbeat_interval_secs: u64,
     /// How pgoutput sends column values: `auto` (default) requests the binary format when every captured column
     /// has a type ficus decodes in binary (cheaper for the walsender, see docs/benchmarks.md), else text;
     /// `text` always requests text.

@@ -189,9 +189,12 @@ async fn run_with(config: &Config, options: &RunOptions, shutdown: &Cancellation
         }
     };
     let monitor_slot = if options.output == Output::DryRun { None } else { Some(config.source.slot.as_str()) };
+    let heartbeat = (config.source.heartbeat_interval_secs > 0 && options.output != Output::DryRun)
+        .then(|| Duration::from_secs(config.source.heartbeat_interval_secs));
     let result = tokio::select! {
         r = sessions => r,
         () = monitor_server(&client, monitor_slot, health) => unreachable!("the monitor runs until the sessions end"),
+        () = heartbeat_loop(&client, heartbeat) => unreachable!("the heartbeat runs until the sessions end"),
     };
     drop(client);
     connection.abort();
@@ -535,6 +538,29 @@ async fn report_loop(health: Arc<Health>, progress: Arc<Progress>, probe: Option
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Prefix of ficus's heartbeat messages (no rule may use it; the router ignores them).
+pub const HEARTBEAT_PREFIX: &str = "ficus.heartbeat";
+
+/// Writes a transactional logical message every `interval` (never when `None`): its commit reaches ficus, is
+/// "acknowledged" at once (no records), and moves the slot's confirmed position to the server's current WAL, so an
+/// idle captured table never pins WAL that other tables write.
+async fn heartbeat_loop(client: &tokio_postgres::Client, interval: Option<Duration>) {
+    let Some(interval) = interval else { return std::future::pending().await };
+    let mut warned = false;
+    loop {
+        tokio::time::sleep(interval).await;
+        let sql = format!("SELECT pg_logical_emit_message(true, '{HEARTBEAT_PREFIX}', now()::text)");
+        match client.simple_query(&sql).await {
+            Ok(_) => warned = false,
+            Err(e) if !warned => {
+                warned = true;
+                tracing::warn!(error = %e, "heartbeat failed (the role needs EXECUTE on pg_logical_emit_message; set source.heartbeat_interval_secs: 0 to turn it off)");
+            }
+            Err(_) => {}
         }
     }
 }

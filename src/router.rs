@@ -187,6 +187,9 @@ impl Router {
 
     /// Records for one transactional logical decoding message (the events of the message rules for its prefix).
     pub fn route_message(&mut self, message: &crate::change::LogicalMessage, out: &mut Vec<Record>) -> Result<(), RouteError> {
+        if message.prefix == crate::pipeline::HEARTBEAT_PREFIX {
+            return Ok(());
+        }
         let start = out.len();
         self.rules.apply_message(message, &self.source, out)?;
         if out.len() == start {

@@ -54,8 +54,11 @@ pub(super) fn compile_rule(
     let (kind, table) = match (&spec.table, &spec.message, &spec.outbox) {
         (Some(t), _, _) => (Kind::Table, Some(parse_table(t, at("table"))?)),
         (_, Some(prefix), _) => {
-            if prefix.is_empty() {
-                return Err(ConfigError::invalid(at("message"), "the prefix given to pg_logical_emit_message, e.g. payments"));
+            if prefix.is_empty() || prefix == crate::pipeline::HEARTBEAT_PREFIX {
+                return Err(ConfigError::invalid(
+                    at("message"),
+                    format!("the prefix given to pg_logical_emit_message, e.g. payments ({} is ficus's own)", crate::pipeline::HEARTBEAT_PREFIX),
+                ));
             }
             (Kind::Message(prefix.clone()), None)
         }
