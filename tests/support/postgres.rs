@@ -20,8 +20,8 @@ const DEFAULT_SETTINGS: &[(&str, &str)] = &[
     ("listen_addresses", "127.0.0.1"),
     ("wal_level", "logical"),
     ("fsync", "off"),
-    ("max_replication_slots", "20"),
-    ("max_wal_senders", "20"),
+    ("max_replication_slots", "64"),
+    ("max_wal_senders", "64"),
     ("wal_sender_timeout", "60s"),
 ];
 

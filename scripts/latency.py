@@ -1,0 +1,213 @@
+#!/usr/bin/env python3
+"""Commit → Kafka latency of ficus at a steady load (issue #5): p50/p95/p99 and a plot.
+
+A fresh PostgreSQL cluster and a local broker (or FICUS_TEST_KAFKA), ficus end to end with raw change events, and a
+workload of `--rate` changes/s (transactions of `--batch` rows, evenly paced) for `--seconds`. A consumer reads every
+event and computes, per event, broker timestamp − the source transaction's commit time (`source.commitTime`). The
+topic is created with `message.timestamp.type=LogAppendTime` so the timestamp is the broker's append time; if the
+broker ignores that, the producer's create time is used and the script says so. ficus's own
+`ficus_commit_to_ack_seconds` histogram (commit → every record acknowledged) is read from /metrics as a cross-check.
+
+Prints the figures next to the target (p99 ≤ 50 ms) and writes a PNG (latency over time + distribution).
+Usage: scripts/latency.sh [--rate 5000] [--seconds 60] [--batch 100] [--png docs/latency.png]
+"""
+
+import argparse
+import datetime
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # noqa: E402  (the cluster and broker helpers of the throughput benchmark)
+
+from confluent_kafka import Consumer, TIMESTAMP_LOG_APPEND_TIME  # noqa: E402
+from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+
+
+def parse_ts(text):
+    # "2026-11-22T08:00:00.123456Z"
+    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+def workload(cluster, rate, batch, seconds, stop):
+    """Writes `rate` rows/s in transactions of `batch` rows through one psql session, paced evenly."""
+    psql = subprocess.Popen(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(cluster.port),
+                             "-U", "postgres", "-d", "bench"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True)
+    interval = batch / rate
+    start = time.monotonic()
+    n = 0
+    while not stop.is_set() and time.monotonic() - start < seconds:
+        due = start + n * interval
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        psql.stdin.write(f"INSERT INTO lat (v) SELECT g FROM generate_series(1, {batch}) g;\n")
+        psql.stdin.flush()
+        n += 1
+    psql.stdin.close()
+    psql.wait()
+    return n * batch
+
+
+def percentile(sorted_values, p):
+    if not sorted_values:
+        return float("nan")
+    k = min(len(sorted_values) - 1, max(0, int(round(p / 100.0 * (len(sorted_values) - 1)))))
+    return sorted_values[k]
+
+
+def histogram_quantiles(metrics_text, name):
+    """p50/p99 upper bounds from a Prometheus histogram's buckets."""
+    buckets = []
+    for line in metrics_text.splitlines():
+        if line.startswith(name + "_bucket{le=\""):
+            le = line.split("le=\"")[1].split("\"")[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+    if not buckets or buckets[-1][1] == 0:
+        return None, None, 0
+    total = buckets[-1][1]
+    q = lambda p: next(le for le, c in buckets if c >= p * total)  # noqa: E731
+    return q(0.5), q(0.99), int(total)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rate", type=int, default=5000, help="changes per second")
+    ap.add_argument("--seconds", type=int, default=60)
+    ap.add_argument("--batch", type=int, default=100, help="rows per transaction")
+    ap.add_argument("--warmup", type=float, default=5.0, help="seconds excluded at the start")
+    ap.add_argument("--binary", default=os.path.join(bench.ROOT, "target/release/ficus"))
+    ap.add_argument("--png", default=os.path.join(bench.ROOT, "docs/latency.png"))
+    a = ap.parse_args()
+
+    cluster = bench.Cluster()
+    broker = None
+    ficus = None
+    try:
+        cluster.psql("CREATE DATABASE bench", db="postgres")
+        cluster.psql("CREATE TABLE lat (id bigserial PRIMARY KEY, v int, ts timestamptz DEFAULT now())")
+        brokers, broker = bench.start_broker()
+        topic = "lat.public.lat"
+        admin = AdminClient({"bootstrap.servers": brokers})
+        fs = admin.create_topics([NewTopic(topic, 1, 1, config={"message.timestamp.type": "LogAppendTime"})])
+        for f in fs.values():
+            try:
+                f.result(10)
+            except Exception as e:  # noqa: BLE001
+                print(f"note: creating {topic} with LogAppendTime: {e}")
+
+        state = tempfile.mkdtemp(prefix="ficus-latency-")
+        port = bench.free_port()
+        cfg = os.path.join(state, "ficus.yaml")
+        with open(cfg, "w") as f:
+            f.write(f"source:\n  url: {cluster.url()}\n  slot: lat\n  publication: lat\n  tables: [public.lat]\n"
+                    f"  status_interval_secs: 1\nkafka:\n  brokers: {brokers}\nstate:\n  dir: {state}\n"
+                    f"changes:\n  tables: ['*']\n  topic_prefix: lat\nhealth:\n  listen: 127.0.0.1:{port}\n")
+        log = open(os.path.join(state, "log"), "w")
+        ficus = subprocess.Popen([a.binary, "run", "--config", cfg], stdout=subprocess.DEVNULL, stderr=log,
+                                 env={**os.environ, "RUST_LOG": "warn"})
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200:
+                    break
+            except Exception:  # noqa: BLE001
+                pass
+            if time.monotonic() > deadline or ficus.poll() is not None:
+                raise RuntimeError("ficus did not become ready; see " + os.path.join(state, "log"))
+            time.sleep(0.2)
+
+        consumer = Consumer({"bootstrap.servers": brokers, "group.id": "latency", "auto.offset.reset": "earliest",
+                             "enable.auto.commit": False, "fetch.wait.max.ms": 10})
+        consumer.subscribe([topic])
+        samples = []  # (commit time, latency s)
+        ts_types = set()
+        stop = threading.Event()
+        result = {}
+        writer = threading.Thread(target=lambda: result.update(rows=workload(cluster, a.rate, a.batch, a.seconds, stop)))
+        t0 = time.time()
+        writer.start()
+        expected = None
+        idle_since = None
+        while True:
+            m = consumer.poll(0.2)
+            if m is None or m.error():
+                if not writer.is_alive():
+                    expected = result.get("rows", 0)
+                    idle_since = idle_since or time.monotonic()
+                    if len(samples) >= expected or time.monotonic() - idle_since > 30:
+                        break
+                continue
+            idle_since = None
+            kind, ts_ms = m.timestamp()
+            ts_types.add(kind)
+            commit = parse_ts(json.loads(m.value())["source"]["commitTime"])
+            samples.append((commit, ts_ms / 1000.0 - commit))
+        consumer.close()
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+        steady = sorted(lat for commit, lat in samples if commit - t0 >= a.warmup)
+        p50, p95, p99 = (percentile(steady, p) * 1000 for p in (50, 95, 99))
+        worst = steady[-1] * 1000 if steady else float("nan")
+        kind = "broker append time" if ts_types == {TIMESTAMP_LOG_APPEND_TIME} else "producer create time"
+        h50, h99, hn = histogram_quantiles(metrics, "ficus_commit_to_ack_seconds")
+        print(f"workload: {expected} changes at {a.rate}/s in transactions of {a.batch} for {a.seconds} s; "
+              f"{len(samples)} events consumed, {len(steady)} after {a.warmup:.0f} s warm-up")
+        print(f"commit -> {kind}: p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms, max {worst:.1f} ms")
+        if h50 is not None:
+            print(f"ficus_commit_to_ack_seconds ({hn} transactions, bucket upper bounds): p50 <= {h50 * 1000:.1f} ms, "
+                  f"p99 <= {h99 * 1000:.1f} ms")
+        print(f"target p99 <= 50 ms: {p99:.1f} ms {'MET' if p99 <= 50 else 'MISSED'}")
+        if len(samples) < (expected or 0):
+            print(f"WARNING: {expected - len(samples)} events not consumed")
+
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+            fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+            xs = [c - t0 for c, _ in samples]
+            ys = [lat * 1000 for _, lat in samples]
+            ax1.plot(xs, ys, ",", alpha=0.5)
+            ax1.axhline(p99, color="red", linestyle="--", label=f"p99 {p99:.1f} ms")
+            ax1.axhline(p50, color="green", linestyle="--", label=f"p50 {p50:.1f} ms")
+            ax1.set_xlabel("commit time (s since start)")
+            ax1.set_ylabel(f"commit -> {kind} (ms)")
+            ax1.set_title(f"ficus latency at {a.rate} changes/s")
+            ax1.legend()
+            ax2.hist([v * 1000 for v in steady], bins=100)
+            ax2.set_xlabel("latency (ms)")
+            ax2.set_ylabel("events")
+            ax2.set_yscale("log")
+            ax2.set_title("distribution (after warm-up)")
+            fig.tight_layout()
+            fig.savefig(a.png, dpi=100)
+            print(f"plot: {a.png}")
+        except ImportError:
+            print("matplotlib missing: no plot")
+    finally:
+        if ficus:
+            ficus.send_signal(signal.SIGTERM)
+            try:
+                ficus.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                ficus.kill()
+        cluster.stop()
+        if broker:
+            try:
+                os.killpg(broker.pid, signal.SIGTERM)
+                broker.wait(timeout=10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(broker.pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Commit -> Kafka latency at a steady load (issue #5): p50/p95/p99 and a PNG plot; see docs/benchmarks.md.
+# Usage: scripts/latency.sh [--rate 5000] [--seconds 60] [--batch 100] [--png docs/latency.png]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-test-deps.sh >/dev/null
+cargo build --release --locked --bin ficus
+if [ ! -x .venv/bench/bin/python ]; then
+    python3 -m venv .venv/bench
+    .venv/bench/bin/pip install -q confluent-kafka matplotlib
+fi
+export FICUS_NOIDA="${FICUS_NOIDA:-$PWD/.venv/noida/bin/noida-db}"
+exec .venv/bench/bin/python scripts/latency.py "$@"
