@@ -235,7 +235,8 @@ async fn the_shop_example_produces_its_business_events() {
         .replace("publication: ficus", &format!("publication: {}", s.prefix))
         .replace("shop.", &format!("{}.", s.prefix))
         .replace("topic_prefix: ficus", &format!("topic_prefix: {}", s.prefix))
-        .replace("./ficus-state", "STATE");
+        .replace("./ficus-state", "STATE")
+        .replace("0.0.0.0:8080", &format!("127.0.0.1:{}", crate::support::free_port()));
     assert!(!cfg.contains("${"), "{cfg}");
     let mut f = Ficus::start(&cfg);
     f.wait_for_log("streaming", WAIT);
