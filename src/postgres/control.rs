@@ -407,6 +407,44 @@ async fn check_publication(
     Ok(())
 }
 
+/// Warns when the slot retains more than 1 GiB of WAL (or more than half of `max_slot_wal_keep_size`), and when no
+/// limit protects the server's disk.
+async fn check_retained_wal(client: &Client, slot: &str, title: &str, report: &mut Report) -> Result<(), ControlError> {
+    let row = client
+        .query_one(
+            "SELECT (SELECT (pg_current_wal_lsn() - restart_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1), \
+             pg_size_bytes(current_setting('max_slot_wal_keep_size')) ",
+            &[&slot],
+        )
+        .await;
+    // pg_size_bytes('-1') fails on some versions; treat any error as "unknown limit".
+    let (retained, limit): (Option<i64>, Option<i64>) = match row {
+        Ok(r) => (r.get(0), r.get(1)),
+        Err(_) => (None, None),
+    };
+    let limit = limit.filter(|l| *l > 0);
+    if let Some(r) = retained {
+        let threshold = limit.map(|l| l / 2).unwrap_or(1 << 30).min(1 << 30);
+        if r > threshold {
+            report.push(
+                Status::Warn,
+                title.to_string(),
+                format!("retains {} MiB of WAL on the server", r >> 20),
+                Some("start ficus (it confirms as it streams), or drop the slot if it is abandoned".into()),
+            );
+        }
+    }
+    if limit.is_none() {
+        report.push(
+            Status::Warn,
+            "max_slot_wal_keep_size",
+            "is unlimited: a slot whose consumer is down keeps WAL until the disk is full",
+            Some("ALTER SYSTEM SET max_slot_wal_keep_size = '10GB';  SELECT pg_reload_conf();".into()),
+        );
+    }
+    Ok(())
+}
+
 async fn check_slot(client: &Client, config: &Config, report: &mut Report) -> Result<(), ControlError> {
     let slot = &config.source.slot;
     let title = format!("replication slot {slot}");
@@ -456,6 +494,7 @@ async fn check_slot(client: &Client, config: &Config, report: &mut Report) -> Re
                 let at = info.confirmed_flush.map(|l| l.to_string()).unwrap_or_else(|| "?".into());
                 report.push(Status::Ok, title, format!("exists, confirmed up to {at}"), None);
             }
+            check_retained_wal(client, slot, &format!("replication slot {slot}"), report).await?;
         }
     }
     let row = client

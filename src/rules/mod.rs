@@ -428,6 +428,13 @@ impl RuleSet {
                 }
                 self.stats[i].events += 1;
                 self.rules[i].events_counter.increment(1);
+                tracing::debug!(
+                    event_type = record.header("event-type").unwrap_or(""),
+                    event_id = record.header("event-id").unwrap_or(""),
+                    correlation_id = record.header("correlation-id").unwrap_or(""),
+                    topic = %record.topic,
+                    "event"
+                );
                 out.push(record);
                 Ok(())
             }
