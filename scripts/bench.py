@@ -43,7 +43,7 @@ def as_pg(cmd):
 
 
 class Cluster:
-    def __init__(self):
+    def __init__(self, synchronous_commit="off"):
         self.dir = tempfile.mkdtemp(prefix="ficus-bench-")
         os.chmod(self.dir, 0o777)
         self.data = os.path.join(self.dir, "data")
@@ -54,7 +54,7 @@ class Cluster:
                               "--locale=C", "-D", self.data]), check=True, stdout=subprocess.DEVNULL)
         opts = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c wal_level=logical -c fsync=off "
                 "-c max_replication_slots=10 -c max_wal_senders=10 -c shared_buffers=512MB -c max_wal_size=4GB "
-                "-c synchronous_commit=off")
+                f"-c synchronous_commit={synchronous_commit}")
         subprocess.run(as_pg([f"{PGBIN}/pg_ctl", "-w", "-D", self.data, "-l", os.path.join(self.dir, "log"),
                               "-o", opts, "start"]), check=True, stdout=subprocess.DEVNULL)
 

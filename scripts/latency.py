@@ -88,7 +88,9 @@ def main():
     ap.add_argument("--png", default=os.path.join(bench.ROOT, "docs/latency.png"))
     a = ap.parse_args()
 
-    cluster = bench.Cluster()
+    # synchronous_commit stays on (PostgreSQL's default): with it off, committed WAL waits for the WAL writer
+    # (wal_writer_delay, 200 ms) before the walsender may send it, which alone adds 0-200 ms to every event.
+    cluster = bench.Cluster(synchronous_commit="on")
     broker = None
     ficus = None
     try:
