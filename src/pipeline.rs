@@ -138,7 +138,11 @@ async fn run_with(config: &Config, options: &RunOptions, shutdown: &Cancellation
     let info = ConnInfo::parse(&config.source.url).map_err(|e| PipelineError::Config(format!("source.url: {e}")))?;
     tracing::info!(url = %info.redacted(), slot = %config.source.slot, "connecting to PostgreSQL");
     let (client, connection) = info.connect_control().await.map_err(|e| {
-        if e.is_configuration_problem() {
+        if e.is_certificate_problem() {
+            PipelineError::Config(format!(
+                "source.url: {e} (check sslrootcert, and that the server certificate names the host of source.url; sslmode=verify-ca checks the CA but not the name)"
+            ))
+        } else if e.is_configuration_problem() {
             PipelineError::Config(format!("source.url: {e} (check user, password, database and pg_hba.conf)"))
         } else {
             PipelineError::Postgres(e.to_string())

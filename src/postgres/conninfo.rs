@@ -124,12 +124,22 @@ impl ControlConnectError {
     pub fn is_configuration_problem(&self) -> bool {
         match self {
             ControlConnectError::Tls(_) => true,
-            ControlConnectError::Postgres { source, .. } => source.as_db_error().is_some_and(|db| {
-                // 28xxx: invalid authorization (wrong password, no hba entry); 3D000: database does not exist.
-                let code = db.code().code();
-                code.starts_with("28") || code == "3D000"
-            }),
+            ControlConnectError::Postgres { source, .. } => {
+                source.as_db_error().is_some_and(|db| {
+                    // 28xxx: invalid authorization (wrong password, no hba entry); 3D000: database does not exist.
+                    let code = db.code().code();
+                    code.starts_with("28") || code == "3D000"
+                }) || self.is_certificate_problem()
+            }
         }
+    }
+}
+
+impl ControlConnectError {
+    /// The server's TLS certificate was refused (unknown CA, wrong host name, expired): a configuration problem.
+    pub fn is_certificate_problem(&self) -> bool {
+        let text = self.to_string();
+        text.contains("invalid peer certificate") || text.contains("certificate verify")
     }
 }
 

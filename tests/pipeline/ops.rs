@@ -164,3 +164,87 @@ async fn an_idle_captured_table_does_not_pin_wal_of_other_tables() {
 async fn writes_in_another_database_do_not_pin_wal_and_the_heartbeat_runs_cleanly() {
     idle_table_next_to_busy_writes("ops_idle_db", 1, true).await;
 }
+
+/// A CA and a server certificate for `localhost` (not for 127.0.0.1), made with openssl, readable by the
+/// PostgreSQL server (which runs as `postgres` when the tests run as root).
+fn make_certs(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let (ca_key, ca, key, csr, crt) = (
+        format!("{name}-ca.key"),
+        format!("{name}-ca.pem"),
+        format!("{name}-server.key"),
+        format!("{name}-server.csr"),
+        format!("{name}-server.pem"),
+    );
+    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &ca_key, "-out", &ca, "-days", "2", "-subj", "/CN=ficus test CA"]);
+    run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", "/CN=localhost"]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost\n").unwrap();
+    run(&["x509", "-req", "-in", &csr, "-CA", &ca, "-CAkey", &ca_key, "-CAcreateserial", "-out", &crt, "-days", "2", "-extfile", "ext.cnf"]);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join(&key), std::fs::Permissions::from_mode(0o600)).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        for f in [&key, &crt] {
+            std::process::Command::new("chown").args(["postgres:postgres", &dir.join(f).display().to_string()]).status().unwrap();
+        }
+    }
+    (dir.join(ca), dir.join(crt), dir.join(key))
+}
+
+/// TLS to PostgreSQL with `sslmode=verify-full` against a private CA, and SCRAM-SHA-256 — for both the control and
+/// the replication connection. A certificate from another CA, or a host name the certificate does not name, is
+/// refused (exit 2) with a message that says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_verify_full_with_a_private_ca_and_scram() {
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (ca, crt, key) = make_certs(dir.path(), "good");
+    let (other_ca, _, _) = make_certs(dir.path(), "other");
+    let pg = crate::support::TestPostgres::start_with(
+        crate::support::PgOptions::default()
+            .setting("ssl", "on")
+            .setting("ssl_cert_file", crt.display().to_string())
+            .setting("ssl_key_file", key.display().to_string())
+            .hba(["hostssl all tls_user 127.0.0.1/32 scram-sha-256", "host all tls_user 127.0.0.1/32 reject"]),
+    );
+    let db = crate::support::unique_db("tls");
+    pg.create_database(&db);
+    pg.execute(&db, "CREATE TABLE t (id int PRIMARY KEY); SET password_encryption = 'scram-sha-256'; \
+                     CREATE ROLE tls_user LOGIN REPLICATION SUPERUSER PASSWORD 'tls-s3cret';")
+        .await;
+    let kafka = TestKafka::shared();
+    let url = |host: &str, mode: &str, root: &std::path::Path| {
+        format!("postgres://tls_user:tls-s3cret@{host}:{}/{db}?sslmode={mode}&sslrootcert={}", pg.port(), root.display())
+    };
+    let prefix = "tls_ok";
+    let cfg = Ficus::config(&url("localhost", "verify-full", &ca), &["public.t"], prefix, &kafka.brokers(), "");
+    let mut f = Ficus::start(&cfg);
+    f.wait_for_log("streaming", WAIT);
+    pg.execute(&db, "INSERT INTO t VALUES (1)").await;
+    assert_eq!(kafka.consume_all(&format!("{prefix}.public.t"), 1, WAIT).await.len(), 1, "{}", f.log());
+    assert_eq!(f.terminate().code(), Some(0));
+    assert!(!f.log().contains("tls-s3cret"));
+
+    // Without TLS the server refuses the role (hostssl only); with the wrong CA or host name ficus refuses the server.
+    for (u, why) in [
+        (url("localhost", "verify-full", &other_ca), "invalid peer certificate"),
+        (url("127.0.0.1", "verify-full", &ca), "invalid peer certificate"),
+        (format!("postgres://tls_user:tls-s3cret@127.0.0.1:{}/{db}?sslmode=disable", pg.port()), "reject"),
+    ] {
+        let mut f = Ficus::start(&Ficus::config(&u, &["public.t"], "tls_bad", &kafka.brokers(), ""));
+        let status = f.wait(WAIT);
+        let log = f.log();
+        assert_eq!(status.code(), Some(2), "{u}: {log}");
+        assert!(log.to_lowercase().contains(why), "{u}: expected {why:?} in:\n{log}");
+        eprintln!("refused as expected: {}", log.lines().find(|l| l.contains("ERROR")).unwrap_or(""));
+        assert!(!log.contains("tls-s3cret"));
+    }
+    // verify-ca checks the chain but not the name: 127.0.0.1 is fine.
+    let mut f = Ficus::start(&Ficus::config(&url("127.0.0.1", "verify-ca", &ca), &["public.t"], "tls_ca", &kafka.brokers(), ""));
+    f.wait_for_log("streaming", WAIT);
+    assert_eq!(f.terminate().code(), Some(0));
+}
