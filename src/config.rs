@@ -352,6 +352,15 @@ pub fn interpolate_env(
         } else if let Some(body) = after.strip_prefix('{') {
             let end = body.find('}').ok_or_else(|| "unterminated ${...}".to_string())?;
             let name = &body[..end];
+            // `${file:/run/secrets/pg-password}`: the file's content without its trailing newline (Docker and
+            // Kubernetes secrets are files).
+            if let Some(path) = name.strip_prefix("file:") {
+                let value = std::fs::read_to_string(path)
+                    .map_err(|e| format!("secret file {path} in ${{file:...}} cannot be read: {e}"))?;
+                out.push_str(value.trim_end_matches(['\n', '\r']));
+                rest = &body[end + 1..];
+                continue;
+            }
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(format!("invalid environment variable name {name:?} in ${{...}}"));
             }
@@ -595,5 +604,11 @@ changes:
         assert!(interpolate_env("${A", &l).is_err());
         assert!(interpolate_env("${B}", &l).is_err());
         assert!(interpolate_env("${A-B}", &l).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("pw");
+        std::fs::write(&secret, "s3cr3t\n").unwrap();
+        assert_eq!(interpolate_env(&format!("u:${{file:{}}}@h", secret.display()), &l).unwrap(), "u:s3cr3t@h");
+        let err = interpolate_env("${file:/nonexistent/pw}", &l).unwrap_err();
+        assert!(err.contains("/nonexistent/pw"), "{err}");
     }
 }
