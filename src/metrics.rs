@@ -12,7 +12,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 pub const CHANGES: &str = "ficus_changes_received_total";
 /// Changes that produced no record (no rule matched, raw changes not published for the table), by `table`.
 pub const DROPPED: &str = "ficus_changes_dropped_total";
-/// Business events handed to Kafka, by `event_type` and `version`.
+/// Business events handed to Kafka, by `event_type`, `version` and `topic` (an outbox rule: its name and topic
+/// template).
 pub const EVENTS: &str = "ficus_events_total";
 /// Raw change events handed to Kafka, by `table`.
 pub const RAW_EVENTS: &str = "ficus_raw_events_total";
@@ -68,7 +69,7 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(CHANGES, "Row changes received, by table and op");
     describe_counter!(DROPPED, "Changes that no rule turned into an event and that are not published raw, by table");
-    describe_counter!(EVENTS, "Business events handed to Kafka, by event type and version");
+    describe_counter!(EVENTS, "Business events handed to Kafka, by event type, version and topic");
     describe_counter!(RAW_EVENTS, "Raw change events handed to Kafka, by table");
     describe_counter!(DLQ, "Records sent to the dead-letter topic, by rule");
     describe_counter!(ERRORS, "Errors, by kind");

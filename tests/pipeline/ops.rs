@@ -52,7 +52,11 @@ async fn endpoints_report_metrics_status_and_readiness_that_follows_the_broker()
     s.sql(&format!("CREATE PUBLICATION \"{}\" FOR TABLE t", s.prefix)).await;
     let port = free_port();
     let url = s.pg.url("ops_user", secret, &s.db);
-    let cfg = Ficus::config(&url, &["public.t"], &s.prefix, &kafka.brokers(), &format!("health:\n  listen: 127.0.0.1:{port}\n"));
+    let events = format!(
+        "events:\n  - {{name: RowAdded, table: public.t, on: insert, key: string(new.id), topic: {}.events}}\n",
+        s.prefix
+    );
+    let cfg = Ficus::config(&url, &["public.t"], &s.prefix, &kafka.brokers(), &format!("health:\n  listen: 127.0.0.1:{port}\n{events}"));
     let f = Ficus::start(&cfg);
     let log = || f.log();
     assert_eq!(wait_for_status(port, "/healthz", 200, &log), "ok\n");
@@ -74,6 +78,8 @@ async fn endpoints_report_metrics_status_and_readiness_that_follows_the_broker()
     assert_eq!(sample(&metrics, "ficus_changes_received_total{table=\"public.t\",op=\"insert\"}"), Some(3.0));
     assert_eq!(sample(&metrics, "ficus_raw_events_total{table=\"public.t\"}"), Some(4.0));
     assert_eq!(sample(&metrics, "ficus_streaming"), Some(1.0));
+    let events = format!("ficus_events_total{{event_type=\"RowAdded\",version=\"1\",topic=\"{}.events\"}}", s.prefix);
+    assert_eq!(sample(&metrics, &events), Some(3.0), "{metrics}");
     assert!(metrics.contains("ficus_commit_to_ack_seconds_bucket{le=\"0.05\"}"), "{metrics}");
 
     let deadline = Instant::now() + WAIT;
@@ -89,6 +95,8 @@ async fn endpoints_report_metrics_status_and_readiness_that_follows_the_broker()
     assert_eq!(status["slot"], s.prefix.as_str());
     assert_eq!(status["database"], s.db.as_str());
     assert_eq!(status["streaming"], true);
+    assert_eq!(status["rules"][0]["name"], "RowAdded");
+    assert_eq!(status["rules"][0]["events"], 3);
     assert!(status["lastEventTime"].as_str().unwrap().ends_with('Z'));
 
     // The broker goes away: not ready (with the reason); it comes back: ready again.
