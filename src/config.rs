@@ -91,6 +91,10 @@ pub struct SourceConfig {
     /// changes and the server sends no keepalive. 0 = off (default).
     #[serde(default)]
     pub heartbeat_interval_secs: u64,
+    /// Longest wait between reconnection attempts after a transient failure (connection lost, server restart, slot
+    /// busy); waits start at 0.5 s and double, with jitter, up to this. Default 30.
+    #[serde(default = "default_reconnect_max_delay_secs")]
+    pub reconnect_max_delay_secs: u64,
     /// How pgoutput sends column values: `auto` (default) requests the binary format when every captured column
     /// has a type ficus decodes in binary (cheaper for the walsender, see docs/benchmarks.md), else text;
     /// `text` always requests text.
@@ -242,6 +246,9 @@ fn default_slot() -> String {
 }
 fn default_publication() -> String {
     "ficus".into()
+}
+fn default_reconnect_max_delay_secs() -> u64 {
+    30
 }
 fn default_status_interval_secs() -> u64 {
     10

@@ -51,14 +51,30 @@ pub enum PipelineError {
     Checkpoint(#[from] CheckpointError),
     #[error("routing change at {lsn}: {message}")]
     Route { lsn: Lsn, message: String },
+    /// The connection to PostgreSQL broke or the slot is busy: ficus reconnects with backoff.
+    #[error("PostgreSQL: {0}")]
+    Transient(String),
 }
 
 impl PipelineError {
+    /// Worth reconnecting for (connection loss, server restart, slot held by another instance); everything else is
+    /// definite and stops ficus.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PipelineError::Transient(_) => true,
+            PipelineError::Source(e) => e.is_transient(),
+            PipelineError::Control(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+
     /// The `kind` label of `ficus_errors_total`.
     pub fn kind(&self) -> &'static str {
         match self {
             PipelineError::Config(_) | PipelineError::Preflight(_) => "config",
-            PipelineError::Control(_) | PipelineError::Postgres(_) | PipelineError::Source(_) => "replication",
+            PipelineError::Control(_) | PipelineError::Postgres(_) | PipelineError::Source(_) | PipelineError::Transient(_) => {
+                "replication"
+            }
             PipelineError::Sink(_) => "delivery",
             PipelineError::Checkpoint(_) => "checkpoint",
             PipelineError::Route { .. } => "rule",
@@ -102,6 +118,7 @@ fn replication_error(e: ReplicationError) -> PipelineError {
         ReplicationError::Server { sqlstate, .. } if sqlstate.starts_with("28") || sqlstate == "3D000" => {
             PipelineError::Config(format!("source.url: {e}"))
         }
+        _ if e.is_transient() => PipelineError::Transient(e.to_string()),
         _ => PipelineError::Postgres(e.to_string()),
     }
 }
@@ -118,7 +135,7 @@ pub async fn run(config: Config, options: RunOptions, shutdown: CancellationToke
         ),
         None => None,
     };
-    let result = run_with(&config, &options, &shutdown, &health).await;
+    let result = run_with_reconnects(&config, &options, &shutdown, &health).await;
     match &result {
         Err(e) => {
             metrics::counter!(crate::metrics::ERRORS, "kind" => e.kind()).increment(1);
@@ -133,6 +150,47 @@ pub async fn run(config: Config, options: RunOptions, shutdown: CancellationToke
     result
 }
 
+/// Runs until shutdown or a definite error, reconnecting after transient ones (connection loss, server restart,
+/// slot busy) with jittered exponential backoff (0.5 s doubling to `source.reconnect_max_delay_secs`, reset after a
+/// minute of streaming).
+/// Nothing is lost across a reconnect: the stream resumes from the slot's confirmed position, which never passes
+/// what Kafka acknowledged.
+async fn run_with_reconnects(
+    config: &Config,
+    options: &RunOptions,
+    shutdown: &CancellationToken,
+    health: &Arc<Health>,
+) -> Result<(), PipelineError> {
+    let backoff = || {
+        backon::ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(500))
+            .with_max_delay(Duration::from_secs(config.source.reconnect_max_delay_secs.max(1)))
+            .without_max_times()
+            .build()
+    };
+    let mut delays = backoff();
+    loop {
+        let started = std::time::Instant::now();
+        match run_with(config, options, shutdown, health).await {
+            Err(e) if e.is_transient() && !shutdown.is_cancelled() && options.output != Output::DryRun => {
+                if started.elapsed() > Duration::from_secs(60) {
+                    delays = backoff();
+                }
+                let delay = delays.next().unwrap_or(Duration::from_secs(config.source.reconnect_max_delay_secs));
+                metrics::counter!(crate::metrics::RECONNECTS).increment(1);
+                metrics::counter!(crate::metrics::ERRORS, "kind" => e.kind()).increment(1);
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "reconnecting");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn run_with(config: &Config, options: &RunOptions, shutdown: &CancellationToken, health: &Arc<Health>) -> Result<(), PipelineError> {
     let config = config.clone();
     let info = ConnInfo::parse(&config.source.url).map_err(|e| PipelineError::Config(format!("source.url: {e}")))?;
@@ -145,7 +203,8 @@ async fn run_with(config: &Config, options: &RunOptions, shutdown: &Cancellation
         } else if e.is_configuration_problem() {
             PipelineError::Config(format!("source.url: {e} (check user, password, database and pg_hba.conf)"))
         } else {
-            PipelineError::Postgres(e.to_string())
+            // The server is down or unreachable: wait for it.
+            PipelineError::Transient(e.to_string())
         }
     })?;
 
@@ -161,6 +220,12 @@ async fn run_with(config: &Config, options: &RunOptions, shutdown: &Cancellation
         }
     }
     if report.is_blocking() {
+        // The slot held by another process is the one blocker worth waiting for: a second ficus next to a running
+        // one is a hot standby that takes over when the first stops.
+        let failures = report.failures();
+        if failures.iter().all(|f| f.title.starts_with("replication slot ") && f.detail.contains("in use by another process")) {
+            return Err(PipelineError::Transient(format!("{}: {}", failures[0].title, failures[0].detail)));
+        }
         return Err(PipelineError::Preflight(report));
     }
     control::ensure_publication(&client, &config).await?;

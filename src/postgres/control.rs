@@ -28,6 +28,22 @@ pub enum ControlError {
     Invalid(String),
 }
 
+impl ControlError {
+    /// The connection broke (server restart, network, terminated backend): reconnecting may help.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ControlError::Sql { source, .. } => {
+                source.is_closed()
+                    || source.as_db_error().map_or(source.code().is_none(), |db| {
+                        let code = db.code().code();
+                        code.starts_with("08") || code.starts_with("57P0") || code == "53300"
+                    })
+            }
+            ControlError::Invalid(_) => false,
+        }
+    }
+}
+
 fn sql(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> ControlError {
     let context = context.into();
     move |source| ControlError::Sql { context, source }

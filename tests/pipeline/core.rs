@@ -250,11 +250,19 @@ async fn slot_in_use_and_publication_missing_a_table() {
     f.wait_for_log("streaming", WAIT);
     s.sql("INSERT INTO b VALUES (1)").await;
     assert_eq!(s.kafka.consume_all(&s.topic("public", "b"), 1, WAIT).await.len(), 1, "{}", f.log());
-    // A second instance on the same slot is refused with the holder's pid.
+    // A second instance on the same slot waits as a hot standby (saying who holds the slot), and takes over when
+    // the first one stops — nothing lost in between.
     let mut second = Ficus::start(&s.config(&["public.a", "public.b"]));
-    assert_eq!(second.wait(WAIT).code(), Some(2), "{}", second.log());
-    assert!(second.log().contains("in use by another process"), "{}", second.log());
+    second.wait_for_log("in use by another process", WAIT);
+    second.wait_for_log("reconnecting", WAIT);
+    assert!(!second.log().contains("streaming"), "{}", second.log());
     assert_eq!(f.terminate().code(), Some(0));
+    s.sql("INSERT INTO b VALUES (2)").await;
+    second.wait_for_log("streaming", WAIT);
+    let got = values(&s.kafka.consume_all(&s.topic("public", "b"), 2, WAIT).await);
+    assert_eq!(got.len(), 2, "{}", second.log());
+    assert_eq!(got[1]["after"]["id"], 2);
+    assert_eq!(second.terminate().code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -5,6 +5,7 @@
 mod support;
 
 mod core;
+mod faults;
 mod ops;
 mod rules;
 

@@ -1,0 +1,66 @@
+//! Faults the pipeline must ride out without losing a change: the walsender terminated, PostgreSQL restarted,
+//! PostgreSQL down at start.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::support::{unique_db, TestKafka, TestPostgres};
+use crate::{values, Ficus, WAIT};
+
+/// Ids seen in the raw change events of `topic` (duplicates allowed: at-least-once).
+async fn ids(kafka: &TestKafka, topic: &str, expected: usize) -> BTreeSet<i64> {
+    let msgs = kafka.consume_all(topic, usize::MAX, Duration::from_secs(3)).await;
+    let mut seen: BTreeSet<i64> = values(&msgs).iter().filter_map(|e| e["after"]["id"].as_i64()).collect();
+    if seen.len() < expected {
+        // Give a reconnecting ficus the rest of the wait.
+        let msgs = kafka.consume_all(topic, expected * 3, WAIT).await;
+        seen = values(&msgs).iter().filter_map(|e| e["after"]["id"].as_i64()).collect();
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn walsender_terminated_and_server_restarted_then_nothing_lost() {
+    let pg = TestPostgres::start();
+    let db = unique_db("faults");
+    pg.create_database(&db);
+    pg.execute(&db, "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let kafka = TestKafka::shared();
+    let prefix = kafka.unique_topic("faults").replace('-', "_").to_lowercase();
+    let topic = format!("{prefix}.public.t");
+    let mut f = Ficus::start(&Ficus::config(&pg.superuser_url(&db), &["public.t"], &prefix, &kafka.brokers(), ""));
+    f.wait_for_log("streaming", WAIT);
+    pg.execute(&db, "INSERT INTO t SELECT generate_series(1, 100)").await;
+
+    // 1. The walsender is terminated (pg_terminate_backend, as a DBA would): ficus reconnects.
+    pg.execute(&db, "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE active_pid IS NOT NULL").await;
+    pg.execute(&db, "INSERT INTO t SELECT generate_series(101, 200)").await;
+    f.wait_for_log("reconnecting", WAIT);
+
+    // 2. The server restarts (immediate shutdown: a crash): ficus waits for it and resumes.
+    pg.restart_immediate();
+    pg.execute(&db, "INSERT INTO t SELECT generate_series(201, 300)").await;
+
+    let seen = ids(&kafka, &topic, 300).await;
+    let missing: Vec<i64> = (1..=300).filter(|i| !seen.contains(i)).collect();
+    assert!(missing.is_empty(), "lost {} changes, e.g. {:?}\n{}", missing.len(), &missing[..missing.len().min(10)], f.log());
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_down_at_start_is_waited_for() {
+    let pg = TestPostgres::start();
+    let db = unique_db("late_pg");
+    pg.create_database(&db);
+    pg.execute(&db, "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let kafka = TestKafka::shared();
+    let prefix = kafka.unique_topic("late_pg").replace('-', "_").to_lowercase();
+    pg.stop_immediate();
+    let mut f = Ficus::start(&Ficus::config(&pg.superuser_url(&db), &["public.t"], &prefix, &kafka.brokers(), ""));
+    f.wait_for_log("reconnecting", WAIT);
+    pg.start_again();
+    f.wait_for_log("streaming", WAIT);
+    pg.execute(&db, "INSERT INTO t VALUES (1)").await;
+    assert_eq!(ids(&kafka, &format!("{prefix}.public.t"), 1).await.len(), 1, "{}", f.log());
+    assert_eq!(f.terminate().code(), Some(0));
+}
