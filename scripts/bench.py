@@ -259,6 +259,21 @@ def start_broker():
     raise RuntimeError("broker did not start")
 
 
+def stop_broker(broker):
+    """Stops a broker from start_broker() and its child processes (None: an external broker, left alone)."""
+    if not broker:
+        return
+    try:
+        os.killpg(broker.pid, signal.SIGTERM)
+        broker.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(broker.pid, signal.SIGKILL)
+            broker.wait()
+        except ProcessLookupError:
+            pass
+
+
 def run_recvlogical(cluster, slot, end, binary_values=False):
     opts = ["-o", "proto_version=1", "-o", "publication_names=bench"] + (["-o", "binary=true"] if binary_values else [])
     recv = subprocess.Popen(["pg_recvlogical", "-h", "127.0.0.1", "-p", str(cluster.port), "-U", "postgres",
@@ -378,13 +393,7 @@ def main():
                                "client_cpu": v[4], "peak_rss_mib": v[5]} for k, v in results.items()}, f, indent=2)
     finally:
         cluster.stop()
-        if broker:
-            try:
-                os.killpg(broker.pid, signal.SIGTERM)
-                broker.wait(timeout=10)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(broker.pid, signal.SIGKILL)
-                broker.wait()
+        stop_broker(broker)
 
 
 if __name__ == "__main__":

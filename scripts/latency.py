@@ -203,12 +203,7 @@ def main():
             except subprocess.TimeoutExpired:
                 ficus.kill()
         cluster.stop()
-        if broker:
-            try:
-                os.killpg(broker.pid, signal.SIGTERM)
-                broker.wait(timeout=10)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(broker.pid, signal.SIGKILL)
+        bench.stop_broker(broker)
 
 
 if __name__ == "__main__":

@@ -97,7 +97,6 @@ impl Health {
     /// Streaming started (`true`) or stopped.
     pub fn set_streaming(&self, on: bool) {
         self.lock().streaming = on;
-        self.update(|s| s.streaming = on);
         metrics::gauge!(crate::metrics::STREAMING).set(if on { 1.0 } else { 0.0 });
     }
 
@@ -132,7 +131,8 @@ impl Health {
     }
 
     pub fn status(&self) -> Status {
-        self.lock().status.clone()
+        let inner = self.lock();
+        Status { streaming: inner.streaming, ..inner.status.clone() }
     }
 
     fn render_metrics(&self) -> String {

@@ -69,6 +69,9 @@ struct Route {
     received: [metrics::Counter; 5],
     raw_events: metrics::Counter,
     dropped_counter: metrics::Counter,
+    /// Changes received and dropped on purpose through this route (for `/status`; no map lookup per change).
+    changes: u64,
+    dropped: u64,
 }
 
 /// Changes of one table that produced no record.
@@ -103,10 +106,9 @@ pub struct Router {
     /// Per relation id: the decision for the latest schema of that relation.
     routes: HashMap<u32, Route>,
     rules: RuleSet,
-    /// Per `schema.table`: changes dropped on purpose.
-    dropped: HashMap<Arc<str>, u64>,
-    /// Per `schema.table`: changes received.
-    received: HashMap<Arc<str>, u64>,
+    /// Counts of routes replaced by a new relation (table renamed or re-created), and of logical messages no rule
+    /// took, per name: `(received, dropped)`. Updated rarely, never per change.
+    retired: HashMap<Arc<str>, (u64, u64)>,
 }
 
 fn op_index(op: Op) -> usize {
@@ -129,21 +131,27 @@ impl Router {
             changes_tables: config.changes.tables.clone(),
             routes: HashMap::new(),
             rules,
-            dropped: HashMap::new(),
-            received: HashMap::new(),
+            retired: HashMap::new(),
         }
+    }
+
+    /// (received, dropped) so far per `schema.table` (or `message <prefix>`).
+    fn counts(&self) -> HashMap<Arc<str>, (u64, u64)> {
+        let mut out = self.retired.clone();
+        for r in self.routes.values() {
+            let e = out.entry(r.qualified.clone()).or_insert((0, 0));
+            e.0 += r.changes;
+            e.1 += r.dropped;
+        }
+        out
     }
 
     /// Changes received and dropped on purpose so far, per `schema.table` (or `message <prefix>`).
     pub fn table_counts(&self) -> std::collections::BTreeMap<String, crate::health::TableCounts> {
-        let mut out: std::collections::BTreeMap<String, crate::health::TableCounts> = std::collections::BTreeMap::new();
-        for (t, n) in &self.received {
-            out.entry(t.to_string()).or_default().changes = *n;
-        }
-        for (t, n) in &self.dropped {
-            out.entry(t.to_string()).or_default().dropped = *n;
-        }
-        out
+        self.counts()
+            .into_iter()
+            .map(|(t, (changes, dropped))| (t.to_string(), crate::health::TableCounts { changes, dropped }))
+            .collect()
     }
 
     /// The compiled rules and their counters.
@@ -153,12 +161,14 @@ impl Router {
 
     /// Changes dropped on purpose so far, per table (sorted by table).
     pub fn dropped(&self) -> Vec<Dropped> {
-        let mut v: Vec<Dropped> = self.dropped.iter().map(|(t, n)| Dropped { table: t.clone(), count: *n }).collect();
+        let mut v: Vec<Dropped> =
+            self.counts().into_iter().filter(|(_, (_, d))| *d > 0).map(|(table, (_, count))| Dropped { table, count }).collect();
         v.sort_by(|a, b| a.table.cmp(&b.table));
         v
     }
 
-    fn route_for(&mut self, change: &Change) -> &Route {
+    /// Makes `routes[change.table.oid]` the decision for the change's relation.
+    fn ensure_route(&mut self, change: &Change) {
         let t = &change.table;
         // Same Arc = same Relation message: the common case costs one pointer comparison.
         let fresh = match self.routes.get(&t.oid) {
@@ -174,15 +184,25 @@ impl Router {
                 .map(|op| metrics::counter!(crate::metrics::CHANGES, "table" => qualified.clone(), "op" => op.as_str()));
             let raw_events = metrics::counter!(crate::metrics::RAW_EVENTS, "table" => qualified.clone());
             let dropped_counter = metrics::counter!(crate::metrics::DROPPED, "table" => qualified.clone());
-            self.routes.insert(
-                t.oid,
-                Route { table: t.clone(), topic, qualified: Arc::from(qualified), received, raw_events, dropped_counter },
-            );
+            let route = Route {
+                table: t.clone(),
+                topic,
+                qualified: Arc::from(qualified),
+                received,
+                raw_events,
+                dropped_counter,
+                changes: 0,
+                dropped: 0,
+            };
+            if let Some(old) = self.routes.insert(t.oid, route) {
+                let e = self.retired.entry(old.qualified).or_insert((0, 0));
+                e.0 += old.changes;
+                e.1 += old.dropped;
+            }
         } else if let Some(r) = self.routes.get_mut(&t.oid) {
             // A new Relation message with the same name: keep the decision, remember the new Arc.
             r.table = t.clone();
         }
-        &self.routes[&t.oid]
     }
 
     /// Records for one transactional logical decoding message (the events of the message rules for its prefix).
@@ -193,7 +213,7 @@ impl Router {
         let start = out.len();
         self.rules.apply_message(message, &self.source, out)?;
         if out.len() == start {
-            *self.dropped.entry(Arc::from(format!("message {}", message.prefix))).or_insert(0) += 1;
+            self.retired.entry(Arc::from(format!("message {}", message.prefix))).or_insert((0, 0)).1 += 1;
         }
         Ok(())
     }
@@ -201,33 +221,34 @@ impl Router {
     /// Records for one change, in publishing order.
     pub fn route(&mut self, change: &Change, out: &mut Vec<Record>) -> Result<(), RouteError> {
         let start = out.len();
-        let route = self.route_for(change);
+        self.ensure_route(change);
+        let (source, prefix, encoding) = (&self.source, &self.prefix, self.encoding);
+        // Field-level borrows: the route stays borrowed while the rules run.
+        let route = self.routes.get_mut(&change.table.oid).expect("ensure_route inserted it");
         route.received[op_index(change.op)].increment(1);
-        let qualified = route.qualified.clone();
-        let (raw_events, dropped_counter, topic) = (route.raw_events.clone(), route.dropped_counter.clone(), route.topic.clone());
-        *self.received.entry(qualified.clone()).or_insert(0) += 1;
-        if let Some(topic) = topic {
-            raw_events.increment(1);
-            let (key, payload) = match self.encoding {
-                ChangeEncoding::Json => encode::raw_change(change, &self.source)?,
-                ChangeEncoding::Debezium => encode::debezium::change(change, &self.source, &self.prefix)?,
+        route.changes += 1;
+        if let Some(topic) = &route.topic {
+            route.raw_events.increment(1);
+            let (key, payload) = match encoding {
+                ChangeEncoding::Json => encode::raw_change(change, source)?,
+                ChangeEncoding::Debezium => encode::debezium::change(change, source, prefix)?,
             };
             out.push(Record {
-                topic,
+                topic: topic.clone(),
                 key,
                 payload,
                 headers: vec![
                     ("content-type", HeaderValue::Static("application/json")),
                     ("source-lsn", HeaderValue::Owned(change.lsn.to_string())),
                     ("op", HeaderValue::Static(change.op.as_str())),
-                    ("source-table", HeaderValue::Shared(qualified.clone())),
+                    ("source-table", HeaderValue::Shared(route.qualified.clone())),
                 ],
             });
         }
-        self.rules.apply(change, &self.source, out)?;
+        self.rules.apply(change, source, out)?;
         if out.len() == start {
-            dropped_counter.increment(1);
-            *self.dropped.entry(qualified).or_insert(0) += 1;
+            route.dropped_counter.increment(1);
+            route.dropped += 1;
         }
         Ok(())
     }

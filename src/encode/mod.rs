@@ -191,6 +191,16 @@ fn write_member(out: &mut Vec<u8>, first: &mut bool, table: &Table, i: usize, da
     write_datum(out, table, i, datum)
 }
 
+/// Appends `bytes` as they are when they are JSON, else as a JSON string (lossy UTF-8): for payloads of unknown
+/// shape (logical message content, records printed by a dry run).
+pub fn write_json_or_string(out: &mut Vec<u8>, bytes: &[u8]) {
+    if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() {
+        out.extend_from_slice(bytes);
+    } else {
+        value::write_json_string(out, &String::from_utf8_lossy(bytes));
+    }
+}
+
 /// Kafka key of a change: the JSON object of its key columns, `None` without a key (or for truncates).
 pub(crate) fn change_key(change: &Change) -> Result<Option<Vec<u8>>, EncodeError> {
     match change.after.as_ref().or(change.before.as_ref()) {

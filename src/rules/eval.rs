@@ -235,11 +235,7 @@ impl Rule {
             Input::Change(change) => change,
             // A message rule without `data`: the content, as JSON when it is JSON, else as a string.
             Input::Message(m) => {
-                if serde_json::from_slice::<serde::de::IgnoredAny>(&m.content).is_ok() {
-                    out.extend_from_slice(&m.content);
-                } else {
-                    crate::postgres::value::write_json_string(out, &String::from_utf8_lossy(&m.content));
-                }
+                encode::write_json_or_string(out, &m.content);
                 return Ok(());
             }
         };

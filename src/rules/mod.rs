@@ -352,11 +352,6 @@ impl RuleSet {
         self.stats.get(i).copied().unwrap_or_default()
     }
 
-    /// Whether any rule reads changes of `table`.
-    pub fn covers(&self, table: &TableName) -> bool {
-        self.by_table.contains_key(table)
-    }
-
     /// Runs the rules of `change`'s table; appends events (and DLQ records) to `out`. Returns how many rules
     /// matched the table and op (0 = no rule is about this change).
     pub fn apply(&mut self, change: &Change, source: &SourceInfo, out: &mut Vec<Record>) -> Result<usize, RuleFailure> {
@@ -535,11 +530,7 @@ fn message_json(m: &LogicalMessage, source: &SourceInfo) -> Vec<u8> {
     out.extend_from_slice(b"{\"op\":\"message\",\"prefix\":");
     write_json_string(&mut out, &m.prefix);
     out.extend_from_slice(b",\"content\":");
-    if serde_json::from_slice::<serde::de::IgnoredAny>(&m.content).is_ok() {
-        out.extend_from_slice(&m.content);
-    } else {
-        write_json_string(&mut out, &String::from_utf8_lossy(&m.content));
-    }
+    encode::write_json_or_string(&mut out, &m.content);
     out.extend_from_slice(b",\"source\":{\"system\":");
     write_json_string(&mut out, &source.system);
     out.extend_from_slice(b",\"database\":");

@@ -17,20 +17,27 @@ use backon::BackoffBuilder;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+mod monitor;
+mod sink;
+
+pub use monitor::HEARTBEAT_PREFIX;
+
 use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, FileCheckpointStore};
 use crate::config::{quote_ident, Config, ValueFormat};
 use crate::encode::SourceInfo;
+use crate::health::Health;
 use crate::kafka::{KafkaSink, SinkError};
 use crate::lsn::Lsn;
 use crate::postgres::conninfo::ConnInfo;
-use crate::postgres::value_binary;
 use crate::postgres::control::{self, ControlError, Report};
 use crate::postgres::replication::{ReplicationConnection, ReplicationError};
-use crate::health::Health;
+use crate::postgres::value_binary;
 use crate::progress::Progress;
-use crate::router::{Record, Router};
+use crate::router::Router;
 use crate::rules::RuleSet;
-use crate::source::{Batch, Source, SourceError, SourceEvent};
+use crate::source::{Batch, Source, SourceError};
+use monitor::{heartbeat_loop, monitor_server, report_loop};
+use sink::{sink_loop, Sink};
 
 /// Why the pipeline stopped. [`PipelineError::exit_code`] maps it to the CLI's exit code.
 #[derive(Debug, thiserror::Error)]
@@ -476,253 +483,6 @@ async fn wait_for_broker(sink: &KafkaSink, brokers: &str, shutdown: &Cancellatio
             }
         }
     }
-}
-
-/// Routes every event and hands records to Kafka in order; returns after the channel closed and the producer flushed.
-async fn sink_loop(
-    mut rx: mpsc::Receiver<Batch>,
-    mut router: Router,
-    mut sink: Sink,
-    progress: Arc<Progress>,
-    stop: CancellationToken,
-    health: Arc<Health>,
-) -> Result<(), PipelineError> {
-    let mut reported = std::time::Instant::now();
-    let result = async {
-        let mut records: Vec<Record> = Vec::with_capacity(4);
-        let mut current = None;
-        let mut commit_time_us = 0i64;
-        while let Some(batch) = rx.recv().await {
-            for event in batch {
-                match event {
-                    // A dry run confirms nothing: its transactions never enter the progress tracker.
-                    SourceEvent::Begin(_) if matches!(sink, Sink::Print(_)) => current = Some(crate::progress::TxSeq(0)),
-                    SourceEvent::Begin(meta) => {
-                        current = Some(progress.begin());
-                        commit_time_us = meta.commit_time_us;
-                    }
-                    SourceEvent::Change(change) => {
-                        let tx = current.ok_or_else(|| PipelineError::Route { lsn: change.lsn, message: "change outside a transaction".into() })?;
-                        records.clear();
-                        router
-                            .route(&change, &mut records)
-                            .map_err(|e| PipelineError::Route { lsn: change.lsn, message: e.to_string() })?;
-                        emit(&mut sink, &progress, tx, &records, change.lsn).await?;
-                    }
-                    SourceEvent::Message(message) => {
-                        let tx = current.ok_or_else(|| PipelineError::Route { lsn: message.lsn, message: "message outside a transaction".into() })?;
-                        records.clear();
-                        router
-                            .route_message(&message, &mut records)
-                            .map_err(|e| PipelineError::Route { lsn: message.lsn, message: e.to_string() })?;
-                        emit(&mut sink, &progress, tx, &records, message.lsn).await?;
-                    }
-                    SourceEvent::Commit { end_lsn } => {
-                        if let Sink::Print(out) = &mut sink {
-                            current = None;
-                            std::io::Write::flush(out).map_err(|e| PipelineError::Route { lsn: end_lsn, message: format!("writing to stdout: {e}") })?;
-                        } else if let Some(tx) = current.take() {
-                            progress.commit_at(tx, end_lsn, commit_time_us);
-                        }
-                    }
-                    SourceEvent::Idle(at) => progress.idle(at),
-                }
-            }
-            if let Some(f) = progress.failure() {
-                return Err(PipelineError::Sink(SinkError::Delivery(f)));
-            }
-            // Counts for /status, at most four times a second.
-            if reported.elapsed() >= Duration::from_millis(250) {
-                reported = std::time::Instant::now();
-                publish_counts(&health, &router, commit_time_us);
-            }
-        }
-        Ok(())
-    }
-    .await;
-    publish_counts(&health, &router, 0);
-    for d in router.dropped() {
-        tracing::info!(table = %d.table, count = d.count, "changes no rule turned into an event and not published as raw changes (dropped on purpose)");
-    }
-    for (i, rule) in router.rules().rules().iter().enumerate() {
-        let st = router.rules().stats(i);
-        tracing::info!(rule = %rule.name, version = rule.version, events = st.events, dlq = st.dlq, skipped = st.skipped, "rule counts");
-    }
-    if result.is_err() {
-        stop.cancel();
-        // Keep draining so the source never blocks on a full channel while it shuts down.
-        while rx.recv().await.is_some() {}
-    }
-    if let Sink::Kafka(sink) = &sink {
-        let waited = sink.flush(Duration::from_secs(30)).await;
-        if let Err(e) = waited {
-            tracing::warn!(error = %e, in_flight = sink.in_flight(), "producer did not flush everything; unacknowledged changes will be replayed");
-        }
-    }
-    if let Some(f) = progress.failure() {
-        return Err(PipelineError::Sink(SinkError::Delivery(f)));
-    }
-    result
-}
-
-/// Per-table and per-rule counts (and the last event time) into `/status`.
-fn publish_counts(health: &Health, router: &Router, last_commit_us: i64) {
-    let tables = router.table_counts();
-    let rules = router.rules().counts();
-    health.update(|s| {
-        s.dlq_records = rules.iter().map(|r| r.dlq).sum();
-        s.tables = tables;
-        s.rules = rules;
-        if last_commit_us > 0 {
-            let mut t = Vec::with_capacity(27);
-            crate::postgres::value::write_unix_micros(&mut t, last_commit_us);
-            s.last_event_time = String::from_utf8(t).ok();
-        }
-    });
-}
-
-/// Every second while streaming: flushed LSN, lag in seconds, producer queue, broker reachability.
-async fn report_loop(health: Arc<Health>, progress: Arc<Progress>, probe: Option<KafkaSink>, stop: CancellationToken) {
-    let mut tick = 0u64;
-    loop {
-        let flushed = progress.flushed();
-        let lag = progress.lag_seconds();
-        let queue = probe.as_ref().map_or(0, |p| p.in_flight().max(0) as u64);
-        metrics::gauge!(crate::metrics::FLUSHED_LSN).set(flushed.0 as f64);
-        metrics::gauge!(crate::metrics::LAG_SECONDS).set(lag);
-        metrics::gauge!(crate::metrics::PRODUCER_QUEUE).set(queue as f64);
-        health.update(|s| {
-            s.flushed_lsn = Some(flushed.to_string());
-            s.lag_seconds = lag;
-            s.producer_queue = queue;
-        });
-        if let (Some(p), 0) = (&probe, tick % 2) {
-            match p.probe(Duration::from_secs(2)).await {
-                Ok(_) => health.set_broker(None),
-                Err(e) => health.set_broker(Some(e.to_string())),
-            }
-        }
-        health.upkeep();
-        tick += 1;
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
-}
-
-/// Prefix of ficus's heartbeat messages (no rule may use it; the router ignores them).
-pub const HEARTBEAT_PREFIX: &str = "ficus.heartbeat";
-
-/// Writes a transactional logical message every `interval` (never when `None`): its commit reaches ficus, is
-/// "acknowledged" at once (no records), and moves the slot's confirmed position to the server's current WAL, so an
-/// idle captured table never pins WAL that other tables write.
-async fn heartbeat_loop(client: &tokio_postgres::Client, interval: Option<Duration>) {
-    let Some(interval) = interval else { return std::future::pending().await };
-    let mut warned = false;
-    loop {
-        tokio::time::sleep(interval).await;
-        let sql = format!("SELECT pg_logical_emit_message(true, '{HEARTBEAT_PREFIX}', now()::text)");
-        match client.simple_query(&sql).await {
-            Ok(_) => warned = false,
-            Err(e) if !warned => {
-                warned = true;
-                tracing::warn!(error = %e, "heartbeat failed (the role needs EXECUTE on pg_logical_emit_message; set source.heartbeat_interval_secs: 0 to turn it off)");
-            }
-            Err(_) => {}
-        }
-    }
-}
-
-/// Every two seconds until dropped: the slot's lag and retained WAL as the server sees them.
-async fn monitor_server(client: &tokio_postgres::Client, slot: Option<&str>, health: &Health) {
-    loop {
-        if let Some(slot) = slot {
-            let row = client
-                .query_opt(
-                    "SELECT pg_current_wal_lsn()::text, (pg_current_wal_lsn() - confirmed_flush_lsn)::int8, \
-                     (pg_current_wal_lsn() - restart_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1",
-                    &[&slot],
-                )
-                .await;
-            match row {
-                Ok(Some(r)) => {
-                    let wal: Option<String> = r.get(0);
-                    let lag: Option<i64> = r.get(1);
-                    let retained: Option<i64> = r.get(2);
-                    if let Some(l) = lag {
-                        metrics::gauge!(crate::metrics::LAG_BYTES).set(l as f64);
-                    }
-                    if let Some(w) = retained {
-                        metrics::gauge!(crate::metrics::RETAINED_WAL).set(w as f64);
-                    }
-                    health.update(|s| {
-                        s.server_wal_lsn = wal;
-                        s.lag_bytes = lag.map(|l| l.max(0) as u64);
-                        s.retained_wal_bytes = retained.map(|w| w.max(0) as u64);
-                    });
-                }
-                Ok(None) => {}
-                Err(e) => tracing::debug!(error = %e, "reading the slot's lag"),
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-}
-
-/// Hands the records of one change or message to the sink, in order.
-async fn emit(sink: &mut Sink, progress: &Progress, tx: crate::progress::TxSeq, records: &[Record], lsn: Lsn) -> Result<(), PipelineError> {
-    for record in records {
-        match sink {
-            Sink::Kafka(sink) => sink.send(tx, record).await?,
-            Sink::Null => {
-                progress.add_message(tx);
-                progress.ack(tx);
-            }
-            Sink::Print(out) => {
-                print_record(out, record).map_err(|e| PipelineError::Route { lsn, message: format!("writing to stdout: {e}") })?
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Where the sink task puts records.
-enum Sink {
-    Kafka(KafkaSink),
-    Null,
-    Print(std::io::BufWriter<std::io::Stdout>),
-}
-
-/// One record as a JSON line: `{"topic", "key", "headers", "value"}`. The value is embedded as JSON when it is
-/// JSON (every encoding ficus writes), else as a string.
-fn print_record(out: &mut impl std::io::Write, record: &Record) -> std::io::Result<()> {
-    use crate::postgres::value::write_json_string;
-    let mut line = Vec::with_capacity(record.payload.len() + 256);
-    line.extend_from_slice(b"{\"topic\":");
-    write_json_string(&mut line, &record.topic);
-    line.extend_from_slice(b",\"key\":");
-    match &record.key {
-        Some(k) => write_json_string(&mut line, &String::from_utf8_lossy(k)),
-        None => line.extend_from_slice(b"null"),
-    }
-    line.extend_from_slice(b",\"headers\":{");
-    for (i, (k, v)) in record.headers.iter().enumerate() {
-        if i > 0 {
-            line.push(b',');
-        }
-        write_json_string(&mut line, k);
-        line.push(b':');
-        write_json_string(&mut line, v.as_str());
-    }
-    line.extend_from_slice(b"},\"value\":");
-    if serde_json::from_slice::<serde::de::IgnoredAny>(&record.payload).is_ok() {
-        line.extend_from_slice(&record.payload);
-    } else {
-        write_json_string(&mut line, &String::from_utf8_lossy(&record.payload));
-    }
-    line.extend_from_slice(b"}\n");
-    out.write_all(&line)
 }
 
 /// Writes checkpoints for one source, skipping positions already written.

@@ -1,0 +1,156 @@
+//! The sink task: routes every change and message into records and hands them, in stream order, to Kafka (or to
+//! the null sink of benchmarks, or to stdout in a dry run); commits transactions to the ack tracker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::monitor::publish_counts;
+use super::PipelineError;
+use crate::health::Health;
+use crate::kafka::{KafkaSink, SinkError};
+use crate::lsn::Lsn;
+use crate::progress::Progress;
+use crate::router::{Record, Router};
+use crate::source::{Batch, SourceEvent};
+
+/// Routes every event and hands records to Kafka in order; returns after the channel closed and the producer flushed.
+pub(super) async fn sink_loop(
+    mut rx: mpsc::Receiver<Batch>,
+    mut router: Router,
+    mut sink: Sink,
+    progress: Arc<Progress>,
+    stop: CancellationToken,
+    health: Arc<Health>,
+) -> Result<(), PipelineError> {
+    let mut reported = std::time::Instant::now();
+    let result = async {
+        let mut records: Vec<Record> = Vec::with_capacity(4);
+        let mut current = None;
+        let mut commit_time_us = 0i64;
+        while let Some(batch) = rx.recv().await {
+            for event in batch {
+                match event {
+                    // A dry run confirms nothing: its transactions never enter the progress tracker.
+                    SourceEvent::Begin(_) if matches!(sink, Sink::Print(_)) => current = Some(crate::progress::TxSeq(0)),
+                    SourceEvent::Begin(meta) => {
+                        current = Some(progress.begin());
+                        commit_time_us = meta.commit_time_us;
+                    }
+                    SourceEvent::Change(change) => {
+                        let tx = current.ok_or_else(|| PipelineError::Route { lsn: change.lsn, message: "change outside a transaction".into() })?;
+                        records.clear();
+                        router
+                            .route(&change, &mut records)
+                            .map_err(|e| PipelineError::Route { lsn: change.lsn, message: e.to_string() })?;
+                        emit(&mut sink, &progress, tx, &records, change.lsn).await?;
+                    }
+                    SourceEvent::Message(message) => {
+                        let tx = current.ok_or_else(|| PipelineError::Route { lsn: message.lsn, message: "message outside a transaction".into() })?;
+                        records.clear();
+                        router
+                            .route_message(&message, &mut records)
+                            .map_err(|e| PipelineError::Route { lsn: message.lsn, message: e.to_string() })?;
+                        emit(&mut sink, &progress, tx, &records, message.lsn).await?;
+                    }
+                    SourceEvent::Commit { end_lsn } => {
+                        if let Sink::Print(out) = &mut sink {
+                            current = None;
+                            std::io::Write::flush(out).map_err(|e| PipelineError::Route { lsn: end_lsn, message: format!("writing to stdout: {e}") })?;
+                        } else if let Some(tx) = current.take() {
+                            progress.commit_at(tx, end_lsn, commit_time_us);
+                        }
+                    }
+                    SourceEvent::Idle(at) => progress.idle(at),
+                }
+            }
+            if let Some(f) = progress.failure() {
+                return Err(PipelineError::Sink(SinkError::Delivery(f)));
+            }
+            // Counts for /status, at most four times a second.
+            if reported.elapsed() >= Duration::from_millis(250) {
+                reported = std::time::Instant::now();
+                publish_counts(&health, &router, commit_time_us);
+            }
+        }
+        Ok(())
+    }
+    .await;
+    publish_counts(&health, &router, 0);
+    for d in router.dropped() {
+        tracing::info!(table = %d.table, count = d.count, "changes no rule turned into an event and not published as raw changes (dropped on purpose)");
+    }
+    for (i, rule) in router.rules().rules().iter().enumerate() {
+        let st = router.rules().stats(i);
+        tracing::info!(rule = %rule.name, version = rule.version, events = st.events, dlq = st.dlq, skipped = st.skipped, "rule counts");
+    }
+    if result.is_err() {
+        stop.cancel();
+        // Keep draining so the source never blocks on a full channel while it shuts down.
+        while rx.recv().await.is_some() {}
+    }
+    if let Sink::Kafka(sink) = &sink {
+        let waited = sink.flush(Duration::from_secs(30)).await;
+        if let Err(e) = waited {
+            tracing::warn!(error = %e, in_flight = sink.in_flight(), "producer did not flush everything; unacknowledged changes will be replayed");
+        }
+    }
+    if let Some(f) = progress.failure() {
+        return Err(PipelineError::Sink(SinkError::Delivery(f)));
+    }
+    result
+}
+
+/// Hands the records of one change or message to the sink, in order.
+async fn emit(sink: &mut Sink, progress: &Progress, tx: crate::progress::TxSeq, records: &[Record], lsn: Lsn) -> Result<(), PipelineError> {
+    for record in records {
+        match sink {
+            Sink::Kafka(sink) => sink.send(tx, record).await?,
+            Sink::Null => {
+                progress.add_message(tx);
+                progress.ack(tx);
+            }
+            Sink::Print(out) => {
+                print_record(out, record).map_err(|e| PipelineError::Route { lsn, message: format!("writing to stdout: {e}") })?
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where the sink task puts records.
+pub(super) enum Sink {
+    Kafka(KafkaSink),
+    Null,
+    Print(std::io::BufWriter<std::io::Stdout>),
+}
+
+/// One record as a JSON line: `{"topic", "key", "headers", "value"}`. The value is embedded as JSON when it is
+/// JSON (every encoding ficus writes), else as a string.
+fn print_record(out: &mut impl std::io::Write, record: &Record) -> std::io::Result<()> {
+    use crate::postgres::value::write_json_string;
+    let mut line = Vec::with_capacity(record.payload.len() + 256);
+    line.extend_from_slice(b"{\"topic\":");
+    write_json_string(&mut line, &record.topic);
+    line.extend_from_slice(b",\"key\":");
+    match &record.key {
+        Some(k) => write_json_string(&mut line, &String::from_utf8_lossy(k)),
+        None => line.extend_from_slice(b"null"),
+    }
+    line.extend_from_slice(b",\"headers\":{");
+    for (i, (k, v)) in record.headers.iter().enumerate() {
+        if i > 0 {
+            line.push(b',');
+        }
+        write_json_string(&mut line, k);
+        line.push(b':');
+        write_json_string(&mut line, v.as_str());
+    }
+    line.extend_from_slice(b"},\"value\":");
+    crate::encode::write_json_or_string(&mut line, &record.payload);
+    line.extend_from_slice(b"}\n");
+    out.write_all(&line)
+}
+
