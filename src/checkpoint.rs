@@ -26,6 +26,9 @@ pub struct Checkpoint {
     pub slot: String,
     /// RFC 3339, for humans.
     pub written_at: String,
+    /// Snapshot and backfill progress as of `lsn` (absent when no snapshot was ever planned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<crate::snapshot::SnapshotState>,
 }
 
 impl Checkpoint {
@@ -88,8 +91,13 @@ impl FileCheckpointStore {
         &self.path
     }
 
-    /// Loads and checks that the checkpoint belongs to this source.
-    pub fn load_for(&mut self, system_id: &str, database: &str, slot: &str) -> Result<Option<Lsn>, CheckpointError> {
+    /// Loads and checks that the checkpoint belongs to this source; returns its LSN and snapshot state.
+    pub fn load_for(
+        &mut self,
+        system_id: &str,
+        database: &str,
+        slot: &str,
+    ) -> Result<Option<(Lsn, Option<crate::snapshot::SnapshotState>)>, CheckpointError> {
         let Some(cp) = self.load()? else { return Ok(None) };
         if cp.system_id != system_id || cp.database != database || cp.slot != slot {
             return Err(CheckpointError::Mismatch {
@@ -102,7 +110,7 @@ impl FileCheckpointStore {
                 slot: slot.into(),
             });
         }
-        cp.lsn().map(Some)
+        Ok(Some((cp.lsn()?, cp.snapshot)))
     }
 
     fn io(&self, source: std::io::Error) -> CheckpointError {
@@ -143,6 +151,7 @@ mod tests {
             database: "shop".into(),
             slot: "ficus".into(),
             written_at: "now".into(),
+            snapshot: None,
         }
     }
 
@@ -153,7 +162,7 @@ mod tests {
         assert_eq!(s.load_for("7301", "shop", "ficus").unwrap(), None);
         s.store(&cp("0/16B3748")).unwrap();
         s.store(&cp("0/16B3800")).unwrap();
-        assert_eq!(s.load_for("7301", "shop", "ficus").unwrap(), Some(Lsn(0x16B3800)));
+        assert_eq!(s.load_for("7301", "shop", "ficus").unwrap(), Some((Lsn(0x16B3800), None)));
         assert!(!s.path().with_extension("json.tmp").exists());
     }
 

@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::snapshot::config::{SnapshotConfig, SnapshotMode};
+
 /// A configuration problem. The message names the key and says how to fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -210,26 +212,6 @@ pub enum ChangeEncoding {
     Json,
     /// Debezium's PostgreSQL connector envelope (`before`, `after`, `source`, `op` c/u/d/r/t, `ts_ms`).
     Debezium,
-}
-
-/// `snapshot:`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SnapshotConfig {
-    /// `never` (default in this version): stream changes from the slot's start only. `initial` and
-    /// `initial_only` (copy existing rows first) are not supported by this version yet.
-    #[serde(default)]
-    pub mode: SnapshotMode,
-}
-
-/// `snapshot.mode`.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum SnapshotMode {
-    Initial,
-    #[default]
-    Never,
-    InitialOnly,
 }
 
 /// `health:`.
@@ -492,12 +474,7 @@ impl Config {
         crate::kafka::check_user_properties(&self.kafka.properties)?;
         // Compiling checks every rule (tables, topics, CEL syntax) with errors naming the key.
         crate::rules::RuleSet::compile(self)?;
-        if self.snapshot.mode != SnapshotMode::Never {
-            return Err(ConfigError::invalid(
-                "snapshot.mode",
-                "initial snapshots are not supported by this version yet; set `mode: never`",
-            ));
-        }
+        self.snapshot.validate(&captured)?;
         if self.changes.tables.is_empty() && self.events.is_empty() {
             return Err(ConfigError::invalid(
                 "changes.tables",

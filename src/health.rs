@@ -58,6 +58,24 @@ pub struct Status {
     pub tables: BTreeMap<String, TableCounts>,
     pub rules: Vec<RuleCounts>,
     pub dlq_records: u64,
+    /// Snapshot and backfill jobs: running, queued, and those finished since the start.
+    pub snapshot: Vec<SnapshotJobStatus>,
+}
+
+/// One snapshot or backfill job in `/status`.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotJobStatus {
+    pub table: String,
+    /// `ficus backfill --where`, if any.
+    pub filter: Option<String>,
+    /// `queued`, `running` or `done`.
+    pub state: &'static str,
+    pub rows: u64,
+    /// From `pg_class.reltuples` (or a count for small tables); `None` when unknown.
+    pub estimated_rows: Option<u64>,
+    pub rows_per_second: f64,
+    pub eta_seconds: Option<u64>,
 }
 
 /// Per-table counts.

@@ -18,6 +18,7 @@
 //!   value mapping, and the control connection (preflight, slot and publication management, catalog).
 //! - [`source`]: the replication stream task: decode, skip what is already checkpointed, report progress.
 //! - [`encode`]: the raw change event JSON (DESIGN.md "Raw change event"), and its Debezium-compatible form.
+//! - [`snapshot`]: snapshots and backfills of existing rows (DBLog watermark chunks), resumable from the checkpoint.
 //! - [`router`]: turns a change into Kafka records: raw change events, then the events of the rules.
 //! - [`rules`]: business-event rules: CEL compiled once, the canonical envelope, CloudEvents, the DLQ.
 //! - [`kafka`]: the idempotent producer with backpressure and delivery tracking.
@@ -44,4 +45,5 @@ pub mod postgres;
 pub mod progress;
 pub mod router;
 pub mod rules;
+pub mod snapshot;
 pub mod source;

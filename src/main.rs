@@ -56,6 +56,19 @@ enum Command {
         #[arg(long, value_enum, default_value_t = CatalogFormat::Markdown)]
         format: CatalogFormat,
     },
+    /// Re-snapshot one table while ficus runs: writes a request into the WAL that the instance streaming the
+    /// configured slot takes up in stream order (at once if it runs, else when it starts). Exit 2 if the request is
+    /// not valid.
+    Backfill {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// `schema.table` (or `table` in `public`), one of `source.tables`.
+        #[arg(long)]
+        table: String,
+        /// Only rows matching this SQL condition, e.g. `--where "created_at > now() - interval '7 days'"`.
+        #[arg(long = "where")]
+        filter: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -69,10 +82,25 @@ fn init_tracing(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours only on a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| LogWriter).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// stderr, printed around the snapshot progress bars (when stderr is a terminal) so neither overwrites the other.
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match ficus::snapshot::report::bars() {
+            Some(bars) => bars.suspend(|| std::io::stderr().write(buf)),
+            None => std::io::stderr().write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }
 
@@ -171,6 +199,22 @@ async fn async_main() -> ExitCode {
                 }
             }
         }
+        Command::Backfill { config, table, filter } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match backfill(&config, &table, filter.as_deref()).await {
+                Ok(message) => {
+                    println!("{message}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Check { config } => {
             let config = match load(&config) {
                 Ok(c) => c,
@@ -187,4 +231,32 @@ async fn async_main() -> ExitCode {
             }
         }
     }
+}
+
+/// `ficus backfill`: checks the table and the condition, then writes the request.
+async fn backfill(config: &Config, table: &str, filter: Option<&str>) -> Result<String, String> {
+    use ficus::config::TableName;
+    use ficus::postgres::conninfo::ConnInfo;
+    let name = TableName::parse(table).map_err(|e| format!("--table: {e}"))?;
+    let captured = config.captured_tables().map_err(|e| e.to_string())?;
+    if !captured.contains(&name) {
+        return Err(format!("--table: {name} is not in source.tables of this config; only captured tables can be backfilled"));
+    }
+    let info = ConnInfo::parse(&config.source.url).map_err(|e| format!("source.url: {e}"))?;
+    let (client, connection) = info.connect_control().await.map_err(|e| format!("source.url: {e}"))?;
+    let table_info = ficus::postgres::control::table_info(&client, &name)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("--table: {name} does not exist"))?;
+    if table_info.key_columns.is_empty() {
+        return Err(format!("--table: {}", ficus::snapshot::no_key_message(&name)));
+    }
+    let lsn = ficus::snapshot::request_backfill(&client, &config.source.slot, &name, filter).await?;
+    drop(client);
+    connection.abort();
+    Ok(format!(
+        "backfill of {name} requested (WAL position {lsn}); the ficus instance streaming slot {slot} takes it up in \
+         stream order: now if it runs, else when it starts. Progress: its log (\"snapshot progress\") and GET /status.",
+        slot = config.source.slot
+    ))
 }

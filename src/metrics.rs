@@ -39,6 +39,12 @@ pub const CHECKPOINT_LSN: &str = "ficus_checkpoint_lsn";
 pub const RECONNECTS: &str = "ficus_reconnects_total";
 /// 1 while streaming.
 pub const STREAMING: &str = "ficus_streaming";
+/// Rows read by snapshots and backfills, by `table`.
+pub const SNAPSHOT_ROWS: &str = "ficus_snapshot_rows_total";
+/// Estimated rows a running snapshot of `table` still has to read (from `pg_class.reltuples`).
+pub const SNAPSHOT_REMAINING: &str = "ficus_snapshot_remaining_rows";
+/// Snapshot and backfill jobs not finished yet (queued or running).
+pub const SNAPSHOT_JOBS: &str = "ficus_snapshot_jobs";
 
 /// Installs the Prometheus recorder once per process; later calls return the same handle.
 pub fn install() -> Option<PrometheusHandle> {
@@ -82,4 +88,7 @@ fn describe() {
     describe_gauge!(CHECKPOINT_LSN, "Last checkpoint LSN");
     describe_counter!(RECONNECTS, "Replication sessions started after the first");
     describe_gauge!(STREAMING, "1 while streaming");
+    describe_counter!(SNAPSHOT_ROWS, "Rows read by snapshots and backfills, by table");
+    describe_gauge!(SNAPSHOT_REMAINING, "Estimated rows a running snapshot still has to read, by table");
+    describe_gauge!(SNAPSHOT_JOBS, "Snapshot and backfill jobs not finished yet");
 }

@@ -207,7 +207,7 @@ impl Router {
 
     /// Records for one transactional logical decoding message (the events of the message rules for its prefix).
     pub fn route_message(&mut self, message: &crate::change::LogicalMessage, out: &mut Vec<Record>) -> Result<(), RouteError> {
-        if message.prefix == crate::pipeline::HEARTBEAT_PREFIX {
+        if message.prefix == crate::pipeline::HEARTBEAT_PREFIX || crate::snapshot::Tap::is_control(&message.prefix) {
             return Ok(());
         }
         let start = out.len();

@@ -57,8 +57,9 @@ pub(crate) fn write_datum(out: &mut Vec<u8>, table: &Table, col: usize, datum: &
     Ok(())
 }
 
-/// JSON object of the key columns, or `None` when the table has no key.
-fn key_json(table: &Table, row: &Row) -> Result<Option<Vec<u8>>, EncodeError> {
+/// JSON object of the key columns, or `None` when the table has no key. Text and binary values of the same row
+/// give the same bytes (snapshot windows compare keys this way).
+pub fn key_json(table: &Table, row: &Row) -> Result<Option<Vec<u8>>, EncodeError> {
     if !table.has_key() {
         return Ok(None);
     }

@@ -23,7 +23,8 @@ mod sink;
 pub use monitor::HEARTBEAT_PREFIX;
 
 use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, FileCheckpointStore};
-use crate::config::{quote_ident, Config, ValueFormat};
+use crate::config::{quote_ident, Config, SnapshotMode, ValueFormat};
+use crate::snapshot::{Ledger, Snapshots};
 use crate::encode::SourceInfo;
 use crate::health::Health;
 use crate::kafka::{KafkaSink, SinkError};
@@ -236,7 +237,8 @@ async fn run_with(config: &Config, options: &RunOptions, shutdown: &Cancellation
         return Err(PipelineError::Preflight(report));
     }
     control::ensure_publication(&client, &config).await?;
-    if !dry_run && control::ensure_slot(&client, &config.source.slot).await? {
+    let slot_created = !dry_run && control::ensure_slot(&client, &config.source.slot).await?;
+    if slot_created {
         tracing::info!(slot = %config.source.slot, "created replication slot");
     }
 
@@ -244,10 +246,13 @@ async fn run_with(config: &Config, options: &RunOptions, shutdown: &Cancellation
     let sessions = async {
         let mut first = true;
         loop {
-            if !std::mem::replace(&mut first, false) {
+            let first_session = std::mem::replace(&mut first, false);
+            if !first_session {
                 metrics::counter!(crate::metrics::RECONNECTS).increment(1);
             }
-            let session = stream_session(&config, &info, &client, catalog.clone(), options, shutdown, binary, health).await;
+            // A fresh slot means a fresh capture: the initial snapshot is planned (and checkpointed) in that session.
+            let fresh = slot_created && first_session;
+            let session = stream_session(&config, &info, &client, catalog.clone(), options, shutdown, binary, fresh, health).await;
             health.set_streaming(false);
             match session {
                 Err(PipelineError::Source(SourceError::NeedsTextValues { table, column, type_oid })) if binary => {
@@ -319,23 +324,28 @@ async fn stream_session(
     options: &RunOptions,
     shutdown: &CancellationToken,
     binary: bool,
+    slot_created: bool,
     health: &Arc<Health>,
 ) -> Result<(), PipelineError> {
     let mut repl = ReplicationConnection::connect(info).await.map_err(replication_error)?;
     let system = repl.identify_system().await.map_err(replication_error)?;
     let database = system.dbname.clone().unwrap_or_else(|| info.dbname.clone());
     let dry_run = options.output == Output::DryRun;
-    let (slot_name, start, store) = if dry_run {
+    let (slot_name, start, store, snapshot_state) = if dry_run {
         // A temporary slot disappears with this connection: nothing of the dry run stays on the server.
         let name = format!("ficus_dry_run_{}", std::process::id());
         let created = repl.create_logical_slot(&name, true).await.map_err(replication_error)?;
         tracing::info!(slot = %name, lsn = %created.consistent_point, "dry run: temporary slot; records are printed, nothing is published or confirmed");
-        (name, created.consistent_point, None)
+        (name, created.consistent_point, None, None)
     } else {
         let mut store = FileCheckpointStore::open(&config.state.dir, &config.source.slot)?;
         let checkpoint = store.load_for(&system.systemid, &database, &config.source.slot)?;
         let slot = control::slot_info(client, &config.source.slot).await?;
         let confirmed = slot.as_ref().and_then(|s| s.confirmed_flush).unwrap_or(Lsn::INVALID);
+        let (checkpoint, snapshot_state) = match checkpoint {
+            Some((lsn, snapshot)) => (Some(lsn), snapshot),
+            None => (None, None),
+        };
         let start = match checkpoint {
             Some(cp) => {
                 if cp < confirmed {
@@ -350,7 +360,14 @@ async fn stream_session(
                 confirmed
             }
         };
-        (config.source.slot.clone(), start, Some(store))
+        (config.source.slot.clone(), start, Some(store), snapshot_state)
+    };
+    let (snapshots, planned_now) = match dry_run {
+        true => (None, false),
+        false => {
+            let (s, planned) = plan_snapshots(config, &catalog, snapshot_state, slot_created)?;
+            (Some(s), planned)
+        }
     };
 
     let progress = Arc::new(Progress::new(start));
@@ -403,18 +420,26 @@ async fn stream_session(
     let stop = shutdown.child_token();
     let (tx, rx) = mpsc::channel::<Batch>(64);
 
-    let sink_task = tokio::spawn(sink_loop(rx, router, sink, progress.clone(), stop.clone(), health.clone()));
+    let tap = snapshots.as_ref().map(|s| crate::snapshot::Tap::new(s.clone()));
+    let sink_task = tokio::spawn(sink_loop(rx, router, sink, progress.clone(), stop.clone(), health.clone(), tap));
     let reporter = tokio::spawn(report_loop(health.clone(), progress.clone(), probe, stop.clone()));
-    let checkpoint_task = store.map(|store| {
-        let writer = CheckpointWriter {
+    let checkpoint_task = store.map(|store| -> Result<_, PipelineError> {
+        let mut writer = CheckpointWriter {
             store,
             system_id: system.systemid.clone(),
             database: database.clone(),
             slot: config.source.slot.clone(),
             written: start,
+            snapshots: snapshots.clone(),
         };
-        tokio::spawn(checkpoint_loop(writer, progress.subscribe(), config.checkpoint_interval(), stop.clone()))
+        if planned_now {
+            // The plan must survive a crash before the first chunk: the slot exists now, so the next start would
+            // not plan again.
+            writer.write(start)?;
+        }
+        Ok(tokio::spawn(checkpoint_loop(writer, progress.subscribe(), config.checkpoint_interval(), stop.clone())))
     });
+    let checkpoint_task = checkpoint_task.transpose().inspect_err(|_| stop.cancel())?;
 
     let source = Source::new(
         stream,
@@ -425,8 +450,18 @@ async fn stream_session(
         Duration::from_secs(config.source.status_interval_secs),
     )
     .with_binary_values(binary);
+    let snapshot_task = snapshots.as_ref().map(|s| {
+        s.start(info.clone(), config.snapshot.workers, config.snapshot.chunk_size, health.clone(), stop.clone())
+    });
+    if let (Some(s), SnapshotMode::InitialOnly) = (&snapshots, config.snapshot.mode) {
+        tokio::spawn(exit_when_copied(s.clone(), progress.clone(), stop.clone()));
+    }
     let source_result = source.run(stop.clone()).await;
     stop.cancel();
+    let snapshot_result = match snapshot_task {
+        Some(task) => task.await.unwrap_or_else(|e| Err(crate::snapshot::SnapshotError::Connect(e.to_string()))),
+        None => Ok(()),
+    };
     let _ = reporter.await;
 
     let sink_result = sink_task.await.unwrap_or_else(|e| Err(PipelineError::Postgres(format!("sink task: {e}"))));
@@ -456,7 +491,54 @@ async fn stream_session(
     sink_result?;
     checkpoint_result?;
     source_result?;
+    snapshot_result.map_err(|e| if e.is_transient() { PipelineError::Transient(e.to_string()) } else { PipelineError::Postgres(e.to_string()) })?;
     Ok(())
+}
+
+/// The snapshot state of this session: what the checkpoint recorded, plus the initial snapshot when `snapshot.mode`
+/// asks for one and none was planned yet (first start). Tables without a key are refused here (exit 2).
+fn plan_snapshots(
+    config: &Config,
+    catalog: &control::Catalog,
+    state: Option<crate::snapshot::SnapshotState>,
+    slot_created: bool,
+) -> Result<(Arc<Snapshots>, bool), PipelineError> {
+    let captured = config.captured_tables().map_err(|e| PipelineError::Config(e.to_string()))?;
+    let planned = state.is_some();
+    let snapshots = Snapshots::new(&config.source.slot, captured.clone(), config.snapshot.backfill_requests, Ledger::new(state));
+    if config.snapshot.mode != SnapshotMode::Never && !planned && !slot_created {
+        tracing::info!(
+            "no initial snapshot: the slot existed before this start (another instance, or an earlier run, captured it); \
+             use `ficus backfill` to copy a table"
+        );
+    }
+    if config.snapshot.mode != SnapshotMode::Never && !planned && slot_created {
+        let tables = config.snapshot.tables(&captured).map_err(|e| PipelineError::Config(e.to_string()))?;
+        for t in &tables {
+            if catalog.tables.get(t).is_some_and(|info| info.key_columns.is_empty()) {
+                return Err(PipelineError::Config(format!("snapshot.tables: {}", crate::snapshot::no_key_message(t))));
+            }
+        }
+        tracing::info!(tables = tables.len(), "initial snapshot planned");
+        snapshots.plan(&tables);
+        return Ok((snapshots, true));
+    }
+    Ok((snapshots, false))
+}
+
+/// `snapshot.mode: initial_only`: ends the session (exit 0) once every job is finished and in Kafka.
+async fn exit_when_copied(snapshots: Arc<Snapshots>, progress: Arc<Progress>, stop: CancellationToken) {
+    loop {
+        if snapshots.complete_at(progress.flushed()) {
+            tracing::info!("snapshot complete and in Kafka; exiting (snapshot.mode: initial_only)");
+            stop.cancel();
+            return;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
 }
 
 /// Waits until the broker answers, retrying with jittered exponential backoff (readiness stays false meanwhile).
@@ -492,6 +574,8 @@ struct CheckpointWriter {
     database: String,
     slot: String,
     written: Lsn,
+    /// Snapshot progress to record with each checkpoint (as of its LSN).
+    snapshots: Option<Arc<Snapshots>>,
 }
 
 impl CheckpointWriter {
@@ -499,12 +583,17 @@ impl CheckpointWriter {
         if lsn <= self.written {
             return Ok(());
         }
+        self.write(lsn)
+    }
+
+    fn write(&mut self, lsn: Lsn) -> Result<(), CheckpointError> {
         self.store.store(&Checkpoint {
             lsn: lsn.to_string(),
             system_id: self.system_id.clone(),
             database: self.database.clone(),
             slot: self.slot.clone(),
             written_at: chrono::Utc::now().to_rfc3339(),
+            snapshot: self.snapshots.as_ref().and_then(|s| s.ledger().settle(lsn)),
         })?;
         self.written = lsn;
         metrics::gauge!(crate::metrics::CHECKPOINT_LSN).set(lsn.0 as f64);

@@ -14,6 +14,7 @@ use crate::kafka::{KafkaSink, SinkError};
 use crate::lsn::Lsn;
 use crate::progress::Progress;
 use crate::router::{Record, Router};
+use crate::snapshot::Tap;
 use crate::source::{Batch, SourceEvent};
 
 /// Routes every event and hands records to Kafka in order; returns after the channel closed and the producer flushed.
@@ -24,6 +25,7 @@ pub(super) async fn sink_loop(
     progress: Arc<Progress>,
     stop: CancellationToken,
     health: Arc<Health>,
+    mut tap: Option<Tap>,
 ) -> Result<(), PipelineError> {
     let mut reported = std::time::Instant::now();
     let result = async {
@@ -41,6 +43,9 @@ pub(super) async fn sink_loop(
                     }
                     SourceEvent::Change(change) => {
                         let tx = current.ok_or_else(|| PipelineError::Route { lsn: change.lsn, message: "change outside a transaction".into() })?;
+                        if let Some(tap) = &mut tap {
+                            tap.observe(&change);
+                        }
                         records.clear();
                         router
                             .route(&change, &mut records)
@@ -49,6 +54,18 @@ pub(super) async fn sink_loop(
                     }
                     SourceEvent::Message(message) => {
                         let tx = current.ok_or_else(|| PipelineError::Route { lsn: message.lsn, message: "message outside a transaction".into() })?;
+                        if let (Some(tap), true) = (&mut tap, Tap::is_control(&message.prefix)) {
+                            // A high watermark releases its chunk's rows here, in the watermark's transaction.
+                            let rows = tap.message(&message).map_err(|e| PipelineError::Route { lsn: message.lsn, message: e.to_string() })?;
+                            for change in rows {
+                                records.clear();
+                                router
+                                    .route(&change, &mut records)
+                                    .map_err(|e| PipelineError::Route { lsn: change.lsn, message: e.to_string() })?;
+                                emit(&mut sink, &progress, tx, &records, change.lsn).await?;
+                            }
+                            continue;
+                        }
                         records.clear();
                         router
                             .route_message(&message, &mut records)
@@ -60,6 +77,9 @@ pub(super) async fn sink_loop(
                             current = None;
                             std::io::Write::flush(out).map_err(|e| PipelineError::Route { lsn: end_lsn, message: format!("writing to stdout: {e}") })?;
                         } else if let Some(tx) = current.take() {
+                            if let Some(tap) = &mut tap {
+                                tap.commit(end_lsn);
+                            }
                             progress.commit_at(tx, end_lsn, commit_time_us);
                         }
                     }

@@ -246,13 +246,15 @@ async fn slot_in_use_and_publication_missing_a_table() {
     let (code, out) = check(&s.config(&["public.a", "public.b"]));
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("lacks \"public\".\"b\"; ficus will add them"), "{out}");
-    let mut f = Ficus::start(&s.config(&["public.a", "public.b"]));
-    f.wait_for_log("streaming", WAIT);
+    // With the default initial snapshot: the standby that takes over must not copy the tables again.
+    let config = Ficus::config(&s.pg.superuser_url(&s.db), &["public.a", "public.b"], &s.prefix, &s.kafka.brokers(), "snapshot:\n  mode: initial\n");
+    let mut f = Ficus::start(&config);
+    f.wait_for_log_count("snapshot of table finished", 2, WAIT);
     s.sql("INSERT INTO b VALUES (1)").await;
     assert_eq!(s.kafka.consume_all(&s.topic("public", "b"), 1, WAIT).await.len(), 1, "{}", f.log());
     // A second instance on the same slot waits as a hot standby (saying who holds the slot), and takes over when
     // the first one stops — nothing lost in between.
-    let mut second = Ficus::start(&s.config(&["public.a", "public.b"]));
+    let mut second = Ficus::start(&config);
     second.wait_for_log("in use by another process", WAIT);
     second.wait_for_log("reconnecting", WAIT);
     assert!(!second.log().contains("streaming"), "{}", second.log());
@@ -262,6 +264,8 @@ async fn slot_in_use_and_publication_missing_a_table() {
     let got = values(&s.kafka.consume_all(&s.topic("public", "b"), 2, WAIT).await);
     assert_eq!(got.len(), 2, "{}", second.log());
     assert_eq!(got[1]["after"]["id"], 2);
+    assert_eq!(got[1]["op"], "insert", "the standby took over the slot: no second initial snapshot");
+    assert!(second.log().contains("no initial snapshot: the slot existed"), "{}", second.log());
     assert_eq!(second.terminate().code(), Some(0));
 }
 
@@ -302,17 +306,7 @@ async fn million_row_transaction_streams_with_bounded_memory() {
     f.wait_for_log("streaming", WAIT);
     const ROWS: i64 = 1_000_000;
     s.sql(&format!("INSERT INTO m SELECT i, md5(i::text), i % 1000, i * 1.5, now() FROM generate_series(1, {ROWS}) i")).await;
-    let after = s.current_lsn().await;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        if let Some(c) = s.confirmed_flush().await {
-            if lsn(&c) >= lsn(&after) {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "1M-row transaction not confirmed in time:\n{}", f.log());
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    s.wait_confirmed_now_within(&f, Duration::from_secs(600)).await;
     let rss = f.peak_rss_kib().expect("VmHWM");
     let count = s.kafka.high_watermark(&s.topic("public", "m")).await;
     eprintln!("1M-row transaction: {count} messages, peak RSS {} MiB", rss / 1024);

@@ -8,6 +8,7 @@ mod core;
 mod faults;
 mod ops;
 mod rules;
+mod snapshot;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -24,8 +25,12 @@ pub(crate) struct Ficus {
 }
 
 impl Ficus {
+    /// A config for `tables`. Unless `extra` has a `snapshot:` section, the initial snapshot is off: tests of other
+    /// capabilities write right after "streaming", and a concurrent copy of the same rows would add `read` events
+    /// (tests/pipeline/snapshot.rs covers the default).
     pub(crate) fn config(db_url: &str, tables: &[&str], prefix: &str, brokers: &str, extra: &str) -> String {
         let tables: Vec<String> = tables.iter().map(|t| format!("'{}'", t.replace('\'', "''"))).collect();
+        let extra = if extra.contains("snapshot:") { extra.to_string() } else { format!("snapshot:\n  mode: never\n{extra}") };
         format!(
             "source:\n  url: {db_url}\n  slot: {prefix}\n  publication: {prefix}\n  tables: [{}]\n  status_interval_secs: 1\n\
              kafka:\n  brokers: {brokers}\n  properties: {{linger.ms: 1}}\n\
@@ -113,8 +118,13 @@ impl Ficus {
 
     /// Waits until the log contains `needle`.
     pub(crate) fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        self.wait_for_log_count(needle, 1, timeout)
+    }
+
+    /// Waits until the log contains `needle` at least `count` times.
+    pub(crate) fn wait_for_log_count(&self, needle: &str, count: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        while !self.log().contains(needle) {
+        while self.log().matches(needle).count() < count {
             if Instant::now() > deadline {
                 panic!("ficus log never showed {needle:?}:\n{}", self.log());
             }
@@ -188,6 +198,25 @@ impl Setup {
             .await
             .unwrap()
             .and_then(|r| r.get(0))
+    }
+
+    /// Waits until the slot confirmed everything written so far (so Kafka holds it all).
+    pub(crate) async fn wait_confirmed_now(&self, f: &Ficus) {
+        self.wait_confirmed_now_within(f, WAIT).await
+    }
+
+    pub(crate) async fn wait_confirmed_now_within(&self, f: &Ficus, timeout: Duration) {
+        let target = self.current_lsn().await;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(c) = self.confirmed_flush().await {
+                if lsn(&c) >= lsn(&target) {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "confirmed_flush_lsn never reached {target}:\n{}", f.log());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     pub(crate) async fn current_lsn(&self) -> String {

@@ -1,0 +1,265 @@
+//! One chunk of a table: the SQL that reads it and the parser for what `COPY ... TO STDOUT` sends back.
+//!
+//! A chunk is `COPY (SELECT <columns> FROM <table> WHERE (<key>) > (<last key>) [AND (<filter>)] ORDER BY <key>
+//! LIMIT n) TO STDOUT`: one statement, so one short transaction that holds no snapshot beyond it; the key order
+//! uses the primary-key index. COPY's text format carries every value exactly as the type's output function
+//! writes it — the same text pgoutput sends — so snapshot rows and streamed rows map to identical JSON.
+//!
+//! Identifiers are always quoted; key values become quoted literals (`'` doubled, `standard_conforming_strings`
+//! on for the session), never spliced raw. The optional filter of `ficus backfill --where` is SQL by design; it
+//! must pass [`check_filter`] (a self-contained expression that cannot close the surrounding parentheses, end the
+//! statement or comment the rest out), and the session is read-only.
+
+use bytes::Bytes;
+
+use crate::change::Datum;
+use crate::config::{quote_ident, TableName};
+
+/// What a chunk query needs to know about its table.
+#[derive(Debug, Clone)]
+pub struct ChunkQuery {
+    pub table: TableName,
+    /// Every published column, in table order.
+    pub columns: Vec<String>,
+    /// Indexes into `columns` of the key columns, in key order.
+    pub key: Vec<usize>,
+    /// Extra condition (`ficus backfill --where`), already checked.
+    pub filter: Option<String>,
+}
+
+impl ChunkQuery {
+    /// The COPY statement for the `limit` rows after `after` (the last key of the previous chunk).
+    pub fn sql(&self, after: Option<&[String]>, limit: u32) -> String {
+        let cols: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
+        let key: Vec<&str> = self.key.iter().map(|&i| cols[i].as_str()).collect();
+        let mut conditions = Vec::new();
+        if let Some(after) = after {
+            let lits: Vec<String> = after.iter().map(|v| quote_literal(v)).collect();
+            conditions.push(format!("({}) > ({})", key.join(", "), lits.join(", ")));
+        }
+        if let Some(f) = &self.filter {
+            conditions.push(format!("({f})"));
+        }
+        let filter = if conditions.is_empty() { String::new() } else { format!(" WHERE {}", conditions.join(" AND ")) };
+        format!(
+            "COPY (SELECT {} FROM {}{filter} ORDER BY {} LIMIT {limit}) TO STDOUT",
+            cols.join(", "),
+            self.table.quoted(),
+            key.join(", ")
+        )
+    }
+}
+
+/// `'text'` with embedded quotes doubled (valid with `standard_conforming_strings = on`, which the snapshot
+/// session sets). PostgreSQL text never holds NUL, the one byte a literal cannot carry.
+pub fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// A malformed COPY row.
+#[derive(Debug, thiserror::Error)]
+#[error("COPY row {row}: {message}")]
+pub struct CopyError {
+    pub row: usize,
+    pub message: String,
+}
+
+/// Parses one COPY text-format row (tab-separated, `\N` = NULL, backslash escapes, ending in a newline) into
+/// `columns` datums. Values without escapes are slices of `line` (no copy).
+pub fn parse_row(line: &Bytes, columns: usize, row: usize) -> Result<Vec<Datum>, CopyError> {
+    let err = |message: String| CopyError { row, message };
+    let body = match line.last() {
+        Some(b'\n') => line.slice(..line.len() - 1),
+        _ => return Err(err("does not end with a newline".into())),
+    };
+    let mut out = Vec::with_capacity(columns);
+    let mut start = 0;
+    let bytes = &body[..];
+    loop {
+        let end = memchr::memchr(b'\t', &bytes[start..]).map_or(bytes.len(), |i| start + i);
+        let field = &bytes[start..end];
+        out.push(if field == b"\\N" {
+            Datum::Null
+        } else if memchr::memchr(b'\\', field).is_none() {
+            Datum::Text(body.slice(start..end))
+        } else {
+            Datum::Text(Bytes::from(unescape(field).map_err(err)?))
+        });
+        if end == bytes.len() {
+            break;
+        }
+        start = end + 1;
+    }
+    if out.len() != columns {
+        return Err(err(format!("has {} fields, expected {columns}", out.len())));
+    }
+    Ok(out)
+}
+
+/// Undoes COPY's text-format escapes (`\b \f \n \r \t \v \\`, octal `\ooo`, hex `\xhh`; any other escaped
+/// character stands for itself, as `COPY FROM` reads it).
+fn unescape(field: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let b = field[i];
+        i += 1;
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        let Some(&e) = field.get(i) else { return Err("ends with a lone backslash".into()) };
+        i += 1;
+        match e {
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'v' => out.push(11),
+            b'0'..=b'7' => {
+                let mut v = u32::from(e - b'0');
+                for _ in 0..2 {
+                    match field.get(i) {
+                        Some(&d @ b'0'..=b'7') => {
+                            v = v * 8 + u32::from(d - b'0');
+                            i += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                out.push((v & 0xff) as u8);
+            }
+            b'x' if field.get(i).is_some_and(u8::is_ascii_hexdigit) => {
+                let mut v = 0u32;
+                for _ in 0..2 {
+                    match field.get(i) {
+                        Some(d) if d.is_ascii_hexdigit() => {
+                            v = v * 16 + (*d as char).to_digit(16).unwrap_or(0);
+                            i += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                out.push(v as u8);
+            }
+            other => out.push(other),
+        }
+    }
+    Ok(out)
+}
+
+/// Checks a `--where` filter: non-empty, no `;`, no comments, balanced parentheses that never close one the
+/// filter did not open — outside string literals and quoted identifiers. That keeps the filter inside the
+/// parentheses ficus puts around it, so it can only narrow the rows of its own table.
+pub fn check_filter(filter: &str) -> Result<(), String> {
+    if filter.trim().is_empty() {
+        return Err("is empty".into());
+    }
+    let b = filter.as_bytes();
+    let mut depth = 0i32;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            q @ (b'\'' | b'"') => {
+                // To the closing quote; a doubled quote is an escaped one.
+                i += 1;
+                loop {
+                    match b.get(i) {
+                        None => return Err("has an unterminated quote".into()),
+                        Some(&c) if c == q && b.get(i + 1) == Some(&q) => i += 2,
+                        Some(&c) if c == q => break,
+                        Some(_) => i += 1,
+                    }
+                }
+            }
+            b'$' => return Err("uses dollar quoting; use '...' literals".into()),
+            b';' => return Err("contains `;`: give one condition, not statements".into()),
+            b'-' if b.get(i + 1) == Some(&b'-') => return Err("contains a comment (`--`)".into()),
+            b'/' if b.get(i + 1) == Some(&b'*') => return Err("contains a comment (`/*`)".into()),
+            b'(' => depth += 1,
+            b')' => {
+                depth -= 1;
+                if depth < 0 {
+                    return Err("closes a parenthesis it did not open".into());
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if depth != 0 {
+        return Err("has unbalanced parentheses".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(d: &Datum) -> &[u8] {
+        match d {
+            Datum::Text(b) => b,
+            other => panic!("not text: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sql_quotes_identifiers_and_key_literals() {
+        let q = ChunkQuery {
+            table: TableName { schema: "legacy".into(), name: "Order \"Lines\"".into() },
+            columns: vec!["order id".into(), "line".into(), "note".into()],
+            key: vec![0, 1],
+            filter: None,
+        };
+        assert_eq!(
+            q.sql(None, 5),
+            r#"COPY (SELECT "order id", "line", "note" FROM "legacy"."Order ""Lines""" ORDER BY "order id", "line" LIMIT 5) TO STDOUT"#
+        );
+        let after = ["4".to_string(), "it's".to_string()];
+        let q = ChunkQuery { filter: Some("note <> ''".into()), ..q };
+        assert_eq!(
+            q.sql(Some(&after), 5),
+            r#"COPY (SELECT "order id", "line", "note" FROM "legacy"."Order ""Lines""" WHERE ("order id", "line") > ('4', 'it''s') AND (note <> '') ORDER BY "order id", "line" LIMIT 5) TO STDOUT"#
+        );
+    }
+
+    #[test]
+    fn copy_rows_parse_nulls_escapes_and_empty_strings() {
+        let line = Bytes::from_static(b"42\t\\N\ta\\tb\\\\c\\nd\t\t\\101\\x41\\q\n");
+        let row = parse_row(&line, 5, 0).unwrap();
+        assert_eq!(text(&row[0]), b"42");
+        assert_eq!(row[1], Datum::Null);
+        assert_eq!(text(&row[2]), b"a\tb\\c\nd");
+        assert_eq!(text(&row[3]), b"");
+        assert_eq!(text(&row[4]), b"AAq");
+    }
+
+    #[test]
+    fn malformed_copy_rows_are_errors() {
+        assert!(parse_row(&Bytes::from_static(b"1\t2"), 2, 0).is_err());
+        assert!(parse_row(&Bytes::from_static(b"1\t2\n"), 3, 0).unwrap_err().to_string().contains("expected 3"));
+        assert!(parse_row(&Bytes::from_static(b"1\\\n"), 1, 7).unwrap_err().to_string().contains("row 7"));
+        assert!(parse_row(&Bytes::from_static(b""), 1, 0).is_err());
+    }
+
+    #[test]
+    fn filters_cannot_escape_their_parentheses() {
+        for ok in ["status = 'paid'", "id in (select id from x where y = ')')", "\"Weird)\" > 3", "a = 'it''s;--'"] {
+            assert_eq!(check_filter(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "1=1) UNION SELECT * FROM secrets WHERE (true",
+            "true; DROP TABLE orders",
+            "true --",
+            "true /* x */",
+            "(true",
+            "'open",
+            "$$x$$ = 'x'",
+            "  ",
+        ] {
+            assert!(check_filter(bad).is_err(), "{bad}");
+        }
+    }
+}

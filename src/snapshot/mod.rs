@@ -1,0 +1,365 @@
+//! Snapshots and backfills: existing rows brought into the stream, resumably, with no gap or stale row at the
+//! hand-over to streaming (the DBLog watermark algorithm; Debezium calls it incremental snapshots).
+//!
+//! ```text
+//!  workers (one connection each) ── low watermark, COPY chunk, high watermark ──▶ PostgreSQL WAL
+//!      │ chunk rows (one per worker in memory)                                         │ stream
+//!      └──────────────────────────────▶ Tap (in the sink task) ◀──────────────────────┘
+//!                                        drops rows changed meanwhile, emits the rest as `read` changes
+//! ```
+//!
+//! - [`config`]: `snapshot:` keys.
+//! - [`chunk`]: the chunk's SQL and the COPY text parser; the `--where` guard.
+//! - [`window`]: the stream side — watermark windows and backfill requests ([`Tap`]).
+//! - [`worker`]: copies tables chunk by chunk.
+//! - [`ledger`]: the progress persisted in the checkpoint, effective only once Kafka holds the chunk.
+//! - [`report`]: progress logs, metrics, `/status`, and the terminal progress bar.
+//!
+//! **Guarantees.** Streaming never pauses for a snapshot. A snapshot row is never published after a newer change
+//! of the same key, and a row deleted during the copy does not reappear. No transaction lasts longer than one chunk.
+//! After a crash the copy resumes after the last chunk Kafka acknowledged (the chunk in flight is read again).
+//! Tables are copied in parallel (`snapshot.workers`), each table by one worker at a time.
+
+pub mod chunk;
+pub mod config;
+pub mod ledger;
+pub mod report;
+pub mod window;
+mod worker;
+
+pub use worker::no_key_message;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::{oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::change::{Row, Table};
+use crate::config::TableName;
+use crate::postgres::conninfo::ConnInfo;
+
+pub use ledger::{Job, Ledger, SnapshotState};
+pub use window::{BackfillRequest, Tap};
+
+/// Prefix of the watermark messages.
+pub const WATERMARK_PREFIX: &str = "ficus.snapshot";
+/// Prefix of the backfill request messages (`ficus backfill`).
+pub const BACKFILL_PREFIX: &str = "ficus.backfill";
+
+/// Snapshot failures.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The snapshot connection failed or broke: the pipeline reconnects and the copy resumes.
+    #[error("snapshot connection: {0}")]
+    Connect(String),
+    #[error("snapshot: {what}: {message}")]
+    Sql { what: &'static str, message: String, transient: bool },
+    /// This job cannot go on (table dropped, no key, bad filter): it is dropped with an error.
+    #[error("snapshot: {0}")]
+    Definite(String),
+}
+
+impl SnapshotError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SnapshotError::Connect(_) => true,
+            SnapshotError::Sql { transient, .. } => *transient,
+            SnapshotError::Definite(_) => false,
+        }
+    }
+
+    fn sql(what: &'static str) -> impl Fn(tokio_postgres::Error) -> SnapshotError {
+        move |e| {
+            // Errors with an SQLSTATE outside the connection classes are about this statement; a closed connection
+            // or I/O error has none (or class 08, 57P0x: shutdown, crash) and is worth a reconnect.
+            let code = e.code().map(|c| c.code().to_string());
+            let transient = match &code {
+                None => true,
+                Some(c) => c.starts_with("08") || c.starts_with("57P") || c == "53300",
+            };
+            let message = match e.as_db_error() {
+                Some(db) => format!("{} ({})", db.message(), db.code().code()),
+                None => e.to_string(),
+            };
+            SnapshotError::Sql { what, message, transient }
+        }
+    }
+}
+
+/// A chunk read by a worker, waiting for its high watermark in the stream.
+pub(crate) struct ReadyChunk {
+    pub job: u64,
+    pub table: Arc<Table>,
+    pub rows: Vec<Row>,
+    /// Key of the last row read (the next chunk starts after it); `None` for an empty chunk.
+    pub after: Option<Vec<String>>,
+    /// Fewer rows than the chunk size: the table is done.
+    pub finished: bool,
+    /// Tells the worker the sink took the rows.
+    pub taken: oneshot::Sender<()>,
+}
+
+/// Progress of one job, for logs, metrics and `/status`.
+#[derive(Debug, Clone)]
+pub(crate) struct JobProgress {
+    pub table: TableName,
+    pub filter: Option<String>,
+    pub state: JobState,
+    pub rows: u64,
+    /// Rows copied before this session (resumed jobs).
+    pub rows_before: u64,
+    pub estimated: Option<u64>,
+    pub started: Option<Instant>,
+    pub last_logged: Option<Instant>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum JobState {
+    Queued,
+    Running,
+    Done,
+    Failed(String),
+}
+
+/// Shared by the workers, the sink's [`Tap`], the checkpoint writer and the reporter for one replication session.
+pub struct Snapshots {
+    pub(crate) slot: String,
+    /// Random per session; tags this session's watermarks.
+    pub(crate) run: String,
+    pub(crate) ledger: Ledger,
+    pub(crate) captured: Vec<TableName>,
+    pub(crate) accept_requests: bool,
+    chunks: Mutex<HashMap<u64, ReadyChunk>>,
+    chunk_ids: AtomicU64,
+    queue: Mutex<Queue>,
+    wake: Notify,
+    pub(crate) progress: Mutex<BTreeMap<u64, JobProgress>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// Tables a worker is copying: one job per table at a time, so watermark windows never overlap on a table.
+    active: HashSet<TableName>,
+}
+
+impl Snapshots {
+    /// `ledger` holds what the checkpoint recorded; its unfinished jobs are queued.
+    pub fn new(slot: &str, captured: Vec<TableName>, accept_requests: bool, ledger: Ledger) -> Arc<Snapshots> {
+        let run = format!("{:016x}", rand_u64());
+        let shared = Arc::new(Snapshots {
+            slot: slot.to_string(),
+            run,
+            captured,
+            accept_requests,
+            chunks: Mutex::new(HashMap::new()),
+            chunk_ids: AtomicU64::new(0),
+            queue: Mutex::new(Queue::default()),
+            wake: Notify::new(),
+            progress: Mutex::new(BTreeMap::new()),
+            ledger,
+        });
+        for job in shared.ledger.durable().map(|s| s.jobs).unwrap_or_default() {
+            shared.enqueue(job);
+        }
+        shared
+    }
+
+    /// Plans the initial snapshot of `tables` (first start).
+    pub fn plan(&self, tables: &[TableName]) {
+        for job in self.ledger.plan(tables) {
+            self.enqueue(job);
+        }
+    }
+
+    /// The ledger (the checkpoint writer settles it).
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Starts `workers` copy workers and the progress reporter; they run until `stop`. The handle's error is a
+    /// worker's connection failure (the pipeline reconnects).
+    pub fn start(
+        self: &Arc<Self>,
+        info: ConnInfo,
+        workers: u32,
+        chunk_size: u32,
+        health: Arc<crate::health::Health>,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<Result<(), SnapshotError>> {
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let reporter = tokio::spawn(report::run(shared.clone(), health, stop.clone()));
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..workers {
+                set.spawn(worker::run(shared.clone(), info.clone(), chunk_size, stop.clone()));
+            }
+            let mut result = Ok(());
+            while let Some(r) = set.join_next().await {
+                match r {
+                    Ok(Err(e)) if result.is_ok() => {
+                        // One broken connection ends the session; the others stop with it.
+                        stop.cancel();
+                        result = Err(e);
+                    }
+                    Err(e) if result.is_ok() => {
+                        stop.cancel();
+                        result = Err(SnapshotError::Connect(format!("snapshot worker: {e}")));
+                    }
+                    _ => {}
+                }
+            }
+            let _ = reporter.await;
+            result
+        })
+    }
+
+    /// Whether no job is queued, running, or waiting for Kafka.
+    pub fn complete_at(&self, flushed: crate::lsn::Lsn) -> bool {
+        let q = self.lock_queue();
+        q.jobs.is_empty() && q.active.is_empty() && self.ledger.complete_at(flushed)
+    }
+
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_progress(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, JobProgress>> {
+        self.progress.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn enqueue(&self, job: Job) {
+        self.lock_progress().insert(
+            job.id,
+            JobProgress {
+                table: job.table_name(),
+                filter: job.filter.clone(),
+                state: JobState::Queued,
+                rows: job.rows,
+                rows_before: job.rows,
+                estimated: None,
+                started: None,
+                last_logged: None,
+            },
+        );
+        self.lock_queue().jobs.push_back(job);
+        self.wake.notify_waiters();
+        self.wake.notify_one();
+    }
+
+    /// Puts a job back (worker stopped or lost its connection); the next session starts it from the checkpoint.
+    fn requeue(&self, job: Job) {
+        let mut q = self.lock_queue();
+        q.active.remove(&job.table_name());
+        q.jobs.push_front(job);
+    }
+
+    /// The next job whose table no worker is copying; `None` once `stop` fires.
+    async fn next_job(&self, stop: &CancellationToken) -> Option<Job> {
+        loop {
+            let notified = self.wake.notified();
+            {
+                let mut q = self.lock_queue();
+                let free = q.jobs.iter().position(|j| !q.active.contains(&j.table_name()));
+                if let Some(i) = free {
+                    let job = q.jobs.remove(i).expect("index from position");
+                    q.active.insert(job.table_name());
+                    return Some(job);
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                _ = notified => {}
+            }
+        }
+    }
+
+    fn job_started(&self, job: &Job, estimated: Option<u64>) {
+        if let Some(p) = self.lock_progress().get_mut(&job.id) {
+            p.state = JobState::Running;
+            p.estimated = estimated;
+            p.started = Some(Instant::now());
+            p.last_logged = Some(Instant::now());
+        }
+    }
+
+    fn chunk_done(&self, job: u64, table: &TableName, rows: u64) {
+        metrics::counter!(crate::metrics::SNAPSHOT_ROWS, "table" => table.to_string()).increment(rows);
+        if let Some(p) = self.lock_progress().get_mut(&job) {
+            p.rows += rows;
+        }
+    }
+
+    fn job_finished(&self, job: &Job) {
+        self.end_job(job, JobState::Done);
+    }
+
+    fn job_failed(&self, job: &Job, e: &SnapshotError) {
+        tracing::error!(table = %job.table_name(), job = job.id, error = %e, "snapshot of table failed; the job is dropped (fix the cause, then request it again with `ficus backfill`)");
+        // Dropping a job needs nothing in Kafka: effective at once.
+        self.ledger.record(crate::lsn::Lsn::INVALID, ledger::Mutation::Chunk { job: job.id, after: None, rows: 0, finished: true });
+        self.end_job(job, JobState::Failed(e.to_string()));
+    }
+
+    fn end_job(&self, job: &Job, state: JobState) {
+        self.lock_queue().active.remove(&job.table_name());
+        if let Some(p) = self.lock_progress().get_mut(&job.id) {
+            if state == JobState::Done {
+                let secs = p.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+                tracing::info!(table = %p.table, job = job.id, rows = p.rows, seconds = format!("{secs:.1}"), "snapshot of table finished");
+            }
+            p.state = state;
+        }
+        self.wake.notify_waiters();
+        self.wake.notify_one();
+    }
+
+    fn next_chunk_id(&self) -> u64 {
+        self.chunk_ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn put_chunk(&self, id: u64, chunk: ReadyChunk) {
+        self.chunks.lock().unwrap_or_else(|e| e.into_inner()).insert(id, chunk);
+    }
+
+    pub(crate) fn take_chunk(&self, id: u64) -> Option<ReadyChunk> {
+        self.chunks.lock().unwrap_or_else(|e| e.into_inner()).remove(&id)
+    }
+}
+
+/// A random value for the session tag (no cryptographic need: it only tells sessions apart).
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// Writes a backfill request for the instance using `slot` (`ficus backfill`). The request travels through the
+/// WAL: the running instance (or the next one to start) takes it up in stream order.
+pub async fn request_backfill(client: &tokio_postgres::Client, slot: &str, table: &TableName, filter: Option<&str>) -> Result<String, String> {
+    if let Some(f) = filter {
+        chunk::check_filter(f).map_err(|e| format!("--where {e}"))?;
+        // Let the server check the condition now rather than fail the backfill later.
+        client
+            .execute(&format!("EXPLAIN SELECT 1 FROM {} WHERE ({f})", table.quoted()), &[])
+            .await
+            .map_err(|e| format!("--where is not a valid condition on {table}: {}", e.as_db_error().map_or(e.to_string(), |d| d.message().to_string())))?;
+    }
+    let content = serde_json::to_string(&BackfillRequest {
+        slot: slot.to_string(),
+        schema: table.schema.clone(),
+        table: table.name.clone(),
+        filter: filter.map(str::to_string),
+    })
+    .expect("a request serializes");
+    let row = client
+        .query_one("SELECT pg_logical_emit_message(true, $1, $2)::text", &[&BACKFILL_PREFIX, &content])
+        .await
+        .map_err(|e| format!("writing the request: {}", e.as_db_error().map_or(e.to_string(), |d| d.message().to_string())))?;
+    Ok(row.get(0))
+}

@@ -1,0 +1,240 @@
+//! A snapshot worker: copies one table at a time, chunk by chunk, on its own read-only connection.
+//!
+//! Per chunk: low watermark → one `COPY (SELECT ... ORDER BY key LIMIT n)` → hand the rows over → high watermark →
+//! wait until the sink took them (at most one chunk per worker in memory) → next chunk after the last key.
+//! No statement holds a snapshot longer than one chunk's read, so the copy never holds back vacuum.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio::sync::oneshot;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::change::{Column, Datum, Row, Table};
+use crate::config::TableName;
+use crate::postgres::conninfo::ConnInfo;
+use crate::postgres::control;
+
+use super::chunk::{self, ChunkQuery};
+use super::ledger::Job;
+use super::window::Watermark;
+use super::{ReadyChunk, SnapshotError, Snapshots, WATERMARK_PREFIX};
+
+/// How a job ended.
+pub(super) enum Outcome {
+    Finished,
+    /// Shutdown: the job continues from the checkpoint at the next start.
+    Stopped,
+}
+
+/// Takes jobs until `stop`. Definite failures of a job (table gone, no key, bad filter) end that job with an error
+/// in the log and `/status`; connection failures end the worker (the pipeline reconnects).
+pub(super) async fn run(shared: Arc<Snapshots>, info: ConnInfo, chunk_size: u32, stop: CancellationToken) -> Result<(), SnapshotError> {
+    let mut conn: Option<Client> = None;
+    while let Some(mut job) = shared.next_job(&stop).await {
+        let client = match &conn {
+            Some(c) if !c.is_closed() => c,
+            _ => conn.insert(connect(&info).await.inspect_err(|_| shared.requeue(job.clone()))?),
+        };
+        match copy_job(&shared, client, &mut job, chunk_size, &stop).await {
+            Ok(Outcome::Finished) => shared.job_finished(&job),
+            Ok(Outcome::Stopped) => {
+                shared.requeue(job);
+                return Ok(());
+            }
+            Err(e) if e.is_transient() => {
+                shared.requeue(job);
+                return Err(e);
+            }
+            Err(e) => shared.job_failed(&job, &e),
+        }
+    }
+    Ok(())
+}
+
+async fn connect(info: &ConnInfo) -> Result<Client, SnapshotError> {
+    let (client, _connection) = info.connect_control().await.map_err(|e| SnapshotError::Connect(e.to_string()))?;
+    // Read-only: the one write a worker makes is its watermarks, which PostgreSQL allows in read-only transactions.
+    client
+        .batch_execute(
+            "SET default_transaction_read_only = on; SET standard_conforming_strings = on; \
+             SET application_name = 'ficus snapshot'; SET statement_timeout = 0",
+        )
+        .await
+        .map_err(SnapshotError::sql("setting up the snapshot session"))?;
+    Ok(client)
+}
+
+async fn copy_job(shared: &Snapshots, client: &Client, job: &mut Job, chunk_size: u32, stop: &CancellationToken) -> Result<Outcome, SnapshotError> {
+    let name = job.table_name();
+    let (table, mut query) = table_meta(client, &name).await?;
+    query.filter = job.filter.clone();
+    let estimate = estimate_rows(client, table.oid, &name, job.filter.is_some()).await;
+    shared.job_started(job, estimate);
+    tracing::info!(table = %name, job = job.id, resume_after = ?job.after, estimated_rows = ?estimate, "snapshot of table started");
+    loop {
+        let id = shared.next_chunk_id();
+        emit(client, shared, id, "low", table.oid).await?;
+        let sql = query.sql(job.after.as_deref(), chunk_size);
+        let rows = read_chunk(client, &sql, table.columns.len()).await?;
+        let n = rows.len();
+        let after = match rows.last() {
+            Some(last) => Some(key_text(last, &query.key)?),
+            None => None,
+        };
+        let finished = n < chunk_size as usize;
+        let (taken, took) = oneshot::channel();
+        shared.put_chunk(id, ReadyChunk { job: job.id, table: table.clone(), rows, after: after.clone(), finished, taken });
+        if let Err(e) = emit(client, shared, id, "high", table.oid).await {
+            shared.take_chunk(id);
+            return Err(e);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => {
+                shared.take_chunk(id);
+                return Ok(Outcome::Stopped);
+            }
+            r = took => if r.is_err() {
+                // The session ended before the stream reached the high watermark.
+                return Ok(Outcome::Stopped);
+            }
+        }
+        job.rows += n as u64;
+        if after.is_some() {
+            job.after = after;
+        }
+        shared.chunk_done(job.id, &name, n as u64);
+        if finished {
+            return Ok(Outcome::Finished);
+        }
+    }
+}
+
+/// The table as the stream would describe it (generated columns excluded, as pgoutput does) and its chunk query.
+async fn table_meta(client: &Client, name: &TableName) -> Result<(Arc<Table>, ChunkQuery), SnapshotError> {
+    let info = control::table_info(client, name)
+        .await
+        .map_err(|e| SnapshotError::Definite(e.to_string()))?
+        .ok_or_else(|| SnapshotError::Definite(format!("table {name} does not exist")))?;
+    if info.key_columns.is_empty() {
+        return Err(SnapshotError::Definite(no_key_message(name)));
+    }
+    let rows = client
+        .query(
+            "SELECT attname::text, atttypid, atttypmod FROM pg_attribute \
+             WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
+            &[&info.oid],
+        )
+        .await
+        .map_err(SnapshotError::sql("reading the columns"))?;
+    let columns: Vec<Column> = rows
+        .iter()
+        .map(|r| {
+            let name: String = r.get(0);
+            Column { is_key: info.key_columns.contains(&name), name, type_oid: r.get(1), type_modifier: r.get(2) }
+        })
+        .collect();
+    let key = info
+        .key_columns
+        .iter()
+        .map(|k| columns.iter().position(|c| &c.name == k))
+        .collect::<Option<Vec<usize>>>()
+        .ok_or_else(|| SnapshotError::Definite(format!("a key column of {name} is generated; ficus cannot snapshot it")))?;
+    let query = ChunkQuery { table: name.clone(), columns: columns.iter().map(|c| c.name.clone()).collect(), key, filter: None };
+    let table = Table {
+        oid: info.oid,
+        schema: name.schema.clone(),
+        name: name.name.clone(),
+        columns,
+        replica_identity: info.replica_identity,
+    };
+    Ok((Arc::new(table), query))
+}
+
+/// Why a table without a key cannot be snapshotted, and what to do.
+pub fn no_key_message(name: &TableName) -> String {
+    format!(
+        "{name} has no primary key (nor replica-identity index): a snapshot reads a table in key order, chunk by chunk, \
+         and needs a key to resume and to match rows with concurrent changes; add a primary key, or leave the table \
+         out of snapshot.tables"
+    )
+}
+
+/// `pg_class.reltuples`, or an exact count when the table was never analyzed and is small. `None` with a filter.
+async fn estimate_rows(client: &Client, oid: u32, name: &TableName, filtered: bool) -> Option<u64> {
+    if filtered {
+        return None;
+    }
+    let row = client
+        .query_one("SELECT reltuples::float8, pg_relation_size(oid) FROM pg_class WHERE oid = $1", &[&oid])
+        .await
+        .ok()?;
+    let (tuples, size): (f64, i64) = (row.get(0), row.get(1));
+    if tuples >= 0.0 {
+        return Some(tuples as u64);
+    }
+    if size > 64 << 20 {
+        return None;
+    }
+    let row = client.query_one(&format!("SELECT count(*) FROM {}", name.quoted()), &[]).await.ok()?;
+    Some(row.get::<_, i64>(0).max(0) as u64)
+}
+
+async fn emit(client: &Client, shared: &Snapshots, chunk: u64, mark: &str, oid: u32) -> Result<(), SnapshotError> {
+    let content = serde_json::to_string(&Watermark {
+        slot: shared.slot.clone(),
+        run: shared.run.clone(),
+        chunk,
+        mark: mark.into(),
+        oid,
+    })
+    .expect("a watermark serializes");
+    client
+        .execute("SELECT pg_logical_emit_message(true, $1, $2)", &[&WATERMARK_PREFIX, &content])
+        .await
+        .map_err(SnapshotError::sql("writing a snapshot watermark (pg_logical_emit_message)"))?;
+    Ok(())
+}
+
+/// Runs one chunk's COPY and parses its rows.
+async fn read_chunk(client: &Client, sql: &str, columns: usize) -> Result<Vec<Row>, SnapshotError> {
+    let stream = client.copy_out(sql).await.map_err(SnapshotError::sql("reading a chunk"))?;
+    futures_util::pin_mut!(stream);
+    let mut rows = Vec::new();
+    let mut partial = BytesMut::new();
+    while let Some(data) = stream.next().await {
+        let data = data.map_err(SnapshotError::sql("reading a chunk"))?;
+        // PostgreSQL sends one row per CopyData message; split anyway in case a message holds several or a part.
+        let data: Bytes = if partial.is_empty() {
+            data
+        } else {
+            partial.extend_from_slice(&data);
+            partial.split().freeze()
+        };
+        let mut start = 0;
+        for nl in memchr::memchr_iter(b'\n', &data) {
+            let line = data.slice(start..=nl);
+            rows.push(chunk::parse_row(&line, columns, rows.len()).map_err(|e| SnapshotError::Definite(e.to_string()))?);
+            start = nl + 1;
+        }
+        if start < data.len() {
+            partial.extend_from_slice(&data[start..]);
+        }
+    }
+    if !partial.is_empty() {
+        return Err(SnapshotError::Definite("COPY output ended inside a row".into()));
+    }
+    Ok(rows)
+}
+
+/// The key columns of `row` in text form (for the next chunk's `WHERE` and the checkpoint).
+fn key_text(row: &Row, key: &[usize]) -> Result<Vec<String>, SnapshotError> {
+    key.iter()
+        .map(|&i| match &row[i] {
+            Datum::Text(b) => String::from_utf8(b.to_vec()).map_err(|_| SnapshotError::Definite("a key value is not UTF-8".into())),
+            _ => Err(SnapshotError::Definite("a key value is NULL".into())),
+        })
+        .collect()
+}
