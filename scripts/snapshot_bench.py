@@ -7,7 +7,7 @@
   ficus -> broker    the same, published to the Kafka-protocol broker (optional: --kafka)
 
 Rates are rows/s over the wall time of the run (ficus: start to exit, including connecting and the final checkpoint).
-Usage: scripts/snapshot-bench.sh [--rows N] [--chunk-size N] [--kafka]
+Usage: scripts/bench.sh snapshot [--rows N] [--chunk-size N] [--kafka]
 """
 
 import argparse

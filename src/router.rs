@@ -109,6 +109,8 @@ pub struct Router {
     /// Counts of routes replaced by a new relation (table renamed or re-created), and of logical messages no rule
     /// took, per name: `(received, dropped)`. Updated rarely, never per change.
     retired: HashMap<Arc<str>, (u64, u64)>,
+    /// The `source-lsn` header of the last change: snapshot rows of a chunk all share their watermark's LSN.
+    last_lsn: (crate::lsn::Lsn, Arc<str>),
 }
 
 fn op_index(op: Op) -> usize {
@@ -132,6 +134,7 @@ impl Router {
             routes: HashMap::new(),
             rules,
             retired: HashMap::new(),
+            last_lsn: (crate::lsn::Lsn::INVALID, Arc::from("0/0")),
         }
     }
 
@@ -229,6 +232,9 @@ impl Router {
         route.changes += 1;
         if let Some(topic) = &route.topic {
             route.raw_events.increment(1);
+            if self.last_lsn.0 != change.lsn {
+                self.last_lsn = (change.lsn, Arc::from(change.lsn.to_string()));
+            }
             let (key, payload) = match encoding {
                 ChangeEncoding::Json => encode::raw_change(change, source)?,
                 ChangeEncoding::Debezium => encode::debezium::change(change, source, prefix)?,
@@ -239,7 +245,7 @@ impl Router {
                 payload,
                 headers: vec![
                     ("content-type", HeaderValue::Static("application/json")),
-                    ("source-lsn", HeaderValue::Owned(change.lsn.to_string())),
+                    ("source-lsn", HeaderValue::Shared(self.last_lsn.1.clone())),
                     ("op", HeaderValue::Static(change.op.as_str())),
                     ("source-table", HeaderValue::Shared(route.qualified.clone())),
                 ],

@@ -107,7 +107,7 @@ fn update_bar(multi: &MultiProgress, bars: &mut std::collections::HashMap<u64, P
     }
     let bar = bars.entry(id).or_insert_with(|| {
         let bar = multi.add(ProgressBar::new(p.estimated.unwrap_or(0)));
-        let style = ProgressStyle::with_template("{prefix:>24} [{bar:30}] {human_pos}/{human_len} rows {per_sec} ETA {eta}")
+        let style = ProgressStyle::with_template("{prefix:>24} [{bar:30}] {human_pos}/{human_len} rows {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> ");
         bar.set_style(style);
@@ -121,6 +121,11 @@ fn update_bar(multi: &MultiProgress, bars: &mut std::collections::HashMap<u64, P
         bar.set_length(total.max(p.rows));
     }
     bar.set_position(p.rows);
+    let (rate, eta) = rate_and_eta(p);
+    bar.set_message(match eta {
+        Some(eta) => format!("{:.0} rows/s, ETA {eta} s", rate),
+        None => format!("{:.0} rows/s", rate),
+    });
     match &p.state {
         JobState::Done => bar.finish(),
         JobState::Failed(e) => bar.abandon_with_message(e.clone()),

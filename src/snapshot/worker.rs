@@ -1,9 +1,11 @@
 //! A snapshot worker: copies one table at a time, chunk by chunk, on its own read-only connection.
 //!
 //! Per chunk: low watermark → one `COPY (SELECT ... ORDER BY key LIMIT n)` → hand the rows over → high watermark →
-//! wait until the sink took them (at most one chunk per worker in memory) → next chunk after the last key.
+//! next chunk after the last key. A worker reads ahead by one chunk while the sink publishes the previous one: at
+//! most two chunks per worker are in memory.
 //! No statement holds a snapshot longer than one chunk's read, so the copy never holds back vacuum.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -57,10 +59,12 @@ pub(super) async fn run(shared: Arc<Snapshots>, info: ConnInfo, chunk_size: u32,
 async fn connect(info: &ConnInfo) -> Result<Client, SnapshotError> {
     let (client, _connection) = info.connect_control().await.map_err(|e| SnapshotError::Connect(e.to_string()))?;
     // Read-only: the one write a worker makes is its watermarks, which PostgreSQL allows in read-only transactions.
+    // synchronous_commit on: the walsender only sends flushed WAL, so with the server's default set to off a
+    // watermark would wait for the WAL writer (up to wal_writer_delay, 200 ms) — per watermark, twice per chunk.
     client
         .batch_execute(
             "SET default_transaction_read_only = on; SET standard_conforming_strings = on; \
-             SET application_name = 'ficus snapshot'; SET statement_timeout = 0",
+             SET synchronous_commit = on; SET application_name = 'ficus snapshot'; SET statement_timeout = 0",
         )
         .await
         .map_err(SnapshotError::sql("setting up the snapshot session"))?;
@@ -74,41 +78,60 @@ async fn copy_job(shared: &Snapshots, client: &Client, job: &mut Job, chunk_size
     let estimate = estimate_rows(client, table.oid, &name, job.filter.is_some()).await;
     shared.job_started(job, estimate);
     tracing::info!(table = %name, job = job.id, resume_after = ?job.after, estimated_rows = ?estimate, "snapshot of table started");
-    loop {
+    // Chunks handed over whose high watermark the sink has not reached yet: (id, rows, receiver). Reading chunk n+1
+    // while the sink publishes chunk n keeps both busy; the windows never overlap because chunk n+1's low
+    // watermark is written after chunk n's high one.
+    let mut in_flight: VecDeque<(u64, u64, oneshot::Receiver<()>)> = VecDeque::new();
+    let outcome = loop {
         let id = shared.next_chunk_id();
         emit(client, shared, id, "low", table.oid).await?;
         let sql = query.sql(job.after.as_deref(), chunk_size);
         let rows = read_chunk(client, &sql, table.columns.len()).await?;
         let n = rows.len();
-        let after = match rows.last() {
-            Some(last) => Some(key_text(last, &query.key)?),
-            None => None,
-        };
+        if let Some(last) = rows.last() {
+            job.after = Some(key_text(last, &query.key)?);
+        }
         let finished = n < chunk_size as usize;
         let (taken, took) = oneshot::channel();
-        shared.put_chunk(id, ReadyChunk { job: job.id, table: table.clone(), rows, after: after.clone(), finished, taken });
+        shared.put_chunk(id, ReadyChunk { job: job.id, table: table.clone(), rows, after: job.after.clone(), finished, taken });
+        in_flight.push_back((id, n as u64, took));
         if let Err(e) = emit(client, shared, id, "high", table.oid).await {
-            shared.take_chunk(id);
+            drop_in_flight(shared, &mut in_flight);
             return Err(e);
         }
-        tokio::select! {
-            _ = stop.cancelled() => {
-                shared.take_chunk(id);
-                return Ok(Outcome::Stopped);
+        // At most CHUNKS_IN_FLIGHT chunks per worker in memory; all of them handed over before the job ends.
+        while in_flight.len() >= CHUNKS_IN_FLIGHT || (finished && !in_flight.is_empty()) {
+            let (_, rows, took) = in_flight.front_mut().expect("not empty");
+            let rows = *rows;
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    drop_in_flight(shared, &mut in_flight);
+                    return Ok(Outcome::Stopped);
+                }
+                r = took => if r.is_err() {
+                    // The session ended before the stream reached the high watermark.
+                    drop_in_flight(shared, &mut in_flight);
+                    return Ok(Outcome::Stopped);
+                }
             }
-            r = took => if r.is_err() {
-                // The session ended before the stream reached the high watermark.
-                return Ok(Outcome::Stopped);
-            }
+            in_flight.pop_front();
+            job.rows += rows;
+            shared.chunk_done(job.id, &name, rows);
         }
-        job.rows += n as u64;
-        if after.is_some() {
-            job.after = after;
-        }
-        shared.chunk_done(job.id, &name, n as u64);
         if finished {
-            return Ok(Outcome::Finished);
+            break Outcome::Finished;
         }
+    };
+    Ok(outcome)
+}
+
+/// Chunks a worker read per table before the sink took the oldest one.
+const CHUNKS_IN_FLIGHT: usize = 2;
+
+/// Forgets the chunks not taken yet (the next session reads them again from the checkpoint).
+fn drop_in_flight(shared: &Snapshots, in_flight: &mut VecDeque<(u64, u64, oneshot::Receiver<()>)>) {
+    for (id, _, _) in in_flight.drain(..) {
+        shared.take_chunk(id);
     }
 }
 
