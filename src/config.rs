@@ -119,9 +119,13 @@ pub enum ValueFormat {
 pub struct KafkaConfig {
     /// Bootstrap servers, `host:port[,host:port]`.
     pub brokers: String,
-    /// `at_least_once` (default). `exactly_once` is not supported by this version yet.
+    /// `at_least_once` (default) or `exactly_once` (Kafka transactions with the checkpoint inside them).
     #[serde(default)]
     pub delivery: Delivery,
+    /// exactly_once: the compacted topic holding one checkpoint per slot, written in the same Kafka transaction as
+    /// the events. Default `<changes.topic_prefix>.checkpoints`.
+    #[serde(default)]
+    pub checkpoint_topic: Option<String>,
     /// Dead-letter topic for changes that cannot become events (used by business-event rules).
     #[serde(default)]
     pub dlq_topic: Option<String>,
@@ -159,7 +163,8 @@ pub enum Delivery {
     /// Every change reaches Kafka at least once; after a crash the transactions after the last checkpoint repeat.
     #[default]
     AtLeastOnce,
-    /// Kafka transactions with the checkpoint inside them (not supported by this version yet).
+    /// Kafka transactions holding whole source transactions and the checkpoint (a compacted topic); PostgreSQL is
+    /// confirmed after the commit. Consumers read with `isolation.level=read_committed`.
     ExactlyOnce,
 }
 
@@ -464,12 +469,6 @@ impl Config {
         }
         if self.kafka.brokers.trim().is_empty() {
             return Err(ConfigError::invalid("kafka.brokers", "set the bootstrap servers, e.g. 127.0.0.1:9092"));
-        }
-        if self.kafka.delivery == Delivery::ExactlyOnce {
-            return Err(ConfigError::invalid(
-                "kafka.delivery",
-                "exactly_once is not supported by this version yet; use at_least_once",
-            ));
         }
         crate::kafka::check_user_properties(&self.kafka.properties)?;
         // Compiling checks every rule (tables, topics, CEL syntax) with errors naming the key.

@@ -44,12 +44,21 @@ struct Inner {
     flushed: Lsn,
     in_flight: u64,
     failure: Option<String>,
+    /// The failure is worth a new session (see [`Progress::fail_transient`]).
+    failure_transient: bool,
+    /// Gated trackers: the highest position a committed Kafka transaction covers ([`Progress::release`]). The
+    /// published flushed LSN is `min(flushed, released)`, recomputed whenever either moves — so acknowledgements
+    /// that arrive after the commit returned still publish.
+    released: Lsn,
 }
 
 /// Shared ack tracker; see the module docs.
 #[derive(Debug)]
 pub struct Progress {
     inner: Mutex<Inner>,
+    /// exactly_once: acknowledged is not enough, the Kafka transaction must be committed; the flushed LSN is then
+    /// published only by [`Progress::release`].
+    gated: bool,
     flushed: watch::Sender<Lsn>,
     /// Woken on every ack: the sink waits on it when librdkafka's queue is full.
     acked: Notify,
@@ -66,10 +75,39 @@ impl Progress {
                 flushed: start,
                 in_flight: 0,
                 failure: None,
+                failure_transient: false,
+                released: start,
             }),
             flushed,
             acked: Notify::new(),
+            gated: false,
         }
+    }
+
+    /// A tracker for exactly_once: positions become flushed only through [`Progress::release`], after the Kafka
+    /// transaction that holds them committed.
+    pub fn gated(start: Lsn) -> Progress {
+        Progress { gated: true, ..Progress::new(start) }
+    }
+
+    /// exactly_once: everything up to `upto` is committed in Kafka; publishes it (never past what was acknowledged).
+    pub fn release(&self, upto: Lsn) {
+        let mut inner = self.lock();
+        inner.released = inner.released.max(upto);
+        let target = inner.released.min(inner.flushed);
+        drop(inner);
+        self.publish(target);
+    }
+
+    fn publish(&self, target: Lsn) {
+        self.flushed.send_if_modified(|cur| {
+            if target > *cur {
+                *cur = target;
+                true
+            } else {
+                false
+            }
+        });
     }
 
     /// A receiver of the flushed LSN.
@@ -139,10 +177,26 @@ impl Progress {
 
     /// A message of `tx` could not be delivered: nothing from `tx` on will ever be flushed.
     pub fn fail(&self, tx: TxSeq, reason: String) {
+        self.fail_as(tx, reason, false)
+    }
+
+    /// Like [`Progress::fail`], for a failure that a new session can get past (the producer lost its state, e.g.
+    /// after a broker restart): the pipeline reconnects and replays from the flushed position.
+    pub fn fail_transient(&self, tx: TxSeq, reason: String) {
+        self.fail_as(tx, reason, true)
+    }
+
+    /// Whether the first failure was transient.
+    pub fn failure_is_transient(&self) -> bool {
+        self.lock().failure_transient
+    }
+
+    fn fail_as(&self, tx: TxSeq, reason: String, transient: bool) {
         let mut inner = self.lock();
         inner.in_flight = inner.in_flight.saturating_sub(1);
         if inner.failure.is_none() {
             inner.failure = Some(reason);
+            inner.failure_transient = transient;
         }
         // Keep `outstanding` > 0 so the transaction never flushes.
         let _ = tx;
@@ -210,12 +264,8 @@ impl Progress {
             }
         }
         if inner.flushed != before {
-            let lsn = inner.flushed;
-            self.flushed.send_if_modified(|v| {
-                let changed = *v != lsn;
-                *v = lsn;
-                changed
-            });
+            let lsn = if self.gated { inner.flushed.min(inner.released) } else { inner.flushed };
+            self.publish(lsn);
         }
     }
 }
@@ -252,6 +302,31 @@ mod tests {
         assert_eq!(p.flushed(), Lsn(0));
         p.commit(a, Lsn(5));
         assert_eq!(p.flushed(), Lsn(5));
+    }
+
+    #[test]
+    fn gated_progress_publishes_only_released_positions() {
+        let p = Progress::gated(Lsn(0));
+        let a = p.begin();
+        p.add_message(a);
+        p.commit(a, Lsn(50));
+        p.ack(a);
+        assert_eq!(p.flushed(), Lsn(0), "acknowledged is not committed");
+        p.release(Lsn(80));
+        assert_eq!(p.flushed(), Lsn(50), "never past what was acknowledged");
+        let b = p.begin();
+        p.add_message(b);
+        p.commit(b, Lsn(90));
+        p.release(Lsn(90));
+        assert_eq!(p.flushed(), Lsn(50), "b is not acknowledged yet");
+        // The acknowledgement may come after the commit returned: it publishes then.
+        p.ack(b);
+        assert_eq!(p.flushed(), Lsn(90));
+        // An idle position released later flushes once acknowledged positions reach it.
+        p.idle(Lsn(120));
+        assert_eq!(p.flushed(), Lsn(90), "not released yet");
+        p.release(Lsn(120));
+        assert_eq!(p.flushed(), Lsn(120));
     }
 
     #[test]

@@ -27,6 +27,9 @@ use crate::config::{ConfigError, KafkaConfig, Scalar};
 use crate::progress::{Progress, TxSeq};
 use crate::router::Record;
 
+pub mod checkpoint_topic;
+pub mod exactly_once;
+
 /// Producer settings ficus owns; users may not override them because the delivery guarantee depends on them.
 const FORCED: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks", "all")];
 
@@ -92,6 +95,21 @@ pub enum SinkError {
     /// The broker did not answer within the wait (transient).
     #[error("Kafka broker {brokers} unreachable: {reason}")]
     Unreachable { brokers: String, reason: String },
+    /// exactly_once: a Kafka transaction could not be begun or committed (broker away, coordinator moved, timeout).
+    /// It is aborted and the session restarts from the checkpoint committed in Kafka (transient).
+    #[error("{0}; the Kafka transaction is aborted and the stream replays from the last committed checkpoint")]
+    Transaction(String),
+    /// A delivery failed for a reason a new session gets past (see `permanent`); the stream replays from the flushed
+    /// position (transient).
+    #[error("{0}; reconnecting and replaying from the last confirmed position")]
+    Retriable(String),
+}
+
+impl SinkError {
+    /// Worth a new session (reconnect, replay from the checkpoint).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SinkError::Unreachable { .. } | SinkError::Transaction(_) | SinkError::Retriable(_))
+    }
 }
 
 struct SinkContext {
@@ -142,9 +160,52 @@ impl ProducerContext for SinkContext {
                     hint(err),
                 );
                 tracing::error!("{reason}");
-                self.progress.fail(tx, reason);
+                if permanent(err) {
+                    self.progress.fail(tx, reason);
+                } else {
+                    self.progress.fail_transient(tx, reason);
+                }
             }
         }
+    }
+}
+
+/// Errors no retry of the same message can get past (too large, not authorized, invalid, fenced). Anything else that
+/// librdkafka gives up on (it retries transport errors forever) means the producer lost its state — an idempotence
+/// sequence out of order after a broker restart, a transaction the coordinator aborted — and a new session replays
+/// from the flushed position.
+fn permanent(err: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        err.rdkafka_error_code(),
+        Some(
+            MessageSizeTooLarge
+                | MessageBatchTooLarge
+                | InvalidMessage
+                | InvalidRecord
+                | InvalidTopic
+                | PolicyViolation
+                | TopicAuthorizationFailed
+                | ClusterAuthorizationFailed
+                | TransactionalIdAuthorizationFailed
+                | ProducerFenced
+                | Fenced
+                | InvalidMessageSize
+        )
+    )
+}
+
+fn txn_error(what: &str, e: KafkaError) -> SinkError {
+    let fenced = matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch | RDKafkaErrorCode::Fenced)
+    );
+    if fenced {
+        SinkError::Delivery(format!(
+            "{what}: fenced: another ficus instance with the same slot (transactional.id) took over; this one stops: {e}"
+        ))
+    } else {
+        SinkError::Transaction(format!("{what}: {e}"))
     }
 }
 
@@ -172,10 +233,54 @@ pub struct KafkaSink {
 impl KafkaSink {
     /// Creates the producer (no network I/O yet).
     pub fn new(cfg: &KafkaConfig, progress: Arc<Progress>) -> Result<KafkaSink, SinkError> {
-        let producer = client_config(cfg)
+        Self::with_transactional_id(cfg, progress, None)
+    }
+
+    /// exactly_once: a transactional producer. A later producer with the same `transactional_id` fences this one
+    /// (a zombie instance can then commit nothing).
+    pub fn with_transactional_id(cfg: &KafkaConfig, progress: Arc<Progress>, transactional_id: Option<&str>) -> Result<KafkaSink, SinkError> {
+        let mut cc = client_config(cfg);
+        if let Some(id) = transactional_id {
+            cc.set("transactional.id", id);
+            // How long the broker keeps a dead instance's open transaction (blocking read_committed consumers)
+            // before aborting it, unless a new instance with the same id aborts it first. Overridable.
+            if !cfg.properties.contains_key("transaction.timeout.ms") {
+                cc.set("transaction.timeout.ms", "60000");
+            }
+        }
+        let producer = cc
             .create_with_context(SinkContext { progress: progress.clone() })
             .map_err(|e| SinkError::Config(e.to_string()))?;
         Ok(KafkaSink { producer, progress, brokers: cfg.brokers.clone() })
+    }
+
+    /// exactly_once: registers the transactional id with the broker (fencing older producers with it).
+    pub async fn init_transactions(&self, timeout: Duration) -> Result<(), SinkError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.init_transactions(timeout))
+            .await
+            .map_err(|e| SinkError::Delivery(e.to_string()))?
+            .map_err(|e| txn_error("initialising Kafka transactions", e))
+    }
+
+    /// exactly_once: starts a Kafka transaction.
+    pub fn begin_transaction(&self) -> Result<(), SinkError> {
+        self.producer.begin_transaction().map_err(|e| txn_error("beginning a Kafka transaction", e))
+    }
+
+    /// exactly_once: commits the open Kafka transaction (flushes it first); blocks up to `timeout`.
+    pub async fn commit_transaction(&self, timeout: Duration) -> Result<(), SinkError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.commit_transaction(timeout))
+            .await
+            .map_err(|e| SinkError::Delivery(e.to_string()))?
+            .map_err(|e| txn_error("committing a Kafka transaction", e))
+    }
+
+    /// exactly_once: aborts the open Kafka transaction (best effort: the broker aborts it on timeout anyway).
+    pub async fn abort_transaction(&self, timeout: Duration) {
+        let producer = self.producer.clone();
+        let _ = tokio::task::spawn_blocking(move || producer.abort_transaction(timeout)).await;
     }
 
     /// Fetches cluster metadata once; `Unreachable` if the broker does not answer within `timeout`.

@@ -23,7 +23,8 @@ mod sink;
 pub use monitor::HEARTBEAT_PREFIX;
 
 use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, FileCheckpointStore};
-use crate::config::{quote_ident, Config, SnapshotMode, ValueFormat};
+use crate::config::{quote_ident, Config, Delivery, SnapshotMode, ValueFormat};
+use crate::kafka::exactly_once::{self, KafkaTxn};
 use crate::snapshot::{Ledger, Snapshots};
 use crate::encode::SourceInfo;
 use crate::health::Health;
@@ -72,6 +73,7 @@ impl PipelineError {
             PipelineError::Transient(_) => true,
             PipelineError::Source(e) => e.is_transient(),
             PipelineError::Control(e) => e.is_transient(),
+            PipelineError::Sink(e) => e.is_transient(),
             _ => false,
         }
     }
@@ -362,6 +364,12 @@ async fn stream_session(
         };
         (config.source.slot.clone(), start, Some(store), snapshot_state)
     };
+    let eos = config.kafka.delivery == Delivery::ExactlyOnce && options.output == Output::Kafka;
+    let (start, snapshot_state) = if eos {
+        exactly_once::resume_point(config, start, snapshot_state).await?
+    } else {
+        (start, snapshot_state)
+    };
     let (snapshots, planned_now) = match dry_run {
         true => (None, false),
         false => {
@@ -370,12 +378,26 @@ async fn stream_session(
         }
     };
 
-    let progress = Arc::new(Progress::new(start));
+    let progress = Arc::new(if eos { Progress::gated(start) } else { Progress::new(start) });
     let mut probe = None;
+    let mut kafka_txn = None;
     let sink = match options.output {
         Output::Kafka => {
-            let sink = KafkaSink::new(&config.kafka, progress.clone())?;
+            // One transactional id per slot: a second instance fences the first (which then stops).
+            let txn_id = eos.then(|| exactly_once::transactional_id(&config.source.slot));
+            let sink = KafkaSink::with_transactional_id(&config.kafka, progress.clone(), txn_id.as_deref())?;
             wait_for_broker(&sink, &config.kafka.brokers, shutdown).await?;
+            if eos {
+                sink.init_transactions(Duration::from_secs(60)).await?;
+                kafka_txn = Some(KafkaTxn::new(
+                    sink.clone(),
+                    exactly_once::checkpoint_topic_name(config),
+                    config.source.slot.clone(),
+                    system.systemid.clone(),
+                    database.clone(),
+                    snapshots.clone(),
+                ));
+            }
             probe = Some(sink.clone());
             Sink::Kafka(sink)
         }
@@ -421,7 +443,7 @@ async fn stream_session(
     let (tx, rx) = mpsc::channel::<Batch>(64);
 
     let tap = snapshots.as_ref().map(|s| crate::snapshot::Tap::new(s.clone()));
-    let sink_task = tokio::spawn(sink_loop(rx, router, sink, progress.clone(), stop.clone(), health.clone(), tap));
+    let sink_task = tokio::spawn(sink_loop(rx, router, sink, kafka_txn, progress.clone(), stop.clone(), health.clone(), tap));
     let reporter = tokio::spawn(report_loop(health.clone(), progress.clone(), probe, stop.clone()));
     let checkpoint_task = store.map(|store| -> Result<_, PipelineError> {
         let mut writer = CheckpointWriter {

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::monitor::publish_counts;
 use super::PipelineError;
 use crate::health::Health;
+use crate::kafka::exactly_once::KafkaTxn;
 use crate::kafka::{KafkaSink, SinkError};
 use crate::lsn::Lsn;
 use crate::progress::Progress;
@@ -22,17 +23,34 @@ pub(super) async fn sink_loop(
     mut rx: mpsc::Receiver<Batch>,
     mut router: Router,
     mut sink: Sink,
+    mut kafka_txn: Option<KafkaTxn>,
     progress: Arc<Progress>,
     stop: CancellationToken,
     health: Arc<Health>,
     mut tap: Option<Tap>,
 ) -> Result<(), PipelineError> {
     let mut reported = std::time::Instant::now();
+    let mut current = None;
     let result = async {
         let mut records: Vec<Record> = Vec::with_capacity(4);
-        let mut current = None;
         let mut commit_time_us = 0i64;
-        while let Some(batch) = rx.recv().await {
+        loop {
+            // exactly_once: commit an open Kafka transaction that waited long enough, at a source commit boundary.
+            // The deadline counts from the transaction's start, so a stream of keepalives cannot postpone it.
+            let due = kafka_txn.as_ref().and_then(|t| t.due_at()).filter(|_| current.is_none());
+            let batch = match due {
+                Some(due) => tokio::select! {
+                    b = rx.recv() => b,
+                    _ = tokio::time::sleep_until(due) => {
+                        if let Some(t) = kafka_txn.as_mut() {
+                            t.commit(&progress).await?;
+                        }
+                        continue;
+                    }
+                },
+                None => rx.recv().await,
+            };
+            let Some(batch) = batch else { break };
             for event in batch {
                 match event {
                     // A dry run confirms nothing: its transactions never enter the progress tracker.
@@ -50,6 +68,7 @@ pub(super) async fn sink_loop(
                         router
                             .route(&change, &mut records)
                             .map_err(|e| PipelineError::Route { lsn: change.lsn, message: e.to_string() })?;
+                        open_kafka_txn(&mut kafka_txn, &records)?;
                         emit(&mut sink, &progress, tx, &records, change.lsn).await?;
                     }
                     SourceEvent::Message(message) => {
@@ -62,6 +81,7 @@ pub(super) async fn sink_loop(
                                 router
                                     .route(&change, &mut records)
                                     .map_err(|e| PipelineError::Route { lsn: change.lsn, message: e.to_string() })?;
+                                open_kafka_txn(&mut kafka_txn, &records)?;
                                 emit(&mut sink, &progress, tx, &records, change.lsn).await?;
                             }
                             continue;
@@ -70,6 +90,7 @@ pub(super) async fn sink_loop(
                         router
                             .route_message(&message, &mut records)
                             .map_err(|e| PipelineError::Route { lsn: message.lsn, message: e.to_string() })?;
+                        open_kafka_txn(&mut kafka_txn, &records)?;
                         emit(&mut sink, &progress, tx, &records, message.lsn).await?;
                     }
                     SourceEvent::Commit { end_lsn } => {
@@ -81,13 +102,21 @@ pub(super) async fn sink_loop(
                                 tap.commit(end_lsn);
                             }
                             progress.commit_at(tx, end_lsn, commit_time_us);
+                            if let Some(t) = kafka_txn.as_mut() {
+                                t.source_committed(tx, end_lsn, &progress).await?;
+                            }
                         }
                     }
-                    SourceEvent::Idle(at) => progress.idle(at),
+                    SourceEvent::Idle(at) => {
+                        progress.idle(at);
+                        if let Some(t) = kafka_txn.as_mut() {
+                            t.idle(at, &progress);
+                        }
+                    }
                 }
             }
-            if let Some(f) = progress.failure() {
-                return Err(PipelineError::Sink(SinkError::Delivery(f)));
+            if let Some(e) = delivery_failure(&progress) {
+                return Err(e);
             }
             // Counts for /status, at most four times a second.
             if reported.elapsed() >= Duration::from_millis(250) {
@@ -95,9 +124,17 @@ pub(super) async fn sink_loop(
                 publish_counts(&health, &router, commit_time_us);
             }
         }
+        // The stream ended cleanly: commit what is complete.
+        if let (Some(t), None) = (kafka_txn.as_mut(), current) {
+            t.commit(&progress).await?;
+        }
         Ok(())
     }
     .await;
+    if let Some(t) = kafka_txn.as_mut() {
+        // A failure, or a shutdown in the middle of a source transaction: nothing uncommitted may become visible.
+        t.abort().await;
+    }
     publish_counts(&health, &router, 0);
     for d in router.dropped() {
         tracing::info!(table = %d.table, count = d.count, "changes no rule turned into an event and not published as raw changes (dropped on purpose)");
@@ -117,10 +154,24 @@ pub(super) async fn sink_loop(
             tracing::warn!(error = %e, in_flight = sink.in_flight(), "producer did not flush everything; unacknowledged changes will be replayed");
         }
     }
-    if let Some(f) = progress.failure() {
-        return Err(PipelineError::Sink(SinkError::Delivery(f)));
+    if let Some(e) = delivery_failure(&progress) {
+        return Err(e);
     }
     result
+}
+
+/// The first delivery failure, as the error that stops (permanent) or restarts (transient) the session.
+fn delivery_failure(progress: &Progress) -> Option<PipelineError> {
+    let f = progress.failure()?;
+    Some(PipelineError::Sink(if progress.failure_is_transient() { SinkError::Retriable(f) } else { SinkError::Delivery(f) }))
+}
+
+/// exactly_once: a Kafka transaction must be open before the first record after a commit.
+fn open_kafka_txn(kafka_txn: &mut Option<KafkaTxn>, records: &[Record]) -> Result<(), PipelineError> {
+    match kafka_txn {
+        Some(t) if !records.is_empty() => Ok(t.before_send()?),
+        _ => Ok(()),
+    }
 }
 
 /// Hands the records of one change or message to the sink, in order.

@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod chaos;
 mod core;
 mod faults;
 mod ops;

@@ -177,6 +177,12 @@ impl TestKafka {
     /// `timeout` elapsed, and returns what it read. Never hangs; waits for the topic to appear within the same
     /// timeout. Pass `usize::MAX` to read everything that arrives within `timeout`.
     pub async fn consume_all(&self, topic: &str, expected: usize, timeout: Duration) -> Vec<ConsumedMessage> {
+        self.consume_all_with(topic, expected, timeout, "read_committed").await
+    }
+
+    /// [`consume_all`](Self::consume_all) with an explicit `isolation.level` (`read_uncommitted` shows records of
+    /// open and aborted transactions: for diagnostics).
+    pub async fn consume_all_with(&self, topic: &str, expected: usize, timeout: Duration, isolation: &str) -> Vec<ConsumedMessage> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut out = Vec::new();
         if expected == 0 {
@@ -198,7 +204,7 @@ impl TestKafka {
             .set("group.id", format!("ficus-test-{}", unique_suffix('-')))
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
-            .set("isolation.level", "read_committed")
+            .set("isolation.level", isolation)
             .set("fetch.wait.max.ms", "100")
             .create()
             .expect("create a test consumer");

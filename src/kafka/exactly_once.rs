@@ -1,0 +1,174 @@
+//! exactly_once: the Kafka transaction around one or more whole source transactions and their checkpoint.
+//!
+//! **Guarantees.** A Kafka transaction is opened before the first record after the previous commit, holds only whole
+//! source transactions (it is committed only at a source commit boundary), and ends with the checkpoint record of
+//! the last source transaction in it; PostgreSQL is told about a position ([`Progress::release`]) only after the
+//! commit returned. A crash anywhere before that leaves an aborted (invisible to read_committed) Kafka transaction
+//! and a checkpoint that still points before it, so the restart publishes each event exactly once. A single huge
+//! source transaction streams inside one Kafka transaction: nothing is buffered in memory.
+
+use std::time::{Duration, Instant};
+
+use super::{checkpoint_topic, KafkaSink, SinkError};
+use crate::lsn::Lsn;
+use crate::progress::{Progress, TxSeq};
+
+/// Source transactions per Kafka transaction before a commit is due.
+const MAX_SOURCE_TXNS: u32 = 1000;
+/// Age of an open Kafka transaction after which a commit is due (it bounds the added latency).
+pub const LINGER: Duration = Duration::from_millis(100);
+
+/// The open Kafka transaction, if any.
+pub struct KafkaTxn {
+    sink: KafkaSink,
+    topic: String,
+    slot: String,
+    system: String,
+    database: String,
+    open: bool,
+    opened_at: Instant,
+    source_txns: u32,
+    /// End LSN and tracker id of the last source transaction committed inside the open Kafka transaction.
+    last: Option<(Lsn, TxSeq)>,
+    /// The last server position seen (keepalive) while a Kafka transaction was open: confirmable with its commit.
+    idle_while_open: Option<Lsn>,
+    /// Snapshot progress, recorded with each checkpoint.
+    snapshots: Option<std::sync::Arc<crate::snapshot::Snapshots>>,
+}
+
+impl KafkaTxn {
+    pub fn new(
+        sink: KafkaSink,
+        topic: String,
+        slot: String,
+        system: String,
+        database: String,
+        snapshots: Option<std::sync::Arc<crate::snapshot::Snapshots>>,
+    ) -> KafkaTxn {
+        KafkaTxn { sink, topic, slot, system, database, open: false, opened_at: Instant::now(), source_txns: 0, last: None, idle_while_open: None, snapshots }
+    }
+
+    /// Whether a Kafka transaction is open.
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// When the open Kafka transaction is due for a commit (`None` when none is open).
+    pub fn due_at(&self) -> Option<tokio::time::Instant> {
+        self.open.then(|| tokio::time::Instant::from_std(self.opened_at + LINGER))
+    }
+
+    /// Call before producing a record: opens a Kafka transaction if none is open.
+    pub fn before_send(&mut self) -> Result<(), SinkError> {
+        if !self.open {
+            self.sink.begin_transaction()?;
+            tracing::debug!("kafka transaction begun");
+            self.open = true;
+            self.opened_at = Instant::now();
+            self.source_txns = 0;
+        }
+        Ok(())
+    }
+
+    /// A source transaction ended (its records, if any, were produced). Commits when due.
+    pub async fn source_committed(&mut self, tx: TxSeq, end: Lsn, progress: &Progress) -> Result<(), SinkError> {
+        if !self.open {
+            // Nothing of it went to Kafka, nothing before it is pending: it is done.
+            progress.release(end);
+            return Ok(());
+        }
+        self.last = Some((end, tx));
+        self.source_txns += 1;
+        if self.source_txns >= MAX_SOURCE_TXNS || self.opened_at.elapsed() >= LINGER {
+            self.commit(progress).await?;
+        }
+        Ok(())
+    }
+
+    /// A server position with no transaction open: confirmable at once unless a Kafka transaction is pending.
+    pub fn idle(&mut self, at: Lsn, progress: &Progress) {
+        if self.open {
+            // Released with the commit: the server may not send this position again while nothing changes.
+            self.idle_while_open = Some(at);
+        } else {
+            progress.release(at);
+        }
+    }
+
+    /// Commits the open Kafka transaction with the checkpoint of its last source transaction, then releases that
+    /// position to PostgreSQL.
+    pub async fn commit(&mut self, progress: &Progress) -> Result<(), SinkError> {
+        if !self.open {
+            return Ok(());
+        }
+        if let Some((end, tx)) = self.last {
+            let snapshot = self.snapshots.as_ref().and_then(|s| s.ledger().settle(end));
+            let record = checkpoint_topic::record(&self.topic, &self.slot, end, &self.system, &self.database, snapshot);
+            self.sink.send(tx, &record).await?;
+        }
+        let t = Instant::now();
+        self.sink.commit_transaction(Duration::from_secs(60)).await?;
+        tracing::debug!(source_txns = self.source_txns, last = ?self.last.map(|l| l.0), took_ms = t.elapsed().as_millis() as u64, "kafka transaction committed");
+        self.open = false;
+        let end = self.last.take().map(|l| l.0).into_iter().chain(self.idle_while_open.take()).max();
+        if let Some(end) = end {
+            progress.release(end);
+        }
+        Ok(())
+    }
+
+    /// Aborts the open Kafka transaction (after an error or on a shutdown in the middle of a source transaction).
+    pub async fn abort(&mut self) {
+        if self.open {
+            self.sink.abort_transaction(Duration::from_secs(30)).await;
+            self.open = false;
+            self.last = None;
+            self.idle_while_open = None;
+        }
+    }
+}
+
+/// The checkpoint topic of `config` (`kafka.checkpoint_topic`, default `<changes.topic_prefix>.checkpoints`).
+pub fn checkpoint_topic_name(config: &crate::config::Config) -> String {
+    config.kafka.checkpoint_topic.clone().unwrap_or_else(|| format!("{}.checkpoints", config.changes.topic_prefix))
+}
+
+/// The transactional id of the instance streaming `slot`.
+pub fn transactional_id(slot: &str) -> String {
+    format!("ficus-{slot}")
+}
+
+/// Where an exactly_once session resumes: after the checkpoint committed in Kafka when it is ahead of `start` (the
+/// file checkpoint or the slot), with the snapshot progress recorded next to it. Creates the topic if missing.
+///
+/// The checkpoint is read only after this instance's transactional id was initialised: that fences a previous
+/// instance and makes the broker abort its open transaction first, so the read can never see a checkpoint that is
+/// about to be aborted (whatever the broker's read_committed implementation does with open transactions).
+pub async fn resume_point(
+    config: &crate::config::Config,
+    start: Lsn,
+    snapshot: Option<crate::snapshot::SnapshotState>,
+) -> Result<(Lsn, Option<crate::snapshot::SnapshotState>), SinkError> {
+    let topic = checkpoint_topic_name(config);
+    checkpoint_topic::ensure(&config.kafka, &topic).await.map_err(SinkError::Retriable)?;
+    let fence = KafkaSink::with_transactional_id(
+        &config.kafka,
+        std::sync::Arc::new(Progress::new(Lsn::INVALID)),
+        Some(&transactional_id(&config.source.slot)),
+    )?;
+    fence.init_transactions(Duration::from_secs(60)).await?;
+    drop(fence);
+    let (kafka, t, slot) = (config.kafka.clone(), topic.clone(), config.source.slot.clone());
+    let committed = tokio::task::spawn_blocking(move || checkpoint_topic::read(&kafka, &t, &slot))
+        .await
+        .map_err(|e| SinkError::Retriable(e.to_string()))?
+        .map_err(|e| SinkError::Retriable(format!("reading checkpoint topic {topic}: {e}")))?;
+    // Everything up to the Kafka checkpoint is committed in Kafka: skip it even if PostgreSQL was not told.
+    Ok(match committed {
+        Some((cp, snap)) if cp > start => {
+            tracing::info!(checkpoint = %cp, "resuming after the checkpoint committed in Kafka");
+            (cp, snap.or(snapshot))
+        }
+        _ => (start, snapshot),
+    })
+}
