@@ -14,15 +14,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::BackoffBuilder;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+mod checkpointing;
 mod monitor;
 mod sink;
 
 pub use monitor::HEARTBEAT_PREFIX;
 
-use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, FileCheckpointStore};
+use crate::checkpoint::{CheckpointError, FileCheckpointStore};
 use crate::config::{quote_ident, Config, Delivery, SnapshotMode, ValueFormat};
 use crate::kafka::exactly_once::{self, KafkaTxn};
 use crate::snapshot::{Ledger, Snapshots};
@@ -38,6 +39,7 @@ use crate::progress::Progress;
 use crate::router::Router;
 use crate::rules::RuleSet;
 use crate::source::{Batch, Source, SourceError};
+use checkpointing::{checkpoint_loop, CheckpointWriter};
 use monitor::{heartbeat_loop, monitor_server, report_loop};
 use sink::{sink_loop, Sink};
 
@@ -587,62 +589,4 @@ async fn wait_for_broker(sink: &KafkaSink, brokers: &str, shutdown: &Cancellatio
             }
         }
     }
-}
-
-/// Writes checkpoints for one source, skipping positions already written.
-struct CheckpointWriter {
-    store: FileCheckpointStore,
-    system_id: String,
-    database: String,
-    slot: String,
-    written: Lsn,
-    /// Snapshot progress to record with each checkpoint (as of its LSN).
-    snapshots: Option<Arc<Snapshots>>,
-}
-
-impl CheckpointWriter {
-    fn write_if_advanced(&mut self, lsn: Lsn) -> Result<(), CheckpointError> {
-        if lsn <= self.written {
-            return Ok(());
-        }
-        self.write(lsn)
-    }
-
-    fn write(&mut self, lsn: Lsn) -> Result<(), CheckpointError> {
-        self.store.store(&Checkpoint {
-            lsn: lsn.to_string(),
-            system_id: self.system_id.clone(),
-            database: self.database.clone(),
-            slot: self.slot.clone(),
-            written_at: chrono::Utc::now().to_rfc3339(),
-            snapshot: self.snapshots.as_ref().and_then(|s| s.ledger().settle(lsn)),
-        })?;
-        self.written = lsn;
-        metrics::gauge!(crate::metrics::CHECKPOINT_LSN).set(lsn.0 as f64);
-        tracing::debug!(lsn = %lsn, "checkpoint written");
-        Ok(())
-    }
-}
-
-/// Persists the flushed LSN at most every `interval` until `stop`; the caller writes the final one after the sink
-/// drained.
-async fn checkpoint_loop(
-    mut writer: CheckpointWriter,
-    mut flushed: watch::Receiver<Lsn>,
-    interval: Duration,
-    stop: CancellationToken,
-) -> Result<CheckpointWriter, CheckpointError> {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            changed = flushed.changed() => if changed.is_err() { break },
-        }
-        let lsn = *flushed.borrow_and_update();
-        writer.write_if_advanced(lsn)?;
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(interval) => {}
-        }
-    }
-    Ok(writer)
 }
