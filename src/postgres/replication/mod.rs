@@ -268,5 +268,27 @@ fn lsn(s: &str) -> Result<Lsn, ReplicationError> {
     s.parse().map_err(|e| ReplicationError::Protocol(format!("{e}")))
 }
 
+/// Entry points for the cargo-fuzz targets in `fuzz/` (run by `scripts/fuzz.sh`). Framing and CopyData parsing
+/// live in private modules, and a fuzz target is a separate crate, so it needs them reachable from outside.
+/// Hidden and not an API: nothing else should use it.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::framing::{split_frame, Frame, MAX_FRAME};
+    pub use super::stream::parse_copy_data;
+
+    /// Parses a non-CopyData frame the way the command-mode and CopyBoth readers do, walking the fields they walk
+    /// (ErrorResponse, NoticeResponse, DataRow), and throws the result away.
+    pub fn server_message(frame: &Frame) -> Result<(), super::ReplicationError> {
+        use postgres_protocol::message::backend::Message;
+        match frame.message()? {
+            Message::ErrorResponse(e) => drop(super::ReplicationError::from_fields(e.fields())),
+            Message::NoticeResponse(n) => drop(super::error::notice_text(n.fields())),
+            Message::DataRow(row) => drop(super::data_row(&row)?),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests;
