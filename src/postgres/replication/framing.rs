@@ -107,6 +107,9 @@ pub fn tag_name(tag: u8) -> String {
     }
 }
 
+/// Most a partial frame reserves ahead of the bytes that arrived.
+const RESERVE_STEP: usize = 1 << 20;
+
 /// Cuts the next complete frame off the front of `buf`, or returns `None` (after reserving room for the rest of
 /// a partially received frame).
 pub fn split_frame(buf: &mut BytesMut) -> Result<Option<Frame>, ReplicationError> {
@@ -122,7 +125,9 @@ pub fn split_frame(buf: &mut BytesMut) -> Result<Option<Frame>, ReplicationError
     }
     let total = len + 1;
     if buf.len() < total {
-        buf.reserve(total - buf.len());
+        // Room for the rest, in steps: a header alone (hostile or corrupt) must not make us allocate up to
+        // MAX_FRAME at once; BytesMut's growth keeps large frames amortised.
+        buf.reserve((total - buf.len()).min(RESERVE_STEP));
         return Ok(None);
     }
     let mut frame = buf.split_to(total);
