@@ -330,6 +330,20 @@ pub async fn preflight(client: &Client, config: &Config) -> Result<(Report, Cata
                         Some(format!("GRANT SELECT ON {q} TO {};", quote_ident(&user))),
                     );
                 }
+                let snapshotted = config.snapshot.mode != crate::config::SnapshotMode::Never
+                    && config
+                        .captured_tables()
+                        .and_then(|captured| config.snapshot.tables(&captured))
+                        .is_ok_and(|t| t.contains(table));
+                if snapshotted && info.key_columns.is_empty() {
+                    // Only a first start (a new slot) plans the snapshot, so this warns rather than blocks.
+                    report.push(
+                        Status::Warn,
+                        format!("table {table}"),
+                        "has no primary key: the initial snapshot refuses it (exit 2 on a first start)",
+                        Some("add a primary key, or leave the table out of snapshot.tables".to_string()),
+                    );
+                }
                 catalog.tables.insert(table.clone(), info);
             }
         }

@@ -174,7 +174,10 @@ async fn composite_quoted_keys_and_initial_only_exits_zero() {
     assert_eq!(first["op"], "read");
     assert!(keys.contains(&br#"{"Order Id":3,"line no":"l'7"}"#.to_vec()));
 
-    // A keyless table in the snapshot is refused with the fix (a fresh slot: a first start).
+    // `ficus check` warns; a first start refuses a keyless table in the snapshot with the fix.
+    let (code, out) = crate::check(&snapshot_config(&s, &["public.nokey"], "  mode: initial\n"));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("has no primary key: the initial snapshot refuses it"), "{out}");
     let config = snapshot_config(&s, &["public.nokey"], "  mode: initial\n").replace(&format!("slot: {}", s.prefix), &format!("slot: {}_nokey", s.prefix));
     let mut f = Ficus::start(&config);
     let status = f.wait(WAIT);
