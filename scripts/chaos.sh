@@ -3,7 +3,8 @@
 # PostgreSQL crash-restarted, the broker stopped and the walsender terminated at random moments; prints the figures
 # (changes, events expected/seen, lost, duplicated, order violations). CI runs a short version of the same test.
 # Usage: scripts/chaos.sh [at_least_once|exactly_once] [STEPS] [KILLS] [SEED]
-# Faults: FICUS_CHAOS_FAULTS=kill,walsender,pg (default) — add ,broker for broker stops (see docs/reliability.md).
+# Faults: FICUS_CHAOS_FAULTS=kill,walsender,pg (default) — add ,broker for broker stops; the test broker loses
+# acknowledged writes when it restarts under load (scripts/broker-durability.sh, docs/reliability.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh >/dev/null

@@ -19,10 +19,10 @@ use crate::support::{unique_db, TestKafka, TestPostgres};
 use crate::{values, Ficus, WAIT};
 
 const KEYS: u64 = 2000;
-/// Broker stops are left out by default: with them, runs of both modes lost changes (intermittently for
-/// at_least_once) and the cause is not settled (docs/reliability.md, issue 6). `FICUS_CHAOS_FAULTS=kill,walsender,pg,broker`
-/// includes them.
-const DEFAULT_FAULTS: &str = "kill,walsender,pg";
+/// Broker stops are left out by default: the test broker (noida-db) loses acknowledged writes when it restarts under
+/// load (`scripts/broker-durability.sh` shows it without ficus), so runs with them lose changes in both modes
+/// (docs/reliability.md). `FICUS_CHAOS_FAULTS=kill,walsender,pg,broker` includes them.
+const DEFAULT_FAULTS: &str = "kill,walsender,pg,pause";
 const STEPS_PER_TXN: u64 = 20;
 
 /// xorshift64*: reproducible from the printed seed.
@@ -217,17 +217,18 @@ async fn chaos(delivery: &str, default_faults: &str) {
 
     // The fault driver: until the workload is written and enough SIGKILLs happened.
     let mut rng = Rng(seed.rotate_left(17) | 1);
-    let (mut n_kill, mut n_pg, mut n_broker, mut n_walsender) = (0u64, 0u64, 0u64, 0u64);
+    let (mut n_kill, mut n_pg, mut n_broker, mut n_walsender, mut n_pause) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let started = Instant::now();
-    // FICUS_CHAOS_FAULTS: a subset of kill,walsender,pg,broker (default all).
+    // FICUS_CHAOS_FAULTS: a subset of kill,walsender,pg,pause,broker.
     let faults = std::env::var("FICUS_CHAOS_FAULTS").unwrap_or_else(|_| default_faults.into());
     while !done.load(Ordering::Relaxed) || n_kill < kills {
         assert!(started.elapsed() < Duration::from_secs(1800), "chaos run exceeded 30 minutes");
         tokio::time::sleep(Duration::from_millis(300 + rng.below(1200))).await;
         let pick = match rng.below(100) {
-            0..=59 => "kill",
-            60..=74 => "walsender",
-            75..=84 => "pg",
+            0..=54 => "kill",
+            55..=69 => "walsender",
+            70..=79 => "pg",
+            80..=89 => "pause",
             _ => "broker",
         };
         let pick = if faults.contains(pick) { pick } else { "kill" };
@@ -245,6 +246,13 @@ async fn chaos(delivery: &str, default_faults: &str) {
             "pg" => {
                 pg.restart_immediate();
                 n_pg += 1;
+            }
+            "pause" => {
+                // The broker freezes (a GC pause, a stalled network): ficus must stall, not lose or fail.
+                kafka.pause();
+                tokio::time::sleep(Duration::from_millis(500 + rng.below(2500))).await;
+                kafka.resume();
+                n_pause += 1;
             }
             _ => {
                 kafka.stop();
@@ -275,8 +283,8 @@ async fn chaos(delivery: &str, default_faults: &str) {
     }
     let (fig, examples) = verify(&pg, &db, &kafka, &topic).await;
     eprintln!(
-        "chaos result ({delivery}, seed {seed}): faults: {n_kill} SIGKILL, {n_pg} PostgreSQL crash-restarts, {n_broker} broker \
-         stops, {n_walsender} walsender terminations over {:.0} s\n  changes written {}, events expected {}, seen {}, \
+        "chaos result ({delivery}, seed {seed}): faults: {n_kill} SIGKILL, {n_pg} PostgreSQL crash-restarts, {n_pause} broker \
+         pauses, {n_broker} broker stops, {n_walsender} walsender terminations over {:.0} s\n  changes written {}, events expected {}, seen {}, \
          lost {}, duplicated {}, order violations {}",
         written_at.as_secs_f64(),
         fig.changes,

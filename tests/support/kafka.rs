@@ -86,6 +86,17 @@ impl TestKafka {
         self.dedicated("stop").lock().unwrap().stop();
     }
 
+    /// Freezes the broker (SIGSTOP): connections stay open but nothing is answered, like a long GC pause or a
+    /// network stall. Dedicated only.
+    pub fn pause(&self) {
+        self.dedicated("pause").lock().unwrap().signal("-STOP");
+    }
+
+    /// Thaws a paused broker (SIGCONT). Dedicated only.
+    pub fn resume(&self) {
+        self.dedicated("resume").lock().unwrap().signal("-CONT");
+    }
+
     /// Starts the stopped broker again on the same port, with the data it saved when stopped. Dedicated only.
     pub fn start(&self) {
         self.dedicated("start").lock().unwrap().spawn_and_wait().unwrap_or_else(|e| panic!("restart the broker: {e}"));
@@ -350,6 +361,12 @@ impl Noida {
                 let _ = std::fs::remove_file(self.root.join("noida.pid"));
                 Err(format!("{e}\n--- noida-db log (tail) ---\n{}", tail(&self.logfile(), 20)))
             }
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill").args([sig, &child.id().to_string()]).status();
         }
     }
 
