@@ -15,6 +15,8 @@ use crate::progress::{Progress, TxSeq};
 
 /// Source transactions per Kafka transaction before a commit is due.
 const MAX_SOURCE_TXNS: u32 = 1000;
+/// Record bytes per Kafka transaction before a commit is due (checked at source commit boundaries).
+const MAX_BYTES: usize = 16 << 20;
 /// Age of an open Kafka transaction after which a commit is due (it bounds the added latency).
 pub const LINGER: Duration = Duration::from_millis(100);
 
@@ -28,6 +30,8 @@ pub struct KafkaTxn {
     open: bool,
     opened_at: Instant,
     source_txns: u32,
+    /// Key + value bytes produced in the open Kafka transaction.
+    bytes: usize,
     /// End LSN and tracker id of the last source transaction committed inside the open Kafka transaction.
     last: Option<(Lsn, TxSeq)>,
     /// The last server position seen (keepalive) while a Kafka transaction was open: confirmable with its commit.
@@ -45,7 +49,7 @@ impl KafkaTxn {
         database: String,
         snapshots: Option<std::sync::Arc<crate::snapshot::Snapshots>>,
     ) -> KafkaTxn {
-        KafkaTxn { sink, topic, slot, system, database, open: false, opened_at: Instant::now(), source_txns: 0, last: None, idle_while_open: None, snapshots }
+        KafkaTxn { sink, topic, slot, system, database, open: false, opened_at: Instant::now(), source_txns: 0, bytes: 0, last: None, idle_while_open: None, snapshots }
     }
 
     /// Whether a Kafka transaction is open.
@@ -59,14 +63,16 @@ impl KafkaTxn {
     }
 
     /// Call before producing a record: opens a Kafka transaction if none is open.
-    pub fn before_send(&mut self) -> Result<(), SinkError> {
+    pub fn before_send(&mut self, bytes: usize) -> Result<(), SinkError> {
         if !self.open {
             self.sink.begin_transaction()?;
             tracing::debug!("kafka transaction begun");
             self.open = true;
             self.opened_at = Instant::now();
             self.source_txns = 0;
+            self.bytes = 0;
         }
+        self.bytes += bytes;
         Ok(())
     }
 
@@ -79,7 +85,7 @@ impl KafkaTxn {
         }
         self.last = Some((end, tx));
         self.source_txns += 1;
-        if self.source_txns >= MAX_SOURCE_TXNS || self.opened_at.elapsed() >= LINGER {
+        if self.source_txns >= MAX_SOURCE_TXNS || self.bytes >= MAX_BYTES || self.opened_at.elapsed() >= LINGER {
             self.commit(progress).await?;
         }
         Ok(())
@@ -108,7 +114,7 @@ impl KafkaTxn {
         }
         let t = Instant::now();
         self.sink.commit_transaction(Duration::from_secs(60)).await?;
-        tracing::debug!(source_txns = self.source_txns, last = ?self.last.map(|l| l.0), took_ms = t.elapsed().as_millis() as u64, "kafka transaction committed");
+        tracing::debug!(source_txns = self.source_txns, bytes = self.bytes, last = ?self.last.map(|l| l.0), took_ms = t.elapsed().as_millis() as u64, "kafka transaction committed");
         self.open = false;
         let end = self.last.take().map(|l| l.0).into_iter().chain(self.idle_while_open.take()).max();
         if let Some(end) = end {

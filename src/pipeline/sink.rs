@@ -169,7 +169,9 @@ fn delivery_failure(progress: &Progress) -> Option<PipelineError> {
 /// exactly_once: a Kafka transaction must be open before the first record after a commit.
 fn open_kafka_txn(kafka_txn: &mut Option<KafkaTxn>, records: &[Record]) -> Result<(), PipelineError> {
     match kafka_txn {
-        Some(t) if !records.is_empty() => Ok(t.before_send()?),
+        Some(t) if !records.is_empty() => {
+            Ok(t.before_send(records.iter().map(|r| r.payload.len() + r.key.as_ref().map_or(0, Vec::len)).sum())?)
+        }
         _ => Ok(()),
     }
 }
