@@ -52,11 +52,6 @@ impl KafkaTxn {
         KafkaTxn { sink, topic, slot, system, database, open: false, opened_at: Instant::now(), source_txns: 0, bytes: 0, last: None, idle_while_open: None, snapshots }
     }
 
-    /// Whether a Kafka transaction is open.
-    pub fn is_open(&self) -> bool {
-        self.open
-    }
-
     /// When the open Kafka transaction is due for a commit (`None` when none is open).
     pub fn due_at(&self) -> Option<tokio::time::Instant> {
         self.open.then(|| tokio::time::Instant::from_std(self.opened_at + LINGER))

@@ -65,33 +65,24 @@ pub(super) async fn sink_loop(
                             tap.observe(&change);
                         }
                         records.clear();
-                        router
-                            .route(&change, &mut records)
-                            .map_err(|e| PipelineError::Route { lsn: change.lsn, message: e.to_string() })?;
-                        open_kafka_txn(&mut kafka_txn, &records)?;
-                        emit(&mut sink, &progress, tx, &records, change.lsn).await?;
+                        router.route(&change, &mut records).map_err(route_error(change.lsn))?;
+                        emit(&mut sink, &mut kafka_txn, &progress, tx, &records, change.lsn).await?;
                     }
                     SourceEvent::Message(message) => {
                         let tx = current.ok_or_else(|| PipelineError::Route { lsn: message.lsn, message: "message outside a transaction".into() })?;
                         if let (Some(tap), true) = (&mut tap, Tap::is_control(&message.prefix)) {
                             // A high watermark releases its chunk's rows here, in the watermark's transaction.
-                            let rows = tap.message(&message).map_err(|e| PipelineError::Route { lsn: message.lsn, message: e.to_string() })?;
+                            let rows = tap.message(&message).map_err(route_error(message.lsn))?;
                             for change in rows {
                                 records.clear();
-                                router
-                                    .route(&change, &mut records)
-                                    .map_err(|e| PipelineError::Route { lsn: change.lsn, message: e.to_string() })?;
-                                open_kafka_txn(&mut kafka_txn, &records)?;
-                                emit(&mut sink, &progress, tx, &records, change.lsn).await?;
+                                router.route(&change, &mut records).map_err(route_error(change.lsn))?;
+                                emit(&mut sink, &mut kafka_txn, &progress, tx, &records, change.lsn).await?;
                             }
                             continue;
                         }
                         records.clear();
-                        router
-                            .route_message(&message, &mut records)
-                            .map_err(|e| PipelineError::Route { lsn: message.lsn, message: e.to_string() })?;
-                        open_kafka_txn(&mut kafka_txn, &records)?;
-                        emit(&mut sink, &progress, tx, &records, message.lsn).await?;
+                        router.route_message(&message, &mut records).map_err(route_error(message.lsn))?;
+                        emit(&mut sink, &mut kafka_txn, &progress, tx, &records, message.lsn).await?;
                     }
                     SourceEvent::Commit { end_lsn } => {
                         if let Sink::Print(out) = &mut sink {
@@ -166,18 +157,24 @@ fn delivery_failure(progress: &Progress) -> Option<PipelineError> {
     Some(PipelineError::Sink(if progress.failure_is_transient() { SinkError::Retriable(f) } else { SinkError::Delivery(f) }))
 }
 
-/// exactly_once: a Kafka transaction must be open before the first record after a commit.
-fn open_kafka_txn(kafka_txn: &mut Option<KafkaTxn>, records: &[Record]) -> Result<(), PipelineError> {
-    match kafka_txn {
-        Some(t) if !records.is_empty() => {
-            Ok(t.before_send(records.iter().map(|r| r.payload.len() + r.key.as_ref().map_or(0, Vec::len)).sum())?)
-        }
-        _ => Ok(()),
-    }
+/// A routing failure of the change or message at `lsn`.
+fn route_error<E: std::fmt::Display>(lsn: Lsn) -> impl Fn(E) -> PipelineError {
+    move |e| PipelineError::Route { lsn, message: e.to_string() }
 }
 
-/// Hands the records of one change or message to the sink, in order.
-async fn emit(sink: &mut Sink, progress: &Progress, tx: crate::progress::TxSeq, records: &[Record], lsn: Lsn) -> Result<(), PipelineError> {
+/// Hands the records of one change or message to the sink, in order. exactly_once: a Kafka transaction is opened
+/// before the first record after a commit.
+async fn emit(
+    sink: &mut Sink,
+    kafka_txn: &mut Option<KafkaTxn>,
+    progress: &Progress,
+    tx: crate::progress::TxSeq,
+    records: &[Record],
+    lsn: Lsn,
+) -> Result<(), PipelineError> {
+    if let (Some(t), false) = (kafka_txn.as_mut(), records.is_empty()) {
+        t.before_send(records.iter().map(|r| r.payload.len() + r.key.as_ref().map_or(0, Vec::len)).sum())?;
+    }
     for record in records {
         match sink {
             Sink::Kafka(sink) => sink.send(tx, record).await?,
