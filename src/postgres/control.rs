@@ -18,7 +18,8 @@ use crate::lsn::Lsn;
 /// A control-connection failure.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("{context}: {source}")]
+    /// The server's message, SQLSTATE, detail and hint are part of the text: "db error" alone says nothing.
+    #[error("{context}: {}", crate::postgres::conninfo::describe(.source))]
     Sql {
         context: String,
         #[source]
@@ -118,7 +119,9 @@ pub struct TableInfo {
     pub oid: u32,
     /// `pg_class.relreplident`.
     pub replica_identity: u8,
-    /// Primary-key columns in key order, else the replica-identity index columns, else empty.
+    /// The event key: the replica-identity index columns under `REPLICA IDENTITY USING INDEX` (the only columns a
+    /// delete carries), else the primary-key columns in key order, else empty. The stream and the snapshot use the
+    /// same key, so snapshot windows compare like with like.
     pub key_columns: Vec<String>,
     pub has_primary_key: bool,
     /// Every live column: name, type OID, and the type as SQL writes it (for messages).
@@ -182,21 +185,38 @@ async fn setting(client: &Client, name: &str) -> Result<String, ControlError> {
 pub async fn table_info(client: &Client, table: &TableName) -> Result<Option<TableInfo>, ControlError> {
     let row = client
         .query_opt(
-            "SELECT c.oid, c.relreplident::text, c.relkind::text FROM pg_class c \
-             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+            "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
             &[&table.schema, &table.name],
         )
         .await
         .map_err(sql(format!("looking up table {table}")))?;
+    match row {
+        None => Ok(None),
+        Some(row) => table_info_by_oid(client, row.get(0)).await.map(|found| found.map(|(_, info)| info)),
+    }
+}
+
+/// Reads catalog facts of the table with `oid` (as it is named now); `None` if it does not exist. The source calls
+/// it when a Relation message announces a changed table.
+pub async fn table_info_by_oid(client: &Client, oid: u32) -> Result<Option<(TableName, TableInfo)>, ControlError> {
+    let row = client
+        .query_opt(
+            "SELECT n.nspname::text, c.relname::text, c.relreplident::text, c.relkind::text FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+            &[&oid],
+        )
+        .await
+        .map_err(sql(format!("looking up the table with OID {oid}")))?;
     let Some(row) = row else { return Ok(None) };
-    let oid: u32 = row.get(0);
-    let ident: String = row.get(1);
-    let kind: String = row.get(2);
+    let table = TableName { schema: row.get(0), name: row.get(1) };
+    let ident: String = row.get(2);
+    let kind: String = row.get(3);
     if kind != "r" && kind != "p" {
         return Err(ControlError::Invalid(format!(
             "{table} is not a table (relkind {kind}); only ordinary and partitioned tables can be captured"
         )));
     }
+    let replica_identity = ident.as_bytes().first().copied().unwrap_or(b'd');
     let keys = client
         .query(
             "SELECT a.attname::text, i.indisprimary FROM pg_index i \
@@ -209,11 +229,22 @@ pub async fn table_info(client: &Client, table: &TableName) -> Result<Option<Tab
         .await
         .map_err(sql(format!("reading the key of {table}")))?;
     let has_primary_key = keys.iter().any(|r| r.get::<_, bool>(1));
-    let key_columns = keys
-        .iter()
-        .filter(|r| r.get::<_, bool>(1) == has_primary_key)
-        .map(|r| r.get::<_, String>(0))
-        .collect();
+    let columns_of = |primary: bool| -> Vec<String> {
+        keys.iter().filter(|r| r.get::<_, bool>(1) == primary).map(|r| r.get::<_, String>(0)).collect()
+    };
+    // Under USING INDEX a delete carries only the index columns, so they are the key of every event of the table;
+    // otherwise the primary key (FULL and DEFAULT). A table can have both a primary key and a different identity
+    // index: a primary-key index that is also the identity index is listed once, as primary.
+    let identity_index = columns_of(false);
+    let key_columns = if replica_identity == b'i' && !identity_index.is_empty() {
+        identity_index
+    } else if replica_identity == b'i' {
+        columns_of(true)
+    } else if has_primary_key {
+        columns_of(true)
+    } else {
+        Vec::new()
+    };
     let columns = client
         .query(
             "SELECT attname::text, atttypid, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute \
@@ -225,13 +256,7 @@ pub async fn table_info(client: &Client, table: &TableName) -> Result<Option<Tab
         .iter()
         .map(|r| ColumnType { name: r.get(0), type_oid: r.get(1), type_name: r.get(2), not_null: r.get(3) })
         .collect();
-    Ok(Some(TableInfo {
-        oid,
-        replica_identity: ident.as_bytes().first().copied().unwrap_or(b'd'),
-        key_columns,
-        has_primary_key,
-        columns,
-    }))
+    Ok(Some((table, TableInfo { oid, replica_identity, key_columns, has_primary_key, columns })))
 }
 
 /// Runs every check without changing anything. Returns the report and the catalog of the tables found.
@@ -506,6 +531,13 @@ async fn check_slot(client: &Client, config: &Config, report: &mut Report) -> Re
                 report.push(Status::Fail, title, format!("uses plugin {:?}, ficus needs pgoutput", info.plugin), Some(fix_drop));
             } else if info.database.as_deref() != Some(database.as_str()) {
                 report.push(Status::Fail, title, format!("belongs to database {:?}, not {database}", info.database), Some("choose another source.slot".into()));
+            } else if info.wal_status.as_deref() == Some("lost") && config.snapshot.on_gap == crate::snapshot::OnGap::Resnapshot {
+                report.push(
+                    Status::Warn,
+                    title,
+                    "was invalidated (WAL it needed was removed); snapshot.on_gap: resnapshot drops and re-creates it and copies snapshot.tables again",
+                    None,
+                );
             } else if info.wal_status.as_deref() == Some("lost") {
                 report.push(
                     Status::Fail,
@@ -566,15 +598,23 @@ pub async fn ensure_publication(client: &Client, config: &Config) -> Result<(), 
     client.batch_execute(&stmt).await.map_err(sql(format!("{stmt} (run it as the tables' owner)")))
 }
 
-/// Creates the logical slot if it does not exist. Returns whether it was created.
-pub async fn ensure_slot(client: &Client, slot: &str) -> Result<bool, ControlError> {
-    if slot_info(client, slot).await?.is_some() {
-        return Ok(false);
-    }
+/// Creates the logical slot (pgoutput); returns its consistent point, where its stream starts.
+pub async fn create_slot(client: &Client, slot: &str) -> Result<Lsn, ControlError> {
     tracing::info!(slot, "creating logical replication slot (pgoutput)");
-    client
+    let row = client
         .query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
         .await
         .map_err(sql(format!("creating replication slot {slot}")))?;
-    Ok(true)
+    row.get::<_, String>(0)
+        .parse()
+        .map_err(|e| ControlError::Invalid(format!("creating replication slot {slot}: the server returned an LSN that does not parse: {e}")))
+}
+
+/// Drops the slot (only for the explicit `snapshot.on_gap: resnapshot` recovery from an invalidated slot).
+pub async fn drop_slot(client: &Client, slot: &str) -> Result<(), ControlError> {
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .map_err(sql(format!("dropping replication slot {slot}")))?;
+    Ok(())
 }

@@ -7,6 +7,7 @@ mod support;
 mod chaos;
 mod core;
 mod faults;
+mod lifecycle;
 mod ops;
 mod rules;
 mod snapshot;
