@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 mod checkpointing;
 mod monitor;
 mod resume;
+mod tables;
 mod sink;
 
 pub use monitor::HEARTBEAT_PREFIX;
@@ -247,6 +248,7 @@ async fn run_with(config: &Config, options: &RunOptions, shutdown: &Cancellation
     }
     control::ensure_publication(&client, &config).await?;
     let mut binary = binary_values_possible(&config, &catalog);
+    let session_stop = shutdown.child_token();
     let sessions = async {
         let mut first = true;
         loop {
@@ -254,7 +256,7 @@ async fn run_with(config: &Config, options: &RunOptions, shutdown: &Cancellation
             if !first_session {
                 metrics::counter!(crate::metrics::RECONNECTS).increment(1);
             }
-            let session = stream_session(&config, &info, &client, catalog.clone(), options, shutdown, binary, health).await;
+            let session = stream_session(&config, &info, &client, catalog.clone(), options, &session_stop, binary, health).await;
             health.set_streaming(false);
             match session {
                 Err(PipelineError::Source(SourceError::NeedsTextValues { table, column, type_oid })) if binary => {
@@ -274,10 +276,25 @@ async fn run_with(config: &Config, options: &RunOptions, shutdown: &Cancellation
     let monitor_slot = if options.output == Output::DryRun { None } else { Some(config.source.slot.as_str()) };
     let heartbeat = (config.source.heartbeat_interval_secs > 0 && options.output != Output::DryRun)
         .then(|| Duration::from_secs(config.source.heartbeat_interval_secs));
+    // The table watch stops the sessions through `session_stop` (they drain and write their final checkpoint) and
+    // leaves its error here.
+    let watch_error = std::sync::Mutex::new(None);
+    let watch = async {
+        if !dry_run {
+            let e = tables::table_watch(&client, &config, &catalog, &session_stop).await;
+            *watch_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+        }
+        std::future::pending::<()>().await
+    };
     let result = tokio::select! {
         r = sessions => r,
         () = monitor_server(&client, monitor_slot, health) => unreachable!("the monitor runs until the sessions end"),
         () = heartbeat_loop(&client, heartbeat) => unreachable!("the heartbeat runs until the sessions end"),
+        () = watch => unreachable!("the table watch leaves its error and waits"),
+    };
+    let result = match watch_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => result.and(Err(e)),
+        None => result,
     };
     drop(client);
     connection.abort();

@@ -398,6 +398,9 @@ async fn similar_table(client: &Client, table: &TableName) -> Result<Option<Stri
 }
 
 /// Tables of `config` missing from the publication (all of them if it does not exist), and whether it exists.
+/// Membership is read from `pg_publication_rel` (and schema publications), not from `pg_publication_tables`: the
+/// latter lists the leaf partitions instead of a partitioned table when `publish_via_partition_root` is off, which made
+/// every restart try to add the parent again.
 async fn publication_gap(
     client: &Client,
     publication: &str,
@@ -405,23 +408,62 @@ async fn publication_gap(
 ) -> Result<(bool, bool, Vec<TableName>), ControlError> {
     let row = client
         .query_opt(
-            "SELECT puballtables, pg_get_userbyid(pubowner) = current_user FROM pg_publication WHERE pubname = $1",
+            "SELECT pg_get_userbyid(pubowner) = current_user FROM pg_publication WHERE pubname = $1",
             &[&publication],
         )
         .await
         .map_err(sql("reading pg_publication"))?;
     let Some(row) = row else { return Ok((false, false, tables.to_vec())) };
-    let all: bool = row.get(0);
-    let owned: bool = row.get(1);
-    if all {
-        return Ok((true, owned, Vec::new()));
-    }
+    let owned: bool = row.get(0);
+    let members = publication_members(client, publication, tables).await?;
+    let missing = members.into_iter().filter(|m| m.oid.is_some() && !m.published).map(|m| m.table).collect();
+    Ok((true, owned, missing))
+}
+
+/// A captured table as the catalog shows it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub table: TableName,
+    /// `None`: no such table (dropped, renamed away).
+    pub oid: Option<u32>,
+    /// The publication publishes it (listed, `FOR ALL TABLES`, or its schema is published).
+    pub published: bool,
+}
+
+/// The current OID and publication membership of each of `tables` (one query, however many tables).
+pub async fn publication_members(client: &Client, publication: &str, tables: &[TableName]) -> Result<Vec<Membership>, ControlError> {
+    let version: i32 = setting(client, "server_version_num").await?.parse().unwrap_or(0);
+    // FOR TABLES IN SCHEMA exists from PostgreSQL 15 on.
+    let in_schema = if version >= 150_000 {
+        " OR EXISTS (SELECT 1 FROM pg_publication_namespace pn WHERE pn.pnpubid = p.oid AND pn.pnnspid = c.relnamespace)"
+    } else {
+        ""
+    };
+    let query = format!(
+        "SELECT t.s, t.n, c.oid, coalesce(p.puballtables \
+            OR EXISTS (SELECT 1 FROM pg_publication_rel pr WHERE pr.prpubid = p.oid AND pr.prrelid = c.oid){in_schema}, false) \
+         FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS t(s, n, i) \
+         LEFT JOIN pg_namespace ns ON ns.nspname = t.s \
+         LEFT JOIN pg_class c ON c.relnamespace = ns.oid AND c.relname = t.n AND c.relkind IN ('r', 'p') \
+         LEFT JOIN pg_publication p ON p.pubname = $1 \
+         ORDER BY t.i"
+    );
+    let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
     let rows = client
-        .query("SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1", &[&publication])
+        .query(&query, &[&publication, &schemas, &names])
         .await
-        .map_err(sql("reading pg_publication_tables"))?;
-    let present: Vec<TableName> = rows.iter().map(|r| TableName { schema: r.get(0), name: r.get(1) }).collect();
-    Ok((true, owned, tables.iter().filter(|t| !present.contains(t)).cloned().collect()))
+        .map_err(sql("reading the publication's tables"))?;
+    Ok(rows
+        .iter()
+        .map(|r| Membership { table: TableName { schema: r.get(0), name: r.get(1) }, oid: r.get(2), published: r.get(3) })
+        .collect())
+}
+
+/// Adds `table` to the publication (ficus manages it).
+pub async fn add_to_publication(client: &Client, publication: &str, table: &TableName) -> Result<(), ControlError> {
+    let stmt = format!("ALTER PUBLICATION {} ADD TABLE {}", quote_ident(publication), table.quoted());
+    client.batch_execute(&stmt).await.map_err(sql(format!("{stmt} (run it as the table's owner)")))
 }
 
 async fn check_publication(

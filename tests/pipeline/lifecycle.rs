@@ -371,15 +371,18 @@ async fn a_failing_checkpoint_write_stops_confirmation_and_readiness_until_it_re
     let moved = f.dir.path().join("state.moved");
     std::fs::rename(&state, &moved).unwrap();
     std::fs::write(&state, b"not a directory").unwrap();
-    let stuck_at = s.confirmed_flush().await.unwrap();
     s.sql("INSERT INTO t VALUES (2, 'while the disk is broken')").await;
     f.wait_for_log("checkpoint write failed", WAIT);
+    // A status update for the last durable checkpoint may still be on its way (one per status interval, 1 s).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stuck_at = s.confirmed_flush().await.unwrap();
+    s.sql("INSERT INTO t VALUES (3, 'still broken')").await;
     let not_ready = support::wait_for(WAIT, || http_get(port, "/readyz").filter(|(c, _)| *c == 503));
     let (_, body) = not_ready.unwrap_or_else(|| panic!("/readyz stayed ready\n{}", f.log()));
     assert!(body.contains("checkpoint"), "{body}");
     // Kafka has the row, but PostgreSQL is not told: the checkpoint does not record it.
-    let events = s.kafka.consume_all(&s.topic("public", "t"), 2, WAIT).await;
-    assert_eq!(events.len(), 2);
+    let events = s.kafka.consume_all(&s.topic("public", "t"), 3, WAIT).await;
+    assert_eq!(events.len(), 3);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(s.confirmed_flush().await.unwrap(), stuck_at, "confirmed past the last durable checkpoint\n{}", f.log());
 
@@ -389,4 +392,57 @@ async fn a_failing_checkpoint_write_stops_confirmation_and_readiness_until_it_re
     s.wait_confirmed_now(&f).await;
     assert!(support::wait_for(WAIT, || http_get(port, "/readyz").filter(|(c, _)| *c == 200)).is_some(), "{}", f.log());
     assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_of_one_copy_share_an_lsn_but_not_a_position() {
+    let s = Setup::new("copy_position", "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let mut f = Ficus::start(&s.config(&["public.t"]));
+    f.wait_for_log("streaming", WAIT);
+    // COPY FROM writes one heap multi-insert record for the batch: one WAL position for all five rows.
+    s.sql("COPY t (id) FROM PROGRAM 'seq 1 5'").await;
+    let events = read_exact(&s, &f, &s.topic("public", "t")).await;
+    assert_eq!(events.len(), 5, "{events:#?}");
+    let lsns: std::collections::BTreeSet<&str> = events.iter().map(|e| e["source"]["lsn"].as_str().unwrap()).collect();
+    assert!(lsns.len() < 5, "COPY rows are expected to share an LSN: {lsns:?}");
+    let ids: std::collections::BTreeSet<(String, u64)> = events
+        .iter()
+        .map(|e| (e["source"]["commitLsn"].as_str().unwrap().to_string(), e["source"]["position"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(ids.len(), 5, "commitLsn + position must be unique per change: {events:#?}");
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recreated_or_unpublished_table_is_published_again_with_its_rows() {
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE k (v text); ALTER TABLE k REPLICA IDENTITY FULL;";
+    let s = Setup::new("table_watch", ddl).await;
+    let mut f = Ficus::start(&s.config(&["public.t", "public.k"]));
+    f.wait_for_log("streaming", WAIT);
+    s.sql("INSERT INTO t VALUES (1, 'first table')").await;
+    // Re-created: a new OID, in no publication. Row 2 is written before anything can notice.
+    s.sql("DROP TABLE t; CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (2, 'new table');").await;
+    f.wait_for_log("was dropped and re-created: added back", WAIT);
+    s.sql("INSERT INTO t VALUES (3, 'streamed again')").await;
+    // Removed from the publication by hand.
+    s.sql(&format!("ALTER PUBLICATION {} DROP TABLE t; INSERT INTO t VALUES (4, 'unpublished');", s.prefix)).await;
+    f.wait_for_log("was removed from the publication: added back", WAIT);
+    let topic = s.topic("public", "t");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let events = read_exact(&s, &f, &topic).await;
+        let mut ids: Vec<i64> = events.iter().filter_map(|e| e["after"]["id"].as_i64()).collect();
+        ids.sort();
+        ids.dedup();
+        if ids == [1, 2, 3, 4] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rows missing: {ids:?}\n{events:#?}\n{}", f.log());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // A keyless table cannot be backfilled: a loud stop with the fix instead of a silent gap.
+    s.sql("DROP TABLE k; CREATE TABLE k (v text); ALTER TABLE k REPLICA IDENTITY FULL;").await;
+    let status = f.wait(WAIT);
+    assert_eq!(status.code(), Some(2), "{}", f.log());
+    assert!(f.log().contains("ALTER PUBLICATION") && f.log().contains("has no primary key"), "{}", f.log());
 }
