@@ -251,6 +251,8 @@ impl<'c> Source<'c> {
                         });
                     }
                 }
+                let mut r = r;
+                self.map_partition_to_root(&mut r).await?;
                 let keys = self.key_columns(&r).await?;
                 let columns = r
                     .columns
@@ -339,6 +341,44 @@ impl<'c> Source<'c> {
             return Ok(Vec::new());
         }
         Ok(keys)
+    }
+
+    /// A publication without `publish_via_partition_root` sends the changes of a captured partitioned table under
+    /// each partition's own name. They are published as the captured parent's (its topic, its rules), whatever the
+    /// partition — also one attached while streaming; the relation OID stays the partition's.
+    async fn map_partition_to_root(&mut self, r: &mut pgoutput::Relation) -> Result<(), SourceError> {
+        let name = TableName { schema: r.namespace.clone(), name: r.name.clone() };
+        if self.catalog.tables.contains_key(&name) {
+            return Ok(());
+        }
+        let Some(client) = self.control else { return Ok(()) };
+        let row = client
+            .query_opt(
+                "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.oid = pg_partition_root($1::oid)",
+                &[&r.oid],
+            )
+            .await;
+        let row = match row {
+            Ok(row) => row,
+            // PostgreSQL before 12 has no pg_partition_root (nor this publication shape): nothing to map.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION) => None,
+            Err(e) => {
+                return Err(SourceError::Catalog(format!(
+                    "reading the partition root of {name}: {}",
+                    crate::postgres::conninfo::describe(&e)
+                )))
+            }
+        };
+        if let Some(row) = row {
+            let root = TableName { schema: row.get(0), name: row.get(1) };
+            if root != name && self.catalog.tables.contains_key(&root) {
+                tracing::debug!(partition = %name, root = %root, "partition published under its captured root");
+                r.namespace = root.schema;
+                r.name = root.name;
+            }
+        }
+        Ok(())
     }
 
     /// A captured table renamed while streaming keeps its OID (and its place in the publication): its raw events

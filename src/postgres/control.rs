@@ -622,7 +622,9 @@ async fn check_slot(client: &Client, config: &Config, report: &mut Report) -> Re
     Ok(())
 }
 
-/// Creates the publication `FOR TABLE` the captured tables, or adds the ones it lacks.
+/// Creates the publication `FOR TABLE` the captured tables, or adds the ones it lacks. A publication ficus creates
+/// publishes partitioned tables through their root (`publish_via_partition_root`, PostgreSQL 13+): changes of every
+/// partition, present or attached later, arrive under the configured parent's name and schema.
 pub async fn ensure_publication(client: &Client, config: &Config) -> Result<(), ControlError> {
     let tables = config.captured_tables().map_err(|e| ControlError::Invalid(e.to_string()))?;
     let publication = &config.source.publication;
@@ -634,7 +636,9 @@ pub async fn ensure_publication(client: &Client, config: &Config) -> Result<(), 
     let stmt = if exists {
         format!("ALTER PUBLICATION {} ADD TABLE {list}", quote_ident(publication))
     } else {
-        format!("CREATE PUBLICATION {} FOR TABLE {list}", quote_ident(publication))
+        let version: i32 = setting(client, "server_version_num").await?.parse().unwrap_or(0);
+        let via_root = if version >= 130_000 { " WITH (publish_via_partition_root = true)" } else { "" };
+        format!("CREATE PUBLICATION {} FOR TABLE {list}{via_root}", quote_ident(publication))
     };
     tracing::info!(publication = %publication, tables = %list, "{}", if exists { "adding tables to publication" } else { "creating publication" });
     client.batch_execute(&stmt).await.map_err(sql(format!("{stmt} (run it as the tables' owner)")))
