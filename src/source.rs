@@ -96,6 +96,9 @@ pub struct Source<'c> {
     /// Relation OIDs described by a Relation message in this session (the start-up catalog is only trusted for the
     /// first description of a table; a later one follows DDL).
     described: std::collections::HashSet<u32>,
+    /// Declared column type → the type whose value mapping applies (domains → base type, arrays of anything → JSON
+    /// arrays; see `control::value_types`), read from the catalog once per type.
+    value_types: HashMap<u32, u32>,
     out: mpsc::Sender<Batch>,
     flushed: watch::Receiver<Lsn>,
     catalog: Catalog,
@@ -128,6 +131,7 @@ impl<'c> Source<'c> {
             stream,
             control: None,
             described: Default::default(),
+            value_types: HashMap::new(),
             out,
             flushed,
             catalog,
@@ -254,10 +258,16 @@ impl<'c> Source<'c> {
                 let mut r = r;
                 self.map_partition_to_root(&mut r).await?;
                 let keys = self.key_columns(&r).await?;
+                self.resolve_value_types(&r).await?;
                 let columns = r
                     .columns
                     .into_iter()
-                    .map(|c| Column { is_key: keys.contains(&c.name), name: c.name, type_oid: c.type_oid, type_modifier: c.type_modifier })
+                    .map(|c| Column {
+                        is_key: keys.contains(&c.name),
+                        type_oid: self.value_types.get(&c.type_oid).copied().unwrap_or(c.type_oid),
+                        name: c.name,
+                        type_modifier: c.type_modifier,
+                    })
                     .collect();
                 let table = Table { oid: r.oid, schema: r.namespace, name: r.name, columns, replica_identity: r.replica_identity };
                 self.warn_on_rename(&table);
@@ -341,6 +351,28 @@ impl<'c> Source<'c> {
             return Ok(Vec::new());
         }
         Ok(keys)
+    }
+
+    /// Reads the value mapping of column types not seen before that do not map by OID alone (domains, enums, arrays
+    /// of them, extension types).
+    async fn resolve_value_types(&mut self, r: &pgoutput::Relation) -> Result<(), SourceError> {
+        let Some(client) = self.control else { return Ok(()) };
+        let mut new: Vec<u32> = r
+            .columns
+            .iter()
+            .map(|c| c.type_oid)
+            .filter(|t| !self.value_types.contains_key(t) && !crate::postgres::value::maps_by_oid(*t))
+            .collect();
+        new.sort_unstable();
+        new.dedup();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let resolved = crate::postgres::control::value_types(client, &new)
+            .await
+            .map_err(|e| SourceError::Catalog(format!("resolving the column types of {}.{}: {e}", r.namespace, r.name)))?;
+        self.value_types.extend(resolved);
+        Ok(())
     }
 
     /// A publication without `publish_via_partition_root` sends the changes of a captured partitioned table under

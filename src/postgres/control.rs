@@ -259,6 +259,81 @@ pub async fn table_info_by_oid(client: &Client, oid: u32) -> Result<Option<(Tabl
     Ok(Some((table, TableInfo { oid, replica_identity, key_columns, has_primary_key, columns })))
 }
 
+/// The OID whose mapping applies to values of each of `types` (see [`crate::postgres::value::maps_by_oid`]): a domain
+/// maps as its base type (recursively), an array whose delimiter is `,` as the builtin array of its (domain-resolved)
+/// element type when there is one, else as `text[]` (a JSON array of strings: enum[], inet[], money[], range[],
+/// composite[] …), an array with another delimiter (box[]) as one string; every other type as itself (a string).
+/// Types that map by OID alone are not looked up.
+pub async fn value_types(client: &Client, types: &[u32]) -> Result<HashMap<u32, u32>, ControlError> {
+    use crate::postgres::value::{array_type_of, maps_by_oid, oid, TEXT_ARRAY};
+    let mut out: HashMap<u32, u32> = types.iter().filter(|t| maps_by_oid(**t)).map(|t| (*t, *t)).collect();
+    let unknown: Vec<u32> = types.iter().copied().filter(|t| !maps_by_oid(*t)).collect();
+    if unknown.is_empty() {
+        return Ok(out);
+    }
+    let resolved = resolve_domains(client, &unknown).await?;
+    let elements: Vec<u32> = resolved.values().filter_map(|r| r.array_element).collect();
+    let elements = resolve_domains(client, &elements).await?;
+    for t in unknown {
+        let Some(r) = resolved.get(&t) else {
+            out.insert(t, t);
+            continue;
+        };
+        let mapped = match r.array_element {
+            None => r.base,
+            Some(_) if r.delimiter != ',' => oid::TEXT,
+            Some(elem) => {
+                let elem = elements.get(&elem).map_or(elem, |e| e.base);
+                array_type_of(elem).unwrap_or(TEXT_ARRAY)
+            }
+        };
+        out.insert(t, mapped);
+    }
+    Ok(out)
+}
+
+/// A type with its domains peeled off.
+struct Resolved {
+    base: u32,
+    array_element: Option<u32>,
+    delimiter: char,
+}
+
+async fn resolve_domains(client: &Client, types: &[u32]) -> Result<HashMap<u32, Resolved>, ControlError> {
+    if types.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = client
+        .query(
+            "WITH RECURSIVE chain(orig, cur, depth) AS ( \
+                 SELECT o, o, 0 FROM unnest($1::oid[]) AS o \
+                 UNION ALL \
+                 SELECT c.orig, t.typbasetype, c.depth + 1 FROM chain c JOIN pg_type t ON t.oid = c.cur \
+                 WHERE t.typtype = 'd' AND c.depth < 32) \
+             SELECT DISTINCT ON (c.orig) c.orig, c.cur, t.typelem, t.typdelim::text, \
+                    (t.typcategory = 'A' AND t.typelem <> 0 AND t.typlen = -1) \
+             FROM chain c JOIN pg_type t ON t.oid = c.cur ORDER BY c.orig, c.depth DESC",
+            &[&types],
+        )
+        .await
+        .map_err(sql("resolving column types"))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let delimiter: String = r.get(3);
+            let is_array: bool = r.get(4);
+            (
+                r.get::<_, u32>(0),
+                Resolved {
+                    base: r.get(1),
+                    array_element: is_array.then(|| r.get::<_, u32>(2)),
+                    delimiter: delimiter.chars().next().unwrap_or(','),
+                },
+            )
+        })
+        .collect())
+}
+
 /// Runs every check without changing anything. Returns the report and the catalog of the tables found.
 pub async fn preflight(client: &Client, config: &Config) -> Result<(Report, Catalog), ControlError> {
     let mut report = Report::default();
