@@ -314,6 +314,21 @@ impl KafkaSink {
         loop {
             match self.producer.send(rec) {
                 Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) if self.producer.in_flight_count() == 0 => {
+                    // The queue is empty and the record still does not fit: it is larger than the whole queue
+                    // (queue.buffering.max.kbytes) and no acknowledgement will ever make room. Waiting would hang.
+                    let reason = format!(
+                        "the record for topic {} (table {}, LSN {}) is {} bytes, more than librdkafka's whole queue \
+                         (kafka.properties.queue.buffering.max.kbytes) holds; raise queue.buffering.max.kbytes above \
+                         the largest record, or make the data smaller",
+                        record.topic,
+                        record.header("source-table").unwrap_or("?"),
+                        record.header("source-lsn").unwrap_or("?"),
+                        record.payload.len() + record.key.as_ref().map_or(0, |k| k.len()),
+                    );
+                    self.progress.fail(tx, reason.clone());
+                    return Err(SinkError::Delivery(reason));
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     rec = back;
                     // Backpressure: wait for acknowledgements to free queue space. The timeout covers an ack

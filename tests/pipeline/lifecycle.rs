@@ -561,3 +561,22 @@ async fn domains_map_as_their_base_type_and_arrays_of_anything_are_arrays() {
     assert_eq!(ops, ["read", "insert"], "snapshot and stream agree");
     assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_larger_than_the_producer_queue_stops_with_the_fix_instead_of_hanging() {
+    let s = Setup::new("huge_record", "CREATE TABLE t (id int PRIMARY KEY, big text)").await;
+    // Kafka would take 20 MB messages, but librdkafka's queue holds only 1 MiB: the record can never be queued.
+    let cfg = s.config(&["public.t"]).replace(
+        "properties: {linger.ms: 1}",
+        "properties: {linger.ms: 1, message.max.bytes: 20000000, queue.buffering.max.kbytes: 1024}",
+    );
+    let mut f = Ficus::start(&cfg);
+    f.wait_for_log("streaming", WAIT);
+    let before = s.confirmed_flush().await.unwrap();
+    s.sql("INSERT INTO t SELECT 1, string_agg(md5(i::text), '') FROM generate_series(1, 65536) i").await;
+    let status = f.wait(WAIT);
+    let log = f.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("queue.buffering.max.kbytes") && log.contains("table public.t") && log.contains("LSN 0/"), "{log}");
+    assert_eq!(s.confirmed_flush().await.unwrap(), before, "the transaction of the record is not confirmed");
+}
