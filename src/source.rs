@@ -45,6 +45,10 @@ pub type Batch = Vec<SourceEvent>;
 
 const BATCH: usize = 256;
 
+/// How long a shutdown waits for the end of a transaction it interrupted (the whole shutdown stays under 30 s:
+/// this, then the producer's flush).
+pub const FINISH_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Source failures.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -163,20 +167,41 @@ impl<'c> Source<'c> {
         self
     }
 
-    /// Streams until `shutdown` fires or an error occurs.
+    /// Streams until `shutdown` fires or an error occurs. A shutdown in the middle of a transaction first reads the
+    /// rest of it (at most [`FINISH_TRANSACTION_TIMEOUT`]), so a clean stop ends at a transaction boundary: what was
+    /// published of it is confirmed whole and the restart does not publish it again.
     #[tracing::instrument(name = "source", skip_all)]
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<Stopped, SourceError> {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut finishing: Option<Instant> = None;
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.cancelled(), if finishing.is_none() => {
+                    if self.tx.is_none() || self.skipping {
+                        break;
+                    }
+                    tracing::info!(xid = self.tx.as_ref().map(|t| t.xid), "shutdown: reading the rest of the open transaction first");
+                    finishing = Some(Instant::now() + FINISH_TRANSACTION_TIMEOUT);
+                }
+                _ = tokio::time::sleep_until(finishing.unwrap_or_else(Instant::now)), if finishing.is_some() => {
+                    tracing::warn!(
+                        timeout_secs = FINISH_TRANSACTION_TIMEOUT.as_secs(),
+                        "shutdown: the open transaction did not end in time; what was published of it is not confirmed \
+                         and the next start publishes it again, whole"
+                    );
+                    break;
+                }
                 _ = tick.tick() => self.maybe_status(false).await?,
                 msg = self.stream.next() => {
                     match msg? {
                         None => return Err(SourceError::Ended),
                         Some(m) => self.handle(m, &shutdown).await?,
+                    }
+                    if finishing.is_some() && self.tx.is_none() {
+                        tracing::info!("shutdown: the open transaction ended; stopping at its commit");
+                        break;
                     }
                 }
             }

@@ -159,7 +159,13 @@ impl ProducerContext for SinkContext {
                     msg.payload_len(),
                     hint(err),
                 );
-                tracing::error!("{reason}");
+                // One ERROR line for the first failure; the ones after it (e.g. every message purged when the
+                // producer is dropped at shutdown) at DEBUG, so thousands of lines do not bury the cause.
+                if self.progress.failure().is_none() {
+                    tracing::error!("{reason}");
+                } else {
+                    tracing::debug!("{reason}");
+                }
                 if permanent(err) {
                     self.progress.fail(tx, reason);
                 } else {

@@ -580,3 +580,41 @@ async fn a_record_larger_than_the_producer_queue_stops_with_the_fix_instead_of_h
     assert!(log.contains("queue.buffering.max.kbytes") && log.contains("table public.t") && log.contains("LSN 0/"), "{log}");
     assert_eq!(s.confirmed_flush().await.unwrap(), before, "the transaction of the record is not confirmed");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clean_shutdown_inside_a_large_transaction_publishes_it_once() {
+    let s = Setup::new("shutdown_mid_tx", "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let mut f = Ficus::start(&s.config(&["public.t"]));
+    f.wait_for_log("streaming", WAIT);
+    const ROWS: i64 = 100_000;
+    s.sql(&format!("INSERT INTO t SELECT generate_series(1, {ROWS})")).await;
+    // SIGTERM once part of the transaction is in Kafka.
+    let topic = s.topic("public", "t");
+    let deadline = Instant::now() + WAIT;
+    let at = loop {
+        let n = s.kafka.high_watermark(&topic).await;
+        if n > 0 {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "{}", f.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    f.signal("-TERM");
+    eprintln!("SIGTERM after {at} of {ROWS} records");
+    let started = Instant::now();
+    assert_eq!(f.wait(WAIT).code(), Some(0), "{}", f.log());
+    assert!(started.elapsed() < Duration::from_secs(30), "shutdown took {:?}", started.elapsed());
+    if at < ROWS {
+        assert!(f.log().contains("reading the rest of the open transaction first"), "SIGTERM at {at} of {ROWS}\n{}", f.log());
+    }
+    s.sql("INSERT INTO t VALUES (0)").await;
+    f.restart();
+    f.wait_for_log_count("streaming", 2, WAIT);
+    s.wait_confirmed_now(&f).await;
+    let n = s.kafka.high_watermark(&topic).await;
+    assert_eq!(n, ROWS + 1, "every row exactly once (SIGTERM after {at} records)\n{}", f.log());
+    let msgs = s.kafka.consume_all(&topic, n as usize, WAIT).await;
+    let ids: std::collections::BTreeSet<i64> = values(&msgs).iter().map(|e| e["after"]["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids.len() as i64, ROWS + 1);
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+}
