@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 mod checkpointing;
 mod monitor;
-mod resume;
+pub(crate) mod resume;
 mod tables;
 mod sink;
 
@@ -247,7 +247,9 @@ async fn run_with(config: &Config, options: &RunOptions, shutdown: &Cancellation
         return Err(PipelineError::Preflight(report));
     }
     control::ensure_publication(&client, &config).await?;
-    let mut binary = binary_values_possible(&config, &catalog);
+    // A dry run streams text values: switching to text later would need a new temporary slot, losing what the
+    // server wrote in between.
+    let mut binary = !dry_run && binary_values_possible(&config, &catalog);
     let session_stop = shutdown.child_token();
     let sessions = async {
         let mut first = true;

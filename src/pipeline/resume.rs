@@ -212,3 +212,84 @@ mod tests {
         }
     }
 }
+
+/// What `ficus run` would decide about its own state, as `ficus check` lines: `state.dir` usable, the checkpoint
+/// readable and of this source, no slot gap, no checkpoint beyond the server's WAL, and a key for every table of a
+/// snapshot that the start would plan. Every case `run` refuses is a `✗` here.
+pub(crate) async fn state_report(
+    client: &tokio_postgres::Client,
+    info: &crate::postgres::conninfo::ConnInfo,
+    config: &crate::config::Config,
+    catalog: &crate::postgres::control::Catalog,
+) -> Vec<crate::postgres::control::CheckItem> {
+    use crate::postgres::control::{CheckItem, Status};
+    let item = |status, title: &str, detail: String, fix: Option<String>| CheckItem { status, title: title.to_string(), detail, fix };
+    let mut out = Vec::new();
+    let dir = &config.state.dir;
+    let mut store = match crate::checkpoint::FileCheckpointStore::open(dir, &config.source.slot) {
+        Ok(s) => s,
+        Err(e) => {
+            out.push(item(Status::Fail, "state.dir", e.to_string(), Some(format!("make {} a writable directory", dir.display()))));
+            return out;
+        }
+    };
+    out.push(item(Status::Ok, "state.dir", format!("{} is writable", dir.display()), None));
+    let system = async {
+        let mut repl = crate::postgres::replication::ReplicationConnection::connect(info).await?;
+        repl.identify_system().await
+    };
+    let system = match system.await {
+        Ok(s) => s,
+        Err(e) => {
+            out.push(item(Status::Fail, "replication connection", e.to_string(), Some("check the role's REPLICATION privilege and pg_hba.conf".into())));
+            return out;
+        }
+    };
+    let database = system.dbname.clone().unwrap_or_else(|| info.dbname.clone());
+    let path = store.path().display().to_string();
+    let checkpoint = match store.load_for(&system.systemid, &database, &config.source.slot) {
+        Ok(c) => c.map(|(lsn, _)| lsn),
+        Err(e) => {
+            out.push(item(Status::Fail, "checkpoint", e.to_string(), None));
+            return out;
+        }
+    };
+    let slot = match crate::postgres::control::slot_info(client, &config.source.slot).await {
+        Ok(None) => SlotState::Missing,
+        Ok(Some(s)) if s.wal_status.as_deref() == Some("lost") => SlotState::Invalidated,
+        Ok(Some(s)) => SlotState::Usable { confirmed: s.confirmed_flush.unwrap_or(Lsn::INVALID) },
+        Err(e) => {
+            out.push(item(Status::Fail, "checkpoint", format!("reading the slot: {e}"), None));
+            return out;
+        }
+    };
+    match decide(checkpoint, slot, system.xlogpos, config.snapshot.on_gap, &config.source.slot, &path) {
+        Err(e) => {
+            let (detail, fix) = e.split_once(" Fix: ").map_or((e.clone(), None), |(d, f)| (d.to_string(), Some(f.to_string())));
+            out.push(item(Status::Fail, "checkpoint", detail, fix));
+        }
+        Ok(r) => {
+            let detail = match (checkpoint, &r.recovered_gap) {
+                (_, Some(gap)) => format!("{gap}; snapshot.on_gap: resnapshot would copy snapshot.tables again"),
+                (Some(cp), None) => format!("{path}: resume at {cp}"),
+                (None, None) => format!("none yet ({path}): the first start begins at the slot's position"),
+            };
+            out.push(item(if r.recovered_gap.is_some() { Status::Warn } else { Status::Ok }, "checkpoint", detail, None));
+            let snapshots = config.snapshot.mode != crate::snapshot::config::SnapshotMode::Never || r.recovered_gap.is_some();
+            if r.plan_snapshot && snapshots {
+                let captured = config.captured_tables().unwrap_or_default();
+                for t in config.snapshot.tables(&captured).unwrap_or_default() {
+                    if catalog.tables.get(&t).is_some_and(|i| i.key_columns.is_empty()) {
+                        out.push(item(
+                            Status::Fail,
+                            &format!("snapshot of {t}"),
+                            "this start plans a snapshot and the table has no primary key: `ficus run` refuses it (exit 2)".into(),
+                            Some("add a primary key, or leave the table out of snapshot.tables".into()),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out
+}

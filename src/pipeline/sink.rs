@@ -226,7 +226,12 @@ fn print_record(out: &mut impl std::io::Write, record: &Record) -> std::io::Resu
         write_json_string(&mut line, v.as_str());
     }
     line.extend_from_slice(b"},\"value\":");
+    let start = line.len();
     crate::encode::write_json_or_string(&mut line, &record.payload);
+    // One record per line: a `json` column keeps the line breaks it was written with. In valid JSON a raw line break
+    // can only be insignificant whitespace (inside strings it is escaped), so dropping them changes no value.
+    let value = line.split_off(start);
+    line.extend(value.into_iter().filter(|b| !matches!(b, b'\n' | b'\r')));
     line.extend_from_slice(b"}\n");
     out.write_all(&line)
 }

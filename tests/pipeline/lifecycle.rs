@@ -618,3 +618,91 @@ async fn a_clean_shutdown_inside_a_large_transaction_publishes_it_once() {
     assert_eq!(ids.len() as i64, ROWS + 1);
     assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
 }
+
+/// `ficus check` on the config of `f` (same state.dir): exit code and output.
+fn check_of(f: &Ficus) -> (i32, String) {
+    let out = std::process::Command::new(support::ficus_bin())
+        .args(["check", "--config"])
+        .arg(f.dir.path().join("ficus.yaml"))
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_reports_what_run_would_refuse() {
+    let s = Setup::new("check_truth", "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE nokey (v text); \
+                                        ALTER TABLE nokey REPLICA IDENTITY FULL;").await;
+    // A first start that would plan a snapshot of a keyless table.
+    let cfg = s.config(&["public.t", "public.nokey"]).replace("snapshot:\n  mode: never\n", "snapshot:\n  mode: initial\n");
+    let (code, out) = crate::check(&cfg);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("✗ snapshot of public.nokey"), "{out}");
+    // state.dir that is a file.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let (code, out) = crate::check(&s.config(&["public.t"]).replace("dir: STATE", &format!("dir: {}", file.path().display())));
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("✗ state.dir"), "{out}");
+    // A slot gap behind a checkpoint: what `run` refuses, `check` refuses.
+    let mut f = run_once(&s, &s.config(&["public.t"])).await;
+    let (code, out) = check_of(&f);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("✓ checkpoint") && out.contains("resume at"), "{out}");
+    s.sql(&format!("SELECT pg_drop_replication_slot('{}')", s.prefix)).await;
+    let (code, out) = check_of(&f);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("✗ checkpoint") && out.contains("does not exist") && out.contains("snapshot.on_gap"), "{out}");
+    set_on_gap(&f, "resnapshot");
+    let (code, out) = check_of(&f);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("! checkpoint"), "{out}");
+    // A slot streamed by a live instance: this one would wait as a hot standby.
+    f.restart();
+    f.wait_for_log_count("streaming", 2, WAIT);
+    let (code, out) = check_of(&f);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("hot standby"), "{out}");
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_prints_one_json_per_line_and_loses_nothing_when_a_table_changes() {
+    let s = Setup::new("dry_run_lines", "CREATE TABLE t (id int PRIMARY KEY, j json)").await;
+    let cfg = s.config(&["public.t"]).replace(&s.kafka.brokers(), "127.0.0.1:9");
+    let (dir, path) = Ficus::dir_config(&cfg);
+    let stdout = dir.path().join("stdout.jsonl");
+    let log = dir.path().join("stderr.log");
+    let mut child = std::process::Command::new(support::ficus_bin())
+        .args(["run", "--dry-run", "--config"])
+        .arg(&path)
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + WAIT;
+    while !read_log().contains("streaming") {
+        assert!(Instant::now() < deadline && child.try_wait().unwrap().is_none(), "no streaming:\n{}", read_log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.sql("INSERT INTO t VALUES (1, E'{\\n  \"a\": 1\\n}')").await;
+    // A column type without a binary mapping appears while streaming, and a row right after it.
+    s.sql("ALTER TABLE t ADD COLUMN tt timetz; INSERT INTO t VALUES (2, '[1,\n2]', '08:00+02');").await;
+    let lines = loop {
+        let text = std::fs::read_to_string(&stdout).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON per line ({e}): {l:?}\n{text}")))
+            .collect();
+        if lines.len() >= 2 {
+            break lines;
+        }
+        assert!(Instant::now() < deadline, "dry run printed {lines:?}\n{}", read_log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(lines[0]["value"]["after"]["j"], json!({"a": 1}));
+    assert_eq!(lines[1]["value"]["after"]["j"], json!([1, 2]));
+    assert_eq!(lines[1]["value"]["after"]["tt"], "08:00:00+02");
+    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{}", read_log());
+}
