@@ -1,6 +1,6 @@
 //! The core pipeline: round trips, value mapping, TOAST, crash recovery, preflight, failures, memory.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -18,9 +18,9 @@ async fn round_trip_insert_update_delete_truncate_then_clean_shutdown() {
     s.sql("TRUNCATE items").await;
     let after_writes = s.current_lsn().await;
 
-    let msgs = s.kafka.consume_all(&s.topic("public", "items"), 5, WAIT).await;
+    // Read once the slot confirmed the writes: the topic holds exactly these five events.
+    let msgs = s.read_all_confirmed(&f, &s.topic("public", "items")).await;
     let v = values(&msgs);
-    assert_eq!(v.len(), 5, "{v:#?}\n{}", f.log());
     assert_eq!(v.iter().map(|e| e["op"].as_str().unwrap()).collect::<Vec<_>>(), ["insert", "insert", "update", "delete", "truncate"]);
     assert_eq!(v[0]["after"], json!({"id": 1, "name": "apple", "qty": 3}));
     assert_eq!(v[0]["before"], Value::Null);
@@ -39,16 +39,7 @@ async fn round_trip_insert_update_delete_truncate_then_clean_shutdown() {
     assert_eq!(header(&msgs[2], "op"), Some("update"));
     assert_eq!(header(&msgs[2], "source-lsn"), v[2]["source"]["lsn"].as_str());
 
-    // Everything is acked, so the server is told (status every second) and the checkpoint follows.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let confirmed = s.confirmed_flush().await.unwrap();
-        if lsn(&confirmed) >= lsn(&after_writes) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "confirmed_flush_lsn {confirmed} never reached {after_writes}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // Everything is acked and the server was told (read_all_confirmed waited for it); the checkpoint follows.
     let status = f.terminate();
     assert_eq!(status.code(), Some(0), "{}", f.log());
     let cp = f.checkpoint(&s.prefix).expect("checkpoint file");
@@ -73,7 +64,7 @@ async fn every_type_maps_as_designed() {
         '2026-11-22 10:00:00+02', '1 year 2 mons 3 days 04:05:06.5', '\x0102ff', '{1,NULL,3}', '{"a,b","c\"d",NULL}',
         '{{1,2},{3,4}}', 'happy', '日本語 🎉')"#).await;
     s.sql("INSERT INTO t (id) VALUES (2)").await;
-    let msgs = s.kafka.consume_all(&s.topic("public", "t"), 2, WAIT).await;
+    let msgs = s.read_all_confirmed(&f, &s.topic("public", "t")).await;
     let v = values(&msgs);
     assert_eq!(v.len(), 2, "{}", f.log());
     let a = &v[0]["after"];
@@ -107,8 +98,8 @@ async fn unchanged_toast_and_replica_identity_default_vs_full() {
     s.sql("INSERT INTO d SELECT 1, string_agg(md5(i::text), '') , 0 FROM generate_series(1, 3200) i").await;
     s.sql("INSERT INTO f SELECT 1, string_agg(md5(i::text), '') , 0 FROM generate_series(1, 3200) i").await;
     s.sql("UPDATE d SET n = 1; UPDATE f SET n = 1; DELETE FROM d; DELETE FROM f;").await;
-    let d = values(&s.kafka.consume_all(&s.topic("public", "d"), 3, WAIT).await);
-    let full = values(&s.kafka.consume_all(&s.topic("public", "f"), 3, WAIT).await);
+    let d = values(&s.read_all_confirmed(&f, &s.topic("public", "d")).await);
+    let full = values(&s.read_all_confirmed(&f, &s.topic("public", "f")).await);
     assert_eq!((d.len(), full.len()), (3, 3), "{}", f.log());
     let big_len = d[0]["after"]["big"].as_str().unwrap().len();
     assert_eq!(big_len, 3200 * 32);
@@ -136,7 +127,7 @@ async fn quoted_mixed_case_table_in_non_public_schema() {
     let mut f = Ficus::start(&s.config(&[r#"legacy."Order Lines""#]));
     f.wait_for_log("streaming", WAIT);
     s.sql(r#"INSERT INTO legacy."Order Lines" VALUES (7, 2, 'X-1')"#).await;
-    let msgs = s.kafka.consume_all(&format!("{}.legacy.Order_Lines", s.prefix), 1, WAIT).await;
+    let msgs = s.read_all_confirmed(&f, &format!("{}.legacy.Order_Lines", s.prefix)).await;
     let v = values(&msgs);
     assert_eq!(v.len(), 1, "{}", f.log());
     assert_eq!(v[0]["table"], "Order Lines");
@@ -173,8 +164,8 @@ async fn sigkill_mid_stream_then_restart_loses_nothing_and_keeps_key_order() {
     }
     writer.await.unwrap();
     let total = (KEYS + KEYS * ROUNDS) as usize;
-    // Let it catch up, then read everything (duplicates allowed: at-least-once).
-    let msgs = s.kafka.consume_all(&s.topic("public", "k"), usize::MAX, Duration::from_secs(20)).await;
+    // Everything once the slot confirmed the writes (duplicates allowed: at-least-once).
+    let msgs = s.read_all_confirmed(&f, &s.topic("public", "k")).await;
     let v = values(&msgs);
     let mut seen = std::collections::HashMap::<i64, Vec<i64>>::new();
     for e in &v {
@@ -251,7 +242,7 @@ async fn slot_in_use_and_publication_missing_a_table() {
     let mut f = Ficus::start(&config);
     f.wait_for_log_count("snapshot of table finished", 2, WAIT);
     s.sql("INSERT INTO b VALUES (1)").await;
-    assert_eq!(s.kafka.consume_all(&s.topic("public", "b"), 1, WAIT).await.len(), 1, "{}", f.log());
+    assert_eq!(values(&s.read_all_confirmed(&f, &s.topic("public", "b")).await).len(), 1, "{}", f.log());
     // A second instance on the same slot waits as a hot standby (saying who holds the slot), and takes over when
     // the first one stops — nothing lost in between.
     let mut second = Ficus::start(&config);
@@ -261,7 +252,7 @@ async fn slot_in_use_and_publication_missing_a_table() {
     assert_eq!(f.terminate().code(), Some(0));
     s.sql("INSERT INTO b VALUES (2)").await;
     second.wait_for_log("streaming", WAIT);
-    let got = values(&s.kafka.consume_all(&s.topic("public", "b"), 2, WAIT).await);
+    let got = values(&s.read_all_confirmed(&second, &s.topic("public", "b")).await);
     assert_eq!(got.len(), 2, "{}", second.log());
     assert_eq!(got[1]["after"]["id"], 2);
     assert_eq!(got[1]["op"], "insert", "the standby took over the slot: no second initial snapshot");
@@ -335,12 +326,13 @@ async fn password_authentication_scram_md5_and_wrong_password() {
     .await;
     let kafka = TestKafka::shared();
     for (user, password) in [("scram_user", "s3cret-scram"), ("md5_user", "s3cret-md5"), ("clear_user", "s3cret-clear")] {
-        let prefix = format!("auth_{user}");
+        // Unique per run: a fixed name would read a previous run's messages on an external broker.
+        let prefix = kafka.unique_topic(&format!("auth_{user}")).replace('-', "_").to_lowercase();
         let cfg = Ficus::config(&pg.url(user, password, &db), &["public.t"], &prefix, &kafka.brokers(), "");
         let mut f = Ficus::start(&cfg);
         f.wait_for_log("streaming", WAIT);
         pg.execute(&db, "INSERT INTO t SELECT coalesce(max(id), 0) + 1 FROM t").await;
-        let got = kafka.consume_all(&format!("{prefix}.public.t"), 1, WAIT).await;
+        let got = crate::read_all_confirmed(&pg, &db, &prefix, kafka, &f, &format!("{prefix}.public.t"), false).await;
         assert_eq!(got.len(), 1, "{user}: {}", f.log());
         assert_eq!(f.terminate().code(), Some(0));
         assert!(!f.log().contains(password), "{user}: the password must never be logged");
@@ -395,8 +387,10 @@ async fn binary_values_match_text_values_and_new_types_fall_back_to_text() {
         .await;
     s.sql("INSERT INTO v (id) VALUES (7)").await;
     s.sql("UPDATE v SET tx = tx || '!' WHERE id = 1").await;
-    let bin_msgs = values(&s.kafka.consume_all(&s.topic("public", "v"), 8, WAIT).await);
-    let txt_msgs = values(&s.kafka.consume_all(&format!("{text_prefix}.public.v"), 8, WAIT).await);
+    // Both slots confirmed the writes (the text instance's slot is checked by waiting on it too).
+    s.wait_slot_confirmed_now(&text_prefix, &txt).await;
+    let bin_msgs = values(&s.read_all_confirmed(&bin, &s.topic("public", "v")).await);
+    let txt_msgs = values(&s.kafka.read_to_end(&format!("{text_prefix}.public.v"), WAIT).await);
     assert_eq!(bin_msgs.len(), 8, "{}", bin.log());
     assert_eq!(txt_msgs.len(), 8, "{}", txt.log());
     for (b, t) in bin_msgs.iter().zip(&txt_msgs) {
@@ -410,8 +404,8 @@ async fn binary_values_match_text_values_and_new_types_fall_back_to_text() {
     // A column whose type has no binary mapping appears mid-stream: the stream restarts with text values and
     // nothing is lost or repeated.
     s.sql("ALTER TABLE v ADD COLUMN iv interval; INSERT INTO v (id, iv) VALUES (100, '1 day 02:00:00')").await;
-    let bin_msgs = values(&s.kafka.consume_all(&s.topic("public", "v"), 9, WAIT).await);
     bin.wait_for_log("restarting the stream with text values", WAIT);
+    let bin_msgs = values(&s.read_all_confirmed(&bin, &s.topic("public", "v")).await);
     assert_eq!(bin_msgs.len(), 9, "{}", bin.log());
     assert_eq!(bin_msgs[8]["after"]["iv"], "P1DT2H");
     assert!(bin.log().contains("binary_values=false"));

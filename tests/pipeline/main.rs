@@ -207,23 +207,81 @@ impl Setup {
     }
 
     pub(crate) async fn wait_confirmed_now_within(&self, f: &Ficus, timeout: Duration) {
-        let target = self.current_lsn().await;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(c) = self.confirmed_flush().await {
-                if lsn(&c) >= lsn(&target) {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "confirmed_flush_lsn never reached {target}:\n{}", f.log());
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_slot_confirmed_now(self.pg, &self.db, &self.prefix, f, timeout).await
+    }
+
+    /// Everything ficus published to `topic` so far, exactly — the helper to assert on topics with.
+    ///
+    /// Waits until the slot confirmed the server's current WAL position (so Kafka holds every change committed
+    /// before this call: the invariant of docs/guarantees.md), then reads every partition of `topic` to its end as of
+    /// that moment (read_committed) and returns the whole list in (partition, offset) order. Compare the whole list:
+    /// a duplicate, a spurious event or a second snapshot pass makes it longer, unlike "wait for n messages".
+    /// No fixed wait: it returns as soon as ficus confirmed. Panics (with ficus's log) when the slot does not
+    /// catch up within [`WAIT`] or the topic does not exist; [`Setup::read_all_confirmed_or_empty`] is for topics
+    /// that may legitimately stay empty.
+    pub(crate) async fn read_all_confirmed(&self, f: &Ficus, topic: &str) -> Vec<support::ConsumedMessage> {
+        read_all_confirmed(self.pg, &self.db, &self.prefix, self.kafka, f, topic, false).await
+    }
+
+    /// [`Setup::read_all_confirmed`] for a topic that may not exist (e.g. a DLQ that must stay empty): empty then.
+    pub(crate) async fn read_all_confirmed_or_empty(&self, f: &Ficus, topic: &str) -> Vec<support::ConsumedMessage> {
+        read_all_confirmed(self.pg, &self.db, &self.prefix, self.kafka, f, topic, true).await
+    }
+
+    /// Waits until `slot` (another instance's, in this test's database) confirmed the server's current WAL position.
+    pub(crate) async fn wait_slot_confirmed_now(&self, slot: &str, f: &Ficus) {
+        wait_slot_confirmed_now(self.pg, &self.db, slot, f, WAIT).await
     }
 
     pub(crate) async fn current_lsn(&self) -> String {
         let client = self.pg.client(&self.db).await;
         client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0)
     }
+}
+
+/// Waits until `slot` confirmed the server's current WAL position (`pg_current_wal_lsn()` when called), so Kafka
+/// holds everything committed before the call. PostgreSQL 15's walsender sends keepalives with its position once it
+/// caught up, so this also returns when other databases of the cluster keep writing.
+pub(crate) async fn wait_slot_confirmed_now(pg: &TestPostgres, db: &str, slot: &str, f: &Ficus, timeout: Duration) {
+    let client = pg.client(db).await;
+    let target: String = client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let confirmed: Option<String> = client
+            .query_opt("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+            .await
+            .unwrap()
+            .and_then(|r| r.get(0));
+        if confirmed.as_deref().is_some_and(|c| lsn(c) >= lsn(&target)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "slot {slot}: confirmed_flush_lsn {confirmed:?} never reached {target}:\n{}", f.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// [`Setup::read_all_confirmed`] for any cluster, database and slot (tests with their own PostgreSQL). With
+/// `may_be_empty`, a topic that does not exist reads as empty instead of failing the test.
+pub(crate) async fn read_all_confirmed(
+    pg: &TestPostgres,
+    db: &str,
+    slot: &str,
+    kafka: &TestKafka,
+    f: &Ficus,
+    topic: &str,
+    may_be_empty: bool,
+) -> Vec<support::ConsumedMessage> {
+    wait_slot_confirmed_now(pg, db, slot, f, WAIT).await;
+    if !may_be_empty {
+        // The topic is created with its first message, which Kafka acknowledged before the slot confirmed it; give
+        // the metadata a moment to show it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while kafka.partitions(topic).await.is_empty() {
+            assert!(Instant::now() < deadline, "topic {topic} does not exist after slot {slot} confirmed everything:\n{}", f.log());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    kafka.read_to_end(topic, WAIT).await
 }
 
 pub(crate) fn lsn(s: &str) -> u64 {
