@@ -223,7 +223,9 @@ async fn the_shop_example_produces_its_business_events() {
         .replace("0.0.0.0:8080", &format!("127.0.0.1:{}", crate::support::free_port()));
     assert!(!cfg.contains("${"), "{cfg}");
     let mut f = Ficus::start(&cfg);
-    f.wait_for_log("streaming", WAIT);
+    // The example runs the initial snapshot of its three tables: write only after it, or a copy that runs after
+    // the inserts adds `read` events of the new rows (allowed by docs/snapshots.md, but not what this test checks).
+    f.wait_for_log_count("snapshot of table finished", 3, WAIT);
     s.sql(
         "INSERT INTO customers (eml, nm) VALUES ('Ada@Example.com', 'Ada');
          INSERT INTO orders (cust_id, amt_cents, note) VALUES (1, 4200, 'gift wrap');
@@ -247,8 +249,9 @@ async fn the_shop_example_produces_its_business_events() {
     assert_eq!(customers[0]["data"]["email"], "ada@example.com");
     assert_eq!(customers[1]["data"], json!({"customerId": 1, "previousEmail": "Ada@Example.com", "email": "ada@new.example.com"}));
     // Raw changes are published too (changes.tables: "*").
-    let raw = s.read_all_confirmed(&f, &s.topic("public", "orders")).await;
-    assert_eq!(raw.len(), 6);
+    let raw = values(&s.read_all_confirmed(&f, &s.topic("public", "orders")).await);
+    let ops: Vec<&str> = raw.iter().map(|e| e["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["insert", "insert", "update", "update", "update", "update"], "{raw:#?}");
     assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
 }
 
