@@ -83,7 +83,7 @@ async fn every_type_maps_as_designed() {
     let nulls = v[1]["after"].as_object().unwrap();
     assert_eq!(nulls.len(), 29);
     assert!(nulls.iter().filter(|(k, _)| *k != "id").all(|(_, v)| v.is_null()));
-    f.terminate();
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -116,7 +116,7 @@ async fn unchanged_toast_and_replica_identity_default_vs_full() {
     assert_eq!(full[1]["unavailable"], json!([]));
     assert_eq!(full[1]["before"]["n"], 0);
     assert_eq!(full[2]["before"]["big"].as_str().unwrap().len(), big_len);
-    f.terminate();
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -134,7 +134,7 @@ async fn quoted_mixed_case_table_in_non_public_schema() {
     assert_eq!(v[0]["schema"], "legacy");
     assert_eq!(v[0]["after"], json!({"OrderId": 7, "LineNo": 2, "Sku Code": "X-1"}));
     assert_eq!(msgs[0].key.as_deref(), Some(&br#"{"OrderId":7,"LineNo":2}"#[..]));
-    f.terminate();
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -304,7 +304,7 @@ async fn million_row_transaction_streams_with_bounded_memory() {
     assert_eq!(count, ROWS, "every row of the transaction reached Kafka");
     // The release target is 64 MiB (docs/benchmarks.md); debug builds and librdkafka's queue get some slack.
     assert!(rss < 160 * 1024, "peak RSS {} MiB: memory is not bounded", rss / 1024);
-    f.terminate();
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -9,8 +9,10 @@ mod core;
 mod faults;
 mod ops;
 mod rules;
+mod shutdown;
 mod snapshot;
 
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -98,6 +100,12 @@ impl Ficus {
         }
     }
 
+    /// Whether the process is still running (not reaped).
+    pub(crate) fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// SIGTERM and wait for the exit (60 s). Callers assert the exit code: 0 is a clean shutdown.
     pub(crate) fn terminate(&mut self) -> ExitStatus {
         self.signal("-TERM");
         self.wait(Duration::from_secs(60))
@@ -282,6 +290,31 @@ pub(crate) async fn read_all_confirmed(
         }
     }
     kafka.read_to_end(topic, WAIT).await
+}
+
+/// `GET path` on `port`: (status code, body).
+pub(crate) fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((code, body))
+}
+
+pub(crate) fn wait_for_status(port: u16, path: &str, want: u16, log: &dyn Fn() -> String) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some((code, body)) = get(port, path) {
+            if code == want {
+                return body;
+            }
+        }
+        assert!(Instant::now() < deadline, "{path} never answered {want}; last {:?}\n{}", get(port, path), log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 pub(crate) fn lsn(s: &str) -> u64 {

@@ -1,35 +1,9 @@
 //! Operating ficus: the HTTP endpoints, metrics, readiness that follows the broker, and secrets kept out of sight.
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use crate::support::{free_port, TestKafka};
-use crate::{Ficus, Setup, WAIT};
-
-/// `GET path` on `port`: (status code, body).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Some((code, body))
-}
-
-fn wait_for_status(port: u16, path: &str, want: u16, log: &dyn Fn() -> String) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some((code, body)) = get(port, path) {
-            if code == want {
-                return body;
-            }
-        }
-        assert!(Instant::now() < deadline, "{path} never answered {want}; last {:?}\n{}", get(port, path), log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+use crate::{get, wait_for_status, Ficus, Setup, WAIT};
 
 /// Value of the Prometheus sample whose line starts with `prefix` (name and labels).
 fn sample(metrics: &str, prefix: &str) -> Option<f64> {
