@@ -178,6 +178,14 @@ pub(crate) struct Setup {
     pub prefix: String,
 }
 
+/// Drops the test's replication slots (ficus's and any other in its database) when the test ends, passed or failed:
+/// see [`TestPostgres::drop_slots_of`]. Declared before the `Ficus` it serves, a `Setup` is dropped after it.
+impl Drop for Setup {
+    fn drop(&mut self) {
+        self.pg.drop_slots_of(&self.db);
+    }
+}
+
 impl Setup {
     pub(crate) async fn new(name: &str, ddl: &str) -> Setup {
         let pg = TestPostgres::shared();

@@ -89,7 +89,9 @@ async fn endpoints_report_metrics_status_and_readiness_that_follows_the_broker()
 /// database that is not captured, or by another database of the cluster. PostgreSQL 15's walsender sends keepalives
 /// with its position once it has caught up, and ficus confirms such positions when nothing is in flight, so the
 /// slot's confirmed position follows the server's WAL and the retained WAL stays small (checked with the heartbeat
-/// off, and with it on, where it must also run without errors).
+/// off, and with it on). With the heartbeat on, a second slot (test_decoding) in the captured database shows the
+/// heartbeat's logical messages really are written there, about once per interval, and the slot's confirmed
+/// position passes the latest of them: the heartbeat's transactions, which carry no records, are confirmed.
 async fn idle_table_next_to_busy_writes(name: &str, heartbeat: u64, other_database: bool) {
     let s = Setup::new(name, "CREATE TABLE cap (id int PRIMARY KEY); CREATE TABLE busy (id serial PRIMARY KEY, pad text);").await;
     let busy_db = if other_database {
@@ -105,8 +107,11 @@ async fn idle_table_next_to_busy_writes(name: &str, heartbeat: u64, other_databa
         .config(&["public.cap"])
         .replace("  status_interval_secs: 1\n", &format!("  status_interval_secs: 1\n  heartbeat_interval_secs: {heartbeat}\n"))
         + &format!("health:\n  listen: 127.0.0.1:{port}\n");
+    // Sees every logical message written in the captured database from here on.
+    let probe = format!("{}_probe", s.prefix);
+    s.sql(&format!("SELECT pg_create_logical_replication_slot('{probe}', 'test_decoding')")).await;
     let f = Ficus::start(&cfg);
-    f.wait_for_log("streaming", WAIT);
+    wait_for_status(port, "/readyz", 200, &|| f.log());
     let before = s.current_lsn().await;
     for _ in 0..20 {
         s.pg.execute(&busy_db, "INSERT INTO busy (pad) SELECT repeat('x', 200) FROM generate_series(1, 2000)").await;
@@ -135,6 +140,44 @@ async fn idle_table_next_to_busy_writes(name: &str, heartbeat: u64, other_databa
         std::thread::sleep(Duration::from_millis(500));
     }
     assert!(!f.log().contains("heartbeat failed"), "{}", f.log());
+
+    // The heartbeat's own messages, as the captured database's WAL holds them.
+    let heartbeats = || async {
+        let client = s.pg.client(&s.db).await;
+        let rows = client
+            .query(
+                "SELECT lsn::text FROM pg_logical_slot_peek_changes($1, NULL, NULL) \
+                 WHERE data LIKE 'message: transactional: 1 prefix: ficus.heartbeat,%'",
+                &[&probe],
+            )
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>()
+    };
+    if heartbeat == 0 {
+        assert_eq!(heartbeats().await, Vec::<String>::new(), "heartbeat off, yet heartbeat messages were written");
+        return;
+    }
+    // At least three (one a second): the loop keeps running, it did not write once and stop.
+    let deadline = Instant::now() + WAIT;
+    let seen = loop {
+        let seen = heartbeats().await;
+        if seen.len() >= 3 {
+            break seen;
+        }
+        assert!(Instant::now() < deadline, "heartbeat messages in the captured database: {seen:?}\n{}", f.log());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let latest = seen.iter().max_by_key(|l| crate::lsn(l)).unwrap().clone();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let confirmed = s.confirmed_flush().await.unwrap();
+        if crate::lsn(&confirmed) > crate::lsn(&latest) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slot stuck at {confirmed}, before the heartbeat at {latest}\n{}", f.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -143,7 +186,7 @@ async fn an_idle_captured_table_does_not_pin_wal_of_other_tables() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn writes_in_another_database_do_not_pin_wal_and_the_heartbeat_runs_cleanly() {
+async fn writes_in_another_database_do_not_pin_wal_and_the_heartbeat_is_written_and_confirmed() {
     idle_table_next_to_busy_writes("ops_idle_db", 1, true).await;
 }
 
