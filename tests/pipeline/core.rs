@@ -11,7 +11,7 @@ use crate::{check, header, lsn, values, Ficus, Setup, WAIT};
 async fn round_trip_insert_update_delete_truncate_then_clean_shutdown() {
     let s = Setup::new("roundtrip", "CREATE TABLE items (id int PRIMARY KEY, name text, qty int); ALTER TABLE items REPLICA IDENTITY FULL;").await;
     let mut f = Ficus::start(&s.config(&["public.items"]));
-    f.wait_for_log("streaming", WAIT);
+    f.wait_streaming();
     s.sql("INSERT INTO items VALUES (1, 'apple', 3), (2, 'pear', 5)").await;
     s.sql("UPDATE items SET qty = 4 WHERE id = 1").await;
     s.sql("DELETE FROM items WHERE id = 2").await;
@@ -57,7 +57,7 @@ async fn every_type_maps_as_designed() {
         );"#;
     let s = Setup::new("types", ddl).await;
     let mut f = Ficus::start(&s.config(&["public.t"]));
-    f.wait_for_log("streaming", WAIT);
+    f.wait_streaming();
     s.sql(r#"INSERT INTO t VALUES (1, true, -2, 4, 9007199254740993, 26, 1.5, 2.25, 'NaN', '-Infinity',
         '12345678901234567890.123456789', 'hé "x"', 'vc', 'ab', 'nm', '{"a": [1, 2]}', '{"b": {"c": null}}',
         'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '2026-11-22', '08:00:01.5', '2026-11-22 08:00:00.123456',
@@ -93,7 +93,7 @@ async fn unchanged_toast_and_replica_identity_default_vs_full() {
                ALTER TABLE d ALTER COLUMN big SET STORAGE EXTERNAL; ALTER TABLE f ALTER COLUMN big SET STORAGE EXTERNAL;";
     let s = Setup::new("toast", ddl).await;
     let mut f = Ficus::start(&s.config(&["public.d", "public.f"]));
-    f.wait_for_log("streaming", WAIT);
+    f.wait_streaming();
     // 100 kB of incompressible-ish text goes out of line (TOAST).
     s.sql("INSERT INTO d SELECT 1, string_agg(md5(i::text), '') , 0 FROM generate_series(1, 3200) i").await;
     s.sql("INSERT INTO f SELECT 1, string_agg(md5(i::text), '') , 0 FROM generate_series(1, 3200) i").await;
@@ -125,7 +125,7 @@ async fn quoted_mixed_case_table_in_non_public_schema() {
                  PRIMARY KEY ("OrderId", "LineNo"));"#;
     let s = Setup::new("quoted", ddl).await;
     let mut f = Ficus::start(&s.config(&[r#"legacy."Order Lines""#]));
-    f.wait_for_log("streaming", WAIT);
+    f.wait_streaming();
     s.sql(r#"INSERT INTO legacy."Order Lines" VALUES (7, 2, 'X-1')"#).await;
     let msgs = s.read_all_confirmed(&f, &format!("{}.legacy.Order_Lines", s.prefix)).await;
     let v = values(&msgs);
@@ -141,7 +141,7 @@ async fn quoted_mixed_case_table_in_non_public_schema() {
 async fn sigkill_mid_stream_then_restart_loses_nothing_and_keeps_key_order() {
     let s = Setup::new("sigkill", "CREATE TABLE k (id int PRIMARY KEY, v int NOT NULL)").await;
     let mut f = Ficus::start(&s.config(&["public.k"]));
-    f.wait_for_log("streaming", WAIT);
+    f.wait_streaming();
     const KEYS: i32 = 50;
     const ROUNDS: i32 = 40;
     s.sql(&format!("INSERT INTO k SELECT i, 0 FROM generate_series(1, {KEYS}) i")).await;
@@ -248,10 +248,10 @@ async fn slot_in_use_and_publication_missing_a_table() {
     let mut second = Ficus::start(&config);
     second.wait_for_log("in use by another process", WAIT);
     second.wait_for_log("reconnecting", WAIT);
-    assert!(!second.log().contains("streaming"), "{}", second.log());
+    assert!(!second.log().contains(crate::STREAMING), "{}", second.log());
     assert_eq!(f.terminate().code(), Some(0));
     s.sql("INSERT INTO b VALUES (2)").await;
-    second.wait_for_log("streaming", WAIT);
+    second.wait_streaming();
     let got = values(&s.read_all_confirmed(&second, &s.topic("public", "b")).await);
     assert_eq!(got.len(), 2, "{}", second.log());
     assert_eq!(got[1]["after"]["id"], 2);
@@ -282,7 +282,7 @@ async fn message_too_large_fails_loudly_with_table_and_lsn() {
     };
     let topic = s.topic("public", "t");
     let mut f = Ficus::start(&cfg(10000));
-    f.wait_for_log("streaming", WAIT);
+    f.wait_streaming();
     s.sql("INSERT INTO t VALUES (1, 'small')").await;
     s.sql("INSERT INTO t SELECT 2, string_agg(md5(i::text), '') FROM generate_series(1, 1000) i").await;
     let status = f.wait(WAIT);
@@ -320,7 +320,7 @@ async fn message_too_large_fails_loudly_with_table_and_lsn() {
 async fn million_row_transaction_streams_with_bounded_memory() {
     let s = Setup::new("million", "CREATE TABLE m (id int PRIMARY KEY, a text, b int, c float8, d timestamptz)").await;
     let mut f = Ficus::start(&s.config(&["public.m"]));
-    f.wait_for_log("streaming", WAIT);
+    f.wait_streaming();
     const ROWS: i64 = 1_000_000;
     s.sql(&format!("INSERT INTO m SELECT i, md5(i::text), i % 1000, i * 1.5, now() FROM generate_series(1, {ROWS}) i")).await;
     s.wait_confirmed_now_within(&f, Duration::from_secs(600)).await;
@@ -356,7 +356,7 @@ async fn password_authentication_scram_md5_and_wrong_password() {
         let prefix = kafka.unique_topic(&format!("auth_{user}")).replace('-', "_").to_lowercase();
         let cfg = Ficus::config(&pg.url(user, password, &db), &["public.t"], &prefix, &kafka.brokers(), "");
         let mut f = Ficus::start(&cfg);
-        f.wait_for_log("streaming", WAIT);
+        f.wait_streaming();
         pg.execute(&db, "INSERT INTO t SELECT coalesce(max(id), 0) + 1 FROM t").await;
         let got = crate::read_all_confirmed(&pg, &db, &prefix, kafka, &f, &format!("{prefix}.public.t"), false).await;
         assert_eq!(got.len(), 1, "{user}: {}", f.log());

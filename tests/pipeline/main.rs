@@ -125,6 +125,12 @@ impl Ficus {
         serde_json::from_slice(&text).ok()
     }
 
+    /// Waits until ficus logged that its replication stream runs ([`STREAMING`]); with a health listener, waiting
+    /// for `/readyz` (see [`wait_for_status`]) is the alternative.
+    pub(crate) fn wait_streaming(&self) {
+        self.wait_for_log(STREAMING, WAIT)
+    }
+
     /// Waits until the log contains `needle`.
     pub(crate) fn wait_for_log(&self, needle: &str, timeout: Duration) {
         self.wait_for_log_count(needle, 1, timeout)
@@ -218,6 +224,7 @@ impl Setup {
     }
 
     /// Waits until the slot confirmed everything written so far (so Kafka holds it all).
+    #[allow(dead_code)] // for tests that need the confirmation without reading a topic
     pub(crate) async fn wait_confirmed_now(&self, f: &Ficus) {
         self.wait_confirmed_now_within(f, WAIT).await
     }
@@ -331,3 +338,7 @@ pub(crate) fn lsn(s: &str) -> u64 {
 }
 
 pub(crate) const WAIT: Duration = Duration::from_secs(60);
+
+/// The structured log line ficus writes when a replication stream starts (`streaming slot=… lsn=…`). Tests wait for
+/// this, not for the bare word "streaming", which other lines may contain too.
+pub(crate) const STREAMING: &str = "ficus::pipeline: streaming slot=";

@@ -249,7 +249,7 @@ async fn tls_verify_full_with_a_private_ca_and_scram() {
     let prefix = &kafka.unique_topic("tls_ok").replace('-', "_").to_lowercase();
     let cfg = Ficus::config(&url("localhost", "verify-full", &ca), &["public.t"], prefix, &kafka.brokers(), "");
     let mut f = Ficus::start(&cfg);
-    f.wait_for_log("streaming", WAIT);
+    f.wait_streaming();
     pg.execute(&db, "INSERT INTO t VALUES (1)").await;
     let got = crate::read_all_confirmed(&pg, &db, prefix, kafka, &f, &format!("{prefix}.public.t"), false).await;
     assert_eq!(got.len(), 1, "{}", f.log());
@@ -272,6 +272,6 @@ async fn tls_verify_full_with_a_private_ca_and_scram() {
     }
     // verify-ca checks the chain but not the name: 127.0.0.1 is fine.
     let mut f = Ficus::start(&Ficus::config(&url("127.0.0.1", "verify-ca", &ca), &["public.t"], "tls_ca", &kafka.brokers(), ""));
-    f.wait_for_log("streaming", WAIT);
+    f.wait_streaming();
     assert_eq!(f.terminate().code(), Some(0));
 }

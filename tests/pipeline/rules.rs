@@ -72,9 +72,9 @@ async fn state_transitions_become_versioned_events_with_deterministic_ids_and_a_
     let (topic_a, topic_b) = (format!("{}.orders", s.prefix), format!("{}.orders_replay", s.prefix));
     let slot_b = format!("{}_b", s.prefix);
     let mut a = Ficus::start(&config(&s, &s.prefix, &topic_a));
-    a.wait_for_log("streaming", WAIT);
+    a.wait_streaming();
     let mut b = Ficus::start(&config(&s, &slot_b, &topic_b));
-    b.wait_for_log("streaming", WAIT);
+    b.wait_streaming();
 
     s.sql("INSERT INTO ord_hdr (ord_no, cust_no, amt_cents, rmk) VALUES (1, 7, 1250, 'gift')").await;
     s.sql("UPDATE ord_hdr SET stat_cd = 'P' WHERE ord_no = 1").await; // paid: no rule
@@ -149,7 +149,7 @@ async fn on_error_fail_stops_without_confirming_the_change() {
         .replace("changes:\n  tables: ['*']", "changes:\n  tables: []")
         + &format!("events:\n  - {{name: NoteAdded, table: public.t, key: new.note, topic: {topic}, on_error: fail}}\n");
     let mut f = Ficus::start(&cfg);
-    f.wait_for_log("streaming", WAIT);
+    f.wait_streaming();
     let before = s.current_lsn().await;
     s.sql("INSERT INTO t VALUES (1, NULL)").await;
     let status = f.wait(WAIT);
@@ -192,7 +192,7 @@ async fn raw_changes_and_events_from_the_same_change() {
         s.config(&["public.t"])
     );
     let mut f = Ficus::start(&cfg);
-    f.wait_for_log("streaming", WAIT);
+    f.wait_streaming();
     s.sql("INSERT INTO t VALUES (1, 10)").await;
     let raw = values(&s.read_all_confirmed(&f, &s.topic("public", "t")).await);
     let events = values(&s.read_all_confirmed(&f, &topic).await);
@@ -266,7 +266,7 @@ async fn debezium_raw_changes_and_cloudevents_binary_events() {
              when: old.st != new.st, key: string(new.id), topic: {topic}, data: {{id: new.id, from: old.st, to: new.st}}}}\n"
         );
     let mut f = Ficus::start(&cfg);
-    f.wait_for_log("streaming", WAIT);
+    f.wait_streaming();
     s.sql("INSERT INTO t VALUES (1, 'a'); UPDATE t SET st = 'b' WHERE id = 1; DELETE FROM t WHERE id = 1;").await;
     let raw = s.read_all_confirmed(&f, &s.topic("public", "t")).await;
     let v = values(&raw);
@@ -310,7 +310,7 @@ async fn dry_run_prints_events_and_leaves_nothing_behind() {
         .unwrap();
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let deadline = Instant::now() + WAIT;
-    while !read_log().contains("streaming") {
+    while !read_log().contains(crate::STREAMING) {
         assert!(Instant::now() < deadline && child.try_wait().unwrap().is_none(), "no streaming:\n{}", read_log());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -416,7 +416,7 @@ async fn outbox_rows_and_logical_messages_become_events() {
             p = s.prefix
         );
     let mut f = Ficus::start(&cfg);
-    f.wait_for_log("streaming", WAIT);
+    f.wait_streaming();
     s.sql(
         "BEGIN;
          INSERT INTO outbox VALUES ('7f1c3b8e-2d4a-4c7e-9a10-3e5b7d9f1a2c', 'order', '42', 'OrderCreated', '{\"total\": 12.5, \"lines\": [1, 2]}', 'acme');

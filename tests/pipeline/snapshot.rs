@@ -188,7 +188,7 @@ async fn backfill_request_reaches_the_running_instance_and_read_rules_fire() {
     );
     let config = crate::Ficus::config(&s.pg.superuser_url(&s.db), &["public.orders"], &s.prefix, &s.kafka.brokers(), &extra);
     let mut f = Ficus::start(&config);
-    f.wait_for_log("streaming", WAIT);
+    f.wait_streaming();
     s.sql("INSERT INTO orders VALUES (51, 'new')").await;
 
     let (_dir, path) = Ficus::dir_config(&config);
