@@ -342,3 +342,25 @@ pub(crate) const WAIT: Duration = Duration::from_secs(60);
 /// The structured log line ficus writes when a replication stream starts (`streaming slot=… lsn=…`). Tests wait for
 /// this, not for the bare word "streaming", which other lines may contain too.
 pub(crate) const STREAMING: &str = "ficus::pipeline: streaming slot=";
+
+/// The slot guard: once a test's `Setup` is gone, its database has no replication slot left — also when ficus was
+/// killed a moment before (its walsender may still hold the slot) and for slots the test made itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn setup_drops_the_slots_of_its_database() {
+    let s = Setup::new("slot_guard", "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let (pg, db) = (s.pg, s.db.clone());
+    s.sql(&format!("SELECT pg_create_logical_replication_slot('{}_extra', 'test_decoding')", s.prefix)).await;
+    let f = Ficus::start(&s.config(&["public.t"]));
+    f.wait_streaming();
+    drop(f);
+    drop(s);
+    let client = pg.client(&db).await;
+    let left: Vec<String> = client
+        .query("SELECT slot_name::text FROM pg_replication_slots WHERE database = $1", &[&db])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(left.is_empty(), "slots left behind: {left:?}");
+}
