@@ -76,6 +76,61 @@ impl Ficus {
         self.spawn_with(&path);
     }
 
+    /// Starts ficus on `config` plus its health endpoints on a free port, and waits until they listen: returns the
+    /// port. `config` must not have a `health:` section.
+    pub(crate) fn start_with_health(config: &str) -> (Ficus, u16) {
+        let port = support::free_port();
+        let mut f = Ficus::start(&format!("{config}health:\n  listen: 127.0.0.1:{port}\n"));
+        let port = f.wait_health_listening(port, 0);
+        (f, port)
+    }
+
+    /// [`Ficus::restart`] for an instance with health endpoints on `port`; returns the port they listen on.
+    pub(crate) fn restart_with_health(&mut self, port: u16) -> u16 {
+        let before = self.log().matches(&listening(port)).count();
+        self.restart();
+        self.wait_health_listening(port, before)
+    }
+
+    /// Waits until this process logged that its health endpoints listen on `port` (the log is appended to across
+    /// restarts: `before` lines were there already). `free_port()` only says the port was free a moment ago: when
+    /// another process took it first, ficus exits ("Address already in use"); then the config moves to a new free
+    /// port and ficus starts again, up to 3 times. Returns the port in use.
+    pub(crate) fn wait_health_listening(&mut self, mut port: u16, mut before: usize) -> u16 {
+        for attempt in 1..=3 {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                // The structured line names the address, so another process answering on the port cannot fool it.
+                if self.log().matches(&listening(port)).count() > before {
+                    return port;
+                }
+                if !self.is_running() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "health endpoints never listened on {port}:\n{}", self.log());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let log = self.log();
+            assert!(attempt < 3 && log.contains("in use"), "ficus exited before listening on {port}:\n{log}");
+            eprintln!("health port {port} was taken; retrying on another one");
+            let path = self.dir.path().join("ficus.yaml");
+            let new = support::free_port();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let text: Vec<String> = text
+                .lines()
+                .map(|l| match l.trim_start().strip_prefix(&format!("listen: 127.0.0.1:{port}")) {
+                    Some(rest) if !rest.starts_with(|c: char| c.is_ascii_digit()) => l.replace(&format!(":{port}"), &format!(":{new}")),
+                    _ => l.to_string(),
+                })
+                .collect();
+            std::fs::write(&path, text.join("\n") + "\n").unwrap();
+            port = new;
+            before = self.log().matches(&listening(port)).count();
+            self.spawn_with(&path);
+        }
+        unreachable!()
+    }
+
     pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
@@ -160,6 +215,11 @@ impl Drop for Ficus {
             let _ = c.wait();
         }
     }
+}
+
+/// The log line of health endpoints listening on 127.0.0.1:`port`.
+fn listening(port: u16) -> String {
+    format!("health endpoints listening addr=127.0.0.1:{port}\n")
 }
 
 pub(crate) fn check(config: &str) -> (i32, String) {
@@ -363,4 +423,19 @@ async fn setup_drops_the_slots_of_its_database() {
         .map(|r| r.get(0))
         .collect();
     assert!(left.is_empty(), "slots left behind: {left:?}");
+}
+
+/// The health-port retry of the harness: a port taken by another process makes ficus exit; the harness moves the
+/// config to a new port and ficus comes up there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_taken_health_port_is_retried_with_another() {
+    let s = Setup::new("health_port", "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut f = Ficus::start(&format!("{}health:\n  listen: 127.0.0.1:{port}\n", s.config(&["public.t"])));
+    let used = f.wait_health_listening(port, 0);
+    assert_ne!(used, port);
+    wait_for_status(used, "/readyz", 200, &|| f.log());
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+    drop(taken);
 }

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{free_port, TestKafka};
+use crate::support::TestKafka;
 use crate::{get, wait_for_status, Ficus, Setup, WAIT};
 
 /// Value of the Prometheus sample whose line starts with `prefix` (name and labels).
@@ -24,14 +24,13 @@ async fn endpoints_report_metrics_status_and_readiness_that_follows_the_broker()
     .await;
     // Least privilege: the publication is created by the owner, ficus only uses it.
     s.sql(&format!("CREATE PUBLICATION \"{}\" FOR TABLE t", s.prefix)).await;
-    let port = free_port();
     let url = s.pg.url("ops_user", secret, &s.db);
     let events = format!(
         "events:\n  - {{name: RowAdded, table: public.t, on: insert, key: string(new.id), topic: {}.events}}\n",
         s.prefix
     );
-    let cfg = Ficus::config(&url, &["public.t"], &s.prefix, &kafka.brokers(), &format!("health:\n  listen: 127.0.0.1:{port}\n{events}"));
-    let f = Ficus::start(&cfg);
+    let cfg = Ficus::config(&url, &["public.t"], &s.prefix, &kafka.brokers(), &events);
+    let (f, port) = Ficus::start_with_health(&cfg);
     let log = || f.log();
     assert_eq!(wait_for_status(port, "/healthz", 200, &log), "ok\n");
     wait_for_status(port, "/readyz", 200, &log);
@@ -102,15 +101,13 @@ async fn idle_table_next_to_busy_writes(name: &str, heartbeat: u64, other_databa
     } else {
         s.db.clone()
     };
-    let port = free_port();
     let cfg = s
         .config(&["public.cap"])
-        .replace("  status_interval_secs: 1\n", &format!("  status_interval_secs: 1\n  heartbeat_interval_secs: {heartbeat}\n"))
-        + &format!("health:\n  listen: 127.0.0.1:{port}\n");
+        .replace("  status_interval_secs: 1\n", &format!("  status_interval_secs: 1\n  heartbeat_interval_secs: {heartbeat}\n"));
     // Sees every logical message written in the captured database from here on.
     let probe = format!("{}_probe", s.prefix);
     s.sql(&format!("SELECT pg_create_logical_replication_slot('{probe}', 'test_decoding')")).await;
-    let f = Ficus::start(&cfg);
+    let (f, port) = Ficus::start_with_health(&cfg);
     wait_for_status(port, "/readyz", 200, &|| f.log());
     let before = s.current_lsn().await;
     for _ in 0..20 {

@@ -211,6 +211,7 @@ async fn the_shop_example_produces_its_business_events() {
     let init = std::fs::read_to_string(format!("{root}/docker/postgres/init.sql")).unwrap();
     let s = Setup::new("shop_example", &init).await;
     let example = std::fs::read_to_string(format!("{root}/config/shop.yaml")).unwrap();
+    let port = crate::support::free_port();
     // Point the example at this test's database, broker, slot and topics; everything else as shipped.
     let cfg = example
         .replace("postgres://ficus:${PGPASSWORD}@${FICUS_PG_HOST}:5432/shop?sslmode=prefer", &s.pg.superuser_url(&s.db))
@@ -220,9 +221,10 @@ async fn the_shop_example_produces_its_business_events() {
         .replace("shop.", &format!("{}.", s.prefix))
         .replace("topic_prefix: ficus", &format!("topic_prefix: {}", s.prefix))
         .replace("./ficus-state", "STATE")
-        .replace("0.0.0.0:8080", &format!("127.0.0.1:{}", crate::support::free_port()));
+        .replace("0.0.0.0:8080", &format!("127.0.0.1:{port}"));
     assert!(!cfg.contains("${"), "{cfg}");
     let mut f = Ficus::start(&cfg);
+    f.wait_health_listening(port, 0);
     // The example runs the initial snapshot of its three tables: write only after it, or a copy that runs after
     // the inserts adds `read` events of the new rows (allowed by docs/snapshots.md, but not what this test checks).
     f.wait_for_log_count("snapshot of table finished", 3, WAIT);

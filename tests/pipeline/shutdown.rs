@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{free_port, ConsumedMessage, TestKafka};
+use crate::support::{ConsumedMessage, TestKafka};
 use crate::{get, lsn, read_all_confirmed, values, wait_for_status, Ficus, Setup, WAIT};
 
 /// Ids of the raw change events in `msgs`, in topic order.
@@ -26,9 +26,8 @@ async fn signal_with_unacknowledged_changes_then_restart_repeats_nothing(name: &
     // A broker of its own: this test pauses it.
     let kafka = TestKafka::start_dedicated();
     let topic = s.topic("public", "t");
-    let port = free_port();
-    let cfg = Ficus::config(&s.pg.superuser_url(&s.db), &["public.t"], &s.prefix, &kafka.brokers(), &format!("health:\n  listen: 127.0.0.1:{port}\n"));
-    let mut f = Ficus::start(&cfg);
+    let cfg = Ficus::config(&s.pg.superuser_url(&s.db), &["public.t"], &s.prefix, &kafka.brokers(), "");
+    let (mut f, port) = Ficus::start_with_health(&cfg);
     wait_for_status(port, "/readyz", 200, &|| f.log());
     // One change through first: the topic exists and the producer is connected, so what follows waits only for
     // acknowledgements.
@@ -71,7 +70,7 @@ async fn signal_with_unacknowledged_changes_then_restart_repeats_nothing(name: &
     assert!(lsn(cp["lsn"].as_str().unwrap()) >= lsn(&last_commit), "final checkpoint {cp}, last commit at {last_commit}");
 
     // The restart resumes after them: nothing is published twice.
-    f.restart();
+    let port = f.restart_with_health(port);
     wait_for_status(port, "/readyz", 200, &|| f.log());
     s.sql("INSERT INTO t VALUES (100000, 0)").await;
     let msgs = read_all_confirmed(s.pg, &s.db, &s.prefix, &kafka, &f, &topic, false).await;
