@@ -299,11 +299,23 @@ impl Setup {
     /// before this call: the invariant of docs/guarantees.md), then reads every partition of `topic` to its end as of
     /// that moment (read_committed) and returns the whole list in (partition, offset) order. Compare the whole list:
     /// a duplicate, a spurious event or a second snapshot pass makes it longer, unlike "wait for n messages".
-    /// No fixed wait: it returns as soon as ficus confirmed. Panics (with ficus's log) when the slot does not
+    /// No fixed wait: it returns as soon as ficus confirmed. Snapshot rows are not WAL changes: after an initial
+    /// snapshot or a backfill, call [`Setup::wait_snapshot_settled`] first. Panics (with ficus's log) when the slot does not
     /// catch up within [`WAIT`] or the topic does not exist; [`Setup::read_all_confirmed_or_empty`] is for topics
     /// that may legitimately stay empty.
     pub(crate) async fn read_all_confirmed(&self, f: &Ficus, topic: &str) -> Vec<support::ConsumedMessage> {
         read_all_confirmed(self.pg, &self.db, &self.prefix, self.kafka, f, topic, false).await
+    }
+
+    /// Waits until ficus's checkpoint lists no snapshot job, i.e. Kafka acknowledged every chunk of the initial
+    /// snapshot or backfill. "snapshot of table finished" is logged when a copy ends, which may be before its last
+    /// chunks are acknowledged; call this before [`Setup::read_all_confirmed`] when a topic gets `read` events.
+    pub(crate) async fn wait_snapshot_settled(&self, f: &Ficus) {
+        let deadline = Instant::now() + WAIT;
+        while f.checkpoint(&self.prefix).is_none_or(|cp| cp["snapshot"]["jobs"].as_array().is_some_and(|j| !j.is_empty())) {
+            assert!(Instant::now() < deadline, "the snapshot never settled: {:?}\n{}", f.checkpoint(&self.prefix), f.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// [`Setup::read_all_confirmed`] for a topic that may not exist (e.g. a DLQ that must stay empty): empty then.

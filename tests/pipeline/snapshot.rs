@@ -31,16 +31,6 @@ fn state_from_topic(msgs: &[ConsumedMessage]) -> BTreeMap<String, Value> {
     state
 }
 
-/// Waits until the checkpoint lists no snapshot job: every chunk was acknowledged by Kafka ("snapshot of table
-/// finished" is logged when the copy ends, before its last chunks are acknowledged).
-async fn wait_snapshot_settled(s: &Setup, f: &Ficus) {
-    let deadline = std::time::Instant::now() + WAIT;
-    while f.checkpoint(&s.prefix).is_none_or(|cp| cp["snapshot"]["jobs"].as_array().is_some_and(|j| !j.is_empty())) {
-        assert!(std::time::Instant::now() < deadline, "the snapshot never settled: {:?}\n{}", f.checkpoint(&s.prefix), f.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn snapshot_config(s: &Setup, tables: &[&str], snapshot: &str) -> String {
     crate::Ficus::config(&s.pg.superuser_url(&s.db), tables, &s.prefix, &s.kafka.brokers(), &format!("snapshot:\n{snapshot}"))
 }
@@ -88,7 +78,7 @@ async fn snapshot_with_concurrent_changes_ends_equal_to_the_table() {
     s.sql("UPDATE a SET v = 'late' WHERE id % 1000 = 0; DELETE FROM a WHERE id % 999 = 0; INSERT INTO b VALUES (9999, 'late', 0)").await;
     assert!(changed_during > 20, "only {changed_during} changes ran during the snapshot");
 
-    wait_snapshot_settled(&s, &f).await;
+    s.wait_snapshot_settled(&f).await;
     for table in ["a", "b"] {
         let msgs = s.read_all_confirmed(&f, &s.topic("public", table)).await;
         let state = state_from_topic(&msgs);
@@ -139,7 +129,7 @@ async fn sigkill_mid_snapshot_resumes_after_the_last_checkpointed_chunk() {
     f.wait_for_log("snapshot of table finished", WAIT);
     assert!(f.log().contains(&format!("resume_after=Some([\"{resumed_after}\"])")), "{}", f.log());
 
-    wait_snapshot_settled(&s, &f).await;
+    s.wait_snapshot_settled(&f).await;
     let msgs = s.read_all_confirmed(&f, &s.topic("public", "big")).await;
     let mut reads: BTreeMap<i64, u32> = BTreeMap::new();
     for v in values(&msgs) {
@@ -222,7 +212,7 @@ async fn backfill_request_reaches_the_running_instance_and_read_rules_fire() {
     // The backfill is a snapshot job: wait until it finished and its chunks were acknowledged (the checkpoint then
     // lists no job), then read everything.
     f.wait_for_log("snapshot of table finished", WAIT);
-    wait_snapshot_settled(&s, &f).await;
+    s.wait_snapshot_settled(&f).await;
     let msgs = s.read_all_confirmed(&f, &events).await;
     let v = values(&msgs);
     let mut ids: Vec<i64> = v.iter().map(|e| e["data"]["id"].as_i64().unwrap()).collect();
