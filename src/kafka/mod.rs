@@ -377,3 +377,77 @@ impl KafkaSink {
         self.producer.in_flight_count()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props(pairs: &[(&str, Scalar)]) -> BTreeMap<String, Scalar> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    }
+
+    /// Every property the delivery guarantee depends on is refused with the key named; the list is spelled out here
+    /// so that dropping one from `REFUSED` fails this test.
+    #[test]
+    fn properties_that_break_the_guarantee_are_refused() {
+        for (key, value) in [
+            ("enable.idempotence", Scalar::Bool(false)),
+            ("acks", Scalar::Int(1)),
+            ("acks", Scalar::String("all".into())),
+            ("request.required.acks", Scalar::Int(0)),
+            ("transactional.id", Scalar::String("mine".into())),
+            ("bootstrap.servers", Scalar::String("x:9092".into())),
+            ("metadata.broker.list", Scalar::String("x:9092".into())),
+        ] {
+            let err = check_user_properties(&props(&[("linger.ms", Scalar::Int(5)), (key, value)]))
+                .expect_err(&format!("{key} must be refused"));
+            match err {
+                ConfigError::Invalid { key: k, message } => {
+                    assert_eq!(k, format!("kafka.properties.{key}"));
+                    assert!(message.starts_with("cannot be set: "), "{message}");
+                }
+                other => panic!("{key}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn other_properties_are_accepted_and_override_the_defaults() {
+        let user = props(&[
+            ("linger.ms", Scalar::Int(50)),
+            ("compression.type", Scalar::String("zstd".into())),
+            ("security.protocol", Scalar::String("SASL_SSL".into())),
+        ]);
+        check_user_properties(&user).unwrap();
+        let cfg = KafkaConfig { brokers: "b:9092".into(), delivery: Default::default(), checkpoint_topic: None, dlq_topic: None, properties: user };
+        let cc = client_config(&cfg);
+        assert_eq!(cc.get("linger.ms"), Some("50"));
+        assert_eq!(cc.get("compression.type"), Some("zstd"));
+        assert_eq!(cc.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(cc.get("bootstrap.servers"), Some("b:9092"));
+        assert_eq!(cc.get("message.timeout.ms"), Some("0"), "default kept: retry forever");
+    }
+
+    /// Even a configuration that bypassed validation cannot weaken the producer: the forced values are set last.
+    #[test]
+    fn forced_settings_win_over_any_properties() {
+        let user = props(&[("enable.idempotence", Scalar::Bool(false)), ("acks", Scalar::Int(1)), ("bootstrap.servers", Scalar::String("evil:1".into()))]);
+        let cfg = KafkaConfig { brokers: "b:9092".into(), delivery: Default::default(), checkpoint_topic: None, dlq_topic: None, properties: user };
+        let cc = client_config(&cfg);
+        assert_eq!(cc.get("enable.idempotence"), Some("true"));
+        assert_eq!(cc.get("acks"), Some("all"));
+        assert_eq!(cc.get("bootstrap.servers"), Some("b:9092"));
+    }
+
+    /// The refusal is wired into config validation: a config file with `acks: 1` does not load.
+    #[test]
+    fn a_config_file_with_a_refused_property_does_not_load() {
+        let yaml = "source:\n  url: postgres://u@h/db\n  slot: s\n  publication: p\n  tables: [public.t]\n\
+                    kafka:\n  brokers: b:9092\n  properties: {acks: 1}\n\
+                    changes:\n  tables: ['*']\n  topic_prefix: x\n";
+        let err = crate::config::Config::from_yaml(yaml, &|_| None).expect_err("acks: 1 must be refused");
+        assert!(err.to_string().contains("kafka.properties.acks"), "{err}");
+        let ok = crate::config::Config::from_yaml(&yaml.replace("acks: 1", "linger.ms: 1"), &|_| None);
+        assert!(ok.is_ok(), "{:?}", ok.err());
+    }
+}
