@@ -10,17 +10,10 @@ use serde_json::{json, Value};
 use crate::support::{self, free_port};
 use crate::{lsn, values, Ficus, Setup, WAIT};
 
-/// Every message of `topic` once the slot confirmed the server's current WAL position: the high watermark after the
-/// confirmation bounds the read, so the list is exact (no "at least n").
+/// Every message of `topic` once the slot confirmed the server's current WAL position, as JSON values (the
+/// harness's exact read: no "at least n").
 async fn read_exact(s: &Setup, f: &Ficus, topic: &str) -> Vec<Value> {
-    s.wait_confirmed_now(f).await;
-    let n = s.kafka.high_watermark(topic).await;
-    if n == 0 {
-        return Vec::new();
-    }
-    let msgs = s.kafka.consume_all(topic, n as usize, WAIT).await;
-    assert_eq!(msgs.len(), n as usize, "read fewer messages than the high watermark of {topic}\n{}", f.log());
-    values(&msgs)
+    values(&s.read_all_confirmed_or_empty(f, topic).await)
 }
 
 /// A `test_decoding` slot: PostgreSQL's own rendering of the same changes, an oracle nobody here wrote.
@@ -110,7 +103,7 @@ async fn identity_columns_follow_the_stream_through_ddl() {
                CREATE UNIQUE INDEX t_code ON t (code); ALTER TABLE t REPLICA IDENTITY USING INDEX t_code;";
     let s = Setup::new("identity", ddl).await;
     let mut f = Ficus::start(&s.config(&["public.t"]));
-    f.wait_for_log("streaming", WAIT);
+    f.wait_streaming();
     let oracle = TestDecoding::create(&s).await;
     // USING INDEX on a column that is not the primary key: deletes carry only `code`.
     s.sql("INSERT INTO t VALUES (1, 'a', 1); DELETE FROM t WHERE id = 1;").await;
@@ -174,7 +167,7 @@ async fn snapshot_values_match_streamed_values_under_hostile_database_settings()
     .await;
     let cfg = s.config(&["public.t"]).replace("snapshot:\n  mode: never\n", "") + "snapshot:\n  mode: initial\n";
     let mut f = Ficus::start(&cfg);
-    f.wait_for_log("streaming", WAIT);
+    f.wait_streaming();
     // The same values, copied server-side (no text round trip through this test's session), now streamed.
     s.sql("INSERT INTO t SELECT 2, f4, f8, n, d, tm, tmz, ts, tz, iv, by, m, ai, af, ad, jb, u, mo, b, tx FROM t WHERE id = 1").await;
     let topic = s.topic("public", "t");
@@ -209,7 +202,7 @@ async fn snapshot_values_match_streamed_values_under_hostile_database_settings()
 /// Starts ficus on `t`, writes one row, waits until it is confirmed, stops cleanly.
 async fn run_once(s: &Setup, cfg: &str) -> Ficus {
     let mut f = Ficus::start(cfg);
-    f.wait_for_log("streaming", WAIT);
+    f.wait_streaming();
     s.sql("INSERT INTO t VALUES (1, 'one')").await;
     s.wait_confirmed_now(&f).await;
     // The checkpoint follows the confirmation within its interval.
@@ -250,7 +243,7 @@ async fn a_dropped_slot_behind_a_checkpoint_stops_with_the_fix_then_resnapshot_r
     // The explicit recovery: a new slot and a snapshot of the table, so row 2 arrives as a `read`.
     set_on_gap(&f, "resnapshot");
     f.restart();
-    f.wait_for_log_count("streaming", 2, WAIT);
+    f.wait_for_log_count(crate::STREAMING, 2, WAIT);
     let topic = s.topic("public", "t");
     let deadline = Instant::now() + WAIT;
     loop {
@@ -269,7 +262,7 @@ async fn a_dropped_slot_behind_a_checkpoint_stops_with_the_fix_then_resnapshot_r
     // Next start: a normal restart (the recovery is recorded in the checkpoint).
     s.sql("INSERT INTO t VALUES (3, 'after')").await;
     f.restart();
-    f.wait_for_log_count("streaming", 3, WAIT);
+    f.wait_for_log_count(crate::STREAMING, 3, WAIT);
     let events = read_exact(&s, &f, &topic).await;
     assert_eq!(events.iter().filter(|e| e["op"] == "read").count(), 2, "no second re-snapshot: {events:#?}");
     assert_eq!(events.last().unwrap()["after"]["id"], 3);
@@ -360,7 +353,7 @@ async fn a_failing_checkpoint_write_stops_confirmation_and_readiness_until_it_re
     let port = free_port();
     let cfg = s.config(&["public.t"]) + &format!("health:\n  listen: 127.0.0.1:{port}\n");
     let mut f = Ficus::start(&cfg);
-    f.wait_for_log("streaming", WAIT);
+    f.wait_streaming();
     s.sql("INSERT INTO t VALUES (1, 'before')").await;
     s.wait_confirmed_now(&f).await;
     let ready = support::wait_for(WAIT, || http_get(port, "/readyz").filter(|(c, _)| *c == 200));
@@ -398,7 +391,7 @@ async fn a_failing_checkpoint_write_stops_confirmation_and_readiness_until_it_re
 async fn rows_of_one_copy_share_an_lsn_but_not_a_position() {
     let s = Setup::new("copy_position", "CREATE TABLE t (id int PRIMARY KEY)").await;
     let mut f = Ficus::start(&s.config(&["public.t"]));
-    f.wait_for_log("streaming", WAIT);
+    f.wait_streaming();
     // COPY FROM writes one heap multi-insert record for the batch: one WAL position for all five rows.
     s.sql("COPY t (id) FROM PROGRAM 'seq 1 5'").await;
     let events = read_exact(&s, &f, &s.topic("public", "t")).await;
@@ -418,7 +411,7 @@ async fn a_recreated_or_unpublished_table_is_published_again_with_its_rows() {
     let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE k (v text); ALTER TABLE k REPLICA IDENTITY FULL;";
     let s = Setup::new("table_watch", ddl).await;
     let mut f = Ficus::start(&s.config(&["public.t", "public.k"]));
-    f.wait_for_log("streaming", WAIT);
+    f.wait_streaming();
     s.sql("INSERT INTO t VALUES (1, 'first table')").await;
     // Re-created: a new OID, in no publication. Row 2 is written before anything can notice.
     s.sql("DROP TABLE t; CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (2, 'new table');").await;
@@ -471,13 +464,13 @@ async fn partitioned_tables_publish_under_the_parent_across_restarts_attach_and_
             s.sql(&format!("CREATE PUBLICATION {} FOR TABLE p", s.prefix)).await;
         }
         let mut f = Ficus::start(&s.config(&["public.p"]));
-        f.wait_for_log("streaming", WAIT);
+        f.wait_streaming();
         s.sql("INSERT INTO p VALUES (1, 'eu', 'a'), (2, 'us', 'b')").await;
         s.wait_confirmed_now(&f).await;
         assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
         // Every later start used to fail with "ALTER PUBLICATION … ADD TABLE …: db error".
         f.restart();
-        f.wait_for_log_count("streaming", 2, WAIT);
+        f.wait_for_log_count(crate::STREAMING, 2, WAIT);
         // A partition created and one attached while streaming, one detached.
         s.sql("CREATE TABLE p_asia PARTITION OF p FOR VALUES IN ('asia'); INSERT INTO p VALUES (3, 'asia', 'c');").await;
         s.sql("CREATE TABLE p_sa (id int NOT NULL, region text NOT NULL, v text); INSERT INTO p_sa VALUES (4, 'sa', 'd'); \
@@ -571,7 +564,7 @@ async fn a_record_larger_than_the_producer_queue_stops_with_the_fix_instead_of_h
         "properties: {linger.ms: 1, message.max.bytes: 20000000, queue.buffering.max.kbytes: 1024}",
     );
     let mut f = Ficus::start(&cfg);
-    f.wait_for_log("streaming", WAIT);
+    f.wait_streaming();
     let before = s.confirmed_flush().await.unwrap();
     s.sql("INSERT INTO t SELECT 1, string_agg(md5(i::text), '') FROM generate_series(1, 65536) i").await;
     let status = f.wait(WAIT);
@@ -585,7 +578,7 @@ async fn a_record_larger_than_the_producer_queue_stops_with_the_fix_instead_of_h
 async fn a_clean_shutdown_inside_a_large_transaction_publishes_it_once() {
     let s = Setup::new("shutdown_mid_tx", "CREATE TABLE t (id int PRIMARY KEY)").await;
     let mut f = Ficus::start(&s.config(&["public.t"]));
-    f.wait_for_log("streaming", WAIT);
+    f.wait_streaming();
     const ROWS: i64 = 100_000;
     s.sql(&format!("INSERT INTO t SELECT generate_series(1, {ROWS})")).await;
     // SIGTERM once part of the transaction is in Kafka.
@@ -609,7 +602,7 @@ async fn a_clean_shutdown_inside_a_large_transaction_publishes_it_once() {
     }
     s.sql("INSERT INTO t VALUES (0)").await;
     f.restart();
-    f.wait_for_log_count("streaming", 2, WAIT);
+    f.wait_for_log_count(crate::STREAMING, 2, WAIT);
     s.wait_confirmed_now(&f).await;
     let n = s.kafka.high_watermark(&topic).await;
     assert_eq!(n, ROWS + 1, "every row exactly once (SIGTERM after {at} records)\n{}", f.log());
@@ -658,7 +651,7 @@ async fn check_reports_what_run_would_refuse() {
     assert!(out.contains("! checkpoint"), "{out}");
     // A slot streamed by a live instance: this one would wait as a hot standby.
     f.restart();
-    f.wait_for_log_count("streaming", 2, WAIT);
+    f.wait_for_log_count(crate::STREAMING, 2, WAIT);
     let (code, out) = check_of(&f);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("hot standby"), "{out}");
@@ -681,7 +674,7 @@ async fn dry_run_prints_one_json_per_line_and_loses_nothing_when_a_table_changes
         .unwrap();
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let deadline = Instant::now() + WAIT;
-    while !read_log().contains("streaming") {
+    while !read_log().contains(crate::STREAMING) {
         assert!(Instant::now() < deadline && child.try_wait().unwrap().is_none(), "no streaming:\n{}", read_log());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
