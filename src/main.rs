@@ -125,9 +125,25 @@ fn shutdown_on_signals() -> CancellationToken {
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         }
         t.cancel();
+        // Bounded shutdown, whatever is stuck (a statement waiting on a lock, an unanswering peer): the pipeline's own
+        // bounds end it well within SHUTDOWN_DEADLINE; past it, or at a second signal, ficus exits at once. Nothing is
+        // lost: PostgreSQL is confirmed only up to the durable checkpoint, and the next start resumes there.
+        let why = tokio::select! {
+            _ = tokio::time::sleep(SHUTDOWN_DEADLINE) => "the shutdown did not finish within 30 s",
+            _ = term.recv() => "second SIGTERM",
+            _ = int.recv() => "second SIGINT",
+        };
+        tracing::error!(
+            "{why}: exiting now; changes after the last confirmed position are not confirmed and the next start \
+             publishes them again"
+        );
+        std::process::exit(1);
     });
     token
 }
+
+/// The longest a SIGTERM/SIGINT takes to end the process (docs/guarantees.md).
+const SHUTDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn main() -> ExitCode {
     limit_malloc_arenas();

@@ -40,7 +40,16 @@ pub(super) async fn run(shared: Arc<Snapshots>, info: ConnInfo, chunk_size: u32,
             Some(c) if !c.is_closed() => c,
             _ => conn.insert(connect(&info).await.inspect_err(|_| shared.requeue(job.clone()))?),
         };
-        match copy_job(&shared, client, &mut job, chunk_size, &stop).await {
+        // A chunk query can wait on a table lock for as long as another session holds it (an ALTER TABLE, a
+        // LOCK): a shutdown does not wait for it. The copy resumes from the checkpoint at the next start.
+        let outcome = tokio::select! {
+            r = copy_job(&shared, client, &mut job, chunk_size, &stop) => r,
+            _ = stop.cancelled() => {
+                tracing::info!(table = %job.table_name(), "snapshot: stopping without waiting for the running chunk query");
+                Ok(Outcome::Stopped)
+            }
+        };
+        match outcome {
             Ok(Outcome::Finished) => shared.job_finished(&job),
             Ok(Outcome::Stopped) => {
                 shared.requeue(job);

@@ -688,3 +688,51 @@ async fn dry_run_prints_one_json_per_line_and_loses_nothing_when_a_table_changes
     std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(0), "{}", read_log());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_does_not_wait_for_a_snapshot_query_blocked_by_a_table_lock() {
+    let s = Setup::new("snapshot_lock", "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10);").await;
+    // The publication and the slot exist already: creating them would wait for the lock (the deadline test below
+    // covers that). Without a checkpoint the start still plans the initial snapshot.
+    s.sql(&format!("CREATE PUBLICATION {} FOR TABLE t", s.prefix)).await;
+    s.sql(&format!("SELECT pg_create_logical_replication_slot('{}', 'pgoutput')", s.prefix)).await;
+    // Another session holds an exclusive lock on the table for the whole test.
+    let locker = s.pg.client(&s.db).await;
+    locker.batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE;").await.unwrap();
+    let cfg = s.config(&["public.t"]).replace("snapshot:\n  mode: never\n", "snapshot:\n  mode: initial\n");
+    let mut f = Ficus::start(&cfg);
+    f.wait_streaming();
+    // The worker's first statement on the table (its size estimate, then the chunk) now waits for the lock.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!f.log().contains("snapshot of table finished"), "{}", f.log());
+    f.signal("-TERM");
+    let started = Instant::now();
+    assert_eq!(f.wait(WAIT).code(), Some(0), "{}", f.log());
+    assert!(started.elapsed() < Duration::from_secs(15), "shutdown waited {:?} for the lock\n{}", started.elapsed(), f.log());
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    // The copy resumes at the next start.
+    f.restart();
+    f.wait_for_log("snapshot of table finished", WAIT);
+    let events = read_exact(&s, &f, &s.topic("public", "t")).await;
+    assert_eq!(events.len(), 10, "{events:#?}");
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_ends_within_the_deadline_even_when_start_up_waits_on_a_lock() {
+    let s = Setup::new("startup_lock", "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let locker = s.pg.client(&s.db).await;
+    locker.batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE;").await.unwrap();
+    // CREATE PUBLICATION … FOR TABLE t waits for the lock.
+    let mut f = Ficus::start(&s.config(&["public.t"]));
+    f.wait_for_log("creating publication", WAIT);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    f.signal("-TERM");
+    let started = Instant::now();
+    let status = f.wait(Duration::from_secs(45));
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(35), "SIGTERM took {waited:?}\n{}", f.log());
+    assert_eq!(status.code(), Some(1), "{}", f.log());
+    assert!(f.log().contains("did not finish within 30 s"), "{}", f.log());
+    locker.batch_execute("ROLLBACK").await.unwrap();
+}
