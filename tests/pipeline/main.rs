@@ -9,6 +9,7 @@ mod core;
 mod faults;
 mod ops;
 mod rules;
+mod secrets;
 mod snapshot;
 
 use std::path::PathBuf;
