@@ -402,6 +402,42 @@ fn interpolate_tree(
     Ok(())
 }
 
+/// serde-saphyr's defaults, minus the source excerpt in errors: the lines around a syntax error may hold a literal
+/// password (`source.url`, `kafka.properties.sasl.password`).
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::Options { with_snippet: false, ..serde_saphyr::Options::default() }
+}
+
+/// A YAML error as its position and the parser's description. The description is about the syntax; a scalar the
+/// parser quotes in it (a value it could not read) is cut off so no value from the file is printed.
+fn yaml_error(e: serde_saphyr::Error) -> ConfigError {
+    let position = e.location().map(|l| format!("line {}, column {}: ", l.line(), l.column())).unwrap_or_default();
+    let text = e.to_string();
+    // The description comes first; anything after its first line would be an excerpt.
+    let first = text.lines().next().unwrap_or_default();
+    let first = first.split_once(" at line ").map_or(first, |(d, _)| d);
+    ConfigError::Yaml(format!("{position}{}", redact_quoted(first)))
+}
+
+/// Replaces every quoted part (`"..."`, `'...'`, `` `...` ``) of `s` by `"…"`.
+fn redact_quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if matches!(c, '"' | '\'' | '`') {
+            out.push('…');
+            for d in chars.by_ref() {
+                if d == c {
+                    out.push(d);
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
 impl Config {
     /// Reads, interpolates, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -412,8 +448,7 @@ impl Config {
 
     /// Parses and validates YAML text; `lookup` resolves `${NAME}`.
     pub fn from_yaml(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let mut tree: serde_json::Value =
-            serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+        let mut tree: serde_json::Value = serde_saphyr::from_str_with_options(text, yaml_options()).map_err(yaml_error)?;
         interpolate_tree(&mut tree, &mut Vec::new(), lookup)?;
         let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
             let key = e.path().to_string();
@@ -567,6 +602,20 @@ changes:
         let text = MINIMAL.replace("tables: [\"*\"]", "tables: [public.customers]");
         let err = Config::from_yaml(&text, &env).unwrap_err().to_string();
         assert!(err.starts_with("changes.tables[0]"), "{err}");
+    }
+
+    #[test]
+    fn yaml_errors_give_the_position_but_never_the_text_around_it() {
+        let secret_near = MINIMAL.replace("  tables: [public", "  url2: postgres://ficus:pwSECRET1@h/db\n   x: [unclosed\n  tables: [public");
+        let unterminated = MINIMAL.replace("url: postgres://ficus:${PGPASSWORD}@", "url: \"postgres://ficus:pwSECRET2@");
+        let tab = MINIMAL.replace("  tables: [public", "\ttables: [public").replace("${PGPASSWORD}", "pwSECRET3");
+        let bad_escape = MINIMAL.replace("url: postgres://ficus:${PGPASSWORD}@127.0.0.1:5432/shop", "url: \"pwSECRET4\\q\"");
+        for text in [secret_near, unterminated, tab, bad_escape] {
+            let err = Config::from_yaml(&text, &env).expect_err(&text).to_string();
+            assert!(!err.contains("SECRET") && !err.contains("postgres://"), "{err}");
+            assert!(err.starts_with("config is not valid YAML: line "), "{err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
     }
 
     #[test]
