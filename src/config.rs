@@ -137,7 +137,7 @@ pub struct KafkaConfig {
 
 /// A YAML scalar given as a librdkafka property value (`linger.ms: 5` and `linger.ms: "5"` are the same).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a string, number or boolean (a librdkafka property value)")]
 pub enum Scalar {
     String(String),
     Int(i64),
@@ -223,9 +223,53 @@ pub enum ChangeEncoding {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
-    /// Address for `/healthz`, `/readyz`, `/metrics`, `/status`; absent = no HTTP server.
-    #[serde(default)]
+    /// Address for `/healthz`, `/readyz`, `/metrics`, `/status`: `IP:PORT` or `HOST:PORT` (resolved at load time);
+    /// absent = no HTTP server.
+    #[serde(default, deserialize_with = "deserialize_listen")]
     pub listen: Option<SocketAddr>,
+}
+
+/// What Kafka accepts as a topic name, for messages.
+pub const TOPIC_NAME_RULE: &str = "a Kafka topic name: 1 to 249 of [a-zA-Z0-9._-], not \".\" or \"..\"";
+
+/// Whether Kafka accepts `t` as a topic name (the broker's own rule: legal characters, length, not `.` or `..`).
+/// Checked at load time: a bad name would otherwise fail only at the first event, after the stream started.
+pub fn is_topic_name(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 249
+        && t != "."
+        && t != ".."
+        && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// `health.listen`: `IP:PORT` or `HOST:PORT` (a host name is resolved once, at load time; IPv4 preferred, as a
+/// name like `localhost` usually means 127.0.0.1 to probes).
+fn deserialize_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    use serde::de::Error;
+    let form = "write HOST:PORT or IP:PORT, e.g. 0.0.0.0:8080, 127.0.0.1:8080 or localhost:8080";
+    let text = match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Null => return Ok(None),
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Number(n) => return Err(D::Error::custom(format!("{n} is only a port; {form}"))),
+        _ => return Err(D::Error::custom(format!("expected an address; {form}"))),
+    };
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(Some(addr));
+    }
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+        _ => return Err(D::Error::custom(format!("{text:?} is not an address with a port; {form}"))),
+    }
+    let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(text.as_str())
+        .map_err(|e| D::Error::custom(format!("cannot resolve {text:?}: {e}; {form}")))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("{text:?} resolves to no address; {form}")))
 }
 
 fn default_slot() -> String {
@@ -506,6 +550,16 @@ impl Config {
             return Err(ConfigError::invalid("kafka.brokers", "set the bootstrap servers, e.g. 127.0.0.1:9092"));
         }
         crate::kafka::check_user_properties(&self.kafka.properties)?;
+        let topics = [
+            ("changes.topic_prefix", Some(&self.changes.topic_prefix)),
+            ("kafka.dlq_topic", self.kafka.dlq_topic.as_ref()),
+            ("kafka.checkpoint_topic", self.kafka.checkpoint_topic.as_ref()),
+        ];
+        for (key, topic) in topics {
+            if let Some(topic) = topic.filter(|t| !is_topic_name(t)) {
+                return Err(ConfigError::invalid(key, format!("{topic:?} is not {TOPIC_NAME_RULE}")));
+            }
+        }
         // Compiling checks every rule (tables, topics, CEL syntax) with errors naming the key.
         crate::rules::RuleSet::compile(self)?;
         self.snapshot.validate(&captured)?;
@@ -616,6 +670,48 @@ changes:
             assert!(err.starts_with("config is not valid YAML: line "), "{err}");
             assert!(!err.contains('\n'), "one line: {err}");
         }
+    }
+
+    #[test]
+    fn topic_names_and_listen_addresses_are_checked_at_load() {
+        for (from, to, key) in [
+            ("  tables: [\"*\"]", "  tables: [\"*\"]\n  topic_prefix: '..'", "changes.topic_prefix"),
+            ("  tables: [\"*\"]", "  tables: [\"*\"]\n  topic_prefix: 'a/b'", "changes.topic_prefix"),
+            ("  brokers: 127.0.0.1:9092", "  brokers: 127.0.0.1:9092\n  dlq_topic: '.'", "kafka.dlq_topic"),
+            ("  brokers: 127.0.0.1:9092", "  brokers: 127.0.0.1:9092\n  checkpoint_topic: x y", "kafka.checkpoint_topic"),
+        ] {
+            let err = Config::from_yaml(&MINIMAL.replace(from, to), &env).unwrap_err().to_string();
+            assert!(err.starts_with(key) && err.contains("[a-zA-Z0-9._-]"), "{err}");
+        }
+        assert!(!is_topic_name(&"a".repeat(250)) && is_topic_name(&"a".repeat(249)) && is_topic_name("a..b"));
+        let with_listen = |l: &str| Config::from_yaml(&format!("{MINIMAL}health:\n  listen: {l}\n"), &env);
+        let c = with_listen("localhost:8080").unwrap();
+        let addr = c.health.listen.unwrap();
+        assert!(addr.ip().is_loopback() && addr.port() == 8080, "{addr}");
+        assert_eq!(with_listen("0.0.0.0:9000").unwrap().health.listen.unwrap().to_string(), "0.0.0.0:9000");
+        assert_eq!(with_listen("'[::1]:9000'").unwrap().health.listen.unwrap().to_string(), "[::1]:9000");
+        for bad in ["localhost", "8080", "localhost:http", "no-such-host.invalid:80"] {
+            let err = with_listen(bad).unwrap_err().to_string();
+            assert!(err.starts_with("health.listen: ") && err.contains("HOST:PORT"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn wrong_shapes_are_described_without_rust_type_names() {
+        let text = MINIMAL.replace("linger.ms: 5}", "linger.ms: [5]}");
+        let err = Config::from_yaml(&text, &env).unwrap_err().to_string();
+        assert!(err.starts_with("kafka.properties.linger.ms") && err.contains("string, number or boolean"), "{err}");
+        assert!(!err.contains("untagged") && !err.contains("Scalar"), "{err}");
+        let rule = |on: &str| {
+            format!("{MINIMAL}events:\n  - {{name: A, table: public.orders, on: {on}, key: string(new.id), topic: t}}\n")
+        };
+        for on in ["updat", "[insert, updat]"] {
+            let err = Config::from_yaml(&rule(on), &env).unwrap_err().to_string();
+            assert!(err.starts_with("events[0].on") && err.contains("updat") && err.contains("update"), "{err}");
+            assert!(!err.contains("untagged") && !err.contains("OneOrMany"), "{err}");
+        }
+        Config::from_yaml(&rule("[insert, update]"), &env).unwrap();
+        Config::from_yaml(&rule("delete"), &env).unwrap();
     }
 
     #[test]

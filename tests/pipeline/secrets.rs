@@ -251,3 +251,39 @@ async fn sigterm_ends_ficus_in_bounded_time_while_an_http_client_holds_a_half_se
     assert!(took < Duration::from_secs(15), "SIGTERM took {took:?}:\n{}", f.log());
     drop(slow);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_names_a_foreign_slot_plugin_without_rust_syntax() {
+    let s = Setup::new("check_slot_plugin", "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
+    let client = s.pg.client(&s.db).await;
+    client.execute("SELECT pg_create_logical_replication_slot($1, 'test_decoding')", &[&s.prefix]).await.unwrap();
+    let (code, text) = crate::check(&s.config(&["public.t"]));
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("uses plugin test_decoding, ficus needs pgoutput"), "{text}");
+    assert!(!text.contains("Some("), "{text}");
+    client.execute("SELECT pg_drop_replication_slot($1)", &[&s.prefix]).await.unwrap();
+    // A physical slot of the same name has no plugin at all.
+    client.execute("SELECT pg_create_physical_replication_slot($1)", &[&s.prefix]).await.unwrap();
+    let (code, text) = crate::check(&s.config(&["public.t"]));
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("uses plugin none (a physical slot)") && !text.contains("None"), "{text}");
+    client.execute("SELECT pg_drop_replication_slot($1)", &[&s.prefix]).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_listen_takes_a_host_name() {
+    let s = Setup::new("listen_host", "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
+    let port = free_port();
+    let cfg = Ficus::config(
+        &s.pg.superuser_url(&s.db),
+        &["public.t"],
+        &s.prefix,
+        &s.kafka.brokers(),
+        &format!("health:\n  listen: localhost:{port}\n"),
+    );
+    let mut f = Ficus::start(&cfg);
+    f.wait_for_log("streaming", WAIT);
+    let text = http_get(port, "/healthz");
+    assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("ok\n"), "{text}\n{}", f.log());
+    assert!(f.terminate().success(), "{}", f.log());
+}
