@@ -78,6 +78,9 @@ fn ficus_output(args: &[&str], config: &Path, env: &[(&str, &str)], health_port:
     (code, text)
 }
 
+/// A bad input: (name, config text, environment).
+type Case = (String, String, Vec<(&'static str, String)>);
+
 #[tokio::test(flavor = "multi_thread")]
 async fn no_command_prints_a_secret_whatever_the_bad_input() {
     let s = Setup::new("secrets_grep", "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
@@ -97,8 +100,7 @@ async fn no_command_prints_a_secret_whatever_the_bad_input() {
     let health = free_port();
     let tail = format!("health:\n  listen: 127.0.0.1:{health}\n");
 
-    // (name, config text, environment)
-    let mut cases: Vec<(String, String, Vec<(&str, String)>)> = Vec::new();
+    let mut cases: Vec<Case> = Vec::new();
     // Passwords with unencoded URL delimiters, given through the environment as operators do.
     for (name, pw) in [
         ("slash", format!("a{MARK}1/b{MARK}2")),
@@ -224,19 +226,19 @@ async fn backfill_does_not_hang_on_a_held_table_lock() {
     locker.batch_execute("ROLLBACK").await.unwrap();
 }
 
+/// A ficus streaming one table, with its health endpoints on `host:<a free port>`.
+async fn streaming_with_health(name: &str, host: &str) -> (Setup, u16, Ficus) {
+    let s = Setup::new(name, "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
+    let port = free_port();
+    let health = format!("health:\n  listen: {host}:{port}\n");
+    let f = Ficus::start(&Ficus::config(&s.pg.superuser_url(&s.db), &["public.t"], &s.prefix, &s.kafka.brokers(), &health));
+    f.wait_for_log("streaming", WAIT);
+    (s, port, f)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_ends_ficus_in_bounded_time_while_an_http_client_holds_a_half_sent_request() {
-    let s = Setup::new("shutdown_http", "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
-    let port = free_port();
-    let cfg = Ficus::config(
-        &s.pg.superuser_url(&s.db),
-        &["public.t"],
-        &s.prefix,
-        &s.kafka.brokers(),
-        &format!("health:\n  listen: 127.0.0.1:{port}\n"),
-    );
-    let mut f = Ficus::start(&cfg);
-    f.wait_for_log("streaming", WAIT);
+    let (_s, port, mut f) = streaming_with_health("shutdown_http", "127.0.0.1").await;
     // A client that starts a request and never finishes it.
     let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     slow.write_all(b"GET /status HTTP/1.1\r\nHost: loc").unwrap();
@@ -272,17 +274,7 @@ async fn check_names_a_foreign_slot_plugin_without_rust_syntax() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn health_listen_takes_a_host_name() {
-    let s = Setup::new("listen_host", "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
-    let port = free_port();
-    let cfg = Ficus::config(
-        &s.pg.superuser_url(&s.db),
-        &["public.t"],
-        &s.prefix,
-        &s.kafka.brokers(),
-        &format!("health:\n  listen: localhost:{port}\n"),
-    );
-    let mut f = Ficus::start(&cfg);
-    f.wait_for_log("streaming", WAIT);
+    let (_s, port, mut f) = streaming_with_health("listen_host", "localhost").await;
     let text = http_get(port, "/healthz");
     assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("ok\n"), "{text}\n{}", f.log());
     assert!(f.terminate().success(), "{}", f.log());
