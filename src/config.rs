@@ -71,7 +71,7 @@ pub struct Config {
 }
 
 /// `source:` — the PostgreSQL database to capture.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// `postgres://user:password@host:port/db?sslmode=...`. Put the password in an environment variable:
@@ -114,7 +114,7 @@ pub enum ValueFormat {
 }
 
 /// `kafka:` — the broker and producer settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap servers, `host:port[,host:port]`.
@@ -133,6 +133,49 @@ pub struct KafkaConfig {
     /// `enable.idempotence=true` and `acks=all` and refuses properties that would break its delivery guarantee.
     #[serde(default)]
     pub properties: BTreeMap<String, Scalar>,
+}
+
+/// By hand: `url` may hold the password, so it prints redacted (`***` when it does not even parse). Destructured so
+/// that a new field cannot be forgotten.
+impl fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let SourceConfig {
+            url,
+            slot,
+            publication,
+            tables,
+            status_interval_secs,
+            heartbeat_interval_secs,
+            reconnect_max_delay_secs,
+            value_format,
+        } = self;
+        let url = crate::postgres::conninfo::ConnInfo::parse(url).map_or_else(|_| "***".to_string(), |i| i.redacted());
+        f.debug_struct("SourceConfig")
+            .field("url", &url)
+            .field("slot", slot)
+            .field("publication", publication)
+            .field("tables", tables)
+            .field("status_interval_secs", status_interval_secs)
+            .field("heartbeat_interval_secs", heartbeat_interval_secs)
+            .field("reconnect_max_delay_secs", reconnect_max_delay_secs)
+            .field("value_format", value_format)
+            .finish()
+    }
+}
+
+/// By hand: any `kafka.properties` value may be a secret (`sasl.password`, `ssl.key.password`, or a misspelling of
+/// them), so only the keys print.
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let KafkaConfig { brokers, delivery, checkpoint_topic, dlq_topic, properties } = self;
+        f.debug_struct("KafkaConfig")
+            .field("brokers", brokers)
+            .field("delivery", delivery)
+            .field("checkpoint_topic", checkpoint_topic)
+            .field("dlq_topic", dlq_topic)
+            .field("properties", &properties.keys().map(|k| (k, "***")).collect::<BTreeMap<_, _>>())
+            .finish()
+    }
 }
 
 /// A YAML scalar given as a librdkafka property value (`linger.ms: 5` and `linger.ms: "5"` are the same).
@@ -712,6 +755,15 @@ changes:
         }
         Config::from_yaml(&rule("[insert, update]"), &env).unwrap();
         Config::from_yaml(&rule("delete"), &env).unwrap();
+    }
+
+    #[test]
+    fn debug_output_holds_no_secret() {
+        let text = MINIMAL.replace("linger.ms: 5}", "linger.ms: 5, sasl.password: kSECRET}");
+        let c = Config::from_yaml(&text, &env).unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("s3cr") && !debug.contains("kSECRET"), "{debug}");
+        assert!(debug.contains("postgres://ficus:***@127.0.0.1:5432/shop") && debug.contains("sasl.password"), "{debug}");
     }
 
     #[test]
