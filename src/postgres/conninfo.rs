@@ -9,7 +9,10 @@
 //! 0 waits forever).
 //!
 //! **Guarantee:** the password never appears in `Debug`, `Display`, errors or [`ConnInfo::redacted`]; it is
-//! reachable only through [`Password::expose`].
+//! reachable only through [`Password::expose`]. Parse errors never quote the user-information part of the URL
+//! (everything before its last `@`), whatever it contains — a password with an unencoded `/`, `?`, `@`, `#` or `&`
+//! cannot leak as a "port" or "database name" — nor any part of a `password=` parameter. Special characters in a
+//! password must be percent-encoded (docs/configuration.md has the table).
 
 use std::fmt;
 use std::path::PathBuf;
