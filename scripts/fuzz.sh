@@ -47,12 +47,13 @@ cargo "+$toolchain" fuzz build
 # is an out-of-memory crash, and so is any single allocation above the target's bound (ASan's malloc hooks):
 # - pgoutput_decode: 64 MiB. The decoder caps element counts by the bytes remaining, so a 64 KiB message
 #   never needs more than a few MiB.
-# - replication_framing: 1100 MiB. split_frame reserves room for a partial frame up to MAX_FRAME (1 GiB) as soon
-#   as its 5-byte header arrives; anything above MAX_FRAME would be unbounded.
+# - replication_framing: 64 MiB too. split_frame reserves at most 1 MiB ahead of the bytes that arrived, however
+#   large the frame a header announces (up to MAX_FRAME, 1 GiB), so a 64 KiB input never needs more than a few
+#   MiB; the old limit of 1100 MiB would have let a return of the up-front 1 GiB reservation pass unnoticed.
 malloc_limit_mb() {
   case "$1" in
     pgoutput_decode) echo 64 ;;
-    replication_framing) echo 1100 ;;
+    replication_framing) echo 64 ;;
     *) echo 2048 ;;
   esac
 }

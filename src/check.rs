@@ -28,9 +28,13 @@ pub async fn run(config: &Config) -> Report {
                     fix: None,
                 });
                 match control::preflight(&client, config).await {
-                    Ok((r, _)) => report.items.extend(r.items),
+                    Ok((r, catalog)) => {
+                        report.items.extend(r.items.into_iter().map(standby_is_not_a_failure));
+                        report.items.extend(crate::pipeline::resume::state_report(&client, &info, config, &catalog).await);
+                    }
                     Err(e) => report.items.push(fail("preflight", e.to_string(), None)),
                 }
+                report.items.extend(check_health_listen(config));
                 drop(client);
                 connection.abort();
             }
@@ -38,6 +42,26 @@ pub async fn run(config: &Config) -> Report {
     }
     report.items.push(check_kafka(config).await);
     report
+}
+
+/// A slot streamed by another live instance does not stop `ficus run`: it waits as a hot standby and takes over
+/// when the other one stops. Said as such, not as a failure.
+fn standby_is_not_a_failure(mut item: CheckItem) -> CheckItem {
+    if item.status == Status::Fail && item.title.starts_with("replication slot ") && item.detail.contains("in use by another process") {
+        item.status = Status::Warn;
+        item.detail.push_str("; this instance would wait as a hot standby and take over when it stops");
+        item.fix = Some("nothing to do for a standby; to take over now, stop the other instance".into());
+    }
+    item
+}
+
+/// `health.listen` must be free: `ficus run` exits 2 when it cannot listen.
+fn check_health_listen(config: &Config) -> Option<CheckItem> {
+    let addr = config.health.listen?;
+    Some(match std::net::TcpListener::bind(addr) {
+        Ok(_) => CheckItem { status: Status::Ok, title: "health.listen".into(), detail: format!("{addr} is free"), fix: None },
+        Err(e) => fail("health.listen", format!("cannot listen on {addr}: {e}"), Some("choose a free port, or stop what listens there".into())),
+    })
 }
 
 fn fail(title: &str, detail: String, fix: Option<String>) -> CheckItem {

@@ -83,6 +83,11 @@ impl FileCheckpointStore {
     /// Creates the directory if needed.
     pub fn open(dir: &Path, slot: &str) -> Result<Self, CheckpointError> {
         std::fs::create_dir_all(dir).map_err(|source| CheckpointError::Io { path: dir.to_path_buf(), source })?;
+        // Fail now, before a slot is created or anything is published, rather than at the first checkpoint.
+        let probe = dir.join(format!(".{slot}.write-test"));
+        std::fs::write(&probe, b"ficus")
+            .and_then(|_| std::fs::remove_file(&probe))
+            .map_err(|source| CheckpointError::Io { path: dir.to_path_buf(), source })?;
         Ok(FileCheckpointStore { dir: dir.to_path_buf(), path: dir.join(format!("{slot}.checkpoint.json")) })
     }
 

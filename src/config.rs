@@ -337,6 +337,22 @@ fn default_topic_prefix() -> String {
     "ficus".into()
 }
 
+/// Kafka topic for raw changes of `schema.table`: characters Kafka cannot hold become `_`.
+pub fn change_topic(prefix: &str, schema: &str, table: &str) -> String {
+    sanitize_topic(&format!("{prefix}.{schema}.{table}"))
+}
+
+/// `raw` as a Kafka topic name: characters outside `[a-zA-Z0-9._-]` become `_`, at most 249 characters.
+pub fn sanitize_topic(raw: &str) -> String {
+    let mut topic: String = raw
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .collect();
+    // Kafka's limit is 249 characters.
+    topic.truncate(249);
+    topic
+}
+
 /// A table name split into schema and name, both unquoted (exactly as in `pg_class`/`pg_namespace`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TableName {
@@ -555,6 +571,7 @@ impl Config {
             ));
         }
         let captured = self.captured_tables()?;
+        self.check_topic_collisions(&captured)?;
         for (i, t) in self.changes.tables.iter().enumerate() {
             if t == "*" {
                 continue;
@@ -618,6 +635,30 @@ impl Config {
         Ok(())
     }
 
+    /// Two tables whose raw change topics are the same name (`a."b.c"` and `"a.b".c` both give `<prefix>.a.b.c`;
+    /// characters Kafka cannot hold become `_`) would interleave on one topic: refused, naming both.
+    fn check_topic_collisions(&self, captured: &[TableName]) -> Result<(), ConfigError> {
+        let all = self.changes.tables.iter().any(|t| t == "*");
+        let mut seen: std::collections::HashMap<String, &TableName> = std::collections::HashMap::new();
+        for table in captured {
+            if !all && !self.changes.tables.iter().any(|t| TableName::parse(t).is_ok_and(|n| n == *table)) {
+                continue;
+            }
+            let topic = change_topic(&self.changes.topic_prefix, &table.schema, &table.name);
+            if let Some(other) = seen.insert(topic.clone(), table) {
+                return Err(ConfigError::invalid(
+                    "changes.tables",
+                    format!(
+                        "{} and {} would both publish to topic {topic}; capture only one of them raw, or rename one",
+                        other.quoted(),
+                        table.quoted()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// `source.tables`, parsed. Errors name the list index.
     pub fn captured_tables(&self) -> Result<Vec<TableName>, ConfigError> {
         let mut out: Vec<TableName> = Vec::new();
@@ -671,6 +712,17 @@ changes:
         let tables = c.captured_tables().unwrap();
         assert_eq!(tables[1], TableName { schema: "legacy".into(), name: "Order Lines".into() });
         assert!(c.publishes_changes_of(&tables[1]));
+    }
+
+    #[test]
+    fn tables_whose_raw_topics_collide_are_refused_naming_both() {
+        let text = MINIMAL.replace(r#"tables: [public.orders, 'legacy."Order Lines"']"#, r#"tables: ['a."b.c"', '"a.b".c']"#);
+        let err = Config::from_yaml(&text, &env).unwrap_err().to_string();
+        assert!(err.contains("changes.tables") && err.contains(r#""a"."b.c""#) && err.contains(r#""a.b"."c""#), "{err}");
+        assert!(err.contains("ficus.a.b.c"), "{err}");
+        // Only tables published raw count: with one of them left out of changes.tables there is no collision.
+        let one = text.replace(r#"tables: ["*"]"#, r#"tables: ['a."b.c"']"#);
+        Config::from_yaml(&one, &env).unwrap();
     }
 
     #[test]

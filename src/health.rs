@@ -43,6 +43,8 @@ struct Inner {
     /// `None` = the broker answered at the last probe (or no broker is used).
     broker_problem: Option<String>,
     fatal: Option<String>,
+    /// `Some` while the last checkpoint write failed: nothing past the last durable checkpoint is confirmed.
+    checkpoint_problem: Option<String>,
     status: Status,
 }
 
@@ -113,6 +115,7 @@ impl Health {
                 streaming: false,
                 broker_problem: Some("not checked yet".into()),
                 fatal: None,
+                checkpoint_problem: None,
                 status: Status::default(),
             }),
             prometheus,
@@ -132,6 +135,11 @@ impl Health {
     /// The broker answered (`None`) or not (the reason).
     pub fn set_broker(&self, problem: Option<String>) {
         self.lock().broker_problem = problem;
+    }
+
+    /// The last checkpoint write failed (the reason) or succeeded (`None`).
+    pub fn set_checkpoint_problem(&self, problem: Option<String>) {
+        self.lock().checkpoint_problem = problem;
     }
 
     /// A fatal error: readiness stays false until the process exits.
@@ -155,6 +163,9 @@ impl Health {
         }
         if let Some(b) = &inner.broker_problem {
             return Err(format!("Kafka not reachable: {b}"));
+        }
+        if let Some(c) = &inner.checkpoint_problem {
+            return Err(format!("checkpoint not written: {c}"));
         }
         Ok(())
     }

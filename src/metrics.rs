@@ -35,6 +35,7 @@ pub const PRODUCER_QUEUE: &str = "ficus_producer_queue_messages";
 pub const FLUSHED_LSN: &str = "ficus_flushed_lsn";
 /// The last checkpoint written, as an LSN number.
 pub const CHECKPOINT_LSN: &str = "ficus_checkpoint_lsn";
+pub const CHECKPOINT_FAILURES: &str = "ficus_checkpoint_failures_total";
 /// Replication sessions started after the first one (reconnects, restarts in text mode).
 pub const RECONNECTS: &str = "ficus_reconnects_total";
 /// 1 while streaming.
@@ -86,6 +87,7 @@ fn describe() {
     describe_gauge!(PRODUCER_QUEUE, "Messages held by the producer");
     describe_gauge!(FLUSHED_LSN, "Flushed (confirmed) LSN");
     describe_gauge!(CHECKPOINT_LSN, "Last checkpoint LSN");
+    describe_counter!(CHECKPOINT_FAILURES, "Checkpoint writes that failed (retried; PostgreSQL is not confirmed past the last durable checkpoint)");
     describe_counter!(RECONNECTS, "Replication sessions started after the first");
     describe_gauge!(STREAMING, "1 while streaming");
     describe_counter!(SNAPSHOT_ROWS, "Rows read by snapshots and backfills, by table");

@@ -81,21 +81,7 @@ pub struct Dropped {
     pub count: u64,
 }
 
-/// Kafka topic for raw changes of `schema.table`: characters Kafka cannot hold become `_`.
-pub fn change_topic(prefix: &str, schema: &str, table: &str) -> String {
-    sanitize_topic(&format!("{prefix}.{schema}.{table}"))
-}
-
-/// `raw` as a Kafka topic name: characters outside `[a-zA-Z0-9._-]` become `_`, at most 249 characters.
-pub fn sanitize_topic(raw: &str) -> String {
-    let mut topic: String = raw
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
-        .collect();
-    // Kafka's limit is 249 characters.
-    topic.truncate(249);
-    topic
-}
+pub use crate::config::{change_topic, sanitize_topic};
 
 /// Turns changes into records.
 pub struct Router {

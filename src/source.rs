@@ -45,6 +45,10 @@ pub type Batch = Vec<SourceEvent>;
 
 const BATCH: usize = 256;
 
+/// How long a shutdown waits for the end of a transaction it interrupted (the whole shutdown stays under 30 s:
+/// this, then the producer's flush).
+pub const FINISH_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Source failures.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -60,6 +64,9 @@ pub enum SourceError {
     Protocol(String),
     #[error("the server ended the replication stream")]
     Ended,
+    /// The control connection failed while reading a changed table's key.
+    #[error("{0}")]
+    Catalog(String),
     /// The stream sends binary values and a Relation message names a column type ficus cannot map from binary
     /// (the table changed after the stream started). The pipeline restarts the stream in text mode.
     #[error("column {table}.{column} has type OID {type_oid}, which has no binary mapping; text values needed")]
@@ -72,6 +79,8 @@ impl SourceError {
         match self {
             SourceError::Replication(e) => e.is_transient(),
             SourceError::Ended => true,
+            // The control connection broke; a reconnect reads the key again.
+            SourceError::Catalog(_) => true,
             _ => false,
         }
     }
@@ -83,9 +92,17 @@ pub struct Stopped {
     pub received: Lsn,
 }
 
-/// The source task's state.
-pub struct Source {
+/// The source task's state. `'c` is the control connection it reads changed tables' keys from.
+pub struct Source<'c> {
     stream: ReplicationStream,
+    /// Reads the current key of a table whose Relation message cannot state it (REPLICA IDENTITY FULL/NOTHING).
+    control: Option<&'c tokio_postgres::Client>,
+    /// Relation OIDs described by a Relation message in this session (the start-up catalog is only trusted for the
+    /// first description of a table; a later one follows DDL).
+    described: std::collections::HashSet<u32>,
+    /// Declared column type → the type whose value mapping applies (domains → base type, arrays of anything → JSON
+    /// arrays; see `control::value_types`), read from the catalog once per type.
+    value_types: HashMap<u32, u32>,
     out: mpsc::Sender<Batch>,
     flushed: watch::Receiver<Lsn>,
     catalog: Catalog,
@@ -104,7 +121,7 @@ pub struct Source {
     binary: bool,
 }
 
-impl Source {
+impl<'c> Source<'c> {
     /// `skip_before` is the checkpoint: transactions committed before it are not forwarded again.
     pub fn new(
         stream: ReplicationStream,
@@ -113,9 +130,12 @@ impl Source {
         catalog: Catalog,
         skip_before: Lsn,
         status_interval: Duration,
-    ) -> Source {
+    ) -> Source<'c> {
         Source {
             stream,
+            control: None,
+            described: Default::default(),
+            value_types: HashMap::new(),
             out,
             flushed,
             catalog,
@@ -136,25 +156,52 @@ impl Source {
 
     /// Declares that the stream was started with binary values: a relation whose column types cannot be mapped
     /// from binary then stops the source with [`SourceError::NeedsTextValues`] before any of its rows.
-    pub fn with_binary_values(mut self, binary: bool) -> Source {
+    pub fn with_binary_values(mut self, binary: bool) -> Source<'c> {
         self.binary = binary;
         self
     }
 
-    /// Streams until `shutdown` fires or an error occurs.
+    /// The control connection used to re-read the key of a REPLICA IDENTITY FULL/NOTHING table after DDL.
+    pub fn with_control(mut self, control: &'c tokio_postgres::Client) -> Source<'c> {
+        self.control = Some(control);
+        self
+    }
+
+    /// Streams until `shutdown` fires or an error occurs. A shutdown in the middle of a transaction first reads the
+    /// rest of it (at most [`FINISH_TRANSACTION_TIMEOUT`]), so a clean stop ends at a transaction boundary: what was
+    /// published of it is confirmed whole and the restart does not publish it again.
     #[tracing::instrument(name = "source", skip_all)]
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<Stopped, SourceError> {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut finishing: Option<Instant> = None;
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.cancelled(), if finishing.is_none() => {
+                    if self.tx.is_none() || self.skipping {
+                        break;
+                    }
+                    tracing::info!(xid = self.tx.as_ref().map(|t| t.xid), "shutdown: reading the rest of the open transaction first");
+                    finishing = Some(Instant::now() + FINISH_TRANSACTION_TIMEOUT);
+                }
+                _ = tokio::time::sleep_until(finishing.unwrap_or_else(Instant::now)), if finishing.is_some() => {
+                    tracing::warn!(
+                        timeout_secs = FINISH_TRANSACTION_TIMEOUT.as_secs(),
+                        "shutdown: the open transaction did not end in time; what was published of it is not confirmed \
+                         and the next start publishes it again, whole"
+                    );
+                    break;
+                }
                 _ = tick.tick() => self.maybe_status(false).await?,
                 msg = self.stream.next() => {
                     match msg? {
                         None => return Err(SourceError::Ended),
                         Some(m) => self.handle(m, &shutdown).await?,
+                    }
+                    if finishing.is_some() && self.tx.is_none() {
+                        tracing::info!("shutdown: the open transaction ended; stopping at its commit");
+                        break;
                     }
                 }
             }
@@ -233,26 +280,24 @@ impl Source {
                         });
                     }
                 }
-                let name = TableName { schema: r.namespace.clone(), name: r.name.clone() };
-                let catalog_keys = self.catalog.tables.get(&name).map(|t| t.key_columns.clone()).filter(|k| !k.is_empty());
-                // With REPLICA IDENTITY FULL pgoutput flags every column as key, so the key comes from the
-                // catalog; for DEFAULT/INDEX the flags are exact and are the fallback for unknown tables.
-                let flags_are_keys = matches!(r.replica_identity, b'd' | b'i');
+                let mut r = r;
+                self.map_partition_to_root(&mut r).await?;
+                let keys = self.key_columns(&r).await?;
+                self.resolve_value_types(&r).await?;
                 let columns = r
                     .columns
                     .into_iter()
                     .map(|c| Column {
-                        is_key: match &catalog_keys {
-                            Some(keys) => keys.iter().any(|k| *k == c.name),
-                            None => flags_are_keys && c.flags & 1 == 1,
-                        },
+                        is_key: keys.contains(&c.name),
+                        type_oid: self.value_types.get(&c.type_oid).copied().unwrap_or(c.type_oid),
                         name: c.name,
-                        type_oid: c.type_oid,
                         type_modifier: c.type_modifier,
                     })
                     .collect();
                 let table = Table { oid: r.oid, schema: r.namespace, name: r.name, columns, replica_identity: r.replica_identity };
-                tracing::debug!(table = %table.qualified_name(), oid = table.oid, "relation");
+                self.warn_on_rename(&table);
+                tracing::debug!(table = %table.qualified_name(), oid = table.oid, keys = ?keys, "relation");
+                self.described.insert(r.oid);
                 self.relations.insert(r.oid, Arc::new(table));
             }
             Message::Insert { relation, new } => self.change(lsn, Op::Insert, relation, None, false, Some(new))?,
@@ -289,6 +334,129 @@ impl Source {
             self.flush_batch(shutdown, false).await?;
         }
         Ok(())
+    }
+
+    /// The event key of a table as a Relation message describes it. Under REPLICA IDENTITY DEFAULT and USING INDEX
+    /// the message flags exactly the identity columns — the only ones a delete or key change carries — so they are the
+    /// key, and they follow DDL (a renamed or moved primary key, a new identity index) at the right point of the
+    /// stream. Under FULL the flags mark every column and under NOTHING none: the key is then the primary key as the
+    /// catalog states it, read again after DDL (the first description in a session uses the start-up catalog).
+    async fn key_columns(&mut self, r: &pgoutput::Relation) -> Result<Vec<String>, SourceError> {
+        if matches!(r.replica_identity, b'd' | b'i') {
+            return Ok(r.columns.iter().filter(|c| c.flags & 1 == 1).map(|c| c.name.clone()).collect());
+        }
+        let name = TableName { schema: r.namespace.clone(), name: r.name.clone() };
+        let known = self.catalog.tables.get(&name).filter(|t| t.oid == r.oid);
+        let fresh = match (known, self.control) {
+            (Some(info), _) if !self.described.contains(&r.oid) => Some(info.key_columns.clone()),
+            (_, Some(client)) => crate::postgres::control::table_info_by_oid(client, r.oid)
+                .await
+                .map_err(|e| SourceError::Catalog(format!("reading the key of {name} after a Relation message: {e}")))?
+                .map(|(_, info)| info.key_columns),
+            (known, None) => known.map(|info| info.key_columns.clone()),
+        };
+        let keys = fresh.unwrap_or_default();
+        if r.replica_identity == b'n' {
+            tracing::warn!(
+                table = %name,
+                "REPLICA IDENTITY NOTHING: updates carry no before image and the source database refuses UPDATE/DELETE \
+                 on this published table; set REPLICA IDENTITY DEFAULT (with a primary key) or FULL"
+            );
+        }
+        if !keys.iter().all(|k| r.columns.iter().any(|c| c.name == *k)) {
+            // The catalog is already past this point of the stream (a later DDL renamed or dropped a key column).
+            // No key is better than a wrong one; the next Relation message of the table brings it back.
+            tracing::error!(
+                table = %name,
+                catalog_key = %keys.join(", "),
+                "the table's current primary key is not among the columns the stream describes (DDL since): its \
+                 events carry no Kafka key until its next Relation message"
+            );
+            metrics::counter!(crate::metrics::ERRORS, "kind" => "schema").increment(1);
+            return Ok(Vec::new());
+        }
+        Ok(keys)
+    }
+
+    /// Reads the value mapping of column types not seen before that do not map by OID alone (domains, enums, arrays
+    /// of them, extension types).
+    async fn resolve_value_types(&mut self, r: &pgoutput::Relation) -> Result<(), SourceError> {
+        let Some(client) = self.control else { return Ok(()) };
+        let mut new: Vec<u32> = r
+            .columns
+            .iter()
+            .map(|c| c.type_oid)
+            .filter(|t| !self.value_types.contains_key(t) && !crate::postgres::value::maps_by_oid(*t))
+            .collect();
+        new.sort_unstable();
+        new.dedup();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let resolved = crate::postgres::control::value_types(client, &new)
+            .await
+            .map_err(|e| SourceError::Catalog(format!("resolving the column types of {}.{}: {e}", r.namespace, r.name)))?;
+        self.value_types.extend(resolved);
+        Ok(())
+    }
+
+    /// A publication without `publish_via_partition_root` sends the changes of a captured partitioned table under
+    /// each partition's own name. They are published as the captured parent's (its topic, its rules), whatever the
+    /// partition — also one attached while streaming; the relation OID stays the partition's.
+    async fn map_partition_to_root(&mut self, r: &mut pgoutput::Relation) -> Result<(), SourceError> {
+        let name = TableName { schema: r.namespace.clone(), name: r.name.clone() };
+        if self.catalog.tables.contains_key(&name) {
+            return Ok(());
+        }
+        let Some(client) = self.control else { return Ok(()) };
+        let row = client
+            .query_opt(
+                "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.oid = pg_partition_root($1::oid)",
+                &[&r.oid],
+            )
+            .await;
+        let row = match row {
+            Ok(row) => row,
+            // PostgreSQL before 12 has no pg_partition_root (nor this publication shape): nothing to map.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION) => None,
+            Err(e) => {
+                return Err(SourceError::Catalog(format!(
+                    "reading the partition root of {name}: {}",
+                    crate::postgres::conninfo::describe(&e)
+                )))
+            }
+        };
+        if let Some(row) = row {
+            let root = TableName { schema: row.get(0), name: row.get(1) };
+            if root != name && self.catalog.tables.contains_key(&root) {
+                tracing::debug!(partition = %name, root = %root, "partition published under its captured root");
+                r.namespace = root.schema;
+                r.name = root.name;
+            }
+        }
+        Ok(())
+    }
+
+    /// A captured table renamed while streaming keeps its OID (and its place in the publication): its raw events
+    /// move to the topic of the new name and rules written for the old name stop matching. Said loudly, once per
+    /// Relation message.
+    fn warn_on_rename(&self, table: &Table) {
+        let before = self.relations.get(&table.oid).map(|t| (t.schema.clone(), t.name.clone())).or_else(|| {
+            self.catalog.tables.iter().find(|(_, info)| info.oid == table.oid).map(|(n, _)| (n.schema.clone(), n.name.clone()))
+        });
+        if let Some((schema, name)) = before {
+            if schema != table.schema || name != table.name {
+                tracing::error!(
+                    table = %format!("{schema}.{name}"),
+                    renamed_to = %table.qualified_name(),
+                    oid = table.oid,
+                    "a captured table was renamed: its raw change events now go to the topic of the new name and rules \
+                     for the old name no longer match; update source.tables, changes and events to the new name and restart"
+                );
+                metrics::counter!(crate::metrics::ERRORS, "kind" => "schema").increment(1);
+            }
+        }
     }
 
     fn change(

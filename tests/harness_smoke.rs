@@ -103,6 +103,59 @@ async fn produce_to_the_shared_broker_and_consume_it_back() {
     assert!(kafka.consume_all(&kafka.unique_topic("missing"), 1, Duration::from_secs(2)).await.is_empty());
 }
 
+/// `read_to_end` returns exactly what a topic holds, without a count to wait for: committed transactional records
+/// (their commit markers count in the high watermark, yet it does not wait for them), not an aborted transaction's,
+/// and it returns — without the records — while a transaction is still open; a missing topic reads as empty.
+#[tokio::test(flavor = "multi_thread")]
+async fn read_to_end_reads_exactly_what_is_committed() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let kafka = TestKafka::shared();
+    let topic = kafka.unique_topic("read_to_end");
+    assert!(kafka.read_to_end(&topic, WAIT).await.is_empty(), "a missing topic is empty");
+    kafka.create_topic(&topic, 2).await;
+    assert!(kafka.read_to_end(&topic, WAIT).await.is_empty(), "an empty topic is empty");
+    let producer = kafka.producer();
+    for i in 0..2 {
+        let payload = format!("plain{i}");
+        producer.send(FutureRecord::<str, _>::to(&topic).payload(&payload).partition(i), WAIT).await.unwrap_or_else(|(e, _)| panic!("{e}"));
+    }
+    let txn = |id: &str| -> BaseProducer {
+        let p: BaseProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", kafka.brokers())
+            .set("transactional.id", format!("{id}-{topic}"))
+            .create()
+            .unwrap();
+        p.init_transactions(WAIT).unwrap();
+        p
+    };
+    let send = |p: &BaseProducer, payload: &str| {
+        p.send(BaseRecord::<str, str>::to(&topic).payload(payload).partition(0)).unwrap();
+        p.flush(WAIT).unwrap();
+    };
+    let committed = txn("committed");
+    committed.begin_transaction().unwrap();
+    send(&committed, "committed");
+    committed.commit_transaction(WAIT).unwrap();
+    let aborted = txn("aborted");
+    aborted.begin_transaction().unwrap();
+    send(&aborted, "aborted");
+    aborted.abort_transaction(WAIT).unwrap();
+    let payloads = |msgs: &[support::ConsumedMessage]| -> Vec<String> {
+        msgs.iter().map(|m| String::from_utf8(m.payload.clone().unwrap()).unwrap()).collect()
+    };
+    let started = std::time::Instant::now();
+    let msgs = kafka.read_to_end(&topic, WAIT).await;
+    assert_eq!(payloads(&msgs), ["plain0", "committed", "plain1"], "(partition, offset) order, committed records only");
+    assert!(started.elapsed() < Duration::from_secs(10), "waited {:?} for markers", started.elapsed());
+    // A transaction left open: its record is not readable (read_committed) and the read still returns.
+    let open = txn("open");
+    open.begin_transaction().unwrap();
+    send(&open, "open");
+    let msgs = kafka.read_to_end(&topic, WAIT).await;
+    assert_eq!(payloads(&msgs), ["plain0", "committed", "plain1"]);
+    open.abort_transaction(WAIT).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn dedicated_broker_stops_and_starts() {
     let kafka = TestKafka::start_dedicated();

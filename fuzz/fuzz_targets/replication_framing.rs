@@ -8,8 +8,9 @@
 //! keepalive 'k'), and every XLogData payload through the pgoutput decoder.
 //!
 //! Contract checked (src/postgres/replication/framing.rs and stream.rs, "Guarantees"): no panic, no endless
-//! loop, no unbounded allocation (a frame's declared length is capped at `MAX_FRAME`, 1 GiB, which
-//! `split_frame` may reserve for a partial frame: within `-malloc_limit_mb`, which defaults to `-rss_limit_mb`).
+//! loop, no unbounded allocation (a frame's declared length is capped at `MAX_FRAME`, 1 GiB, and `split_frame`
+//! reserves at most 1 MiB ahead of the bytes that arrived for a partial frame: scripts/fuzz.sh runs this target
+//! with `-malloc_limit_mb=64`, so an up-front reservation of the declared length is an out-of-memory crash).
 //! Additionally:
 //! - a complete frame is cut exactly: body length + 4 = the declared length, and exactly 5 + body bytes leave
 //!   the buffer; the body is the bytes of the stream at that position;

@@ -118,7 +118,12 @@ pub fn raw_change(change: &Change, source: &SourceInfo) -> Result<(Option<Vec<u8
     out.extend_from_slice(b",\"slot\":");
     value::write_json_string(&mut out, &source.slot);
     out.extend_from_slice(b",\"lsn\":\"");
-    let _ = write!(out, "{}\",\"commitLsn\":\"{}\",\"txId\":{}", change.lsn, change.tx.commit_lsn, change.tx.xid);
+    // `position` makes (commitLsn, position) unique per change: rows of one COPY (a heap multi-insert) share `lsn`.
+    let _ = write!(
+        out,
+        "{}\",\"commitLsn\":\"{}\",\"position\":{},\"txId\":{}",
+        change.lsn, change.tx.commit_lsn, change.position, change.tx.xid
+    );
     out.extend_from_slice(b",\"commitTime\":\"");
     value::write_unix_micros(&mut out, change.tx.commit_time_us);
     out.extend_from_slice(b"\"}}");
@@ -267,6 +272,7 @@ mod tests {
         assert_eq!(v["unavailable"], serde_json::json!([]));
         assert_eq!(v["source"]["lsn"], "0/16B3748");
         assert_eq!(v["source"]["commitLsn"], "0/16B3800");
+        assert_eq!(v["source"]["position"], 0);
         assert_eq!(v["source"]["txId"], 1234);
         assert!(v["source"]["commitTime"].as_str().unwrap().ends_with('Z'));
     }

@@ -20,6 +20,41 @@ const MAX_BYTES: usize = 16 << 20;
 /// Age of an open Kafka transaction after which a commit is due (it bounds the added latency).
 pub const LINGER: Duration = Duration::from_millis(100);
 
+/// When the open Kafka transaction is due for a commit: after [`MAX_SOURCE_TXNS`] source transactions, or
+/// [`MAX_BYTES`] of records, or [`LINGER`] after it was opened — whichever comes first — and only at a source commit
+/// boundary. Pure (the caller passes the time), so the triggers are unit-tested without a broker or a clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CommitTriggers {
+    opened_at: Instant,
+    source_txns: u32,
+    /// Key + value bytes produced in the open Kafka transaction.
+    bytes: usize,
+}
+
+impl CommitTriggers {
+    /// A Kafka transaction opened at `now`.
+    fn opened(now: Instant) -> CommitTriggers {
+        CommitTriggers { opened_at: now, source_txns: 0, bytes: 0 }
+    }
+
+    /// Records of `bytes` went into the transaction. Never a commit by itself: mid source transaction a commit would
+    /// split it.
+    fn produced(&mut self, bytes: usize) {
+        self.bytes += bytes;
+    }
+
+    /// A source transaction ended inside the Kafka transaction at `now`: whether the Kafka transaction must commit.
+    fn source_committed(&mut self, now: Instant) -> bool {
+        self.source_txns += 1;
+        self.source_txns >= MAX_SOURCE_TXNS || self.bytes >= MAX_BYTES || now.saturating_duration_since(self.opened_at) >= LINGER
+    }
+
+    /// When the age trigger fires (the sink commits an idle open transaction then).
+    fn due_at(&self) -> Instant {
+        self.opened_at + LINGER
+    }
+}
+
 /// The open Kafka transaction, if any.
 pub struct KafkaTxn {
     sink: KafkaSink,
@@ -28,10 +63,8 @@ pub struct KafkaTxn {
     system: String,
     database: String,
     open: bool,
-    opened_at: Instant,
-    source_txns: u32,
-    /// Key + value bytes produced in the open Kafka transaction.
-    bytes: usize,
+    /// Counters of the open Kafka transaction (stale while none is open).
+    triggers: CommitTriggers,
     /// End LSN and tracker id of the last source transaction committed inside the open Kafka transaction.
     last: Option<(Lsn, TxSeq)>,
     /// The last server position seen (keepalive) while a Kafka transaction was open: confirmable with its commit.
@@ -49,12 +82,12 @@ impl KafkaTxn {
         database: String,
         snapshots: Option<std::sync::Arc<crate::snapshot::Snapshots>>,
     ) -> KafkaTxn {
-        KafkaTxn { sink, topic, slot, system, database, open: false, opened_at: Instant::now(), source_txns: 0, bytes: 0, last: None, idle_while_open: None, snapshots }
+        KafkaTxn { sink, topic, slot, system, database, open: false, triggers: CommitTriggers::opened(Instant::now()), last: None, idle_while_open: None, snapshots }
     }
 
     /// When the open Kafka transaction is due for a commit (`None` when none is open).
     pub fn due_at(&self) -> Option<tokio::time::Instant> {
-        self.open.then(|| tokio::time::Instant::from_std(self.opened_at + LINGER))
+        self.open.then(|| tokio::time::Instant::from_std(self.triggers.due_at()))
     }
 
     /// Call before producing a record: opens a Kafka transaction if none is open.
@@ -63,11 +96,9 @@ impl KafkaTxn {
             self.sink.begin_transaction()?;
             tracing::debug!("kafka transaction begun");
             self.open = true;
-            self.opened_at = Instant::now();
-            self.source_txns = 0;
-            self.bytes = 0;
+            self.triggers = CommitTriggers::opened(Instant::now());
         }
-        self.bytes += bytes;
+        self.triggers.produced(bytes);
         Ok(())
     }
 
@@ -79,8 +110,7 @@ impl KafkaTxn {
             return Ok(());
         }
         self.last = Some((end, tx));
-        self.source_txns += 1;
-        if self.source_txns >= MAX_SOURCE_TXNS || self.bytes >= MAX_BYTES || self.opened_at.elapsed() >= LINGER {
+        if self.triggers.source_committed(Instant::now()) {
             self.commit(progress).await?;
         }
         Ok(())
@@ -109,7 +139,7 @@ impl KafkaTxn {
         }
         let t = Instant::now();
         self.sink.commit_transaction(Duration::from_secs(60)).await?;
-        tracing::debug!(source_txns = self.source_txns, bytes = self.bytes, last = ?self.last.map(|l| l.0), took_ms = t.elapsed().as_millis() as u64, "kafka transaction committed");
+        tracing::debug!(source_txns = self.triggers.source_txns, bytes = self.triggers.bytes, last = ?self.last.map(|l| l.0), took_ms = t.elapsed().as_millis() as u64, "kafka transaction committed");
         self.open = false;
         let end = self.last.take().map(|l| l.0).into_iter().chain(self.idle_while_open.take()).max();
         if let Some(end) = end {
@@ -172,4 +202,66 @@ pub async fn resume_point(
         }
         _ => (start, snapshot),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The three documented triggers (docs/guarantees.md): 1000 source transactions, 16 MiB, 100 ms — each alone,
+    /// with the other two far from firing. The limits are spelled out here rather than taken from the constants, so
+    /// a changed limit fails too.
+    #[test]
+    fn commits_after_1000_source_transactions() {
+        let t0 = Instant::now();
+        let mut t = CommitTriggers::opened(t0);
+        for i in 1..1000 {
+            t.produced(100);
+            assert!(!t.source_committed(t0), "due after {i} source transactions");
+        }
+        assert!(t.source_committed(t0), "not due after 1000 source transactions");
+    }
+
+    #[test]
+    fn commits_at_the_source_commit_after_16_mib() {
+        let t0 = Instant::now();
+        let mut t = CommitTriggers::opened(t0);
+        t.produced((16 << 20) - 1);
+        assert!(!t.source_committed(t0), "due below 16 MiB");
+        // Crossing 16 MiB inside a source transaction commits at its end, not before (no split transaction).
+        t.produced(1);
+        t.produced(5 << 20);
+        assert!(t.source_committed(t0), "not due at the source commit after 16 MiB");
+        // A single huge source transaction is one Kafka transaction however large: the check is at its commit only.
+        let mut huge = CommitTriggers::opened(t0);
+        huge.produced(1 << 30);
+        assert!(huge.source_committed(t0));
+    }
+
+    #[test]
+    fn commits_at_the_first_source_commit_100_ms_after_opening() {
+        let t0 = Instant::now();
+        let mut t = CommitTriggers::opened(t0);
+        t.produced(10);
+        assert!(!t.source_committed(t0 + Duration::from_millis(99)), "due before 100 ms");
+        assert_eq!(t.due_at(), t0 + Duration::from_millis(100), "the sink's idle commit fires at 100 ms");
+        assert!(t.source_committed(t0 + Duration::from_millis(100)), "not due at 100 ms");
+        // A clock that looks earlier than the opening (a caller passing an older instant) is not "due".
+        let mut late = CommitTriggers::opened(t0 + Duration::from_secs(1));
+        assert!(!late.source_committed(t0));
+    }
+
+    #[test]
+    fn a_new_transaction_starts_counting_from_zero() {
+        let t0 = Instant::now();
+        let mut t = CommitTriggers::opened(t0);
+        t.produced(20 << 20);
+        for _ in 0..5000 {
+            t.source_committed(t0);
+        }
+        let t1 = t0 + Duration::from_secs(5);
+        let mut next = CommitTriggers::opened(t1);
+        next.produced(10);
+        assert!(!next.source_committed(t1), "{next:?}");
+    }
 }

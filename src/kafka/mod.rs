@@ -262,7 +262,13 @@ impl ProducerContext for SinkContext {
                     msg.payload_len(),
                     hint(err),
                 );
-                tracing::error!("{reason}");
+                // One ERROR line for the first failure; the ones after it (e.g. every message purged when the
+                // producer is dropped at shutdown) at DEBUG, so thousands of lines do not bury the cause.
+                if self.progress.failure().is_none() {
+                    tracing::error!("{reason}");
+                } else {
+                    tracing::debug!("{reason}");
+                }
                 if permanent(err) {
                     self.progress.fail(tx, reason);
                 } else {
@@ -417,6 +423,21 @@ impl KafkaSink {
         loop {
             match self.producer.send(rec) {
                 Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) if self.producer.in_flight_count() == 0 => {
+                    // The queue is empty and the record still does not fit: it is larger than the whole queue
+                    // (queue.buffering.max.kbytes) and no acknowledgement will ever make room. Waiting would hang.
+                    let reason = format!(
+                        "the record for topic {} (table {}, LSN {}) is {} bytes, more than librdkafka's whole queue \
+                         (kafka.properties.queue.buffering.max.kbytes) holds; raise queue.buffering.max.kbytes above \
+                         the largest record, or make the data smaller",
+                        record.topic,
+                        record.header("source-table").unwrap_or("?"),
+                        record.header("source-lsn").unwrap_or("?"),
+                        record.payload.len() + record.key.as_ref().map_or(0, |k| k.len()),
+                    );
+                    self.progress.fail(tx, reason.clone());
+                    return Err(SinkError::Delivery(reason));
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     rec = back;
                     // Backpressure: wait for acknowledgements to free queue space. The timeout covers an ack
@@ -464,25 +485,94 @@ impl KafkaSink {
 mod tests {
     use super::*;
 
-    fn props(pairs: &[(&str, &str)]) -> BTreeMap<String, Scalar> {
-        pairs.iter().map(|(k, v)| (k.to_string(), Scalar::String(v.to_string()))).collect()
+    fn props(pairs: &[(&str, Scalar)]) -> BTreeMap<String, Scalar> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    }
+
+    /// Every property the delivery guarantee depends on is refused with the key named; the list is spelled out here
+    /// so that dropping one from `REFUSED` fails this test.
+    #[test]
+    fn properties_that_break_the_guarantee_are_refused() {
+        for (key, value) in [
+            ("enable.idempotence", Scalar::Bool(false)),
+            ("acks", Scalar::Int(1)),
+            ("acks", Scalar::String("all".into())),
+            ("request.required.acks", Scalar::Int(0)),
+            ("transactional.id", Scalar::String("mine".into())),
+            ("bootstrap.servers", Scalar::String("x:9092".into())),
+            ("metadata.broker.list", Scalar::String("x:9092".into())),
+        ] {
+            let err = check_user_properties(&props(&[("linger.ms", Scalar::Int(5)), (key, value)]))
+                .expect_err(&format!("{key} must be refused"));
+            match err {
+                ConfigError::Invalid { key: k, message } => {
+                    assert_eq!(k, format!("kafka.properties.{key}"));
+                    assert!(message.starts_with("cannot be set: "), "{message}");
+                }
+                other => panic!("{key}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn other_properties_are_accepted_and_override_the_defaults() {
+        let user = props(&[
+            ("linger.ms", Scalar::Int(50)),
+            ("compression.type", Scalar::String("zstd".into())),
+            ("security.protocol", Scalar::String("SASL_SSL".into())),
+        ]);
+        check_user_properties(&user).unwrap();
+        let cfg = KafkaConfig { brokers: "b:9092".into(), delivery: Default::default(), checkpoint_topic: None, dlq_topic: None, properties: user };
+        let cc = client_config(&cfg);
+        assert_eq!(cc.get("linger.ms"), Some("50"));
+        assert_eq!(cc.get("compression.type"), Some("zstd"));
+        assert_eq!(cc.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(cc.get("bootstrap.servers"), Some("b:9092"));
+        assert_eq!(cc.get("message.timeout.ms"), Some("0"), "default kept: retry forever");
+    }
+
+    /// Even a configuration that bypassed validation cannot weaken the producer: the forced values are set last.
+    #[test]
+    fn forced_settings_win_over_any_properties() {
+        let user = props(&[("enable.idempotence", Scalar::Bool(false)), ("acks", Scalar::Int(1)), ("bootstrap.servers", Scalar::String("evil:1".into()))]);
+        let cfg = KafkaConfig { brokers: "b:9092".into(), delivery: Default::default(), checkpoint_topic: None, dlq_topic: None, properties: user };
+        let cc = client_config(&cfg);
+        assert_eq!(cc.get("enable.idempotence"), Some("true"));
+        assert_eq!(cc.get("acks"), Some("all"));
+        assert_eq!(cc.get("bootstrap.servers"), Some("b:9092"));
+    }
+
+    /// The refusal is wired into config validation: a config file with `acks: 1` does not load.
+    #[test]
+    fn a_config_file_with_a_refused_property_does_not_load() {
+        let yaml = "source:\n  url: postgres://u@h/db\n  slot: s\n  publication: p\n  tables: [public.t]\n\
+                    kafka:\n  brokers: b:9092\n  properties: {acks: 1}\n\
+                    changes:\n  tables: ['*']\n  topic_prefix: x\n";
+        let err = crate::config::Config::from_yaml(yaml, &|_| None).expect_err("acks: 1 must be refused");
+        assert!(err.to_string().contains("kafka.properties.acks"), "{err}");
+        let ok = crate::config::Config::from_yaml(&yaml.replace("acks: 1", "linger.ms: 1"), &|_| None);
+        assert!(ok.is_ok(), "{:?}", ok.err());
+    }
+
+    fn s(v: &str) -> Scalar {
+        Scalar::String(v.into())
     }
 
     #[test]
     fn a_misspelled_or_refused_property_is_named_with_a_suggestion_and_never_its_value() {
-        let e = check_user_properties(&props(&[("sasl.pasword", "kSECRET1")])).unwrap_err().to_string();
+        let e = check_user_properties(&props(&[("sasl.pasword", s("kSECRET1"))])).unwrap_err().to_string();
         assert!(e.starts_with("kafka.properties.sasl.pasword:") && e.contains("did you mean sasl.password?"), "{e}");
         assert!(!e.contains("SECRET"), "{e}");
-        let e = check_user_properties(&props(&[("ssl.key.pasword", "kSECRET2")])).unwrap_err().to_string();
+        let e = check_user_properties(&props(&[("ssl.key.pasword", s("kSECRET2"))])).unwrap_err().to_string();
         assert!(e.contains("did you mean ssl.key.password?") && !e.contains("SECRET"), "{e}");
-        let e = check_user_properties(&props(&[("linger.ms", "kSECRET3")])).unwrap_err().to_string();
+        let e = check_user_properties(&props(&[("linger.ms", s("kSECRET3"))])).unwrap_err().to_string();
         assert!(e.starts_with("kafka.properties.linger.ms:") && !e.contains("SECRET"), "{e}");
-        let e = check_user_properties(&props(&[("compression.type", "zipSECRET4")])).unwrap_err().to_string();
+        let e = check_user_properties(&props(&[("compression.type", s("zipSECRET4"))])).unwrap_err().to_string();
         assert!(e.starts_with("kafka.properties.compression.type:") && !e.contains("SECRET"), "{e}");
-        let e = check_user_properties(&props(&[("completely.unrelated.thing", "v")])).unwrap_err().to_string();
+        let e = check_user_properties(&props(&[("completely.unrelated.thing", s("v"))])).unwrap_err().to_string();
         assert!(e.contains("no such property") && !e.contains("did you mean"), "{e}");
         // Valid properties, global and topic level, pass.
-        check_user_properties(&props(&[("sasl.password", "x"), ("compression.type", "zstd"), ("message.timeout.ms", "0")]))
+        check_user_properties(&props(&[("sasl.password", s("x")), ("compression.type", s("zstd")), ("message.timeout.ms", Scalar::Int(0))]))
             .unwrap();
     }
 

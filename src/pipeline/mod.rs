@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 mod checkpointing;
 mod monitor;
+pub(crate) mod resume;
+mod tables;
 mod sink;
 
 pub use monitor::HEARTBEAT_PREFIX;
@@ -62,6 +64,9 @@ pub enum PipelineError {
     Checkpoint(#[from] CheckpointError),
     #[error("routing change at {lsn}: {message}")]
     Route { lsn: Lsn, message: String },
+    /// A task panicked or was cancelled: a bug in ficus, reported as one (exit 1) rather than as a data problem.
+    #[error("internal error (please report it): {0}")]
+    Internal(String),
     /// The connection to PostgreSQL broke or the slot is busy: ficus reconnects with backoff.
     #[error("PostgreSQL: {0}")]
     Transient(String),
@@ -90,6 +95,7 @@ impl PipelineError {
             PipelineError::Sink(_) => "delivery",
             PipelineError::Checkpoint(_) => "checkpoint",
             PipelineError::Route { .. } => "rule",
+            PipelineError::Internal(_) => "internal",
         }
     }
 
@@ -241,12 +247,10 @@ async fn run_with(config: &Config, options: &RunOptions, shutdown: &Cancellation
         return Err(PipelineError::Preflight(report));
     }
     control::ensure_publication(&client, &config).await?;
-    let slot_created = !dry_run && control::ensure_slot(&client, &config.source.slot).await?;
-    if slot_created {
-        tracing::info!(slot = %config.source.slot, "created replication slot");
-    }
-
-    let mut binary = binary_values_possible(&config, &catalog);
+    // A dry run streams text values: switching to text later would need a new temporary slot, losing what the
+    // server wrote in between.
+    let mut binary = !dry_run && binary_values_possible(&config, &catalog);
+    let session_stop = shutdown.child_token();
     let sessions = async {
         let mut first = true;
         loop {
@@ -254,9 +258,7 @@ async fn run_with(config: &Config, options: &RunOptions, shutdown: &Cancellation
             if !first_session {
                 metrics::counter!(crate::metrics::RECONNECTS).increment(1);
             }
-            // A fresh slot means a fresh capture: the initial snapshot is planned (and checkpointed) in that session.
-            let fresh = slot_created && first_session;
-            let session = stream_session(&config, &info, &client, catalog.clone(), options, shutdown, binary, fresh, health).await;
+            let session = stream_session(&config, &info, &client, catalog.clone(), options, &session_stop, binary, health).await;
             health.set_streaming(false);
             match session {
                 Err(PipelineError::Source(SourceError::NeedsTextValues { table, column, type_oid })) if binary => {
@@ -276,10 +278,25 @@ async fn run_with(config: &Config, options: &RunOptions, shutdown: &Cancellation
     let monitor_slot = if options.output == Output::DryRun { None } else { Some(config.source.slot.as_str()) };
     let heartbeat = (config.source.heartbeat_interval_secs > 0 && options.output != Output::DryRun)
         .then(|| Duration::from_secs(config.source.heartbeat_interval_secs));
+    // The table watch stops the sessions through `session_stop` (they drain and write their final checkpoint) and
+    // leaves its error here.
+    let watch_error = std::sync::Mutex::new(None);
+    let watch = async {
+        if !dry_run {
+            let e = tables::table_watch(&client, &config, &catalog, &session_stop).await;
+            *watch_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+        }
+        std::future::pending::<()>().await
+    };
     let result = tokio::select! {
         r = sessions => r,
         () = monitor_server(&client, monitor_slot, health) => unreachable!("the monitor runs until the sessions end"),
         () = heartbeat_loop(&client, heartbeat) => unreachable!("the heartbeat runs until the sessions end"),
+        () = watch => unreachable!("the table watch leaves its error and waits"),
+    };
+    let result = match watch_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => result.and(Err(e)),
+        None => result,
     };
     drop(client);
     connection.abort();
@@ -328,7 +345,6 @@ async fn stream_session(
     options: &RunOptions,
     shutdown: &CancellationToken,
     binary: bool,
-    slot_created: bool,
     health: &Arc<Health>,
 ) -> Result<(), PipelineError> {
     let mut repl = ReplicationConnection::connect(info).await.map_err(replication_error)?;
@@ -342,42 +358,69 @@ async fn stream_session(
         tracing::info!(slot = %name, lsn = %created.consistent_point, "dry run: temporary slot; records are printed, nothing is published or confirmed");
         (name, created.consistent_point, None, None)
     } else {
-        let mut store = FileCheckpointStore::open(&config.state.dir, &config.source.slot)?;
-        let checkpoint = store.load_for(&system.systemid, &database, &config.source.slot)?;
-        let slot = control::slot_info(client, &config.source.slot).await?;
-        let confirmed = slot.as_ref().and_then(|s| s.confirmed_flush).unwrap_or(Lsn::INVALID);
-        let (checkpoint, snapshot_state) = match checkpoint {
-            Some((lsn, snapshot)) => (Some(lsn), snapshot),
-            None => (None, None),
-        };
-        let start = match checkpoint {
-            Some(cp) => {
-                if cp < confirmed {
-                    // We wrote the checkpoint before the server recorded our last status update, or the other way
-                    // round; both are flushed positions, the server resumes from its own.
-                    tracing::info!(checkpoint = %cp, confirmed_flush = %confirmed, "slot is ahead of the checkpoint");
-                }
-                cp.max(confirmed)
-            }
-            None => {
-                tracing::info!(confirmed_flush = %confirmed, path = %store.path().display(), "no checkpoint yet; starting at the slot's position");
-                confirmed
-            }
-        };
-        (config.source.slot.clone(), start, Some(store), snapshot_state)
+        let mut store = FileCheckpointStore::open(&config.state.dir, &config.source.slot).map_err(state_error)?;
+        let checkpoint = store.load_for(&system.systemid, &database, &config.source.slot).map_err(state_error)?;
+        (config.source.slot.clone(), Lsn::INVALID, Some(store), checkpoint)
     };
     let eos = config.kafka.delivery == Delivery::ExactlyOnce && options.output == Output::Kafka;
-    let (start, snapshot_state) = if eos {
-        exactly_once::resume_point(config, start, snapshot_state).await?
-    } else {
-        (start, snapshot_state)
-    };
-    let (snapshots, planned_now) = match dry_run {
-        true => (None, false),
-        false => {
-            let (s, planned) = plan_snapshots(config, &catalog, snapshot_state, slot_created)?;
-            (Some(s), planned)
+    let mut plan_now = false;
+    let (start, snapshot_state) = match (&store, snapshot_state) {
+        (None, _) => (start, None),
+        (Some(store), file_checkpoint) => {
+            // exactly_once: the Kafka checkpoint may be ahead of the file (PostgreSQL was not told yet).
+            let (checkpoint, state) = match (eos, file_checkpoint) {
+                (true, file) => {
+                    let (lsn, state) = file.map_or((Lsn::INVALID, None), |(l, s)| (l, s));
+                    let (lsn, state) = exactly_once::resume_point(config, lsn, state).await?;
+                    ((lsn != Lsn::INVALID).then_some(lsn), state)
+                }
+                (false, Some((lsn, state))) => (Some(lsn), state),
+                (false, None) => (None, None),
+            };
+            let slot = match control::slot_info(client, &config.source.slot).await? {
+                None => resume::SlotState::Missing,
+                Some(s) if s.wal_status.as_deref() == Some("lost") => resume::SlotState::Invalidated,
+                Some(s) => resume::SlotState::Usable { confirmed: s.confirmed_flush.unwrap_or(Lsn::INVALID) },
+            };
+            let decision = resume::decide(
+                checkpoint,
+                slot,
+                system.xlogpos,
+                config.snapshot.on_gap,
+                &config.source.slot,
+                &store.path().display().to_string(),
+            )
+            .map_err(PipelineError::Config)?;
+            if let Some(gap) = &decision.recovered_gap {
+                tracing::warn!(gap = %gap, "snapshot.on_gap: resnapshot: re-snapshotting snapshot.tables");
+            }
+            // Every precondition of the plan (tables with a key) is checked before the slot is created.
+            plan_now = decision.plan_snapshot && (config.snapshot.mode != SnapshotMode::Never || decision.recovered_gap.is_some());
+            let state = if decision.plan_snapshot { None } else { state };
+            if plan_now {
+                check_snapshot_keys(config, &catalog)?;
+            }
+            if decision.drop_slot {
+                tracing::warn!(slot = %config.source.slot, "dropping the invalidated replication slot");
+                control::drop_slot(client, &config.source.slot).await?;
+            }
+            let start = match decision.start {
+                Some(lsn) => lsn,
+                None => {
+                    let created = control::create_slot(client, &config.source.slot).await?;
+                    tracing::info!(slot = %config.source.slot, lsn = %created, "created replication slot");
+                    created
+                }
+            };
+            if checkpoint.is_none() {
+                tracing::info!(lsn = %start, path = %store.path().display(), "no checkpoint yet; starting at the slot's position");
+            }
+            (start, state)
         }
+    };
+    let snapshots = match dry_run {
+        true => None,
+        false => Some(plan_snapshots(config, snapshot_state, plan_now)?),
     };
 
     let progress = Arc::new(if eos { Progress::gated(start) } else { Progress::new(start) });
@@ -447,6 +490,10 @@ async fn stream_session(
     let tap = snapshots.as_ref().map(|s| crate::snapshot::Tap::new(s.clone()));
     let sink_task = tokio::spawn(sink_loop(rx, router, sink, kafka_txn, progress.clone(), stop.clone(), health.clone(), tap));
     let reporter = tokio::spawn(report_loop(health.clone(), progress.clone(), probe, stop.clone()));
+    // PostgreSQL is confirmed only up to the durable checkpoint (see `checkpointing`); without a store (dry run)
+    // up to the flushed position.
+    let (durable_tx, durable_rx) = tokio::sync::watch::channel(start);
+    let confirm = if store.is_some() { durable_rx.clone() } else { progress.subscribe() };
     let checkpoint_task = store.map(|store| -> Result<_, PipelineError> {
         let mut writer = CheckpointWriter {
             store,
@@ -455,25 +502,26 @@ async fn stream_session(
             slot: config.source.slot.clone(),
             written: start,
             snapshots: snapshots.clone(),
+            durable: durable_tx,
         };
-        if planned_now {
-            // The plan must survive a crash before the first chunk: the slot exists now, so the next start would
-            // not plan again.
+        if plan_now {
+            // The plan must survive a crash before the first chunk.
             writer.write(start)?;
         }
-        Ok(tokio::spawn(checkpoint_loop(writer, progress.subscribe(), config.checkpoint_interval(), stop.clone())))
+        Ok(tokio::spawn(checkpoint_loop(writer, progress.subscribe(), config.checkpoint_interval(), stop.clone(), health.clone())))
     });
     let checkpoint_task = checkpoint_task.transpose().inspect_err(|_| stop.cancel())?;
 
     let source = Source::new(
         stream,
         tx,
-        progress.subscribe(),
+        confirm,
         catalog,
         start,
         Duration::from_secs(config.source.status_interval_secs),
     )
-    .with_binary_values(binary);
+    .with_binary_values(binary)
+    .with_control(client);
     let snapshot_task = snapshots.as_ref().map(|s| {
         s.start(info.clone(), config.snapshot.workers, config.snapshot.chunk_size, health.clone(), stop.clone())
     });
@@ -483,26 +531,36 @@ async fn stream_session(
     let source_result = source.run(stop.clone()).await;
     stop.cancel();
     let snapshot_result = match snapshot_task {
-        Some(task) => task.await.unwrap_or_else(|e| Err(crate::snapshot::SnapshotError::Connect(e.to_string()))),
+        Some(task) => match task.await {
+            Ok(r) => r.map_err(|e| if e.is_transient() { PipelineError::Transient(e.to_string()) } else { PipelineError::Postgres(e.to_string()) }),
+            Err(e) => Err(PipelineError::Internal(format!("snapshot task: {e}"))),
+        },
         None => Ok(()),
     };
     let _ = reporter.await;
 
-    let sink_result = sink_task.await.unwrap_or_else(|e| Err(PipelineError::Postgres(format!("sink task: {e}"))));
+    let sink_result = sink_task.await.unwrap_or_else(|e| Err(PipelineError::Internal(format!("sink task: {e}"))));
     let flushed = progress.flushed();
-    let checkpoint_result = match checkpoint_task {
-        Some(task) => task
-            .await
-            .unwrap_or_else(|e| Err(CheckpointError::Corrupt(e.to_string())))
-            .and_then(|mut writer| writer.write_if_advanced(flushed)),
-        None => Ok(()),
+    // The final checkpoint, then the final status update up to what is durable.
+    let (checkpoint_result, confirmed) = match checkpoint_task {
+        Some(task) => match task.await {
+            Ok(mut writer) => {
+                let r = writer.write_if_advanced(flushed).map_err(PipelineError::from);
+                if let Err(e) = &r {
+                    tracing::error!(error = %e, durable = %writer.written, flushed = %flushed, "final checkpoint write failed; PostgreSQL stays confirmed up to the last durable checkpoint");
+                }
+                (r, writer.written)
+            }
+            Err(e) => (Err(PipelineError::Internal(format!("checkpoint task: {e}"))), *durable_rx.borrow()),
+        },
+        None => (Ok(()), flushed),
     };
 
     let source_result = match source_result {
         Ok(stopped) => {
-            // Final status update: the server may now drop WAL up to what Kafka holds.
+            // Final status update: the server may now drop WAL up to what Kafka holds and the checkpoint records.
             let mut stream = stopped.stream;
-            let r = stream.send_status(stopped.received.max(flushed), flushed, flushed, false).await;
+            let r = stream.send_status(stopped.received.max(confirmed), confirmed, confirmed, false).await;
             if let Err(e) = r.and(stream.finish().await) {
                 tracing::warn!(error = %e, "final status update failed; the server resumes from its last confirmed position");
             }
@@ -510,44 +568,47 @@ async fn stream_session(
         }
         Err(e) => Err(e),
     };
-    tracing::info!(flushed = %flushed, "stopped");
+    tracing::info!(flushed = %flushed, confirmed = %confirmed, "stopped");
 
     sink_result?;
     checkpoint_result?;
     source_result?;
-    snapshot_result.map_err(|e| if e.is_transient() { PipelineError::Transient(e.to_string()) } else { PipelineError::Postgres(e.to_string()) })?;
+    snapshot_result?;
     Ok(())
 }
 
-/// The snapshot state of this session: what the checkpoint recorded, plus the initial snapshot when `snapshot.mode`
-/// asks for one and none was planned yet (first start). Tables without a key are refused here (exit 2).
+/// The snapshot state of this session: what the checkpoint recorded, or a new plan of `snapshot.tables` when
+/// [`resume::decide`] asks for one (no checkpoint yet, or the recovery from a gap).
 fn plan_snapshots(
     config: &Config,
-    catalog: &control::Catalog,
     state: Option<crate::snapshot::SnapshotState>,
-    slot_created: bool,
-) -> Result<(Arc<Snapshots>, bool), PipelineError> {
+    plan_now: bool,
+) -> Result<Arc<Snapshots>, PipelineError> {
     let captured = config.captured_tables().map_err(|e| PipelineError::Config(e.to_string()))?;
-    let planned = state.is_some();
     let snapshots = Snapshots::new(&config.source.slot, captured.clone(), config.snapshot.backfill_requests, Ledger::new(state));
-    if config.snapshot.mode != SnapshotMode::Never && !planned && !slot_created {
-        tracing::info!(
-            "no initial snapshot: the slot existed before this start (another instance, or an earlier run, captured it); \
-             use `ficus backfill` to copy a table"
-        );
-    }
-    if config.snapshot.mode != SnapshotMode::Never && !planned && slot_created {
+    if plan_now {
         let tables = config.snapshot.tables(&captured).map_err(|e| PipelineError::Config(e.to_string()))?;
-        for t in &tables {
-            if catalog.tables.get(t).is_some_and(|info| info.key_columns.is_empty()) {
-                return Err(PipelineError::Config(format!("snapshot.tables: {}", crate::snapshot::no_key_message(t))));
-            }
-        }
-        tracing::info!(tables = tables.len(), "initial snapshot planned");
+        tracing::info!(tables = tables.len(), "snapshot planned");
         snapshots.plan(&tables);
-        return Ok((snapshots, true));
     }
-    Ok((snapshots, false))
+    Ok(snapshots)
+}
+
+/// A snapshot needs a key per table (keyset chunks): refused with exit 2 before anything is created.
+fn check_snapshot_keys(config: &Config, catalog: &control::Catalog) -> Result<(), PipelineError> {
+    let captured = config.captured_tables().map_err(|e| PipelineError::Config(e.to_string()))?;
+    for t in &config.snapshot.tables(&captured).map_err(|e| PipelineError::Config(e.to_string()))? {
+        if catalog.tables.get(t).is_some_and(|info| info.key_columns.is_empty()) {
+            return Err(PipelineError::Config(format!("snapshot.tables: {}", crate::snapshot::no_key_message(t))));
+        }
+    }
+    Ok(())
+}
+
+/// Problems with ficus's own state at start (state.dir unusable, checkpoint corrupt or of another source) are
+/// fixed by the operator: exit 2 like any configuration problem.
+fn state_error(e: CheckpointError) -> PipelineError {
+    PipelineError::Config(format!("state.dir: {e}"))
 }
 
 /// `snapshot.mode: initial_only`: ends the session (exit 0) once every job is finished and in Kafka.

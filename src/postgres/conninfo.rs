@@ -151,7 +151,7 @@ impl ControlConnectError {
 }
 
 /// "server error 28P01: password authentication failed ...", or the error with its sources.
-fn describe(e: &tokio_postgres::Error) -> String {
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         let mut s = format!("server error {}: {}", db.code().code(), db.message());
         if let Some(d) = db.detail() {
@@ -414,6 +414,7 @@ impl ConnInfo {
         if !self.connect_timeout.is_zero() {
             config.connect_timeout(self.connect_timeout);
         }
+        config.options(&session_options());
         config
     }
 
@@ -435,6 +436,21 @@ impl ConnInfo {
         let (client, connection) = config.connect(connector).await.map_err(err)?;
         Ok((client, tokio::spawn(drive(connection))))
     }
+}
+
+/// The replication session's output settings ([`SESSION_SETTINGS`]) as a startup `options` string, for every SQL
+/// connection too: settings sent at startup take precedence over `ALTER DATABASE/ROLE ... SET`, so snapshot rows and
+/// catalog reads come out in the same text formats as streamed values whatever the database's defaults
+/// (`DateStyle = 'SQL, DMY'`, `extra_float_digits = 0`, `IntervalStyle = postgres`, ...).
+///
+/// [`SESSION_SETTINGS`]: crate::postgres::replication::SESSION_SETTINGS
+pub(crate) fn session_options() -> String {
+    crate::postgres::replication::SESSION_SETTINGS
+        .iter()
+        // In `options`, a space separates arguments; a backslash escapes one inside a value.
+        .map(|(name, value)| format!("-c {name}={}", value.replace('\\', "\\\\").replace(' ', "\\ ")))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {

@@ -18,7 +18,8 @@ use crate::lsn::Lsn;
 /// A control-connection failure.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("{context}: {source}")]
+    /// The server's message, SQLSTATE, detail and hint are part of the text: "db error" alone says nothing.
+    #[error("{context}: {}", crate::postgres::conninfo::describe(.source))]
     Sql {
         context: String,
         #[source]
@@ -118,7 +119,9 @@ pub struct TableInfo {
     pub oid: u32,
     /// `pg_class.relreplident`.
     pub replica_identity: u8,
-    /// Primary-key columns in key order, else the replica-identity index columns, else empty.
+    /// The event key: the replica-identity index columns under `REPLICA IDENTITY USING INDEX` (the only columns a
+    /// delete carries), else the primary-key columns in key order, else empty. The stream and the snapshot use the
+    /// same key, so snapshot windows compare like with like.
     pub key_columns: Vec<String>,
     pub has_primary_key: bool,
     /// Every live column: name, type OID, and the type as SQL writes it (for messages).
@@ -182,21 +185,38 @@ async fn setting(client: &Client, name: &str) -> Result<String, ControlError> {
 pub async fn table_info(client: &Client, table: &TableName) -> Result<Option<TableInfo>, ControlError> {
     let row = client
         .query_opt(
-            "SELECT c.oid, c.relreplident::text, c.relkind::text FROM pg_class c \
-             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+            "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
             &[&table.schema, &table.name],
         )
         .await
         .map_err(sql(format!("looking up table {table}")))?;
+    match row {
+        None => Ok(None),
+        Some(row) => table_info_by_oid(client, row.get(0)).await.map(|found| found.map(|(_, info)| info)),
+    }
+}
+
+/// Reads catalog facts of the table with `oid` (as it is named now); `None` if it does not exist. The source calls
+/// it when a Relation message announces a changed table.
+pub async fn table_info_by_oid(client: &Client, oid: u32) -> Result<Option<(TableName, TableInfo)>, ControlError> {
+    let row = client
+        .query_opt(
+            "SELECT n.nspname::text, c.relname::text, c.relreplident::text, c.relkind::text FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+            &[&oid],
+        )
+        .await
+        .map_err(sql(format!("looking up the table with OID {oid}")))?;
     let Some(row) = row else { return Ok(None) };
-    let oid: u32 = row.get(0);
-    let ident: String = row.get(1);
-    let kind: String = row.get(2);
+    let table = TableName { schema: row.get(0), name: row.get(1) };
+    let ident: String = row.get(2);
+    let kind: String = row.get(3);
     if kind != "r" && kind != "p" {
         return Err(ControlError::Invalid(format!(
             "{table} is not a table (relkind {kind}); only ordinary and partitioned tables can be captured"
         )));
     }
+    let replica_identity = ident.as_bytes().first().copied().unwrap_or(b'd');
     let keys = client
         .query(
             "SELECT a.attname::text, i.indisprimary FROM pg_index i \
@@ -209,11 +229,22 @@ pub async fn table_info(client: &Client, table: &TableName) -> Result<Option<Tab
         .await
         .map_err(sql(format!("reading the key of {table}")))?;
     let has_primary_key = keys.iter().any(|r| r.get::<_, bool>(1));
-    let key_columns = keys
-        .iter()
-        .filter(|r| r.get::<_, bool>(1) == has_primary_key)
-        .map(|r| r.get::<_, String>(0))
-        .collect();
+    let columns_of = |primary: bool| -> Vec<String> {
+        keys.iter().filter(|r| r.get::<_, bool>(1) == primary).map(|r| r.get::<_, String>(0)).collect()
+    };
+    // Under USING INDEX a delete carries only the index columns, so they are the key of every event of the table;
+    // otherwise the primary key (FULL and DEFAULT). A table can have both a primary key and a different identity
+    // index: a primary-key index that is also the identity index is listed once, as primary.
+    let identity_index = columns_of(false);
+    let key_columns = if replica_identity == b'i' && !identity_index.is_empty() {
+        identity_index
+    } else if replica_identity == b'i' {
+        columns_of(true)
+    } else if has_primary_key {
+        columns_of(true)
+    } else {
+        Vec::new()
+    };
     let columns = client
         .query(
             "SELECT attname::text, atttypid, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute \
@@ -225,13 +256,82 @@ pub async fn table_info(client: &Client, table: &TableName) -> Result<Option<Tab
         .iter()
         .map(|r| ColumnType { name: r.get(0), type_oid: r.get(1), type_name: r.get(2), not_null: r.get(3) })
         .collect();
-    Ok(Some(TableInfo {
-        oid,
-        replica_identity: ident.as_bytes().first().copied().unwrap_or(b'd'),
-        key_columns,
-        has_primary_key,
-        columns,
-    }))
+    Ok(Some((table, TableInfo { oid, replica_identity, key_columns, has_primary_key, columns })))
+}
+
+/// The OID whose mapping applies to values of each of `types` (see [`crate::postgres::value::maps_by_oid`]): a domain
+/// maps as its base type (recursively), an array whose delimiter is `,` as the builtin array of its (domain-resolved)
+/// element type when there is one, else as `text[]` (a JSON array of strings: enum[], inet[], money[], range[],
+/// composite[] …), an array with another delimiter (box[]) as one string; every other type as itself (a string).
+/// Types that map by OID alone are not looked up.
+pub async fn value_types(client: &Client, types: &[u32]) -> Result<HashMap<u32, u32>, ControlError> {
+    use crate::postgres::value::{array_type_of, maps_by_oid, oid, TEXT_ARRAY};
+    let mut out: HashMap<u32, u32> = types.iter().filter(|t| maps_by_oid(**t)).map(|t| (*t, *t)).collect();
+    let unknown: Vec<u32> = types.iter().copied().filter(|t| !maps_by_oid(*t)).collect();
+    if unknown.is_empty() {
+        return Ok(out);
+    }
+    let resolved = resolve_domains(client, &unknown).await?;
+    let elements: Vec<u32> = resolved.values().filter_map(|r| r.array_element).collect();
+    let elements = resolve_domains(client, &elements).await?;
+    for t in unknown {
+        let Some(r) = resolved.get(&t) else {
+            out.insert(t, t);
+            continue;
+        };
+        let mapped = match r.array_element {
+            None => r.base,
+            Some(_) if r.delimiter != ',' => oid::TEXT,
+            Some(elem) => {
+                let elem = elements.get(&elem).map_or(elem, |e| e.base);
+                array_type_of(elem).unwrap_or(TEXT_ARRAY)
+            }
+        };
+        out.insert(t, mapped);
+    }
+    Ok(out)
+}
+
+/// A type with its domains peeled off.
+struct Resolved {
+    base: u32,
+    array_element: Option<u32>,
+    delimiter: char,
+}
+
+async fn resolve_domains(client: &Client, types: &[u32]) -> Result<HashMap<u32, Resolved>, ControlError> {
+    if types.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = client
+        .query(
+            "WITH RECURSIVE chain(orig, cur, depth) AS ( \
+                 SELECT o, o, 0 FROM unnest($1::oid[]) AS o \
+                 UNION ALL \
+                 SELECT c.orig, t.typbasetype, c.depth + 1 FROM chain c JOIN pg_type t ON t.oid = c.cur \
+                 WHERE t.typtype = 'd' AND c.depth < 32) \
+             SELECT DISTINCT ON (c.orig) c.orig, c.cur, t.typelem, t.typdelim::text, \
+                    (t.typcategory = 'A' AND t.typelem <> 0 AND t.typlen = -1) \
+             FROM chain c JOIN pg_type t ON t.oid = c.cur ORDER BY c.orig, c.depth DESC",
+            &[&types],
+        )
+        .await
+        .map_err(sql("resolving column types"))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let delimiter: String = r.get(3);
+            let is_array: bool = r.get(4);
+            (
+                r.get::<_, u32>(0),
+                Resolved {
+                    base: r.get(1),
+                    array_element: is_array.then(|| r.get::<_, u32>(2)),
+                    delimiter: delimiter.chars().next().unwrap_or(','),
+                },
+            )
+        })
+        .collect())
 }
 
 /// Runs every check without changing anything. Returns the report and the catalog of the tables found.
@@ -373,6 +473,9 @@ async fn similar_table(client: &Client, table: &TableName) -> Result<Option<Stri
 }
 
 /// Tables of `config` missing from the publication (all of them if it does not exist), and whether it exists.
+/// Membership is read from `pg_publication_rel` (and schema publications), not from `pg_publication_tables`: the
+/// latter lists the leaf partitions instead of a partitioned table when `publish_via_partition_root` is off, which made
+/// every restart try to add the parent again.
 async fn publication_gap(
     client: &Client,
     publication: &str,
@@ -380,23 +483,62 @@ async fn publication_gap(
 ) -> Result<(bool, bool, Vec<TableName>), ControlError> {
     let row = client
         .query_opt(
-            "SELECT puballtables, pg_get_userbyid(pubowner) = current_user FROM pg_publication WHERE pubname = $1",
+            "SELECT pg_get_userbyid(pubowner) = current_user FROM pg_publication WHERE pubname = $1",
             &[&publication],
         )
         .await
         .map_err(sql("reading pg_publication"))?;
     let Some(row) = row else { return Ok((false, false, tables.to_vec())) };
-    let all: bool = row.get(0);
-    let owned: bool = row.get(1);
-    if all {
-        return Ok((true, owned, Vec::new()));
-    }
+    let owned: bool = row.get(0);
+    let members = publication_members(client, publication, tables).await?;
+    let missing = members.into_iter().filter(|m| m.oid.is_some() && !m.published).map(|m| m.table).collect();
+    Ok((true, owned, missing))
+}
+
+/// A captured table as the catalog shows it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub table: TableName,
+    /// `None`: no such table (dropped, renamed away).
+    pub oid: Option<u32>,
+    /// The publication publishes it (listed, `FOR ALL TABLES`, or its schema is published).
+    pub published: bool,
+}
+
+/// The current OID and publication membership of each of `tables` (one query, however many tables).
+pub async fn publication_members(client: &Client, publication: &str, tables: &[TableName]) -> Result<Vec<Membership>, ControlError> {
+    let version: i32 = setting(client, "server_version_num").await?.parse().unwrap_or(0);
+    // FOR TABLES IN SCHEMA exists from PostgreSQL 15 on.
+    let in_schema = if version >= 150_000 {
+        " OR EXISTS (SELECT 1 FROM pg_publication_namespace pn WHERE pn.pnpubid = p.oid AND pn.pnnspid = c.relnamespace)"
+    } else {
+        ""
+    };
+    let query = format!(
+        "SELECT t.s, t.n, c.oid, coalesce(p.puballtables \
+            OR EXISTS (SELECT 1 FROM pg_publication_rel pr WHERE pr.prpubid = p.oid AND pr.prrelid = c.oid){in_schema}, false) \
+         FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS t(s, n, i) \
+         LEFT JOIN pg_namespace ns ON ns.nspname = t.s \
+         LEFT JOIN pg_class c ON c.relnamespace = ns.oid AND c.relname = t.n AND c.relkind IN ('r', 'p') \
+         LEFT JOIN pg_publication p ON p.pubname = $1 \
+         ORDER BY t.i"
+    );
+    let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
     let rows = client
-        .query("SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1", &[&publication])
+        .query(&query, &[&publication, &schemas, &names])
         .await
-        .map_err(sql("reading pg_publication_tables"))?;
-    let present: Vec<TableName> = rows.iter().map(|r| TableName { schema: r.get(0), name: r.get(1) }).collect();
-    Ok((true, owned, tables.iter().filter(|t| !present.contains(t)).cloned().collect()))
+        .map_err(sql("reading the publication's tables"))?;
+    Ok(rows
+        .iter()
+        .map(|r| Membership { table: TableName { schema: r.get(0), name: r.get(1) }, oid: r.get(2), published: r.get(3) })
+        .collect())
+}
+
+/// Adds `table` to the publication (ficus manages it).
+pub async fn add_to_publication(client: &Client, publication: &str, table: &TableName) -> Result<(), ControlError> {
+    let stmt = format!("ALTER PUBLICATION {} ADD TABLE {}", quote_ident(publication), table.quoted());
+    client.batch_execute(&stmt).await.map_err(sql(format!("{stmt} (run it as the table's owner)")))
 }
 
 async fn check_publication(
@@ -508,6 +650,13 @@ async fn check_slot(client: &Client, config: &Config, report: &mut Report) -> Re
             } else if info.database.as_deref() != Some(database.as_str()) {
                 let db = info.database.as_deref().unwrap_or("none (a physical slot)");
                 report.push(Status::Fail, title, format!("belongs to database {db}, not {database}"), Some("choose another source.slot".into()));
+            } else if info.wal_status.as_deref() == Some("lost") && config.snapshot.on_gap == crate::snapshot::OnGap::Resnapshot {
+                report.push(
+                    Status::Warn,
+                    title,
+                    "was invalidated (WAL it needed was removed); snapshot.on_gap: resnapshot drops and re-creates it and copies snapshot.tables again",
+                    None,
+                );
             } else if info.wal_status.as_deref() == Some("lost") {
                 report.push(
                     Status::Fail,
@@ -550,7 +699,9 @@ async fn check_slot(client: &Client, config: &Config, report: &mut Report) -> Re
     Ok(())
 }
 
-/// Creates the publication `FOR TABLE` the captured tables, or adds the ones it lacks.
+/// Creates the publication `FOR TABLE` the captured tables, or adds the ones it lacks. A publication ficus creates
+/// publishes partitioned tables through their root (`publish_via_partition_root`, PostgreSQL 13+): changes of every
+/// partition, present or attached later, arrive under the configured parent's name and schema.
 pub async fn ensure_publication(client: &Client, config: &Config) -> Result<(), ControlError> {
     let tables = config.captured_tables().map_err(|e| ControlError::Invalid(e.to_string()))?;
     let publication = &config.source.publication;
@@ -562,21 +713,31 @@ pub async fn ensure_publication(client: &Client, config: &Config) -> Result<(), 
     let stmt = if exists {
         format!("ALTER PUBLICATION {} ADD TABLE {list}", quote_ident(publication))
     } else {
-        format!("CREATE PUBLICATION {} FOR TABLE {list}", quote_ident(publication))
+        let version: i32 = setting(client, "server_version_num").await?.parse().unwrap_or(0);
+        let via_root = if version >= 130_000 { " WITH (publish_via_partition_root = true)" } else { "" };
+        format!("CREATE PUBLICATION {} FOR TABLE {list}{via_root}", quote_ident(publication))
     };
     tracing::info!(publication = %publication, tables = %list, "{}", if exists { "adding tables to publication" } else { "creating publication" });
     client.batch_execute(&stmt).await.map_err(sql(format!("{stmt} (run it as the tables' owner)")))
 }
 
-/// Creates the logical slot if it does not exist. Returns whether it was created.
-pub async fn ensure_slot(client: &Client, slot: &str) -> Result<bool, ControlError> {
-    if slot_info(client, slot).await?.is_some() {
-        return Ok(false);
-    }
+/// Creates the logical slot (pgoutput); returns its consistent point, where its stream starts.
+pub async fn create_slot(client: &Client, slot: &str) -> Result<Lsn, ControlError> {
     tracing::info!(slot, "creating logical replication slot (pgoutput)");
-    client
+    let row = client
         .query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
         .await
         .map_err(sql(format!("creating replication slot {slot}")))?;
-    Ok(true)
+    row.get::<_, String>(0)
+        .parse()
+        .map_err(|e| ControlError::Invalid(format!("creating replication slot {slot}: the server returned an LSN that does not parse: {e}")))
+}
+
+/// Drops the slot (only for the explicit `snapshot.on_gap: resnapshot` recovery from an invalidated slot).
+pub async fn drop_slot(client: &Client, slot: &str) -> Result<(), ControlError> {
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .map_err(sql(format!("dropping replication slot {slot}")))?;
+    Ok(())
 }

@@ -20,7 +20,9 @@
 //! | arrays of the above | JSON arrays, nested, `NULL` → `null`, elements mapped by element type |
 //! | text, varchar, bpchar, name, char, enums, anything else | string |
 //!
-//! `infinity`/`-infinity` dates and timestamps stay strings; BC values keep PostgreSQL's ` BC` suffix.
+//! Dates and timestamps use ISO 8601 with astronomical years: years 0000–9999 as four digits, others with a sign and
+//! at least four digits (ISO 8601 expanded representation, as `java.time` reads and writes it): 44 BC is
+//! `-0043-03-15`, 1 BC is `0000-…`, the year 10000 is `+10000-01-01`. `infinity`/`-infinity` stay strings.
 //!
 //! **Guarantees:** [`write_json`] appends exactly one valid JSON value or returns a [`ValueError`] and leaves the
 //! buffer as it was; malformed or non-UTF-8 text never panics. Errors name the type OID, never the value (values
@@ -103,6 +105,28 @@ pub fn array_element_type(array_oid: u32) -> Option<u32> {
         _ => return None,
     })
 }
+
+/// The builtin array type whose elements are `elem` (the inverse of [`array_element_type`]).
+pub fn array_type_of(elem: u32) -> Option<u32> {
+    (0..4000).chain([3807]).find(|a| array_element_type(*a) == Some(elem))
+}
+
+/// Whether values of `type_oid` map by OID alone: the builtin types of the table above and their arrays. Any other
+/// type (a domain, an enum, an array of them, a builtin array not listed, an extension type) is resolved through the
+/// catalog first ([`crate::postgres::control::value_types`]): a domain maps as its base type, an array of anything
+/// as a JSON array.
+pub fn maps_by_oid(type_oid: u32) -> bool {
+    use oid::*;
+    array_element_type(type_oid).is_some()
+        || matches!(
+            type_oid,
+            BOOL | BYTEA | CHAR | NAME | INT8 | INT2 | INT4 | TEXT | OID | JSON | FLOAT4 | FLOAT8 | BPCHAR | VARCHAR | DATE
+                | TIME | TIMESTAMP | TIMESTAMPTZ | INTERVAL | TIMETZ | NUMERIC | UUID | JSONB
+        )
+}
+
+/// `text[]`: arrays of element types without a mapping of their own map as arrays of strings.
+pub const TEXT_ARRAY: u32 = 1009;
 
 /// Appends the JSON of one non-null value of type `type_oid` given in PostgreSQL text format.
 ///
@@ -282,6 +306,7 @@ fn write_scalar(out: &mut Vec<u8>, type_oid: u32, s: &str) -> Result<(), ValueEr
         }
         oid::BYTEA => write_bytea(out, b).map_err(invalid)?,
         oid::TIMESTAMP => write_timestamp(out, s, false).map_err(invalid)?,
+        oid::DATE => write_date(out, s).map_err(invalid)?,
         oid::TIMESTAMPTZ => write_timestamp(out, s, true).map_err(invalid)?,
         _ => write_json_string(out, s),
     }
@@ -515,7 +540,6 @@ fn unescape_bytea(b: &[u8]) -> Result<Vec<u8>, &'static str> {
 
 /// The parts of an ISO-style PostgreSQL timestamp `YYYY-MM-DD HH:MM:SS[.f][±HH[:MM[:SS]]][ BC]`.
 struct Timestamp<'a> {
-    date: &'a str,
     /// `HH:MM:SS[.f]`
     clock: &'a str,
     year: i64,
@@ -578,7 +602,6 @@ fn parse_timestamp(s: &str, with_offset: bool) -> Option<Timestamp<'_>> {
         return None;
     };
     Some(Timestamp {
-        date,
         clock,
         year,
         month,
@@ -622,16 +645,14 @@ fn write_timestamp(out: &mut Vec<u8>, s: &str, with_offset: bool) -> Result<(), 
         return Ok(());
     }
     let t = parse_timestamp(s, with_offset).ok_or("not an ISO timestamp (is DateStyle ISO?)")?;
-    let bc = if t.bc { " BC" } else { "" };
     if t.offset_seconds == 0 {
         out.push(b'"');
-        out.extend_from_slice(t.date.as_bytes());
-        out.push(b'T');
+        write_year(out, if t.bc { 1 - t.year } else { t.year });
+        let _ = write!(out, "-{:02}-{:02}T", t.month, t.day);
         out.extend_from_slice(t.clock.as_bytes());
         if with_offset {
             out.push(b'Z');
         }
-        out.extend_from_slice(bc.as_bytes());
         out.push(b'"');
         return Ok(());
     }
@@ -641,15 +662,55 @@ fn write_timestamp(out: &mut Vec<u8>, s: &str, with_offset: bool) -> Result<(), 
     let utc = local - t.offset_seconds;
     let (year, month, day) = civil_from_days(utc.div_euclid(86_400));
     let sod = utc.rem_euclid(86_400);
-    let (year, bc) = if year <= 0 { (1 - year, " BC") } else { (year, "") };
+    out.push(b'"');
+    write_year(out, year);
     let _ = write!(
         out,
-        "\"{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}{}Z{bc}\"",
+        "-{month:02}-{day:02}T{:02}:{:02}:{:02}{}Z\"",
         sod / 3600,
         sod % 3600 / 60,
         sod % 60,
         t.fraction
     );
+    Ok(())
+}
+
+/// An astronomical year as ISO 8601 writes it: `0000`–`9999`, else signed with at least four digits.
+fn write_year(out: &mut Vec<u8>, year: i64) {
+    let _ = match year {
+        0..=9999 => write!(out, "{year:04}"),
+        y if y < 0 => write!(out, "-{:04}", -y),
+        y => write!(out, "+{y}"),
+    };
+}
+
+/// A date `YYYY-MM-DD[ BC]` (DateStyle ISO) in the form of [`write_year`]; `±infinity` stays as sent.
+fn write_date(out: &mut Vec<u8>, s: &str) -> Result<(), &'static str> {
+    if s == "infinity" || s == "-infinity" {
+        write_json_string(out, s);
+        return Ok(());
+    }
+    let (body, bc) = match s.strip_suffix(" BC") {
+        Some(body) => (body, true),
+        None => (s, false),
+    };
+    let (year_text, month_day) = body.split_once('-').ok_or("not an ISO date (is DateStyle ISO?)")?;
+    if !(4..=9).contains(&year_text.len()) || !year_text.bytes().all(|c| c.is_ascii_digit()) {
+        return Err("not an ISO date (is DateStyle ISO?)");
+    }
+    let valid = month_day.len() == 5
+        && month_day.as_bytes()[2] == b'-'
+        && two_digits(month_day, 0, 12).is_some_and(|m| m >= 1)
+        && two_digits(month_day, 3, 31).is_some_and(|d| d >= 1);
+    if !valid {
+        return Err("not an ISO date (is DateStyle ISO?)");
+    }
+    let year: i64 = year_text.parse().map_err(|_| "not an ISO date (is DateStyle ISO?)")?;
+    out.push(b'"');
+    write_year(out, if bc { 1 - year } else { year });
+    out.push(b'-');
+    out.extend_from_slice(month_day.as_bytes());
+    out.push(b'"');
     Ok(())
 }
 
@@ -980,7 +1041,14 @@ mod tests {
         assert_eq!(json(oid::DATE, "2026-11-22"), r#""2026-11-22""#);
         assert_eq!(json(oid::DATE, "infinity"), r#""infinity""#);
         assert_eq!(json(oid::DATE, "-infinity"), r#""-infinity""#);
-        assert_eq!(json(oid::DATE, "0044-03-15 BC"), r#""0044-03-15 BC""#);
+        assert_eq!(json(oid::DATE, "0044-03-15 BC"), r#""-0043-03-15""#);
+        assert_eq!(json(oid::DATE, "0001-01-01 BC"), r#""0000-01-01""#);
+        assert_eq!(json(oid::DATE, "10000-01-01"), r#""+10000-01-01""#);
+        assert_eq!(json(oid::DATE, "5874897-12-31"), r#""+5874897-12-31""#);
+        assert_eq!(json(oid::DATE, "4714-11-24 BC"), r#""-4713-11-24""#);
+        for bad in ["22-11-2026", "2026-13-01", "2026-1-01", "x", "2026-11-22 AD"] {
+            assert!(write_json(&mut Vec::new(), oid::DATE, bad.as_bytes()).is_err(), "{bad}");
+        }
         assert_eq!(json(oid::TIME, "08:00:00.5"), r#""08:00:00.5""#);
         assert_eq!(json(oid::TIME, "23:59:59"), r#""23:59:59""#);
         assert_eq!(json(oid::TIMETZ, "08:00:00+05:30"), r#""08:00:00+05:30""#);
@@ -994,8 +1062,8 @@ mod tests {
         assert_eq!(json(oid::TIMESTAMP, "2026-11-22 08:00:00"), r#""2026-11-22T08:00:00""#);
         assert_eq!(json(oid::TIMESTAMP, "infinity"), r#""infinity""#);
         assert_eq!(json(oid::TIMESTAMP, "-infinity"), r#""-infinity""#);
-        assert_eq!(json(oid::TIMESTAMP, "0044-03-15 12:00:00 BC"), r#""0044-03-15T12:00:00 BC""#);
-        assert_eq!(json(oid::TIMESTAMP, "294276-12-31 23:59:59.999999"), r#""294276-12-31T23:59:59.999999""#);
+        assert_eq!(json(oid::TIMESTAMP, "0044-03-15 12:00:00 BC"), r#""-0043-03-15T12:00:00""#);
+        assert_eq!(json(oid::TIMESTAMP, "294276-12-31 23:59:59.999999"), r#""+294276-12-31T23:59:59.999999""#);
         for bad in [
             "2026-11-22T08:00:00",
             "11/22/2026 08:00:00",
@@ -1018,14 +1086,15 @@ mod tests {
         assert_eq!(tz("2026-11-22 08:00:00+00"), r#""2026-11-22T08:00:00Z""#);
         assert_eq!(tz("2026-11-22 08:00:00+00:00"), r#""2026-11-22T08:00:00Z""#);
         assert_eq!(tz("infinity"), r#""infinity""#);
-        assert_eq!(tz("0044-03-15 12:00:00+00 BC"), r#""0044-03-15T12:00:00Z BC""#);
+        assert_eq!(tz("0044-03-15 12:00:00+00 BC"), r#""-0043-03-15T12:00:00Z""#);
+        assert_eq!(tz("10000-01-01 00:00:00+00"), r#""+10000-01-01T00:00:00Z""#);
         // Other offsets (a session without TimeZone=UTC) are normalised.
         assert_eq!(tz("2026-11-22 08:00:00.5+05:30"), r#""2026-11-22T02:30:00.5Z""#);
         assert_eq!(tz("2026-11-22 23:30:00-01"), r#""2026-11-23T00:30:00Z""#);
         assert_eq!(tz("2026-01-01 00:30:00+01"), r#""2025-12-31T23:30:00Z""#);
         assert_eq!(tz("2024-03-01 00:30:00+01"), r#""2024-02-29T23:30:00Z""#);
         assert_eq!(tz("1900-01-01 00:00:00+00:09:21"), r#""1899-12-31T23:50:39Z""#);
-        assert_eq!(tz("0001-01-01 00:30:00+01"), r#""0001-12-31T23:30:00Z BC""#);
+        assert_eq!(tz("0001-01-01 00:30:00+01"), r#""0000-12-31T23:30:00Z""#);
         assert_eq!(tz("0001-12-31 23:30:00-01 BC"), r#""0001-01-01T00:30:00Z""#);
         for bad in [
             "2026-11-22 08:00:00",

@@ -9,7 +9,7 @@
 //!
 //! The mapping mirrors PostgreSQL's own output functions under the session settings ficus sets: floats in
 //! shortest round-trip form with PostgreSQL's exponent thresholds, numeric as an exact decimal string, dates and
-//! timestamps in ISO form with trailing fractional zeros trimmed and the ` BC` suffix. A test in
+//! timestamps in ISO form with trailing fractional zeros trimmed and astronomical years (`-0043`, `+10000`). A test in
 //! `tests/pipeline.rs` streams the same rows in both modes and asserts identical events.
 //!
 //! **Guarantees:** [`write_json`] appends exactly one JSON value or returns a [`ValueError`] and leaves the buffer
@@ -138,12 +138,7 @@ fn write_scalar(out: &mut Vec<u8>, type_oid: u32, b: &[u8]) -> Result<(), ValueE
             match days {
                 i32::MAX => out.extend_from_slice(b"infinity"),
                 i32::MIN => out.extend_from_slice(b"-infinity"),
-                _ => {
-                    let bc = write_date(out, i64::from(days) + PG_EPOCH_DAYS);
-                    if bc {
-                        out.extend_from_slice(b" BC");
-                    }
-                }
+                _ => write_date(out, i64::from(days) + PG_EPOCH_DAYS),
             }
             out.push(b'"');
         }
@@ -164,14 +159,11 @@ fn write_scalar(out: &mut Vec<u8>, type_oid: u32, b: &[u8]) -> Result<(), ValueE
                 i64::MIN => out.extend_from_slice(b"-infinity"),
                 _ => {
                     let days = us.div_euclid(86_400_000_000);
-                    let bc = write_date(out, days + PG_EPOCH_DAYS);
+                    write_date(out, days + PG_EPOCH_DAYS);
                     out.push(b'T');
                     write_clock(out, us.rem_euclid(86_400_000_000));
                     if type_oid == oid::TIMESTAMPTZ {
                         out.push(b'Z');
-                    }
-                    if bc {
-                        out.extend_from_slice(b" BC");
                     }
                 }
             }
@@ -185,21 +177,22 @@ fn write_scalar(out: &mut Vec<u8>, type_oid: u32, b: &[u8]) -> Result<(), ValueE
 /// Days from 1970-01-01 to 2000-01-01, PostgreSQL's epoch for dates and timestamps.
 const PG_EPOCH_DAYS: i64 = 10_957;
 
-/// `YYYY-MM-DD` of `days` since the Unix epoch, with PostgreSQL's year numbering; returns whether it is BC.
-fn write_date(out: &mut Vec<u8>, days: i64) -> bool {
+/// `YYYY-MM-DD` of `days` since the Unix epoch with an astronomical year in ISO 8601 form (the same as the text
+/// mapping in `value.rs`): `0000`–`9999`, else signed (`-0043` is 44 BC, `+10000`).
+fn write_date(out: &mut Vec<u8>, days: i64) {
     let (year, month, day) = civil_from_days(days);
-    // Astronomical year 0 is 1 BC.
-    let (year, bc) = if year <= 0 { (1 - year, true) } else { (year, false) };
-    if year < 10_000 {
+    if (0..10_000).contains(&year) {
         push_digits(out, year as u32, 4);
+    } else if year < 0 {
+        out.push(b'-');
+        push_digits(out, (-year) as u32, 4);
     } else {
-        let _ = write!(out, "{year}");
+        let _ = write!(out, "+{year}");
     }
     out.push(b'-');
     push_digits(out, month, 2);
     out.push(b'-');
     push_digits(out, day, 2);
-    bc
 }
 
 /// `HH:MM:SS[.f]` with trailing fractional zeros trimmed, like PostgreSQL's time output.
@@ -497,7 +490,7 @@ mod tests {
     #[test]
     fn dates_and_timestamps() {
         assert_eq!(json(oid::DATE, &0i32.to_be_bytes()), "\"2000-01-01\"");
-        assert_eq!(json(oid::DATE, &(-730_120i32).to_be_bytes()), "\"0001-12-31 BC\"");
+        assert_eq!(json(oid::DATE, &(-730_120i32).to_be_bytes()), "\"0000-12-31\"");
         assert_eq!(json(oid::DATE, &i32::MAX.to_be_bytes()), "\"infinity\"");
         let ts = 849_254_400_123_450i64; // 2026-11-29 08:00:00.12345 since 2000-01-01
         assert_eq!(json(oid::TIMESTAMPTZ, &ts.to_be_bytes()), "\"2026-11-29T08:00:00.12345Z\"");

@@ -158,7 +158,8 @@ pub struct RuleSet {
     by_table: HashMap<TableName, Vec<usize>>,
     /// Message rules per prefix.
     by_prefix: HashMap<String, Vec<usize>>,
-    /// librdkafka's `message.max.bytes`: a larger event goes to the DLQ instead of stopping the pipeline.
+    /// The largest record librdkafka takes (`message.max.bytes`, and its queue): a larger event goes to the DLQ
+    /// instead of stopping the pipeline.
     max_message_bytes: usize,
     env: Arc<Env>,
     dlq_topic: Arc<str>,
@@ -213,12 +214,7 @@ impl RuleSet {
             rules,
             by_table,
             by_prefix,
-            max_message_bytes: config
-                .kafka
-                .properties
-                .get("message.max.bytes")
-                .and_then(|v| v.to_string().parse().ok())
-                .unwrap_or(1_000_000),
+            max_message_bytes: max_record_bytes(config),
             env,
             dlq_topic: dlq_topic.into(),
             warnings,
@@ -541,3 +537,12 @@ fn message_json(m: &LogicalMessage, source: &SourceInfo) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests;
+
+/// The largest record librdkafka accepts: `message.max.bytes` (default 1,000,000), and at most its whole queue
+/// (`queue.buffering.max.kbytes`, 8192 KiB here by default) — a record larger than the queue would wait for room forever.
+fn max_record_bytes(config: &Config) -> usize {
+    let property = |key: &str| config.kafka.properties.get(key).and_then(|v| v.to_string().trim_matches('"').parse::<usize>().ok());
+    let message_max = property("message.max.bytes").unwrap_or(1_000_000);
+    let queue_max = property("queue.buffering.max.kbytes").unwrap_or(8192).saturating_mul(1024);
+    message_max.min(queue_max)
+}

@@ -27,6 +27,20 @@ pub struct SnapshotConfig {
     /// write; see docs/snapshots.md). Default true.
     #[serde(default = "default_true")]
     pub backfill_requests: bool,
+    /// What a start does when the changes after the checkpoint are gone from the server (slot dropped, re-created
+    /// or invalidated; see docs/guarantees.md): `fail` (default, exit 2 with the fix) or `resnapshot` (re-create the
+    /// slot if needed and copy `snapshot.tables` again).
+    #[serde(default)]
+    pub on_gap: OnGap,
+}
+
+/// `snapshot.on_gap`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnGap {
+    #[default]
+    Fail,
+    Resnapshot,
 }
 
 impl Default for SnapshotConfig {
@@ -37,6 +51,7 @@ impl Default for SnapshotConfig {
             chunk_size: default_chunk_size(),
             workers: default_workers(),
             backfill_requests: true,
+            on_gap: OnGap::Fail,
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod report;
 pub mod window;
 mod worker;
 
+pub use config::OnGap;
 pub use worker::no_key_message;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};

@@ -152,11 +152,16 @@ async fn table_meta(client: &Client, name: &TableName) -> Result<(Arc<Table>, Ch
         )
         .await
         .map_err(SnapshotError::sql("reading the columns"))?;
+    // The same value mapping as the stream's (domains as their base type, arrays of anything as JSON arrays).
+    let declared: Vec<u32> = rows.iter().map(|r| r.get(1)).collect();
+    let value_types = control::value_types(client, &declared).await.map_err(|e| SnapshotError::Definite(e.to_string()))?;
     let columns: Vec<Column> = rows
         .iter()
         .map(|r| {
             let name: String = r.get(0);
-            Column { is_key: info.key_columns.contains(&name), name, type_oid: r.get(1), type_modifier: r.get(2) }
+            let declared: u32 = r.get(1);
+            let type_oid = value_types.get(&declared).copied().unwrap_or(declared);
+            Column { is_key: info.key_columns.contains(&name), name, type_oid, type_modifier: r.get(2) }
         })
         .collect();
     let key = info

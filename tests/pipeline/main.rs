@@ -7,11 +7,14 @@ mod support;
 mod chaos;
 mod core;
 mod faults;
+mod lifecycle;
 mod ops;
 mod rules;
 mod secrets;
+mod shutdown;
 mod snapshot;
 
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -75,6 +78,61 @@ impl Ficus {
         self.spawn_with(&path);
     }
 
+    /// Starts ficus on `config` plus its health endpoints on a free port, and waits until they listen: returns the
+    /// port. `config` must not have a `health:` section.
+    pub(crate) fn start_with_health(config: &str) -> (Ficus, u16) {
+        let port = support::free_port();
+        let mut f = Ficus::start(&format!("{config}health:\n  listen: 127.0.0.1:{port}\n"));
+        let port = f.wait_health_listening(port, 0);
+        (f, port)
+    }
+
+    /// [`Ficus::restart`] for an instance with health endpoints on `port`; returns the port they listen on.
+    pub(crate) fn restart_with_health(&mut self, port: u16) -> u16 {
+        let before = self.log().matches(&listening(port)).count();
+        self.restart();
+        self.wait_health_listening(port, before)
+    }
+
+    /// Waits until this process logged that its health endpoints listen on `port` (the log is appended to across
+    /// restarts: `before` lines were there already). `free_port()` only says the port was free a moment ago: when
+    /// another process took it first, ficus exits ("Address already in use"); then the config moves to a new free
+    /// port and ficus starts again, up to 3 times. Returns the port in use.
+    pub(crate) fn wait_health_listening(&mut self, mut port: u16, mut before: usize) -> u16 {
+        for attempt in 1..=3 {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                // The structured line names the address, so another process answering on the port cannot fool it.
+                if self.log().matches(&listening(port)).count() > before {
+                    return port;
+                }
+                if !self.is_running() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "health endpoints never listened on {port}:\n{}", self.log());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let log = self.log();
+            assert!(attempt < 3 && log.contains("in use"), "ficus exited before listening on {port}:\n{log}");
+            eprintln!("health port {port} was taken; retrying on another one");
+            let path = self.dir.path().join("ficus.yaml");
+            let new = support::free_port();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let text: Vec<String> = text
+                .lines()
+                .map(|l| match l.trim_start().strip_prefix(&format!("listen: 127.0.0.1:{port}")) {
+                    Some(rest) if !rest.starts_with(|c: char| c.is_ascii_digit()) => l.replace(&format!(":{port}"), &format!(":{new}")),
+                    _ => l.to_string(),
+                })
+                .collect();
+            std::fs::write(&path, text.join("\n") + "\n").unwrap();
+            port = new;
+            before = self.log().matches(&listening(port)).count();
+            self.spawn_with(&path);
+        }
+        unreachable!()
+    }
+
     pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
@@ -99,6 +157,12 @@ impl Ficus {
         }
     }
 
+    /// Whether the process is still running (not reaped).
+    pub(crate) fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// SIGTERM and wait for the exit (60 s). Callers assert the exit code: 0 is a clean shutdown.
     pub(crate) fn terminate(&mut self) -> ExitStatus {
         self.signal("-TERM");
         self.wait(Duration::from_secs(60))
@@ -116,6 +180,12 @@ impl Ficus {
     pub(crate) fn checkpoint(&self, slot: &str) -> Option<Value> {
         let text = std::fs::read(self.dir.path().join("state").join(format!("{slot}.checkpoint.json"))).ok()?;
         serde_json::from_slice(&text).ok()
+    }
+
+    /// Waits until ficus logged that its replication stream runs ([`STREAMING`]); with a health listener, waiting
+    /// for `/readyz` (see [`wait_for_status`]) is the alternative.
+    pub(crate) fn wait_streaming(&self) {
+        self.wait_for_log(STREAMING, WAIT)
     }
 
     /// Waits until the log contains `needle`.
@@ -149,6 +219,11 @@ impl Drop for Ficus {
     }
 }
 
+/// The log line of health endpoints listening on 127.0.0.1:`port`.
+fn listening(port: u16) -> String {
+    format!("health endpoints listening addr=127.0.0.1:{port}\n")
+}
+
 pub(crate) fn check(config: &str) -> (i32, String) {
     let (_dir, path) = Ficus::dir_config(config);
     let out = Command::new(ficus_bin()).args(["check", "--config"]).arg(&path).output().unwrap();
@@ -169,6 +244,14 @@ pub(crate) struct Setup {
     pub kafka: &'static TestKafka,
     pub db: String,
     pub prefix: String,
+}
+
+/// Drops the test's replication slots (ficus's and any other in its database) when the test ends, passed or failed:
+/// see [`TestPostgres::drop_slots_of`]. Declared before the `Ficus` it serves, a `Setup` is dropped after it.
+impl Drop for Setup {
+    fn drop(&mut self) {
+        self.pg.drop_slots_of(&self.db);
+    }
 }
 
 impl Setup {
@@ -203,27 +286,123 @@ impl Setup {
     }
 
     /// Waits until the slot confirmed everything written so far (so Kafka holds it all).
+    #[allow(dead_code)] // for tests that need the confirmation without reading a topic
     pub(crate) async fn wait_confirmed_now(&self, f: &Ficus) {
         self.wait_confirmed_now_within(f, WAIT).await
     }
 
     pub(crate) async fn wait_confirmed_now_within(&self, f: &Ficus, timeout: Duration) {
-        let target = self.current_lsn().await;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(c) = self.confirmed_flush().await {
-                if lsn(&c) >= lsn(&target) {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "confirmed_flush_lsn never reached {target}:\n{}", f.log());
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        wait_slot_confirmed_now(self.pg, &self.db, &self.prefix, f, timeout).await
+    }
+
+    /// Everything ficus published to `topic` so far, exactly — the helper to assert on topics with.
+    ///
+    /// Waits until the slot confirmed the server's current WAL position (so Kafka holds every change committed
+    /// before this call: the invariant of docs/guarantees.md), then reads every partition of `topic` to its end as of
+    /// that moment (read_committed) and returns the whole list in (partition, offset) order. Compare the whole list:
+    /// a duplicate, a spurious event or a second snapshot pass makes it longer, unlike "wait for n messages".
+    /// No fixed wait: it returns as soon as ficus confirmed. Snapshot rows are not WAL changes: after an initial
+    /// snapshot or a backfill, call [`Setup::wait_snapshot_settled`] first. Panics (with ficus's log) when the slot does not
+    /// catch up within [`WAIT`] or the topic does not exist; [`Setup::read_all_confirmed_or_empty`] is for topics
+    /// that may legitimately stay empty.
+    pub(crate) async fn read_all_confirmed(&self, f: &Ficus, topic: &str) -> Vec<support::ConsumedMessage> {
+        read_all_confirmed(self.pg, &self.db, &self.prefix, self.kafka, f, topic, false).await
+    }
+
+    /// Waits until ficus's checkpoint lists no snapshot job, i.e. Kafka acknowledged every chunk of the initial
+    /// snapshot or backfill. "snapshot of table finished" is logged when a copy ends, which may be before its last
+    /// chunks are acknowledged; call this before [`Setup::read_all_confirmed`] when a topic gets `read` events.
+    pub(crate) async fn wait_snapshot_settled(&self, f: &Ficus) {
+        let deadline = Instant::now() + WAIT;
+        while f.checkpoint(&self.prefix).is_none_or(|cp| cp["snapshot"]["jobs"].as_array().is_some_and(|j| !j.is_empty())) {
+            assert!(Instant::now() < deadline, "the snapshot never settled: {:?}\n{}", f.checkpoint(&self.prefix), f.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// [`Setup::read_all_confirmed`] for a topic that may not exist (e.g. a DLQ that must stay empty): empty then.
+    pub(crate) async fn read_all_confirmed_or_empty(&self, f: &Ficus, topic: &str) -> Vec<support::ConsumedMessage> {
+        read_all_confirmed(self.pg, &self.db, &self.prefix, self.kafka, f, topic, true).await
+    }
+
+    /// Waits until `slot` (another instance's, in this test's database) confirmed the server's current WAL position.
+    pub(crate) async fn wait_slot_confirmed_now(&self, slot: &str, f: &Ficus) {
+        wait_slot_confirmed_now(self.pg, &self.db, slot, f, WAIT).await
     }
 
     pub(crate) async fn current_lsn(&self) -> String {
         let client = self.pg.client(&self.db).await;
         client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0)
+    }
+}
+
+/// Waits until `slot` confirmed the server's current WAL position (`pg_current_wal_lsn()` when called), so Kafka
+/// holds everything committed before the call. PostgreSQL 15's walsender sends keepalives with its position once it
+/// caught up, so this also returns when other databases of the cluster keep writing.
+pub(crate) async fn wait_slot_confirmed_now(pg: &TestPostgres, db: &str, slot: &str, f: &Ficus, timeout: Duration) {
+    let client = pg.client(db).await;
+    let target: String = client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let confirmed: Option<String> = client
+            .query_opt("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+            .await
+            .unwrap()
+            .and_then(|r| r.get(0));
+        if confirmed.as_deref().is_some_and(|c| lsn(c) >= lsn(&target)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "slot {slot}: confirmed_flush_lsn {confirmed:?} never reached {target}:\n{}", f.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// [`Setup::read_all_confirmed`] for any cluster, database and slot (tests with their own PostgreSQL). With
+/// `may_be_empty`, a topic that does not exist reads as empty instead of failing the test.
+pub(crate) async fn read_all_confirmed(
+    pg: &TestPostgres,
+    db: &str,
+    slot: &str,
+    kafka: &TestKafka,
+    f: &Ficus,
+    topic: &str,
+    may_be_empty: bool,
+) -> Vec<support::ConsumedMessage> {
+    wait_slot_confirmed_now(pg, db, slot, f, WAIT).await;
+    if !may_be_empty {
+        // The topic is created with its first message, which Kafka acknowledged before the slot confirmed it; give
+        // the metadata a moment to show it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while kafka.partitions(topic).await.is_empty() {
+            assert!(Instant::now() < deadline, "topic {topic} does not exist after slot {slot} confirmed everything:\n{}", f.log());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    kafka.read_to_end(topic, WAIT).await
+}
+
+/// `GET path` on `port`: (status code, body).
+pub(crate) fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((code, body))
+}
+
+pub(crate) fn wait_for_status(port: u16, path: &str, want: u16, log: &dyn Fn() -> String) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some((code, body)) = get(port, path) {
+            if code == want {
+                return body;
+            }
+        }
+        assert!(Instant::now() < deadline, "{path} never answered {want}; last {:?}\n{}", get(port, path), log());
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -233,3 +412,44 @@ pub(crate) fn lsn(s: &str) -> u64 {
 }
 
 pub(crate) const WAIT: Duration = Duration::from_secs(60);
+
+/// The structured log line ficus writes when a replication stream starts (`streaming slot=… lsn=…`). Tests wait for
+/// this, not for the bare word "streaming", which other lines may contain too.
+pub(crate) const STREAMING: &str = "ficus::pipeline: streaming slot=";
+
+/// The slot guard: once a test's `Setup` is gone, its database has no replication slot left — also when ficus was
+/// killed a moment before (its walsender may still hold the slot) and for slots the test made itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn setup_drops_the_slots_of_its_database() {
+    let s = Setup::new("slot_guard", "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let (pg, db) = (s.pg, s.db.clone());
+    s.sql(&format!("SELECT pg_create_logical_replication_slot('{}_extra', 'test_decoding')", s.prefix)).await;
+    let f = Ficus::start(&s.config(&["public.t"]));
+    f.wait_streaming();
+    drop(f);
+    drop(s);
+    let client = pg.client(&db).await;
+    let left: Vec<String> = client
+        .query("SELECT slot_name::text FROM pg_replication_slots WHERE database = $1", &[&db])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(left.is_empty(), "slots left behind: {left:?}");
+}
+
+/// The health-port retry of the harness: a port taken by another process makes ficus exit; the harness moves the
+/// config to a new port and ficus comes up there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_taken_health_port_is_retried_with_another() {
+    let s = Setup::new("health_port", "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut f = Ficus::start(&format!("{}health:\n  listen: 127.0.0.1:{port}\n", s.config(&["public.t"])));
+    let used = f.wait_health_listening(port, 0);
+    assert_ne!(used, port);
+    wait_for_status(used, "/readyz", 200, &|| f.log());
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+    drop(taken);
+}

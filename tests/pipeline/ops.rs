@@ -1,35 +1,9 @@
 //! Operating ficus: the HTTP endpoints, metrics, readiness that follows the broker, and secrets kept out of sight.
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use crate::support::{free_port, TestKafka};
-use crate::{Ficus, Setup, WAIT};
-
-/// `GET path` on `port`: (status code, body).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Some((code, body))
-}
-
-fn wait_for_status(port: u16, path: &str, want: u16, log: &dyn Fn() -> String) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some((code, body)) = get(port, path) {
-            if code == want {
-                return body;
-            }
-        }
-        assert!(Instant::now() < deadline, "{path} never answered {want}; last {:?}\n{}", get(port, path), log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+use crate::support::TestKafka;
+use crate::{get, wait_for_status, Ficus, Setup, WAIT};
 
 /// Value of the Prometheus sample whose line starts with `prefix` (name and labels).
 fn sample(metrics: &str, prefix: &str) -> Option<f64> {
@@ -50,14 +24,13 @@ async fn endpoints_report_metrics_status_and_readiness_that_follows_the_broker()
     .await;
     // Least privilege: the publication is created by the owner, ficus only uses it.
     s.sql(&format!("CREATE PUBLICATION \"{}\" FOR TABLE t", s.prefix)).await;
-    let port = free_port();
     let url = s.pg.url("ops_user", secret, &s.db);
     let events = format!(
         "events:\n  - {{name: RowAdded, table: public.t, on: insert, key: string(new.id), topic: {}.events}}\n",
         s.prefix
     );
-    let cfg = Ficus::config(&url, &["public.t"], &s.prefix, &kafka.brokers(), &format!("health:\n  listen: 127.0.0.1:{port}\n{events}"));
-    let f = Ficus::start(&cfg);
+    let cfg = Ficus::config(&url, &["public.t"], &s.prefix, &kafka.brokers(), &events);
+    let (f, port) = Ficus::start_with_health(&cfg);
     let log = || f.log();
     assert_eq!(wait_for_status(port, "/healthz", 200, &log), "ok\n");
     wait_for_status(port, "/readyz", 200, &log);
@@ -115,7 +88,9 @@ async fn endpoints_report_metrics_status_and_readiness_that_follows_the_broker()
 /// database that is not captured, or by another database of the cluster. PostgreSQL 15's walsender sends keepalives
 /// with its position once it has caught up, and ficus confirms such positions when nothing is in flight, so the
 /// slot's confirmed position follows the server's WAL and the retained WAL stays small (checked with the heartbeat
-/// off, and with it on, where it must also run without errors).
+/// off, and with it on). With the heartbeat on, a second slot (test_decoding) in the captured database shows the
+/// heartbeat's logical messages really are written there, about once per interval, and the slot's confirmed
+/// position passes the latest of them: the heartbeat's transactions, which carry no records, are confirmed.
 async fn idle_table_next_to_busy_writes(name: &str, heartbeat: u64, other_database: bool) {
     let s = Setup::new(name, "CREATE TABLE cap (id int PRIMARY KEY); CREATE TABLE busy (id serial PRIMARY KEY, pad text);").await;
     let busy_db = if other_database {
@@ -126,13 +101,14 @@ async fn idle_table_next_to_busy_writes(name: &str, heartbeat: u64, other_databa
     } else {
         s.db.clone()
     };
-    let port = free_port();
     let cfg = s
         .config(&["public.cap"])
-        .replace("  status_interval_secs: 1\n", &format!("  status_interval_secs: 1\n  heartbeat_interval_secs: {heartbeat}\n"))
-        + &format!("health:\n  listen: 127.0.0.1:{port}\n");
-    let f = Ficus::start(&cfg);
-    f.wait_for_log("streaming", WAIT);
+        .replace("  status_interval_secs: 1\n", &format!("  status_interval_secs: 1\n  heartbeat_interval_secs: {heartbeat}\n"));
+    // Sees every logical message written in the captured database from here on.
+    let probe = format!("{}_probe", s.prefix);
+    s.sql(&format!("SELECT pg_create_logical_replication_slot('{probe}', 'test_decoding')")).await;
+    let (f, port) = Ficus::start_with_health(&cfg);
+    wait_for_status(port, "/readyz", 200, &|| f.log());
     let before = s.current_lsn().await;
     for _ in 0..20 {
         s.pg.execute(&busy_db, "INSERT INTO busy (pad) SELECT repeat('x', 200) FROM generate_series(1, 2000)").await;
@@ -161,6 +137,44 @@ async fn idle_table_next_to_busy_writes(name: &str, heartbeat: u64, other_databa
         std::thread::sleep(Duration::from_millis(500));
     }
     assert!(!f.log().contains("heartbeat failed"), "{}", f.log());
+
+    // The heartbeat's own messages, as the captured database's WAL holds them.
+    let heartbeats = || async {
+        let client = s.pg.client(&s.db).await;
+        let rows = client
+            .query(
+                "SELECT lsn::text FROM pg_logical_slot_peek_changes($1, NULL, NULL) \
+                 WHERE data LIKE 'message: transactional: 1 prefix: ficus.heartbeat,%'",
+                &[&probe],
+            )
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>()
+    };
+    if heartbeat == 0 {
+        assert_eq!(heartbeats().await, Vec::<String>::new(), "heartbeat off, yet heartbeat messages were written");
+        return;
+    }
+    // At least three (one a second): the loop keeps running, it did not write once and stop.
+    let deadline = Instant::now() + WAIT;
+    let seen = loop {
+        let seen = heartbeats().await;
+        if seen.len() >= 3 {
+            break seen;
+        }
+        assert!(Instant::now() < deadline, "heartbeat messages in the captured database: {seen:?}\n{}", f.log());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let latest = seen.iter().max_by_key(|l| crate::lsn(l)).unwrap().clone();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let confirmed = s.confirmed_flush().await.unwrap();
+        if crate::lsn(&confirmed) > crate::lsn(&latest) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slot stuck at {confirmed}, before the heartbeat at {latest}\n{}", f.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -169,7 +183,7 @@ async fn an_idle_captured_table_does_not_pin_wal_of_other_tables() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn writes_in_another_database_do_not_pin_wal_and_the_heartbeat_runs_cleanly() {
+async fn writes_in_another_database_do_not_pin_wal_and_the_heartbeat_is_written_and_confirmed() {
     idle_table_next_to_busy_writes("ops_idle_db", 1, true).await;
 }
 
@@ -228,12 +242,14 @@ async fn tls_verify_full_with_a_private_ca_and_scram() {
     let url = |host: &str, mode: &str, root: &std::path::Path| {
         format!("postgres://tls_user:tls-s3cret@{host}:{}/{db}?sslmode={mode}&sslrootcert={}", pg.port(), root.display())
     };
-    let prefix = "tls_ok";
+    // Unique per run: a fixed name would read a previous run's messages on an external broker.
+    let prefix = &kafka.unique_topic("tls_ok").replace('-', "_").to_lowercase();
     let cfg = Ficus::config(&url("localhost", "verify-full", &ca), &["public.t"], prefix, &kafka.brokers(), "");
     let mut f = Ficus::start(&cfg);
-    f.wait_for_log("streaming", WAIT);
+    f.wait_streaming();
     pg.execute(&db, "INSERT INTO t VALUES (1)").await;
-    assert_eq!(kafka.consume_all(&format!("{prefix}.public.t"), 1, WAIT).await.len(), 1, "{}", f.log());
+    let got = crate::read_all_confirmed(&pg, &db, prefix, kafka, &f, &format!("{prefix}.public.t"), false).await;
+    assert_eq!(got.len(), 1, "{}", f.log());
     assert_eq!(f.terminate().code(), Some(0));
     assert!(!f.log().contains("tls-s3cret"));
 
@@ -253,6 +269,6 @@ async fn tls_verify_full_with_a_private_ca_and_scram() {
     }
     // verify-ca checks the chain but not the name: 127.0.0.1 is fine.
     let mut f = Ficus::start(&Ficus::config(&url("127.0.0.1", "verify-ca", &ca), &["public.t"], "tls_ca", &kafka.brokers(), ""));
-    f.wait_for_log("streaming", WAIT);
+    f.wait_streaming();
     assert_eq!(f.terminate().code(), Some(0));
 }

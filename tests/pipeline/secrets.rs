@@ -4,26 +4,16 @@
 //! secret values and greps every output channel — stdout, stderr with `RUST_LOG=trace`, and `/status` and `/metrics`
 //! where a run gets that far — for any fragment of them.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::{ficus_bin, free_port, port_open};
-use crate::{Ficus, Setup, WAIT};
+use crate::{get, Ficus, Setup};
 
 /// Every secret below contains this marker between its special characters, so any fragment of it is found.
 const MARK: &str = "SeCrEt";
-
-/// `GET path` on `port`: the whole response (empty if the server did not answer).
-fn http_get(port: u16, path: &str) -> String {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text
-}
 
 /// Runs `ficus <args>` with `env` and `RUST_LOG=trace`; for `run`, scrapes `/status` and `/metrics` on
 /// `health_port` and stops the process with SIGTERM after `run_for`. Returns (exit code, everything it printed and
@@ -51,9 +41,9 @@ fn ficus_output(args: &[&str], config: &Path, env: &[(&str, &str)], health_port:
         }
         if started.elapsed() > run_for {
             if port_open(health_port) {
-                served.push_str(&http_get(health_port, "/status"));
-                served.push_str(&http_get(health_port, "/metrics"));
-                served.push_str(&http_get(health_port, "/readyz"));
+                for path in ["/status", "/metrics", "/readyz"] {
+                    served.push_str(&get(health_port, path).map(|(_, body)| body).unwrap_or_default());
+                }
             }
             Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
             let deadline = Instant::now() + Duration::from_secs(30);
@@ -230,13 +220,15 @@ async fn backfill_does_not_hang_on_a_held_table_lock() {
     locker.batch_execute("ROLLBACK").await.unwrap();
 }
 
-/// A ficus streaming one table, with its health endpoints on `host:<a free port>`.
+/// A ficus streaming one table, with its health endpoints on `host:<a free port>` (retried on another port when
+/// another process took it first: [`Ficus::wait_health_listening`]; a host name resolves to 127.0.0.1 here).
 async fn streaming_with_health(name: &str, host: &str) -> (Setup, u16, Ficus) {
     let s = Setup::new(name, "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
     let port = free_port();
     let health = format!("health:\n  listen: {host}:{port}\n");
-    let f = Ficus::start(&Ficus::config(&s.pg.superuser_url(&s.db), &["public.t"], &s.prefix, &s.kafka.brokers(), &health));
-    f.wait_for_log("streaming", WAIT);
+    let mut f = Ficus::start(&Ficus::config(&s.pg.superuser_url(&s.db), &["public.t"], &s.prefix, &s.kafka.brokers(), &health));
+    let port = f.wait_health_listening(port, 0);
+    f.wait_streaming();
     (s, port, f)
 }
 
@@ -279,7 +271,6 @@ async fn check_names_a_foreign_slot_plugin_without_rust_syntax() {
 #[tokio::test(flavor = "multi_thread")]
 async fn health_listen_takes_a_host_name() {
     let (_s, port, mut f) = streaming_with_health("listen_host", "localhost").await;
-    let text = http_get(port, "/healthz");
-    assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("ok\n"), "{text}\n{}", f.log());
+    assert_eq!(get(port, "/healthz"), Some((200, "ok\n".to_string())), "{}", f.log());
     assert!(f.terminate().success(), "{}", f.log());
 }

@@ -31,14 +31,6 @@ fn state_from_topic(msgs: &[ConsumedMessage]) -> BTreeMap<String, Value> {
     state
 }
 
-async fn everything(s: &Setup, f: &Ficus, topic: &str) -> Vec<ConsumedMessage> {
-    s.wait_confirmed_now(f).await;
-    let n = s.kafka.high_watermark(topic).await as usize;
-    let msgs = s.kafka.consume_all(topic, n, WAIT).await;
-    assert_eq!(msgs.len(), n, "{}", f.log());
-    msgs
-}
-
 fn snapshot_config(s: &Setup, tables: &[&str], snapshot: &str) -> String {
     crate::Ficus::config(&s.pg.superuser_url(&s.db), tables, &s.prefix, &s.kafka.brokers(), &format!("snapshot:\n{snapshot}"))
 }
@@ -86,8 +78,9 @@ async fn snapshot_with_concurrent_changes_ends_equal_to_the_table() {
     s.sql("UPDATE a SET v = 'late' WHERE id % 1000 = 0; DELETE FROM a WHERE id % 999 = 0; INSERT INTO b VALUES (9999, 'late', 0)").await;
     assert!(changed_during > 20, "only {changed_during} changes ran during the snapshot");
 
+    s.wait_snapshot_settled(&f).await;
     for table in ["a", "b"] {
-        let msgs = everything(&s, &f, &s.topic("public", table)).await;
+        let msgs = s.read_all_confirmed(&f, &s.topic("public", table)).await;
         let state = state_from_topic(&msgs);
         let client = s.pg.client(&s.db).await;
         let rows = client.query(&format!("SELECT id, v, n FROM {table} ORDER BY id"), &[]).await.unwrap();
@@ -136,7 +129,8 @@ async fn sigkill_mid_snapshot_resumes_after_the_last_checkpointed_chunk() {
     f.wait_for_log("snapshot of table finished", WAIT);
     assert!(f.log().contains(&format!("resume_after=Some([\"{resumed_after}\"])")), "{}", f.log());
 
-    let msgs = everything(&s, &f, &s.topic("public", "big")).await;
+    s.wait_snapshot_settled(&f).await;
+    let msgs = s.read_all_confirmed(&f, &s.topic("public", "big")).await;
     let mut reads: BTreeMap<i64, u32> = BTreeMap::new();
     for v in values(&msgs) {
         assert_eq!(v["op"], "read");
@@ -164,7 +158,8 @@ async fn composite_quoted_keys_and_initial_only_exits_zero() {
     let status = f.wait(WAIT);
     assert_eq!(status.code(), Some(0), "{}", f.log());
     assert!(f.log().contains("exiting (snapshot.mode: initial_only)"));
-    let msgs = s.kafka.consume_all(&s.topic("Legacy Schema", "Order Lines"), 2500, WAIT).await;
+    // ficus exited: everything it published is in Kafka now (the slot is not read: initial_only never streams).
+    let msgs = s.kafka.read_to_end(&s.topic("Legacy Schema", "Order Lines"), WAIT).await;
     let v = values(&msgs);
     assert_eq!(v.len(), 2500);
     let keys: BTreeSet<Vec<u8>> = msgs.iter().map(|m| m.key.clone().unwrap()).collect();
@@ -195,7 +190,7 @@ async fn backfill_request_reaches_the_running_instance_and_read_rules_fire() {
     );
     let config = crate::Ficus::config(&s.pg.superuser_url(&s.db), &["public.orders"], &s.prefix, &s.kafka.brokers(), &extra);
     let mut f = Ficus::start(&config);
-    f.wait_for_log("streaming", WAIT);
+    f.wait_streaming();
     s.sql("INSERT INTO orders VALUES (51, 'new')").await;
 
     let (_dir, path) = Ficus::dir_config(&config);
@@ -214,15 +209,19 @@ async fn backfill_request_reaches_the_running_instance_and_read_rules_fire() {
     let (code, text) = run(&["--table", "public.other"]);
     assert_eq!(code, Some(2), "{text}");
 
-    let msgs = s.kafka.consume_all(&events, 11, WAIT).await;
+    // The backfill is a snapshot job: wait until it finished and its chunks were acknowledged (the checkpoint then
+    // lists no job), then read everything.
+    f.wait_for_log("snapshot of table finished", WAIT);
+    s.wait_snapshot_settled(&f).await;
+    let msgs = s.read_all_confirmed(&f, &events).await;
     let v = values(&msgs);
     let mut ids: Vec<i64> = v.iter().map(|e| e["data"]["id"].as_i64().unwrap()).collect();
     ids.sort();
     assert_eq!(ids, (1..=10).chain([51]).collect::<Vec<_>>(), "{}", f.log());
     assert_eq!(v[0]["eventType"], "OrderSnapshotted");
     assert_eq!(v[0]["source"]["op"], "read");
-    let raw = values(&s.kafka.consume_all(&s.topic("public", "orders"), 12, WAIT).await);
+    let raw = values(&s.read_all_confirmed(&f, &s.topic("public", "orders")).await);
     assert_eq!(raw.iter().filter(|e| e["op"] == "read").count(), 11);
-    f.wait_for_log("snapshot of table finished", WAIT);
+    assert_eq!(raw.len(), 12, "the insert of 51 and 11 backfilled rows, nothing else");
     assert_eq!(f.terminate().code(), Some(0));
 }

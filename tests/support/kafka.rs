@@ -26,7 +26,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// One message read back by [`TestKafka::consume_all`].
+/// One message read back by [`TestKafka::read_to_end`] or [`TestKafka::consume_all`].
 #[derive(Clone, Debug)]
 pub struct ConsumedMessage {
     pub topic: String,
@@ -210,36 +210,11 @@ impl TestKafka {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .set("group.id", format!("ficus-test-{}", unique_suffix('-')))
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("isolation.level", isolation)
-            .set("fetch.wait.max.ms", "100")
-            .create()
-            .expect("create a test consumer");
-        // Manual assignment: no group join to wait for.
-        let mut tpl = TopicPartitionList::new();
-        for p in &partitions {
-            tpl.add_partition_offset(topic, *p, Offset::Beginning).expect("partition offset");
-        }
-        consumer.assign(&tpl).expect("assign partitions");
+        let consumer = self.consumer_from_start(topic, &partitions, isolation, false);
         while out.len() < expected {
             match tokio::time::timeout_at(deadline, consumer.recv()).await {
                 Err(_) => break,
-                Ok(Ok(m)) => out.push(ConsumedMessage {
-                    topic: m.topic().to_string(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    payload: m.payload().map(<[u8]>::to_vec),
-                    headers: m
-                        .headers()
-                        .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default())).collect())
-                        .unwrap_or_default(),
-                    timestamp: m.timestamp().to_millis(),
-                }),
+                Ok(Ok(m)) => out.push(consumed(&m)),
                 Ok(Err(e)) => {
                     eprintln!("consume_all {topic}: {e} (retrying)");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -247,6 +222,95 @@ impl TestKafka {
             }
         }
         out
+    }
+
+    /// Everything in `topic` right now, exactly: reads every partition from the beginning (read_committed) up to its
+    /// end as of this call and returns the messages in (partition, offset) order — no count to guess, so duplicates
+    /// and unexpected messages stay visible. Empty when the topic does not exist. Panics if a partition cannot be
+    /// read to its end within `timeout`.
+    ///
+    /// "The end" is where librdkafka reports end-of-partition: for read_committed that is the last stable offset, so
+    /// commit/abort markers and aborted records are never waited for (with transactions the high watermark counts
+    /// the markers, so counting messages up to it would wait forever). Messages appended after this call started
+    /// (offset at or past the high watermark measured at the start) are left out, so the answer is a snapshot.
+    ///
+    /// This alone does not know whether ficus has published everything yet: use `Setup::read_all_confirmed`, which
+    /// first waits until the slot confirmed the server's current WAL position.
+    pub async fn read_to_end(&self, topic: &str, timeout: Duration) -> Vec<ConsumedMessage> {
+        let partitions = self.partitions(topic).await;
+        if partitions.is_empty() {
+            return Vec::new();
+        }
+        let high: std::collections::BTreeMap<i32, i64> = {
+            let (topic, partitions) = (topic.to_string(), partitions.clone());
+            self.with_consumer(move |c| {
+                partitions
+                    .iter()
+                    .map(|p| {
+                        let (_, high) = c
+                            .fetch_watermarks(&topic, *p, METADATA_TIMEOUT)
+                            .unwrap_or_else(|e| panic!("watermarks of {topic}/{p}: {e}"));
+                        (*p, high)
+                    })
+                    .collect()
+            })
+            .await
+        };
+        let consumer = self.consumer_from_start(topic, &partitions, "read_committed", true);
+        // A partition with nothing below its high watermark has nothing to wait for.
+        let mut open: std::collections::BTreeSet<i32> = high.iter().filter(|(_, h)| **h > 0).map(|(p, _)| *p).collect();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut out = Vec::new();
+        while !open.is_empty() {
+            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Err(_) => panic!(
+                    "read_to_end {topic}: partitions {open:?} not read to their end (high watermarks {high:?}) within \
+                     {timeout:?}; read {} messages",
+                    out.len()
+                ),
+                Ok(Ok(m)) => {
+                    if m.offset() >= high[&m.partition()] {
+                        // Appended after the call started: not part of the snapshot; this partition is done.
+                        open.remove(&m.partition());
+                        continue;
+                    }
+                    if m.offset() + 1 >= high[&m.partition()] {
+                        open.remove(&m.partition());
+                    }
+                    out.push(consumed(&m));
+                }
+                Ok(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                    open.remove(&p);
+                }
+                Ok(Err(e)) => {
+                    eprintln!("read_to_end {topic}: {e} (retrying)");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        out.sort_by_key(|m| (m.partition, m.offset));
+        out
+    }
+
+    /// A consumer assigned to `partitions` of `topic` from the beginning (manual assignment: no group join to wait
+    /// for); with `eof`, it reports reaching the end of a partition as `KafkaError::PartitionEOF`.
+    fn consumer_from_start(&self, topic: &str, partitions: &[i32], isolation: &str, eof: bool) -> StreamConsumer {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", format!("ficus-test-{}", unique_suffix('-')))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", isolation)
+            .set("enable.partition.eof", eof.to_string())
+            .set("fetch.wait.max.ms", "100")
+            .create()
+            .expect("create a test consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            tpl.add_partition_offset(topic, *p, Offset::Beginning).expect("partition offset");
+        }
+        consumer.assign(&tpl).expect("assign partitions");
+        consumer
     }
 
     /// Runs `f` with a fresh `BaseConsumer` on a blocking thread (metadata calls block).
@@ -259,6 +323,22 @@ impl TestKafka {
         })
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+}
+
+/// A copy of a message received by a test consumer.
+fn consumed(m: &rdkafka::message::BorrowedMessage<'_>) -> ConsumedMessage {
+    ConsumedMessage {
+        topic: m.topic().to_string(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().map(<[u8]>::to_vec),
+        headers: m
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default())).collect())
+            .unwrap_or_default(),
+        timestamp: m.timestamp().to_millis(),
     }
 }
 

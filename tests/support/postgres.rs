@@ -291,6 +291,35 @@ impl TestPostgres {
         block_on(async { self.execute("postgres", &sql).await });
     }
 
+    /// Drops every replication slot of database `db` (terminating the walsenders still using them), within about
+    /// 10 s. Best effort and never panics: it runs from `Drop` guards, also while a failed test unwinds. Slots left
+    /// behind would pin WAL for the rest of the run and use up `max_replication_slots`.
+    pub fn drop_slots_of(&self, db: &str) {
+        let db = db.to_string();
+        block_on(async move {
+            let mut config = tokio_postgres::Config::new();
+            config.host("127.0.0.1").port(self.port).user("postgres").dbname("postgres").connect_timeout(CONNECT_TIMEOUT);
+            if let Some(pw) = &self.superuser_password {
+                config.password(pw);
+            }
+            let Ok(Ok((client, conn))) = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(tokio_postgres::NoTls)).await else { return };
+            tokio::spawn(conn);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                let _ = client
+                    .execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = $1 AND active_pid IS NOT NULL", &[&db])
+                    .await;
+                let _ = client
+                    .execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active", &[&db])
+                    .await;
+                match client.query_one("SELECT count(*) FROM pg_replication_slots WHERE database = $1", &[&db]).await {
+                    Ok(row) if row.get::<_, i64>(0) > 0 => tokio::time::sleep(Duration::from_millis(100)).await,
+                    _ => return,
+                }
+            }
+        });
+    }
+
     /// Stops the server at once (`pg_ctl stop -m immediate`: no shutdown checkpoint, like a crash). Dedicated
     /// clusters only.
     pub fn stop_immediate(&self) {

@@ -28,6 +28,8 @@ pub const SESSION_SETTINGS: &[(&str, &str)] = &[
     ("extra_float_digits", "3"),
     ("bytea_output", "hex"),
     ("client_encoding", "UTF8"),
+    // money's text form follows lc_monetary; one fixed locale keeps it the same on every connection.
+    ("lc_monetary", "C"),
 ];
 
 /// Runs startup and authentication; returns the server's ParameterStatus values once it is ready for queries.

@@ -242,6 +242,34 @@ mod tests {
         }
     }
 
+    /// A header announcing a huge frame (hostile, corrupt, or a real 1 GiB field) must not allocate for all of it up
+    /// front (commit caedc62): after the header alone at most 1 MiB is reserved; as the body trickles in, each
+    /// request is for at most 1 MiB more than arrived, which BytesMut's amortised doubling turns into a capacity of
+    /// at most twice (received + 1 MiB) — proportional to what arrived, never to the announced length.
+    #[test]
+    fn a_huge_announced_length_reserves_at_most_1_mib_ahead_of_the_received_bytes() {
+        const MIB: usize = 1 << 20;
+        let mut buf = BytesMut::new();
+        buf.put_u8(b'd');
+        buf.put_u32(MAX_FRAME as u32);
+        assert!(split_frame(&mut buf).unwrap().is_none());
+        assert!(buf.capacity() <= buf.len() + MIB, "{} bytes reserved after a 5-byte header", buf.capacity());
+        let read = vec![7u8; 64 << 10];
+        while buf.len() < 8 * MIB {
+            buf.extend_from_slice(&read);
+            assert!(split_frame(&mut buf).unwrap().is_none());
+            assert!(buf.capacity() <= 2 * (buf.len() + MIB), "{} bytes reserved for {} received", buf.capacity(), buf.len());
+        }
+        // A frame that does complete is still cut exactly.
+        let mut buf = BytesMut::new();
+        buf.put_u8(b'd');
+        buf.put_u32((3 * MIB + 4) as u32);
+        buf.extend_from_slice(&vec![1u8; 3 * MIB]);
+        let f = split_frame(&mut buf).unwrap().expect("complete frame");
+        assert_eq!(f.body.len(), 3 * MIB);
+        assert!(buf.is_empty());
+    }
+
     #[test]
     fn message_parses_via_postgres_protocol() {
         let f = Frame { tag: b'Z', body: Bytes::from_static(b"I") };

@@ -126,6 +126,7 @@ async fn startup_sends_replication_and_session_settings_then_md5() {
             "extra_float_digits\0\x33\0",
             "bytea_output\0hex\0",
             "client_encoding\0UTF8\0",
+            "lc_monetary\0C\0",
         ] {
             assert!(text.contains(needle), "{needle:?} missing from {text:?}");
         }

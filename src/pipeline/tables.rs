@@ -1,0 +1,99 @@
+//! The table watch: captured tables that stop being published while ficus streams.
+//!
+//! A captured table that is dropped and re-created gets a new OID that is not in the publication; one removed from
+//! the publication (`ALTER PUBLICATION … DROP TABLE`) simply stops appearing in the stream. Neither shows up in the
+//! replication stream, so without this watch its changes would silently never be published again.
+//!
+//! **Guarantees.** Every few seconds the watch compares each captured table's OID and publication membership with
+//! what it saw before. A table that exists but is not published is added back to the publication (ficus manages it)
+//! and, when it has a key and backfill requests are on, a backfill of it is requested through the WAL, so the rows
+//! written while it was unpublished arrive as `read` events in stream order (docs/snapshots.md). When it cannot be
+//! repaired that way (the role may not alter the publication, the table has no key, backfills are off) the pipeline
+//! stops with exit 2 and the fix. A dropped table is logged at ERROR once; its changes up to the drop were published.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, TableName};
+use crate::postgres::control::{self, Catalog};
+
+use super::PipelineError;
+
+/// How often the catalog is compared.
+const INTERVAL: Duration = Duration::from_secs(2);
+
+/// Runs until it finds a problem it cannot repair: then cancels `stop` and returns the error.
+pub(super) async fn table_watch(client: &tokio_postgres::Client, config: &Config, catalog: &Catalog, stop: &CancellationToken) -> PipelineError {
+    let tables: Vec<TableName> = catalog.tables.keys().cloned().collect();
+    let mut known: HashMap<TableName, Option<u32>> = catalog.tables.iter().map(|(t, i)| (t.clone(), Some(i.oid))).collect();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => std::future::pending::<()>().await,
+            _ = tokio::time::sleep(INTERVAL) => {}
+        }
+        let members = match control::publication_members(client, &config.source.publication, &tables).await {
+            Ok(m) => m,
+            Err(e) => {
+                // The sessions see a broken connection themselves; this is only a watch.
+                tracing::debug!(error = %e, "table watch: reading the catalog");
+                continue;
+            }
+        };
+        for m in members {
+            let before = known.insert(m.table.clone(), m.oid).flatten();
+            match m.oid {
+                None if before.is_some() => tracing::error!(
+                    table = %m.table,
+                    "a captured table was dropped: its changes up to the drop were published; remove it from \
+                     source.tables, or re-create it (ficus then adds it to the publication and backfills it)"
+                ),
+                None => {}
+                Some(_) if m.published => {}
+                Some(oid) => {
+                    let why = if before.is_some_and(|b| b != oid) { "was dropped and re-created" } else { "was removed from the publication" };
+                    if let Err(e) = repair(client, config, catalog, &m.table, why).await {
+                        stop.cancel();
+                        return e;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds the table back to the publication and requests a backfill of it, or says why that is impossible.
+async fn repair(client: &tokio_postgres::Client, config: &Config, catalog: &Catalog, table: &TableName, why: &str) -> Result<(), PipelineError> {
+    let publication = &config.source.publication;
+    let refuse = |reason: String| {
+        PipelineError::Config(format!(
+            "captured table {table} {why}, so its changes are no longer in publication {publication}; {reason}. Fix: \
+             ALTER PUBLICATION {} ADD TABLE {}; then `ficus backfill --table {table}` to copy the rows written meanwhile",
+            crate::config::quote_ident(publication),
+            table.quoted()
+        ))
+    };
+    let info = control::table_info(client, table).await.map_err(|e| refuse(format!("reading its catalog failed: {e}")))?;
+    let Some(info) = info else { return Ok(()) };
+    if info.key_columns.is_empty() {
+        return Err(refuse("it has no primary key, so ficus cannot backfill it".into()));
+    }
+    if !config.snapshot.backfill_requests {
+        return Err(refuse("snapshot.backfill_requests is off".into()));
+    }
+    if let Some(old) = catalog.tables.get(table) {
+        if old.columns.iter().map(|c| (&c.name, c.type_oid)).ne(info.columns.iter().map(|c| (&c.name, c.type_oid))) {
+            tracing::warn!(table = %table, "the re-created table has other columns than at start; rules see the new ones");
+        }
+    }
+    control::add_to_publication(client, publication, table).await.map_err(|e| refuse(format!("adding it back failed: {e}")))?;
+    let lsn = crate::snapshot::request_backfill(client, &config.source.slot, table, None).await.map_err(|e| refuse(format!("requesting the backfill failed: {e}")))?;
+    tracing::error!(
+        table = %table,
+        backfill_lsn = %lsn,
+        "a captured table {why}: added back to publication {publication}; a backfill copies its current rows (read events)"
+    );
+    metrics::counter!(crate::metrics::ERRORS, "kind" => "schema").increment(1);
+    Ok(())
+}
