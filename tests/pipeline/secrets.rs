@@ -244,9 +244,10 @@ async fn sigterm_ends_ficus_in_bounded_time_while_an_http_client_holds_a_half_se
     let status = f.wait(Duration::from_secs(60));
     let took = started.elapsed();
     assert!(status.success(), "{status:?}\n{}", f.log());
-    // docs/guarantees.md: the health server gets at most 5 s after the pipeline stopped; the pipeline itself stops
-    // within a second or two here (nothing in flight).
-    assert!(took < Duration::from_secs(15), "SIGTERM took {took:?}:\n{}", f.log());
+    // docs/guarantees.md: the health server gets at most 2 s after the pipeline stopped; the pipeline itself stops
+    // within a second or two here (nothing in flight). The slow client was cut, not answered.
+    assert!(took < Duration::from_secs(10), "SIGTERM took {took:?}:\n{}", f.log());
+    assert!(f.log().contains("connections still open after the shutdown grace"), "{}", f.log());
     drop(slow);
 }
 
