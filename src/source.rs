@@ -103,6 +103,8 @@ pub struct Source<'c> {
     /// Declared column type → the type whose value mapping applies (domains → base type, arrays of anything → JSON
     /// arrays; see `control::value_types`), read from the catalog once per type.
     value_types: HashMap<u32, u32>,
+    /// The transaction whose catalog changes the control connection is known to see (see [`Self::catalog_sees_tx`]).
+    visible_xid: Option<u32>,
     out: mpsc::Sender<Batch>,
     flushed: watch::Receiver<Lsn>,
     catalog: Catalog,
@@ -136,6 +138,7 @@ impl<'c> Source<'c> {
             control: None,
             described: Default::default(),
             value_types: HashMap::new(),
+            visible_xid: None,
             out,
             flushed,
             catalog,
@@ -346,14 +349,17 @@ impl<'c> Source<'c> {
             return Ok(r.columns.iter().filter(|c| c.flags & 1 == 1).map(|c| c.name.clone()).collect());
         }
         let name = TableName { schema: r.namespace.clone(), name: r.name.clone() };
-        let known = self.catalog.tables.get(&name).filter(|t| t.oid == r.oid);
+        let known = self.catalog.tables.get(&name).filter(|t| t.oid == r.oid).map(|t| t.key_columns.clone());
         let fresh = match (known, self.control) {
-            (Some(info), _) if !self.described.contains(&r.oid) => Some(info.key_columns.clone()),
-            (_, Some(client)) => crate::postgres::control::table_info_by_oid(client, r.oid)
-                .await
-                .map_err(|e| SourceError::Catalog(format!("reading the key of {name} after a Relation message: {e}")))?
-                .map(|(_, info)| info.key_columns),
-            (known, None) => known.map(|info| info.key_columns.clone()),
+            (Some(keys), _) if !self.described.contains(&r.oid) => Some(keys),
+            (_, Some(client)) => {
+                self.catalog_sees_tx(client).await?;
+                crate::postgres::control::table_info_by_oid(client, r.oid)
+                    .await
+                    .map_err(|e| SourceError::Catalog(format!("reading the key of {name} after a Relation message: {e}")))?
+                    .map(|(_, info)| info.key_columns)
+            }
+            (known, None) => known,
         };
         let keys = fresh.unwrap_or_default();
         if r.replica_identity == b'n' {
@@ -378,6 +384,34 @@ impl<'c> Source<'c> {
         Ok(keys)
     }
 
+    /// Waits (at most 2 s) until the control connection's snapshots see the open transaction. The walsender decodes
+    /// a commit as soon as its WAL is flushed, a moment before the committing backend leaves the proc array: a catalog
+    /// read in that moment would not yet see the DDL that made PostgreSQL send this Relation message (a partition
+    /// created in the same transaction, a new primary key, a new type).
+    async fn catalog_sees_tx(&mut self, client: &tokio_postgres::Client) -> Result<(), SourceError> {
+        let Some(xid) = self.tx.as_ref().map(|t| t.xid) else { return Ok(()) };
+        if self.visible_xid == Some(xid) {
+            return Ok(());
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            // txid_* (64-bit, with epoch) compared on their low 32 bits: the xid of pgoutput's Begin.
+            let row = client
+                .query_one(
+                    "SELECT NOT EXISTS (SELECT 1 FROM txid_snapshot_xip(txid_current_snapshot()) x WHERE x % 4294967296 = $1) \
+                     AND txid_snapshot_xmax(txid_current_snapshot()) % 4294967296 > $1",
+                    &[&i64::from(xid)],
+                )
+                .await
+                .map_err(|e| SourceError::Catalog(format!("reading the current snapshot: {}", crate::postgres::conninfo::describe(&e))))?;
+            if row.get::<_, bool>(0) || Instant::now() >= deadline {
+                self.visible_xid = Some(xid);
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Reads the value mapping of column types not seen before that do not map by OID alone (domains, enums, arrays
     /// of them, extension types).
     async fn resolve_value_types(&mut self, r: &pgoutput::Relation) -> Result<(), SourceError> {
@@ -393,6 +427,7 @@ impl<'c> Source<'c> {
         if new.is_empty() {
             return Ok(());
         }
+        self.catalog_sees_tx(client).await?;
         let resolved = crate::postgres::control::value_types(client, &new)
             .await
             .map_err(|e| SourceError::Catalog(format!("resolving the column types of {}.{}: {e}", r.namespace, r.name)))?;
@@ -409,6 +444,7 @@ impl<'c> Source<'c> {
             return Ok(());
         }
         let Some(client) = self.control else { return Ok(()) };
+        self.catalog_sees_tx(client).await?;
         let row = client
             .query_opt(
                 "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \

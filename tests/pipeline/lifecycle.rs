@@ -2,7 +2,6 @@
 //! `test_decoding`), snapshot values under hostile database settings, slot gaps (dropped, re-created, future
 //! checkpoint), first starts that end early, and checkpoint write failures.
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -337,16 +336,6 @@ async fn a_first_start_that_fails_or_ends_early_still_snapshots_on_the_next_star
     assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
 }
 
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_checkpoint_write_stops_confirmation_and_readiness_until_it_recovers() {
     let s = Setup::new("checkpoint_fail", "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
@@ -356,7 +345,7 @@ async fn a_failing_checkpoint_write_stops_confirmation_and_readiness_until_it_re
     f.wait_streaming();
     s.sql("INSERT INTO t VALUES (1, 'before')").await;
     s.wait_confirmed_now(&f).await;
-    let ready = support::wait_for(WAIT, || http_get(port, "/readyz").filter(|(c, _)| *c == 200));
+    let ready = support::wait_for(WAIT, || crate::get(port, "/readyz").filter(|(c, _)| *c == 200));
     assert!(ready.is_some(), "{}", f.log());
 
     // The state directory becomes unusable (as root, permissions do not stop writes: a file takes its place).
@@ -370,7 +359,7 @@ async fn a_failing_checkpoint_write_stops_confirmation_and_readiness_until_it_re
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stuck_at = s.confirmed_flush().await.unwrap();
     s.sql("INSERT INTO t VALUES (3, 'still broken')").await;
-    let not_ready = support::wait_for(WAIT, || http_get(port, "/readyz").filter(|(c, _)| *c == 503));
+    let not_ready = support::wait_for(WAIT, || crate::get(port, "/readyz").filter(|(c, _)| *c == 503));
     let (_, body) = not_ready.unwrap_or_else(|| panic!("/readyz stayed ready\n{}", f.log()));
     assert!(body.contains("checkpoint"), "{body}");
     // Kafka has the row, but PostgreSQL is not told: the checkpoint does not record it.
@@ -383,7 +372,7 @@ async fn a_failing_checkpoint_write_stops_confirmation_and_readiness_until_it_re
     std::fs::remove_file(&state).unwrap();
     std::fs::rename(&moved, &state).unwrap();
     s.wait_confirmed_now(&f).await;
-    assert!(support::wait_for(WAIT, || http_get(port, "/readyz").filter(|(c, _)| *c == 200)).is_some(), "{}", f.log());
+    assert!(support::wait_for(WAIT, || crate::get(port, "/readyz").filter(|(c, _)| *c == 200)).is_some(), "{}", f.log());
     assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
 }
 

@@ -6,6 +6,7 @@ mod support;
 
 mod chaos;
 mod core;
+mod differential;
 mod faults;
 mod lifecycle;
 mod ops;

@@ -169,10 +169,10 @@ async fn composite_quoted_keys_and_initial_only_exits_zero() {
     assert_eq!(first["op"], "read");
     assert!(keys.contains(&br#"{"Order Id":3,"line no":"l'7"}"#.to_vec()));
 
-    // `ficus check` warns; a first start refuses a keyless table in the snapshot with the fix.
+    // `ficus check` refuses what a first start refuses: a keyless table in the snapshot, with the fix.
     let (code, out) = crate::check(&snapshot_config(&s, &["public.nokey"], "  mode: initial\n"));
-    assert_eq!(code, 0, "{out}");
-    assert!(out.contains("has no primary key: the initial snapshot refuses it"), "{out}");
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("✗ snapshot of public.nokey") && out.contains("add a primary key"), "{out}");
     let config = snapshot_config(&s, &["public.nokey"], "  mode: initial\n").replace(&format!("slot: {}", s.prefix), &format!("slot: {}_nokey", s.prefix));
     let mut f = Ficus::start(&config);
     let status = f.wait(WAIT);
