@@ -72,7 +72,7 @@ async fn check_kafka(config: &Config) -> CheckItem {
     let title = format!("Kafka {}", config.kafka.brokers);
     let cc = kafka::client_config(&config.kafka);
     let result = tokio::task::spawn_blocking(move || -> Result<usize, String> {
-        let producer: rdkafka::producer::BaseProducer = cc.create().map_err(|e| e.to_string())?;
+        let producer: rdkafka::producer::BaseProducer = cc.create().map_err(|e| kafka::describe_error(&e))?;
         use rdkafka::producer::Producer;
         producer
             .client()

@@ -71,7 +71,7 @@ pub struct Config {
 }
 
 /// `source:` — the PostgreSQL database to capture.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// `postgres://user:password@host:port/db?sslmode=...`. Put the password in an environment variable:
@@ -114,7 +114,7 @@ pub enum ValueFormat {
 }
 
 /// `kafka:` — the broker and producer settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap servers, `host:port[,host:port]`.
@@ -135,9 +135,52 @@ pub struct KafkaConfig {
     pub properties: BTreeMap<String, Scalar>,
 }
 
+/// By hand: `url` may hold the password, so it prints redacted (`***` when it does not even parse). Destructured so
+/// that a new field cannot be forgotten.
+impl fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let SourceConfig {
+            url,
+            slot,
+            publication,
+            tables,
+            status_interval_secs,
+            heartbeat_interval_secs,
+            reconnect_max_delay_secs,
+            value_format,
+        } = self;
+        let url = crate::postgres::conninfo::ConnInfo::parse(url).map_or_else(|_| "***".to_string(), |i| i.redacted());
+        f.debug_struct("SourceConfig")
+            .field("url", &url)
+            .field("slot", slot)
+            .field("publication", publication)
+            .field("tables", tables)
+            .field("status_interval_secs", status_interval_secs)
+            .field("heartbeat_interval_secs", heartbeat_interval_secs)
+            .field("reconnect_max_delay_secs", reconnect_max_delay_secs)
+            .field("value_format", value_format)
+            .finish()
+    }
+}
+
+/// By hand: any `kafka.properties` value may be a secret (`sasl.password`, `ssl.key.password`, or a misspelling of
+/// them), so only the keys print.
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let KafkaConfig { brokers, delivery, checkpoint_topic, dlq_topic, properties } = self;
+        f.debug_struct("KafkaConfig")
+            .field("brokers", brokers)
+            .field("delivery", delivery)
+            .field("checkpoint_topic", checkpoint_topic)
+            .field("dlq_topic", dlq_topic)
+            .field("properties", &properties.keys().map(|k| (k, "***")).collect::<BTreeMap<_, _>>())
+            .finish()
+    }
+}
+
 /// A YAML scalar given as a librdkafka property value (`linger.ms: 5` and `linger.ms: "5"` are the same).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a string, number or boolean (a librdkafka property value)")]
 pub enum Scalar {
     String(String),
     Int(i64),
@@ -223,9 +266,53 @@ pub enum ChangeEncoding {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
-    /// Address for `/healthz`, `/readyz`, `/metrics`, `/status`; absent = no HTTP server.
-    #[serde(default)]
+    /// Address for `/healthz`, `/readyz`, `/metrics`, `/status`: `IP:PORT` or `HOST:PORT` (resolved at load time);
+    /// absent = no HTTP server.
+    #[serde(default, deserialize_with = "deserialize_listen")]
     pub listen: Option<SocketAddr>,
+}
+
+/// What Kafka accepts as a topic name, for messages.
+pub const TOPIC_NAME_RULE: &str = "a Kafka topic name: 1 to 249 of [a-zA-Z0-9._-], not \".\" or \"..\"";
+
+/// Whether Kafka accepts `t` as a topic name (the broker's own rule: legal characters, length, not `.` or `..`).
+/// Checked at load time: a bad name would otherwise fail only at the first event, after the stream started.
+pub fn is_topic_name(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 249
+        && t != "."
+        && t != ".."
+        && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// `health.listen`: `IP:PORT` or `HOST:PORT` (a host name is resolved once, at load time; IPv4 preferred, as a
+/// name like `localhost` usually means 127.0.0.1 to probes).
+fn deserialize_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    use serde::de::Error;
+    let form = "write HOST:PORT or IP:PORT, e.g. 0.0.0.0:8080, 127.0.0.1:8080 or localhost:8080";
+    let text = match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Null => return Ok(None),
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Number(n) => return Err(D::Error::custom(format!("{n} is only a port; {form}"))),
+        _ => return Err(D::Error::custom(format!("expected an address; {form}"))),
+    };
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(Some(addr));
+    }
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+        _ => return Err(D::Error::custom(format!("{text:?} is not an address with a port; {form}"))),
+    }
+    let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(text.as_str())
+        .map_err(|e| D::Error::custom(format!("cannot resolve {text:?}: {e}; {form}")))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("{text:?} resolves to no address; {form}")))
 }
 
 fn default_slot() -> String {
@@ -418,6 +505,42 @@ fn interpolate_tree(
     Ok(())
 }
 
+/// serde-saphyr's defaults, minus the source excerpt in errors: the lines around a syntax error may hold a literal
+/// password (`source.url`, `kafka.properties.sasl.password`).
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::Options { with_snippet: false, ..serde_saphyr::Options::default() }
+}
+
+/// A YAML error as its position and the parser's description. The description is about the syntax; a scalar the
+/// parser quotes in it (a value it could not read) is cut off so no value from the file is printed.
+fn yaml_error(e: serde_saphyr::Error) -> ConfigError {
+    let position = e.location().map(|l| format!("line {}, column {}: ", l.line(), l.column())).unwrap_or_default();
+    let text = e.to_string();
+    // The description comes first; anything after its first line would be an excerpt.
+    let first = text.lines().next().unwrap_or_default();
+    let first = first.split_once(" at line ").map_or(first, |(d, _)| d);
+    ConfigError::Yaml(format!("{position}{}", redact_quoted(first)))
+}
+
+/// Replaces every quoted part (`"..."`, `'...'`, `` `...` ``) of `s` by `"…"`.
+fn redact_quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if matches!(c, '"' | '\'' | '`') {
+            out.push('…');
+            for d in chars.by_ref() {
+                if d == c {
+                    out.push(d);
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
 impl Config {
     /// Reads, interpolates, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -428,8 +551,7 @@ impl Config {
 
     /// Parses and validates YAML text; `lookup` resolves `${NAME}`.
     pub fn from_yaml(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let mut tree: serde_json::Value =
-            serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+        let mut tree: serde_json::Value = serde_saphyr::from_str_with_options(text, yaml_options()).map_err(yaml_error)?;
         interpolate_tree(&mut tree, &mut Vec::new(), lookup)?;
         let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
             let key = e.path().to_string();
@@ -488,6 +610,16 @@ impl Config {
             return Err(ConfigError::invalid("kafka.brokers", "set the bootstrap servers, e.g. 127.0.0.1:9092"));
         }
         crate::kafka::check_user_properties(&self.kafka.properties)?;
+        let topics = [
+            ("changes.topic_prefix", Some(&self.changes.topic_prefix)),
+            ("kafka.dlq_topic", self.kafka.dlq_topic.as_ref()),
+            ("kafka.checkpoint_topic", self.kafka.checkpoint_topic.as_ref()),
+        ];
+        for (key, topic) in topics {
+            if let Some(topic) = topic.filter(|t| !is_topic_name(t)) {
+                return Err(ConfigError::invalid(key, format!("{topic:?} is not {TOPIC_NAME_RULE}")));
+            }
+        }
         // Compiling checks every rule (tables, topics, CEL syntax) with errors naming the key.
         crate::rules::RuleSet::compile(self)?;
         self.snapshot.validate(&captured)?;
@@ -619,6 +751,71 @@ changes:
         let text = MINIMAL.replace("tables: [\"*\"]", "tables: [public.customers]");
         let err = Config::from_yaml(&text, &env).unwrap_err().to_string();
         assert!(err.starts_with("changes.tables[0]"), "{err}");
+    }
+
+    #[test]
+    fn yaml_errors_give_the_position_but_never_the_text_around_it() {
+        let secret_near = MINIMAL.replace("  tables: [public", "  url2: postgres://ficus:pwSECRET1@h/db\n   x: [unclosed\n  tables: [public");
+        let unterminated = MINIMAL.replace("url: postgres://ficus:${PGPASSWORD}@", "url: \"postgres://ficus:pwSECRET2@");
+        let tab = MINIMAL.replace("  tables: [public", "\ttables: [public").replace("${PGPASSWORD}", "pwSECRET3");
+        let bad_escape = MINIMAL.replace("url: postgres://ficus:${PGPASSWORD}@127.0.0.1:5432/shop", "url: \"pwSECRET4\\q\"");
+        for text in [secret_near, unterminated, tab, bad_escape] {
+            let err = Config::from_yaml(&text, &env).expect_err(&text).to_string();
+            assert!(!err.contains("SECRET") && !err.contains("postgres://"), "{err}");
+            assert!(err.starts_with("config is not valid YAML: line "), "{err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
+
+    #[test]
+    fn topic_names_and_listen_addresses_are_checked_at_load() {
+        for (from, to, key) in [
+            ("  tables: [\"*\"]", "  tables: [\"*\"]\n  topic_prefix: '..'", "changes.topic_prefix"),
+            ("  tables: [\"*\"]", "  tables: [\"*\"]\n  topic_prefix: 'a/b'", "changes.topic_prefix"),
+            ("  brokers: 127.0.0.1:9092", "  brokers: 127.0.0.1:9092\n  dlq_topic: '.'", "kafka.dlq_topic"),
+            ("  brokers: 127.0.0.1:9092", "  brokers: 127.0.0.1:9092\n  checkpoint_topic: x y", "kafka.checkpoint_topic"),
+        ] {
+            let err = Config::from_yaml(&MINIMAL.replace(from, to), &env).unwrap_err().to_string();
+            assert!(err.starts_with(key) && err.contains("[a-zA-Z0-9._-]"), "{err}");
+        }
+        assert!(!is_topic_name(&"a".repeat(250)) && is_topic_name(&"a".repeat(249)) && is_topic_name("a..b"));
+        let with_listen = |l: &str| Config::from_yaml(&format!("{MINIMAL}health:\n  listen: {l}\n"), &env);
+        let c = with_listen("localhost:8080").unwrap();
+        let addr = c.health.listen.unwrap();
+        assert!(addr.ip().is_loopback() && addr.port() == 8080, "{addr}");
+        assert_eq!(with_listen("0.0.0.0:9000").unwrap().health.listen.unwrap().to_string(), "0.0.0.0:9000");
+        assert_eq!(with_listen("'[::1]:9000'").unwrap().health.listen.unwrap().to_string(), "[::1]:9000");
+        for bad in ["localhost", "8080", "localhost:http", "no-such-host.invalid:80"] {
+            let err = with_listen(bad).unwrap_err().to_string();
+            assert!(err.starts_with("health.listen: ") && err.contains("HOST:PORT"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn wrong_shapes_are_described_without_rust_type_names() {
+        let text = MINIMAL.replace("linger.ms: 5}", "linger.ms: [5]}");
+        let err = Config::from_yaml(&text, &env).unwrap_err().to_string();
+        assert!(err.starts_with("kafka.properties.linger.ms") && err.contains("string, number or boolean"), "{err}");
+        assert!(!err.contains("untagged") && !err.contains("Scalar"), "{err}");
+        let rule = |on: &str| {
+            format!("{MINIMAL}events:\n  - {{name: A, table: public.orders, on: {on}, key: string(new.id), topic: t}}\n")
+        };
+        for on in ["updat", "[insert, updat]"] {
+            let err = Config::from_yaml(&rule(on), &env).unwrap_err().to_string();
+            assert!(err.starts_with("events[0].on") && err.contains("updat") && err.contains("update"), "{err}");
+            assert!(!err.contains("untagged") && !err.contains("OneOrMany"), "{err}");
+        }
+        Config::from_yaml(&rule("[insert, update]"), &env).unwrap();
+        Config::from_yaml(&rule("delete"), &env).unwrap();
+    }
+
+    #[test]
+    fn debug_output_holds_no_secret() {
+        let text = MINIMAL.replace("linger.ms: 5}", "linger.ms: 5, sasl.password: kSECRET}");
+        let c = Config::from_yaml(&text, &env).unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("s3cr") && !debug.contains("kSECRET"), "{debug}");
+        assert!(debug.contains("postgres://ficus:***@127.0.0.1:5432/shop") && debug.contains("sasl.password"), "{debug}");
     }
 
     #[test]

@@ -8,10 +8,20 @@
 //!
 //! **Guarantee:** nothing here reveals a secret: the status holds no connection string, only the slot, database
 //! and positions.
+//!
+//! **Guarantee: no client can hold the process.** A connection that sends nothing for [`READ_IDLE_TIMEOUT`] (a
+//! half-sent request, an idle keep-alive) is closed, and so is every connection older than [`MAX_CONNECTION_AGE`]
+//! once it waits for bytes (a client dribbling a request byte by byte). After the pipeline stopped, requests in
+//! flight get [`SHUTDOWN_GRACE`] to finish, then every connection is dropped: the server never delays the exit by
+//! more than that (docs/guarantees.md, "Shutdown").
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -19,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
 /// What the endpoints report; updated by the pipeline's stages.
@@ -176,10 +187,20 @@ impl Health {
     }
 }
 
+/// A connection on which no byte arrives for this long while the server waits for one is closed.
+pub const READ_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection older than this is closed the next time the server waits for bytes on it (bounds a request sent one
+/// byte at a time; probes and scrapers simply reconnect).
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
+/// After `shutdown`, how long requests in flight may take before every connection is dropped. Our handlers answer in
+/// milliseconds; 2 s keeps SIGTERM-to-exit within the 30 s of docs/guarantees.md (the pipeline takes at most 10 s to
+/// finish an interrupted transaction plus 15 s to flush, then the server gets this).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// Binds `addr` (an error here is a configuration problem: the address is taken or not local) and serves the
-/// endpoints until `shutdown`.
+/// endpoints until `shutdown`; the returned task ends at most [`SHUTDOWN_GRACE`] after it.
 pub async fn serve(addr: SocketAddr, health: Arc<Health>, shutdown: CancellationToken) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = TimedListener(tokio::net::TcpListener::bind(addr).await?);
     tracing::info!(%addr, "health endpoints listening");
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -188,11 +209,94 @@ pub async fn serve(addr: SocketAddr, health: Arc<Health>, shutdown: Cancellation
         .route("/status", get(status))
         .with_state(health);
     Ok(tokio::spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
-        if let Err(e) = served {
-            tracing::warn!(error = %e, "health endpoints stopped");
+        let stop = shutdown.clone();
+        let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
+        // axum's graceful shutdown waits for every open connection, however long a client keeps one: bound it.
+        tokio::select! {
+            served = served => if let Err(e) = served {
+                tracing::warn!(error = %e, "health endpoints stopped");
+            },
+            () = async { shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+                tracing::warn!(grace = ?SHUTDOWN_GRACE, "health endpoints: connections still open after the shutdown grace; closing them");
+            }
         }
     }))
+}
+
+/// A TCP listener whose connections time out (see the module docs).
+struct TimedListener(tokio::net::TcpListener);
+
+impl axum::serve::Listener for TimedListener {
+    type Io = TimedIo;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (io, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        let opened = tokio::time::Instant::now();
+        (TimedIo { io, opened, deadline: Box::pin(tokio::time::sleep(READ_IDLE_TIMEOUT)) }, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+/// A connection whose reads fail with `TimedOut` once it was idle for [`READ_IDLE_TIMEOUT`] or is older than
+/// [`MAX_CONNECTION_AGE`]; hyper then closes it. Done at the socket because axum's `serve` gives hyper no timer (so
+/// hyper's own header-read timeout never fires).
+struct TimedIo {
+    io: tokio::net::TcpStream,
+    opened: tokio::time::Instant,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl TimedIo {
+    /// Bytes moved: the idle clock starts again (never past the connection's maximum age).
+    fn touch(&mut self) {
+        let next = (tokio::time::Instant::now() + READ_IDLE_TIMEOUT).min(self.opened + MAX_CONNECTION_AGE);
+        self.deadline.as_mut().reset(next);
+    }
+}
+
+impl AsyncRead for TimedIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    this.touch();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "health endpoint client sent nothing in time",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for TimedIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let written = Pin::new(&mut this.io).poll_write(cx, buf);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            this.touch();
+        }
+        written
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 async fn readyz(State(h): State<Arc<Health>>) -> Response {
@@ -208,4 +312,49 @@ async fn metrics_text(State(h): State<Arc<Health>>) -> Response {
 
 async fn status(State(h): State<Arc<Health>>) -> Response {
     axum::Json(h.status()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn start() -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let task = serve(addr, Health::new(None), stop.clone()).await.unwrap();
+        (addr, stop, task)
+    }
+
+    #[tokio::test]
+    async fn a_half_sent_request_delays_shutdown_by_at_most_the_grace() {
+        let (addr, stop, task) = start().await;
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /status HTTP/1.1\r\nHost: loc").await.unwrap();
+        // A complete request on another connection is still answered.
+        let mut ok = tokio::net::TcpStream::connect(addr).await.unwrap();
+        ok.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut text = String::new();
+        ok.read_to_string(&mut text).await.unwrap();
+        assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("ok\n"), "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let stopped = tokio::time::Instant::now();
+        stop.cancel();
+        tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(2), task).await.expect("server bounded").unwrap();
+        assert!(stopped.elapsed() >= SHUTDOWN_GRACE - Duration::from_millis(100), "{:?}", stopped.elapsed());
+        drop(slow);
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_closed_after_the_read_timeout() {
+        let (addr, _stop, _task) = start().await;
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /status HTTP/1.1\r\n").await.unwrap();
+        let opened = tokio::time::Instant::now();
+        let mut buf = Vec::new();
+        // EOF or a reset: either way the server closed it.
+        let closed = tokio::time::timeout(READ_IDLE_TIMEOUT + Duration::from_secs(3), slow.read_to_end(&mut buf)).await;
+        assert!(closed.is_ok(), "the server kept the half-sent request open");
+        assert!(opened.elapsed() >= READ_IDLE_TIMEOUT - Duration::from_millis(200), "{:?}", opened.elapsed());
+    }
 }

@@ -58,7 +58,7 @@ enum Command {
     },
     /// Re-snapshot one table while ficus runs: writes a request into the WAL that the instance streaming the
     /// configured slot takes up in stream order (at once if it runs, else when it starts). Exit 2 if the request is
-    /// not valid.
+    /// not valid or the slot does not exist; exit 1 if a lock held on the table outlasts the 5 s lock timeout.
     Backfill {
         #[arg(long, short)]
         config: PathBuf,
@@ -225,9 +225,9 @@ async fn async_main() -> ExitCode {
                     println!("{message}");
                     ExitCode::SUCCESS
                 }
-                Err(e) => {
+                Err((code, e)) => {
                     eprintln!("error: {e}");
-                    ExitCode::from(2)
+                    ExitCode::from(code)
                 }
             }
         }
@@ -249,25 +249,37 @@ async fn async_main() -> ExitCode {
     }
 }
 
-/// `ficus backfill`: checks the table and the condition, then writes the request.
-async fn backfill(config: &Config, table: &str, filter: Option<&str>) -> Result<String, String> {
+/// `ficus backfill`: checks the table, the slot and the condition, then writes the request. Errors carry the exit
+/// code: 2 when the request is not valid (or would never be taken up), 1 when the server was busy (a held lock).
+async fn backfill(config: &Config, table: &str, filter: Option<&str>) -> Result<String, (u8, String)> {
     use ficus::config::TableName;
     use ficus::postgres::conninfo::ConnInfo;
-    let name = TableName::parse(table).map_err(|e| format!("--table: {e}"))?;
-    let captured = config.captured_tables().map_err(|e| e.to_string())?;
+    use ficus::snapshot::BackfillRequestError;
+    let invalid = |m: String| (2, m);
+    let name = TableName::parse(table).map_err(|e| invalid(format!("--table: {e}")))?;
+    let captured = config.captured_tables().map_err(|e| invalid(e.to_string()))?;
     if !captured.contains(&name) {
-        return Err(format!("--table: {name} is not in source.tables of this config; only captured tables can be backfilled"));
+        return Err(invalid(format!(
+            "--table: {name} is not in source.tables of this config; only captured tables can be backfilled"
+        )));
     }
-    let info = ConnInfo::parse(&config.source.url).map_err(|e| format!("source.url: {e}"))?;
-    let (client, connection) = info.connect_control().await.map_err(|e| format!("source.url: {e}"))?;
+    let info = ConnInfo::parse(&config.source.url).map_err(|e| invalid(format!("source.url: {e}")))?;
+    let (client, connection) = info.connect_control().await.map_err(|e| invalid(format!("source.url: {e}")))?;
+    client
+        .batch_execute(ficus::snapshot::BACKFILL_SESSION_SETTINGS)
+        .await
+        .map_err(|e| (1, format!("setting lock_timeout on the connection: {e}")))?;
     let table_info = ficus::postgres::control::table_info(&client, &name)
         .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("--table: {name} does not exist"))?;
+        .map_err(|e| (1, e.to_string()))?
+        .ok_or_else(|| invalid(format!("--table: {name} does not exist")))?;
     if table_info.key_columns.is_empty() {
-        return Err(format!("--table: {}", ficus::snapshot::no_key_message(&name)));
+        return Err(invalid(format!("--table: {}", ficus::snapshot::no_key_message(&name))));
     }
-    let lsn = ficus::snapshot::request_backfill(&client, &config.source.slot, &name, filter).await?;
+    let lsn = ficus::snapshot::request_backfill(&client, &config.source.slot, &name, filter).await.map_err(|e| match e {
+        BackfillRequestError::Invalid(m) => (2, m),
+        BackfillRequestError::Busy(m) => (1, m),
+    })?;
     drop(client);
     connection.abort();
     Ok(format!(

@@ -19,7 +19,7 @@ use crate::snapshot::SnapshotState;
 
 /// Creates the checkpoint topic (one partition, compacted) if it is missing; an existing topic is left as it is.
 pub async fn ensure(cfg: &KafkaConfig, topic: &str) -> Result<(), String> {
-    let admin: AdminClient<_> = super::client_config(cfg).create().map_err(|e| e.to_string())?;
+    let admin: AdminClient<_> = super::client_config(cfg).create().map_err(|e| super::describe_error(&e))?;
     let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin.create_topics([&new], &opts).await.map_err(|e| e.to_string())?;
@@ -47,7 +47,7 @@ pub fn read(cfg: &KafkaConfig, topic: &str, slot: &str) -> Result<Option<(Lsn, O
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest");
-    let consumer: BaseConsumer = cc.create().map_err(|e| e.to_string())?;
+    let consumer: BaseConsumer = cc.create().map_err(|e| super::describe_error(&e))?;
     let meta = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).map_err(|e| e.to_string())?;
     let partitions: Vec<i32> = meta.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
     let mut last = None;

@@ -9,7 +9,10 @@
 //! 0 waits forever).
 //!
 //! **Guarantee:** the password never appears in `Debug`, `Display`, errors or [`ConnInfo::redacted`]; it is
-//! reachable only through [`Password::expose`].
+//! reachable only through [`Password::expose`]. Parse errors never quote the user-information part of the URL
+//! (everything before its last `@`), whatever it contains — a password with an unencoded `/`, `?`, `@`, `#` or `&`
+//! cannot leak as a "port" or "database name" — nor any part of a `password=` parameter. Special characters in a
+//! password must be percent-encoded (docs/configuration.md has the table).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -89,10 +92,7 @@ impl FromStr for SslMode {
             "verify-ca" => SslMode::VerifyCa,
             "verify-full" => SslMode::VerifyFull,
             other => {
-                return Err(ConnInfoError(format!(
-                    "sslmode={other:?} is not supported; use one of: {}",
-                    SslMode::ACCEPTED
-                )))
+                return Err(bad(format!("sslmode={other:?} is not supported; use one of: {}", SslMode::ACCEPTED)))
             }
         })
     }
@@ -100,8 +100,15 @@ impl FromStr for SslMode {
 
 /// What is wrong with a connection URL, and how to fix it. Never contains the password.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ConnInfoError(String);
+#[error("{message}")]
+pub struct ConnInfoError {
+    message: String,
+    /// The message quotes no part of the URL (so it may be shown as is, even for a URL with a password).
+    quotes_nothing: bool,
+}
+
+/// How to write special characters in a password, for messages (docs/configuration.md has the table).
+const ENCODING: &str = "'/' as %2F, '?' as %3F, '@' as %40, '#' as %23, ':' as %3A, '&' as %26, '%' as %25, space as %20";
 
 /// Opening the control connection failed.
 #[derive(Debug, thiserror::Error)]
@@ -184,13 +191,45 @@ const FORM: &str = "postgres://USER[:PASSWORD]@HOST[:PORT]/DBNAME[?sslmode=...]"
 const PARAMS: &str = "host, port, user, password, dbname, sslmode, sslrootcert, application_name, connect_timeout";
 
 fn bad(msg: impl Into<String>) -> ConnInfoError {
-    ConnInfoError(msg.into())
+    ConnInfoError { message: msg.into(), quotes_nothing: false }
+}
+
+/// An error whose message quotes nothing from the URL.
+fn bad_unquoted(msg: impl Into<String>) -> ConnInfoError {
+    ConnInfoError { message: msg.into(), quotes_nothing: true }
 }
 
 impl ConnInfo {
     /// Parses a `postgres://` or `postgresql://` URL (see the module docs).
+    ///
+    /// Errors never quote the user-information part (`USER:PASSWORD@`) of the URL, whatever it contains: a password
+    /// with an unencoded `/`, `?`, `@`, `#` or `&` would otherwise end up split into "port", "database name" or
+    /// "parameter" values that the messages quote. When the URL cannot be parsed, the part up to its last `@` (the
+    /// widest span a password could occupy) is replaced by `***` and parsed again: if that parses, the problem is
+    /// in the hidden part and the message says how to percent-encode; else the message of the redacted URL is shown.
     pub fn parse(url: &str) -> Result<ConnInfo, ConnInfoError> {
         let url = url.trim();
+        let parsed = ConnInfo::parse_unredacted(url);
+        let Err(error) = parsed else { return parsed };
+        if error.quotes_nothing {
+            return Err(error);
+        }
+        let rest = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://"));
+        let Some((rest, (userinfo_end, _))) = rest.and_then(|r| Some((r, r.rmatch_indices('@').next()?))) else {
+            // No '@': the URL has no user-information part, everything in it may be quoted.
+            return Err(error);
+        };
+        let redacted = format!("postgres://***@{}", &rest[userinfo_end + 1..]);
+        match ConnInfo::parse_unredacted(&redacted) {
+            Err(e) => Err(e),
+            Ok(_) => Err(bad(format!(
+                "the user name or password part of the URL (before the last '@', not shown) cannot be parsed: \
+                 percent-encode the special characters in it ({ENCODING}); write it as {FORM}"
+            ))),
+        }
+    }
+
+    fn parse_unredacted(url: &str) -> Result<ConnInfo, ConnInfoError> {
         let rest = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://")).ok_or_else(|| {
             bad(format!("the connection URL must start with postgres:// or postgresql://, as in {FORM}"))
         })?;
@@ -225,6 +264,8 @@ impl ConnInfo {
         let mut host = decode(host, "host")?;
         let mut port = port.map(parse_port).transpose()?;
         let mut dbname = match path {
+            // Not a database name but most likely the rest of a password with an unencoded '/' (see `parse`).
+            Some(p) if p.contains('@') => return Err(bad("the database name contains '@'; percent-encode it as %40")),
             Some(p) if p.contains('/') => {
                 return Err(bad(format!("the database name {p:?} contains '/'; percent-encode it as %2F")))
             }
@@ -236,10 +277,20 @@ impl ConnInfo {
         let mut sslrootcert = None;
         let mut application_name = "ficus".to_string();
         let mut connect_timeout = Duration::from_secs(10);
+        let mut after_password = false;
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair
-                .split_once('=')
-                .ok_or_else(|| bad(format!("URL parameter {pair:?} has no value; write NAME=VALUE")))?;
+            let Some((key, value)) = pair.split_once('=') else {
+                // Right after `password=`, this is most likely the rest of a password with an unencoded '&'.
+                return Err(if after_password {
+                    bad_unquoted(format!(
+                        "the password parameter is followed by a part without '=' (not shown): percent-encode '&' in \
+                         the password as %26 ({ENCODING})"
+                    ))
+                } else {
+                    bad(format!("URL parameter {pair:?} has no value; write NAME=VALUE"))
+                });
+            };
+            after_password = key == "password";
             let what = format!("URL parameter {key}");
             let value = if key == "password" { decode(value, "password")? } else { decode(value, &what)? };
             match key {
@@ -438,6 +489,7 @@ fn parse_port(port: &str) -> Result<u16, ConnInfoError> {
 fn decode(s: &str, what: &str) -> Result<String, ConnInfoError> {
     let secret = what == "password";
     let shown = |s: &str| if secret { String::new() } else { format!(" {s:?}") };
+    let bad = |m: String| if secret { bad_unquoted(m) } else { bad(m) };
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -535,6 +587,39 @@ mod tests {
         // A malformed password escape is reported without echoing the password.
         let e = ConnInfo::parse("postgres://ficus:hunt%zzer2@h/db").unwrap_err().to_string();
         assert!(e.contains("password") && !e.contains("hunt"), "{e}");
+    }
+
+    #[test]
+    fn errors_never_quote_the_user_information_whatever_it_contains() {
+        // Unencoded delimiters in the password split it into "port", "database" or "parameter" values; none of
+        // them may be quoted, and the message says how to encode.
+        for url in [
+            "postgres://ficus:aSECRET1/bSECRET2@db:5432/shop",
+            "postgres://ficus:cSECRET3?dSECRET4@db:5432/shop",
+            "postgres://ficus:SECRET5/x@y@db/shop",
+            "postgres://ficus:fSECRET6/?@#gSECRET7:hSECRET8%zz@db/shop?sslmode=disable",
+            "postgres://ficus:1234/SECRET9@db",
+            "postgresql://SECRET10:x/y@db/shop",
+        ] {
+            let e = ConnInfo::parse(url).expect_err(url).to_string();
+            assert!(!e.contains("SECRET"), "{url}: {e}");
+            assert!(e.contains("%2F") && e.contains("not shown"), "{url}: {e}");
+        }
+        // A password parameter with an unencoded '&'.
+        let e = ConnInfo::parse("postgres://u@h/d?password=iSECRET9&jSECRET10&sslmode=disable").unwrap_err().to_string();
+        assert!(!e.contains("SECRET") && e.contains("%26"), "{e}");
+        // Problems after the user information are still reported precisely, with the user information hidden.
+        let e = ConnInfo::parse("postgres://u:pSECRET/x@h:99999/d").unwrap_err().to_string();
+        assert!(e.contains("port \"99999\"") && !e.contains("SECRET"), "{e}");
+        let e = ConnInfo::parse("postgres://u:pSECRET@h/d?sslmod=require").unwrap_err().to_string();
+        assert!(e.contains("\"sslmod\" is not supported") && !e.contains("SECRET"), "{e}");
+        // Encoded, the same passwords parse.
+        let info = ConnInfo::parse("postgres://ficus:a%2Fb%3Fc%40d%23e%3Af%25g%26h@db/shop").unwrap();
+        assert_eq!(info.password.unwrap().expose(), "a/b?c@d#e:f%g&h");
+        assert_eq!((info.host.as_str(), info.dbname.as_str()), ("db", "shop"));
+        // '@' and '#' need no encoding when the rest is plain (the last '@' of the authority ends the password).
+        let info = ConnInfo::parse("postgres://ficus:p@ss#w@db/shop").unwrap();
+        assert_eq!(info.password.unwrap().expose(), "p@ss#w");
     }
 
     #[test]

@@ -645,9 +645,11 @@ async fn check_slot(client: &Client, config: &Config, report: &mut Report) -> Re
         Some(info) => {
             let fix_drop = format!("SELECT pg_drop_replication_slot('{}');  -- only if nothing else uses it", slot.replace('\'', "''"));
             if info.plugin.as_deref() != Some("pgoutput") {
-                report.push(Status::Fail, title, format!("uses plugin {:?}, ficus needs pgoutput", info.plugin), Some(fix_drop));
+                let plugin = info.plugin.as_deref().unwrap_or("none (a physical slot)");
+                report.push(Status::Fail, title, format!("uses plugin {plugin}, ficus needs pgoutput"), Some(fix_drop));
             } else if info.database.as_deref() != Some(database.as_str()) {
-                report.push(Status::Fail, title, format!("belongs to database {:?}, not {database}", info.database), Some("choose another source.slot".into()));
+                let db = info.database.as_deref().unwrap_or("none (a physical slot)");
+                report.push(Status::Fail, title, format!("belongs to database {db}, not {database}"), Some("choose another source.slot".into()));
             } else if info.wal_status.as_deref() == Some("lost") && config.snapshot.on_gap == crate::snapshot::OnGap::Resnapshot {
                 report.push(
                     Status::Warn,

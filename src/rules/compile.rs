@@ -84,7 +84,7 @@ pub(super) fn compile_rule(
     let topic = match (&kind, &spec.topic) {
         (Kind::Outbox(_), _) => String::new(),
         (_, Some(t)) if is_topic_name(t) => t.clone(),
-        (_, Some(_)) => return Err(ConfigError::invalid(at("topic"), "a Kafka topic name: 1 to 249 of [a-zA-Z0-9._-]")),
+        (_, Some(_)) => return Err(ConfigError::invalid(at("topic"), crate::config::TOPIC_NAME_RULE)),
         (_, None) => return Err(ConfigError::invalid(at("topic"), "required: the Kafka topic of the events")),
     };
     if !matches!(kind, Kind::Outbox(_)) && spec.key.is_none() {
@@ -191,7 +191,7 @@ pub(super) fn compile_rule(
 }
 
 fn is_topic_name(t: &str) -> bool {
-    !t.is_empty() && t.len() <= 249 && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    crate::config::is_topic_name(t)
 }
 
 pub(super) fn compile_data(

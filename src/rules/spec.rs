@@ -107,11 +107,27 @@ fn default_version() -> u32 {
 }
 
 /// A YAML scalar or list: `on: update` or `on: [insert, update]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum OneOrMany<T> {
     One(T),
     Many(Vec<T>),
+}
+
+/// By hand rather than `#[serde(untagged)]`: serde's untagged error ("data did not match any variant of untagged enum
+/// OneOrMany") would hide the item's own error (`unknown variant `updat`, expected one of insert, update, ...`).
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Array(items) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| T::deserialize(item).map_err(|e| D::Error::custom(format!("[{i}]: {e}"))))
+                .collect::<Result<_, _>>()
+                .map(OneOrMany::Many),
+            one => T::deserialize(one).map(OneOrMany::One).map_err(D::Error::custom),
+        }
+    }
 }
 
 impl<T: Clone> OneOrMany<T> {

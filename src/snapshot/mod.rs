@@ -340,16 +340,78 @@ fn rand_u64() -> u64 {
     h.finish()
 }
 
+/// Why `ficus backfill` wrote no request.
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillRequestError {
+    /// The request is not valid, or no instance would ever take it up: fix the command or the config (exit 2).
+    #[error("{0}")]
+    Invalid(String),
+    /// The server did not answer within [`BACKFILL_SESSION_SETTINGS`]' bounds (a table lock held by another session);
+    /// the same command can succeed later (exit 1).
+    #[error("{0}")]
+    Busy(String),
+}
+
+/// Session settings for `ficus backfill`'s connection, so it never waits unboundedly: a table lock held by another
+/// session (`LOCK TABLE`, `ALTER TABLE`, `VACUUM FULL`) fails the `--where` check after 5 s instead of hanging, and
+/// no statement runs longer than 30 s.
+pub const BACKFILL_SESSION_SETTINGS: &str = "SET lock_timeout = '5s'; SET statement_timeout = '30s'";
+
 /// Writes a backfill request for the instance using `slot` (`ficus backfill`). The request travels through the
-/// WAL: the running instance (or the next one to start) takes it up in stream order.
-pub async fn request_backfill(client: &tokio_postgres::Client, slot: &str, table: &TableName, filter: Option<&str>) -> Result<String, String> {
+/// WAL: the running instance (or the next one to start) takes it up in stream order. Refuses when `slot` does not
+/// exist in this database, since then no instance would ever see the request (a slot created later starts after
+/// it). Run [`BACKFILL_SESSION_SETTINGS`] on `client` first.
+pub async fn request_backfill(
+    client: &tokio_postgres::Client,
+    slot: &str,
+    table: &TableName,
+    filter: Option<&str>,
+) -> Result<String, BackfillRequestError> {
+    use BackfillRequestError::{Busy, Invalid};
+    let server_error = |what: &str, e: tokio_postgres::Error| {
+        let text = e.as_db_error().map_or(e.to_string(), |d| d.message().to_string());
+        match e.code().map(|c| c.code()) {
+            // lock_not_available (lock_timeout), query_canceled (statement_timeout)
+            Some("55P03") | Some("57014") => Busy(format!(
+                "{what}: {table} is locked by another session ({text}): something holds a lock that blocks reading \
+                 it (LOCK TABLE, ALTER TABLE, VACUUM FULL, ...); retry when it is released (pg_locks shows who holds \
+                 it)"
+            )),
+            _ => Invalid(format!("{what}: {text}")),
+        }
+    };
+    let slot_row = client
+        .query_opt(
+            "SELECT database::text, plugin::text, database = current_database() FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| server_error("reading pg_replication_slots", e))?;
+    match slot_row {
+        None => {
+            return Err(Invalid(format!(
+                "source.slot: replication slot {slot} does not exist on this server, so no ficus instance would ever \
+                 take the request up (a slot created later starts after it). Start `ficus run` with this config first \
+                 (it creates the slot; snapshot.mode decides whether it copies existing rows), then request the backfill"
+            )))
+        }
+        Some(row) if !row.get::<_, Option<bool>>(2).unwrap_or(false) => {
+            let db: Option<String> = row.get(0);
+            return Err(Invalid(format!(
+                "source.slot: replication slot {slot} belongs to database {}, not the database of source.url; a \
+                 request written here would never reach it. Point source.url at that database",
+                db.as_deref().unwrap_or("(none: a physical slot)")
+            )));
+        }
+        Some(_) => {}
+    }
     if let Some(f) = filter {
-        chunk::check_filter(f).map_err(|e| format!("--where {e}"))?;
+        chunk::check_filter(f).map_err(|e| Invalid(format!("--where {e}")))?;
         // Let the server check the condition now rather than fail the backfill later.
         client
             .execute(&format!("EXPLAIN SELECT 1 FROM {} WHERE ({f})", table.quoted()), &[])
             .await
-            .map_err(|e| format!("--where is not a valid condition on {table}: {}", e.as_db_error().map_or(e.to_string(), |d| d.message().to_string())))?;
+            .map_err(|e| server_error(&format!("--where is not a valid condition on {table}"), e))?;
     }
     let content = serde_json::to_string(&BackfillRequest {
         slot: slot.to_string(),
@@ -361,6 +423,6 @@ pub async fn request_backfill(client: &tokio_postgres::Client, slot: &str, table
     let row = client
         .query_one("SELECT pg_logical_emit_message(true, $1, $2)::text", &[&BACKFILL_PREFIX, &content])
         .await
-        .map_err(|e| format!("writing the request: {}", e.as_db_error().map_or(e.to_string(), |d| d.message().to_string())))?;
+        .map_err(|e| server_error("writing the request", e))?;
     Ok(row.get(0))
 }

@@ -11,6 +11,7 @@ mod faults;
 mod lifecycle;
 mod ops;
 mod rules;
+mod secrets;
 mod shutdown;
 mod snapshot;
 
