@@ -458,12 +458,21 @@ pub fn interpolate_env(
                 rest = &body[end + 1..];
                 continue;
             }
+            // `${NAME:-default}`: the default when NAME is unset or empty, as in the shell.
+            let (name, default) = match name.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (name, None),
+            };
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(format!("invalid environment variable name {name:?} in ${{...}}"));
             }
-            let value = lookup(name).ok_or_else(|| {
-                format!("environment variable {name} is not set (export {name}=... or remove ${{{name}}})")
-            })?;
+            let value = match (lookup(name).filter(|v| !v.is_empty() || default.is_none()), default) {
+                (Some(v), _) => v,
+                (None, Some(d)) => d.to_string(),
+                (None, None) => {
+                    return Err(format!("environment variable {name} is not set (export {name}=... or remove ${{{name}}})"))
+                }
+            };
             out.push_str(&value);
             rest = &body[end + 1..];
         } else {
@@ -712,6 +721,18 @@ changes:
         let tables = c.captured_tables().unwrap();
         assert_eq!(tables[1], TableName { schema: "legacy".into(), name: "Order Lines".into() });
         assert!(c.publishes_changes_of(&tables[1]));
+    }
+
+    #[test]
+    fn env_defaults_apply_when_unset_or_empty() {
+        let lookup = |name: &str| match name {
+            "SET" => Some("x".to_string()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        assert_eq!(interpolate_env("${SET:-d}|${EMPTY:-d}|${UNSET:-5432}|${UNSET:-}", &lookup).unwrap(), "x|d|5432|");
+        assert_eq!(interpolate_env("${EMPTY}", &lookup).unwrap(), "");
+        assert!(interpolate_env("${UNSET}", &lookup).unwrap_err().contains("UNSET is not set"));
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub(super) async fn sink_loop(
     mut tap: Option<Tap>,
 ) -> Result<(), PipelineError> {
     let mut reported = std::time::Instant::now();
+    let mut unpublished = false;
     let mut current = None;
     let result = async {
         let mut records: Vec<Record> = Vec::with_capacity(4);
@@ -38,17 +39,22 @@ pub(super) async fn sink_loop(
             // exactly_once: commit an open Kafka transaction that waited long enough, at a source commit boundary.
             // The deadline counts from the transaction's start, so a stream of keepalives cannot postpone it.
             let due = kafka_txn.as_ref().and_then(|t| t.due_at()).filter(|_| current.is_none());
-            let batch = match due {
-                Some(due) => tokio::select! {
-                    b = rx.recv() => b,
-                    _ = tokio::time::sleep_until(due) => {
-                        if let Some(t) = kafka_txn.as_mut() {
-                            t.commit(&progress).await?;
-                        }
-                        continue;
+            // Counts not yet in /status are published once the stream pauses, not only with the next change.
+            let publish_at = tokio::time::Instant::from_std(reported + Duration::from_millis(250));
+            let batch = tokio::select! {
+                b = rx.recv() => b,
+                _ = tokio::time::sleep_until(due.unwrap_or(publish_at)), if due.is_some() => {
+                    if let Some(t) = kafka_txn.as_mut() {
+                        t.commit(&progress).await?;
                     }
-                },
-                None => rx.recv().await,
+                    continue;
+                }
+                _ = tokio::time::sleep_until(publish_at), if unpublished => {
+                    reported = std::time::Instant::now();
+                    unpublished = false;
+                    publish_counts(&health, &router, commit_time_us);
+                    continue;
+                }
             };
             let Some(batch) = batch else { break };
             for event in batch {
@@ -112,7 +118,10 @@ pub(super) async fn sink_loop(
             // Counts for /status, at most four times a second.
             if reported.elapsed() >= Duration::from_millis(250) {
                 reported = std::time::Instant::now();
+                unpublished = false;
                 publish_counts(&health, &router, commit_time_us);
+            } else {
+                unpublished = true;
             }
         }
         // The stream ended cleanly: commit what is complete.

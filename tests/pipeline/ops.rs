@@ -272,3 +272,25 @@ async fn tls_verify_full_with_a_private_ca_and_scram() {
     f.wait_streaming();
     assert_eq!(f.terminate().code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_counts_are_current_after_a_burst_without_a_later_change() {
+    let s = Setup::new("status_fresh", "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let (f, port) = Ficus::start_with_health(&s.config(&["public.t"]));
+    wait_for_status(port, "/readyz", 200, &|| f.log());
+    // A burst, then silence: the last counts must reach /status without waiting for another change.
+    for i in 0..50 {
+        s.sql(&format!("INSERT INTO t VALUES ({i})")).await;
+    }
+    s.wait_confirmed_now(&f).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, body) = get(port, "/status").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if v["tables"]["public.t"]["changes"] == 50 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/status counts stale after the burst: {}", v["tables"]);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
