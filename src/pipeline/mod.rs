@@ -371,7 +371,12 @@ async fn stream_session(
             let (checkpoint, state) = match (eos, file_checkpoint) {
                 (true, file) => {
                     let (lsn, state) = file.map_or((Lsn::INVALID, None), |(l, s)| (l, s));
-                    let (lsn, state) = exactly_once::resume_point(config, lsn, state).await?;
+                    // Creating the topic, fencing and reading wait for the broker (up to minutes when it is
+                    // unreachable): a shutdown must not wait for them. Nothing was published or confirmed yet.
+                    let (lsn, state) = tokio::select! {
+                        resumed = exactly_once::resume_point(config, lsn, state) => resumed?,
+                        () = shutdown.cancelled() => return Ok(()),
+                    };
                     ((lsn != Lsn::INVALID).then_some(lsn), state)
                 }
                 (false, Some((lsn, state))) => (Some(lsn), state),

@@ -53,7 +53,8 @@ fn ficus_output(args: &[&str], config: &Path, env: &[(&str, &str)], health_port:
                 }
                 if Instant::now() > deadline {
                     let _ = child.kill();
-                    panic!("ficus {args:?} did not stop within 30 s of SIGTERM");
+                    let log = std::fs::read_to_string(&err_path).unwrap_or_default();
+                    panic!("ficus {args:?} did not stop within 30 s of SIGTERM:\n{log}");
                 }
                 std::thread::sleep(Duration::from_millis(50));
             };
@@ -125,7 +126,16 @@ async fn no_command_prints_a_secret_whatever_the_bad_input() {
         "properties: {linger.ms: 1}",
         &format!("properties: {{security.protocol: SASL_PLAINTEXT, sasl.mechanisms: PLAIN, sasl.username: u, sasl.password: 'kafka{MARK}15'}}"),
     );
-    cases.push(("unreachable broker".into(), cfg, vec![]));
+    cases.push(("unreachable broker".into(), cfg.clone(), vec![]));
+    // The same with exactly_once: the transactional producer and the checkpoint topic's clients.
+    let cfg = cfg.replace("  properties:", "  delivery: exactly_once\n  properties:");
+    cases.push(("unreachable broker, exactly_once".into(), cfg, vec![]));
+    // A TLS set-up error (CA file missing) on a URL with a password.
+    let tls_url = format!(
+        "postgres://secrets_user:Tls{MARK}pw@127.0.0.1:{port}/{}?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+        s.db
+    );
+    cases.push(("tls error".into(), Ficus::config(&tls_url, &["public.t"], &s.prefix, &brokers, &tail), vec![]));
     // YAML syntax errors next to (and inside) a literal password.
     let base = Ficus::config(&url_with(&format!("yaml{MARK}16")), &["public.t"], &s.prefix, &brokers, &tail);
     cases.push(("yaml error near the password".into(), base.replace("  slot:", "   slot: [unclosed\n  slot:"), vec![]));
@@ -274,4 +284,23 @@ async fn health_listen_takes_a_host_name() {
     let (_s, port, mut f) = streaming_with_health("listen_host", "localhost").await;
     assert_eq!(get(port, "/healthz"), Some((200, "ok\n".to_string())), "{}", f.log());
     assert!(f.terminate().success(), "{}", f.log());
+}
+
+/// exactly_once with the broker away: the start waits for the checkpoint topic (creating it, fencing, reading), which
+/// takes minutes to time out; SIGTERM must still end ficus at once (docs/guarantees.md: "broker unreachable at start
+/// — retried until it answers or ficus is stopped").
+#[tokio::test(flavor = "multi_thread")]
+async fn exactly_once_start_with_the_broker_away_stops_on_sigterm() {
+    let s = Setup::new("eos_away", "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
+    let cfg = Ficus::config(&s.pg.superuser_url(&s.db), &["public.t"], &s.prefix, "127.0.0.1:1", "")
+        .replace("  properties:", "  delivery: exactly_once\n  properties:");
+    let mut f = Ficus::start(&cfg);
+    f.wait_for_log("IDENTIFY_SYSTEM", crate::WAIT);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(f.is_running(), "{}", f.log());
+    f.signal("-TERM");
+    let started = Instant::now();
+    let status = f.wait(Duration::from_secs(60));
+    assert!(started.elapsed() < Duration::from_secs(10), "SIGTERM took {:?}:\n{}", started.elapsed(), f.log());
+    assert_eq!(status.code(), Some(0), "{}", f.log());
 }
