@@ -214,7 +214,7 @@ async fn the_shop_example_produces_its_business_events() {
     let port = crate::support::free_port();
     // Point the example at this test's database, broker, slot and topics; everything else as shipped.
     let cfg = example
-        .replace("postgres://ficus:${PGPASSWORD}@${FICUS_PG_HOST}:5432/shop?sslmode=prefer", &s.pg.superuser_url(&s.db))
+        .replace("postgres://ficus:${PGPASSWORD}@${FICUS_PG_HOST}:${FICUS_PG_PORT:-5432}/shop?sslmode=prefer", &s.pg.superuser_url(&s.db))
         .replace("${FICUS_KAFKA}", &s.kafka.brokers())
         .replace("slot: ficus", &format!("slot: {}", s.prefix))
         .replace("publication: ficus", &format!("publication: {}", s.prefix))
