@@ -36,13 +36,20 @@ health_port=$(free_port)
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 [ "$(id -u)" -eq 0 ] && chown postgres "$work"
 
+# Job control: every background component runs in a process group of its own, so stopping it stops its children
+# too (noida-db's server process, the kcat readers); `disown` keeps bash's job notices off the screen.
+set -m
 pids=()
 cleanup() {
     trap - EXIT INT TERM
     echo
     echo "demo: stopping"
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    # ficus first (it confirms what Kafka holds), then the rest.
+    for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do
+        for _ in $(seq 100); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL -- "-$pid" 2>/dev/null || true
+    done
     as_pg "$pg_bin/pg_ctl" -D "$work/pg" -m fast -w stop >/dev/null 2>&1 || true
     rm -rf "$work"
     echo "demo: stopped and cleaned up"
@@ -60,26 +67,34 @@ psql -q -d shop -v ON_ERROR_STOP=1 -f docker/postgres/init.sql >/dev/null
 echo "demo: Kafka-protocol broker (noida-db) on 127.0.0.1:$kafka_port"
 mkdir -p "$work/kafka"
 "$noida" start --only kafka --host 127.0.0.1 --kafka-port "$kafka_port" --data-dir "$work/kafka" >"$work/kafka.log" 2>&1 &
-pids+=($!)
+pids+=($!); disown
 for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$kafka_port") 2>/dev/null && break; sleep 0.1; done
 
 echo "demo: ficus run --config config/shop.yaml (log: $work/ficus.log; health: http://127.0.0.1:$health_port/status)"
 mkdir -p "$work/ficus"
-sed "s|^state:|health:\n  listen: 127.0.0.1:$health_port\nstate:|" config/shop.yaml >"$work/ficus/shop.yaml"
+sed "s|listen: 0.0.0.0:8080|listen: 127.0.0.1:$health_port|" config/shop.yaml >"$work/ficus/shop.yaml"
 (cd "$work/ficus" && PGPASSWORD=ficus FICUS_PG_HOST=127.0.0.1 FICUS_PG_PORT=$pg_port FICUS_KAFKA=127.0.0.1:$kafka_port \
     RUST_LOG=info exec "$ficus" run --config shop.yaml) >"$work/ficus.log" 2>&1 &
-pids+=($!)
+pids+=($!); disown
 for _ in $(seq 300); do grep -q "ficus::pipeline: streaming" "$work/ficus.log" && break; sleep 0.1; done
 grep -q "ficus::pipeline: streaming" "$work/ficus.log" || { echo "demo: ficus did not start:" >&2; cat "$work/ficus.log" >&2; exit 1; }
 
 echo "demo: workload writing legacy rows (docker/workload.sh)"
 bash docker/workload.sh >"$work/workload.log" 2>&1 &
-pids+=($!)
+pids+=($!); disown
 
 echo "demo: business events as they arrive (Ctrl-C to stop):"
 echo
-# One line per event: type, version, key, data. kcat reads every topic of the shop, from the beginning.
-kcat -q -C -b "127.0.0.1:$kafka_port" -G "demo-$$" shop.orders shop.customers 2>/dev/null -f '%s\n' |
+# One line per event: type, version, key, data. The topics appear with their first event; each is read from the
+# beginning by its own kcat (simple consumers: no group protocol needed).
+for topic in shop.orders shop.customers; do
+    for _ in $(seq 300); do kcat -L -b "127.0.0.1:$kafka_port" -t "$topic" 2>/dev/null | grep -q "partition 0" && break; sleep 0.2; done
+done
+{
+    kcat -q -u -C -b "127.0.0.1:$kafka_port" -t shop.customers -o beginning -f '%s\n' 2>/dev/null &
+    kcat -q -u -C -b "127.0.0.1:$kafka_port" -t shop.orders -o beginning -f '%s\n' 2>/dev/null &
+    wait
+} |
     python3 -u -c '
 import json, sys
 for line in sys.stdin:
@@ -87,11 +102,10 @@ for line in sys.stdin:
         e = json.loads(line)
     except ValueError:
         continue
-    print(f"{e.get(\"eventType\", \"?\"):<20} v{e.get(\"eventVersion\", \"?\")}  key={e.get(\"key\")!s:<6} {json.dumps(e.get(\"data\"), separators=(\",\", \":\"))}")
+    data = json.dumps(e.get("data"), separators=(",", ":"))
+    print("%-20s v%s  key=%-6s %s" % (e.get("eventType", "?"), e.get("eventVersion", "?"), e.get("key"), data))
 ' &
-pids+=($!)
-if [ -n "${DEMO_SECONDS:-}" ]; then
-    sleep "$DEMO_SECONDS"
-    exit 0
-fi
-wait
+pids+=($!); disown
+# Runs until Ctrl-C (or DEMO_SECONDS); the trap stops and removes everything.
+end=$(( SECONDS + ${DEMO_SECONDS:-315360000} ))
+while [ "$SECONDS" -lt "$end" ]; do sleep 1; done
