@@ -13,12 +13,16 @@
 //! | float4 (700), float8 (701) | number; `NaN`, `Infinity`, `-Infinity` → string |
 //! | numeric (1700) | **string**, exactly as sent (also `NaN`, `±Infinity`) |
 //! | json (114), jsonb (3802) | embedded as sent, after validation |
-//! | date (1082), time (1083), timetz (1266), uuid (2950), interval (1186) | string as sent |
+//! | date (1082) | `YYYY-MM-DD` with an ISO 8601 year (see below) |
+//! | time (1083), timetz (1266), uuid (2950), interval (1186) | string as sent |
 //! | timestamp (1114) | `YYYY-MM-DDTHH:MM:SS[.ffffff]` |
 //! | timestamptz (1184) | `YYYY-MM-DDTHH:MM:SS[.ffffff]Z` (UTC) |
 //! | bytea (17) | base64 (standard alphabet, padded) |
 //! | arrays of the above | JSON arrays, nested, `NULL` → `null`, elements mapped by element type |
 //! | text, varchar, bpchar, name, char, enums, anything else | string |
+//!
+//! Domains, enums, arrays of them and builtin arrays not listed here are resolved through the catalog first
+//! ([`maps_by_oid`], `control::value_types`): a domain maps as its base type, any array as a JSON array.
 //!
 //! Dates and timestamps use ISO 8601 with astronomical years: years 0000–9999 as four digits, others with a sign and
 //! at least four digits (ISO 8601 expanded representation, as `java.time` reads and writes it): 44 BC is
