@@ -403,7 +403,10 @@ async fn stream_session(
             plan_now = decision.plan_snapshot && (config.snapshot.mode != SnapshotMode::Never || decision.recovered_gap.is_some());
             let state = if decision.plan_snapshot { None } else { state };
             if plan_now {
-                check_snapshot_keys(config, &catalog)?;
+                let blockers = resume::snapshot_blockers(client, config, &catalog).await?;
+                if let Some(b) = blockers.first() {
+                    return Err(PipelineError::Config(format!("snapshot.tables: {} (a snapshot is planned on this start)", b.message)));
+                }
             }
             if decision.drop_slot {
                 tracing::warn!(slot = %config.source.slot, "dropping the invalidated replication slot");
@@ -597,17 +600,6 @@ fn plan_snapshots(
         snapshots.plan(&tables);
     }
     Ok(snapshots)
-}
-
-/// A snapshot needs a key per table (keyset chunks): refused with exit 2 before anything is created.
-fn check_snapshot_keys(config: &Config, catalog: &control::Catalog) -> Result<(), PipelineError> {
-    let captured = config.captured_tables().map_err(|e| PipelineError::Config(e.to_string()))?;
-    for t in &config.snapshot.tables(&captured).map_err(|e| PipelineError::Config(e.to_string()))? {
-        if catalog.tables.get(t).is_some_and(|info| info.key_columns.is_empty()) {
-            return Err(PipelineError::Config(format!("snapshot.tables: {}", crate::snapshot::no_key_message(t))));
-        }
-    }
-    Ok(())
 }
 
 /// Problems with ficus's own state at start (state.dir unusable, checkpoint corrupt or of another source) are

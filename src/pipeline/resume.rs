@@ -277,19 +277,70 @@ pub(crate) async fn state_report(
             out.push(item(if r.recovered_gap.is_some() { Status::Warn } else { Status::Ok }, "checkpoint", detail, None));
             let snapshots = config.snapshot.mode != crate::snapshot::config::SnapshotMode::Never || r.recovered_gap.is_some();
             if r.plan_snapshot && snapshots {
-                let captured = config.captured_tables().unwrap_or_default();
-                for t in config.snapshot.tables(&captured).unwrap_or_default() {
-                    if catalog.tables.get(&t).is_some_and(|i| i.key_columns.is_empty()) {
-                        out.push(item(
-                            Status::Fail,
-                            &format!("snapshot of {t}"),
-                            "this start plans a snapshot and the table has no primary key: `ficus run` refuses it (exit 2)".into(),
-                            Some("add a primary key, or leave the table out of snapshot.tables".into()),
-                        ));
+                match snapshot_blockers(client, config, catalog).await {
+                    Ok(blockers) => {
+                        for b in blockers {
+                            out.push(item(
+                                Status::Fail,
+                                &format!("snapshot of {}", b.table),
+                                format!("this start plans a snapshot and {}: `ficus run` refuses it (exit 2)", b.problem),
+                                Some(b.fix),
+                            ));
+                        }
                     }
+                    Err(e) => out.push(item(Status::Fail, "snapshot", e.to_string(), None)),
                 }
             }
         }
     }
     out
+}
+
+/// A table of `snapshot.tables` a snapshot cannot copy.
+pub(crate) struct SnapshotBlocker {
+    pub table: crate::config::TableName,
+    pub problem: String,
+    pub fix: String,
+    /// The whole sentence, for the error of `ficus run`.
+    pub message: String,
+}
+
+/// What stops a snapshot of `snapshot.tables` before it starts: a table without a key (keyset chunks need one) or
+/// that the role cannot SELECT. `ficus run` refuses a start that would plan such a snapshot (exit 2) before it
+/// creates anything; `ficus check` lists the same lines.
+pub(crate) async fn snapshot_blockers(
+    client: &tokio_postgres::Client,
+    config: &crate::config::Config,
+    catalog: &crate::postgres::control::Catalog,
+) -> Result<Vec<SnapshotBlocker>, crate::postgres::control::ControlError> {
+    use crate::postgres::control::ControlError;
+    let captured = config.captured_tables().map_err(|e| ControlError::Invalid(e.to_string()))?;
+    let mut out = Vec::new();
+    for table in config.snapshot.tables(&captured).map_err(|e| ControlError::Invalid(e.to_string()))? {
+        let Some(info) = catalog.tables.get(&table) else { continue };
+        if info.key_columns.is_empty() {
+            out.push(SnapshotBlocker {
+                problem: "the table has no primary key".into(),
+                fix: "add a primary key, or leave the table out of snapshot.tables".into(),
+                message: crate::snapshot::no_key_message(&table),
+                table,
+            });
+            continue;
+        }
+        let select: bool = client
+            .query_one("SELECT has_table_privilege($1::oid, 'SELECT')", &[&info.oid])
+            .await
+            .map_err(|source| ControlError::Sql { context: format!("checking SELECT on {table}"), source })?
+            .get(0);
+        if !select {
+            let fix = format!("GRANT SELECT ON {} TO <the role of source.url>;  -- or leave the table out of snapshot.tables", table.quoted());
+            out.push(SnapshotBlocker {
+                problem: "the role cannot SELECT the table".into(),
+                message: format!("{table}: the role cannot SELECT it; fix: {fix}"),
+                fix,
+                table,
+            });
+        }
+    }
+    Ok(out)
 }

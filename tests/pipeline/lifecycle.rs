@@ -736,3 +736,27 @@ async fn shutdown_ends_within_the_deadline_even_when_start_up_waits_on_a_lock() 
     assert!(f.log().contains("did not finish within 30 s"), "{}", f.log());
     locker.batch_execute("ROLLBACK").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_table_the_role_cannot_select_is_refused_before_anything_is_created() {
+    let s = Setup::new("no_select", "CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE u (id int PRIMARY KEY);").await;
+    let role = format!("{}_role", s.prefix);
+    s.sql(&format!(
+        "CREATE ROLE {role} LOGIN REPLICATION PASSWORD 'pw'; GRANT SELECT ON t TO {role}; \
+         CREATE PUBLICATION {} FOR TABLE t, u;",
+        s.prefix
+    ))
+    .await;
+    let cfg = s
+        .config(&["public.t", "public.u"])
+        .replace(&s.pg.superuser_url(&s.db), &s.pg.url(&role, "pw", &s.db))
+        .replace("snapshot:\n  mode: never\n", "snapshot:\n  mode: initial\n");
+    let (code, out) = crate::check(&cfg);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("✗ snapshot of public.u") && out.contains("cannot SELECT") && out.contains("GRANT SELECT"), "{out}");
+    let mut f = Ficus::start(&cfg);
+    assert_eq!(f.wait(WAIT).code(), Some(2), "{}", f.log());
+    assert!(f.log().contains("public.u: the role cannot SELECT it"), "{}", f.log());
+    assert!(s.confirmed_flush().await.is_none(), "no slot created by a refused start");
+    s.sql(&format!("DROP PUBLICATION {}; DROP OWNED BY {role}; DROP ROLE {role}", s.prefix)).await;
+}
