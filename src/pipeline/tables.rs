@@ -28,10 +28,15 @@ const INTERVAL: Duration = Duration::from_secs(2);
 pub(super) async fn table_watch(client: &tokio_postgres::Client, config: &Config, catalog: &Catalog, stop: &CancellationToken) -> PipelineError {
     let tables: Vec<TableName> = catalog.tables.keys().cloned().collect();
     let mut known: HashMap<TableName, Option<u32>> = catalog.tables.iter().map(|(t, i)| (t.clone(), Some(i.oid))).collect();
+    let mut partitions = PartitionWatch::start(client, catalog).await;
     loop {
         tokio::select! {
             _ = stop.cancelled() => std::future::pending::<()>().await,
             _ = tokio::time::sleep(INTERVAL) => {}
+        }
+        if let Some(e) = partitions.check(client, config).await {
+            stop.cancel();
+            return e;
         }
         let members = match control::publication_members(client, &config.source.publication, &tables).await {
             Ok(m) => m,
@@ -96,4 +101,78 @@ async fn repair(client: &tokio_postgres::Client, config: &Config, catalog: &Cata
     );
     metrics::counter!(crate::metrics::ERRORS, "kind" => "schema").increment(1);
     Ok(())
+}
+
+/// PostgreSQL before 15 does not publish the changes of a partition attached to a published partitioned table while a
+/// walsender runs, if that walsender had already seen the table before it was attached (its publication cache entry
+/// is not invalidated by `ATTACH PARTITION`; reproduced on 14.23, both with and without `publish_via_partition_root`).
+/// The changes stay unpublished until the walsender restarts. On those versions the watch notices a new partition of a
+/// captured partitioned table, requests a backfill of the table (so rows written to the partition meanwhile arrive as
+/// `read` events), and ends the session with a transient error: the reconnect starts a new walsender.
+struct PartitionWatch {
+    /// Captured partitioned tables (name, OID) and their partitions when last seen; empty on PostgreSQL 15+.
+    parents: Vec<(TableName, u32, Vec<u32>)>,
+}
+
+impl PartitionWatch {
+    async fn start(client: &tokio_postgres::Client, catalog: &Catalog) -> PartitionWatch {
+        let version: i32 = match client.query_one("SELECT current_setting('server_version_num')::int", &[]).await {
+            Ok(row) => row.get(0),
+            Err(_) => return PartitionWatch { parents: Vec::new() },
+        };
+        let mut parents = Vec::new();
+        if version < 150_000 {
+            for (name, info) in &catalog.tables {
+                if let Ok(children) = Self::children(client, info.oid).await {
+                    if !children.is_empty() || Self::is_partitioned(client, info.oid).await {
+                        parents.push((name.clone(), info.oid, children));
+                    }
+                }
+            }
+        }
+        PartitionWatch { parents }
+    }
+
+    async fn is_partitioned(client: &tokio_postgres::Client, oid: u32) -> bool {
+        client
+            .query_one("SELECT relkind = 'p' FROM pg_class WHERE oid = $1", &[&oid])
+            .await
+            .is_ok_and(|r| r.get::<_, bool>(0))
+    }
+
+    /// Every partition below `parent` (sub-partitions included).
+    async fn children(client: &tokio_postgres::Client, parent: u32) -> Result<Vec<u32>, tokio_postgres::Error> {
+        let rows = client
+            .query("SELECT relid::oid FROM pg_partition_tree($1::oid) WHERE relid <> $1::oid::regclass ORDER BY 1", &[&parent])
+            .await?;
+        Ok(rows.iter().map(|r| r.get::<_, u32>(0)).collect())
+    }
+
+    async fn check(&mut self, client: &tokio_postgres::Client, config: &Config) -> Option<PipelineError> {
+        for (name, oid, known) in &mut self.parents {
+            let Ok(now) = Self::children(client, *oid).await else { continue };
+            let new = now.iter().any(|c| !known.contains(c));
+            *known = now;
+            if !new {
+                continue;
+            }
+            if !config.snapshot.backfill_requests {
+                return Some(PipelineError::Config(format!(
+                    "a partition was attached to captured table {name}; PostgreSQL before 15 does not publish its changes \
+                     until the walsender restarts, and snapshot.backfill_requests is off. Fix: restart ficus, then \
+                     `ficus backfill --table {name}` (or turn backfill_requests on)"
+                )));
+            }
+            if let Err(e) = crate::snapshot::request_backfill(client, &config.source.slot, name, None).await {
+                return Some(PipelineError::Config(format!("a partition was attached to captured table {name}; requesting its backfill failed: {e}")));
+            }
+            tracing::warn!(
+                table = %name,
+                "a partition was attached to a captured partitioned table: PostgreSQL before 15 publishes its changes only \
+                 from a new walsender on; restarting the stream, and backfilling the table so nothing written meanwhile is missed"
+            );
+            return Some(PipelineError::Transient(format!("partition attached to {name} (PostgreSQL < 15): restarting the stream")));
+        }
+        None
+    }
 }

@@ -468,14 +468,42 @@ async fn partitioned_tables_publish_under_the_parent_across_restarts_attach_and_
         s.sql("ALTER TABLE p DETACH PARTITION p_us; INSERT INTO p_us VALUES (6, 'us', 'not captured any more'); \
                UPDATE p SET v = 'z' WHERE id = 1; DELETE FROM p WHERE id = 3;")
             .await;
-        let events = partition_events(&s, &f).await;
+        let version: i32 = s.pg.client(&s.db).await.query_one("SELECT current_setting('server_version_num')::int", &[]).await.unwrap().get(0);
         let want: Vec<(String, i64, String)> = [
             ("insert", 1, "eu"), ("insert", 2, "us"), ("insert", 3, "asia"), ("insert", 5, "sa"), ("update", 1, "eu"), ("delete", 3, "asia"),
         ]
         .iter()
         .map(|(op, id, r)| (op.to_string(), *id, r.to_string()))
         .collect();
-        assert_eq!(events, want, "via_root={via_root}\n{}", f.log());
+        if version >= 150_000 {
+            let events = partition_events(&s, &f).await;
+            assert_eq!(events, want, "via_root={via_root}\n{}", f.log());
+        } else {
+            // PostgreSQL 14 does not publish a just-attached partition until the walsender restarts: ficus restarts
+            // the stream and backfills the table. A consumer folding the events ends with the table's rows.
+            f.wait_for_log("a partition was attached to a captured partitioned table", WAIT);
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let events = partition_events(&s, &f).await;
+                let mut state = std::collections::BTreeSet::new();
+                for (op, id, region) in &events {
+                    match op.as_str() {
+                        "delete" => state.remove(&(*id, region.clone())),
+                        _ => state.insert((*id, region.clone())),
+                    };
+                }
+                let rows: std::collections::BTreeSet<(i64, String)> = s.pg.client(&s.db).await
+                    .query("SELECT id::int8, region FROM p", &[]).await.unwrap()
+                    .iter().map(|r| (r.get(0), r.get(1))).collect();
+                // p_us was detached: its rows left the table without a delete event (as in PostgreSQL 15+).
+                let state: std::collections::BTreeSet<(i64, String)> = state.into_iter().filter(|(_, r)| r != "us").collect();
+                if state == rows {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "folded events {state:?} != table {rows:?}\n{events:?}\n{}", f.log());
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
         for leaf in ["p_eu", "p_us", "p_asia", "p_sa"] {
             assert_eq!(s.kafka.high_watermark(&s.topic("public", leaf)).await, 0, "nothing on the topic of partition {leaf}");
         }
@@ -554,13 +582,17 @@ async fn a_record_larger_than_the_producer_queue_stops_with_the_fix_instead_of_h
     );
     let mut f = Ficus::start(&cfg);
     f.wait_streaming();
-    let before = s.confirmed_flush().await.unwrap();
+    let before = s.current_lsn().await;
     s.sql("INSERT INTO t SELECT 1, string_agg(md5(i::text), '') FROM generate_series(1, 65536) i").await;
     let status = f.wait(WAIT);
     let log = f.log();
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains("queue.buffering.max.kbytes") && log.contains("table public.t") && log.contains("LSN 0/"), "{log}");
-    assert_eq!(s.confirmed_flush().await.unwrap(), before, "the transaction of the record is not confirmed");
+    // Positions before the transaction may be confirmed (keepalives: other databases of the cluster write WAL too);
+    // nothing at or after the refused change.
+    let at = log.split("LSN ").nth(1).and_then(|r| r.split([',', ')', ' ']).next()).expect("the log names the LSN");
+    let confirmed = s.confirmed_flush().await.unwrap();
+    assert!(lsn(&confirmed) < lsn(at), "the transaction of the record was confirmed: {confirmed} >= {at} (before the insert: {before})");
 }
 
 #[tokio::test(flavor = "multi_thread")]

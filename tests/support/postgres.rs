@@ -373,9 +373,26 @@ where
     })
 }
 
-/// The PostgreSQL server binaries: `FICUS_PG_BIN`, else `/usr/lib/postgresql/15/bin` (installing it if missing).
+/// The PostgreSQL server binaries: `FICUS_PG_BIN`; else `FICUS_PG_VERSION` (14–18, from `scripts/install-pg.sh`,
+/// installed on first use); else `/usr/lib/postgresql/15/bin` (installing it if missing).
 fn pg_bin() -> PathBuf {
-    let bin = std::env::var_os("FICUS_PG_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
+    static VERSIONED: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let versioned = VERSIONED.get_or_init(|| {
+        let version = std::env::var("FICUS_PG_VERSION").ok().filter(|v| !v.is_empty())?;
+        let out = Command::new("bash")
+            .arg(super::manifest_dir().join("scripts/install-pg.sh"))
+            .arg(&version)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run scripts/install-pg.sh {version}: {e}"));
+        assert!(out.status.success(), "scripts/install-pg.sh {version} failed: {}", output_text(&out));
+        Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    });
+    let bin = match (std::env::var_os("FICUS_PG_BIN"), versioned) {
+        (Some(bin), _) => PathBuf::from(bin),
+        (None, Some(bin)) => bin.clone(),
+        (None, None) => PathBuf::from("/usr/lib/postgresql/15/bin"),
+    };
     if !bin.join("initdb").exists() {
         install_test_deps();
     }
