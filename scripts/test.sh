@@ -3,7 +3,8 @@
 # test broker, through apt-get/pip, only if missing), then runs every test target. Extra arguments go to
 # `cargo test`, e.g. `scripts/test.sh --test pipeline -- --nocapture`.
 # Environment: FICUS_TEST_KAFKA=host:port runs the tests against that broker instead of noida-db (e.g. Apache
-# Kafka from docker/compose.yaml); FICUS_PG_BIN points at other PostgreSQL server binaries.
+# Kafka from docker/compose.yaml); FICUS_PG_BIN points at other PostgreSQL server binaries; FICUS_PG_VERSIONS lists
+# the other major versions of the matrix (default "14 16 17 18"; empty for PostgreSQL 15 only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,4 +24,17 @@ for arg in "$@"; do
 done
 # cargo test, not nextest: nextest runs each test in its own process, so every test would start its own
 # PostgreSQL cluster and broker instead of sharing one per test binary.
-exec cargo test "${args[@]}" "${targets[@]}" "$@"
+if [ $# -gt 0 ]; then
+    exec cargo test "${args[@]}" "${targets[@]}" "$@"
+fi
+# The whole suite: every test on PostgreSQL 15 (Debian's), then the version matrix — the core, rules, snapshot,
+# fault, lifecycle and differential tests on every other supported major version (binaries from
+# scripts/install-pg.sh). FICUS_PG_VERSIONS narrows or empties the matrix (e.g. FICUS_PG_VERSIONS="17").
+status=0
+cargo test "${args[@]}" "${targets[@]}" || status=$?
+for version in ${FICUS_PG_VERSIONS-14 16 17 18}; do
+    echo "=== PostgreSQL $version: core, rules, snapshot, faults, lifecycle, differential"
+    FICUS_PG_VERSION=$version cargo test "${args[@]}" --test pipeline -- \
+        core:: rules:: snapshot:: faults:: lifecycle:: differential:: || status=$?
+done
+exit $status
