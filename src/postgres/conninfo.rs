@@ -472,10 +472,18 @@ fn split_host_port(hostport: &str) -> Result<(&str, Option<&str>), ConnInfoError
             },
         };
     }
-    Ok(match hostport.rsplit_once(':') {
+    let (host, port) = match hostport.rsplit_once(':') {
         Some((host, port)) => (host, Some(port)),
         None => (hostport, None),
-    })
+    };
+    // `host:port:port` (e.g. FICUS_PG_HOST=db:5433 in a URL that adds :5432) would otherwise be looked up in DNS as
+    // the name "db:5433" and fail with a resolver error that does not say why.
+    if host.contains(':') {
+        return Err(bad(format!(
+            "host {host:?} contains ':' — the port appears twice; write host:port once (an IPv6 address goes in brackets: [::1]:5432)"
+        )));
+    }
+    Ok((host, port))
 }
 
 fn parse_port(port: &str) -> Result<u16, ConnInfoError> {
@@ -558,6 +566,13 @@ mod tests {
         assert!(info.uses_tls());
         let info = ConnInfo::parse("postgres://alice@/db").unwrap();
         assert_eq!(info.host, "localhost");
+    }
+
+    #[test]
+    fn a_port_given_twice_is_refused_naming_the_host() {
+        let err = ConnInfo::parse("postgres://ficus@db:5433:5432/shop").unwrap_err().to_string();
+        assert!(err.contains("\"db:5433\"") && err.contains("port appears twice"), "{err}");
+        assert!(ConnInfo::parse("postgres://ficus@[::1]:5432/shop").is_ok());
     }
 
     #[test]
