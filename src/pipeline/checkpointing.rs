@@ -62,8 +62,8 @@ impl CheckpointWriter {
     }
 }
 
-/// Persists the flushed LSN at most every `interval` until `stop`; the caller writes the final one after the sink
-/// drained. A failed write is reported (ERROR log, readiness, metric) and retried every `interval`; the task itself
+/// Persists the flushed LSN until `stop` — at most once per `interval` while positions keep coming, at once after
+/// a pause of 100 ms; the caller writes the final one after the sink drained. A failed write is reported (ERROR log, readiness, metric) and retried every `interval`; the task itself
 /// never ends with an error, so a full disk does not stop the stream — it stops the slot from advancing.
 pub(super) async fn checkpoint_loop(
     mut writer: CheckpointWriter,
@@ -73,22 +73,42 @@ pub(super) async fn checkpoint_loop(
     health: Arc<Health>,
 ) -> CheckpointWriter {
     let mut failing = false;
-    loop {
+    let mut last_write: Option<tokio::time::Instant> = None;
+    'run: loop {
         if !failing {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 changed = flushed.changed() => if changed.is_err() { break },
             }
         }
+        // While positions keep coming, one write per `interval`; once they pause for QUIET, the latest is written at
+        // once — PostgreSQL is confirmed only up to the durable checkpoint, so the end of a burst must not wait for the
+        // rest of the interval.
+        loop {
+            if last_write.is_none_or(|t| t.elapsed() >= interval) {
+                break;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break 'run,
+                _ = tokio::time::sleep(QUIET) => break,
+                changed = flushed.changed() => if changed.is_err() { break 'run },
+            }
+        }
         let lsn = *flushed.borrow_and_update();
         failing = !writer.attempt(lsn, &health);
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(interval) => {}
+        last_write = Some(tokio::time::Instant::now());
+        if failing {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(interval) => {}
+            }
         }
     }
     writer
 }
+
+/// A pause in new flushed positions after which the latest is written without waiting for the interval.
+const QUIET: Duration = Duration::from_millis(100);
 
 impl CheckpointWriter {
     /// [`write_if_advanced`](Self::write_if_advanced) with the failure reported instead of returned: ERROR log,
