@@ -87,6 +87,28 @@ pub fn occurred_at(o: &Origin<'_>) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// Commit times RFC 3339 can write (years 0000–9999, as microseconds since the Unix epoch): a CloudEvents `time`
+/// outside is not RFC 3339 (the value mapping would write an expanded year).
+const RFC3339_MICROS: std::ops::RangeInclusive<i64> = -62_167_219_200_000_000..=253_402_300_799_999_999;
+
+/// Why `e` would not be a valid CloudEvent (CloudEvents 1.0, "Context Attributes"), or `None`: `id`, `source`,
+/// `specversion` and `type` must be non-empty strings, `subject` (the key, always sent) non-empty when present,
+/// `time` RFC 3339. `source` and `specversion` are ficus's own and never empty; the others come from rules and
+/// rows, so an event breaking them goes to the DLQ instead of out to consumers whose SDKs would reject it.
+pub fn cloudevent_problem(e: &Envelope<'_>, o: &Origin<'_>) -> Option<String> {
+    if e.event_id.is_empty() {
+        Some("the event id is empty: a CloudEvent's id must be a non-empty string".into())
+    } else if e.event_type.is_empty() {
+        Some("the event type is empty: a CloudEvent's type must be a non-empty string".into())
+    } else if e.key.is_empty() {
+        Some("the key is empty: a CloudEvent's subject (the key) must not be empty".into())
+    } else if !RFC3339_MICROS.contains(&o.tx.commit_time_us) {
+        Some(format!("the commit time {} is outside the years RFC 3339 (a CloudEvent's time) can write", occurred_at(o)))
+    } else {
+        None
+    }
+}
+
 /// Writes a CloudEvents 1.0 structured-mode event (JSON format) up to `"data":`; the caller appends the data and
 /// the closing `}`. Extensions: `correlationid`, `eventversion`.
 pub fn write_cloudevent_head(out: &mut Vec<u8>, e: &Envelope<'_>, o: &Origin<'_>, source: &SourceInfo) {
@@ -252,6 +274,20 @@ mod tests {
         assert_eq!(event_id_into(&mut Vec::new(), &source(), &o, "OrderShipped", 2), "742eb3b1-dae9-516b-98a0-2c33f0e335e0");
         assert_eq!(correlation_id(&source(), o.tx).to_string(), "27dbaa92-1a78-582e-9da8-89114699e32e");
         assert_eq!(NAMESPACE.to_string(), "6f1c3b8e-2d4a-4c7e-9a10-3e5b7d9f1a2c");
+    }
+
+    #[test]
+    fn invalid_cloudevents_are_named() {
+        let c = change(0, 0x100);
+        let o = Origin::of(&c);
+        let e = |event_type, event_id, key| Envelope { event_type, version: 1, event_id, correlation_id: "c", key };
+        assert_eq!(cloudevent_problem(&e("T", "i", "k"), &o), None);
+        assert!(cloudevent_problem(&e("T", "i", ""), &o).unwrap().contains("subject"));
+        assert!(cloudevent_problem(&e("", "i", "k"), &o).unwrap().contains("type"));
+        assert!(cloudevent_problem(&e("T", "", "k"), &o).unwrap().contains("id"));
+        let mut far = change(0, 0x100);
+        far.tx = Arc::new(TxMeta { xid: 7, commit_lsn: Lsn(0x100), commit_time_us: 253_402_300_800_000_000 });
+        assert!(cloudevent_problem(&e("T", "i", "k"), &Origin::of(&far)).unwrap().contains("commit time +10000-01-01T00:00:00"));
     }
 
     #[test]

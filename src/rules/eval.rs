@@ -134,6 +134,11 @@ pub(super) fn build_record(
         correlation_id: &head.correlation_id,
         key: &head.key,
     };
+    if head.encoding != Encoding::Json {
+        if let Some(problem) = envelope::cloudevent_problem(&e, &head.origin) {
+            return Err(format!("{problem} (encoding {})", head.encoding.as_str()));
+        }
+    }
     let content_type = match head.encoding {
         Encoding::Json => {
             envelope::write_head(&mut payload, &e, &head.origin, source);
