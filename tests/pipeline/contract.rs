@@ -184,15 +184,18 @@ async fn invalid_cloudevents_go_to_the_dlq_and_every_published_one_parses_with_t
 }
 
 /// Every event of a workload full of edge values (multi-dimensional arrays, NaN/±Infinity, infinity/BC/year ≥ 10000
-/// dates and timestamps, negative intervals, nulls, a text outbox payload holding JSON or not) validates against
-/// its own `ficus catalog --format json` schema.
+/// dates and timestamps, negative intervals, domains, enum arrays, nulls, a text outbox payload holding JSON or not)
+/// validates against its own `ficus catalog --format json` schema.
 #[tokio::test(flavor = "multi_thread")]
 async fn every_event_validates_against_its_catalog_schema() {
     let s = Setup::new(
         "contract_schema",
-        "CREATE TABLE rich (id int PRIMARY KEY, ia int[], fa float8[], ta text[], da date[], f8 float8, f4 real,
+        "CREATE DOMAIN posint AS int CHECK (VALUE > 0);
+         CREATE DOMAIN pday AS date;
+         CREATE TYPE mood AS ENUM ('ok', 'sad');
+         CREATE TABLE rich (id int PRIMARY KEY, ia int[], fa float8[], ta text[], da date[], f8 float8, f4 real,
                             n numeric, d date, ts timestamp, tstz timestamptz, iv interval, b bool, j jsonb, u uuid,
-                            by bytea, t text);
+                            by bytea, t text, pi posint, moods mood[], pd pday, pda pday[]);
          CREATE TABLE ob (id uuid PRIMARY KEY, aggregatetype text NOT NULL, aggregateid text NOT NULL,
                           type text NOT NULL, payload text NOT NULL);",
     )
@@ -232,6 +235,7 @@ async fn every_event_validates_against_its_catalog_schema() {
             '10000-01-01 00:00+00', 'PT0S', NULL, '[1, \"a\"]', NULL, NULL, NULL),
            (4, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
          UPDATE rich SET d = '10000-01-01', tstz = '-infinity' WHERE id = 4;
+         UPDATE rich SET pi = 5, moods = '{{ok,sad},{sad,NULL}}', pd = 'infinity', pda = '{0044-01-01 BC,NULL}' WHERE id = 3;
          INSERT INTO ob VALUES ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a12', 'rich', '1', 'RichNoted', '{\"a\": 1}'),
                                ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a13', 'rich', '2', 'RichNoted', 'plain text'),
                                ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a14', 'rich', '3', 'RichNoted', '[1, 2]');",
@@ -239,13 +243,15 @@ async fn every_event_validates_against_its_catalog_schema() {
     .await;
 
     let mut events = values(&s.read_all_confirmed(&f, &topic).await);
-    assert_eq!(events.len(), 10, "{}", f.log());
+    assert_eq!(events.len(), 12, "{}", f.log());
     let outbox = values(&s.read_all_confirmed(&f, &format!("{}.ob.rich", s.prefix)).await);
     assert_eq!(outbox.len(), 3);
     assert!(s.read_all_confirmed_or_empty(&f, &dlq).await.is_empty(), "nothing fails:\n{}", f.log());
     // The published values are the edge cases meant (not nulls from a typo).
     assert_eq!(events[0]["data"]["ia"], json!([[1, 2], [3, 4]]));
     assert_eq!(events[0]["data"]["d"], "-0043-03-15");
+    assert_eq!(events[10]["data"]["pi"], 5, "a domain over int is a number");
+    assert_eq!(events[10]["data"]["moods"], json!([["ok", "sad"], ["sad", null]]));
     assert_eq!((&events[3]["data"]["ratio"], &events[3]["data"]["nan"]), (&json!("Infinity"), &json!("NaN")), "{}", events[3]);
     events.extend(outbox.iter().map(|e| {
         let mut e = e.clone();
@@ -263,7 +269,7 @@ async fn every_event_validates_against_its_catalog_schema() {
         .map(|e| json!({"event": e["eventType"], "version": e["eventVersion"], "data": e["data"]}))
         .collect();
     let (checked, errors) = oracle("schema", &json!({"records": records, "catalog": catalog}));
-    assert_eq!((checked, errors), (13, vec![]), "catalog:\n{catalog:#}");
+    assert_eq!((checked, errors), (15, vec![]), "catalog:\n{catalog:#}");
 
     // Not vacuous: a value of the wrong type is refused.
     let mut wrong = records[0].clone();
