@@ -136,7 +136,8 @@ fn type_schema(type_oid: u32) -> Json {
         oid::UUID => json!({"type": "string", "format": "uuid"}),
         oid::DATE => formatted_or("date", DATE_BEYOND_FORMAT),
         oid::TIMESTAMPTZ => formatted_or("date-time", DATE_TIME_BEYOND_FORMAT),
-        oid::INTERVAL => json!({"type": "string", "format": "duration"}),
+        // PostgreSQL 17 has infinite intervals, written `infinity`/`-infinity` like dates.
+        oid::INTERVAL => formatted_or("duration", "^-?infinity$"),
         oid::BYTEA => json!({"type": "string", "contentEncoding": "base64"}),
         _ => json!({"type": "string"}),
     }
