@@ -2,7 +2,9 @@
 //!
 //! The value is what Debezium's PostgreSQL connector publishes with `value.converter.schemas.enable=false`:
 //! `before`, `after`, `source` (connector `postgresql`, `name` = the topic prefix, `db`, `schema`, `table`, `txId`,
-//! `lsn` as a number, `ts_ms`, `snapshot`), `op` (`c`, `u`, `d`, `r`, `t`), `ts_ms` and `transaction: null`. The key
+//! `lsn` as a number, `ts_ms`/`ts_us`/`ts_ns`, `snapshot`), `op` (`c`, `u`, `d`, `r`, `t` — truncates only when
+//! `changes.debezium.skipped_operations` does not skip them, which by default it does, as Debezium), `ts_ms`/`ts_us`/
+//! `ts_ns` and `transaction: null`. The key
 //! is the JSON object of the key columns, as Debezium's key with schemas disabled; topics are named alike
 //! (`<prefix>.<schema>.<table>`). So consumers written for Debezium read ficus's raw changes unchanged.
 //!
@@ -32,6 +34,17 @@ pub fn change(change: &Change, source: &SourceInfo, server_name: &str) -> Result
     let table = &*change.table;
     let key = change_key(change)?;
     let ts_ms = change.tx.commit_time_us.div_euclid(1000);
+    // Debezium 2.6+ sends the same time in micro- and nanoseconds next to `ts_ms` (`ts_us`, `ts_ns`).
+    let ts_us = change.tx.commit_time_us;
+    let ts_ns = ts_us.saturating_mul(1000);
+    let write_times = |out: &mut Vec<u8>| {
+        out.extend_from_slice(b",\"ts_ms\":");
+        out.extend_from_slice(itoa::Buffer::new().format(ts_ms).as_bytes());
+        out.extend_from_slice(b",\"ts_us\":");
+        out.extend_from_slice(itoa::Buffer::new().format(ts_us).as_bytes());
+        out.extend_from_slice(b",\"ts_ns\":");
+        out.extend_from_slice(itoa::Buffer::new().format(ts_ns).as_bytes());
+    };
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(b"{\"before\":");
     write_before(&mut out, change)?;
@@ -41,8 +54,7 @@ pub fn change(change: &Change, source: &SourceInfo, server_name: &str) -> Result
     out.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
     out.extend_from_slice(b"\",\"connector\":\"postgresql\",\"name\":");
     write_json_string(&mut out, server_name);
-    out.extend_from_slice(b",\"ts_ms\":");
-    out.extend_from_slice(itoa::Buffer::new().format(ts_ms).as_bytes());
+    write_times(&mut out);
     out.extend_from_slice(if change.op == Op::Read { b",\"snapshot\":\"true\"" } else { b",\"snapshot\":\"false\"" });
     out.extend_from_slice(b",\"db\":");
     write_json_string(&mut out, &source.database);
@@ -56,8 +68,8 @@ pub fn change(change: &Change, source: &SourceInfo, server_name: &str) -> Result
     out.extend_from_slice(itoa::Buffer::new().format(change.lsn.0).as_bytes());
     out.extend_from_slice(b",\"xmin\":null},\"op\":\"");
     out.extend_from_slice(op_letter(change.op).as_bytes());
-    out.extend_from_slice(b"\",\"ts_ms\":");
-    out.extend_from_slice(itoa::Buffer::new().format(ts_ms).as_bytes());
+    out.push(b'"');
+    write_times(&mut out);
     out.extend_from_slice(b",\"transaction\":null}");
     Ok((key, out))
 }
@@ -105,10 +117,12 @@ mod tests {
             serde_json::json!({
                 "before": {"id": 42, "status": "paid"}, "after": {"id": 42, "status": "shipped"},
                 "source": {"version": format!("ficus-{}", env!("CARGO_PKG_VERSION")), "connector": "postgresql",
-                           "name": "ficus", "ts_ms": 1_795_334_400_123i64, "snapshot": "false", "db": "shop",
+                           "name": "ficus", "ts_ms": 1_795_334_400_123i64, "ts_us": 1_795_334_400_123_456i64,
+                           "ts_ns": 1_795_334_400_123_456_000i64, "snapshot": "false", "db": "shop",
                            "sequence": null, "schema": "public", "table": "orders", "txId": 1234,
                            "lsn": 0x16B3748, "xmin": null},
-                "op": "u", "ts_ms": 1_795_334_400_123i64, "transaction": null
+                "op": "u", "ts_ms": 1_795_334_400_123i64, "ts_us": 1_795_334_400_123_456i64,
+                "ts_ns": 1_795_334_400_123_456_000i64, "transaction": null
             })
         );
     }

@@ -278,3 +278,34 @@ async fn every_event_validates_against_its_catalog_schema() {
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
 }
+
+/// Debezium's defaults in `changes.encoding: debezium` (part of issue 17.4): truncates are not published (Debezium's
+/// `skipped.operations=t`), and events carry `ts_us`/`ts_ns` next to `ts_ms` (top level and `source`, as Debezium
+/// 2.6+); `changes.debezium.skipped_operations: []` publishes truncates as `op: t` again.
+#[tokio::test(flavor = "multi_thread")]
+async fn debezium_mode_skips_truncates_by_default_and_carries_micro_and_nanosecond_times() {
+    let s = Setup::new("contract_dbz", "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let debezium = |config: String, options: &str| config.replace("  topic_prefix:", &format!("  encoding: debezium\n{options}  topic_prefix:"));
+    let mut a = Ficus::start(&debezium(s.config(&["public.t"]), ""));
+    a.wait_streaming();
+    let slot_b = format!("{}_b", s.prefix);
+    let config_b = Ficus::config(&s.pg.superuser_url(&s.db), &["public.t"], &slot_b, &s.kafka.brokers(), "");
+    let mut b = Ficus::start(&debezium(config_b, "  debezium: {skipped_operations: []}\n"));
+    b.wait_streaming();
+    s.sql("INSERT INTO t VALUES (1); TRUNCATE t; INSERT INTO t VALUES (2);").await;
+
+    let v = values(&s.read_all_confirmed(&a, &s.topic("public", "t")).await);
+    let ops: Vec<&str> = v.iter().map(|e| e["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["c", "c"], "no truncate by default:\n{}", a.log());
+    for e in &v {
+        let (ms, us, ns) = (e["ts_ms"].as_i64().unwrap(), e["ts_us"].as_i64().unwrap(), e["ts_ns"].as_i64().unwrap());
+        assert_eq!((us / 1000, ns), (ms, us * 1000), "{e}");
+        assert_eq!((&e["source"]["ts_us"], &e["source"]["ts_ns"]), (&e["ts_us"], &e["ts_ns"]), "{e}");
+    }
+    s.wait_slot_confirmed_now(&slot_b, &b).await;
+    let all = values(&s.kafka.read_to_end(&format!("{slot_b}.public.t"), WAIT).await);
+    let ops: Vec<&str> = all.iter().map(|e| e["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["c", "t", "c"], "skipped_operations: [] keeps truncates:\n{}", b.log());
+    assert_eq!(a.terminate().code(), Some(0), "{}", a.log());
+    assert_eq!(b.terminate().code(), Some(0), "{}", b.log());
+}
