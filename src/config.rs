@@ -268,12 +268,25 @@ pub struct DebeziumOptions {
     /// `[]` publishes every operation.
     #[serde(default = "default_skipped_operations")]
     pub skipped_operations: Vec<DebeziumOp>,
+    /// json/jsonb values: `string` (Debezium's `io.debezium.data.Json`, a string holding the JSON text; default) or
+    /// `embedded` (JSON, as ficus's own encoding).
+    #[serde(default)]
+    pub json_handling: JsonHandling,
 }
 
 impl Default for DebeziumOptions {
     fn default() -> Self {
-        DebeziumOptions { skipped_operations: default_skipped_operations() }
+        DebeziumOptions { skipped_operations: default_skipped_operations(), json_handling: JsonHandling::default() }
     }
+}
+
+/// `changes.debezium.json_handling`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JsonHandling {
+    #[default]
+    String,
+    Embedded,
 }
 
 fn default_skipped_operations() -> Vec<DebeziumOp> {

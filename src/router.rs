@@ -90,6 +90,8 @@ pub struct Router {
     encoding: ChangeEncoding,
     /// Operations the Debezium encoding does not publish (`changes.debezium.skipped_operations`).
     skipped: Vec<crate::config::DebeziumOp>,
+    /// `changes.debezium.json_handling: string`.
+    json_as_string: bool,
     changes_tables: Vec<String>,
     /// Per relation id: the decision for the latest schema of that relation.
     routes: HashMap<u32, Route>,
@@ -122,6 +124,7 @@ impl Router {
                 ChangeEncoding::Debezium => config.changes.debezium.skipped_operations.clone(),
                 ChangeEncoding::Json => Vec::new(),
             },
+            json_as_string: config.changes.debezium.json_handling == crate::config::JsonHandling::String,
             changes_tables: config.changes.tables.clone(),
             routes: HashMap::new(),
             rules,
@@ -232,7 +235,7 @@ impl Router {
             }
             let (key, payload) = match encoding {
                 ChangeEncoding::Json => encode::raw_change(change, source)?,
-                ChangeEncoding::Debezium => encode::debezium::change(change, source, prefix)?,
+                ChangeEncoding::Debezium => encode::debezium::change(change, source, prefix, self.json_as_string)?,
             };
             out.push(Record {
                 topic: topic.clone(),

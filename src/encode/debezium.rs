@@ -8,6 +8,9 @@
 //! is the JSON object of the key columns, as Debezium's key with schemas disabled; topics are named alike
 //! (`<prefix>.<schema>.<table>`). So consumers written for Debezium read ficus's raw changes unchanged.
 //!
+//! json/jsonb values are strings holding the JSON text, as Debezium's `io.debezium.data.Json`
+//! (`changes.debezium.json_handling: string`, the default), or embedded JSON (`embedded`).
+//!
 //! Differences, on purpose: column values follow ficus's value mapping (numeric as a string — Debezium's
 //! `decimal.handling.mode=string` —, timestamps as ISO 8601 strings); an unchanged TOAST value the server did not
 //! send is left out of `after` instead of Debezium's `__debezium_unavailable_value` placeholder; `ts_ms` is the
@@ -29,8 +32,9 @@ fn op_letter(op: Op) -> &'static str {
 }
 
 /// Encodes `change` as a Debezium change event; returns (Kafka key, value). `server_name` is Debezium's
-/// `topic.prefix` (ficus's `changes.topic_prefix`).
-pub fn change(change: &Change, source: &SourceInfo, server_name: &str) -> Result<(Option<Vec<u8>>, Vec<u8>), EncodeError> {
+/// `topic.prefix` (ficus's `changes.topic_prefix`); `json_as_string`: json/jsonb values as strings, as Debezium
+/// sends them (`changes.debezium.json_handling: string`).
+pub fn change(change: &Change, source: &SourceInfo, server_name: &str, json_as_string: bool) -> Result<(Option<Vec<u8>>, Vec<u8>), EncodeError> {
     let table = &*change.table;
     let key = change_key(change)?;
     let ts_ms = change.tx.commit_time_us.div_euclid(1000);
@@ -47,9 +51,9 @@ pub fn change(change: &Change, source: &SourceInfo, server_name: &str) -> Result
     };
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(b"{\"before\":");
-    write_before(&mut out, change)?;
+    write_before(&mut out, change, json_as_string)?;
     out.extend_from_slice(b",\"after\":");
-    write_after(&mut out, change)?;
+    write_after(&mut out, change, json_as_string)?;
     out.extend_from_slice(b",\"source\":{\"version\":\"ficus-");
     out.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
     out.extend_from_slice(b"\",\"connector\":\"postgresql\",\"name\":");
@@ -109,7 +113,7 @@ mod tests {
     #[test]
     fn update_in_debezium_shape() {
         let source = SourceInfo { system: "7301".into(), database: "shop".into(), slot: "ficus".into() };
-        let (key, value) = change(&update(), &source, "ficus").unwrap();
+        let (key, value) = change(&update(), &source, "ficus", true).unwrap();
         assert_eq!(key.as_deref(), Some(&br#"{"id":42}"#[..]));
         let v: serde_json::Value = serde_json::from_slice(&value).unwrap();
         assert_eq!(

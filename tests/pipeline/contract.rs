@@ -280,23 +280,26 @@ async fn every_event_validates_against_its_catalog_schema() {
 }
 
 /// Debezium's defaults in `changes.encoding: debezium` (part of issue 17.4): truncates are not published (Debezium's
-/// `skipped.operations=t`), and events carry `ts_us`/`ts_ns` next to `ts_ms` (top level and `source`, as Debezium
-/// 2.6+); `changes.debezium.skipped_operations: []` publishes truncates as `op: t` again.
+/// `skipped.operations=t`), json/jsonb values are strings holding the JSON text (`io.debezium.data.Json`), and
+/// events carry `ts_us`/`ts_ns` next to `ts_ms` (top level and `source`, as Debezium 2.6+). The options
+/// `changes.debezium.skipped_operations: []` and `json_handling: embedded` switch the first two back.
 #[tokio::test(flavor = "multi_thread")]
-async fn debezium_mode_skips_truncates_by_default_and_carries_micro_and_nanosecond_times() {
-    let s = Setup::new("contract_dbz", "CREATE TABLE t (id int PRIMARY KEY)").await;
+async fn debezium_mode_follows_debeziums_defaults_and_its_options_switch_them() {
+    let s = Setup::new("contract_dbz", "CREATE TABLE t (id int PRIMARY KEY, doc jsonb)").await;
     let debezium = |config: String, options: &str| config.replace("  topic_prefix:", &format!("  encoding: debezium\n{options}  topic_prefix:"));
     let mut a = Ficus::start(&debezium(s.config(&["public.t"]), ""));
     a.wait_streaming();
     let slot_b = format!("{}_b", s.prefix);
     let config_b = Ficus::config(&s.pg.superuser_url(&s.db), &["public.t"], &slot_b, &s.kafka.brokers(), "");
-    let mut b = Ficus::start(&debezium(config_b, "  debezium: {skipped_operations: []}\n"));
+    let mut b = Ficus::start(&debezium(config_b, "  debezium: {skipped_operations: [], json_handling: embedded}\n"));
     b.wait_streaming();
-    s.sql("INSERT INTO t VALUES (1); TRUNCATE t; INSERT INTO t VALUES (2);").await;
+    s.sql("INSERT INTO t VALUES (1, '{\"a\": [1, 2]}'); TRUNCATE t; INSERT INTO t VALUES (2, NULL);").await;
 
     let v = values(&s.read_all_confirmed(&a, &s.topic("public", "t")).await);
     let ops: Vec<&str> = v.iter().map(|e| e["op"].as_str().unwrap()).collect();
     assert_eq!(ops, ["c", "c"], "no truncate by default:\n{}", a.log());
+    assert_eq!(v[0]["after"], json!({"id": 1, "doc": "{\"a\": [1, 2]}"}), "jsonb as a string by default");
+    assert_eq!(v[1]["after"], json!({"id": 2, "doc": null}));
     for e in &v {
         let (ms, us, ns) = (e["ts_ms"].as_i64().unwrap(), e["ts_us"].as_i64().unwrap(), e["ts_ns"].as_i64().unwrap());
         assert_eq!((us / 1000, ns), (ms, us * 1000), "{e}");
@@ -306,6 +309,7 @@ async fn debezium_mode_skips_truncates_by_default_and_carries_micro_and_nanoseco
     let all = values(&s.kafka.read_to_end(&format!("{slot_b}.public.t"), WAIT).await);
     let ops: Vec<&str> = all.iter().map(|e| e["op"].as_str().unwrap()).collect();
     assert_eq!(ops, ["c", "t", "c"], "skipped_operations: [] keeps truncates:\n{}", b.log());
+    assert_eq!(all[0]["after"], json!({"id": 1, "doc": {"a": [1, 2]}}), "json_handling: embedded");
     assert_eq!(a.terminate().code(), Some(0), "{}", a.log());
     assert_eq!(b.terminate().code(), Some(0), "{}", b.log());
 }
