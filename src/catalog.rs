@@ -135,7 +135,7 @@ events:
     data:
       orderId: new.id
       label: "'#' + string(new.id)"
-      total: {cents: new.amt_cents, euros: double(new.amt_cents) / 100.0, big: new.amt_cents > 10000}
+      total: {cents: new.amt_cents, euros: double(new.amt_cents) / 100.0, big: new.amt_cents > 10000, scaled: new.rate * 2.0}
       status: "{'N': 'new', 'S': 'shipped'}[new.status]"
   - {name: OrderSnapshot, table: public.orders, key: new.id, topic: shop.raw, data: {columns: [id, note]}}
 "#;
@@ -143,7 +143,7 @@ events:
     fn columns() -> Vec<ColumnType> {
         let c = |name: &str, type_oid, not_null| ColumnType { name: name.into(), type_oid, type_name: "t".into(), not_null };
         use crate::postgres::value::oid;
-        vec![c("id", oid::INT8, true), c("status", oid::TEXT, true), c("amt_cents", oid::INT4, true), c("note", oid::TEXT, false)]
+        vec![c("id", oid::INT8, true), c("status", oid::TEXT, true), c("amt_cents", oid::INT4, true), c("note", oid::TEXT, false), c("rate", oid::FLOAT8, false)]
     }
 
     #[test]
@@ -158,7 +158,9 @@ events:
         assert_eq!(s["properties"]["label"]["type"], "string");
         assert_eq!(s["properties"]["total"]["properties"]["cents"]["type"], "integer");
         // double division: a number, or NaN/±Infinity as strings (as the value mapping publishes them).
-        assert_eq!(s["properties"]["total"]["properties"]["euros"], serde_json::json!({"type": ["number", "string"], "pattern": "^(NaN|-?Infinity)$"}));
+        let float = serde_json::json!({"type": ["number", "string"], "pattern": "^(NaN|-?Infinity)$"});
+        assert_eq!(s["properties"]["total"]["properties"]["euros"], float);
+        assert_eq!(s["properties"]["total"]["properties"]["scaled"], float, "arithmetic on a float column");
         assert_eq!(s["properties"]["total"]["properties"]["big"]["type"], "boolean");
         assert_eq!(s["properties"]["status"]["type"], "string");
         assert_eq!(s["required"], serde_json::json!(["orderId", "label", "total", "status"]));

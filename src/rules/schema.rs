@@ -218,12 +218,13 @@ fn expr_schema(e: &Expr, columns: Option<&[ColumnType]>) -> Json {
                 },
                 operators::ADD | operators::SUBSTRACT | operators::MULTIPLY | operators::DIVIDE | operators::MODULO => {
                     let (a, b) = (arg(0), arg(1));
-                    let ty = |s: &Json| {
-                        if *s == float_schema() {
+                    let ty = |s: &Json| match s.get("type") {
+                        Some(Json::String(t)) => Some(t.clone()),
+                        // float_schema, also of a (nullable, described) float column: a double operand.
+                        Some(Json::Array(ts)) if ts.contains(&json!("number")) && s.get("pattern") == float_schema().get("pattern") => {
                             Some("number".to_string())
-                        } else {
-                            s.get("type").and_then(Json::as_str).map(str::to_string)
                         }
+                        _ => None,
                     };
                     match (ty(&a).as_deref(), ty(&b).as_deref()) {
                         (Some("string"), _) | (_, Some("string")) if c.func_name == operators::ADD => t("string"),
