@@ -113,6 +113,9 @@ async fn event_ids_are_unique_per_version_documented_and_stable_across_a_replay(
             assert!(ce_ids.insert((source, ce_id)), "event {i}: CloudEvents (source, id) is used twice");
         }
     }
+    // Both CloudEvents encodings parse with the SDK.
+    let ce_records: Vec<Value> = msgs.iter().enumerate().filter(|(i, _)| i % 3 < 2).map(|(_, m)| record_json(m)).collect();
+    assert_eq!(oracle("cloudevents", &json!({"records": ce_records})), (4, vec![]));
     // The same WAL through another slot: the same ids, in the same order.
     s.wait_slot_confirmed_now(&slot_b, &b).await;
     let replay = s.kafka.read_to_end(&topic_b, WAIT).await;
