@@ -2,15 +2,20 @@
 # Installs what the test suite needs, and only what is missing (safe to rerun; a second run changes nothing):
 #   - Debian packages: PostgreSQL 15 server (tests start their own throwaway clusters), and the build
 #     dependencies of rdkafka (C/C++ compiler, make, pkg-config, OpenSSL and zlib headers; zstd is built from
-#     source by zstd-sys) and python3-venv (for the broker below). apt-get runs only when something is missing,
+#     source by zstd-sys) and python3-venv (for the venvs below). apt-get runs only when something is missing,
 #     and needs root.
 #   - .venv/noida: a Python venv with noida-db 0.2.3, the Kafka-protocol broker the tests start (gitignored).
+#   - .venv/oracle: a Python venv with the independent clients the contract tests (tests/pipeline/contract.rs) check
+#     ficus's output with: the CloudEvents SDK (Kafka binding; pydantic for its validating event class) and
+#     jsonschema (Draft 2020-12, with the packages its `date-time` and `duration` format checks need; without them
+#     those formats are silently not checked).
 # Environment: FICUS_PG_BIN (PostgreSQL server binaries, default /usr/lib/postgresql/15/bin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 NOIDA_VERSION=0.2.3
 VENV=.venv/noida
+ORACLE_VENV=.venv/oracle
 PG_BIN=${FICUS_PG_BIN:-/usr/lib/postgresql/15/bin}
 
 log() { echo "install-test-deps: $*"; }
@@ -39,8 +44,8 @@ else
     missing+=(libssl-dev zlib1g-dev)
 fi
 have python3 || missing+=(python3)
-# Debian splits ensurepip (which `python3 -m venv` needs) into python3-venv. Only needed to create the venv.
-if [ ! -x "$VENV/bin/python3" ] && ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+# Debian splits ensurepip (which `python3 -m venv` needs) into python3-venv. Only needed to create a venv.
+if { [ ! -x "$VENV/bin/python3" ] || [ ! -x "$ORACLE_VENV/bin/python3" ]; } && ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
     missing+=(python3-venv)
 fi
 
@@ -88,4 +93,24 @@ else
         exit 1
     fi
 fi
-log "done (broker: $PWD/$VENV/bin/noida-db, PostgreSQL: $PG_BIN)"
+# --- oracle clients (contract tests) ---------------------------------------------------------------------------
+# Pinned: a new release of a checker must not change what the suite accepts without a commit.
+ORACLE_PACKAGES=(cloudevents==1.13.0 pydantic==2.11.7 jsonschema==4.23.0 rfc3339-validator==0.1.4 isoduration==20.11.0)
+installed_oracle() {
+    [ -x "$ORACLE_VENV/bin/python3" ] && "$ORACLE_VENV/bin/python3" - "${ORACLE_PACKAGES[@]}" <<'PY' 2>/dev/null
+import importlib.metadata as m, sys
+sys.exit(0 if all(m.version(p.split("==")[0]) == p.split("==")[1] for p in sys.argv[1:]) else 1)
+PY
+}
+if installed_oracle; then
+    log "oracle clients: already in $ORACLE_VENV"
+else
+    log "creating $ORACLE_VENV with ${ORACLE_PACKAGES[*]}"
+    python3 -m venv --clear "$ORACLE_VENV"
+    "$ORACLE_VENV/bin/pip" install --quiet --disable-pip-version-check "${ORACLE_PACKAGES[@]}"
+    if ! installed_oracle; then
+        echo "install-test-deps: ${ORACLE_PACKAGES[*]} did not install into $ORACLE_VENV" >&2
+        exit 1
+    fi
+fi
+log "done (broker: $PWD/$VENV/bin/noida-db, oracle: $PWD/$ORACLE_VENV/bin/python3, PostgreSQL: $PG_BIN)"

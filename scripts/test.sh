@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what the tests need (scripts/install-test-deps.sh: PostgreSQL 15 and the noida-db
-# test broker, through apt-get/pip, only if missing), then runs every test target. Extra arguments go to
+# The whole test suite: installs what the tests need (scripts/install-test-deps.sh: PostgreSQL 15, the noida-db
+# test broker and the contract tests' Python clients, through apt-get/pip, only if missing), then runs every test
+# target. Extra arguments go to
 # `cargo test`, e.g. `scripts/test.sh --test pipeline -- --nocapture`.
 # Environment: FICUS_TEST_KAFKA=host:port runs the tests against that broker instead of noida-db (e.g. Apache
 # Kafka from docker/compose.yaml); FICUS_PG_BIN points at other PostgreSQL server binaries; FICUS_PG_VERSIONS lists

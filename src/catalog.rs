@@ -2,7 +2,8 @@
 //! trigger, encoding and a JSON Schema (2020-12) of `data`, as Markdown (for people) or JSON (for tools).
 //!
 //! Column types come from the database when it is reachable (read-only catalog queries); `--offline` skips the
-//! database and leaves the types of column references open (`{}`).
+//! database and leaves the types of column references open (`{}`). Domains are typed as their base type and arrays
+//! of non-builtin types as arrays, as the value mapping publishes them.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -35,7 +36,17 @@ pub async fn build(config: &Config, offline: bool) -> Result<Vec<RuleDescription
             }
             match control::table_info(&client, &table).await {
                 Ok(Some(t)) => {
-                    columns.insert(table, t.columns);
+                    // Schemas follow the value mapping, which maps a domain as its base type and an array of a
+                    // non-builtin type (enum[], a domain's array, …) as an array: type each column by the OID
+                    // whose mapping applies, as the stream does (the column keeps its declared type name).
+                    let oids: Vec<u32> = t.columns.iter().map(|c| c.type_oid).collect();
+                    let mapped = control::value_types(&client, &oids).await.map_err(|e| CatalogError::Database(e.to_string()))?;
+                    let cols = t
+                        .columns
+                        .into_iter()
+                        .map(|c| ColumnType { type_oid: mapped.get(&c.type_oid).copied().unwrap_or(c.type_oid), ..c })
+                        .collect();
+                    columns.insert(table, cols);
                 }
                 Ok(None) => return Err(CatalogError::Database(format!("table {table} does not exist"))),
                 Err(e) => return Err(CatalogError::Database(e.to_string())),
@@ -124,7 +135,7 @@ events:
     data:
       orderId: new.id
       label: "'#' + string(new.id)"
-      total: {cents: new.amt_cents, euros: double(new.amt_cents) / 100.0, big: new.amt_cents > 10000}
+      total: {cents: new.amt_cents, euros: double(new.amt_cents) / 100.0, big: new.amt_cents > 10000, scaled: new.rate * 2.0}
       status: "{'N': 'new', 'S': 'shipped'}[new.status]"
   - {name: OrderSnapshot, table: public.orders, key: new.id, topic: shop.raw, data: {columns: [id, note]}}
 "#;
@@ -132,7 +143,7 @@ events:
     fn columns() -> Vec<ColumnType> {
         let c = |name: &str, type_oid, not_null| ColumnType { name: name.into(), type_oid, type_name: "t".into(), not_null };
         use crate::postgres::value::oid;
-        vec![c("id", oid::INT8, true), c("status", oid::TEXT, true), c("amt_cents", oid::INT4, true), c("note", oid::TEXT, false)]
+        vec![c("id", oid::INT8, true), c("status", oid::TEXT, true), c("amt_cents", oid::INT4, true), c("note", oid::TEXT, false), c("rate", oid::FLOAT8, false)]
     }
 
     #[test]
@@ -146,7 +157,10 @@ events:
         assert_eq!(s["properties"]["orderId"]["type"], "integer");
         assert_eq!(s["properties"]["label"]["type"], "string");
         assert_eq!(s["properties"]["total"]["properties"]["cents"]["type"], "integer");
-        assert_eq!(s["properties"]["total"]["properties"]["euros"]["type"], "number");
+        // double division: a number, or NaN/±Infinity as strings (as the value mapping publishes them).
+        let float = serde_json::json!({"type": ["number", "string"], "pattern": "^(NaN|-?Infinity)$"});
+        assert_eq!(s["properties"]["total"]["properties"]["euros"], float);
+        assert_eq!(s["properties"]["total"]["properties"]["scaled"], float, "arithmetic on a float column");
         assert_eq!(s["properties"]["total"]["properties"]["big"]["type"], "boolean");
         assert_eq!(s["properties"]["status"]["type"], "string");
         assert_eq!(s["required"], serde_json::json!(["orderId", "label", "total", "status"]));

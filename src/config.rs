@@ -243,11 +243,77 @@ pub struct ChangesConfig {
     /// Envelope of raw change events: `json` (ficus's own, default) or `debezium` (Debezium-compatible).
     #[serde(default)]
     pub encoding: ChangeEncoding,
+    /// Options of the `debezium` encoding (ignored by `json`).
+    #[serde(default)]
+    pub debezium: DebeziumOptions,
 }
 
 impl Default for ChangesConfig {
     fn default() -> Self {
-        ChangesConfig { tables: Vec::new(), topic_prefix: default_topic_prefix(), encoding: ChangeEncoding::default() }
+        ChangesConfig {
+            tables: Vec::new(),
+            topic_prefix: default_topic_prefix(),
+            encoding: ChangeEncoding::default(),
+            debezium: DebeziumOptions::default(),
+        }
+    }
+}
+
+/// `changes.debezium:` — where the Debezium encoding may differ from Debezium's defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebeziumOptions {
+    /// Operations not published as raw change events, as Debezium's `skipped.operations` (letters `c`, `u`, `d`,
+    /// `t`); Debezium's default skips truncates (`[t]`), which consumers such as Flink's debezium-json reject.
+    /// `[]` publishes every operation.
+    #[serde(default = "default_skipped_operations")]
+    pub skipped_operations: Vec<DebeziumOp>,
+    /// json/jsonb values: `string` (Debezium's `io.debezium.data.Json`, a string holding the JSON text; default) or
+    /// `embedded` (JSON, as ficus's own encoding).
+    #[serde(default)]
+    pub json_handling: JsonHandling,
+}
+
+impl Default for DebeziumOptions {
+    fn default() -> Self {
+        DebeziumOptions { skipped_operations: default_skipped_operations(), json_handling: JsonHandling::default() }
+    }
+}
+
+/// `changes.debezium.json_handling`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JsonHandling {
+    #[default]
+    String,
+    Embedded,
+}
+
+fn default_skipped_operations() -> Vec<DebeziumOp> {
+    vec![DebeziumOp::Truncate]
+}
+
+/// A Debezium `op` letter, in `changes.debezium.skipped_operations`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum DebeziumOp {
+    #[serde(rename = "c")]
+    Create,
+    #[serde(rename = "u")]
+    Update,
+    #[serde(rename = "d")]
+    Delete,
+    #[serde(rename = "t")]
+    Truncate,
+}
+
+impl DebeziumOp {
+    /// Whether this letter names `op` (`c` is an insert; snapshot reads, `r`, are never skipped, as in Debezium).
+    pub fn matches(self, op: crate::change::Op) -> bool {
+        use crate::change::Op;
+        matches!(
+            (self, op),
+            (DebeziumOp::Create, Op::Insert) | (DebeziumOp::Update, Op::Update) | (DebeziumOp::Delete, Op::Delete) | (DebeziumOp::Truncate, Op::Truncate)
+        )
     }
 }
 

@@ -88,6 +88,10 @@ pub struct Router {
     source: SourceInfo,
     prefix: String,
     encoding: ChangeEncoding,
+    /// Operations the Debezium encoding does not publish (`changes.debezium.skipped_operations`).
+    skipped: Vec<crate::config::DebeziumOp>,
+    /// `changes.debezium.json_handling: string`.
+    json_as_string: bool,
     changes_tables: Vec<String>,
     /// Per relation id: the decision for the latest schema of that relation.
     routes: HashMap<u32, Route>,
@@ -116,6 +120,11 @@ impl Router {
             source,
             prefix: config.changes.topic_prefix.clone(),
             encoding: config.changes.encoding,
+            skipped: match config.changes.encoding {
+                ChangeEncoding::Debezium => config.changes.debezium.skipped_operations.clone(),
+                ChangeEncoding::Json => Vec::new(),
+            },
+            json_as_string: config.changes.debezium.json_handling == crate::config::JsonHandling::String,
             changes_tables: config.changes.tables.clone(),
             routes: HashMap::new(),
             rules,
@@ -216,14 +225,17 @@ impl Router {
         let route = self.routes.get_mut(&change.table.oid).expect("ensure_route inserted it");
         route.received[op_index(change.op)].increment(1);
         route.changes += 1;
-        if let Some(topic) = &route.topic {
+        // A skipped operation publishes no raw change event; when no rule takes the change either, it counts as
+        // dropped on purpose below.
+        let skipped = self.skipped.iter().any(|o| o.matches(change.op));
+        if let Some(topic) = route.topic.as_ref().filter(|_| !skipped) {
             route.raw_events.increment(1);
             if self.last_lsn.0 != change.lsn {
                 self.last_lsn = (change.lsn, Arc::from(change.lsn.to_string()));
             }
             let (key, payload) = match encoding {
                 ChangeEncoding::Json => encode::raw_change(change, source)?,
-                ChangeEncoding::Debezium => encode::debezium::change(change, source, prefix)?,
+                ChangeEncoding::Debezium => encode::debezium::change(change, source, prefix, self.json_as_string)?,
             };
             out.push(Record {
                 topic: topic.clone(),

@@ -101,9 +101,9 @@ pub fn raw_change(change: &Change, source: &SourceInfo) -> Result<(Option<Vec<u8
     }
 
     out.extend_from_slice(b",\"before\":");
-    write_before(&mut out, change)?;
+    write_before(&mut out, change, false)?;
     out.extend_from_slice(b",\"after\":");
-    let unavailable = write_after(&mut out, change)?;
+    let unavailable = write_after(&mut out, change, false)?;
     out.extend_from_slice(b",\"unavailable\":[");
     for (i, name) in unavailable.iter().enumerate() {
         if i > 0 {
@@ -130,8 +130,9 @@ pub fn raw_change(change: &Change, source: &SourceInfo) -> Result<(Option<Vec<u8
     Ok((key, out))
 }
 
-/// `before` as JSON (or `null`): the old row, without placeholder columns of a key-only old row.
-pub(crate) fn write_before(out: &mut Vec<u8>, change: &Change) -> Result<(), EncodeError> {
+/// `before` as JSON (or `null`): the old row, without placeholder columns of a key-only old row. `json_as_string`:
+/// json/jsonb values as JSON strings holding their text (Debezium's `io.debezium.data.Json`) instead of embedded.
+pub(crate) fn write_before(out: &mut Vec<u8>, change: &Change, json_as_string: bool) -> Result<(), EncodeError> {
     let table = &*change.table;
     match &change.before {
         None => out.extend_from_slice(b"null"),
@@ -142,7 +143,7 @@ pub(crate) fn write_before(out: &mut Vec<u8>, change: &Change) -> Result<(), Enc
                 if matches!(datum, Datum::UnchangedToast) || (change.before_is_key_only && !col.is_key) {
                     continue;
                 }
-                write_member(out, &mut first, table, i, datum)?;
+                write_member(out, &mut first, table, i, datum, json_as_string)?;
             }
             out.push(b'}');
         }
@@ -151,7 +152,8 @@ pub(crate) fn write_before(out: &mut Vec<u8>, change: &Change) -> Result<(), Enc
 }
 
 /// `after` as JSON (or `null`); returns the columns left out because their unchanged TOAST value is unknown.
-pub(crate) fn write_after<'c>(out: &mut Vec<u8>, change: &'c Change) -> Result<Vec<&'c str>, EncodeError> {
+/// `json_as_string` as for [`write_before`].
+pub(crate) fn write_after<'c>(out: &mut Vec<u8>, change: &'c Change, json_as_string: bool) -> Result<Vec<&'c str>, EncodeError> {
     let table = &*change.table;
     let mut unavailable: Vec<&str> = Vec::new();
     match &change.after {
@@ -179,7 +181,7 @@ pub(crate) fn write_after<'c>(out: &mut Vec<u8>, change: &'c Change) -> Result<V
                     }
                     d => d,
                 };
-                write_member(out, &mut first, table, i, datum)?;
+                write_member(out, &mut first, table, i, datum, json_as_string)?;
             }
             out.push(b'}');
         }
@@ -187,13 +189,21 @@ pub(crate) fn write_after<'c>(out: &mut Vec<u8>, change: &'c Change) -> Result<V
     Ok(unavailable)
 }
 
-/// Appends `"column":value`, preceded by a comma unless it is the first member.
-fn write_member(out: &mut Vec<u8>, first: &mut bool, table: &Table, i: usize, datum: &Datum) -> Result<(), EncodeError> {
+/// Appends `"column":value`, preceded by a comma unless it is the first member; with `json_as_string` a json/jsonb
+/// value (column types are domain-resolved) as a JSON string of its JSON text.
+fn write_member(out: &mut Vec<u8>, first: &mut bool, table: &Table, i: usize, datum: &Datum, json_as_string: bool) -> Result<(), EncodeError> {
     if !std::mem::replace(first, false) {
         out.push(b',');
     }
     value::write_json_string(out, table.columns.get(i).map(|c| c.name.as_str()).unwrap_or(""));
     out.push(b':');
+    let is_json = table.columns.get(i).is_some_and(|c| matches!(c.type_oid, value::oid::JSON | value::oid::JSONB));
+    if json_as_string && is_json && !matches!(datum, Datum::Null | Datum::UnchangedToast) {
+        let mut text = Vec::new();
+        write_datum(&mut text, table, i, datum)?;
+        value::write_json_string(out, &String::from_utf8_lossy(&text));
+        return Ok(());
+    }
     write_datum(out, table, i, datum)
 }
 

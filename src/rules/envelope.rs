@@ -1,8 +1,11 @@
 //! The canonical business-event envelope (DESIGN.md, "Canonical business event") and its deterministic ids.
 //!
 //! **Guarantees:** `eventId` is a UUIDv5 of (system id, database, commit LSN, position of the change in its
-//! transaction, rule name) and `correlationId` a UUIDv5 of (system id, commit LSN): replaying the same WAL after a
-//! restart produces the same ids, so consumers can deduplicate. The JSON is written field by field in a fixed order.
+//! transaction, rule name, rule version) and `correlationId` a UUIDv5 of (system id, commit LSN): replaying the same
+//! WAL after a restart produces the same ids, so consumers can deduplicate; and no two events share an id — the
+//! version is part of it because v1 and v2 of one event type run side by side on the same change, and CloudEvents
+//! requires (`source`, `id`) to be unique. The exact text is in docs/events.md (tested against an independent
+//! UUIDv5 there and in tests/pipeline/contract.rs). The JSON is written field by field in a fixed order.
 
 use uuid::Uuid;
 
@@ -14,14 +17,15 @@ use crate::postgres::value::{write_json_string, write_unix_micros};
 /// Namespace of every ficus UUIDv5 (documented in docs/events.md so consumers can recompute ids).
 pub const NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_3b8e_2d4a_4c7e_9a10_3e5b_7d9f_1a2c);
 
-/// `eventId` of the event `rule` derives from `change`.
-pub fn event_id(source: &SourceInfo, o: &Origin<'_>, rule: &str) -> Uuid {
-    let name = format!("{}/{}/{}/{}/{}", source.system, source.database, o.tx.commit_lsn, o.position, rule);
+/// `eventId` of the event version `version` of `rule` derives from `change`: the UUIDv5 of
+/// `<system>/<database>/<commitLsn>/<position>/<rule name>/<version>`.
+pub fn event_id(source: &SourceInfo, o: &Origin<'_>, rule: &str, version: u32) -> Uuid {
+    let name = format!("{}/{}/{}/{}/{}/{}", source.system, source.database, o.tx.commit_lsn, o.position, rule, version);
     Uuid::new_v5(&NAMESPACE, name.as_bytes())
 }
 
 /// [`event_id`] as text, formatting the name in `buf` (reused across events: no allocation but the result).
-pub fn event_id_into(buf: &mut Vec<u8>, source: &SourceInfo, o: &Origin<'_>, rule: &str) -> String {
+pub fn event_id_into(buf: &mut Vec<u8>, source: &SourceInfo, o: &Origin<'_>, rule: &str, version: u32) -> String {
     buf.clear();
     buf.extend_from_slice(source.system.as_bytes());
     buf.push(b'/');
@@ -32,6 +36,8 @@ pub fn event_id_into(buf: &mut Vec<u8>, source: &SourceInfo, o: &Origin<'_>, rul
     buf.extend_from_slice(itoa::Buffer::new().format(o.position).as_bytes());
     buf.push(b'/');
     buf.extend_from_slice(rule.as_bytes());
+    buf.push(b'/');
+    buf.extend_from_slice(itoa::Buffer::new().format(version).as_bytes());
     let mut text = String::with_capacity(36);
     text.push_str(Uuid::new_v5(&NAMESPACE, buf).hyphenated().encode_lower(&mut Uuid::encode_buffer()));
     text
@@ -79,6 +85,28 @@ pub fn occurred_at(o: &Origin<'_>) -> String {
     let mut out = Vec::with_capacity(27);
     write_unix_micros(&mut out, o.tx.commit_time_us);
     String::from_utf8(out).unwrap_or_default()
+}
+
+/// Commit times RFC 3339 can write (years 0000–9999, as microseconds since the Unix epoch): a CloudEvents `time`
+/// outside is not RFC 3339 (the value mapping would write an expanded year).
+const RFC3339_MICROS: std::ops::RangeInclusive<i64> = -62_167_219_200_000_000..=253_402_300_799_999_999;
+
+/// Why `e` would not be a valid CloudEvent (CloudEvents 1.0, "Context Attributes"), or `None`: `id`, `source`,
+/// `specversion` and `type` must be non-empty strings, `subject` (the key, always sent) non-empty when present,
+/// `time` RFC 3339. `source` and `specversion` are ficus's own and never empty; the others come from rules and
+/// rows, so an event breaking them goes to the DLQ instead of out to consumers whose SDKs would reject it.
+pub fn cloudevent_problem(e: &Envelope<'_>, o: &Origin<'_>) -> Option<String> {
+    if e.event_id.is_empty() {
+        Some("the event id is empty: a CloudEvent's id must be a non-empty string".into())
+    } else if e.event_type.is_empty() {
+        Some("the event type is empty: a CloudEvent's type must be a non-empty string".into())
+    } else if e.key.is_empty() {
+        Some("the key is empty: a CloudEvent's subject (the key) must not be empty".into())
+    } else if !RFC3339_MICROS.contains(&o.tx.commit_time_us) {
+        Some(format!("the commit time {} is outside the years RFC 3339 (a CloudEvent's time) can write", occurred_at(o)))
+    } else {
+        None
+    }
 }
 
 /// Writes a CloudEvents 1.0 structured-mode event (JSON format) up to `"data":`; the caller appends the data and
@@ -224,14 +252,42 @@ mod tests {
     fn ids_are_deterministic_and_distinct() {
         let (a, b, a2, c) = (change(0, 0x100), change(1, 0x100), change(0, 0x100), change(0, 0x200));
         let (a, b, a2, c) = (Origin::of(&a), Origin::of(&b), Origin::of(&a2), Origin::of(&c));
-        assert_eq!(event_id(&source(), &a, "OrderShipped"), event_id(&source(), &a2, "OrderShipped"));
-        assert_ne!(event_id(&source(), &a, "OrderShipped"), event_id(&source(), &b, "OrderShipped"));
-        assert_ne!(event_id(&source(), &a, "OrderShipped"), event_id(&source(), &a, "OrderPaid"));
+        assert_eq!(event_id(&source(), &a, "OrderShipped", 1), event_id(&source(), &a2, "OrderShipped", 1));
+        assert_ne!(event_id(&source(), &a, "OrderShipped", 1), event_id(&source(), &b, "OrderShipped", 1));
+        assert_ne!(event_id(&source(), &a, "OrderShipped", 1), event_id(&source(), &a, "OrderPaid", 1));
+        // Two versions of one event type from the same change: distinct ids (issue 17).
+        assert_ne!(event_id(&source(), &a, "OrderShipped", 1), event_id(&source(), &a, "OrderShipped", 2));
         assert_eq!(correlation_id(&source(), a.tx), correlation_id(&source(), b.tx));
         assert_ne!(correlation_id(&source(), a.tx), correlation_id(&source(), c.tx));
-        assert_eq!(event_id(&source(), &a, "X").get_version_num(), 5);
+        assert_eq!(event_id(&source(), &a, "X", 1).get_version_num(), 5);
         let mut buf = Vec::new();
-        assert_eq!(event_id_into(&mut buf, &source(), &a, "OrderShipped"), event_id(&source(), &a, "OrderShipped").to_string());
+        assert_eq!(event_id_into(&mut buf, &source(), &a, "OrderShipped", 7), event_id(&source(), &a, "OrderShipped", 7).to_string());
+    }
+
+    /// The formula of docs/events.md, against ids computed independently with Python's `uuid.uuid5(NAMESPACE,
+    /// "7301/shop/0/16B3800/3/OrderShipped/2")` and `uuid.uuid5(NAMESPACE, "7301/0/16B3800")`.
+    #[test]
+    fn ids_follow_the_documented_formula() {
+        let c = change(3, 0x16B3800);
+        let o = Origin::of(&c);
+        assert_eq!(event_id(&source(), &o, "OrderShipped", 2).to_string(), "742eb3b1-dae9-516b-98a0-2c33f0e335e0");
+        assert_eq!(event_id_into(&mut Vec::new(), &source(), &o, "OrderShipped", 2), "742eb3b1-dae9-516b-98a0-2c33f0e335e0");
+        assert_eq!(correlation_id(&source(), o.tx).to_string(), "27dbaa92-1a78-582e-9da8-89114699e32e");
+        assert_eq!(NAMESPACE.to_string(), "6f1c3b8e-2d4a-4c7e-9a10-3e5b7d9f1a2c");
+    }
+
+    #[test]
+    fn invalid_cloudevents_are_named() {
+        let c = change(0, 0x100);
+        let o = Origin::of(&c);
+        let e = |event_type, event_id, key| Envelope { event_type, version: 1, event_id, correlation_id: "c", key };
+        assert_eq!(cloudevent_problem(&e("T", "i", "k"), &o), None);
+        assert!(cloudevent_problem(&e("T", "i", ""), &o).unwrap().contains("subject"));
+        assert!(cloudevent_problem(&e("", "i", "k"), &o).unwrap().contains("type"));
+        assert!(cloudevent_problem(&e("T", "", "k"), &o).unwrap().contains("id"));
+        let mut far = change(0, 0x100);
+        far.tx = Arc::new(TxMeta { xid: 7, commit_lsn: Lsn(0x100), commit_time_us: 253_402_300_800_000_000 });
+        assert!(cloudevent_problem(&e("T", "i", "k"), &Origin::of(&far)).unwrap().contains("commit time +10000-01-01T00:00:00"));
     }
 
     #[test]

@@ -134,6 +134,11 @@ pub(super) fn build_record(
         correlation_id: &head.correlation_id,
         key: &head.key,
     };
+    if head.encoding != Encoding::Json {
+        if let Some(problem) = envelope::cloudevent_problem(&e, &head.origin) {
+            return Err(format!("{problem} (encoding {})", head.encoding.as_str()));
+        }
+    }
     let content_type = match head.encoding {
         Encoding::Json => {
             envelope::write_head(&mut payload, &e, &head.origin, source);
@@ -201,7 +206,7 @@ impl Rule {
         let Some(key_expr) = &self.key else { return Err("the rule has no key".into()) };
         let key = eval_text(key_expr, ctx, &mut bufs.scratch).map_err(|e| e.replacen(": ", ": the key ", 1))?;
         let origin = ctx.input.origin();
-        let event_id = envelope::event_id_into(&mut bufs.id, source, &origin, &self.name);
+        let event_id = envelope::event_id_into(&mut bufs.id, source, &origin, &self.name, self.version);
         let correlation_id: Arc<str> = match &self.correlation {
             Some(expr) => eval_text(expr, ctx, &mut bufs.scratch)?.into(),
             None => default_correlation.clone(),

@@ -302,11 +302,7 @@ impl RuleSet {
                     },
                     on: r.ops.iter().map(|o| o.as_str()).collect(),
                     when: r.when.as_ref().map(|w| w.source.clone()),
-                    encoding: match r.encoding {
-                        Encoding::Json => "json",
-                        Encoding::CloudeventsBinary => "cloudevents-binary",
-                        Encoding::CloudeventsStructured => "cloudevents-structured",
-                    },
+                    encoding: r.encoding.as_str(),
                     on_error: match r.on_error {
                         OnError::Dlq => "dlq",
                         OnError::Fail => "fail",

@@ -5,7 +5,9 @@
 //! `payload` (json/jsonb embedded as JSON, not as an escaped string; a text payload that holds JSON likewise), the
 //! topic = the template with `{aggregatetype}` replaced (characters Kafka cannot hold become `_`), and the
 //! configured extra columns as headers. Updates and deletes of the outbox (cleanup) publish nothing. The event
-//! goes out in the rule's encoding, with the transaction's `correlationId`.
+//! goes out in the rule's encoding, with the transaction's `correlationId`. A row with an empty `id` or `type` is
+//! a failure of the rule (→ `on_error`, by default the DLQ), never an event; so is an empty `aggregateid` in the
+//! CloudEvents encodings (an empty `subject`).
 
 use super::eval::{build_record, Buffers, EventHead, LazyContext};
 use super::spec::OutboxSpec;
@@ -72,6 +74,13 @@ impl Outbox {
         let aggregate_type = text(&self.aggregatetype, &mut bufs.scratch)?;
         let key = text(&self.aggregateid, &mut bufs.scratch)?;
         let event_type = text(&self.r#type, &mut bufs.scratch)?;
+        // Consumers deduplicate on the id and route on the type, in every encoding (CloudEvents forbids both empty).
+        for (column, value) in [(&self.id, &event_id), (&self.r#type, &event_type)] {
+            if value.is_empty() {
+                let what = if column == &self.id { "id" } else { "type" };
+                return Err(format!("outbox column {column} (the event {what}) is empty"));
+            }
+        }
         let topic = crate::router::sanitize_topic(&self.topic.replace("{aggregatetype}", &aggregate_type));
         let mut headers = Vec::with_capacity(self.headers.len());
         for col in &self.headers {

@@ -163,6 +163,17 @@ pub enum Encoding {
     CloudeventsStructured,
 }
 
+impl Encoding {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encoding::Json => "json",
+            Encoding::CloudeventsBinary => "cloudevents-binary",
+            Encoding::CloudeventsStructured => "cloudevents-structured",
+        }
+    }
+}
+
 /// `event_defaults:` — defaults for every rule of `events:`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -5,6 +5,7 @@
 mod support;
 
 mod chaos;
+mod contract;
 mod core;
 mod differential;
 mod faults;

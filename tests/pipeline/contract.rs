@@ -1,0 +1,318 @@
+//! The consumers' contract (issue 17), checked with clients nobody here wrote: event ids recomputed from the
+//! documented formula, every CloudEvents record parsed by the CloudEvents Python SDK's Kafka binding, and every
+//! event's `data` validated against its own `ficus catalog` schema by `jsonschema`'s Draft 2020-12 validator (format
+//! checking on). The Python clients live in `.venv/oracle` (scripts/install-test-deps.sh); the script that drives
+//! them is `contract_oracle.py` next to this file.
+
+use std::collections::HashSet;
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use crate::support::{self, ConsumedMessage};
+use crate::{header, values, Ficus, Setup, WAIT};
+
+/// The namespace docs/events.md states for every ficus UUIDv5.
+const NAMESPACE: &str = "6f1c3b8e-2d4a-4c7e-9a10-3e5b7d9f1a2c";
+
+/// The oracle venv's Python (`FICUS_ORACLE_PYTHON` overrides). Missing is a failure, not a skip: these checks are
+/// the point of the file.
+fn oracle_python() -> std::path::PathBuf {
+    let path = std::env::var_os("FICUS_ORACLE_PYTHON")
+        .map(Into::into)
+        .unwrap_or_else(|| support::manifest_dir().join(".venv/oracle/bin/python3"));
+    assert!(path.exists(), "{} is missing: run scripts/install-test-deps.sh", path.display());
+    path
+}
+
+/// Bytes as the oracle's latin-1 text (every byte one char, so any value survives JSON).
+fn latin1(b: &[u8]) -> String {
+    b.iter().map(|&c| c as char).collect()
+}
+
+fn record_json(m: &ConsumedMessage) -> Value {
+    json!({
+        "topic": m.topic,
+        "key": m.key.as_deref().map(latin1),
+        "value": latin1(m.payload.as_deref().unwrap_or_default()),
+        "headers": m.headers.iter().map(|(k, v)| json!([k, latin1(v)])).collect::<Vec<_>>(),
+    })
+}
+
+/// Runs `contract_oracle.py <mode>` on `doc`; returns (records checked, errors).
+fn oracle(mode: &str, doc: &Value) -> (u64, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("records.json");
+    std::fs::write(&input, serde_json::to_vec(doc).unwrap()).unwrap();
+    let script = support::manifest_dir().join("tests/pipeline/contract_oracle.py");
+    let out = Command::new(oracle_python()).arg(script).arg(mode).arg(&input).output().unwrap();
+    assert!(out.status.success(), "oracle {mode} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let errors = v["errors"].as_array().unwrap().iter().map(|e| e.as_str().unwrap().to_string()).collect();
+    (v["checked"].as_u64().unwrap(), errors)
+}
+
+/// `config` with a DLQ topic and without raw change events.
+fn rules_only(config: String, dlq: &str) -> String {
+    config
+        .replace("changes:\n  tables: ['*']", "changes:\n  tables: []")
+        .replace("kafka:\n", &format!("kafka:\n  dlq_topic: {dlq}\n"))
+}
+
+fn uuid5(name: &str) -> String {
+    uuid::Uuid::new_v5(&uuid::Uuid::parse_str(NAMESPACE).unwrap(), name.as_bytes()).to_string()
+}
+
+/// v1, v2 and v3 of one event type from the same change get distinct ids (in every encoding, so CloudEvents'
+/// (source, id) is unique), each exactly the documented UUIDv5, and a second run over the same WAL gives the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn event_ids_are_unique_per_version_documented_and_stable_across_a_replay() {
+    let s = Setup::new("contract_ids", "CREATE TABLE ord (id int PRIMARY KEY, amt int)").await;
+    let (topic, topic_b) = (format!("{}.orders", s.prefix), format!("{}.orders_b", s.prefix));
+    let rules = |topic: &str| {
+        format!(
+            "events:\n\
+             \x20 - {{name: OrderPlaced, table: public.ord, on: insert, key: string(new.id), topic: {topic}, encoding: cloudevents-binary}}\n\
+             \x20 - {{name: OrderPlaced, version: 2, table: public.ord, on: insert, key: string(new.id), topic: {topic}, encoding: cloudevents-structured}}\n\
+             \x20 - {{name: OrderPlaced, version: 3, table: public.ord, on: insert, key: string(new.id), topic: {topic}}}\n"
+        )
+    };
+    // Run a publishes raw changes too (they carry commitLsn and position, the inputs of the formula).
+    let mut a = Ficus::start(&format!("{}{}", s.config(&["public.ord"]), rules(&topic)));
+    a.wait_streaming();
+    let slot_b = format!("{}_b", s.prefix);
+    let config_b = Ficus::config(&s.pg.superuser_url(&s.db), &["public.ord"], &slot_b, &s.kafka.brokers(), "");
+    let mut b = Ficus::start(&format!("{}{}", rules_only(config_b, &format!("{slot_b}.dlq")), rules(&topic_b)));
+    b.wait_streaming();
+    s.sql("BEGIN; INSERT INTO ord VALUES (1, 10); INSERT INTO ord VALUES (2, 20); COMMIT;").await;
+
+    let msgs = s.read_all_confirmed(&a, &topic).await;
+    assert_eq!(msgs.len(), 6, "{}", a.log());
+    let raw = values(&s.read_all_confirmed(&a, &s.topic("public", "ord")).await);
+    let system = values(&msgs[2..3])[0]["source"]["system"].as_str().unwrap().to_string();
+    let mut ids = HashSet::new();
+    let mut ce_ids = HashSet::new();
+    for (i, m) in msgs.iter().enumerate() {
+        let (row, version) = (i / 3, i % 3 + 1);
+        let id = header(m, "event-id").unwrap();
+        // The documented formula, computed here from the raw change event of the same row.
+        let src = &raw[row]["source"];
+        let name = format!("{system}/{}/{}/{}/OrderPlaced/{version}", s.db, src["commitLsn"].as_str().unwrap(), src["position"]);
+        assert_eq!(id, uuid5(&name), "event {i}: eventId = UUIDv5 of {name:?}");
+        assert!(ids.insert(id.to_string()), "event {i}: id {id} is used twice");
+        let ce = match version {
+            1 => Some((header(m, "ce_source").unwrap().to_string(), header(m, "ce_id").unwrap().to_string())),
+            2 => {
+                let v = &values(std::slice::from_ref(m))[0];
+                Some((v["source"].as_str().unwrap().to_string(), v["id"].as_str().unwrap().to_string()))
+            }
+            _ => None,
+        };
+        if let Some((source, ce_id)) = ce {
+            assert_eq!(ce_id, id);
+            assert!(ce_ids.insert((source, ce_id)), "event {i}: CloudEvents (source, id) is used twice");
+        }
+    }
+    // Both CloudEvents encodings parse with the SDK.
+    let ce_records: Vec<Value> = msgs.iter().enumerate().filter(|(i, _)| i % 3 < 2).map(|(_, m)| record_json(m)).collect();
+    assert_eq!(oracle("cloudevents", &json!({"records": ce_records})), (4, vec![]));
+    // The same WAL through another slot: the same ids, in the same order.
+    s.wait_slot_confirmed_now(&slot_b, &b).await;
+    let replay = s.kafka.read_to_end(&topic_b, WAIT).await;
+    let ids_of = |ms: &[ConsumedMessage]| ms.iter().map(|m| header(m, "event-id").unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(ids_of(&replay), ids_of(&msgs), "a replay gives the same ids");
+    assert_eq!(a.terminate().code(), Some(0), "{}", a.log());
+    assert_eq!(b.terminate().code(), Some(0), "{}", b.log());
+}
+
+/// An empty key (→ CloudEvents `subject`), an empty outbox `type` (→ `type`) or `id` (→ `id`) would make an invalid
+/// CloudEvent: such changes go to the DLQ with the reason; everything published parses with the CloudEvents SDK.
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_cloudevents_go_to_the_dlq_and_every_published_one_parses_with_the_sdk() {
+    let s = Setup::new(
+        "contract_ce",
+        "CREATE TABLE acct (id int PRIMARY KEY, code text);
+         CREATE TABLE outbox (id text PRIMARY KEY, aggregatetype text NOT NULL, aggregateid text NOT NULL,
+                              type text NOT NULL, payload text);",
+    )
+    .await;
+    let (topic, dlq) = (format!("{}.accounts", s.prefix), format!("{}.dlq", s.prefix));
+    let rules = format!(
+        "events:\n\
+         \x20 - {{name: AccountOpened, table: public.acct, on: insert, key: new.code, topic: {topic}, encoding: cloudevents-binary, data: {{id: new.id}}}}\n\
+         \x20 - {{name: AccountOpened, version: 2, table: public.acct, on: insert, key: new.code, topic: {topic}, encoding: cloudevents-structured}}\n\
+         \x20 - {{name: ShopOutbox, outbox: {{table: public.outbox}}, topic: '{}.ob.{{aggregatetype}}', encoding: cloudevents-binary}}\n",
+        s.prefix
+    );
+    let config = rules_only(s.config(&["public.acct", "public.outbox"]), &dlq);
+    let mut f = Ficus::start(&format!("{config}{rules}"));
+    f.wait_streaming();
+    s.sql("INSERT INTO acct VALUES (1, 'a-1'), (2, '')").await;
+    s.sql(
+        "INSERT INTO outbox VALUES ('e1', 'acct', '1', 'AccountVerified', '{\"ok\": true}'),
+                                   ('e2', 'acct', '2', '', '{}'), ('', 'acct', '3', 'AccountVerified', '{}')",
+    )
+    .await;
+
+    let mut published = s.read_all_confirmed(&f, &topic).await;
+    published.extend(s.read_all_confirmed(&f, &format!("{}.ob.acct", s.prefix)).await);
+    let keys: Vec<&[u8]> = published.iter().map(|m| m.key.as_deref().unwrap()).collect();
+    assert_eq!(keys, [&b"a-1"[..], b"a-1", b"1"], "only the valid events are published:\n{}", f.log());
+    let doc = json!({"records": published.iter().map(record_json).collect::<Vec<_>>()});
+    let (checked, errors) = oracle("cloudevents", &doc);
+    assert_eq!((checked, errors), (3, vec![]));
+
+    // The oracle is not vacuous: the same record with an empty subject is refused.
+    let mut bad = record_json(&published[0]);
+    for h in bad["headers"].as_array_mut().unwrap() {
+        if h[0] == "ce_subject" {
+            h[1] = json!("");
+        }
+    }
+    let (_, errors) = oracle("cloudevents", &json!({"records": [bad]}));
+    assert!(errors.iter().any(|e| e.contains("subject")), "{errors:?}");
+
+    let dead = s.read_all_confirmed(&f, &dlq).await;
+    let reasons: Vec<(String, String)> = dead
+        .iter()
+        .map(|m| (header(m, "dlq-rule").unwrap().to_string(), header(m, "dlq-error").unwrap().to_string()))
+        .collect();
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    for (rule, reason) in &reasons[..2] {
+        assert!(rule.starts_with("AccountOpened") && reason.contains("subject") && reason.contains("empty"), "{rule}: {reason}");
+    }
+    assert!(reasons[2].1.contains("type") && reasons[2].1.contains("empty"), "{reasons:?}");
+    assert!(reasons[3].1.contains("id") && reasons[3].1.contains("empty"), "{reasons:?}");
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+}
+
+/// Every event of a workload full of edge values (multi-dimensional arrays, NaN/±Infinity, infinity/BC/year ≥ 10000
+/// dates and timestamps, negative intervals, domains, enum arrays, nulls, a text outbox payload holding JSON or not)
+/// validates against its own `ficus catalog --format json` schema.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_event_validates_against_its_catalog_schema() {
+    let s = Setup::new(
+        "contract_schema",
+        "CREATE DOMAIN posint AS int CHECK (VALUE > 0);
+         CREATE DOMAIN pday AS date;
+         CREATE TYPE mood AS ENUM ('ok', 'sad');
+         CREATE TABLE rich (id int PRIMARY KEY, ia int[], fa float8[], ta text[], da date[], f8 float8, f4 real,
+                            n numeric, d date, ts timestamp, tstz timestamptz, iv interval, b bool, j jsonb, u uuid,
+                            by bytea, t text, pi posint, moods mood[], pd pday, pda pday[]);
+         CREATE TABLE ob (id uuid PRIMARY KEY, aggregatetype text NOT NULL, aggregateid text NOT NULL,
+                          type text NOT NULL, payload text NOT NULL);",
+    )
+    .await;
+    let (topic, dlq) = (format!("{}.rich", s.prefix), format!("{}.dlq", s.prefix));
+    let rules = format!(
+        "events:\n\
+         \x20 - {{name: RichChanged, table: public.rich, on: [insert, update], key: string(new.id), topic: {topic}}}\n\
+         \x20 - name: RichComputed\n\
+         \x20   table: public.rich\n\
+         \x20   on: [insert, update]\n\
+         \x20   key: string(new.id)\n\
+         \x20   topic: {topic}\n\
+         \x20   data:\n\
+         \x20     asDouble: 'new.f8 == null ? 0.5 : double(new.f8)'\n\
+         \x20     ratio: double(new.id) / double(new.id - 2)\n\
+         \x20     nan: double(new.id - 2) / double(new.id - 2)\n\
+         \x20     grid: new.ia\n\
+         \x20     day: new.d\n\
+         \x20     at: new.tstz\n\
+         \x20     nested: {{text: new.ta, dates: new.da}}\n\
+         \x20 - {{name: ObEvents, outbox: {{table: public.ob}}, topic: '{}.ob.{{aggregatetype}}'}}\n",
+        s.prefix
+    );
+    let config = rules_only(s.config(&["public.rich", "public.ob"]), &dlq);
+    let config = format!("{config}{rules}");
+    let mut f = Ficus::start(&config);
+    f.wait_streaming();
+    s.sql(
+        "INSERT INTO rich VALUES
+           (1, '{{1,2},{3,4}}', '{1.5,NaN,Infinity,-Infinity,NULL}', '{{a,b},{c,NULL}}', '{infinity,-infinity,2026-11-22}',
+            'NaN', '-Infinity', '12.5', '0044-03-15 BC', '10000-01-01 00:00', 'infinity', '1 year 2 mons -3 days 04:05:06.5',
+            true, '{\"k\": [1]}', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '\\x0102', 'x'),
+           (2, '{{{1},{2}},{{3},{4}}}', '{}', '{}', '{}', 'Infinity', 3.25, 'NaN', 'infinity', '-infinity',
+            '0044-03-15 10:00:00+00 BC', '-1 days', false, 'null', NULL, '', ''),
+           (3, '{5}', NULL, NULL, '{0001-01-01 BC,10000-12-31}', 1.5, NULL, '-0.001', '-infinity', '0001-01-01 00:00 BC',
+            '10000-01-01 00:00+00', 'PT0S', NULL, '[1, \"a\"]', NULL, NULL, NULL),
+           (4, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+         UPDATE rich SET d = '10000-01-01', tstz = '-infinity' WHERE id = 4;
+         UPDATE rich SET pi = 5, moods = '{{ok,sad},{sad,NULL}}', pd = 'infinity', pda = '{0044-01-01 BC,NULL}' WHERE id = 3;
+         INSERT INTO ob VALUES ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a12', 'rich', '1', 'RichNoted', '{\"a\": 1}'),
+                               ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a13', 'rich', '2', 'RichNoted', 'plain text'),
+                               ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a14', 'rich', '3', 'RichNoted', '[1, 2]');",
+    )
+    .await;
+
+    let mut events = values(&s.read_all_confirmed(&f, &topic).await);
+    assert_eq!(events.len(), 12, "{}", f.log());
+    let outbox = values(&s.read_all_confirmed(&f, &format!("{}.ob.rich", s.prefix)).await);
+    assert_eq!(outbox.len(), 3);
+    assert!(s.read_all_confirmed_or_empty(&f, &dlq).await.is_empty(), "nothing fails:\n{}", f.log());
+    // The published values are the edge cases meant (not nulls from a typo).
+    assert_eq!(events[0]["data"]["ia"], json!([[1, 2], [3, 4]]));
+    assert_eq!(events[0]["data"]["d"], "-0043-03-15");
+    assert_eq!(events[10]["data"]["pi"], 5, "a domain over int is a number");
+    assert_eq!(events[10]["data"]["moods"], json!([["ok", "sad"], ["sad", null]]));
+    assert_eq!((&events[3]["data"]["ratio"], &events[3]["data"]["nan"]), (&json!("Infinity"), &json!("NaN")), "{}", events[3]);
+    events.extend(outbox.iter().map(|e| {
+        let mut e = e.clone();
+        e["eventType"] = json!("ObEvents"); // the catalog names the outbox rule (eventType comes from a column)
+        e
+    }));
+
+    let (dir, path) = Ficus::dir_config(&config);
+    let out = Command::new(support::ficus_bin()).args(["catalog", "--format", "json", "--config"]).arg(&path).output().unwrap();
+    drop(dir);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let catalog: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let records: Vec<Value> = events
+        .iter()
+        .map(|e| json!({"event": e["eventType"], "version": e["eventVersion"], "data": e["data"]}))
+        .collect();
+    let (checked, errors) = oracle("schema", &json!({"records": records, "catalog": catalog}));
+    assert_eq!((checked, errors), (15, vec![]), "catalog:\n{catalog:#}");
+
+    // Not vacuous: a value of the wrong type is refused.
+    let mut wrong = records[0].clone();
+    wrong["data"]["ia"] = json!(["1"]);
+    let (_, errors) = oracle("schema", &json!({"records": [wrong], "catalog": catalog}));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+}
+
+/// Debezium's defaults in `changes.encoding: debezium` (part of issue 17.4): truncates are not published (Debezium's
+/// `skipped.operations=t`), json/jsonb values are strings holding the JSON text (`io.debezium.data.Json`), and
+/// events carry `ts_us`/`ts_ns` next to `ts_ms` (top level and `source`, as Debezium 2.6+). The options
+/// `changes.debezium.skipped_operations: []` and `json_handling: embedded` switch the first two back.
+#[tokio::test(flavor = "multi_thread")]
+async fn debezium_mode_follows_debeziums_defaults_and_its_options_switch_them() {
+    let s = Setup::new("contract_dbz", "CREATE TABLE t (id int PRIMARY KEY, doc jsonb)").await;
+    let debezium = |config: String, options: &str| config.replace("  topic_prefix:", &format!("  encoding: debezium\n{options}  topic_prefix:"));
+    let mut a = Ficus::start(&debezium(s.config(&["public.t"]), ""));
+    a.wait_streaming();
+    let slot_b = format!("{}_b", s.prefix);
+    let config_b = Ficus::config(&s.pg.superuser_url(&s.db), &["public.t"], &slot_b, &s.kafka.brokers(), "");
+    let mut b = Ficus::start(&debezium(config_b, "  debezium: {skipped_operations: [], json_handling: embedded}\n"));
+    b.wait_streaming();
+    s.sql("INSERT INTO t VALUES (1, '{\"a\": [1, 2]}'); TRUNCATE t; INSERT INTO t VALUES (2, NULL);").await;
+
+    let v = values(&s.read_all_confirmed(&a, &s.topic("public", "t")).await);
+    let ops: Vec<&str> = v.iter().map(|e| e["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["c", "c"], "no truncate by default:\n{}", a.log());
+    assert_eq!(v[0]["after"], json!({"id": 1, "doc": "{\"a\": [1, 2]}"}), "jsonb as a string by default");
+    assert_eq!(v[1]["after"], json!({"id": 2, "doc": null}));
+    for e in &v {
+        let (ms, us, ns) = (e["ts_ms"].as_i64().unwrap(), e["ts_us"].as_i64().unwrap(), e["ts_ns"].as_i64().unwrap());
+        assert_eq!((us / 1000, ns), (ms, us * 1000), "{e}");
+        assert_eq!((&e["source"]["ts_us"], &e["source"]["ts_ns"]), (&e["ts_us"], &e["ts_ns"]), "{e}");
+    }
+    s.wait_slot_confirmed_now(&slot_b, &b).await;
+    let all = values(&s.kafka.read_to_end(&format!("{slot_b}.public.t"), WAIT).await);
+    let ops: Vec<&str> = all.iter().map(|e| e["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["c", "t", "c"], "skipped_operations: [] keeps truncates:\n{}", b.log());
+    assert_eq!(all[0]["after"], json!({"id": 1, "doc": {"a": [1, 2]}}), "json_handling: embedded");
+    assert_eq!(a.terminate().code(), Some(0), "{}", a.log());
+    assert_eq!(b.terminate().code(), Some(0), "{}", b.log());
+}
