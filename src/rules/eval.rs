@@ -170,12 +170,19 @@ pub(super) fn build_record(
             ("ce_eventversion", HeaderValue::Shared(head.version_text.clone())),
         ]);
     }
+    // Where the event came from, as on raw change events: also what a Kafka error about this record names.
+    let origin = match head.origin.what {
+        envelope::What::Table { schema, name } => format!("{schema}.{name}"),
+        envelope::What::Message { prefix } => format!("message {prefix}"),
+    };
     headers.extend([
         ("content-type", HeaderValue::Static(content_type)),
         ("event-type", HeaderValue::Shared(head.event_type)),
         ("event-id", HeaderValue::Owned(head.event_id)),
         ("event-version", HeaderValue::Shared(head.version_text)),
         ("correlation-id", HeaderValue::Shared(head.correlation_id)),
+        ("source-table", HeaderValue::Owned(origin)),
+        ("source-lsn", HeaderValue::Owned(head.origin.lsn.to_string())),
     ]);
     headers.extend(extra_headers);
     Ok(Record { topic: head.topic, key: Some(head.key.into_bytes()), payload, headers })

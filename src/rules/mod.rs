@@ -41,7 +41,8 @@ use eval::{Buffers, Input, LazyContext};
 use spec::{Encoding, EventDefaults, OnError, OpName, RuleSpec};
 
 /// Headers ficus sets on every event; a rule's `headers:` may not reuse them.
-const RESERVED_HEADERS: &[&str] = &["content-type", "event-type", "event-id", "event-version", "correlation-id"];
+const RESERVED_HEADERS: &[&str] =
+    &["content-type", "event-type", "event-id", "event-version", "correlation-id", "source-table", "source-lsn"];
 
 /// Prefix of the CloudEvents binary-mode headers, also reserved.
 const RESERVED_PREFIX: &str = "ce_";

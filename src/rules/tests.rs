@@ -111,6 +111,9 @@ fn a_transition_rule_fires_only_on_the_transition() {
         assert!(out[0].header(h).is_some(), "missing header {h}");
     }
     assert_eq!(out[0].header("event-id"), e["eventId"].as_str());
+    // Where it came from: what a Kafka error about this record names (table and LSN), as on raw change events.
+    assert_eq!(out[0].header("source-table"), Some("public.orders"));
+    assert_eq!(out[0].header("source-lsn"), e["source"]["lsn"].as_str());
 
     // Already shipped, not shipped, and inserts: no event.
     out.clear();
