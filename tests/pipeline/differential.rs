@@ -186,7 +186,7 @@ struct Decoded {
 }
 
 /// Parses test_decoding's `col[type]:value ...` (values of non-numeric types are quoted with `''` escapes).
-fn parse_columns(mut s: &str) -> Vec<(String, String, Option<String>)> {
+pub(crate) fn parse_columns(mut s: &str) -> Vec<(String, String, Option<String>)> {
     let mut out = Vec::new();
     s = s.trim_start();
     while !s.is_empty() {

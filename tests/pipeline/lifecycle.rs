@@ -37,7 +37,9 @@ impl TestDecoding {
         rows.iter()
             .filter_map(|r| {
                 let line: String = r.get(0);
-                line.split_once(": DELETE: ").map(|(_, cols)| parse_test_decoding_columns(cols))
+                line.split_once(": DELETE: ").map(|(_, cols)| {
+                    crate::differential::parse_columns(cols).into_iter().map(|(name, _, value)| (name, value)).collect()
+                })
             })
             .collect()
     }
@@ -45,46 +47,6 @@ impl TestDecoding {
     async fn drop(self, s: &Setup) {
         s.sql(&format!("SELECT pg_drop_replication_slot('{}')", self.name)).await;
     }
-}
-
-/// Parses test_decoding's `name[type]:value name[type]:'text' ...` (values of text types are quoted with `''` for a
-/// quote; `null` is NULL).
-fn parse_test_decoding_columns(mut s: &str) -> Vec<(String, Option<String>)> {
-    let mut out = Vec::new();
-    while !s.is_empty() {
-        let open = s.find('[').expect("column type");
-        let name = s[..open].trim().trim_matches('"').to_string();
-        let close = s[open..].find("]:").expect("column value") + open;
-        s = &s[close + 2..];
-        let value = if let Some(rest) = s.strip_prefix('\'') {
-            let mut v = String::new();
-            let mut chars = rest.char_indices().peekable();
-            let mut end = rest.len();
-            while let Some((i, c)) = chars.next() {
-                if c == '\'' {
-                    if chars.peek().map(|(_, c)| *c) == Some('\'') {
-                        v.push('\'');
-                        chars.next();
-                    } else {
-                        end = i + 1;
-                        break;
-                    }
-                } else {
-                    v.push(c);
-                }
-            }
-            s = &rest[end..];
-            Some(v)
-        } else {
-            let end = s.find(' ').unwrap_or(s.len());
-            let v = &s[..end];
-            s = &s[end..];
-            (v != "null").then(|| v.to_string())
-        };
-        s = s.trim_start();
-        out.push((name, value));
-    }
-    out
 }
 
 /// A JSON value as test_decoding prints it (numbers and strings only: what the identity tests use).
@@ -683,22 +645,9 @@ async fn check_reports_what_run_would_refuse() {
 async fn dry_run_prints_one_json_per_line_and_loses_nothing_when_a_table_changes() {
     let s = Setup::new("dry_run_lines", "CREATE TABLE t (id int PRIMARY KEY, j json)").await;
     let cfg = s.config(&["public.t"]).replace(&s.kafka.brokers(), "127.0.0.1:9");
-    let (dir, path) = Ficus::dir_config(&cfg);
-    let stdout = dir.path().join("stdout.jsonl");
-    let log = dir.path().join("stderr.log");
-    let mut child = std::process::Command::new(support::ficus_bin())
-        .args(["run", "--dry-run", "--config"])
-        .arg(&path)
-        .stdout(std::fs::File::create(&stdout).unwrap())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut dry = crate::DryRun::start(&cfg).await;
+    let stdout = dry.stdout.clone();
     let deadline = Instant::now() + WAIT;
-    while !read_log().contains(crate::STREAMING) {
-        assert!(Instant::now() < deadline && child.try_wait().unwrap().is_none(), "no streaming:\n{}", read_log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     s.sql("INSERT INTO t VALUES (1, E'{\\n  \"a\": 1\\n}')").await;
     // A column type without a binary mapping appears while streaming, and a row right after it.
     s.sql("ALTER TABLE t ADD COLUMN tt timetz; INSERT INTO t VALUES (2, '[1,\n2]', '08:00+02');").await;
@@ -711,14 +660,14 @@ async fn dry_run_prints_one_json_per_line_and_loses_nothing_when_a_table_changes
         if lines.len() >= 2 {
             break lines;
         }
-        assert!(Instant::now() < deadline, "dry run printed {lines:?}\n{}", read_log());
+        assert!(Instant::now() < deadline, "dry run printed {lines:?}\n{}", dry.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(lines[0]["value"]["after"]["j"], json!({"a": 1}));
     assert_eq!(lines[1]["value"]["after"]["j"], json!([1, 2]));
     assert_eq!(lines[1]["value"]["after"]["tt"], "08:00:00+02");
-    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(0), "{}", read_log());
+    std::process::Command::new("kill").args(["-TERM", &dry.child.id().to_string()]).status().unwrap();
+    assert_eq!(dry.child.wait().unwrap().code(), Some(0), "{}", dry.log());
 }
 
 #[tokio::test(flavor = "multi_thread")]

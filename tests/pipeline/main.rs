@@ -226,6 +226,44 @@ fn listening(port: u16) -> String {
     format!("health endpoints listening addr=127.0.0.1:{port}\n")
 }
 
+/// `ficus run --dry-run` on `config`, stdout and stderr in files of its temp dir; returns once it streams.
+pub(crate) struct DryRun {
+    pub child: Child,
+    pub stdout: PathBuf,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl DryRun {
+    pub(crate) async fn start(config: &str) -> DryRun {
+        let (dir, path) = Ficus::dir_config(config);
+        let stdout = dir.path().join("stdout.jsonl");
+        let log = dir.path().join("stderr.log");
+        let mut child = Command::new(ficus_bin())
+            .args(["run", "--dry-run", "--config"])
+            .arg(&path)
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+        while !read_log().contains(STREAMING) {
+            assert!(Instant::now() < deadline && child.try_wait().unwrap().is_none(), "no streaming:\n{}", read_log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        DryRun { child, stdout, log, _dir: dir }
+    }
+
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub(crate) fn state_dir(&self) -> PathBuf {
+        self._dir.path().join("state")
+    }
+}
+
 pub(crate) fn check(config: &str) -> (i32, String) {
     let (_dir, path) = Ficus::dir_config(config);
     let out = Command::new(ficus_bin()).args(["check", "--config"]).arg(&path).output().unwrap();

@@ -300,22 +300,9 @@ async fn debezium_raw_changes_and_cloudevents_binary_events() {
 async fn dry_run_prints_events_and_leaves_nothing_behind() {
     let s = Setup::new("dry_run", LEGACY).await;
     let cfg = config(&s, &s.prefix, "shop.orders").replace(&s.kafka.brokers(), "127.0.0.1:9");
-    let (dir, path) = Ficus::dir_config(&cfg);
-    let stdout = dir.path().join("stdout.jsonl");
-    let log = dir.path().join("stderr.log");
-    let mut child = std::process::Command::new(crate::support::ficus_bin())
-        .args(["run", "--dry-run", "--config"])
-        .arg(&path)
-        .stdout(std::fs::File::create(&stdout).unwrap())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut dry = crate::DryRun::start(&cfg).await;
+    let stdout = dry.stdout.clone();
     let deadline = Instant::now() + WAIT;
-    while !read_log().contains(crate::STREAMING) {
-        assert!(Instant::now() < deadline && child.try_wait().unwrap().is_none(), "no streaming:\n{}", read_log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     s.sql("INSERT INTO ord_hdr (ord_no, cust_no, amt_cents, rmk) VALUES (5, 1, 100, 'x'); \
            UPDATE ord_hdr SET stat_cd = 'S' WHERE ord_no = 5;")
         .await;
@@ -325,7 +312,7 @@ async fn dry_run_prints_events_and_leaves_nothing_behind() {
         if lines.len() >= 3 {
             break lines;
         }
-        assert!(Instant::now() < deadline, "dry run printed {lines:?}\n{}", read_log());
+        assert!(Instant::now() < deadline, "dry run printed {lines:?}\n{}", dry.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let types: Vec<&str> = lines.iter().map(|l| l["value"]["eventType"].as_str().unwrap()).collect();
@@ -345,10 +332,10 @@ async fn dry_run_prints_events_and_leaves_nothing_behind() {
         .collect();
     assert_eq!(slots.len(), 1, "{slots:?}");
     assert!(slots[0].starts_with("ficus_dry_run_"), "{slots:?}");
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "{}", read_log());
-    assert!(!dir.path().join("state").join(format!("{}.checkpoint.json", s.prefix)).exists());
+    Command::new("kill").args(["-TERM", &dry.child.id().to_string()]).status().unwrap();
+    let status = dry.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", dry.log());
+    assert!(!dry.state_dir().join(format!("{}.checkpoint.json", s.prefix)).exists());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let left: i64 = client
