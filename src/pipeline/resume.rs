@@ -145,74 +145,6 @@ fn gap(on_gap: OnGap, what: String, slot: GapSlot, slot_name: &str, checkpoint_p
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const FAIL: OnGap = OnGap::Fail;
-    const RESNAP: OnGap = OnGap::Resnapshot;
-
-    fn d(cp: Option<u64>, slot: SlotState, wal: u64, on_gap: OnGap) -> Result<Resume, String> {
-        decide(cp.map(Lsn), slot, Lsn(wal), on_gap, "s", "/state/s.checkpoint.json")
-    }
-
-    #[test]
-    fn first_start_creates_the_slot_and_plans_the_snapshot() {
-        let r = d(None, SlotState::Missing, 100, FAIL).unwrap();
-        assert!(r.create_slot && r.plan_snapshot && !r.drop_slot && r.start.is_none());
-    }
-
-    #[test]
-    fn a_slot_left_by_a_failed_first_start_still_gets_the_snapshot() {
-        let r = d(None, SlotState::Usable { confirmed: Lsn(50) }, 100, FAIL).unwrap();
-        assert_eq!(r, Resume { drop_slot: false, create_slot: false, start: Some(Lsn(50)), plan_snapshot: true, recovered_gap: None });
-    }
-
-    #[test]
-    fn normal_restart_resumes_at_the_checkpoint() {
-        for confirmed in [10, 40] {
-            let r = d(Some(40), SlotState::Usable { confirmed: Lsn(confirmed) }, 100, FAIL).unwrap();
-            assert_eq!(r.start, Some(Lsn(40)));
-            assert!(!r.plan_snapshot && !r.create_slot);
-        }
-    }
-
-    #[test]
-    fn a_dropped_slot_is_a_gap() {
-        let e = d(Some(40), SlotState::Missing, 100, FAIL).unwrap_err();
-        assert!(e.contains("does not exist") && e.contains("snapshot.on_gap: resnapshot"), "{e}");
-        let r = d(Some(40), SlotState::Missing, 100, RESNAP).unwrap();
-        assert!(r.create_slot && r.plan_snapshot && !r.drop_slot && r.start.is_none() && r.recovered_gap.is_some());
-    }
-
-    #[test]
-    fn a_recreated_slot_ahead_of_the_checkpoint_is_a_gap() {
-        let e = d(Some(40), SlotState::Usable { confirmed: Lsn(41) }, 100, FAIL).unwrap_err();
-        assert!(e.contains("past the checkpoint"), "{e}");
-        let r = d(Some(40), SlotState::Usable { confirmed: Lsn(41) }, 100, RESNAP).unwrap();
-        assert_eq!(r.start, Some(Lsn(41)));
-        assert!(r.plan_snapshot && !r.create_slot);
-    }
-
-    #[test]
-    fn an_invalidated_slot_is_a_gap_with_or_without_checkpoint() {
-        for cp in [None, Some(40)] {
-            let e = d(cp, SlotState::Invalidated, 100, FAIL).unwrap_err();
-            assert!(e.contains("invalidated") && e.contains("drop slot s"), "{e}");
-            let r = d(cp, SlotState::Invalidated, 100, RESNAP).unwrap();
-            assert!(r.drop_slot && r.create_slot && r.plan_snapshot);
-        }
-    }
-
-    #[test]
-    fn a_checkpoint_beyond_the_server_wal_is_refused_even_with_resnapshot() {
-        for on_gap in [FAIL, RESNAP] {
-            let e = d(Some(200), SlotState::Usable { confirmed: Lsn(10) }, 100, on_gap).unwrap_err();
-            assert!(e.contains("beyond the server's current WAL"), "{e}");
-        }
-    }
-}
-
 /// What `ficus run` would decide about its own state, as `ficus check` lines: `state.dir` usable, the checkpoint
 /// readable and of this source, no slot gap, no checkpoint beyond the server's WAL, and a key for every table of a
 /// snapshot that the start would plan. Every case `run` refuses is a `✗` here.
@@ -343,4 +275,72 @@ pub(crate) async fn snapshot_blockers(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FAIL: OnGap = OnGap::Fail;
+    const RESNAP: OnGap = OnGap::Resnapshot;
+
+    fn d(cp: Option<u64>, slot: SlotState, wal: u64, on_gap: OnGap) -> Result<Resume, String> {
+        decide(cp.map(Lsn), slot, Lsn(wal), on_gap, "s", "/state/s.checkpoint.json")
+    }
+
+    #[test]
+    fn first_start_creates_the_slot_and_plans_the_snapshot() {
+        let r = d(None, SlotState::Missing, 100, FAIL).unwrap();
+        assert!(r.create_slot && r.plan_snapshot && !r.drop_slot && r.start.is_none());
+    }
+
+    #[test]
+    fn a_slot_left_by_a_failed_first_start_still_gets_the_snapshot() {
+        let r = d(None, SlotState::Usable { confirmed: Lsn(50) }, 100, FAIL).unwrap();
+        assert_eq!(r, Resume { drop_slot: false, create_slot: false, start: Some(Lsn(50)), plan_snapshot: true, recovered_gap: None });
+    }
+
+    #[test]
+    fn normal_restart_resumes_at_the_checkpoint() {
+        for confirmed in [10, 40] {
+            let r = d(Some(40), SlotState::Usable { confirmed: Lsn(confirmed) }, 100, FAIL).unwrap();
+            assert_eq!(r.start, Some(Lsn(40)));
+            assert!(!r.plan_snapshot && !r.create_slot);
+        }
+    }
+
+    #[test]
+    fn a_dropped_slot_is_a_gap() {
+        let e = d(Some(40), SlotState::Missing, 100, FAIL).unwrap_err();
+        assert!(e.contains("does not exist") && e.contains("snapshot.on_gap: resnapshot"), "{e}");
+        let r = d(Some(40), SlotState::Missing, 100, RESNAP).unwrap();
+        assert!(r.create_slot && r.plan_snapshot && !r.drop_slot && r.start.is_none() && r.recovered_gap.is_some());
+    }
+
+    #[test]
+    fn a_recreated_slot_ahead_of_the_checkpoint_is_a_gap() {
+        let e = d(Some(40), SlotState::Usable { confirmed: Lsn(41) }, 100, FAIL).unwrap_err();
+        assert!(e.contains("past the checkpoint"), "{e}");
+        let r = d(Some(40), SlotState::Usable { confirmed: Lsn(41) }, 100, RESNAP).unwrap();
+        assert_eq!(r.start, Some(Lsn(41)));
+        assert!(r.plan_snapshot && !r.create_slot);
+    }
+
+    #[test]
+    fn an_invalidated_slot_is_a_gap_with_or_without_checkpoint() {
+        for cp in [None, Some(40)] {
+            let e = d(cp, SlotState::Invalidated, 100, FAIL).unwrap_err();
+            assert!(e.contains("invalidated") && e.contains("drop slot s"), "{e}");
+            let r = d(cp, SlotState::Invalidated, 100, RESNAP).unwrap();
+            assert!(r.drop_slot && r.create_slot && r.plan_snapshot);
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_beyond_the_server_wal_is_refused_even_with_resnapshot() {
+        for on_gap in [FAIL, RESNAP] {
+            let e = d(Some(200), SlotState::Usable { confirmed: Lsn(10) }, 100, on_gap).unwrap_err();
+            assert!(e.contains("beyond the server's current WAL"), "{e}");
+        }
+    }
 }

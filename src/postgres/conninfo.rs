@@ -414,7 +414,7 @@ impl ConnInfo {
         if !self.connect_timeout.is_zero() {
             config.connect_timeout(self.connect_timeout);
         }
-        config.options(&session_options());
+        config.options(session_options());
         config
     }
 

@@ -236,15 +236,8 @@ pub async fn table_info_by_oid(client: &Client, oid: u32) -> Result<Option<(Tabl
     // otherwise the primary key (FULL and DEFAULT). A table can have both a primary key and a different identity
     // index: a primary-key index that is also the identity index is listed once, as primary.
     let identity_index = columns_of(false);
-    let key_columns = if replica_identity == b'i' && !identity_index.is_empty() {
-        identity_index
-    } else if replica_identity == b'i' {
-        columns_of(true)
-    } else if has_primary_key {
-        columns_of(true)
-    } else {
-        Vec::new()
-    };
+    // (An identity index that is the primary key shows up as primary: `columns_of(true)` then covers both.)
+    let key_columns = if replica_identity == b'i' && !identity_index.is_empty() { identity_index } else { columns_of(true) };
     let columns = client
         .query(
             "SELECT attname::text, atttypid, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute \
