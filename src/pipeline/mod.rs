@@ -99,7 +99,9 @@ impl PipelineError {
         }
     }
 
-    /// 2 for configuration and preflight problems (fix and rerun), 1 for runtime failures.
+    /// The exit-code rule of docs/configuration.md, in one place: 2 for what the operator fixes before rerunning —
+    /// configuration, preflight, ficus's own state at start (`state.dir`, checkpoint, slot gaps: all reported as
+    /// [`PipelineError::Config`]), Kafka settings librdkafka refuses — and 1 for runtime failures.
     pub fn exit_code(&self) -> i32 {
         match self {
             PipelineError::Config(_) | PipelineError::Preflight(_) => 2,
@@ -645,6 +647,35 @@ async fn wait_for_broker(sink: &KafkaSink, brokers: &str, shutdown: &Cancellatio
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_documented_rule() {
+        let fix_and_rerun = [
+            PipelineError::Config("state.dir: checkpoint I/O".into()),
+            PipelineError::Preflight(Report::default()),
+            PipelineError::Sink(SinkError::Config("sasl.pasword".into())),
+            state_error(CheckpointError::Corrupt("not JSON".into())),
+        ];
+        for e in &fix_and_rerun {
+            assert_eq!(e.exit_code(), 2, "{e}");
+        }
+        let runtime = [
+            PipelineError::Postgres("connection reset".into()),
+            PipelineError::Transient("server restarting".into()),
+            PipelineError::Internal("task panicked".into()),
+            PipelineError::Checkpoint(CheckpointError::Corrupt("final write".into())),
+            PipelineError::Sink(SinkError::Delivery("message too large".into())),
+            PipelineError::Route { lsn: Lsn(1), message: "rule failed".into() },
+        ];
+        for e in &runtime {
+            assert_eq!(e.exit_code(), 1, "{e}");
         }
     }
 }
