@@ -16,7 +16,7 @@ pub(super) fn environment() -> Env {
 }
 
 pub(super) fn compile_rule(
-    env: &Env,
+    env: &Arc<Env>,
     i: usize,
     spec: &RuleSpec,
     defaults: &EventDefaults,
@@ -117,6 +117,14 @@ pub(super) fn compile_rule(
     let mut cel_reads = Reads::default();
     let mut compile = |key: String, source: &str| -> Result<Expression, ConfigError> {
         let program = env.compile(source).map_err(|e| ConfigError::invalid(key.clone(), format!("invalid CEL: {e}")))?;
+        for function in program.references().functions() {
+            if !known_function(env, function) {
+                warnings.push(format!(
+                    "{key}: {UNKNOWN_FUNCTION} `{function}`: every change this rule evaluates would go to the DLQ \
+                     (docs/rules.md lists the functions)"
+                ));
+            }
+        }
         let expr = &program.expression().expr;
         reads.collect(expr);
         let fast = fast::Fast::detect(expr);
@@ -304,4 +312,30 @@ impl Reads {
             }
         }
     }
+}
+
+/// Start of the warning about a function the CEL environment does not know (`ficus check` shows these).
+pub(super) const UNKNOWN_FUNCTION: &str = "unknown CEL function";
+
+/// Whether `name` is a function of `env`. The cel crate resolves functions only when an expression runs, so an
+/// unknown one would fail every evaluation; this probes the environment once per name at start-up: a call that
+/// fails with "undeclared reference" to the name itself, both as a global and as a member function, is unknown.
+/// Macros (expanded by the parser) and names the probe cannot express are taken as known: the probe may only ever
+/// warn too little, never refuse a valid expression.
+fn known_function(env: &Arc<Env>, name: &str) -> bool {
+    const MACROS: &[&str] = &["has", "all", "exists", "exists_one", "map", "filter"];
+    if MACROS.contains(&name) || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return true;
+    }
+    let ctx = cel::Context::with_env(env.clone());
+    for probe in [format!("{name}()"), format!("''.{name}()")] {
+        let undeclared = match env.compile(&probe) {
+            Ok(p) => matches!(p.execute(&ctx), Err(cel::ExecutionError::UndeclaredReference(r)) if r.as_str() == name),
+            Err(_) => false,
+        };
+        if !undeclared {
+            return true;
+        }
+    }
+    false
 }

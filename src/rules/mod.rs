@@ -236,6 +236,10 @@ impl RuleSet {
     /// is not FULL warns (pgoutput then sends no old row for most updates, so `old.col` fails → DLQ).
     pub fn preflight(&self, catalog: &Catalog) -> Vec<CheckItem> {
         let mut items = Vec::new();
+        for w in self.warnings.iter().filter(|w| w.contains(compile::UNKNOWN_FUNCTION)) {
+            let (title, detail) = w.split_once(": ").unwrap_or(("events", w));
+            items.push(CheckItem { status: Status::Warn, title: title.to_string(), detail: detail.to_string(), fix: None });
+        }
         for (i, rule) in self.rules.iter().enumerate() {
             let title = format!("events[{i}] {} v{}", rule.name, rule.version);
             let Some(table) = &rule.table else { continue };

@@ -483,3 +483,32 @@ fn an_event_larger_than_message_max_bytes_goes_to_the_dlq() {
     r.apply(&update(None, row("1", "P"), 1), &source(), &mut out).unwrap();
     assert_eq!(&*out[0].topic, "t", "small events pass");
 }
+
+
+#[test]
+fn an_unknown_cel_function_is_warned_at_start_and_known_ones_are_not() {
+    let r = rules(
+        r#"
+  - name: OrderNoted
+    table: public.orders
+    when: nosuch(new.stat_cd) && new.notes.lowerAscii().startsWith('x') && size(new.notes) > int('1')
+    key: string(new.id)
+    topic: t
+    data:
+      at: timestamp('2026-01-01T00:00:00Z')
+      any: '[1, 2].exists(v, v > 1) && [1].all(v, v > 0) && has(new.notes) && [1].map(v, v + 1).size() == 1'
+      trimmed: new.notes.trim()
+      biggest: math.greatest(1, 2)
+      parts: new.notes.split(',')
+      missing: new.notes.nosuchmember()
+"#,
+    );
+    let unknown: Vec<&String> = r.warnings().iter().filter(|w| w.contains(compile::UNKNOWN_FUNCTION)).collect();
+    assert_eq!(unknown.len(), 2, "{unknown:?}");
+    assert!(unknown[0].starts_with("events[0].when") && unknown[0].contains("`nosuch`"), "{unknown:?}");
+    assert!(unknown[1].contains("`nosuchmember`"), "{unknown:?}");
+    let info = crate::postgres::control::TableInfo { oid: 1, replica_identity: b'f', key_columns: vec!["id".into()], has_primary_key: true, columns: Vec::new() };
+    let catalog = Catalog { tables: [(TableName { schema: "public".into(), name: "orders".into() }, info)].into_iter().collect() };
+    let items = r.preflight(&catalog);
+    assert!(items.iter().any(|i| i.status == Status::Warn && i.detail.contains("`nosuch`")), "{items:?}");
+}
