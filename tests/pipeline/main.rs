@@ -7,6 +7,7 @@ mod support;
 mod chaos;
 mod core;
 mod differential;
+mod exactly_once;
 mod faults;
 mod lifecycle;
 mod ops;
