@@ -1,5 +1,6 @@
 //! Exactly-once and source promises that need a real broker and server: a zombie instance is fenced; the broker
-//! away longer than `wal_sender_timeout` keeps the replication connection and loses nothing.
+//! away longer than `wal_sender_timeout` keeps the replication connection and loses nothing; the stream resumes at a
+//! checkpoint that is ahead of the slot.
 
 use std::time::{Duration, Instant};
 
@@ -158,5 +159,42 @@ async fn the_broker_paused_longer_than_wal_sender_timeout_keeps_the_connection_a
     assert_eq!(after, Some(before), "the walsender changed after the pause:\n{}", f.log());
     assert!(!pg.log().contains("replication timeout"), "the server timed the walsender out:\n{}", pg.log());
     assert_eq!(ids, (0..next).collect::<Vec<_>>(), "rows lost or repeated:\n{}", f.log());
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+}
+
+/// The stream resumes at the checkpoint, not at the slot: restarted with a checkpoint ahead of the slot's confirmed
+/// position (a crash after the checkpoint was written, before PostgreSQL was told), nothing at or before the
+/// checkpoint is published again and everything after it is. Five transactions lie between the slot and the
+/// checkpoint.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_checkpoint_ahead_of_the_slot_is_where_the_stream_resumes() {
+    let s = Setup::new("ahead", "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let topic = s.topic("public", "t");
+    let mut f = Ficus::start(&s.config(&["public.t"]));
+    f.wait_streaming();
+    s.sql("INSERT INTO t SELECT generate_series(1, 10)").await;
+    s.wait_confirmed_now(&f).await;
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+    let slot_before = crate::lsn(&s.confirmed_flush().await.unwrap());
+
+    // Written while ficus is down: the slot has not confirmed them; the checkpoint will say they were published.
+    for i in 0..5 {
+        s.sql(&format!("INSERT INTO t SELECT generate_series({}, {})", 11 + i * 10, 20 + i * 10)).await;
+    }
+    let ahead = s.current_lsn().await;
+    s.sql("INSERT INTO t SELECT generate_series(61, 70)").await;
+    let path = f.dir.path().join("state").join(format!("{}.checkpoint.json", s.prefix));
+    let mut cp: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert!(crate::lsn(cp["lsn"].as_str().unwrap()) <= slot_before, "checkpoint {cp} ahead of the slot already");
+    cp["lsn"] = serde_json::json!(ahead);
+    std::fs::write(&path, serde_json::to_vec_pretty(&cp).unwrap()).unwrap();
+    assert!(crate::lsn(&ahead) > slot_before);
+
+    f.restart();
+    f.wait_streaming();
+    let msgs = s.read_all_confirmed(&f, &topic).await;
+    let ids: Vec<i64> = values(&msgs).iter().map(|v| v["after"]["id"].as_i64().unwrap()).collect();
+    let expected: Vec<i64> = (1..=10).chain(61..=70).collect();
+    assert_eq!(ids, expected, "published again what the checkpoint covers, or lost what follows it:\n{}", f.log());
     assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
 }
