@@ -198,3 +198,42 @@ async fn a_checkpoint_ahead_of_the_slot_is_where_the_stream_resumes() {
     assert_eq!(ids, expected, "published again what the checkpoint covers, or lost what follows it:\n{}", f.log());
     assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
 }
+
+/// exactly_once with one source transaction of 1,000,000 rows (far past the 16 MiB commit trigger): the triggers
+/// fire only at a source commit, so it is one Kafka transaction; the topic holds every row exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn exactly_once_publishes_a_million_row_transaction_once_in_one_kafka_transaction() {
+    const ROWS: i64 = 1_000_000;
+    let s = Setup::new("eo_million", "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let topic = s.topic("public", "t");
+    let mut f = Ficus::start(&exactly_once(&s.config(&["public.t"])));
+    f.wait_streaming();
+    let started = Instant::now();
+    s.sql(&format!("INSERT INTO t SELECT generate_series(1, {ROWS})")).await;
+    s.wait_confirmed_now_within(&f, Duration::from_secs(600)).await;
+    let published = started.elapsed();
+    let msgs = s.kafka.read_to_end(&topic, Duration::from_secs(600)).await;
+    let mut ids: Vec<i64> = values(&msgs).iter().map(|v| v["after"]["id"].as_i64().unwrap()).collect();
+    ids.sort_unstable();
+    let n = ids.len();
+    ids.dedup();
+    assert_eq!(n, ids.len(), "{} duplicates", n - ids.len());
+    assert_eq!(ids.len() as i64, ROWS, "rows missing");
+    assert_eq!((ids[0], ids[ids.len() - 1]), (1, ROWS));
+    // One Kafka transaction for the one source transaction (its commit log line names one source transaction).
+    let log = f.log();
+    let big: Vec<&str> = log.lines().filter(|l| l.contains("kafka transaction committed") && !l.contains("bytes=0")).collect();
+    assert_eq!(big.len(), 1, "not one Kafka transaction:\n{}", big.join("\n"));
+    assert!(big[0].contains("source_txns=1 "), "{}", big[0]);
+    // The transaction streams through: ficus does not hold 1M records (~360 MB of payload) in memory.
+    let rss = f.peak_rss_kib().expect("ficus's peak RSS");
+    assert!(rss < 512 * 1024, "ficus peaked at {rss} KiB");
+    eprintln!(
+        "million: {ROWS} rows published and confirmed in {:.1} s, read back in {:.1} s; ficus peak RSS {:?} KiB; {}",
+        published.as_secs_f64(),
+        (started.elapsed() - published).as_secs_f64(),
+        f.peak_rss_kib(),
+        big[0]
+    );
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+}
