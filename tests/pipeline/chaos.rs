@@ -88,6 +88,7 @@ struct Shared {
 async fn writer(pg_url: String, target: u64, rate: f64, seed: u64, shared: Arc<Shared>) {
     let mut rng = Rng(seed | 1);
     let mut client: Option<tokio_postgres::Client> = None;
+    let mut pending: Option<String> = None;
     let started = Instant::now();
     loop {
         let written = shared.written.load(Ordering::Relaxed);
@@ -117,16 +118,21 @@ async fn writer(pg_url: String, target: u64, rate: f64, seed: u64, shared: Arc<S
                 }
             },
         };
-        let mut sql = String::from("BEGIN;");
-        let mut keys: Vec<u64> = (0..STEPS_PER_TXN).map(|_| rng.below(KEYS) + 1).collect();
-        // One writer, keys in order: no deadlocks even if a second writer is ever added.
-        keys.sort_unstable();
-        for k in keys {
-            let del = rng.below(5) == 0;
-            sql.push_str(&format!("SELECT chaos_step({k}, {del});"));
-        }
-        sql.push_str("SELECT pg_current_wal_insert_lsn()::text AS writer_lsn; COMMIT;");
-        match c.simple_query(&sql).await {
+        // A transaction that failed (a crash) is sent again as it was, so the key and operation sequence stays a
+        // function of the seed. (One whose commit went through unacknowledged runs twice: its truth rows say so.)
+        let sql = pending.get_or_insert_with(|| {
+            let mut sql = String::from("BEGIN;");
+            let mut keys: Vec<u64> = (0..STEPS_PER_TXN).map(|_| rng.below(KEYS) + 1).collect();
+            // One writer, keys in order: no deadlocks even if a second writer is ever added.
+            keys.sort_unstable();
+            for k in keys {
+                let del = rng.below(5) == 0;
+                sql.push_str(&format!("SELECT chaos_step({k}, {del});"));
+            }
+            sql.push_str("SELECT pg_current_wal_insert_lsn()::text AS writer_lsn; COMMIT;");
+            sql
+        });
+        match c.simple_query(sql).await {
             Ok(msgs) => {
                 let lsn = msgs.iter().rev().find_map(|m| match m {
                     tokio_postgres::SimpleQueryMessage::Row(r) if r.columns()[0].name() == "writer_lsn" => r.get(0).map(crate::lsn),
@@ -134,6 +140,7 @@ async fn writer(pg_url: String, target: u64, rate: f64, seed: u64, shared: Arc<S
                 });
                 shared.committed_lsn.fetch_max(lsn.expect("the writer's LSN row"), Ordering::Relaxed);
                 shared.written.fetch_add(STEPS_PER_TXN, Ordering::Relaxed);
+                pending = None;
             }
             Err(_) => {
                 client = None;
