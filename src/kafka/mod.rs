@@ -217,6 +217,10 @@ impl SinkError {
 
 struct SinkContext {
     progress: Arc<Progress>,
+    /// Set when librdkafka reports that a newer instance with the same transactional.id fenced this producer (a
+    /// fatal error). The messages it then purges fail with `PurgeQueue`, which alone would look transient: a new
+    /// session would re-initialise the transactional id and fence the newer instance in turn.
+    fenced: std::sync::atomic::AtomicBool,
 }
 
 impl ClientContext for SinkContext {
@@ -234,7 +238,17 @@ impl ClientContext for SinkContext {
         // Broker transport errors are retried by librdkafka forever (message.timeout.ms=0); log them so an
         // operator sees why the pipeline stalls.
         tracing::warn!(target: "librdkafka", %error, "{reason}");
+        if is_fenced(&error) {
+            self.fenced.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
     }
+}
+
+fn is_fenced(err: &KafkaError) -> bool {
+    matches!(
+        err.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch | RDKafkaErrorCode::Fenced)
+    )
 }
 
 impl ProducerContext for SinkContext {
@@ -269,7 +283,12 @@ impl ProducerContext for SinkContext {
                 } else {
                     tracing::debug!("{reason}");
                 }
-                if permanent(err) {
+                if self.fenced.load(std::sync::atomic::Ordering::SeqCst) || is_fenced(err) {
+                    self.progress.fail(
+                        tx,
+                        format!("fenced: another ficus instance with the same slot (transactional.id) took over; this one stops: {reason}"),
+                    );
+                } else if permanent(err) {
                     self.progress.fail(tx, reason);
                 } else {
                     self.progress.fail_transient(tx, reason);
@@ -305,11 +324,7 @@ fn permanent(err: &KafkaError) -> bool {
 }
 
 fn txn_error(what: &str, e: KafkaError) -> SinkError {
-    let fenced = matches!(
-        e.rdkafka_error_code(),
-        Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch | RDKafkaErrorCode::Fenced)
-    );
-    if fenced {
+    if is_fenced(&e) {
         SinkError::Delivery(format!(
             "{what}: fenced: another ficus instance with the same slot (transactional.id) took over; this one stops: {e}"
         ))
@@ -358,7 +373,7 @@ impl KafkaSink {
             }
         }
         let producer = cc
-            .create_with_context(SinkContext { progress: progress.clone() })
+            .create_with_context(SinkContext { progress: progress.clone(), fenced: false.into() })
             .map_err(|e| SinkError::Config(describe_error(&e)))?;
         Ok(KafkaSink { producer, progress, brokers: cfg.brokers.clone() })
     }
@@ -457,6 +472,16 @@ impl KafkaSink {
                         record.payload.len(),
                         hint(&err),
                     );
+                    // A fatal error after fencing (librdkafka refuses every produce then) says so.
+                    let fatal_fenced = matches!(err.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal))
+                        && self.producer.client().fatal_error().is_some_and(|(code, _)| {
+                            matches!(code, RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch | RDKafkaErrorCode::Fenced)
+                        });
+                    let reason = if fatal_fenced || self.producer.context().fenced.load(std::sync::atomic::Ordering::SeqCst) || is_fenced(&err) {
+                        format!("fenced: another ficus instance with the same slot (transactional.id) took over; this one stops: {reason}")
+                    } else {
+                        reason
+                    };
                     // Freeze the flushed position before returning, so nothing after this record is confirmed.
                     self.progress.fail(tx, reason.clone());
                     return Err(SinkError::Delivery(reason));

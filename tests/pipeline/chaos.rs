@@ -1,14 +1,19 @@
-//! The chaos suite: a mixed workload over many keys while a driver SIGKILLs ficus, restarts PostgreSQL (a crash),
-//! stops the broker and terminates the walsender at random moments; then a verifier compares the topic (read
-//! with read_committed) with the ground truth the workload recorded in the database itself.
+//! The chaos suite: a mixed workload over many keys while a driver SIGKILLs ficus, crash-restarts PostgreSQL,
+//! terminates the slot's walsender and pauses the broker on a seeded schedule; then a verifier compares the topic
+//! (read with read_committed) with the ground truth the workload recorded in the database itself.
 //!
 //! Ground truth: every change goes through `chaos_step()`, which writes the change and a `truth` row in the same
 //! transaction — so a commit that the writer never saw acknowledged (the server crashed) is still accounted for
 //! exactly. Figures: changes written, events expected, seen, lost, duplicated, per-key order violations.
 //!
-//! CI runs a short version. The full run (≥ 100k changes, ≥ 20 SIGKILLs) is `scripts/chaos.sh`; knobs:
-//! `FICUS_CHAOS_CHANGES` (workload steps; deletes of missing keys change nothing), `FICUS_CHAOS_KILLS`,
-//! `FICUS_CHAOS_SEED`. One test per delivery mode.
+//! Coverage is guaranteed, not left to chance: the schedule ([`schedule`]) holds every enabled fault kind at least
+//! once in a seeded order; the writer is paced over the whole fault window; before each fault the driver waits until
+//! the writer has a commit the slot has not confirmed, and the test asserts per kind that every injection had one.
+//!
+//! CI runs a short version with fixed seeds (1 and 2). The full run (≥ 100k changes, ≥ 20 SIGKILLs, 5 of each other
+//! kind) is `scripts/chaos.sh`, with a random seed it prints; knobs: `FICUS_CHAOS_CHANGES` (workload steps; deletes
+//! of missing keys change nothing), `FICUS_CHAOS_KILLS`, `FICUS_CHAOS_EACH` (faults of every other kind, default
+//! kills/4), `FICUS_CHAOS_SEED`, `FICUS_CHAOS_FAULTS`. One test per delivery mode.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::support::{unique_db, TestKafka, TestPostgres};
-use crate::{values, Ficus, WAIT};
+use crate::{values, Ficus};
 
 const KEYS: u64 = 2000;
 /// Broker stops are left out by default: the test broker (noida-db) loses acknowledged writes when it restarts under
@@ -64,12 +69,42 @@ const DDL: &str = r#"
     END $$;
 "#;
 
-/// Writes transactions of `STEPS_PER_TXN` steps (a step on a missing key that is a delete changes nothing) until
-/// `target` steps committed, riding out server restarts.
-async fn writer(pg_url: String, target: u64, seed: u64, written: Arc<AtomicU64>, done: Arc<AtomicBool>) {
+/// What the writer shares with the fault driver.
+#[derive(Default)]
+struct Shared {
+    /// Workload steps committed (acknowledged by the server).
+    written: AtomicU64,
+    /// The highest `pg_current_wal_insert_lsn()` read inside a committed transaction, before its COMMIT: a lower bound
+    /// of that commit's LSN. A slot whose confirmed position is below it has not confirmed that commit.
+    committed_lsn: AtomicU64,
+    /// Set by the driver once every scheduled fault ran: the writer then stops at its target.
+    faults_done: AtomicBool,
+}
+
+/// Writes transactions of `STEPS_PER_TXN` steps (a step on a missing key that is a delete changes nothing), riding
+/// out server restarts. Paced: at most `rate` steps per second on average, so the writes span the whole fault window
+/// instead of finishing within the first faults; it goes on (same pace) until every fault ran and `target` steps
+/// are committed, then stops.
+async fn writer(pg_url: String, target: u64, rate: f64, seed: u64, shared: Arc<Shared>) {
     let mut rng = Rng(seed | 1);
     let mut client: Option<tokio_postgres::Client> = None;
-    while written.load(Ordering::Relaxed) < target {
+    let mut pending: Option<String> = None;
+    let started = Instant::now();
+    loop {
+        let written = shared.written.load(Ordering::Relaxed);
+        let faults_done = shared.faults_done.load(Ordering::Relaxed);
+        if written >= target && faults_done {
+            break;
+        }
+        // Pacing (a check without it, FICUS_CHAOS_UNPACED=1, makes the per-kind in-flight assertion fail).
+        if (written as f64) >= rate * started.elapsed().as_secs_f64() && !(faults_done || unpaced()) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        if unpaced() && written >= target {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
         let c = match &client {
             Some(c) if !c.is_closed() => c,
             _ => match tokio_postgres::connect(&pg_url, tokio_postgres::NoTls).await {
@@ -83,18 +118,29 @@ async fn writer(pg_url: String, target: u64, seed: u64, written: Arc<AtomicU64>,
                 }
             },
         };
-        let mut sql = String::from("BEGIN;");
-        let mut keys: Vec<u64> = (0..STEPS_PER_TXN).map(|_| rng.below(KEYS) + 1).collect();
-        // One writer, keys in order: no deadlocks even if a second writer is ever added.
-        keys.sort_unstable();
-        for k in keys {
-            let del = rng.below(5) == 0;
-            sql.push_str(&format!("SELECT chaos_step({k}, {del});"));
-        }
-        sql.push_str("COMMIT;");
-        match c.batch_execute(&sql).await {
-            Ok(()) => {
-                written.fetch_add(STEPS_PER_TXN, Ordering::Relaxed);
+        // A transaction that failed (a crash) is sent again as it was, so the key and operation sequence stays a
+        // function of the seed. (One whose commit went through unacknowledged runs twice: its truth rows say so.)
+        let sql = pending.get_or_insert_with(|| {
+            let mut sql = String::from("BEGIN;");
+            let mut keys: Vec<u64> = (0..STEPS_PER_TXN).map(|_| rng.below(KEYS) + 1).collect();
+            // One writer, keys in order: no deadlocks even if a second writer is ever added.
+            keys.sort_unstable();
+            for k in keys {
+                let del = rng.below(5) == 0;
+                sql.push_str(&format!("SELECT chaos_step({k}, {del});"));
+            }
+            sql.push_str("SELECT pg_current_wal_insert_lsn()::text AS writer_lsn; COMMIT;");
+            sql
+        });
+        match c.simple_query(sql).await {
+            Ok(msgs) => {
+                let lsn = msgs.iter().rev().find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) if r.columns()[0].name() == "writer_lsn" => r.get(0).map(crate::lsn),
+                    _ => None,
+                });
+                shared.committed_lsn.fetch_max(lsn.expect("the writer's LSN row"), Ordering::Relaxed);
+                shared.written.fetch_add(STEPS_PER_TXN, Ordering::Relaxed);
+                pending = None;
             }
             Err(_) => {
                 client = None;
@@ -102,7 +148,71 @@ async fn writer(pg_url: String, target: u64, seed: u64, written: Arc<AtomicU64>,
             }
         }
     }
-    done.store(true, Ordering::Relaxed);
+}
+
+fn unpaced() -> bool {
+    std::env::var_os("FICUS_CHAOS_UNPACED").is_some()
+}
+
+/// One scheduled fault: wait `gap_ms`, then inject `kind`; `hold_ms` is how long ficus stays dead (kill) or the
+/// broker stays paused or stopped.
+#[derive(Debug, Clone, PartialEq)]
+struct Fault {
+    gap_ms: u64,
+    kind: &'static str,
+    hold_ms: u64,
+}
+
+const KINDS: [&str; 5] = ["kill", "walsender", "pg", "pause", "broker"];
+
+/// The fault schedule of a run: a pure function of the seed, the enabled kinds and the counts, so a printed seed
+/// reproduces it. `kills` SIGKILLs, `each` of every other enabled kind (so every enabled kind runs at least once),
+/// in a seeded order (Fisher–Yates), with seeded gaps and hold times.
+fn schedule(seed: u64, faults: &str, kills: u64, each: u64) -> Vec<Fault> {
+    let mut rng = Rng(seed.rotate_left(17) | 1);
+    let mut kinds: Vec<&'static str> = Vec::new();
+    for kind in KINDS {
+        if faults.split(',').any(|f| f.trim() == kind) {
+            let n = if kind == "kill" { kills.max(1) } else { each.max(1) };
+            kinds.extend(std::iter::repeat_n(kind, n as usize));
+        }
+    }
+    for i in (1..kinds.len()).rev() {
+        kinds.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    kinds
+        .into_iter()
+        .map(|kind| {
+            let gap_ms = 700 + rng.below(1300);
+            let hold_ms = match kind {
+                "kill" => rng.below(500),
+                "pause" => 500 + rng.below(2500),
+                "broker" => 500 + rng.below(2000),
+                _ => 0,
+            };
+            Fault { gap_ms, kind, hold_ms }
+        })
+        .collect()
+}
+
+/// The expected length of a schedule (for pacing the writer): gaps, holds, and about 1.5 s per PostgreSQL restart.
+fn window(schedule: &[Fault]) -> Duration {
+    Duration::from_millis(schedule.iter().map(|f| f.gap_ms + f.hold_ms + if f.kind == "pg" { 1500 } else { 0 }).sum())
+}
+
+#[test]
+fn a_seed_reproduces_its_schedule_and_every_enabled_kind_is_scheduled() {
+    for seed in [1, 2, 42, 1795446919533281134] {
+        let s = schedule(seed, DEFAULT_FAULTS, 4, 1);
+        assert_eq!(s, schedule(seed, DEFAULT_FAULTS, 4, 1));
+        assert_eq!(s.len(), 7);
+        for kind in ["kill", "walsender", "pg", "pause"] {
+            assert!(s.iter().any(|f| f.kind == kind), "seed {seed}: {kind} missing from {s:?}");
+        }
+        assert_eq!(s.iter().filter(|f| f.kind == "kill").count(), 4);
+        assert!(!s.iter().any(|f| f.kind == "broker"));
+    }
+    assert_ne!(schedule(1, DEFAULT_FAULTS, 4, 1), schedule(2, DEFAULT_FAULTS, 4, 1));
 }
 
 #[derive(Debug, Default)]
@@ -127,7 +237,8 @@ async fn verify(pg: &TestPostgres, db: &str, kafka: &TestKafka, topic: &str) -> 
         let del = op == "delete";
         ids.insert((i64::from(k), del, if del { old.unwrap() } else { n }), n);
     }
-    let msgs = kafka.consume_all(topic, usize::MAX, Duration::from_secs(15)).await;
+    // Exact: every partition to its end (read_committed), no fixed wait; the slot confirmed everything before this.
+    let msgs = kafka.read_to_end(topic, Duration::from_secs(120)).await;
     let mut seen: HashMap<i64, u64> = HashMap::new();
     let mut last_per_key: HashMap<i64, i64> = HashMap::new();
     let mut fig = Figures { changes: rows.len() as u64, expected: rows.len() as u64, seen: msgs.len() as u64, ..Figures::default() };
@@ -182,19 +293,57 @@ async fn verify(pg: &TestPostgres, db: &str, kafka: &TestKafka, topic: &str) -> 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn chaos_at_least_once_loses_nothing_and_keeps_key_order() {
-    chaos("at_least_once", DEFAULT_FAULTS).await;
+    chaos("at_least_once", 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn chaos_exactly_once_loses_nothing_and_duplicates_nothing() {
-    chaos("exactly_once", DEFAULT_FAULTS).await;
+    chaos("exactly_once", 2).await;
 }
 
-async fn chaos(delivery: &str, default_faults: &str) {
+/// The slot's confirmed position (0 when the slot has none yet).
+async fn confirmed(client: &tokio_postgres::Client, slot: &str) -> u64 {
+    client
+        .query_opt("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .await
+        .unwrap()
+        .and_then(|r| r.get::<_, Option<String>>(0))
+        .map(|c| crate::lsn(&c))
+        .unwrap_or(0)
+}
+
+async fn active_walsender(client: &tokio_postgres::Client, slot: &str) -> bool {
+    client
+        .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL", &[&slot])
+        .await
+        .unwrap()
+        .is_some()
+}
+
+/// A fault that found nothing to act on does not count as run with writes in flight.
+fn missed(ran: &mut HashMap<&str, (u64, u64, u64)>, kind: &'static str) {
+    if let Some(e) = ran.get_mut(kind) {
+        e.1 = e.1.saturating_sub(1);
+    }
+}
+
+/// `default_seed` is CI's fixed seed; `FICUS_CHAOS_SEED` overrides it (scripts/chaos.sh passes a random one).
+async fn chaos(delivery: &str, default_seed: u64) {
     let changes = env_u64("FICUS_CHAOS_CHANGES", 4000);
     let kills = env_u64("FICUS_CHAOS_KILLS", 4);
-    let seed = env_u64("FICUS_CHAOS_SEED", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
-    eprintln!("chaos: {changes} steps, {kills} SIGKILLs, delivery {delivery}, seed {seed} (FICUS_CHAOS_SEED)");
+    let each = env_u64("FICUS_CHAOS_EACH", (kills / 4).max(1));
+    let seed = env_u64("FICUS_CHAOS_SEED", default_seed);
+    // FICUS_CHAOS_FAULTS: a subset of kill,walsender,pg,pause,broker.
+    let faults = std::env::var("FICUS_CHAOS_FAULTS").unwrap_or_else(|_| DEFAULT_FAULTS.into());
+    let plan = schedule(seed, &faults, kills, each);
+    let window = window(&plan);
+    let rate = changes as f64 / window.as_secs_f64();
+    eprintln!(
+        "chaos: {changes} steps paced at {rate:.0}/s over the ~{:.0} s fault window, delivery {delivery}, faults {faults}, \
+         seed {seed} (FICUS_CHAOS_SEED)\n  schedule: {}",
+        window.as_secs_f64(),
+        plan.iter().map(|f| format!("+{}ms {}({}ms)", f.gap_ms, f.kind, f.hold_ms)).collect::<Vec<_>>().join(" ")
+    );
 
     let pg = TestPostgres::start();
     let kafka = TestKafka::start_dedicated();
@@ -208,85 +357,104 @@ async fn chaos(delivery: &str, default_faults: &str) {
         .replace("  status_interval_secs: 1\n", &format!("  status_interval_secs: 1\n{extra}"))
         .replace("kafka:\n", &format!("kafka:\n  delivery: {delivery}\n"));
     let mut f = Ficus::start(&config);
-    f.wait_for_log("streaming", WAIT);
+    f.wait_streaming();
 
-    let written = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicBool::new(false));
+    let shared = Arc::new(Shared::default());
     let pg_url = pg.superuser_url(&db);
-    let w = tokio::spawn(writer(pg_url, changes, seed, written.clone(), done.clone()));
+    let w = tokio::spawn(writer(pg_url, changes, rate, seed, shared.clone()));
 
-    // The fault driver: until the workload is written and enough SIGKILLs happened.
-    let mut rng = Rng(seed.rotate_left(17) | 1);
-    let (mut n_kill, mut n_pg, mut n_broker, mut n_walsender, mut n_pause) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    // The fault driver runs the schedule. Before each fault it waits (up to 10 s) until the writer has a commit the
+    // slot has not confirmed, and records the gap: per kind, how many injections had writes in flight.
     let started = Instant::now();
-    // FICUS_CHAOS_FAULTS: a subset of kill,walsender,pg,pause,broker.
-    let faults = std::env::var("FICUS_CHAOS_FAULTS").unwrap_or_else(|_| default_faults.into());
-    while !done.load(Ordering::Relaxed) || n_kill < kills {
-        assert!(started.elapsed() < Duration::from_secs(1800), "chaos run exceeded 30 minutes");
-        tokio::time::sleep(Duration::from_millis(300 + rng.below(1200))).await;
-        let pick = match rng.below(100) {
-            0..=54 => "kill",
-            55..=69 => "walsender",
-            70..=79 => "pg",
-            80..=89 => "pause",
-            _ => "broker",
-        };
-        let pick = if faults.contains(pick) { pick } else { "kill" };
-        match pick {
+    let mut ran: HashMap<&str, (u64, u64, u64)> = HashMap::new(); // kind → (injected, with writes unconfirmed, max bytes)
+    for fault in &plan {
+        tokio::time::sleep(Duration::from_millis(fault.gap_ms)).await;
+        let client = pg.client(&db).await;
+        let wait_until = Instant::now() + Duration::from_secs(10);
+        let mut unconfirmed = 0;
+        loop {
+            let committed = shared.committed_lsn.load(Ordering::Relaxed);
+            let slot = confirmed(&client, &prefix).await;
+            // A walsender termination needs a walsender: ficus may still be reconnecting after the previous fault.
+            let ready = fault.kind != "walsender" || active_walsender(&client, &prefix).await;
+            if committed > slot && ready {
+                unconfirmed = committed - slot;
+                break;
+            }
+            if Instant::now() > wait_until {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let e = ran.entry(fault.kind).or_default();
+        e.0 += 1;
+        e.1 += u64::from(unconfirmed > 0);
+        e.2 = e.2.max(unconfirmed);
+        match fault.kind {
             "kill" => {
                 f.sigkill();
-                n_kill += 1;
-                tokio::time::sleep(Duration::from_millis(rng.below(500))).await;
+                tokio::time::sleep(Duration::from_millis(fault.hold_ms)).await;
                 f.restart();
             }
             "walsender" => {
-                pg.execute("postgres", "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE active_pid IS NOT NULL").await;
-                n_walsender += 1;
+                // Only this test's slot: other walsenders of the cluster are none of its business.
+                let n = client
+                    .execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL", &[&prefix])
+                    .await
+                    .unwrap();
+                if n == 0 {
+                    // Counted as not injected: the assertion below then fails.
+                    missed(&mut ran, "walsender");
+                }
             }
-            "pg" => {
-                pg.restart_immediate();
-                n_pg += 1;
-            }
+            "pg" => pg.restart_immediate(),
             "pause" => {
                 // The broker freezes (a GC pause, a stalled network): ficus must stall, not lose or fail.
                 kafka.pause();
-                tokio::time::sleep(Duration::from_millis(500 + rng.below(2500))).await;
+                tokio::time::sleep(Duration::from_millis(fault.hold_ms)).await;
                 kafka.resume();
-                n_pause += 1;
             }
-            _ => {
+            "broker" => {
                 kafka.stop();
-                tokio::time::sleep(Duration::from_millis(500 + rng.below(2000))).await;
+                tokio::time::sleep(Duration::from_millis(fault.hold_ms)).await;
                 kafka.start();
-                n_broker += 1;
             }
+            other => unreachable!("{other}"),
         }
     }
+    let faults_at = started.elapsed();
+    let written_during_faults = shared.written.load(Ordering::Relaxed);
+    shared.faults_done.store(true, Ordering::Relaxed);
     w.await.unwrap();
     let written_at = started.elapsed();
     // Faults over: everything written must arrive.
     let flushed_deadline = Instant::now() + Duration::from_secs(300);
     let target: String = pg.client(&db).await.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
     loop {
-        let c: Option<String> = pg
-            .client(&db)
-            .await
-            .query_opt("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&prefix])
-            .await
-            .unwrap()
-            .and_then(|r| r.get(0));
-        if c.as_deref().is_some_and(|c| crate::lsn(c) >= crate::lsn(&target)) {
+        let c = confirmed(&pg.client(&db).await, &prefix).await;
+        if c >= crate::lsn(&target) {
             break;
         }
         assert!(Instant::now() < flushed_deadline, "ficus did not catch up after the faults:\n{}", f.log());
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let caught_up_at = started.elapsed();
     let (fig, examples) = verify(&pg, &db, &kafka, &topic).await;
+    let mut per_kind: Vec<String> = KINDS
+        .iter()
+        .filter_map(|k| ran.get(k).map(|(n, inflight, max)| format!("{k} {n}× ({inflight} with writes unconfirmed, up to {max} B of WAL)")))
+        .collect();
+    per_kind.sort();
     eprintln!(
-        "chaos result ({delivery}, seed {seed}): faults: {n_kill} SIGKILL, {n_pg} PostgreSQL crash-restarts, {n_pause} broker \
-         pauses, {n_broker} broker stops, {n_walsender} walsender terminations over {:.0} s\n  changes written {}, events expected {}, seen {}, \
-         lost {}, duplicated {}, order violations {}",
+        "chaos result ({delivery}, seed {seed}): faults over {:.1} s: {}\n  {} steps written during the faults, {} in all \
+         ({:.1} s); caught up at {:.1} s\n  changes written {}, events expected {}, seen {}, lost {}, duplicated {}, order \
+         violations {}",
+        faults_at.as_secs_f64(),
+        per_kind.join(", "),
+        written_during_faults,
+        shared.written.load(Ordering::Relaxed),
         written_at.as_secs_f64(),
+        caught_up_at.as_secs_f64(),
         fig.changes,
         fig.expected,
         fig.seen,
@@ -294,7 +462,13 @@ async fn chaos(delivery: &str, default_faults: &str) {
         fig.duplicated,
         fig.order_violations
     );
-    assert!(written.load(Ordering::Relaxed) >= changes, "workload incomplete");
+    assert!(shared.written.load(Ordering::Relaxed) >= changes, "workload incomplete");
+    // Every enabled kind ran, each time while the writer had a commit the slot had not confirmed.
+    for kind in KINDS.iter().filter(|k| faults.split(',').any(|f| f.trim() == **k)) {
+        let (n, inflight, _) = ran.get(kind).copied().unwrap_or_default();
+        assert!(n >= 1, "fault kind {kind} never ran (seed {seed})");
+        assert_eq!(inflight, n, "{kind}: {} of {n} injections found every write already confirmed (seed {seed})", n - inflight);
+    }
     if fig.lost > 0 {
         // What ficus did around the loss: errors, warnings, resumptions, commits.
         let full = f.log();

@@ -8,6 +8,7 @@ mod chaos;
 mod contract;
 mod core;
 mod differential;
+mod exactly_once;
 mod faults;
 mod lifecycle;
 mod ops;
