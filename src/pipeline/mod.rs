@@ -370,6 +370,10 @@ async fn stream_session(
         (None, _) => (start, None),
         (Some(store), file_checkpoint) => {
             // exactly_once: the Kafka checkpoint may be ahead of the file (PostgreSQL was not told yet).
+            // Only a file checkpoint bounds the slot (PostgreSQL is confirmed up to it). exactly_once also confirms
+            // idle positions past its Kafka checkpoint (no Kafka transaction records them), so with the file missing
+            // the slot may lead the Kafka checkpoint without a gap.
+            let slot_may_lead = eos && file_checkpoint.is_none();
             let (checkpoint, state) = match (eos, file_checkpoint) {
                 (true, file) => {
                     let (lsn, state) = file.map_or((Lsn::INVALID, None), |(l, s)| (l, s));
@@ -392,6 +396,7 @@ async fn stream_session(
             let decision = resume::decide(
                 checkpoint,
                 slot,
+                slot_may_lead,
                 system.xlogpos,
                 config.snapshot.on_gap,
                 &config.source.slot,

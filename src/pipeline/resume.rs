@@ -49,6 +49,7 @@ pub(super) struct Resume {
 pub(super) fn decide(
     checkpoint: Option<Lsn>,
     slot: SlotState,
+    slot_may_lead: bool,
     server_wal: Lsn,
     on_gap: OnGap,
     slot_name: &str,
@@ -81,6 +82,11 @@ pub(super) fn decide(
     match slot {
         SlotState::Usable { confirmed } if confirmed <= cp => {
             Ok(Resume { drop_slot: false, create_slot: false, start: Some(cp), plan_snapshot: false, recovered_gap: None })
+        }
+        // exactly_once without its state file: the slot legitimately leads the Kafka checkpoint by idle positions
+        // (no transaction lies between them: each would have committed a newer Kafka checkpoint).
+        SlotState::Usable { confirmed } if slot_may_lead => {
+            Ok(Resume { drop_slot: false, create_slot: false, start: Some(confirmed), plan_snapshot: false, recovered_gap: None })
         }
         SlotState::Usable { confirmed } => gap(
             on_gap,
@@ -195,7 +201,8 @@ pub(crate) async fn state_report(
             return out;
         }
     };
-    match decide(checkpoint, slot, system.xlogpos, config.snapshot.on_gap, &config.source.slot, &path) {
+    // `check` reads the file checkpoint only; with it, the slot never leads legitimately.
+    match decide(checkpoint, slot, false, system.xlogpos, config.snapshot.on_gap, &config.source.slot, &path) {
         Err(e) => {
             let (detail, fix) = e.split_once(" Fix: ").map_or((e.clone(), None), |(d, f)| (d.to_string(), Some(f.to_string())));
             out.push(item(Status::Fail, "checkpoint", detail, fix));
@@ -285,7 +292,7 @@ mod tests {
     const RESNAP: OnGap = OnGap::Resnapshot;
 
     fn d(cp: Option<u64>, slot: SlotState, wal: u64, on_gap: OnGap) -> Result<Resume, String> {
-        decide(cp.map(Lsn), slot, Lsn(wal), on_gap, "s", "/state/s.checkpoint.json")
+        decide(cp.map(Lsn), slot, false, Lsn(wal), on_gap, "s", "/state/s.checkpoint.json")
     }
 
     #[test]
@@ -334,6 +341,15 @@ mod tests {
             let r = d(cp, SlotState::Invalidated, 100, RESNAP).unwrap();
             assert!(r.drop_slot && r.create_slot && r.plan_snapshot);
         }
+    }
+
+    #[test]
+    fn exactly_once_without_its_file_resumes_where_the_slot_leads_the_kafka_checkpoint() {
+        let r = decide(Some(Lsn(40)), SlotState::Usable { confirmed: Lsn(45) }, true, Lsn(100), FAIL, "s", "/f").unwrap();
+        assert_eq!(r.start, Some(Lsn(45)));
+        assert!(!r.plan_snapshot && r.recovered_gap.is_none());
+        // A missing slot is still a gap.
+        assert!(decide(Some(Lsn(40)), SlotState::Missing, true, Lsn(100), FAIL, "s", "/f").is_err());
     }
 
     #[test]
