@@ -321,7 +321,7 @@ impl DebeziumOp {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeEncoding {
-    /// The raw change event of DESIGN.md.
+    /// The raw change event of docs/events.md.
     #[default]
     Json,
     /// Debezium's PostgreSQL connector envelope (`before`, `after`, `source`, `op` c/u/d/r/t, `ts_ms`).

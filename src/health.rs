@@ -1,4 +1,4 @@
-//! HTTP endpoints on `health.listen` (DESIGN.md "Metrics and endpoints") and the state behind them.
+//! HTTP endpoints on `health.listen` (docs/operations.md) and the state behind them.
 //!
 //! - `GET /healthz`: 200 while the process runs.
 //! - `GET /readyz`: 200 only while streaming, the broker answers and no fatal error happened; else 503 with the

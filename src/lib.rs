@@ -17,7 +17,7 @@
 //! - [`postgres`]: connection strings and TLS, the replication protocol client, the pgoutput decoder,
 //!   value mapping, and the control connection (preflight, slot and publication management, catalog).
 //! - [`source`]: the replication stream task: decode, skip what is already checkpointed, report progress.
-//! - [`encode`]: the raw change event JSON (DESIGN.md "Raw change event"), and its Debezium-compatible form.
+//! - [`encode`]: the raw change event JSON (docs/events.md "Raw change events"), and its Debezium-compatible form.
 //! - [`snapshot`]: snapshots and backfills of existing rows (DBLog watermark chunks), resumable from the checkpoint.
 //! - [`router`]: turns a change into Kafka records: raw change events, then the events of the rules.
 //! - [`rules`]: business-event rules: CEL compiled once, the canonical envelope, CloudEvents, the DLQ.

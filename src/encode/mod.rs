@@ -1,4 +1,4 @@
-//! Encoding of raw change events (DESIGN.md, "Raw change event").
+//! Encoding of raw change events (docs/events.md, "Raw change events").
 //!
 //! The JSON is written straight into one buffer per event (no intermediate `serde_json::Value`): this is the hot
 //! path of the pipeline. Values are mapped by [`crate::postgres::value`].

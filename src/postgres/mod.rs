@@ -4,7 +4,7 @@
 //! - [`tls`]: rustls client configurations for each `sslmode`.
 //! - [`replication`]: our replication-protocol client (startup, auth, `IDENTIFY_SYSTEM`, slots, CopyBoth stream).
 //! - [`pgoutput`]: decoder for pgoutput protocol version 1 messages.
-//! - [`value`]: PostgreSQL text values → JSON, as DESIGN.md maps them.
+//! - [`value`]: PostgreSQL text values → JSON, as docs/events.md maps them.
 //! - [`value_binary`]: the same mapping from binary (`send`) values, for pgoutput's `binary` option.
 //! - [`control`]: the regular SQL connection: preflight, publication and slot management, catalog reads.
 

@@ -1,4 +1,4 @@
-//! PostgreSQL text-format values → JSON, as DESIGN.md ("Raw change event", value mapping) specifies.
+//! PostgreSQL text-format values → JSON, as docs/events.md ("Value mapping") specifies.
 //!
 //! pgoutput sends every column in the type's text output format, so the mapping **relies on the replication
 //! session's settings**: `DateStyle=ISO, MDY`, `TimeZone=UTC`, `IntervalStyle=iso_8601`, `extra_float_digits=3`,

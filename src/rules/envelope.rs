@@ -1,4 +1,4 @@
-//! The canonical business-event envelope (DESIGN.md, "Canonical business event") and its deterministic ids.
+//! The canonical business-event envelope (docs/events.md) and its deterministic ids.
 //!
 //! **Guarantees:** `eventId` is a UUIDv5 of (system id, database, commit LSN, position of the change in its
 //! transaction, rule name, rule version) and `correlationId` a UUIDv5 of (system id, commit LSN): replaying the same

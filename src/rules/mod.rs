@@ -1,4 +1,4 @@
-//! Business-event rules: legacy row changes → canonical, versioned events (DESIGN.md, `events:`).
+//! Business-event rules: legacy row changes → canonical, versioned events (docs/rules.md, `events:`).
 //!
 //! [`RuleSet::compile`] checks every rule of the config once at start-up (names, tables, topics, CEL syntax) and
 //! compiles its CEL expressions; errors name the key (`events[2].when`) and the position in the expression.

@@ -154,7 +154,7 @@ pub enum OpName {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Encoding {
-    /// The canonical JSON envelope (DESIGN.md).
+    /// The canonical JSON envelope (docs/events.md).
     #[default]
     Json,
     /// CloudEvents 1.0 Kafka protocol binding, binary mode: `ce_*` headers, value = `data`.

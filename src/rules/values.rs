@@ -1,6 +1,6 @@
 //! Column values → CEL values, and CEL values → JSON.
 //!
-//! A column reaches CEL with the type its JSON mapping suggests (DESIGN.md value mapping): integers as `int`
+//! A column reaches CEL with the type its JSON mapping suggests (docs/events.md, "Value mapping"): integers as `int`
 //! (`uint` above i64), floats as `double`, bool, text as `string`, json/jsonb as maps and lists, arrays as lists,
 //! bytea as `bytes`, and timestamp/timestamptz as CEL `timestamp` (UTC) so that `new.shipped_at > old.shipped_at`
 //! and `timestamp()`/`string()` work. numeric stays an exact `string` — convert explicitly with `double()` when a

@@ -15,28 +15,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
+use crate::support::Rng;
 use crate::{values, Ficus, Setup};
-
-/// xorshift64*: small, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
 
 /// Column types of the generator: the SQL type and literal values of it (SQL syntax).
 const TYPES: &[(&str, &[&str])] = &[
@@ -84,7 +64,7 @@ impl GenTable {
         self.next_column += 1;
         // Every fourth column has a name that needs quoting.
         let name = if self.next_column % 4 == 0 { format!("Col {}", self.next_column) } else { format!("c{}", self.next_column) };
-        (name, rng.below(TYPES.len()))
+        (name, rng.index(TYPES.len()))
     }
 
     fn value(&self, rng: &mut Rng, ty: usize) -> String {
@@ -97,9 +77,9 @@ impl GenTable {
 
 /// One step of the workload as SQL (one transaction).
 fn step(rng: &mut Rng, tables: &mut [GenTable]) -> String {
-    let t = rng.below(tables.len());
+    let t = rng.index(tables.len());
     let table = &mut tables[t];
-    let roll = rng.below(100);
+    let roll = rng.index(100);
     match roll {
         0..=39 => insert(rng, table),
         40..=59 if !table.ids.is_empty() => {
@@ -108,8 +88,8 @@ fn step(rng: &mut Rng, tables: &mut [GenTable]) -> String {
                 return insert(rng, table);
             }
             // 1 to 3 distinct columns, starting at a random one.
-            let n = table.columns.len().min(1 + rng.below(3));
-            let first = rng.below(table.columns.len());
+            let n = table.columns.len().min(1 + rng.index(3));
+            let first = rng.index(table.columns.len());
             let mut sets = Vec::new();
             for k in 0..n {
                 let (name, ty) = table.columns[(first + k) % table.columns.len()].clone();
@@ -118,7 +98,7 @@ fn step(rng: &mut Rng, tables: &mut [GenTable]) -> String {
             format!("UPDATE {} SET {} WHERE id = {id}", table.sql, sets.join(", "))
         }
         60..=71 if !table.ids.is_empty() => {
-            let i = rng.below(table.ids.len());
+            let i = rng.index(table.ids.len());
             let id = table.ids.swap_remove(i);
             format!("DELETE FROM {} WHERE id = {id}", table.sql)
         }
@@ -138,11 +118,11 @@ fn step(rng: &mut Rng, tables: &mut [GenTable]) -> String {
             format!("ALTER TABLE {} ADD COLUMN {} {}", table.sql, quote(&name), TYPES[ty].0)
         }
         87..=90 if table.columns.len() > 1 => {
-            let (name, _) = table.columns.remove(rng.below(table.columns.len()));
+            let (name, _) = table.columns.remove(rng.index(table.columns.len()));
             format!("ALTER TABLE {} DROP COLUMN {}", table.sql, quote(&name))
         }
         91..=94 if !table.columns.is_empty() => {
-            let i = rng.below(table.columns.len());
+            let i = rng.index(table.columns.len());
             let old = table.columns[i].0.clone();
             table.next_column += 1;
             let new = format!("r{}", table.next_column);

@@ -138,13 +138,7 @@ async fn the_broker_paused_longer_than_wal_sender_timeout_keeps_the_connection_a
     pg.execute(&db, "INSERT INTO t VALUES (0)").await;
     crate::wait_slot_confirmed_now(&pg, &db, &prefix, &f, WAIT).await;
     let before = walsender(&pg, &db, &prefix).await.expect("a walsender");
-    let confirmed_before: String = pg
-        .client(&db)
-        .await
-        .query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&prefix])
-        .await
-        .unwrap()
-        .get(0);
+    let confirmed_before: String = confirmed_flush(&pg, &db, &prefix).await;
 
     kafka.pause();
     let paused = Instant::now();
@@ -155,13 +149,7 @@ async fn the_broker_paused_longer_than_wal_sender_timeout_keeps_the_connection_a
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let during = walsender(&pg, &db, &prefix).await;
-    let confirmed_during: String = pg
-        .client(&db)
-        .await
-        .query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&prefix])
-        .await
-        .unwrap()
-        .get(0);
+    let confirmed_during: String = confirmed_flush(&pg, &db, &prefix).await;
     kafka.resume();
 
     let msgs = read_all_confirmed(&pg, &db, &prefix, &kafka, &f, &topic, false).await;
@@ -257,4 +245,14 @@ async fn exactly_once_publishes_a_million_row_transaction_once_in_one_kafka_tran
         big[0]
     );
     assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+}
+
+/// The slot's `confirmed_flush_lsn`.
+async fn confirmed_flush(pg: &TestPostgres, db: &str, slot: &str) -> String {
+    pg.client(db)
+        .await
+        .query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .await
+        .unwrap()
+        .get(0)
 }
