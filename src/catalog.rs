@@ -40,7 +40,9 @@ pub async fn build(config: &Config, offline: bool) -> Result<Vec<RuleDescription
                     // non-builtin type (enum[], a domain's array, …) as an array: type each column by the OID
                     // whose mapping applies, as the stream does (the column keeps its declared type name).
                     let oids: Vec<u32> = t.columns.iter().map(|c| c.type_oid).collect();
-                    let mapped = control::value_types(&client, &oids).await.map_err(|e| CatalogError::Database(e.to_string()))?;
+                    let mapped = control::value_types(&client, &oids)
+                        .await
+                        .map_err(|e| CatalogError::Database(e.to_string()))?;
                     let cols = t
                         .columns
                         .into_iter()
@@ -65,7 +67,9 @@ pub fn to_json(entries: &[RuleDescription]) -> serde_json::Value {
 
 /// The catalog as Markdown: an overview table, then one section per event type and version.
 pub fn to_markdown(entries: &[RuleDescription]) -> String {
-    let mut out = String::from("# Event catalog\n\n| event | version | topic | key | source | trigger |\n|---|---|---|---|---|---|\n");
+    let mut out = String::from(
+        "# Event catalog\n\n| event | version | topic | key | source | trigger |\n|---|---|---|---|---|---|\n",
+    );
     for e in entries {
         let _ = writeln!(
             out,
@@ -141,9 +145,20 @@ events:
 "#;
 
     fn columns() -> Vec<ColumnType> {
-        let c = |name: &str, type_oid, not_null| ColumnType { name: name.into(), type_oid, type_name: "t".into(), not_null };
+        let c = |name: &str, type_oid, not_null| ColumnType {
+            name: name.into(),
+            type_oid,
+            type_name: "t".into(),
+            not_null,
+        };
         use crate::postgres::value::oid;
-        vec![c("id", oid::INT8, true), c("status", oid::TEXT, true), c("amt_cents", oid::INT4, true), c("note", oid::TEXT, false), c("rate", oid::FLOAT8, false)]
+        vec![
+            c("id", oid::INT8, true),
+            c("status", oid::TEXT, true),
+            c("amt_cents", oid::INT4, true),
+            c("note", oid::TEXT, false),
+            c("rate", oid::FLOAT8, false),
+        ]
     }
 
     #[test]

@@ -30,7 +30,9 @@ pub async fn run(config: &Config) -> Report {
                 match control::preflight(&client, config).await {
                     Ok((r, catalog)) => {
                         report.items.extend(r.items.into_iter().map(standby_is_not_a_failure));
-                        report.items.extend(crate::pipeline::resume::state_report(&client, &info, config, &catalog).await);
+                        report
+                            .items
+                            .extend(crate::pipeline::resume::state_report(&client, &info, config, &catalog).await);
                     }
                     Err(e) => report.items.push(fail("preflight", e.to_string(), None)),
                 }
@@ -47,7 +49,10 @@ pub async fn run(config: &Config) -> Report {
 /// A slot streamed by another live instance does not stop `ficus run`: it waits as a hot standby and takes over
 /// when the other one stops. Said as such, not as a failure.
 fn standby_is_not_a_failure(mut item: CheckItem) -> CheckItem {
-    if item.status == Status::Fail && item.title.starts_with("replication slot ") && item.detail.contains("in use by another process") {
+    if item.status == Status::Fail
+        && item.title.starts_with("replication slot ")
+        && item.detail.contains("in use by another process")
+    {
         item.status = Status::Warn;
         item.detail.push_str("; this instance would wait as a hot standby and take over when it stops");
         item.fix = Some("nothing to do for a standby; to take over now, stop the other instance".into());
@@ -59,8 +64,17 @@ fn standby_is_not_a_failure(mut item: CheckItem) -> CheckItem {
 fn check_health_listen(config: &Config) -> Option<CheckItem> {
     let addr = config.health.listen?;
     Some(match std::net::TcpListener::bind(addr) {
-        Ok(_) => CheckItem { status: Status::Ok, title: "health.listen".into(), detail: format!("{addr} is free"), fix: None },
-        Err(e) => fail("health.listen", format!("cannot listen on {addr}: {e}"), Some("choose a free port, or stop what listens there".into())),
+        Ok(_) => CheckItem {
+            status: Status::Ok,
+            title: "health.listen".into(),
+            detail: format!("{addr} is free"),
+            fix: None,
+        },
+        Err(e) => fail(
+            "health.listen",
+            format!("cannot listen on {addr}: {e}"),
+            Some("choose a free port, or stop what listens there".into()),
+        ),
     })
 }
 
@@ -87,7 +101,10 @@ async fn check_kafka(config: &Config) -> CheckItem {
         Err(e) => fail(
             &title,
             format!("not reachable: {e}"),
-            Some("check kafka.brokers and kafka.properties (security.protocol, sasl.*); ficus retries at run time".into()),
+            Some(
+                "check kafka.brokers and kafka.properties (security.protocol, sasl.*); ficus retries at run time"
+                    .into(),
+            ),
         ),
     }
 }

@@ -312,7 +312,10 @@ impl DebeziumOp {
         use crate::change::Op;
         matches!(
             (self, op),
-            (DebeziumOp::Create, Op::Insert) | (DebeziumOp::Update, Op::Update) | (DebeziumOp::Delete, Op::Delete) | (DebeziumOp::Truncate, Op::Truncate)
+            (DebeziumOp::Create, Op::Insert)
+                | (DebeziumOp::Update, Op::Update)
+                | (DebeziumOp::Delete, Op::Delete)
+                | (DebeziumOp::Truncate, Op::Truncate)
         )
     }
 }
@@ -410,10 +413,8 @@ pub fn change_topic(prefix: &str, schema: &str, table: &str) -> String {
 
 /// `raw` as a Kafka topic name: characters outside `[a-zA-Z0-9._-]` become `_`, at most 249 characters.
 pub fn sanitize_topic(raw: &str) -> String {
-    let mut topic: String = raw
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
-        .collect();
+    let mut topic: String =
+        raw.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect();
     // Kafka's limit is 249 characters.
     topic.truncate(249);
     topic
@@ -500,10 +501,7 @@ fn split_identifiers(text: &str) -> Result<Vec<String>, String> {
 }
 
 /// Replaces `${NAME}` by the environment variable NAME; `$$` is a literal `$`. A missing variable is an error.
-pub fn interpolate_env(
-    text: &str,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<String, String> {
+pub fn interpolate_env(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find('$') {
@@ -536,7 +534,9 @@ pub fn interpolate_env(
                 (Some(v), _) => v,
                 (None, Some(d)) => d.to_string(),
                 (None, None) => {
-                    return Err(format!("environment variable {name} is not set (export {name}=... or remove ${{{name}}})"))
+                    return Err(format!(
+                        "environment variable {name} is not set (export {name}=... or remove ${{{name}}})"
+                    ))
                 }
             };
             out.push_str(&value);
@@ -619,14 +619,15 @@ fn redact_quoted(s: &str) -> String {
 impl Config {
     /// Reads, interpolates, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         Config::from_yaml(&text, &|name| std::env::var(name).ok())
     }
 
     /// Parses and validates YAML text; `lookup` resolves `${NAME}`.
     pub fn from_yaml(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let mut tree: serde_json::Value = serde_saphyr::from_str_with_options(text, yaml_options()).map_err(yaml_error)?;
+        let mut tree: serde_json::Value =
+            serde_saphyr::from_str_with_options(text, yaml_options()).map_err(yaml_error)?;
         interpolate_tree(&mut tree, &mut Vec::new(), lookup)?;
         let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
             let key = e.path().to_string();
@@ -664,12 +665,7 @@ impl Config {
                 return Err(ConfigError::invalid(key, "must be 1 to 63 bytes long (a PostgreSQL identifier)"));
             }
         }
-        if !self
-            .source
-            .slot
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        {
+        if !self.source.slot.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
             return Err(ConfigError::invalid(
                 "source.slot",
                 "replication slot names may contain only lower-case letters, digits and underscores",
@@ -803,9 +799,13 @@ changes:
 
     #[test]
     fn tables_whose_raw_topics_collide_are_refused_naming_both() {
-        let text = MINIMAL.replace(r#"tables: [public.orders, 'legacy."Order Lines"']"#, r#"tables: ['a."b.c"', '"a.b".c']"#);
+        let text =
+            MINIMAL.replace(r#"tables: [public.orders, 'legacy."Order Lines"']"#, r#"tables: ['a."b.c"', '"a.b".c']"#);
         let err = Config::from_yaml(&text, &env).unwrap_err().to_string();
-        assert!(err.contains("changes.tables") && err.contains(r#""a"."b.c""#) && err.contains(r#""a.b"."c""#), "{err}");
+        assert!(
+            err.contains("changes.tables") && err.contains(r#""a"."b.c""#) && err.contains(r#""a.b"."c""#),
+            "{err}"
+        );
         assert!(err.contains("ficus.a.b.c"), "{err}");
         // Only tables published raw count: with one of them left out of changes.tables there is no collision.
         let one = text.replace(r#"tables: ["*"]"#, r#"tables: ['a."b.c"']"#);
@@ -842,10 +842,15 @@ changes:
 
     #[test]
     fn yaml_errors_give_the_position_but_never_the_text_around_it() {
-        let secret_near = MINIMAL.replace("  tables: [public", "  url2: postgres://ficus:pwSECRET1@h/db\n   x: [unclosed\n  tables: [public");
-        let unterminated = MINIMAL.replace("url: postgres://ficus:${PGPASSWORD}@", "url: \"postgres://ficus:pwSECRET2@");
+        let secret_near = MINIMAL.replace(
+            "  tables: [public",
+            "  url2: postgres://ficus:pwSECRET1@h/db\n   x: [unclosed\n  tables: [public",
+        );
+        let unterminated =
+            MINIMAL.replace("url: postgres://ficus:${PGPASSWORD}@", "url: \"postgres://ficus:pwSECRET2@");
         let tab = MINIMAL.replace("  tables: [public", "\ttables: [public").replace("${PGPASSWORD}", "pwSECRET3");
-        let bad_escape = MINIMAL.replace("url: postgres://ficus:${PGPASSWORD}@127.0.0.1:5432/shop", "url: \"pwSECRET4\\q\"");
+        let bad_escape =
+            MINIMAL.replace("url: postgres://ficus:${PGPASSWORD}@127.0.0.1:5432/shop", "url: \"pwSECRET4\\q\"");
         for text in [secret_near, unterminated, tab, bad_escape] {
             let err = Config::from_yaml(&text, &env).expect_err(&text).to_string();
             assert!(!err.contains("SECRET") && !err.contains("postgres://"), "{err}");
@@ -860,7 +865,11 @@ changes:
             ("  tables: [\"*\"]", "  tables: [\"*\"]\n  topic_prefix: '..'", "changes.topic_prefix"),
             ("  tables: [\"*\"]", "  tables: [\"*\"]\n  topic_prefix: 'a/b'", "changes.topic_prefix"),
             ("  brokers: 127.0.0.1:9092", "  brokers: 127.0.0.1:9092\n  dlq_topic: '.'", "kafka.dlq_topic"),
-            ("  brokers: 127.0.0.1:9092", "  brokers: 127.0.0.1:9092\n  checkpoint_topic: x y", "kafka.checkpoint_topic"),
+            (
+                "  brokers: 127.0.0.1:9092",
+                "  brokers: 127.0.0.1:9092\n  checkpoint_topic: x y",
+                "kafka.checkpoint_topic",
+            ),
         ] {
             let err = Config::from_yaml(&MINIMAL.replace(from, to), &env).unwrap_err().to_string();
             assert!(err.starts_with(key) && err.contains("[a-zA-Z0-9._-]"), "{err}");
@@ -885,7 +894,9 @@ changes:
         assert!(err.starts_with("kafka.properties.linger.ms") && err.contains("string, number or boolean"), "{err}");
         assert!(!err.contains("untagged") && !err.contains("Scalar"), "{err}");
         let rule = |on: &str| {
-            format!("{MINIMAL}events:\n  - {{name: A, table: public.orders, on: {on}, key: string(new.id), topic: t}}\n")
+            format!(
+                "{MINIMAL}events:\n  - {{name: A, table: public.orders, on: {on}, key: string(new.id), topic: t}}\n"
+            )
         };
         for on in ["updat", "[insert, updat]"] {
             let err = Config::from_yaml(&rule(on), &env).unwrap_err().to_string();
@@ -902,7 +913,10 @@ changes:
         let c = Config::from_yaml(&text, &env).unwrap();
         let debug = format!("{c:?}");
         assert!(!debug.contains("s3cr") && !debug.contains("kSECRET"), "{debug}");
-        assert!(debug.contains("postgres://ficus:***@127.0.0.1:5432/shop") && debug.contains("sasl.password"), "{debug}");
+        assert!(
+            debug.contains("postgres://ficus:***@127.0.0.1:5432/shop") && debug.contains("sasl.password"),
+            "{debug}"
+        );
     }
 
     #[test]

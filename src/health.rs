@@ -199,7 +199,11 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Binds `addr` (an error here is a configuration problem: the address is taken or not local) and serves the
 /// endpoints until `shutdown`; the returned task ends at most [`SHUTDOWN_GRACE`] after it.
-pub async fn serve(addr: SocketAddr, health: Arc<Health>, shutdown: CancellationToken) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub async fn serve(
+    addr: SocketAddr,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TimedListener(tokio::net::TcpListener::bind(addr).await?);
     tracing::info!(%addr, "health endpoints listening");
     let app = axum::Router::new()

@@ -204,7 +204,10 @@ async fn async_main() -> ExitCode {
                     match format {
                         CatalogFormat::Markdown => print!("{}", ficus::catalog::to_markdown(&entries)),
                         CatalogFormat::Json => {
-                            println!("{}", serde_json::to_string_pretty(&ficus::catalog::to_json(&entries)).unwrap_or_default())
+                            println!(
+                                "{}",
+                                serde_json::to_string_pretty(&ficus::catalog::to_json(&entries)).unwrap_or_default()
+                            )
                         }
                     }
                     ExitCode::SUCCESS
@@ -276,10 +279,11 @@ async fn backfill(config: &Config, table: &str, filter: Option<&str>) -> Result<
     if table_info.key_columns.is_empty() {
         return Err(invalid(format!("--table: {}", ficus::snapshot::no_key_message(&name))));
     }
-    let lsn = ficus::snapshot::request_backfill(&client, &config.source.slot, &name, filter).await.map_err(|e| match e {
-        BackfillRequestError::Invalid(m) => (2, m),
-        BackfillRequestError::Busy(m) => (1, m),
-    })?;
+    let lsn =
+        ficus::snapshot::request_backfill(&client, &config.source.slot, &name, filter).await.map_err(|e| match e {
+            BackfillRequestError::Invalid(m) => (2, m),
+            BackfillRequestError::Busy(m) => (1, m),
+        })?;
     drop(client);
     connection.abort();
     Ok(format!(

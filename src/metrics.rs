@@ -83,11 +83,18 @@ fn describe() {
     describe_gauge!(LAG_BYTES, Unit::Bytes, "Server WAL end minus the slot's confirmed flush position");
     describe_gauge!(LAG_SECONDS, Unit::Seconds, "Now minus the commit time of the last fully acknowledged transaction");
     describe_gauge!(RETAINED_WAL, Unit::Bytes, "WAL retained on the server for the slot");
-    describe_histogram!(COMMIT_ACK_LATENCY, Unit::Seconds, "Source commit to Kafka acknowledgement of the whole transaction");
+    describe_histogram!(
+        COMMIT_ACK_LATENCY,
+        Unit::Seconds,
+        "Source commit to Kafka acknowledgement of the whole transaction"
+    );
     describe_gauge!(PRODUCER_QUEUE, "Messages held by the producer");
     describe_gauge!(FLUSHED_LSN, "Flushed (confirmed) LSN");
     describe_gauge!(CHECKPOINT_LSN, "Last checkpoint LSN");
-    describe_counter!(CHECKPOINT_FAILURES, "Checkpoint writes that failed (retried; PostgreSQL is not confirmed past the last durable checkpoint)");
+    describe_counter!(
+        CHECKPOINT_FAILURES,
+        "Checkpoint writes that failed (retried; PostgreSQL is not confirmed past the last durable checkpoint)"
+    );
     describe_counter!(RECONNECTS, "Replication sessions started after the first");
     describe_gauge!(STREAMING, "1 while streaming");
     describe_counter!(SNAPSHOT_ROWS, "Rows read by snapshots and backfills, by table");

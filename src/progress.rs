@@ -254,7 +254,8 @@ impl Progress {
             match front.end {
                 Some(end) if front.outstanding == 0 => {
                     if let Some(us) = front.commit_time_us {
-                        metrics::histogram!(crate::metrics::COMMIT_ACK_LATENCY).record(((now_us() - us) as f64 / 1e6).max(0.0));
+                        metrics::histogram!(crate::metrics::COMMIT_ACK_LATENCY)
+                            .record(((now_us() - us) as f64 / 1e6).max(0.0));
                     }
                     inner.flushed = inner.flushed.max(end);
                     inner.pending.pop_front();

@@ -159,8 +159,12 @@ impl Router {
 
     /// Changes dropped on purpose so far, per table (sorted by table).
     pub fn dropped(&self) -> Vec<Dropped> {
-        let mut v: Vec<Dropped> =
-            self.counts().into_iter().filter(|(_, (_, d))| *d > 0).map(|(table, (_, count))| Dropped { table, count }).collect();
+        let mut v: Vec<Dropped> = self
+            .counts()
+            .into_iter()
+            .filter(|(_, (_, d))| *d > 0)
+            .map(|(table, (_, count))| Dropped { table, count })
+            .collect();
         v.sort_by(|a, b| a.table.cmp(&b.table));
         v
     }
@@ -178,8 +182,9 @@ impl Router {
             let publish = self.changes_tables.iter().any(|x| x == "*" || TableName::parse(x).as_ref() == Ok(&name));
             let topic = publish.then(|| Arc::from(change_topic(&self.prefix, &t.schema, &t.name)));
             let qualified = t.qualified_name();
-            let received = [Op::Insert, Op::Update, Op::Delete, Op::Truncate, Op::Read]
-                .map(|op| metrics::counter!(crate::metrics::CHANGES, "table" => qualified.clone(), "op" => op.as_str()));
+            let received = [Op::Insert, Op::Update, Op::Delete, Op::Truncate, Op::Read].map(
+                |op| metrics::counter!(crate::metrics::CHANGES, "table" => qualified.clone(), "op" => op.as_str()),
+            );
             let raw_events = metrics::counter!(crate::metrics::RAW_EVENTS, "table" => qualified.clone());
             let dropped_counter = metrics::counter!(crate::metrics::DROPPED, "table" => qualified.clone());
             let route = Route {
@@ -204,7 +209,11 @@ impl Router {
     }
 
     /// Records for one transactional logical decoding message (the events of the message rules for its prefix).
-    pub fn route_message(&mut self, message: &crate::change::LogicalMessage, out: &mut Vec<Record>) -> Result<(), RouteError> {
+    pub fn route_message(
+        &mut self,
+        message: &crate::change::LogicalMessage,
+        out: &mut Vec<Record>,
+    ) -> Result<(), RouteError> {
         if message.prefix == crate::pipeline::HEARTBEAT_PREFIX || crate::snapshot::Tap::is_control(&message.prefix) {
             return Ok(());
         }

@@ -22,10 +22,10 @@ use tokio_util::sync::CancellationToken;
 use crate::change::{Change, Column, Datum, Op, Table, TxMeta};
 use crate::config::TableName;
 use crate::lsn::Lsn;
-use crate::postgres::value_binary;
 use crate::postgres::control::Catalog;
 use crate::postgres::pgoutput::{self, DecodeError, Message, OldKind};
 use crate::postgres::replication::{ReplicationError, ReplicationMessage, ReplicationStream};
+use crate::postgres::value_binary;
 
 /// What the source hands to the sink, in stream order.
 #[derive(Debug)]
@@ -35,7 +35,9 @@ pub enum SourceEvent {
     /// A transactional logical decoding message.
     Message(crate::change::LogicalMessage),
     /// End of the open transaction; `end_lsn` is what PostgreSQL expects as flush position.
-    Commit { end_lsn: Lsn },
+    Commit {
+        end_lsn: Lsn,
+    },
     /// A server position with no transaction open (see module docs).
     Idle(Lsn),
 }
@@ -229,7 +231,8 @@ impl<'c> Source<'c> {
     async fn handle(&mut self, msg: ReplicationMessage, shutdown: &CancellationToken) -> Result<(), SourceError> {
         match msg {
             ReplicationMessage::XLogData { wal_start, data, .. } => {
-                let decoded = pgoutput::decode(data).map_err(|source| SourceError::Decode { lsn: wal_start, source })?;
+                let decoded =
+                    pgoutput::decode(data).map_err(|source| SourceError::Decode { lsn: wal_start, source })?;
                 self.on_message(wal_start, decoded, shutdown).await
             }
             ReplicationMessage::KeepAlive { wal_end, reply_requested, .. } => {
@@ -297,7 +300,13 @@ impl<'c> Source<'c> {
                         type_modifier: c.type_modifier,
                     })
                     .collect();
-                let table = Table { oid: r.oid, schema: r.namespace, name: r.name, columns, replica_identity: r.replica_identity };
+                let table = Table {
+                    oid: r.oid,
+                    schema: r.namespace,
+                    name: r.name,
+                    columns,
+                    replica_identity: r.replica_identity,
+                };
                 self.warn_on_rename(&table);
                 tracing::debug!(table = %table.qualified_name(), oid = table.oid, keys = ?keys, "relation");
                 self.described.insert(r.oid);
@@ -324,7 +333,13 @@ impl<'c> Source<'c> {
                 let position = self.position;
                 self.position += 1;
                 if !self.skipping {
-                    self.batch.push(SourceEvent::Message(crate::change::LogicalMessage { prefix, content, lsn: msg_lsn, position, tx }));
+                    self.batch.push(SourceEvent::Message(crate::change::LogicalMessage {
+                        prefix,
+                        content,
+                        lsn: msg_lsn,
+                        position,
+                        tx,
+                    }));
                 }
             }
             Message::LogicalMessage { transactional: false, prefix, .. } => {
@@ -356,7 +371,9 @@ impl<'c> Source<'c> {
                 self.catalog_sees_tx(client).await?;
                 crate::postgres::control::table_info_by_oid(client, r.oid)
                     .await
-                    .map_err(|e| SourceError::Catalog(format!("reading the key of {name} after a Relation message: {e}")))?
+                    .map_err(|e| {
+                        SourceError::Catalog(format!("reading the key of {name} after a Relation message: {e}"))
+                    })?
                     .map(|(_, info)| info.key_columns)
             }
             (known, None) => known,
@@ -428,9 +445,9 @@ impl<'c> Source<'c> {
             return Ok(());
         }
         self.catalog_sees_tx(client).await?;
-        let resolved = crate::postgres::control::value_types(client, &new)
-            .await
-            .map_err(|e| SourceError::Catalog(format!("resolving the column types of {}.{}: {e}", r.namespace, r.name)))?;
+        let resolved = crate::postgres::control::value_types(client, &new).await.map_err(|e| {
+            SourceError::Catalog(format!("resolving the column types of {}.{}: {e}", r.namespace, r.name))
+        })?;
         self.value_types.extend(resolved);
         Ok(())
     }
@@ -479,7 +496,11 @@ impl<'c> Source<'c> {
     /// Relation message.
     fn warn_on_rename(&self, table: &Table) {
         let before = self.relations.get(&table.oid).map(|t| (t.schema.clone(), t.name.clone())).or_else(|| {
-            self.catalog.tables.iter().find(|(_, info)| info.oid == table.oid).map(|(n, _)| (n.schema.clone(), n.name.clone()))
+            self.catalog
+                .tables
+                .iter()
+                .find(|(_, info)| info.oid == table.oid)
+                .map(|(n, _)| (n.schema.clone(), n.name.clone()))
         });
         if let Some((schema, name)) = before {
             if schema != table.schema || name != table.name {
@@ -525,7 +546,16 @@ impl<'c> Source<'c> {
                 )));
             }
         }
-        self.batch.push(SourceEvent::Change(Change { op, table, before, after, before_is_key_only, lsn, position, tx }));
+        self.batch.push(SourceEvent::Change(Change {
+            op,
+            table,
+            before,
+            after,
+            before_is_key_only,
+            lsn,
+            position,
+            tx,
+        }));
         Ok(())
     }
 

@@ -48,7 +48,8 @@ async fn roles_other_than_the_superuser_need_their_password() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dedicated_cluster_with_settings_restarts_and_is_removed_on_drop() {
-    let pg = TestPostgres::start_with(PgOptions::default().setting("wal_level", "replica").superuser_password("s3cret"));
+    let pg =
+        TestPostgres::start_with(PgOptions::default().setting("wal_level", "replica").superuser_password("s3cret"));
     let root: PathBuf = pg.data_dir().parent().unwrap().to_path_buf();
     let client = pg.client("postgres").await;
     let level: String = client.query_one("SHOW wal_level", &[]).await.unwrap().get(0);
@@ -94,7 +95,10 @@ async fn produce_to_the_shared_broker_and_consume_it_back() {
         assert_eq!(m.offset, 0);
         assert_eq!(m.key.as_deref(), Some(format!("k{i}").as_bytes()));
         assert_eq!(m.payload.as_deref(), Some(format!(r#"{{"n":{i}}}"#).as_bytes()));
-        assert_eq!(m.headers, vec![("event-type".to_string(), b"Smoke".to_vec()), ("n".to_string(), i.to_string().into_bytes())]);
+        assert_eq!(
+            m.headers,
+            vec![("event-type".to_string(), b"Smoke".to_vec()), ("n".to_string(), i.to_string().into_bytes())]
+        );
         assert!(m.timestamp.is_some());
     }
     assert_eq!(kafka.high_watermark(&topic).await, 3);
@@ -117,7 +121,10 @@ async fn read_to_end_reads_exactly_what_is_committed() {
     let producer = kafka.producer();
     for i in 0..2 {
         let payload = format!("plain{i}");
-        producer.send(FutureRecord::<str, _>::to(&topic).payload(&payload).partition(i), WAIT).await.unwrap_or_else(|(e, _)| panic!("{e}"));
+        producer
+            .send(FutureRecord::<str, _>::to(&topic).payload(&payload).partition(i), WAIT)
+            .await
+            .unwrap_or_else(|(e, _)| panic!("{e}"));
     }
     let txn = |id: &str| -> BaseProducer {
         let p: BaseProducer = rdkafka::ClientConfig::new()
@@ -164,7 +171,10 @@ async fn dedicated_broker_stops_and_starts() {
     let topic = kafka.unique_topic("restart");
     kafka.create_topic(&topic, 1).await;
     let producer = kafka.producer();
-    producer.send(FutureRecord::to(&topic).key("k").payload("before"), WAIT).await.unwrap_or_else(|(e, _)| panic!("{e}"));
+    producer
+        .send(FutureRecord::to(&topic).key("k").payload("before"), WAIT)
+        .await
+        .unwrap_or_else(|(e, _)| panic!("{e}"));
     kafka.stop();
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
     kafka.start();
@@ -211,7 +221,11 @@ fn shared_instances_are_removed_when_the_test_process_exits() {
     for (dir, addr) in gone {
         let deadline = std::time::Instant::now() + WAIT;
         while dir.exists() || addr.as_ref().is_some_and(|a| std::net::TcpStream::connect(a.as_str()).is_ok()) {
-            assert!(std::time::Instant::now() < deadline, "{} ({addr:?}) still there {WAIT:?} after the process exited", dir.display());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} ({addr:?}) still there {WAIT:?} after the process exited",
+                dir.display()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }

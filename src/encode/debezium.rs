@@ -34,7 +34,12 @@ fn op_letter(op: Op) -> &'static str {
 /// Encodes `change` as a Debezium change event; returns (Kafka key, value). `server_name` is Debezium's
 /// `topic.prefix` (ficus's `changes.topic_prefix`); `json_as_string`: json/jsonb values as strings, as Debezium
 /// sends them (`changes.debezium.json_handling: string`).
-pub fn change(change: &Change, source: &SourceInfo, server_name: &str, json_as_string: bool) -> Result<(Option<Vec<u8>>, Vec<u8>), EncodeError> {
+pub fn change(
+    change: &Change,
+    source: &SourceInfo,
+    server_name: &str,
+    json_as_string: bool,
+) -> Result<(Option<Vec<u8>>, Vec<u8>), EncodeError> {
     let table = &*change.table;
     let key = change_key(change)?;
     let ts_ms = change.tx.commit_time_us.div_euclid(1000);
@@ -90,7 +95,8 @@ mod tests {
     use crate::postgres::value::oid;
 
     fn update() -> Change {
-        let col = |name: &str, type_oid, is_key| Column { name: String::from(name), type_oid, type_modifier: -1, is_key };
+        let col =
+            |name: &str, type_oid, is_key| Column { name: String::from(name), type_oid, type_modifier: -1, is_key };
         let text = |s: &str| Datum::Text(Bytes::copy_from_slice(s.as_bytes()));
         Change {
             op: Op::Update,

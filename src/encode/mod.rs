@@ -153,7 +153,11 @@ pub(crate) fn write_before(out: &mut Vec<u8>, change: &Change, json_as_string: b
 
 /// `after` as JSON (or `null`); returns the columns left out because their unchanged TOAST value is unknown.
 /// `json_as_string` as for [`write_before`].
-pub(crate) fn write_after<'c>(out: &mut Vec<u8>, change: &'c Change, json_as_string: bool) -> Result<Vec<&'c str>, EncodeError> {
+pub(crate) fn write_after<'c>(
+    out: &mut Vec<u8>,
+    change: &'c Change,
+    json_as_string: bool,
+) -> Result<Vec<&'c str>, EncodeError> {
     let table = &*change.table;
     let mut unavailable: Vec<&str> = Vec::new();
     match &change.after {
@@ -191,7 +195,14 @@ pub(crate) fn write_after<'c>(out: &mut Vec<u8>, change: &'c Change, json_as_str
 
 /// Appends `"column":value`, preceded by a comma unless it is the first member; with `json_as_string` a json/jsonb
 /// value (column types are domain-resolved) as a JSON string of its JSON text.
-fn write_member(out: &mut Vec<u8>, first: &mut bool, table: &Table, i: usize, datum: &Datum, json_as_string: bool) -> Result<(), EncodeError> {
+fn write_member(
+    out: &mut Vec<u8>,
+    first: &mut bool,
+    table: &Table,
+    i: usize,
+    datum: &Datum,
+    json_as_string: bool,
+) -> Result<(), EncodeError> {
     if !std::mem::replace(first, false) {
         out.push(b',');
     }
@@ -236,7 +247,8 @@ mod tests {
     use crate::lsn::Lsn;
 
     fn table(identity: u8) -> Arc<Table> {
-        let col = |name: &str, oid: u32, is_key: bool| Column { name: name.into(), type_oid: oid, type_modifier: -1, is_key };
+        let col =
+            |name: &str, oid: u32, is_key: bool| Column { name: name.into(), type_oid: oid, type_modifier: -1, is_key };
         Arc::new(Table {
             oid: 1,
             schema: "public".into(),

@@ -79,9 +79,11 @@ pub fn read(cfg: &KafkaConfig, topic: &str, slot: &str) -> Result<Option<(Lsn, O
             match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) if m.key() == Some(slot.as_bytes()) => {
                     tracing::debug!(offset = m.offset(), "checkpoint record");
-                    let value: serde_json::Value = m.payload().and_then(|v| serde_json::from_slice(v).ok()).unwrap_or_default();
+                    let value: serde_json::Value =
+                        m.payload().and_then(|v| serde_json::from_slice(v).ok()).unwrap_or_default();
                     if let Some(lsn) = value["lsn"].as_str().and_then(|l| l.parse::<Lsn>().ok()) {
-                        let snapshot = serde_json::from_value::<Option<SnapshotState>>(value["snapshot"].clone()).ok().flatten();
+                        let snapshot =
+                            serde_json::from_value::<Option<SnapshotState>>(value["snapshot"].clone()).ok().flatten();
                         last = Some((lsn, snapshot));
                     }
                 }
@@ -96,7 +98,14 @@ pub fn read(cfg: &KafkaConfig, topic: &str, slot: &str) -> Result<Option<(Lsn, O
 }
 
 /// The checkpoint record of `slot` at `lsn`, with the snapshot progress as of `lsn`.
-pub fn record(topic: &str, slot: &str, lsn: Lsn, system: &str, database: &str, snapshot: Option<SnapshotState>) -> Record {
+pub fn record(
+    topic: &str,
+    slot: &str,
+    lsn: Lsn,
+    system: &str,
+    database: &str,
+    snapshot: Option<SnapshotState>,
+) -> Record {
     let value = serde_json::json!({"slot": slot, "lsn": lsn.to_string(), "system": system, "database": database, "snapshot": snapshot});
     Record {
         topic: topic.into(),

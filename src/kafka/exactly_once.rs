@@ -46,7 +46,9 @@ impl CommitTriggers {
     /// A source transaction ended inside the Kafka transaction at `now`: whether the Kafka transaction must commit.
     fn source_committed(&mut self, now: Instant) -> bool {
         self.source_txns += 1;
-        self.source_txns >= MAX_SOURCE_TXNS || self.bytes >= MAX_BYTES || now.saturating_duration_since(self.opened_at) >= LINGER
+        self.source_txns >= MAX_SOURCE_TXNS
+            || self.bytes >= MAX_BYTES
+            || now.saturating_duration_since(self.opened_at) >= LINGER
     }
 
     /// When the age trigger fires (the sink commits an idle open transaction then).
@@ -82,7 +84,18 @@ impl KafkaTxn {
         database: String,
         snapshots: Option<std::sync::Arc<crate::snapshot::Snapshots>>,
     ) -> KafkaTxn {
-        KafkaTxn { sink, topic, slot, system, database, open: false, triggers: CommitTriggers::opened(Instant::now()), last: None, idle_while_open: None, snapshots }
+        KafkaTxn {
+            sink,
+            topic,
+            slot,
+            system,
+            database,
+            open: false,
+            triggers: CommitTriggers::opened(Instant::now()),
+            last: None,
+            idle_while_open: None,
+            snapshots,
+        }
     }
 
     /// When the open Kafka transaction is due for a commit (`None` when none is open).

@@ -123,7 +123,10 @@ fn librdkafka_property_names() -> &'static [&'static str] {
         for line in table.lines() {
             let Some((first, _)) = line.split_once('|') else { continue };
             let name = first.trim();
-            if !name.is_empty() && name != "Property" && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_') {
+            if !name.is_empty()
+                && name != "Property"
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_')
+            {
                 names.push(Box::leak(name.to_string().into_boxed_str()));
             }
         }
@@ -362,7 +365,11 @@ impl KafkaSink {
 
     /// exactly_once: a transactional producer. A later producer with the same `transactional_id` fences this one
     /// (a zombie instance can then commit nothing).
-    pub fn with_transactional_id(cfg: &KafkaConfig, progress: Arc<Progress>, transactional_id: Option<&str>) -> Result<KafkaSink, SinkError> {
+    pub fn with_transactional_id(
+        cfg: &KafkaConfig,
+        progress: Arc<Progress>,
+        transactional_id: Option<&str>,
+    ) -> Result<KafkaSink, SinkError> {
         let mut cc = client_config(cfg);
         if let Some(id) = transactional_id {
             cc.set("transactional.id", id);
@@ -429,16 +436,17 @@ impl KafkaSink {
             headers = headers.insert(Header { key: k, value: Some(v.as_str().as_bytes()) });
         }
         self.progress.add_message(tx);
-        let mut rec = BaseRecord::with_opaque_to(&record.topic, tx.0 as usize)
-            .payload(&record.payload[..])
-            .headers(headers);
+        let mut rec =
+            BaseRecord::with_opaque_to(&record.topic, tx.0 as usize).payload(&record.payload[..]).headers(headers);
         if let Some(key) = &record.key {
             rec = rec.key(&key[..]);
         }
         loop {
             match self.producer.send(rec) {
                 Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) if self.producer.in_flight_count() == 0 => {
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                    if self.producer.in_flight_count() == 0 =>
+                {
                     // The queue is empty and the record still does not fit: it is larger than the whole queue
                     // (queue.buffering.max.kbytes) and no acknowledgement will ever make room. Waiting would hang.
                     let reason = format!(
@@ -475,9 +483,17 @@ impl KafkaSink {
                     // A fatal error after fencing (librdkafka refuses every produce then) says so.
                     let fatal_fenced = matches!(err.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal))
                         && self.producer.client().fatal_error().is_some_and(|(code, _)| {
-                            matches!(code, RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch | RDKafkaErrorCode::Fenced)
+                            matches!(
+                                code,
+                                RDKafkaErrorCode::ProducerFenced
+                                    | RDKafkaErrorCode::InvalidProducerEpoch
+                                    | RDKafkaErrorCode::Fenced
+                            )
                         });
-                    let reason = if fatal_fenced || self.producer.context().fenced.load(std::sync::atomic::Ordering::SeqCst) || is_fenced(&err) {
+                    let reason = if fatal_fenced
+                        || self.producer.context().fenced.load(std::sync::atomic::Ordering::SeqCst)
+                        || is_fenced(&err)
+                    {
                         format!("fenced: another ficus instance with the same slot (transactional.id) took over; this one stops: {reason}")
                     } else {
                         reason
@@ -547,7 +563,13 @@ mod tests {
             ("security.protocol", Scalar::String("SASL_SSL".into())),
         ]);
         check_user_properties(&user).unwrap();
-        let cfg = KafkaConfig { brokers: "b:9092".into(), delivery: Default::default(), checkpoint_topic: None, dlq_topic: None, properties: user };
+        let cfg = KafkaConfig {
+            brokers: "b:9092".into(),
+            delivery: Default::default(),
+            checkpoint_topic: None,
+            dlq_topic: None,
+            properties: user,
+        };
         let cc = client_config(&cfg);
         assert_eq!(cc.get("linger.ms"), Some("50"));
         assert_eq!(cc.get("compression.type"), Some("zstd"));
@@ -559,8 +581,18 @@ mod tests {
     /// Even a configuration that bypassed validation cannot weaken the producer: the forced values are set last.
     #[test]
     fn forced_settings_win_over_any_properties() {
-        let user = props(&[("enable.idempotence", Scalar::Bool(false)), ("acks", Scalar::Int(1)), ("bootstrap.servers", Scalar::String("evil:1".into()))]);
-        let cfg = KafkaConfig { brokers: "b:9092".into(), delivery: Default::default(), checkpoint_topic: None, dlq_topic: None, properties: user };
+        let user = props(&[
+            ("enable.idempotence", Scalar::Bool(false)),
+            ("acks", Scalar::Int(1)),
+            ("bootstrap.servers", Scalar::String("evil:1".into())),
+        ]);
+        let cfg = KafkaConfig {
+            brokers: "b:9092".into(),
+            delivery: Default::default(),
+            checkpoint_topic: None,
+            dlq_topic: None,
+            properties: user,
+        };
         let cc = client_config(&cfg);
         assert_eq!(cc.get("enable.idempotence"), Some("true"));
         assert_eq!(cc.get("acks"), Some("all"));
@@ -597,8 +629,12 @@ mod tests {
         let e = check_user_properties(&props(&[("completely.unrelated.thing", s("v"))])).unwrap_err().to_string();
         assert!(e.contains("no such property") && !e.contains("did you mean"), "{e}");
         // Valid properties, global and topic level, pass.
-        check_user_properties(&props(&[("sasl.password", s("x")), ("compression.type", s("zstd")), ("message.timeout.ms", Scalar::Int(0))]))
-            .unwrap();
+        check_user_properties(&props(&[
+            ("sasl.password", s("x")),
+            ("compression.type", s("zstd")),
+            ("message.timeout.ms", Scalar::Int(0)),
+        ]))
+        .unwrap();
     }
 
     #[test]

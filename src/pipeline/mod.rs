@@ -20,17 +20,16 @@ use tokio_util::sync::CancellationToken;
 mod checkpointing;
 mod monitor;
 pub(crate) mod resume;
-mod tables;
 mod sink;
+mod tables;
 
 pub use monitor::HEARTBEAT_PREFIX;
 
 use crate::checkpoint::{CheckpointError, FileCheckpointStore};
 use crate::config::{quote_ident, Config, Delivery, SnapshotMode, ValueFormat};
-use crate::kafka::exactly_once::{self, KafkaTxn};
-use crate::snapshot::{Ledger, Snapshots};
 use crate::encode::SourceInfo;
 use crate::health::Health;
+use crate::kafka::exactly_once::{self, KafkaTxn};
 use crate::kafka::{KafkaSink, SinkError};
 use crate::lsn::Lsn;
 use crate::postgres::conninfo::ConnInfo;
@@ -40,6 +39,7 @@ use crate::postgres::value_binary;
 use crate::progress::Progress;
 use crate::router::Router;
 use crate::rules::RuleSet;
+use crate::snapshot::{Ledger, Snapshots};
 use crate::source::{Batch, Source, SourceError};
 use checkpointing::{checkpoint_loop, CheckpointWriter};
 use monitor::{heartbeat_loop, monitor_server, report_loop};
@@ -89,9 +89,10 @@ impl PipelineError {
     pub fn kind(&self) -> &'static str {
         match self {
             PipelineError::Config(_) | PipelineError::Preflight(_) => "config",
-            PipelineError::Control(_) | PipelineError::Postgres(_) | PipelineError::Source(_) | PipelineError::Transient(_) => {
-                "replication"
-            }
+            PipelineError::Control(_)
+            | PipelineError::Postgres(_)
+            | PipelineError::Source(_)
+            | PipelineError::Transient(_) => "replication",
             PipelineError::Sink(_) => "delivery",
             PipelineError::Checkpoint(_) => "checkpoint",
             PipelineError::Route { .. } => "rule",
@@ -211,7 +212,12 @@ async fn run_with_reconnects(
     }
 }
 
-async fn run_with(config: &Config, options: &RunOptions, shutdown: &CancellationToken, health: &Arc<Health>) -> Result<(), PipelineError> {
+async fn run_with(
+    config: &Config,
+    options: &RunOptions,
+    shutdown: &CancellationToken,
+    health: &Arc<Health>,
+) -> Result<(), PipelineError> {
     let config = config.clone();
     let info = ConnInfo::parse(&config.source.url).map_err(|e| PipelineError::Config(format!("source.url: {e}")))?;
     tracing::info!(url = %info.redacted(), slot = %config.source.slot, "connecting to PostgreSQL");
@@ -243,7 +249,10 @@ async fn run_with(config: &Config, options: &RunOptions, shutdown: &Cancellation
         // The slot held by another process is the one blocker worth waiting for: a second ficus next to a running
         // one is a hot standby that takes over when the first stops.
         let failures = report.failures();
-        if failures.iter().all(|f| f.title.starts_with("replication slot ") && f.detail.contains("in use by another process")) {
+        if failures
+            .iter()
+            .all(|f| f.title.starts_with("replication slot ") && f.detail.contains("in use by another process"))
+        {
             return Err(PipelineError::Transient(format!("{}: {}", failures[0].title, failures[0].detail)));
         }
         return Err(PipelineError::Preflight(report));
@@ -260,7 +269,8 @@ async fn run_with(config: &Config, options: &RunOptions, shutdown: &Cancellation
             if !first_session {
                 metrics::counter!(crate::metrics::RECONNECTS).increment(1);
             }
-            let session = stream_session(&config, &info, &client, catalog.clone(), options, &session_stop, binary, health).await;
+            let session =
+                stream_session(&config, &info, &client, catalog.clone(), options, &session_stop, binary, health).await;
             health.set_streaming(false);
             match session {
                 Err(PipelineError::Source(SourceError::NeedsTextValues { table, column, type_oid })) if binary => {
@@ -407,12 +417,16 @@ async fn stream_session(
                 tracing::warn!(gap = %gap, "snapshot.on_gap: resnapshot: re-snapshotting snapshot.tables");
             }
             // Every precondition of the plan (tables with a key) is checked before the slot is created.
-            plan_now = decision.plan_snapshot && (config.snapshot.mode != SnapshotMode::Never || decision.recovered_gap.is_some());
+            plan_now = decision.plan_snapshot
+                && (config.snapshot.mode != SnapshotMode::Never || decision.recovered_gap.is_some());
             let state = if decision.plan_snapshot { None } else { state };
             if plan_now {
                 let blockers = resume::snapshot_blockers(client, config, &catalog).await?;
                 if let Some(b) = blockers.first() {
-                    return Err(PipelineError::Config(format!("snapshot.tables: {} (a snapshot is planned on this start)", b.message)));
+                    return Err(PipelineError::Config(format!(
+                        "snapshot.tables: {} (a snapshot is planned on this start)",
+                        b.message
+                    )));
                 }
             }
             if decision.drop_slot {
@@ -493,7 +507,8 @@ async fn stream_session(
     }
     health.set_streaming(true);
 
-    let source_info = SourceInfo { system: system.systemid.clone(), database: database.clone(), slot: config.source.slot.clone() };
+    let source_info =
+        SourceInfo { system: system.systemid.clone(), database: database.clone(), slot: config.source.slot.clone() };
     let rules = RuleSet::compile(config).map_err(|e| PipelineError::Config(e.to_string()))?;
     for w in rules.warnings() {
         tracing::warn!("{w}");
@@ -503,7 +518,8 @@ async fn stream_session(
     let (tx, rx) = mpsc::channel::<Batch>(64);
 
     let tap = snapshots.as_ref().map(|s| crate::snapshot::Tap::new(s.clone()));
-    let sink_task = tokio::spawn(sink_loop(rx, router, sink, kafka_txn, progress.clone(), stop.clone(), health.clone(), tap));
+    let sink_task =
+        tokio::spawn(sink_loop(rx, router, sink, kafka_txn, progress.clone(), stop.clone(), health.clone(), tap));
     let reporter = tokio::spawn(report_loop(health.clone(), progress.clone(), probe, stop.clone()));
     // PostgreSQL is confirmed only up to the durable checkpoint (see `checkpointing`); without a store (dry run)
     // up to the flushed position.
@@ -523,20 +539,20 @@ async fn stream_session(
             // The plan must survive a crash before the first chunk.
             writer.write(start)?;
         }
-        Ok(tokio::spawn(checkpoint_loop(writer, progress.subscribe(), config.checkpoint_interval(), stop.clone(), health.clone())))
+        Ok(tokio::spawn(checkpoint_loop(
+            writer,
+            progress.subscribe(),
+            config.checkpoint_interval(),
+            stop.clone(),
+            health.clone(),
+        )))
     });
     let checkpoint_task = checkpoint_task.transpose().inspect_err(|_| stop.cancel())?;
 
-    let source = Source::new(
-        stream,
-        tx,
-        confirm,
-        catalog,
-        start,
-        Duration::from_secs(config.source.status_interval_secs),
-    )
-    .with_binary_values(binary)
-    .with_control(client);
+    let source =
+        Source::new(stream, tx, confirm, catalog, start, Duration::from_secs(config.source.status_interval_secs))
+            .with_binary_values(binary)
+            .with_control(client);
     let snapshot_task = snapshots.as_ref().map(|s| {
         s.start(info.clone(), config.snapshot.workers, config.snapshot.chunk_size, health.clone(), stop.clone())
     });
@@ -547,7 +563,13 @@ async fn stream_session(
     stop.cancel();
     let snapshot_result = match snapshot_task {
         Some(task) => match task.await {
-            Ok(r) => r.map_err(|e| if e.is_transient() { PipelineError::Transient(e.to_string()) } else { PipelineError::Postgres(e.to_string()) }),
+            Ok(r) => r.map_err(|e| {
+                if e.is_transient() {
+                    PipelineError::Transient(e.to_string())
+                } else {
+                    PipelineError::Postgres(e.to_string())
+                }
+            }),
             Err(e) => Err(PipelineError::Internal(format!("snapshot task: {e}"))),
         },
         None => Ok(()),
@@ -600,7 +622,8 @@ fn plan_snapshots(
     plan_now: bool,
 ) -> Result<Arc<Snapshots>, PipelineError> {
     let captured = config.captured_tables().map_err(|e| PipelineError::Config(e.to_string()))?;
-    let snapshots = Snapshots::new(&config.source.slot, captured.clone(), config.snapshot.backfill_requests, Ledger::new(state));
+    let snapshots =
+        Snapshots::new(&config.source.slot, captured.clone(), config.snapshot.backfill_requests, Ledger::new(state));
     if plan_now {
         let tables = config.snapshot.tables(&captured).map_err(|e| PipelineError::Config(e.to_string()))?;
         tracing::info!(tables = tables.len(), "snapshot planned");

@@ -29,7 +29,12 @@ pub(super) fn publish_counts(health: &Health, router: &Router, last_commit_us: i
 }
 
 /// Every second while streaming: flushed LSN, lag in seconds, producer queue, broker reachability.
-pub(super) async fn report_loop(health: Arc<Health>, progress: Arc<Progress>, probe: Option<KafkaSink>, stop: CancellationToken) {
+pub(super) async fn report_loop(
+    health: Arc<Health>,
+    progress: Arc<Progress>,
+    probe: Option<KafkaSink>,
+    stop: CancellationToken,
+) {
     let mut tick = 0u64;
     loop {
         let flushed = progress.flushed();

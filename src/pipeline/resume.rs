@@ -27,7 +27,9 @@ pub(super) enum SlotState {
     Missing,
     /// `wal_status = lost`: the slot exists but cannot stream.
     Invalidated,
-    Usable { confirmed: Lsn },
+    Usable {
+        confirmed: Lsn,
+    },
 }
 
 /// What the session does before streaming.
@@ -161,13 +163,23 @@ pub(crate) async fn state_report(
     catalog: &crate::postgres::control::Catalog,
 ) -> Vec<crate::postgres::control::CheckItem> {
     use crate::postgres::control::{CheckItem, Status};
-    let item = |status, title: &str, detail: String, fix: Option<String>| CheckItem { status, title: title.to_string(), detail, fix };
+    let item = |status, title: &str, detail: String, fix: Option<String>| CheckItem {
+        status,
+        title: title.to_string(),
+        detail,
+        fix,
+    };
     let mut out = Vec::new();
     let dir = &config.state.dir;
     let mut store = match crate::checkpoint::FileCheckpointStore::open(dir, &config.source.slot) {
         Ok(s) => s,
         Err(e) => {
-            out.push(item(Status::Fail, "state.dir", e.to_string(), Some(format!("make {} a writable directory", dir.display()))));
+            out.push(item(
+                Status::Fail,
+                "state.dir",
+                e.to_string(),
+                Some(format!("make {} a writable directory", dir.display())),
+            ));
             return out;
         }
     };
@@ -179,7 +191,12 @@ pub(crate) async fn state_report(
     let system = match system.await {
         Ok(s) => s,
         Err(e) => {
-            out.push(item(Status::Fail, "replication connection", e.to_string(), Some("check the role's REPLICATION privilege and pg_hba.conf".into())));
+            out.push(item(
+                Status::Fail,
+                "replication connection",
+                e.to_string(),
+                Some("check the role's REPLICATION privilege and pg_hba.conf".into()),
+            ));
             return out;
         }
     };
@@ -204,7 +221,8 @@ pub(crate) async fn state_report(
     // `check` reads the file checkpoint only; with it, the slot never leads legitimately.
     match decide(checkpoint, slot, false, system.xlogpos, config.snapshot.on_gap, &config.source.slot, &path) {
         Err(e) => {
-            let (detail, fix) = e.split_once(" Fix: ").map_or((e.clone(), None), |(d, f)| (d.to_string(), Some(f.to_string())));
+            let (detail, fix) =
+                e.split_once(" Fix: ").map_or((e.clone(), None), |(d, f)| (d.to_string(), Some(f.to_string())));
             out.push(item(Status::Fail, "checkpoint", detail, fix));
         }
         Ok(r) => {
@@ -213,8 +231,14 @@ pub(crate) async fn state_report(
                 (Some(cp), None) => format!("{path}: resume at {cp}"),
                 (None, None) => format!("none yet ({path}): the first start begins at the slot's position"),
             };
-            out.push(item(if r.recovered_gap.is_some() { Status::Warn } else { Status::Ok }, "checkpoint", detail, None));
-            let snapshots = config.snapshot.mode != crate::snapshot::config::SnapshotMode::Never || r.recovered_gap.is_some();
+            out.push(item(
+                if r.recovered_gap.is_some() { Status::Warn } else { Status::Ok },
+                "checkpoint",
+                detail,
+                None,
+            ));
+            let snapshots =
+                config.snapshot.mode != crate::snapshot::config::SnapshotMode::Never || r.recovered_gap.is_some();
             if r.plan_snapshot && snapshots {
                 match snapshot_blockers(client, config, catalog).await {
                     Ok(blockers) => {
@@ -222,7 +246,10 @@ pub(crate) async fn state_report(
                             out.push(item(
                                 Status::Fail,
                                 &format!("snapshot of {}", b.table),
-                                format!("this start plans a snapshot and {}: `ficus run` refuses it (exit 2)", b.problem),
+                                format!(
+                                    "this start plans a snapshot and {}: `ficus run` refuses it (exit 2)",
+                                    b.problem
+                                ),
                                 Some(b.fix),
                             ));
                         }
@@ -272,7 +299,10 @@ pub(crate) async fn snapshot_blockers(
             .map_err(|source| ControlError::Sql { context: format!("checking SELECT on {table}"), source })?
             .get(0);
         if !select {
-            let fix = format!("GRANT SELECT ON {} TO <the role of source.url>;  -- or leave the table out of snapshot.tables", table.quoted());
+            let fix = format!(
+                "GRANT SELECT ON {} TO <the role of source.url>;  -- or leave the table out of snapshot.tables",
+                table.quoted()
+            );
             out.push(SnapshotBlocker {
                 problem: "the role cannot SELECT the table".into(),
                 message: format!("{table}: the role cannot SELECT it; fix: {fix}"),
@@ -304,7 +334,16 @@ mod tests {
     #[test]
     fn a_slot_left_by_a_failed_first_start_still_gets_the_snapshot() {
         let r = d(None, SlotState::Usable { confirmed: Lsn(50) }, 100, FAIL).unwrap();
-        assert_eq!(r, Resume { drop_slot: false, create_slot: false, start: Some(Lsn(50)), plan_snapshot: true, recovered_gap: None });
+        assert_eq!(
+            r,
+            Resume {
+                drop_slot: false,
+                create_slot: false,
+                start: Some(Lsn(50)),
+                plan_snapshot: true,
+                recovered_gap: None
+            }
+        );
     }
 
     #[test]
@@ -345,7 +384,8 @@ mod tests {
 
     #[test]
     fn exactly_once_without_its_file_resumes_where_the_slot_leads_the_kafka_checkpoint() {
-        let r = decide(Some(Lsn(40)), SlotState::Usable { confirmed: Lsn(45) }, true, Lsn(100), FAIL, "s", "/f").unwrap();
+        let r =
+            decide(Some(Lsn(40)), SlotState::Usable { confirmed: Lsn(45) }, true, Lsn(100), FAIL, "s", "/f").unwrap();
         assert_eq!(r.start, Some(Lsn(45)));
         assert!(!r.plan_snapshot && r.recovered_gap.is_none());
         // A missing slot is still a gap.

@@ -60,13 +60,18 @@ pub(super) async fn sink_loop(
             for event in batch {
                 match event {
                     // A dry run confirms nothing: its transactions never enter the progress tracker.
-                    SourceEvent::Begin(_) if matches!(sink, Sink::Print(_)) => current = Some(crate::progress::TxSeq(0)),
+                    SourceEvent::Begin(_) if matches!(sink, Sink::Print(_)) => {
+                        current = Some(crate::progress::TxSeq(0))
+                    }
                     SourceEvent::Begin(meta) => {
                         current = Some(progress.begin());
                         commit_time_us = meta.commit_time_us;
                     }
                     SourceEvent::Change(change) => {
-                        let tx = current.ok_or_else(|| PipelineError::Route { lsn: change.lsn, message: "change outside a transaction".into() })?;
+                        let tx = current.ok_or_else(|| PipelineError::Route {
+                            lsn: change.lsn,
+                            message: "change outside a transaction".into(),
+                        })?;
                         if let Some(tap) = &mut tap {
                             tap.observe(&change);
                         }
@@ -75,7 +80,10 @@ pub(super) async fn sink_loop(
                         emit(&mut sink, &mut kafka_txn, &progress, tx, &records, change.lsn).await?;
                     }
                     SourceEvent::Message(message) => {
-                        let tx = current.ok_or_else(|| PipelineError::Route { lsn: message.lsn, message: "message outside a transaction".into() })?;
+                        let tx = current.ok_or_else(|| PipelineError::Route {
+                            lsn: message.lsn,
+                            message: "message outside a transaction".into(),
+                        })?;
                         if let (Some(tap), true) = (&mut tap, Tap::is_control(&message.prefix)) {
                             // A high watermark releases its chunk's rows here, in the watermark's transaction.
                             let rows = tap.message(&message).map_err(route_error(message.lsn))?;
@@ -93,7 +101,10 @@ pub(super) async fn sink_loop(
                     SourceEvent::Commit { end_lsn } => {
                         if let Sink::Print(out) = &mut sink {
                             current = None;
-                            std::io::Write::flush(out).map_err(|e| PipelineError::Route { lsn: end_lsn, message: format!("writing to stdout: {e}") })?;
+                            std::io::Write::flush(out).map_err(|e| PipelineError::Route {
+                                lsn: end_lsn,
+                                message: format!("writing to stdout: {e}"),
+                            })?;
                         } else if let Some(tx) = current.take() {
                             if let Some(tap) = &mut tap {
                                 tap.commit(end_lsn);
@@ -170,7 +181,11 @@ pub(super) async fn sink_loop(
 /// The first delivery failure, as the error that stops (permanent) or restarts (transient) the session.
 fn delivery_failure(progress: &Progress) -> Option<PipelineError> {
     let f = progress.failure()?;
-    Some(PipelineError::Sink(if progress.failure_is_transient() { SinkError::Retriable(f) } else { SinkError::Delivery(f) }))
+    Some(PipelineError::Sink(if progress.failure_is_transient() {
+        SinkError::Retriable(f)
+    } else {
+        SinkError::Delivery(f)
+    }))
 }
 
 /// A routing failure of the change or message at `lsn`.
@@ -198,9 +213,8 @@ async fn emit(
                 progress.add_message(tx);
                 progress.ack(tx);
             }
-            Sink::Print(out) => {
-                print_record(out, record).map_err(|e| PipelineError::Route { lsn, message: format!("writing to stdout: {e}") })?
-            }
+            Sink::Print(out) => print_record(out, record)
+                .map_err(|e| PipelineError::Route { lsn, message: format!("writing to stdout: {e}") })?,
         }
     }
     Ok(())
@@ -244,4 +258,3 @@ fn print_record(out: &mut impl std::io::Write, record: &Record) -> std::io::Resu
     line.extend_from_slice(b"}\n");
     out.write_all(&line)
 }
-

@@ -25,9 +25,15 @@ use super::PipelineError;
 const INTERVAL: Duration = Duration::from_secs(2);
 
 /// Runs until it finds a problem it cannot repair: then cancels `stop` and returns the error.
-pub(super) async fn table_watch(client: &tokio_postgres::Client, config: &Config, catalog: &Catalog, stop: &CancellationToken) -> PipelineError {
+pub(super) async fn table_watch(
+    client: &tokio_postgres::Client,
+    config: &Config,
+    catalog: &Catalog,
+    stop: &CancellationToken,
+) -> PipelineError {
     let tables: Vec<TableName> = catalog.tables.keys().cloned().collect();
-    let mut known: HashMap<TableName, Option<u32>> = catalog.tables.iter().map(|(t, i)| (t.clone(), Some(i.oid))).collect();
+    let mut known: HashMap<TableName, Option<u32>> =
+        catalog.tables.iter().map(|(t, i)| (t.clone(), Some(i.oid))).collect();
     let mut partitions = PartitionWatch::start(client, catalog).await;
     loop {
         tokio::select! {
@@ -57,7 +63,11 @@ pub(super) async fn table_watch(client: &tokio_postgres::Client, config: &Config
                 None => {}
                 Some(_) if m.published => {}
                 Some(oid) => {
-                    let why = if before.is_some_and(|b| b != oid) { "was dropped and re-created" } else { "was removed from the publication" };
+                    let why = if before.is_some_and(|b| b != oid) {
+                        "was dropped and re-created"
+                    } else {
+                        "was removed from the publication"
+                    };
                     if let Err(e) = repair(client, config, catalog, &m.table, why).await {
                         stop.cancel();
                         return e;
@@ -69,7 +79,13 @@ pub(super) async fn table_watch(client: &tokio_postgres::Client, config: &Config
 }
 
 /// Adds the table back to the publication and requests a backfill of it, or says why that is impossible.
-async fn repair(client: &tokio_postgres::Client, config: &Config, catalog: &Catalog, table: &TableName, why: &str) -> Result<(), PipelineError> {
+async fn repair(
+    client: &tokio_postgres::Client,
+    config: &Config,
+    catalog: &Catalog,
+    table: &TableName,
+    why: &str,
+) -> Result<(), PipelineError> {
     let publication = &config.source.publication;
     let refuse = |reason: String| {
         PipelineError::Config(format!(
@@ -79,7 +95,8 @@ async fn repair(client: &tokio_postgres::Client, config: &Config, catalog: &Cata
             table.quoted()
         ))
     };
-    let info = control::table_info(client, table).await.map_err(|e| refuse(format!("reading its catalog failed: {e}")))?;
+    let info =
+        control::table_info(client, table).await.map_err(|e| refuse(format!("reading its catalog failed: {e}")))?;
     let Some(info) = info else { return Ok(()) };
     if info.key_columns.is_empty() {
         return Err(refuse("it has no primary key, so ficus cannot backfill it".into()));
@@ -92,8 +109,12 @@ async fn repair(client: &tokio_postgres::Client, config: &Config, catalog: &Cata
             tracing::warn!(table = %table, "the re-created table has other columns than at start; rules see the new ones");
         }
     }
-    control::add_to_publication(client, publication, table).await.map_err(|e| refuse(format!("adding it back failed: {e}")))?;
-    let lsn = crate::snapshot::request_backfill(client, &config.source.slot, table, None).await.map_err(|e| refuse(format!("requesting the backfill failed: {e}")))?;
+    control::add_to_publication(client, publication, table)
+        .await
+        .map_err(|e| refuse(format!("adding it back failed: {e}")))?;
+    let lsn = crate::snapshot::request_backfill(client, &config.source.slot, table, None)
+        .await
+        .map_err(|e| refuse(format!("requesting the backfill failed: {e}")))?;
     tracing::error!(
         table = %table,
         backfill_lsn = %lsn,
@@ -143,7 +164,10 @@ impl PartitionWatch {
     /// Every partition below `parent` (sub-partitions included).
     async fn children(client: &tokio_postgres::Client, parent: u32) -> Result<Vec<u32>, tokio_postgres::Error> {
         let rows = client
-            .query("SELECT relid::oid FROM pg_partition_tree($1::oid) WHERE relid <> $1::oid::regclass ORDER BY 1", &[&parent])
+            .query(
+                "SELECT relid::oid FROM pg_partition_tree($1::oid) WHERE relid <> $1::oid::regclass ORDER BY 1",
+                &[&parent],
+            )
             .await?;
         Ok(rows.iter().map(|r| r.get::<_, u32>(0)).collect())
     }
@@ -164,14 +188,18 @@ impl PartitionWatch {
                 )));
             }
             if let Err(e) = crate::snapshot::request_backfill(client, &config.source.slot, name, None).await {
-                return Some(PipelineError::Config(format!("a partition was attached to captured table {name}; requesting its backfill failed: {e}")));
+                return Some(PipelineError::Config(format!(
+                    "a partition was attached to captured table {name}; requesting its backfill failed: {e}"
+                )));
             }
             tracing::warn!(
                 table = %name,
                 "a partition was attached to a captured partitioned table: PostgreSQL before 15 publishes its changes only \
                  from a new walsender on; restarting the stream, and backfilling the table so nothing written meanwhile is missed"
             );
-            return Some(PipelineError::Transient(format!("partition attached to {name} (PostgreSQL < 15): restarting the stream")));
+            return Some(PipelineError::Transient(format!(
+                "partition attached to {name} (PostgreSQL < 15): restarting the stream"
+            )));
         }
         None
     }

@@ -91,9 +91,7 @@ impl FromStr for SslMode {
             "require" => SslMode::Require,
             "verify-ca" => SslMode::VerifyCa,
             "verify-full" => SslMode::VerifyFull,
-            other => {
-                return Err(bad(format!("sslmode={other:?} is not supported; use one of: {}", SslMode::ACCEPTED)))
-            }
+            other => return Err(bad(format!("sslmode={other:?} is not supported; use one of: {}", SslMode::ACCEPTED))),
         })
     }
 }
@@ -108,7 +106,8 @@ pub struct ConnInfoError {
 }
 
 /// How to write special characters in a password, for messages (docs/configuration.md has the table).
-const ENCODING: &str = "'/' as %2F, '?' as %3F, '@' as %40, '#' as %23, ':' as %3A, '&' as %26, '%' as %25, space as %20";
+const ENCODING: &str =
+    "'/' as %2F, '?' as %3F, '@' as %40, '#' as %23, ':' as %3A, '&' as %26, '%' as %25, space as %20";
 
 /// Opening the control connection failed.
 #[derive(Debug, thiserror::Error)]
@@ -621,7 +620,8 @@ mod tests {
             assert!(e.contains("%2F") && e.contains("not shown"), "{url}: {e}");
         }
         // A password parameter with an unencoded '&'.
-        let e = ConnInfo::parse("postgres://u@h/d?password=iSECRET9&jSECRET10&sslmode=disable").unwrap_err().to_string();
+        let e =
+            ConnInfo::parse("postgres://u@h/d?password=iSECRET9&jSECRET10&sslmode=disable").unwrap_err().to_string();
         assert!(!e.contains("SECRET") && e.contains("%26"), "{e}");
         // Problems after the user information are still reported precisely, with the user information hidden.
         let e = ConnInfo::parse("postgres://u:pSECRET/x@h:99999/d").unwrap_err().to_string();

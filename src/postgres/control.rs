@@ -237,7 +237,8 @@ pub async fn table_info_by_oid(client: &Client, oid: u32) -> Result<Option<(Tabl
     // index: a primary-key index that is also the identity index is listed once, as primary.
     let identity_index = columns_of(false);
     // (An identity index that is the primary key shows up as primary: `columns_of(true)` then covers both.)
-    let key_columns = if replica_identity == b'i' && !identity_index.is_empty() { identity_index } else { columns_of(true) };
+    let key_columns =
+        if replica_identity == b'i' && !identity_index.is_empty() { identity_index } else { columns_of(true) };
     let columns = client
         .query(
             "SELECT attname::text, atttypid, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute \
@@ -335,7 +336,12 @@ pub async fn preflight(client: &Client, config: &Config) -> Result<(Report, Cata
     let version: i32 = setting(client, "server_version_num").await?.parse().unwrap_or(0);
     let version_text = setting(client, "server_version").await?;
     if version < 100_000 {
-        report.push(Status::Fail, "server version", format!("{version_text} has no pgoutput"), Some("upgrade to PostgreSQL 10 or later".into()));
+        report.push(
+            Status::Fail,
+            "server version",
+            format!("{version_text} has no pgoutput"),
+            Some("upgrade to PostgreSQL 10 or later".into()),
+        );
     } else {
         report.push(Status::Ok, "server version", version_text, None);
     }
@@ -499,7 +505,11 @@ pub struct Membership {
 }
 
 /// The current OID and publication membership of each of `tables` (one query, however many tables).
-pub async fn publication_members(client: &Client, publication: &str, tables: &[TableName]) -> Result<Vec<Membership>, ControlError> {
+pub async fn publication_members(
+    client: &Client,
+    publication: &str,
+    tables: &[TableName],
+) -> Result<Vec<Membership>, ControlError> {
     let version: i32 = setting(client, "server_version_num").await?.parse().unwrap_or(0);
     // FOR TABLES IN SCHEMA exists from PostgreSQL 15 on.
     let in_schema = if version >= 150_000 {
@@ -524,7 +534,11 @@ pub async fn publication_members(client: &Client, publication: &str, tables: &[T
         .map_err(sql("reading the publication's tables"))?;
     Ok(rows
         .iter()
-        .map(|r| Membership { table: TableName { schema: r.get(0), name: r.get(1) }, oid: r.get(2), published: r.get(3) })
+        .map(|r| Membership {
+            table: TableName { schema: r.get(0), name: r.get(1) },
+            oid: r.get(2),
+            published: r.get(3),
+        })
         .collect())
 }
 
@@ -555,8 +569,14 @@ async fn check_publication(
         report.push(
             status,
             title,
-            if status == Status::Ok { "missing, ficus will create it".to_string() } else { "missing and this role cannot create it".to_string() },
-            (status == Status::Fail).then(|| format!("CREATE PUBLICATION {} FOR TABLE {list};  -- as the tables' owner", quote_ident(publication))),
+            if status == Status::Ok {
+                "missing, ficus will create it".to_string()
+            } else {
+                "missing and this role cannot create it".to_string()
+            },
+            (status == Status::Fail).then(|| {
+                format!("CREATE PUBLICATION {} FOR TABLE {list};  -- as the tables' owner", quote_ident(publication))
+            }),
         );
     } else if missing.is_empty() {
         report.push(Status::Ok, title, "includes every captured table", None);
@@ -613,7 +633,8 @@ async fn check_retained_wal(client: &Client, slot: &str, title: &str, report: &m
 async fn check_slot(client: &Client, config: &Config, report: &mut Report) -> Result<(), ControlError> {
     let slot = &config.source.slot;
     let title = format!("replication slot {slot}");
-    let database: String = client.query_one("SELECT current_database()::text", &[]).await.map_err(sql("reading database"))?.get(0);
+    let database: String =
+        client.query_one("SELECT current_database()::text", &[]).await.map_err(sql("reading database"))?.get(0);
     match slot_info(client, slot).await? {
         None => {
             let row = client
@@ -629,21 +650,34 @@ async fn check_slot(client: &Client, config: &Config, report: &mut Report) -> Re
                     Status::Fail,
                     title,
                     format!("missing, and all {max} slots are in use"),
-                    Some("ALTER SYSTEM SET max_replication_slots = <more>;  -- then restart; or drop an unused slot".into()),
+                    Some(
+                        "ALTER SYSTEM SET max_replication_slots = <more>;  -- then restart; or drop an unused slot"
+                            .into(),
+                    ),
                 );
             } else {
                 report.push(Status::Ok, title, "missing, ficus will create it (pgoutput)", None);
             }
         }
         Some(info) => {
-            let fix_drop = format!("SELECT pg_drop_replication_slot('{}');  -- only if nothing else uses it", slot.replace('\'', "''"));
+            let fix_drop = format!(
+                "SELECT pg_drop_replication_slot('{}');  -- only if nothing else uses it",
+                slot.replace('\'', "''")
+            );
             if info.plugin.as_deref() != Some("pgoutput") {
                 let plugin = info.plugin.as_deref().unwrap_or("none (a physical slot)");
                 report.push(Status::Fail, title, format!("uses plugin {plugin}, ficus needs pgoutput"), Some(fix_drop));
             } else if info.database.as_deref() != Some(database.as_str()) {
                 let db = info.database.as_deref().unwrap_or("none (a physical slot)");
-                report.push(Status::Fail, title, format!("belongs to database {db}, not {database}"), Some("choose another source.slot".into()));
-            } else if info.wal_status.as_deref() == Some("lost") && config.snapshot.on_gap == crate::snapshot::OnGap::Resnapshot {
+                report.push(
+                    Status::Fail,
+                    title,
+                    format!("belongs to database {db}, not {database}"),
+                    Some("choose another source.slot".into()),
+                );
+            } else if info.wal_status.as_deref() == Some("lost")
+                && config.snapshot.on_gap == crate::snapshot::OnGap::Resnapshot
+            {
                 report.push(
                     Status::Warn,
                     title,
@@ -672,10 +706,7 @@ async fn check_slot(client: &Client, config: &Config, report: &mut Report) -> Re
         }
     }
     let row = client
-        .query_one(
-            "SELECT (SELECT count(*) FROM pg_stat_replication), current_setting('max_wal_senders')::bigint",
-            &[],
-        )
+        .query_one("SELECT (SELECT count(*) FROM pg_stat_replication), current_setting('max_wal_senders')::bigint", &[])
         .await
         .map_err(sql("counting WAL senders"))?;
     let (used, max): (i64, i64) = (row.get(0), row.get(1));
@@ -721,9 +752,11 @@ pub async fn create_slot(client: &Client, slot: &str) -> Result<Lsn, ControlErro
         .query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
         .await
         .map_err(sql(format!("creating replication slot {slot}")))?;
-    row.get::<_, String>(0)
-        .parse()
-        .map_err(|e| ControlError::Invalid(format!("creating replication slot {slot}: the server returned an LSN that does not parse: {e}")))
+    row.get::<_, String>(0).parse().map_err(|e| {
+        ControlError::Invalid(format!(
+            "creating replication slot {slot}: the server returned an LSN that does not parse: {e}"
+        ))
+    })
 }
 
 /// Drops the slot (only for the explicit `snapshot.on_gap: resnapshot` recovery from an invalidated slot).

@@ -124,8 +124,28 @@ pub fn maps_by_oid(type_oid: u32) -> bool {
     array_element_type(type_oid).is_some()
         || matches!(
             type_oid,
-            BOOL | BYTEA | CHAR | NAME | INT8 | INT2 | INT4 | TEXT | OID | JSON | FLOAT4 | FLOAT8 | BPCHAR | VARCHAR | DATE
-                | TIME | TIMESTAMP | TIMESTAMPTZ | INTERVAL | TIMETZ | NUMERIC | UUID | JSONB
+            BOOL | BYTEA
+                | CHAR
+                | NAME
+                | INT8
+                | INT2
+                | INT4
+                | TEXT
+                | OID
+                | JSON
+                | FLOAT4
+                | FLOAT8
+                | BPCHAR
+                | VARCHAR
+                | DATE
+                | TIME
+                | TIMESTAMP
+                | TIMESTAMPTZ
+                | INTERVAL
+                | TIMETZ
+                | NUMERIC
+                | UUID
+                | JSONB
         )
 }
 
@@ -605,18 +625,7 @@ fn parse_timestamp(s: &str, with_offset: bool) -> Option<Timestamp<'_>> {
     } else {
         return None;
     };
-    Some(Timestamp {
-        clock,
-        year,
-        month,
-        day,
-        hour,
-        minute,
-        second,
-        fraction: clock.get(8..)?,
-        offset_seconds,
-        bc,
-    })
+    Some(Timestamp { clock, year, month, day, hour, minute, second, fraction: clock.get(8..)?, offset_seconds, bc })
 }
 
 /// `±HH[:MM[:SS]]` → seconds east of UTC.
@@ -668,14 +677,8 @@ fn write_timestamp(out: &mut Vec<u8>, s: &str, with_offset: bool) -> Result<(), 
     let sod = utc.rem_euclid(86_400);
     out.push(b'"');
     write_year(out, year);
-    let _ = write!(
-        out,
-        "-{month:02}-{day:02}T{:02}:{:02}:{:02}{}Z\"",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60,
-        t.fraction
-    );
+    let _ =
+        write!(out, "-{month:02}-{day:02}T{:02}:{:02}:{:02}{}Z\"", sod / 3600, sod % 3600 / 60, sod % 60, t.fraction);
     Ok(())
 }
 
@@ -1259,7 +1262,8 @@ mod tests {
         let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
         for _ in 0..20_000 {
             let us = (rng.next() % 500_000_000_000_000_000) as i64 - 100_000_000_000_000_000;
-            let expected = chrono::DateTime::from_timestamp_micros(us).unwrap().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+            let expected =
+                chrono::DateTime::from_timestamp_micros(us).unwrap().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
             assert_eq!(format_unix_micros(us), expected, "{us}");
         }
         // Beyond chrono's range: still an answer, no panic.

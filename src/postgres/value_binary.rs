@@ -17,7 +17,9 @@
 
 use std::io::Write as _;
 
-use super::value::{self, append_base64, civil_from_days, oid, push_digits, validate_json, write_json_string, ValueError};
+use super::value::{
+    self, append_base64, civil_from_days, oid, push_digits, validate_json, write_json_string, ValueError,
+};
 
 /// Whether ficus can map binary values of `type_oid` (scalars below, and arrays of them).
 pub fn supports(type_oid: u32) -> bool {

@@ -57,14 +57,19 @@ pub(super) fn compile_rule(
             if prefix.is_empty() || prefix == crate::pipeline::HEARTBEAT_PREFIX {
                 return Err(ConfigError::invalid(
                     at("message"),
-                    format!("the prefix given to pg_logical_emit_message, e.g. payments ({} is ficus's own)", crate::pipeline::HEARTBEAT_PREFIX),
+                    format!(
+                        "the prefix given to pg_logical_emit_message, e.g. payments ({} is ficus's own)",
+                        crate::pipeline::HEARTBEAT_PREFIX
+                    ),
                 ));
             }
             (Kind::Message(prefix.clone()), None)
         }
         (_, _, Some(ob)) => {
             let table = parse_table(&ob.table, at("outbox.table"))?;
-            for (field, value) in [("key", spec.key.is_some()), ("data", spec.data.is_some()), ("on", spec.on.is_some())] {
+            for (field, value) in
+                [("key", spec.key.is_some()), ("data", spec.data.is_some()), ("on", spec.on.is_some())]
+            {
                 if value {
                     return Err(ConfigError::invalid(
                         at(field),
@@ -75,7 +80,10 @@ pub(super) fn compile_rule(
             let template = spec.topic.clone().unwrap_or_else(|| "outbox.event.{aggregatetype}".into());
             let sample = template.replace("{aggregatetype}", "x");
             if !is_topic_name(&sample) {
-                return Err(ConfigError::invalid(at("topic"), "a Kafka topic name of [a-zA-Z0-9._-], with {aggregatetype} where the aggregate type goes"));
+                return Err(ConfigError::invalid(
+                    at("topic"),
+                    "a Kafka topic name of [a-zA-Z0-9._-], with {aggregatetype} where the aggregate type goes",
+                ));
             }
             (Kind::Outbox(outbox::Outbox::new(ob, template)), Some(table))
         }
@@ -88,10 +96,16 @@ pub(super) fn compile_rule(
         (_, None) => return Err(ConfigError::invalid(at("topic"), "required: the Kafka topic of the events")),
     };
     if !matches!(kind, Kind::Outbox(_)) && spec.key.is_none() {
-        return Err(ConfigError::invalid(at("key"), "required: a CEL expression for the Kafka key, e.g. string(new.id)"));
+        return Err(ConfigError::invalid(
+            at("key"),
+            "required: a CEL expression for the Kafka key, e.g. string(new.id)",
+        ));
     }
     if matches!(kind, Kind::Message(_)) && spec.on.is_some() {
-        return Err(ConfigError::invalid(at("on"), "message rules fire on every message with their prefix; remove `on`"));
+        return Err(ConfigError::invalid(
+            at("on"),
+            "message rules fire on every message with their prefix; remove `on`",
+        ));
     }
     let ops = match &spec.on {
         None if matches!(kind, Kind::Outbox(_)) => vec![Op::Insert],
@@ -116,7 +130,8 @@ pub(super) fn compile_rule(
     // unusual type, which falls back to CEL at run time: its column is kept).
     let mut cel_reads = Reads::default();
     let mut compile = |key: String, source: &str| -> Result<Expression, ConfigError> {
-        let program = env.compile(source).map_err(|e| ConfigError::invalid(key.clone(), format!("invalid CEL: {e}")))?;
+        let program =
+            env.compile(source).map_err(|e| ConfigError::invalid(key.clone(), format!("invalid CEL: {e}")))?;
         for function in program.references().functions() {
             if !known_function(env, function) {
                 warnings.push(format!(
@@ -144,7 +159,10 @@ pub(super) fn compile_rule(
         if name.is_empty() || RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with(RESERVED_PREFIX) {
             return Err(ConfigError::invalid(
                 at(&format!("headers.{name}")),
-                format!("choose another header name; ficus sets {} and ce_* (CloudEvents)", RESERVED_HEADERS.join(", ")),
+                format!(
+                    "choose another header name; ficus sets {} and ce_* (CloudEvents)",
+                    RESERVED_HEADERS.join(", ")
+                ),
             ));
         }
         headers.push((name.clone(), compile(at(&format!("headers.{name}")), expr)?));
@@ -155,16 +173,23 @@ pub(super) fn compile_rule(
     };
     if matches!(kind, Kind::Message(_)) {
         if reads.whole_row || !reads.new_columns.is_empty() || !reads.old_columns.is_empty() {
-            return Err(ConfigError::invalid(at("message"), "message rules read `content`, `prefix` and `tx`, not `new`/`old`"));
+            return Err(ConfigError::invalid(
+                at("message"),
+                "message rules read `content`, `prefix` and `tx`, not `new`/`old`",
+            ));
         }
         if matches!(data, Data::Columns(_) | Data::Exclude(_)) {
-            return Err(ConfigError::invalid(at("data"), "a message has no columns: use fields over `content`, or omit data for the whole content"));
+            return Err(ConfigError::invalid(
+                at("data"),
+                "a message has no columns: use fields over `content`, or omit data for the whole content",
+            ));
         }
     }
     if let Data::Columns(cols) | Data::Exclude(cols) = &data {
         reads.new_columns.extend(cols.iter().cloned());
     }
-    let mut columns_read: Vec<String> = reads.new_columns.into_iter().chain(reads.old_columns.iter().cloned()).collect();
+    let mut columns_read: Vec<String> =
+        reads.new_columns.into_iter().chain(reads.old_columns.iter().cloned()).collect();
     columns_read.sort();
     columns_read.dedup();
     Ok(Rule {

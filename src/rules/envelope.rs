@@ -10,8 +10,8 @@
 use uuid::Uuid;
 
 use crate::change::{Change, TxMeta};
-use crate::lsn::Lsn;
 use crate::encode::SourceInfo;
+use crate::lsn::Lsn;
 use crate::postgres::value::{write_json_string, write_unix_micros};
 
 /// Namespace of every ficus UUIDv5 (documented in docs/events.md so consumers can recompute ids).
@@ -103,7 +103,10 @@ pub fn cloudevent_problem(e: &Envelope<'_>, o: &Origin<'_>) -> Option<String> {
     } else if e.key.is_empty() {
         Some("the key is empty: a CloudEvent's subject (the key) must not be empty".into())
     } else if !RFC3339_MICROS.contains(&o.tx.commit_time_us) {
-        Some(format!("the commit time {} is outside the years RFC 3339 (a CloudEvent's time) can write", occurred_at(o)))
+        Some(format!(
+            "the commit time {} is outside the years RFC 3339 (a CloudEvent's time) can write",
+            occurred_at(o)
+        ))
     } else {
         None
     }
@@ -234,7 +237,13 @@ mod tests {
     fn change(position: u32, commit_lsn: u64) -> Change {
         Change {
             op: Op::Update,
-            table: Arc::new(Table { oid: 1, schema: "public".into(), name: "orders".into(), columns: vec![], replica_identity: b'f' }),
+            table: Arc::new(Table {
+                oid: 1,
+                schema: "public".into(),
+                name: "orders".into(),
+                columns: vec![],
+                replica_identity: b'f',
+            }),
             before: None,
             before_is_key_only: false,
             after: None,
@@ -261,7 +270,10 @@ mod tests {
         assert_ne!(correlation_id(&source(), a.tx), correlation_id(&source(), c.tx));
         assert_eq!(event_id(&source(), &a, "X", 1).get_version_num(), 5);
         let mut buf = Vec::new();
-        assert_eq!(event_id_into(&mut buf, &source(), &a, "OrderShipped", 7), event_id(&source(), &a, "OrderShipped", 7).to_string());
+        assert_eq!(
+            event_id_into(&mut buf, &source(), &a, "OrderShipped", 7),
+            event_id(&source(), &a, "OrderShipped", 7).to_string()
+        );
     }
 
     /// The formula of docs/events.md, against ids computed independently with Python's `uuid.uuid5(NAMESPACE,
@@ -271,7 +283,10 @@ mod tests {
         let c = change(3, 0x16B3800);
         let o = Origin::of(&c);
         assert_eq!(event_id(&source(), &o, "OrderShipped", 2).to_string(), "742eb3b1-dae9-516b-98a0-2c33f0e335e0");
-        assert_eq!(event_id_into(&mut Vec::new(), &source(), &o, "OrderShipped", 2), "742eb3b1-dae9-516b-98a0-2c33f0e335e0");
+        assert_eq!(
+            event_id_into(&mut Vec::new(), &source(), &o, "OrderShipped", 2),
+            "742eb3b1-dae9-516b-98a0-2c33f0e335e0"
+        );
         assert_eq!(correlation_id(&source(), o.tx).to_string(), "27dbaa92-1a78-582e-9da8-89114699e32e");
         assert_eq!(NAMESPACE.to_string(), "6f1c3b8e-2d4a-4c7e-9a10-3e5b7d9f1a2c");
     }
@@ -287,7 +302,9 @@ mod tests {
         assert!(cloudevent_problem(&e("T", "", "k"), &o).unwrap().contains("id"));
         let mut far = change(0, 0x100);
         far.tx = Arc::new(TxMeta { xid: 7, commit_lsn: Lsn(0x100), commit_time_us: 253_402_300_800_000_000 });
-        assert!(cloudevent_problem(&e("T", "i", "k"), &Origin::of(&far)).unwrap().contains("commit time +10000-01-01T00:00:00"));
+        assert!(cloudevent_problem(&e("T", "i", "k"), &Origin::of(&far))
+            .unwrap()
+            .contains("commit time +10000-01-01T00:00:00"));
     }
 
     #[test]

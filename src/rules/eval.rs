@@ -56,7 +56,12 @@ impl<'c> LazyContext<'c> {
 /// The CEL variables of one change: `new`, `old` (maps or null), `op`, `table`, and `tx` when a rule reads it.
 /// Column names and text values are borrowed from the change, not copied; only the columns in `mask` (all when
 /// `None`) are converted.
-pub(super) fn change_context<'c>(env: &Arc<Env>, change: &'c Change, with_tx: bool, mask: Option<&[bool]>) -> Result<Context<'c, 'c>, String> {
+pub(super) fn change_context<'c>(
+    env: &Arc<Env>,
+    change: &'c Change,
+    with_tx: bool,
+    mask: Option<&[bool]>,
+) -> Result<Context<'c, 'c>, String> {
     let table = &*change.table;
     let mut scratch = Vec::new();
     let full_before = change.before.as_deref().filter(|_| !change.before_is_key_only);

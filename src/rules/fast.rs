@@ -58,10 +58,19 @@ impl Fast {
         };
         let which = if old { "old" } else { "new" };
         let row = if old { change.before.as_ref() } else { change.after.as_ref() };
-        let row = row.ok_or_else(|| format!("{which} is null for a{} {}", if change.op.as_str() == "insert" { "n" } else { "" }, change.op.as_str()))?;
-        let i = change.table.columns.iter().position(|c| c.name == name).ok_or_else(|| format!("no such key: {name}"))?;
+        let row = row.ok_or_else(|| {
+            format!(
+                "{which} is null for a{} {}",
+                if change.op.as_str() == "insert" { "n" } else { "" },
+                change.op.as_str()
+            )
+        })?;
+        let i =
+            change.table.columns.iter().position(|c| c.name == name).ok_or_else(|| format!("no such key: {name}"))?;
         if old && change.before_is_key_only && !change.table.columns[i].is_key {
-            return Err(format!("no such key: {name} (the old row holds only the key: REPLICA IDENTITY FULL sends all of it)"));
+            return Err(format!(
+                "no such key: {name} (the old row holds only the key: REPLICA IDENTITY FULL sends all of it)"
+            ));
         }
         let mut datum = row.get(i).ok_or_else(|| format!("no such key: {name}"))?;
         if *datum == Datum::UnchangedToast && !old && !change.before_is_key_only {
@@ -81,7 +90,10 @@ impl Fast {
         if !matches!(self, Fast::Column { .. }) {
             return None;
         }
-        Some(self.datum(change).and_then(|(i, datum)| encode::write_datum(out, &change.table, i, datum).map_err(|e| e.to_string())))
+        Some(
+            self.datum(change)
+                .and_then(|(i, datum)| encode::write_datum(out, &change.table, i, datum).map_err(|e| e.to_string())),
+        )
     }
 
     /// The value as text for a key or header: integers in decimal, strings as they are, null an error. `None`
@@ -102,7 +114,9 @@ impl Fast {
         match datum {
             Datum::Null => Some(Err("is null".into())),
             Datum::UnchangedToast => None,
-            Datum::Text(b) if type_oid != oid::INT2 && type_oid != oid::INT4 && type_oid != oid::INT8 && type_oid != oid::OID => {
+            Datum::Text(b)
+                if type_oid != oid::INT2 && type_oid != oid::INT4 && type_oid != oid::INT8 && type_oid != oid::OID =>
+            {
                 Some(std::str::from_utf8(b).map(str::to_string).map_err(|_| "is not valid UTF-8".into()))
             }
             _ => {
@@ -132,7 +146,8 @@ mod tests {
         assert_eq!(fast("new.id"), Some(Fast::Column { old: false, name: "id".into() }));
         assert_eq!(fast("old.status"), Some(Fast::Column { old: true, name: "status".into() }));
         assert_eq!(fast("string(new.id)"), Some(Fast::StringOf { old: false, name: "id".into() }));
-        for not_fast in ["new", "new.a.b", "has(new.a)", "string(new.id) + 'x'", "other.id", "new.id + 1", "new['id']"] {
+        for not_fast in ["new", "new.a.b", "has(new.a)", "string(new.id) + 'x'", "other.id", "new.id + 1", "new['id']"]
+        {
             assert_eq!(fast(not_fast), None, "{not_fast}");
         }
     }

@@ -22,8 +22,8 @@ pub mod schema;
 pub mod spec;
 pub mod values;
 
-use std::collections::{HashMap, HashSet};
 use std::cell::OnceCell;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use cel::common::ast::{EntryExpr, Expr};
@@ -209,7 +209,8 @@ impl RuleSet {
                 (_, None) => {}
             }
         }
-        let dlq_topic = config.kafka.dlq_topic.clone().unwrap_or_else(|| format!("{}.dlq", config.changes.topic_prefix));
+        let dlq_topic =
+            config.kafka.dlq_topic.clone().unwrap_or_else(|| format!("{}.dlq", config.changes.topic_prefix));
         Ok(RuleSet {
             stats: vec![RuleStats::default(); rules.len()],
             rules,
@@ -238,7 +239,12 @@ impl RuleSet {
         let mut items = Vec::new();
         for w in self.warnings.iter().filter(|w| w.contains(compile::UNKNOWN_FUNCTION)) {
             let (title, detail) = w.split_once(": ").unwrap_or(("events", w));
-            items.push(CheckItem { status: Status::Warn, title: title.to_string(), detail: detail.to_string(), fix: None });
+            items.push(CheckItem {
+                status: Status::Warn,
+                title: title.to_string(),
+                detail: detail.to_string(),
+                fix: None,
+            });
         }
         for (i, rule) in self.rules.iter().enumerate() {
             let title = format!("events[{i}] {} v{}", rule.name, rule.version);
@@ -248,11 +254,8 @@ impl RuleSet {
                 Kind::Outbox(ob) => ob.columns(),
                 _ => rule.columns_read.clone(),
             };
-            let unknown: Vec<&str> = needed
-                .iter()
-                .filter(|c| !info.columns.iter().any(|x| &x.name == *c))
-                .map(String::as_str)
-                .collect();
+            let unknown: Vec<&str> =
+                needed.iter().filter(|c| !info.columns.iter().any(|x| &x.name == *c)).map(String::as_str).collect();
             if !unknown.is_empty() {
                 let known: Vec<&str> = info.columns.iter().map(|c| c.name.as_str()).collect();
                 items.push(CheckItem {
@@ -276,7 +279,12 @@ impl RuleSet {
                 });
                 continue;
             }
-            items.push(CheckItem { status: Status::Ok, title, detail: format!("{table} → {}", rule.topic_text()), fix: None });
+            items.push(CheckItem {
+                status: Status::Ok,
+                title,
+                detail: format!("{table} → {}", rule.topic_text()),
+                fix: None,
+            });
         }
         items
     }
@@ -361,7 +369,8 @@ impl RuleSet {
         // The CEL maps are built on first use: rules made of column references never need them.
         let env = self.env.clone();
         let input = Input::Change(change);
-        let lazy = LazyContext { env: &env, input, with_tx: self.uses_tx, mask: mask.as_deref(), cell: OnceCell::new() };
+        let lazy =
+            LazyContext { env: &env, input, with_tx: self.uses_tx, mask: mask.as_deref(), cell: OnceCell::new() };
         for &i in indices.iter() {
             if !self.rules[i].ops.contains(&change.op) {
                 continue;
@@ -380,7 +389,12 @@ impl RuleSet {
 
     /// Runs the message rules of `message`'s prefix; appends events (and DLQ records) to `out`. Returns how many
     /// rules matched the prefix.
-    pub fn apply_message(&mut self, message: &LogicalMessage, source: &SourceInfo, out: &mut Vec<Record>) -> Result<usize, RuleFailure> {
+    pub fn apply_message(
+        &mut self,
+        message: &LogicalMessage,
+        source: &SourceInfo,
+        out: &mut Vec<Record>,
+    ) -> Result<usize, RuleFailure> {
         let Some(indices) = self.by_prefix.get(&message.prefix).cloned() else { return Ok(0) };
         let correlation = self.correlation_id(source, &message.tx);
         let env = self.env.clone();
@@ -444,13 +458,21 @@ impl RuleSet {
             }
         }
         let name = TableName { schema: table.schema.clone(), name: table.name.clone() };
-        let rules: Arc<[usize]> = self.by_table.get(&name).map(|v| v.as_slice().into()).unwrap_or_else(|| Arc::from([]));
+        let rules: Arc<[usize]> =
+            self.by_table.get(&name).map(|v| v.as_slice().into()).unwrap_or_else(|| Arc::from([]));
         let mask: Option<Arc<[bool]>> = if rules.iter().any(|&i| self.rules[i].cel_whole_row) {
             None
         } else {
-            Some(table.columns.iter().map(|c| rules.iter().any(|&i| self.rules[i].cel_columns.contains(&c.name))).collect())
+            Some(
+                table
+                    .columns
+                    .iter()
+                    .map(|c| rules.iter().any(|&i| self.rules[i].cel_columns.contains(&c.name)))
+                    .collect(),
+            )
         };
-        self.by_relation.insert(table.oid, RelationRules { table: table.clone(), rules: rules.clone(), mask: mask.clone() });
+        self.by_relation
+            .insert(table.oid, RelationRules { table: table.clone(), rules: rules.clone(), mask: mask.clone() });
         (rules, mask)
     }
 
@@ -466,7 +488,14 @@ impl RuleSet {
         }
     }
 
-    fn fail(&mut self, i: usize, input: Input<'_>, source: &SourceInfo, reason: &str, out: &mut Vec<Record>) -> Result<(), RuleFailure> {
+    fn fail(
+        &mut self,
+        i: usize,
+        input: Input<'_>,
+        source: &SourceInfo,
+        reason: &str,
+        out: &mut Vec<Record>,
+    ) -> Result<(), RuleFailure> {
         let rule = &self.rules[i];
         let (table, lsn, op) = match input {
             Input::Change(c) => (c.table.qualified_name(), c.lsn, c.op.as_str()),
@@ -487,7 +516,11 @@ impl RuleSet {
                     Input::Change(change) => match encode::raw_change(change, source) {
                         Ok(kp) => kp,
                         // Not even the raw change encodes: the DLQ record carries the reason and the position.
-                        Err(e) => (None, format!("{{\"error\":\"raw change not encodable: {}\"}}", e.to_string().replace('"', "'")).into_bytes()),
+                        Err(e) => (
+                            None,
+                            format!("{{\"error\":\"raw change not encodable: {}\"}}", e.to_string().replace('"', "'"))
+                                .into_bytes(),
+                        ),
                     },
                     Input::Message(m) => (None, message_json(m, source)),
                 };
@@ -532,7 +565,9 @@ fn message_json(m: &LogicalMessage, source: &SourceInfo) -> Vec<u8> {
     write_json_string(&mut out, &source.system);
     out.extend_from_slice(b",\"database\":");
     write_json_string(&mut out, &source.database);
-    out.extend_from_slice(format!(",\"lsn\":\"{}\",\"commitLsn\":\"{}\",\"txId\":{}}}}}", m.lsn, m.tx.commit_lsn, m.tx.xid).as_bytes());
+    out.extend_from_slice(
+        format!(",\"lsn\":\"{}\",\"commitLsn\":\"{}\",\"txId\":{}}}}}", m.lsn, m.tx.commit_lsn, m.tx.xid).as_bytes(),
+    );
     out
 }
 
@@ -542,7 +577,9 @@ mod tests;
 /// The largest record librdkafka accepts: `message.max.bytes` (default 1,000,000), and at most its whole queue
 /// (`queue.buffering.max.kbytes`, 8192 KiB here by default) — a record larger than the queue would wait for room forever.
 fn max_record_bytes(config: &Config) -> usize {
-    let property = |key: &str| config.kafka.properties.get(key).and_then(|v| v.to_string().trim_matches('"').parse::<usize>().ok());
+    let property = |key: &str| {
+        config.kafka.properties.get(key).and_then(|v| v.to_string().trim_matches('"').parse::<usize>().ok())
+    };
     let message_max = property("message.max.bytes").unwrap_or(1_000_000);
     let queue_max = property("queue.buffering.max.kbytes").unwrap_or(8192).saturating_mul(1024);
     message_max.min(queue_max)

@@ -43,7 +43,13 @@ impl Outbox {
 
     /// Every column the rule reads (checked against the catalog by `ficus check`).
     pub(super) fn columns(&self) -> Vec<String> {
-        let mut c = vec![self.id.clone(), self.aggregatetype.clone(), self.aggregateid.clone(), self.r#type.clone(), self.payload.clone()];
+        let mut c = vec![
+            self.id.clone(),
+            self.aggregatetype.clone(),
+            self.aggregateid.clone(),
+            self.r#type.clone(),
+            self.payload.clone(),
+        ];
         c.extend(self.headers.iter().cloned());
         c
     }
@@ -94,7 +100,9 @@ impl Outbox {
         let (_, payload) = column_json(change, &self.payload, &mut bufs.scratch)?;
         // A text payload that holds JSON is published as that JSON.
         let payload: Vec<u8> = match serde_json::from_slice::<serde_json::Value>(payload) {
-            Ok(serde_json::Value::String(s)) if serde_json::from_str::<serde::de::IgnoredAny>(&s).is_ok() => s.into_bytes(),
+            Ok(serde_json::Value::String(s)) if serde_json::from_str::<serde::de::IgnoredAny>(&s).is_ok() => {
+                s.into_bytes()
+            }
             _ => payload.to_vec(),
         };
         let head = EventHead {
@@ -124,7 +132,12 @@ impl Outbox {
 /// The JSON of column `name` of the new row, as the value mapping writes it, in `scratch`.
 fn column_json<'s>(change: &Change, name: &str, scratch: &'s mut Vec<u8>) -> Result<(usize, &'s [u8]), String> {
     let row = change.after.as_ref().ok_or("the outbox change has no new row")?;
-    let i = change.table.columns.iter().position(|c| c.name == name).ok_or_else(|| format!("the outbox table has no column {name}"))?;
+    let i = change
+        .table
+        .columns
+        .iter()
+        .position(|c| c.name == name)
+        .ok_or_else(|| format!("the outbox table has no column {name}"))?;
     let datum = row.get(i).ok_or_else(|| format!("the outbox table has no column {name}"))?;
     if *datum == Datum::UnchangedToast {
         return Err(format!("outbox column {name}: unchanged TOAST value not sent"));

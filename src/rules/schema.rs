@@ -119,7 +119,11 @@ fn formatted_or(format: &str, pattern: &str) -> Json {
 /// An array of `elem` values of 1 to [`MAX_ARRAY_DIMENSIONS`] dimensions (`{{1,2},{3,4}}` is `[[1,2],[3,4]]`);
 /// elements may be null, sub-arrays not.
 fn array_schema(elem: &Json, dimensions: usize) -> Json {
-    let items = if dimensions <= 1 { nullable(elem.clone()) } else { json!({"anyOf": [nullable(elem.clone()), array_schema(elem, dimensions - 1)]}) };
+    let items = if dimensions <= 1 {
+        nullable(elem.clone())
+    } else {
+        json!({"anyOf": [nullable(elem.clone()), array_schema(elem, dimensions - 1)]})
+    };
     json!({"type": "array", "items": items})
 }
 
@@ -186,7 +190,11 @@ fn expr_schema(e: &Expr, columns: Option<&[ColumnType]>) -> Json {
                 matches!(&x.expr, EntryExpr::MapEntry(me) if matches!(me.key.expr, Expr::Literal(LiteralValue::String(_))))
             });
             // A map literal indexed right away (`{'N': 'new'}[code]`) is handled by INDEX below.
-            if all_string_keys { t("object") } else { json!({}) }
+            if all_string_keys {
+                t("object")
+            } else {
+                json!({})
+            }
         }
         Expr::Call(c) => {
             let arg = |i: usize| c.args.get(i).map(|a| expr_schema(&a.expr, columns)).unwrap_or_else(|| json!({}));
@@ -198,10 +206,24 @@ fn expr_schema(e: &Expr, columns: Option<&[ColumnType]>) -> Json {
                 | "getMilliseconds" => t("integer"),
                 "double" | "math.round" | "math.floor" | "math.ceil" | "math.trunc" => float_schema(),
                 "timestamp" => json!({"type": "string", "format": "date-time"}),
-                "bool" | "startsWith" | "endsWith" | "contains" | "matches" | "exists" | "all" | "exists_one"
-                | operators::LOGICAL_AND | operators::LOGICAL_OR | operators::LOGICAL_NOT | operators::EQUALS
-                | operators::NOT_EQUALS | operators::LESS | operators::LESS_EQUALS | operators::GREATER
-                | operators::GREATER_EQUALS | operators::IN => t("boolean"),
+                "bool"
+                | "startsWith"
+                | "endsWith"
+                | "contains"
+                | "matches"
+                | "exists"
+                | "all"
+                | "exists_one"
+                | operators::LOGICAL_AND
+                | operators::LOGICAL_OR
+                | operators::LOGICAL_NOT
+                | operators::EQUALS
+                | operators::NOT_EQUALS
+                | operators::LESS
+                | operators::LESS_EQUALS
+                | operators::GREATER
+                | operators::GREATER_EQUALS
+                | operators::IN => t("boolean"),
                 operators::CONDITIONAL => union(arg(1), arg(2)),
                 operators::INDEX => match &c.args.first().map(|a| &a.expr) {
                     // `{'N': 'new', ...}[code]`: the type of the values when they agree.
@@ -221,7 +243,9 @@ fn expr_schema(e: &Expr, columns: Option<&[ColumnType]>) -> Json {
                     let ty = |s: &Json| match s.get("type") {
                         Some(Json::String(t)) => Some(t.clone()),
                         // float_schema, also of a (nullable, described) float column: a double operand.
-                        Some(Json::Array(ts)) if ts.contains(&json!("number")) && s.get("pattern") == float_schema().get("pattern") => {
+                        Some(Json::Array(ts))
+                            if ts.contains(&json!("number")) && s.get("pattern") == float_schema().get("pattern") =>
+                        {
                             Some("number".to_string())
                         }
                         _ => None,

@@ -32,7 +32,8 @@ fn compile_error(events: &str) -> String {
 }
 
 fn orders() -> Arc<Table> {
-    let col = |name: &str, type_oid: u32, is_key: bool| Column { name: name.into(), type_oid, type_modifier: -1, is_key };
+    let col =
+        |name: &str, type_oid: u32, is_key: bool| Column { name: name.into(), type_oid, type_modifier: -1, is_key };
     Arc::new(Table {
         oid: 16384,
         schema: "public".into(),
@@ -104,7 +105,10 @@ fn a_transition_rule_fires_only_on_the_transition() {
     assert_eq!(e["key"], "42");
     assert_eq!(e["occurredAt"], "2026-11-22T08:00:00.123456Z");
     assert_eq!(e["source"]["table"], "public.orders");
-    assert_eq!(e["data"], serde_json::json!({"orderId": 42, "amount": {"cents": 1250, "total": 12.5}, "shippedAt": null}));
+    assert_eq!(
+        e["data"],
+        serde_json::json!({"orderId": 42, "amount": {"cents": 1250, "total": 12.5}, "shippedAt": null})
+    );
     assert_eq!(out[0].key.as_deref(), Some(&b"42"[..]));
     assert_eq!(&*out[0].topic, "shop.orders");
     for h in ["event-type", "event-id", "event-version", "correlation-id", "content-type"] {
@@ -273,14 +277,17 @@ fn style_is_warned_not_refused_and_reads_are_collected() {
 #[test]
 fn catalog_preflight_names_unknown_columns_and_missing_old_rows() {
     use crate::postgres::control::{ColumnType, TableInfo};
-    let r = rules(&format!("{SHIPPED}  - {{name: OrderTyped, table: public.orders, key: new.id, topic: t, data: {{x: new.stat}}}}\n"));
+    let r = rules(&format!(
+        "{SHIPPED}  - {{name: OrderTyped, table: public.orders, key: new.id, topic: t, data: {{x: new.stat}}}}\n"
+    ));
     let mut catalog = Catalog::default();
     let columns = orders()
         .columns
         .iter()
         .map(|c| ColumnType { name: c.name.clone(), type_oid: c.type_oid, type_name: "x".into(), not_null: c.is_key })
         .collect();
-    let info = TableInfo { oid: 1, replica_identity: b'd', key_columns: vec!["id".into()], has_primary_key: true, columns };
+    let info =
+        TableInfo { oid: 1, replica_identity: b'd', key_columns: vec!["id".into()], has_primary_key: true, columns };
     catalog.tables.insert(TableName::parse("public.orders").unwrap(), info);
     let items = r.preflight(&catalog);
     assert_eq!(items.len(), 2);
@@ -364,11 +371,13 @@ events:
     assert_eq!(json(canonical)["eventVersion"], 3);
     assert_eq!(canonical.header("content-type"), Some("application/json"));
     // ce_ headers are CloudEvents' own.
-    assert!(compile_error("  - {name: A, table: public.orders, key: new.id, topic: t, headers: {ce_id: '1'}}\n").starts_with("events[0].headers.ce_id"));
+    assert!(compile_error("  - {name: A, table: public.orders, key: new.id, topic: t, headers: {ce_id: '1'}}\n")
+        .starts_with("events[0].headers.ce_id"));
 }
 
 fn outbox_table() -> Arc<Table> {
-    let col = |name: &str, type_oid: u32, is_key: bool| Column { name: name.into(), type_oid, type_modifier: -1, is_key };
+    let col =
+        |name: &str, type_oid: u32, is_key: bool| Column { name: name.into(), type_oid, type_modifier: -1, is_key };
     Arc::new(Table {
         oid: 16400,
         schema: "public".into(),
@@ -389,7 +398,11 @@ fn outbox_table() -> Arc<Table> {
 fn outbox_rows_become_events_with_their_own_id_type_key_and_payload() {
     let mut r = rules("  - {name: ShopOutbox, outbox: {table: public.customers, headers: [tenant]}}\n");
     let id = "7f1c3b8e-2d4a-4c7e-9a10-3e5b7d9f1a2c";
-    let mut change = update(None, vec![text(id), text("Order Line"), text("42"), text("OrderCreated"), text(r#"{"total": 12.5}"#), text("acme")], 0);
+    let mut change = update(
+        None,
+        vec![text(id), text("Order Line"), text("42"), text("OrderCreated"), text(r#"{"total": 12.5}"#), text("acme")],
+        0,
+    );
     change.op = Op::Insert;
     change.table = outbox_table();
     let mut out = Vec::new();
@@ -470,8 +483,14 @@ fn logical_messages_become_events_and_failures_go_to_the_dlq() {
 
 #[test]
 fn an_event_larger_than_message_max_bytes_goes_to_the_dlq() {
-    let cfg = format!("{}{}", BASE.replace("  brokers: 127.0.0.1:9092\n", "  brokers: 127.0.0.1:9092\n  properties: {message.max.bytes: 2000}\n"),
-        "  - {name: OrderNoted, table: public.orders, key: string(new.id), topic: t, data: {notes: new.notes}}\n");
+    let cfg = format!(
+        "{}{}",
+        BASE.replace(
+            "  brokers: 127.0.0.1:9092\n",
+            "  brokers: 127.0.0.1:9092\n  properties: {message.max.bytes: 2000}\n"
+        ),
+        "  - {name: OrderNoted, table: public.orders, key: string(new.id), topic: t, data: {notes: new.notes}}\n"
+    );
     let mut r = RuleSet::compile(&Config::from_yaml(&cfg, &|_| None).unwrap()).unwrap();
     let mut big = row("1", "P");
     big[5] = text(&"x".repeat(3000));
@@ -483,7 +502,6 @@ fn an_event_larger_than_message_max_bytes_goes_to_the_dlq() {
     r.apply(&update(None, row("1", "P"), 1), &source(), &mut out).unwrap();
     assert_eq!(&*out[0].topic, "t", "small events pass");
 }
-
 
 #[test]
 fn an_unknown_cel_function_is_warned_at_start_and_known_ones_are_not() {
@@ -507,8 +525,16 @@ fn an_unknown_cel_function_is_warned_at_start_and_known_ones_are_not() {
     assert_eq!(unknown.len(), 2, "{unknown:?}");
     assert!(unknown[0].starts_with("events[0].when") && unknown[0].contains("`nosuch`"), "{unknown:?}");
     assert!(unknown[1].contains("`nosuchmember`"), "{unknown:?}");
-    let info = crate::postgres::control::TableInfo { oid: 1, replica_identity: b'f', key_columns: vec!["id".into()], has_primary_key: true, columns: Vec::new() };
-    let catalog = Catalog { tables: [(TableName { schema: "public".into(), name: "orders".into() }, info)].into_iter().collect() };
+    let info = crate::postgres::control::TableInfo {
+        oid: 1,
+        replica_identity: b'f',
+        key_columns: vec!["id".into()],
+        has_primary_key: true,
+        columns: Vec::new(),
+    };
+    let catalog = Catalog {
+        tables: [(TableName { schema: "public".into(), name: "orders".into() }, info)].into_iter().collect(),
+    };
     let items = r.preflight(&catalog);
     assert!(items.iter().any(|i| i.status == Status::Warn && i.detail.contains("`nosuch`")), "{items:?}");
 }

@@ -64,25 +64,40 @@ pub fn row_to_val<'a>(
 
 /// One non-null column value as a CEL value. Text types borrow their bytes; everything else goes through the
 /// JSON mapping (the same code as raw change events, so both agree on every value).
-fn datum_to_val<'a>(type_oid: u32, bytes: &'a [u8], binary: bool, scratch: &mut Vec<u8>) -> Result<Box<dyn Val + 'a>, String> {
+fn datum_to_val<'a>(
+    type_oid: u32,
+    bytes: &'a [u8],
+    binary: bool,
+    scratch: &mut Vec<u8>,
+) -> Result<Box<dyn Val + 'a>, String> {
     let as_str = |b: &'a [u8]| std::str::from_utf8(b).map_err(|_| "not valid UTF-8".to_string());
     // Fast paths for the common scalar types; the rest (and anything unusual) takes the JSON route below.
     match (type_oid, binary) {
         // Text and binary forms of these are the string itself.
-        (oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME, _) => return Ok(Box::new(CelString::from(as_str(bytes)?))),
+        (oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME, _) => {
+            return Ok(Box::new(CelString::from(as_str(bytes)?)))
+        }
         (oid::INT2 | oid::INT4 | oid::INT8 | oid::OID, false) => {
             let text = as_str(bytes)?;
-            return text.parse::<i64>().map(|i| Box::new(CelInt::from(i)) as Box<dyn Val>).map_err(|_| format!("{text:?} is not an integer"));
+            return text
+                .parse::<i64>()
+                .map(|i| Box::new(CelInt::from(i)) as Box<dyn Val>)
+                .map_err(|_| format!("{text:?} is not an integer"));
         }
         (oid::FLOAT4 | oid::FLOAT8, false) => {
             // Rust parses PostgreSQL's NaN, Infinity and -Infinity too.
             let text = as_str(bytes)?;
-            return text.parse::<f64>().map(|f| Box::new(CelDouble::from(f)) as Box<dyn Val>).map_err(|_| format!("{text:?} is not a number"));
+            return text
+                .parse::<f64>()
+                .map(|f| Box::new(CelDouble::from(f)) as Box<dyn Val>)
+                .map_err(|_| format!("{text:?} is not a number"));
         }
         (oid::BOOL, false) if bytes.len() == 1 && matches!(bytes[0], b't' | b'f') => {
             return Ok(Box::new(CelBool::from(bytes[0] == b't')));
         }
-        (oid::INT2, true) if bytes.len() == 2 => return Ok(Box::new(CelInt::from(i64::from(i16::from_be_bytes([bytes[0], bytes[1]]))))),
+        (oid::INT2, true) if bytes.len() == 2 => {
+            return Ok(Box::new(CelInt::from(i64::from(i16::from_be_bytes([bytes[0], bytes[1]])))))
+        }
         (oid::INT4, true) if bytes.len() == 4 => {
             return Ok(Box::new(CelInt::from(i64::from(i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])))));
         }
@@ -100,7 +115,9 @@ fn datum_to_val<'a>(type_oid: u32, bytes: &'a [u8], binary: bool, scratch: &mut 
             }
         }
         (oid::FLOAT4, true) if bytes.len() == 4 => {
-            return Ok(Box::new(CelDouble::from(f64::from(f32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])))));
+            return Ok(Box::new(CelDouble::from(f64::from(f32::from_be_bytes([
+                bytes[0], bytes[1], bytes[2], bytes[3],
+            ])))));
         }
         (oid::BOOL, true) if bytes.len() == 1 => return Ok(Box::new(CelBool::from(bytes[0] != 0))),
         (oid::TIMESTAMP | oid::TIMESTAMPTZ, true) => {
@@ -116,7 +133,11 @@ fn datum_to_val<'a>(type_oid: u32, bytes: &'a [u8], binary: bool, scratch: &mut 
         _ => {}
     }
     scratch.clear();
-    let written = if binary { value_binary::write_json(scratch, type_oid, bytes) } else { value::write_json(scratch, type_oid, bytes) };
+    let written = if binary {
+        value_binary::write_json(scratch, type_oid, bytes)
+    } else {
+        value::write_json(scratch, type_oid, bytes)
+    };
     written.map_err(|e| e.to_string())?;
     let json = std::str::from_utf8(scratch).map_err(|_| "not valid UTF-8".to_string())?;
     // Plain JSON strings without escapes (numeric, uuid, dates, enums, …): no parser needed.
@@ -128,7 +149,9 @@ fn datum_to_val<'a>(type_oid: u32, bytes: &'a [u8], binary: bool, scratch: &mut 
     }
     let value = match type_oid {
         oid::BOOL => Value::Bool(json == "true"),
-        oid::INT2 | oid::INT4 | oid::INT8 | oid::OID => Value::Int(json.parse::<i64>().map_err(|_| format!("{json} is not an integer"))?),
+        oid::INT2 | oid::INT4 | oid::INT8 | oid::OID => {
+            Value::Int(json.parse::<i64>().map_err(|_| format!("{json} is not an integer"))?)
+        }
         // A float column stays a double even when its value is integral (`3` == `3.0` must hold in CEL).
         oid::FLOAT4 | oid::FLOAT8 => Value::Float(json.parse::<f64>().map_err(|_| format!("{json} is not a number"))?),
         _ => {
@@ -300,7 +323,8 @@ mod tests {
     use crate::change::Column;
 
     fn table() -> Table {
-        let col = |name: &str, type_oid: u32, is_key: bool| Column { name: name.into(), type_oid, type_modifier: -1, is_key };
+        let col =
+            |name: &str, type_oid: u32, is_key: bool| Column { name: name.into(), type_oid, type_modifier: -1, is_key };
         Table {
             oid: 1,
             schema: "public".into(),

@@ -188,7 +188,17 @@ mod tests {
 
         let id = ledger.next_id();
         assert_eq!(id, 2);
-        ledger.record(Lsn(400), Mutation::Add(Job { id, schema: "public".into(), table: "a".into(), filter: Some("x > 1".into()), after: None, rows: 0 }));
+        ledger.record(
+            Lsn(400),
+            Mutation::Add(Job {
+                id,
+                schema: "public".into(),
+                table: "a".into(),
+                filter: Some("x > 1".into()),
+                after: None,
+                rows: 0,
+            }),
+        );
         ledger.record(Lsn(500), Mutation::Chunk { job: 1, after: None, rows: 0, finished: true });
         ledger.record(Lsn(600), Mutation::Chunk { job: 2, after: None, rows: 3, finished: true });
         assert!(!ledger.complete_at(Lsn(500)));

@@ -301,7 +301,10 @@ impl Snapshots {
     fn job_failed(&self, job: &Job, e: &SnapshotError) {
         tracing::error!(table = %job.table_name(), job = job.id, error = %e, "snapshot of table failed; the job is dropped (fix the cause, then request it again with `ficus backfill`)");
         // Dropping a job needs nothing in Kafka: effective at once.
-        self.ledger.record(crate::lsn::Lsn::INVALID, ledger::Mutation::Chunk { job: job.id, after: None, rows: 0, finished: true });
+        self.ledger.record(
+            crate::lsn::Lsn::INVALID,
+            ledger::Mutation::Chunk { job: job.id, after: None, rows: 0, finished: true },
+        );
         self.end_job(job, JobState::Failed(e.to_string()));
     }
 

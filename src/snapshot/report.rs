@@ -18,8 +18,10 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 /// do not overwrite each other.
 pub fn bars() -> Option<&'static MultiProgress> {
     static BARS: OnceLock<Option<MultiProgress>> = OnceLock::new();
-    BARS.get_or_init(|| std::io::stderr().is_terminal().then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())))
-        .as_ref()
+    BARS.get_or_init(|| {
+        std::io::stderr().is_terminal().then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()))
+    })
+    .as_ref()
 }
 
 /// Rows per second since the job started in this session, and the seconds left when the total is known.
@@ -56,7 +58,8 @@ pub(super) async fn run(shared: Arc<Snapshots>, health: Arc<Health>, stop: Cance
                 let table = p.table.to_string();
                 if p.state == JobState::Running {
                     if let Some(total) = p.estimated {
-                        metrics::gauge!(crate::metrics::SNAPSHOT_REMAINING, "table" => table.clone()).set(total.saturating_sub(p.rows) as f64);
+                        metrics::gauge!(crate::metrics::SNAPSHOT_REMAINING, "table" => table.clone())
+                            .set(total.saturating_sub(p.rows) as f64);
                     }
                     if p.last_logged.is_some_and(|t| t.elapsed() >= LOG_EVERY) {
                         p.last_logged = Some(Instant::now());

@@ -118,14 +118,12 @@ impl Tap {
     }
 
     fn high(&mut self, id: u64, message: &LogicalMessage) -> Result<Vec<Change>, TapError> {
-        let window = self
-            .windows
-            .remove(&id)
-            .ok_or_else(|| TapError(format!("high watermark of chunk {id} at {} without its low watermark", message.lsn)))?;
-        let chunk = self
-            .shared
-            .take_chunk(id)
-            .ok_or_else(|| TapError(format!("high watermark of chunk {id} at {} but no chunk was read", message.lsn)))?;
+        let window = self.windows.remove(&id).ok_or_else(|| {
+            TapError(format!("high watermark of chunk {id} at {} without its low watermark", message.lsn))
+        })?;
+        let chunk = self.shared.take_chunk(id).ok_or_else(|| {
+            TapError(format!("high watermark of chunk {id} at {} but no chunk was read", message.lsn))
+        })?;
         let total = chunk.rows.len();
         let table = chunk.table.clone();
         let mut out = Vec::with_capacity(if window.truncated { 0 } else { total });
@@ -154,7 +152,12 @@ impl Tap {
         if out.len() < total {
             tracing::debug!(chunk = id, table = %table.qualified_name(), superseded = total - out.len(), "snapshot rows superseded by changes during the read");
         }
-        self.at_commit.push(Mutation::Chunk { job: chunk.job, after: chunk.after, rows: total as u64, finished: chunk.finished });
+        self.at_commit.push(Mutation::Chunk {
+            job: chunk.job,
+            after: chunk.after,
+            rows: total as u64,
+            finished: chunk.finished,
+        });
         // The worker may read its next chunk now.
         let _ = chunk.taken.send(());
         Ok(out)
@@ -172,7 +175,8 @@ impl Tap {
             return;
         }
         let table = TableName { schema: req.schema.clone(), name: req.table.clone() };
-        let refuse = |why: String| tracing::error!(table = %table, lsn = %message.lsn, "backfill request refused: {why}");
+        let refuse =
+            |why: String| tracing::error!(table = %table, lsn = %message.lsn, "backfill request refused: {why}");
         if !self.shared.accept_requests {
             return refuse("snapshot.backfill_requests is false".into());
         }
@@ -184,7 +188,14 @@ impl Tap {
                 return refuse(format!("the --where condition {e}"));
             }
         }
-        let job = Job { id: self.shared.ledger.next_id(), schema: req.schema, table: req.table, filter: req.filter, after: None, rows: 0 };
+        let job = Job {
+            id: self.shared.ledger.next_id(),
+            schema: req.schema,
+            table: req.table,
+            filter: req.filter,
+            after: None,
+            rows: 0,
+        };
         tracing::info!(table = %table, filter = job.filter.as_deref().unwrap_or(""), job = job.id, "backfill requested");
         self.at_commit.push(Mutation::Add(job));
     }
@@ -210,7 +221,13 @@ mod tests {
 
     fn table() -> Arc<Table> {
         let col = |name: &str, is_key| Column { name: name.into(), type_oid: 23, type_modifier: -1, is_key };
-        Arc::new(Table { oid: 42, schema: "public".into(), name: "t".into(), columns: vec![col("id", true), col("n", false)], replica_identity: b'd' })
+        Arc::new(Table {
+            oid: 42,
+            schema: "public".into(),
+            name: "t".into(),
+            columns: vec![col("id", true), col("n", false)],
+            replica_identity: b'd',
+        })
     }
 
     fn row(id: &str, n: &str) -> Vec<Datum> {
@@ -252,7 +269,10 @@ mod tests {
         tap.observe(&change(Op::Delete, Some(row("3", "")), None));
         let (taken, mut took) = tokio::sync::oneshot::channel();
         let rows = vec![row("1", "0"), row("2", "4"), row("3", "9"), row("4", "1")];
-        shared.put_chunk(7, ReadyChunk { job: 0, table: table(), rows, after: Some(vec!["4".into()]), finished: true, taken });
+        shared.put_chunk(
+            7,
+            ReadyChunk { job: 0, table: table(), rows, after: Some(vec!["4".into()]), finished: true, taken },
+        );
         let out = tap.message(&message(&shared, 7, "high")).unwrap();
         let ids: Vec<_> = out.iter().map(|c| c.after.as_ref().unwrap()[0].clone()).collect();
         assert_eq!(ids, vec![row("1", "")[0].clone(), row("4", "")[0].clone()]);
@@ -275,7 +295,10 @@ mod tests {
         tap.message(&message(&shared, 1, "low")).unwrap();
         tap.observe(&change(Op::Truncate, None, None));
         let (taken, _took) = tokio::sync::oneshot::channel();
-        shared.put_chunk(1, ReadyChunk { job: 0, table: table(), rows: vec![row("1", "0")], after: None, finished: false, taken });
+        shared.put_chunk(
+            1,
+            ReadyChunk { job: 0, table: table(), rows: vec![row("1", "0")], after: None, finished: false, taken },
+        );
         assert!(tap.message(&message(&shared, 1, "high")).unwrap().is_empty());
         // A high watermark without its low one is an error, not a silent pass.
         assert!(tap.message(&message(&shared, 9, "high")).is_err());

@@ -33,7 +33,12 @@ pub(super) enum Outcome {
 
 /// Takes jobs until `stop`. Definite failures of a job (table gone, no key, bad filter) end that job with an error
 /// in the log and `/status`; connection failures end the worker (the pipeline reconnects).
-pub(super) async fn run(shared: Arc<Snapshots>, info: ConnInfo, chunk_size: u32, stop: CancellationToken) -> Result<(), SnapshotError> {
+pub(super) async fn run(
+    shared: Arc<Snapshots>,
+    info: ConnInfo,
+    chunk_size: u32,
+    stop: CancellationToken,
+) -> Result<(), SnapshotError> {
     let mut conn: Option<Client> = None;
     while let Some(mut job) = shared.next_job(&stop).await {
         let client = match &conn {
@@ -80,7 +85,13 @@ async fn connect(info: &ConnInfo) -> Result<Client, SnapshotError> {
     Ok(client)
 }
 
-async fn copy_job(shared: &Snapshots, client: &Client, job: &mut Job, chunk_size: u32, stop: &CancellationToken) -> Result<Outcome, SnapshotError> {
+async fn copy_job(
+    shared: &Snapshots,
+    client: &Client,
+    job: &mut Job,
+    chunk_size: u32,
+    stop: &CancellationToken,
+) -> Result<Outcome, SnapshotError> {
     let name = job.table_name();
     let (table, mut query) = table_meta(client, &name).await?;
     query.filter = job.filter.clone();
@@ -102,7 +113,10 @@ async fn copy_job(shared: &Snapshots, client: &Client, job: &mut Job, chunk_size
         }
         let finished = n < chunk_size as usize;
         let (taken, took) = oneshot::channel();
-        shared.put_chunk(id, ReadyChunk { job: job.id, table: table.clone(), rows, after: job.after.clone(), finished, taken });
+        shared.put_chunk(
+            id,
+            ReadyChunk { job: job.id, table: table.clone(), rows, after: job.after.clone(), finished, taken },
+        );
         in_flight.push_back((id, n as u64, took));
         if let Err(e) = emit(client, shared, id, "high", table.oid).await {
             drop_in_flight(shared, &mut in_flight);
@@ -163,7 +177,8 @@ async fn table_meta(client: &Client, name: &TableName) -> Result<(Arc<Table>, Ch
         .map_err(SnapshotError::sql("reading the columns"))?;
     // The same value mapping as the stream's (domains as their base type, arrays of anything as JSON arrays).
     let declared: Vec<u32> = rows.iter().map(|r| r.get(1)).collect();
-    let value_types = control::value_types(client, &declared).await.map_err(|e| SnapshotError::Definite(e.to_string()))?;
+    let value_types =
+        control::value_types(client, &declared).await.map_err(|e| SnapshotError::Definite(e.to_string()))?;
     let columns: Vec<Column> = rows
         .iter()
         .map(|r| {
@@ -178,8 +193,15 @@ async fn table_meta(client: &Client, name: &TableName) -> Result<(Arc<Table>, Ch
         .iter()
         .map(|k| columns.iter().position(|c| &c.name == k))
         .collect::<Option<Vec<usize>>>()
-        .ok_or_else(|| SnapshotError::Definite(format!("a key column of {name} is generated; ficus cannot snapshot it")))?;
-    let query = ChunkQuery { table: name.clone(), columns: columns.iter().map(|c| c.name.clone()).collect(), key, filter: None };
+        .ok_or_else(|| {
+            SnapshotError::Definite(format!("a key column of {name} is generated; ficus cannot snapshot it"))
+        })?;
+    let query = ChunkQuery {
+        table: name.clone(),
+        columns: columns.iter().map(|c| c.name.clone()).collect(),
+        key,
+        filter: None,
+    };
     let table = Table {
         oid: info.oid,
         schema: name.schema.clone(),
@@ -253,7 +275,9 @@ async fn read_chunk(client: &Client, sql: &str, columns: usize) -> Result<Vec<Ro
         let mut start = 0;
         for nl in memchr::memchr_iter(b'\n', &data) {
             let line = data.slice(start..=nl);
-            rows.push(chunk::parse_row(&line, columns, rows.len()).map_err(|e| SnapshotError::Definite(e.to_string()))?);
+            rows.push(
+                chunk::parse_row(&line, columns, rows.len()).map_err(|e| SnapshotError::Definite(e.to_string()))?,
+            );
             start = nl + 1;
         }
         if start < data.len() {
@@ -270,7 +294,9 @@ async fn read_chunk(client: &Client, sql: &str, columns: usize) -> Result<Vec<Ro
 fn key_text(row: &Row, key: &[usize]) -> Result<Vec<String>, SnapshotError> {
     key.iter()
         .map(|&i| match &row[i] {
-            Datum::Text(b) => String::from_utf8(b.to_vec()).map_err(|_| SnapshotError::Definite("a key value is not UTF-8".into())),
+            Datum::Text(b) => {
+                String::from_utf8(b.to_vec()).map_err(|_| SnapshotError::Definite("a key value is not UTF-8".into()))
+            }
             _ => Err(SnapshotError::Definite("a key value is NULL".into())),
         })
         .collect()

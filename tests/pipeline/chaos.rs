@@ -122,7 +122,9 @@ async fn writer(pg_url: String, target: u64, rate: f64, seed: u64, shared: Arc<S
         match c.simple_query(sql).await {
             Ok(msgs) => {
                 let lsn = msgs.iter().rev().find_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(r) if r.columns()[0].name() == "writer_lsn" => r.get(0).map(crate::lsn),
+                    tokio_postgres::SimpleQueryMessage::Row(r) if r.columns()[0].name() == "writer_lsn" => {
+                        r.get(0).map(crate::lsn)
+                    }
                     _ => None,
                 });
                 shared.committed_lsn.fetch_max(lsn.expect("the writer's LSN row"), Ordering::Relaxed);
@@ -228,7 +230,12 @@ async fn verify(pg: &TestPostgres, db: &str, kafka: &TestKafka, topic: &str) -> 
     let msgs = kafka.read_to_end(topic, Duration::from_secs(120)).await;
     let mut seen: HashMap<i64, u64> = HashMap::new();
     let mut last_per_key: HashMap<i64, i64> = HashMap::new();
-    let mut fig = Figures { changes: rows.len() as u64, expected: rows.len() as u64, seen: msgs.len() as u64, ..Figures::default() };
+    let mut fig = Figures {
+        changes: rows.len() as u64,
+        expected: rows.len() as u64,
+        seen: msgs.len() as u64,
+        ..Figures::default()
+    };
     let mut examples = Vec::new();
     for v in values(&msgs) {
         let op = v["op"].as_str().unwrap_or("");
@@ -429,7 +436,11 @@ async fn chaos(delivery: &str, default_seed: u64) {
     let (fig, examples) = verify(&pg, &db, &kafka, &topic).await;
     let mut per_kind: Vec<String> = KINDS
         .iter()
-        .filter_map(|k| ran.get(k).map(|(n, inflight, max)| format!("{k} {n}× ({inflight} with writes unconfirmed, up to {max} B of WAL)")))
+        .filter_map(|k| {
+            ran.get(k).map(|(n, inflight, max)| {
+                format!("{k} {n}× ({inflight} with writes unconfirmed, up to {max} B of WAL)")
+            })
+        })
         .collect();
     per_kind.sort();
     eprintln!(
@@ -454,12 +465,26 @@ async fn chaos(delivery: &str, default_seed: u64) {
     for kind in KINDS.iter().filter(|k| faults.split(',').any(|f| f.trim() == **k)) {
         let (n, inflight, _) = ran.get(kind).copied().unwrap_or_default();
         assert!(n >= 1, "fault kind {kind} never ran (seed {seed})");
-        assert_eq!(inflight, n, "{kind}: {} of {n} injections found every write already confirmed (seed {seed})", n - inflight);
+        assert_eq!(
+            inflight,
+            n,
+            "{kind}: {} of {n} injections found every write already confirmed (seed {seed})",
+            n - inflight
+        );
     }
     if fig.lost > 0 {
         // What ficus did around the loss: errors, warnings, resumptions, commits.
         let full = f.log();
-        let log: Vec<&str> = full.lines().filter(|l| l.contains("ERROR") || l.contains("WARN") || l.contains("resuming") || l.contains("streaming slot") || l.contains("kafka transaction committed")).collect::<Vec<_>>();
+        let log: Vec<&str> = full
+            .lines()
+            .filter(|l| {
+                l.contains("ERROR")
+                    || l.contains("WARN")
+                    || l.contains("resuming")
+                    || l.contains("streaming slot")
+                    || l.contains("kafka transaction committed")
+            })
+            .collect::<Vec<_>>();
         let _ = std::fs::write(std::env::temp_dir().join("ficus-chaos-failure.log"), log.join("\n"));
         eprintln!("ficus log excerpt written to {}", std::env::temp_dir().join("ficus-chaos-failure.log").display());
     }

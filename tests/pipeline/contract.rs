@@ -97,7 +97,12 @@ async fn event_ids_are_unique_per_version_documented_and_stable_across_a_replay(
         let id = header(m, "event-id").unwrap();
         // The documented formula, computed here from the raw change event of the same row.
         let src = &raw[row]["source"];
-        let name = format!("{system}/{}/{}/{}/OrderPlaced/{version}", s.db, src["commitLsn"].as_str().unwrap(), src["position"]);
+        let name = format!(
+            "{system}/{}/{}/{}/OrderPlaced/{version}",
+            s.db,
+            src["commitLsn"].as_str().unwrap(),
+            src["position"]
+        );
         assert_eq!(id, uuid5(&name), "event {i}: eventId = UUIDv5 of {name:?}");
         assert!(ids.insert(id.to_string()), "event {i}: id {id} is used twice");
         let ce = match version {
@@ -114,12 +119,14 @@ async fn event_ids_are_unique_per_version_documented_and_stable_across_a_replay(
         }
     }
     // Both CloudEvents encodings parse with the SDK.
-    let ce_records: Vec<Value> = msgs.iter().enumerate().filter(|(i, _)| i % 3 < 2).map(|(_, m)| record_json(m)).collect();
+    let ce_records: Vec<Value> =
+        msgs.iter().enumerate().filter(|(i, _)| i % 3 < 2).map(|(_, m)| record_json(m)).collect();
     assert_eq!(oracle("cloudevents", &json!({"records": ce_records})), (4, vec![]));
     // The same WAL through another slot: the same ids, in the same order.
     s.wait_slot_confirmed_now(&slot_b, &b).await;
     let replay = s.kafka.read_to_end(&topic_b, WAIT).await;
-    let ids_of = |ms: &[ConsumedMessage]| ms.iter().map(|m| header(m, "event-id").unwrap().to_string()).collect::<Vec<_>>();
+    let ids_of =
+        |ms: &[ConsumedMessage]| ms.iter().map(|m| header(m, "event-id").unwrap().to_string()).collect::<Vec<_>>();
     assert_eq!(ids_of(&replay), ids_of(&msgs), "a replay gives the same ids");
     assert_eq!(a.terminate().code(), Some(0), "{}", a.log());
     assert_eq!(b.terminate().code(), Some(0), "{}", b.log());
@@ -179,7 +186,10 @@ async fn invalid_cloudevents_go_to_the_dlq_and_every_published_one_parses_with_t
         .collect();
     assert_eq!(reasons.len(), 4, "{reasons:?}");
     for (rule, reason) in &reasons[..2] {
-        assert!(rule.starts_with("AccountOpened") && reason.contains("subject") && reason.contains("empty"), "{rule}: {reason}");
+        assert!(
+            rule.starts_with("AccountOpened") && reason.contains("subject") && reason.contains("empty"),
+            "{rule}: {reason}"
+        );
     }
     assert!(reasons[2].1.contains("type") && reasons[2].1.contains("empty"), "{reasons:?}");
     assert!(reasons[3].1.contains("id") && reasons[3].1.contains("empty"), "{reasons:?}");
@@ -255,7 +265,12 @@ async fn every_event_validates_against_its_catalog_schema() {
     assert_eq!(events[0]["data"]["d"], "-0043-03-15");
     assert_eq!(events[10]["data"]["pi"], 5, "a domain over int is a number");
     assert_eq!(events[10]["data"]["moods"], json!([["ok", "sad"], ["sad", null]]));
-    assert_eq!((&events[3]["data"]["ratio"], &events[3]["data"]["nan"]), (&json!("Infinity"), &json!("NaN")), "{}", events[3]);
+    assert_eq!(
+        (&events[3]["data"]["ratio"], &events[3]["data"]["nan"]),
+        (&json!("Infinity"), &json!("NaN")),
+        "{}",
+        events[3]
+    );
     events.extend(outbox.iter().map(|e| {
         let mut e = e.clone();
         e["eventType"] = json!("ObEvents"); // the catalog names the outbox rule (eventType comes from a column)
@@ -263,7 +278,11 @@ async fn every_event_validates_against_its_catalog_schema() {
     }));
 
     let (dir, path) = Ficus::dir_config(&config);
-    let out = Command::new(support::ficus_bin()).args(["catalog", "--format", "json", "--config"]).arg(&path).output().unwrap();
+    let out = Command::new(support::ficus_bin())
+        .args(["catalog", "--format", "json", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     drop(dir);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let catalog: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -289,7 +308,9 @@ async fn every_event_validates_against_its_catalog_schema() {
 #[tokio::test(flavor = "multi_thread")]
 async fn debezium_mode_follows_debeziums_defaults_and_its_options_switch_them() {
     let s = Setup::new("contract_dbz", "CREATE TABLE t (id int PRIMARY KEY, doc jsonb)").await;
-    let debezium = |config: String, options: &str| config.replace("  topic_prefix:", &format!("  encoding: debezium\n{options}  topic_prefix:"));
+    let debezium = |config: String, options: &str| {
+        config.replace("  topic_prefix:", &format!("  encoding: debezium\n{options}  topic_prefix:"))
+    };
     let mut a = Ficus::start(&debezium(s.config(&["public.t"]), ""));
     a.wait_streaming();
     let slot_b = format!("{}_b", s.prefix);

@@ -9,7 +9,11 @@ use crate::{check, header, lsn, values, Ficus, Setup, WAIT};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn round_trip_insert_update_delete_truncate_then_clean_shutdown() {
-    let s = Setup::new("roundtrip", "CREATE TABLE items (id int PRIMARY KEY, name text, qty int); ALTER TABLE items REPLICA IDENTITY FULL;").await;
+    let s = Setup::new(
+        "roundtrip",
+        "CREATE TABLE items (id int PRIMARY KEY, name text, qty int); ALTER TABLE items REPLICA IDENTITY FULL;",
+    )
+    .await;
     let mut f = Ficus::start(&s.config(&["public.items"]));
     f.wait_streaming();
     s.sql("INSERT INTO items VALUES (1, 'apple', 3), (2, 'pear', 5)").await;
@@ -21,7 +25,10 @@ async fn round_trip_insert_update_delete_truncate_then_clean_shutdown() {
     // Read once the slot confirmed the writes: the topic holds exactly these five events.
     let msgs = s.read_all_confirmed(&f, &s.topic("public", "items")).await;
     let v = values(&msgs);
-    assert_eq!(v.iter().map(|e| e["op"].as_str().unwrap()).collect::<Vec<_>>(), ["insert", "insert", "update", "delete", "truncate"]);
+    assert_eq!(
+        v.iter().map(|e| e["op"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["insert", "insert", "update", "delete", "truncate"]
+    );
     assert_eq!(v[0]["after"], json!({"id": 1, "name": "apple", "qty": 3}));
     assert_eq!(v[0]["before"], Value::Null);
     assert_eq!(v[2]["before"], json!({"id": 1, "name": "apple", "qty": 3}));
@@ -58,11 +65,14 @@ async fn every_type_maps_as_designed() {
     let s = Setup::new("types", ddl).await;
     let mut f = Ficus::start(&s.config(&["public.t"]));
     f.wait_streaming();
-    s.sql(r#"INSERT INTO t VALUES (1, true, -2, 4, 9007199254740993, 26, 1.5, 2.25, 'NaN', '-Infinity',
+    s.sql(
+        r#"INSERT INTO t VALUES (1, true, -2, 4, 9007199254740993, 26, 1.5, 2.25, 'NaN', '-Infinity',
         '12345678901234567890.123456789', 'hé "x"', 'vc', 'ab', 'nm', '{"a": [1, 2]}', '{"b": {"c": null}}',
         'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '2026-11-22', '08:00:01.5', '2026-11-22 08:00:00.123456',
         '2026-11-22 10:00:00+02', '1 year 2 mons 3 days 04:05:06.5', '\x0102ff', '{1,NULL,3}', '{"a,b","c\"d",NULL}',
-        '{{1,2},{3,4}}', 'happy', '日本語 🎉')"#).await;
+        '{{1,2},{3,4}}', 'happy', '日本語 🎉')"#,
+    )
+    .await;
     s.sql("INSERT INTO t (id) VALUES (2)").await;
     let msgs = s.read_all_confirmed(&f, &s.topic("public", "t")).await;
     let v = values(&msgs);
@@ -207,7 +217,13 @@ async fn preflight_reports_blocking_problems_with_fixes() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("will create it"), "{out}");
     // Unreachable host.
-    let cfg = Ficus::config("postgres://x:y@127.0.0.1:1/db?sslmode=disable&connect_timeout=2", &["public.ok"], &s.prefix, &s.kafka.brokers(), "");
+    let cfg = Ficus::config(
+        "postgres://x:y@127.0.0.1:1/db?sslmode=disable&connect_timeout=2",
+        &["public.ok"],
+        &s.prefix,
+        &s.kafka.brokers(),
+        "",
+    );
     let (code, out) = check(&cfg);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("✗ connect"), "{out}");
@@ -240,8 +256,14 @@ async fn slot_in_use_and_publication_missing_a_table() {
     // With the default initial snapshot: the standby that takes over must not copy the tables again. Both share one
     // state.dir (the checkpoint says the copy was done; a standby with an empty state.dir would copy again).
     let state = tempfile::tempdir().unwrap();
-    let config = Ficus::config(&s.pg.superuser_url(&s.db), &["public.a", "public.b"], &s.prefix, &s.kafka.brokers(), "snapshot:\n  mode: initial\n")
-        .replace("STATE", &state.path().display().to_string());
+    let config = Ficus::config(
+        &s.pg.superuser_url(&s.db),
+        &["public.a", "public.b"],
+        &s.prefix,
+        &s.kafka.brokers(),
+        "snapshot:\n  mode: initial\n",
+    )
+    .replace("STATE", &state.path().display().to_string());
     let mut f = Ficus::start(&config);
     f.wait_for_log_count("snapshot of table finished", 2, WAIT);
     s.sql("INSERT INTO b VALUES (1)").await;
@@ -293,7 +315,10 @@ async fn message_too_large_fails_loudly_with_table_and_lsn() {
     let log = f.log();
     // "Kafka refused a message for topic T (table public.t, LSN X, N bytes): ..." (or "did not accept" when
     // librdkafka fails it in the delivery report).
-    let line = log.lines().find(|l| l.contains(&format!("a message for topic {topic} (table public.t, LSN "))).unwrap_or_else(|| panic!("{log}"));
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("a message for topic {topic} (table public.t, LSN ")))
+        .unwrap_or_else(|| panic!("{log}"));
     let at = line.split("LSN ").nth(1).and_then(|r| r.split(',').next()).unwrap().to_string();
     assert!(line.contains("bytes") && line.contains("message.max.bytes"), "size and fix named: {line}");
     // Not confirmed: neither the slot nor the checkpoint passed the refused change.
@@ -314,7 +339,11 @@ async fn message_too_large_fails_loudly_with_table_and_lsn() {
     let msgs = values(&s.read_all_confirmed(&fixed, &topic).await);
     let ids: Vec<i64> = msgs.iter().map(|e| e["after"]["id"].as_i64().unwrap()).collect();
     let (last, before) = ids.split_last().unwrap();
-    assert!(*last == 2 && (1..=3).contains(&before.len()) && before.iter().all(|i| *i == 1), "{ids:?}\n{}", fixed.log());
+    assert!(
+        *last == 2 && (1..=3).contains(&before.len()) && before.iter().all(|i| *i == 1),
+        "{ids:?}\n{}",
+        fixed.log()
+    );
     assert_eq!(msgs.last().unwrap()["after"]["body"].as_str().unwrap().len(), 32_000);
     assert_eq!(fixed.terminate().code(), Some(0), "{}", fixed.log());
 }
@@ -325,7 +354,8 @@ async fn million_row_transaction_streams_with_bounded_memory() {
     let mut f = Ficus::start(&s.config(&["public.m"]));
     f.wait_streaming();
     const ROWS: i64 = 1_000_000;
-    s.sql(&format!("INSERT INTO m SELECT i, md5(i::text), i % 1000, i * 1.5, now() FROM generate_series(1, {ROWS}) i")).await;
+    s.sql(&format!("INSERT INTO m SELECT i, md5(i::text), i % 1000, i * 1.5, now() FROM generate_series(1, {ROWS}) i"))
+        .await;
     s.wait_confirmed_now_within(&f, Duration::from_secs(600)).await;
     let rss = f.peak_rss_kib().expect("VmHWM");
     let count = s.kafka.high_watermark(&s.topic("public", "m")).await;
@@ -354,7 +384,8 @@ async fn password_authentication_scram_md5_and_wrong_password() {
     )
     .await;
     let kafka = TestKafka::shared();
-    for (user, password) in [("scram_user", "s3cret-scram"), ("md5_user", "s3cret-md5"), ("clear_user", "s3cret-clear")] {
+    for (user, password) in [("scram_user", "s3cret-scram"), ("md5_user", "s3cret-md5"), ("clear_user", "s3cret-clear")]
+    {
         // Unique per run: a fixed name would read a previous run's messages on an external broker.
         let prefix = kafka.unique_topic(&format!("auth_{user}")).replace('-', "_").to_lowercase();
         let cfg = Ficus::config(&pg.url(user, password, &db), &["public.t"], &prefix, &kafka.brokers(), "");
@@ -392,7 +423,8 @@ async fn binary_values_match_text_values_and_new_types_fall_back_to_text() {
     bin.wait_for_log("binary_values=true", WAIT);
     txt.wait_for_log("binary_values=false", WAIT);
     // Edge values of every type with a binary mapping; the text stream is the reference.
-    s.sql(r#"INSERT INTO v VALUES
+    s.sql(
+        r#"INSERT INTO v VALUES
         (1, true, -32768, -9223372036854775808, 4294967295, 3.4028235e38, 1e100, '12345678901234567890.123456789',
          E'hé "x" \\ \t 日本語 🎉', 'vc', 'ab', 'nm', '{"a": [1, 2.50]}', '{"b": {"c": null}}',
          'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '2026-11-22', '00:00:00', '2026-11-22 08:00:00.123456',
@@ -412,8 +444,9 @@ async fn binary_values_match_text_values_and_new_types_fall_back_to_text() {
          '2000-01-01 00:00:00+00', '\x01', '{-1}', '{-Infinity}', '{"\"q\""}', '{}', '{1.7976931348623157e308}'),
         (6, true, 3, 3, 3, 1.17549435e-38, 5e-324, '1e-20', 'w', 'w', 'w', 'w', '0.1', '0.1',
          'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '2000-02-29', '00:00:00.000001', '2024-02-29 12:00:00',
-         '2024-02-29 12:00:00+14', '\x02', '{}', '{1e20}', '{}', '{}', '{0.1}')"#)
-        .await;
+         '2024-02-29 12:00:00+14', '\x02', '{}', '{1e20}', '{}', '{}', '{0.1}')"#,
+    )
+    .await;
     s.sql("INSERT INTO v (id) VALUES (7)").await;
     s.sql("UPDATE v SET tx = tx || '!' WHERE id = 1").await;
     // Both slots confirmed the writes (the text instance's slot is checked by waiting on it too).

@@ -57,13 +57,25 @@ fn quote(ident: &str) -> String {
 
 impl GenTable {
     fn new(schema: &'static str, name: &'static str) -> GenTable {
-        GenTable { sql: format!("{}.{}", quote(schema), quote(name)), schema, name, columns: Vec::new(), ids: Vec::new(), next_id: 1, next_column: 0 }
+        GenTable {
+            sql: format!("{}.{}", quote(schema), quote(name)),
+            schema,
+            name,
+            columns: Vec::new(),
+            ids: Vec::new(),
+            next_id: 1,
+            next_column: 0,
+        }
     }
 
     fn new_column(&mut self, rng: &mut Rng) -> (String, usize) {
         self.next_column += 1;
         // Every fourth column has a name that needs quoting.
-        let name = if self.next_column % 4 == 0 { format!("Col {}", self.next_column) } else { format!("c{}", self.next_column) };
+        let name = if self.next_column % 4 == 0 {
+            format!("Col {}", self.next_column)
+        } else {
+            format!("c{}", self.next_column)
+        };
         (name, rng.index(TYPES.len()))
     }
 
@@ -106,7 +118,10 @@ fn step(rng: &mut Rng, tables: &mut [GenTable]) -> String {
             // A savepoint rolled back: its insert never happened; the other one did.
             let lost = table.next_id + 1_000_000;
             let kept = insert(rng, table);
-            format!("BEGIN; SAVEPOINT s; INSERT INTO {} (id) VALUES ({lost}); ROLLBACK TO SAVEPOINT s; {kept}; COMMIT", table.sql)
+            format!(
+                "BEGIN; SAVEPOINT s; INSERT INTO {} (id) VALUES ({lost}); ROLLBACK TO SAVEPOINT s; {kept}; COMMIT",
+                table.sql
+            )
         }
         78..=79 => {
             table.ids.clear();
@@ -129,7 +144,9 @@ fn step(rng: &mut Rng, tables: &mut [GenTable]) -> String {
             table.columns[i].0 = new.clone();
             format!("ALTER TABLE {} RENAME COLUMN {} TO {}", table.sql, quote(&old), quote(&new))
         }
-        95..=99 => format!("ALTER TABLE {} REPLICA IDENTITY {}", table.sql, if rng.chance(50) { "FULL" } else { "DEFAULT" }),
+        95..=99 => {
+            format!("ALTER TABLE {} REPLICA IDENTITY {}", table.sql, if rng.chance(50) { "FULL" } else { "DEFAULT" })
+        }
         _ => {
             // Several tables in one transaction.
             let a = insert(rng, table);
@@ -237,10 +254,18 @@ fn parse_test_decoding(lines: &[String]) -> BTreeMap<String, Vec<Decoded>> {
         match op {
             "TRUNCATE" => {
                 for t in tables.split(", ") {
-                    out.entry(t.to_string()).or_default().push(Decoded { op: "truncate".into(), new: Vec::new(), old: None });
+                    out.entry(t.to_string()).or_default().push(Decoded {
+                        op: "truncate".into(),
+                        new: Vec::new(),
+                        old: None,
+                    });
                 }
             }
-            "INSERT" => out.entry(tables.into()).or_default().push(Decoded { op: "insert".into(), new: parse_columns(body), old: None }),
+            "INSERT" => out.entry(tables.into()).or_default().push(Decoded {
+                op: "insert".into(),
+                new: parse_columns(body),
+                old: None,
+            }),
             "DELETE" => {
                 let old = if body.starts_with("(no-tuple-data)") { None } else { Some(parse_columns(body)) };
                 out.entry(tables.into()).or_default().push(Decoded { op: "delete".into(), new: Vec::new(), old });
@@ -273,11 +298,15 @@ async fn expected(client: &tokio_postgres::Client, ty: &str, literal: &Option<St
         "text" | "character varying" | "mood" => Value::String(text.clone()),
         "bytea" => {
             let hex = text.strip_prefix("\\x").expect("hex bytea");
-            let bytes: Vec<u8> = (0..hex.len() / 2).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
+            let bytes: Vec<u8> =
+                (0..hex.len() / 2).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
             Value::String(base64(&bytes))
         }
         _ => {
-            let row = client.query_one(&format!("SELECT to_jsonb($1::text::{ty})"), &[text]).await.unwrap_or_else(|e| panic!("to_jsonb of {text:?}::{ty}: {e}"));
+            let row = client
+                .query_one(&format!("SELECT to_jsonb($1::text::{ty})"), &[text])
+                .await
+                .unwrap_or_else(|e| panic!("to_jsonb of {text:?}::{ty}: {e}"));
             let v: Value = row.get(0);
             normalize(ty, v)
         }
@@ -292,7 +321,9 @@ fn normalize(ty: &str, v: Value) -> Value {
             let s = s.strip_suffix("+00:00").map_or(s.clone(), |b| format!("{b}Z"));
             Value::String(astronomical(&s))
         }
-        Value::Array(items) => Value::Array(items.into_iter().map(|i| normalize(ty.trim_end_matches("[]"), i)).collect()),
+        Value::Array(items) => {
+            Value::Array(items.into_iter().map(|i| normalize(ty.trim_end_matches("[]"), i)).collect())
+        }
         v => v,
     }
 }
@@ -339,7 +370,8 @@ async fn compare_row(
 ) -> Result<(), String> {
     let obj = published.as_object().ok_or_else(|| format!("{what}: not an object: {published}"))?;
     let names: Vec<&str> = decoded.iter().map(|(n, _, _)| n.as_str()).collect();
-    let got: Vec<&str> = obj.keys().map(String::as_str).filter(|k| !skip_nulls || names.contains(k) || !obj[*k].is_null()).collect();
+    let got: Vec<&str> =
+        obj.keys().map(String::as_str).filter(|k| !skip_nulls || names.contains(k) || !obj[*k].is_null()).collect();
     if names != got {
         return Err(format!("{what}: columns {got:?}, PostgreSQL decoded {names:?}"));
     }
@@ -352,7 +384,9 @@ async fn compare_row(
             _ => &want == have,
         };
         if !same {
-            return Err(format!("{what}: column {name} ({ty}): published {have}, PostgreSQL decoded {literal:?} → expected {want}"));
+            return Err(format!(
+                "{what}: column {name} ({ty}): published {have}, PostgreSQL decoded {literal:?} → expected {want}"
+            ));
         }
     }
     Ok(())
@@ -363,7 +397,11 @@ async fn run_seed(seed: u64, steps: usize) {
                CREATE SCHEMA \"Mixed Schema\";";
     let s = Setup::new(&format!("diff_{seed}"), ddl).await;
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    let mut tables = vec![GenTable::new("public", "Diff Orders"), GenTable::new("public", "dot.ted"), GenTable::new("Mixed Schema", "quo\"te")];
+    let mut tables = vec![
+        GenTable::new("public", "Diff Orders"),
+        GenTable::new("public", "dot.ted"),
+        GenTable::new("Mixed Schema", "quo\"te"),
+    ];
     for t in &mut tables {
         for _ in 0..4 {
             let c = t.new_column(&mut rng);
@@ -402,7 +440,9 @@ async fn run_seed(seed: u64, steps: usize) {
         .map(|r| r.get(0))
         .collect();
     let decoded = parse_test_decoding(&lines);
-    let context = |i: usize| format!("seed {seed} ({steps} steps; rerun: FICUS_DIFF_SEED={seed} FICUS_DIFF_STEPS={steps}); around step {i}");
+    let context = |i: usize| {
+        format!("seed {seed} ({steps} steps; rerun: FICUS_DIFF_SEED={seed} FICUS_DIFF_STEPS={steps}); around step {i}")
+    };
     for t in &tables {
         let qualified = format!("{}.{}", quote_if_needed(t.schema), quote_if_needed(t.name));
         let topic = s.topic(t.schema, t.name).replace(['"'], "_");

@@ -4,7 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-
 use crate::support::{unique_db, PgOptions, TestKafka, TestPostgres};
 use crate::{read_all_confirmed, values, Ficus, Setup, WAIT};
 
@@ -31,7 +30,8 @@ async fn a_zombie_instance_is_fenced_exits_1_and_its_open_transaction_stays_invi
     // Small enough for the whole transaction to fit in the socket buffers while the old instance is frozen.
     const ROWS: i64 = 20_000;
     let s = Setup::new("zombie", "CREATE TABLE t (id int PRIMARY KEY)").await;
-    let config = exactly_once(&s.config(&["public.t"])).replace("  status_interval_secs: 1\n", "  status_interval_secs: 1\n  reconnect_max_delay_secs: 1\n");
+    let config = exactly_once(&s.config(&["public.t"]))
+        .replace("  status_interval_secs: 1\n", "  status_interval_secs: 1\n  reconnect_max_delay_secs: 1\n");
     let topic = s.topic("public", "t");
     let mut old = Ficus::start(&config);
     old.wait_streaming();
@@ -71,7 +71,10 @@ async fn a_zombie_instance_is_fenced_exits_1_and_its_open_transaction_stays_invi
         eprintln!("zombie: attempt {attempt}: the old instance committed before it was stopped; again");
         old.signal("-CONT");
     }
-    assert!(s.confirmed_flush().await < Some(s.current_lsn().await), "the old instance confirmed the large transaction already");
+    assert!(
+        s.confirmed_flush().await < Some(s.current_lsn().await),
+        "the old instance confirmed the large transaction already"
+    );
     let visible = s.kafka.read_to_end(&topic, WAIT).await.len();
     assert_eq!(visible, visible_before, "the old instance's open transaction is visible to read_committed");
 
@@ -105,7 +108,8 @@ async fn a_zombie_instance_is_fenced_exits_1_and_its_open_transaction_stays_invi
     assert_eq!(status.code(), Some(1), "the fenced instance did not exit 1:\n{log}");
     // ficus's own last words, not librdkafka's log lines.
     assert!(
-        log.lines().any(|l| l.contains("fenced: another ficus instance with the same slot (transactional.id) took over")),
+        log.lines()
+            .any(|l| l.contains("fenced: another ficus instance with the same slot (transactional.id) took over")),
         "the fenced instance did not say so:\n{log}"
     );
 
@@ -231,7 +235,8 @@ async fn exactly_once_publishes_a_million_row_transaction_once_in_one_kafka_tran
     assert_eq!((ids[0], ids[ids.len() - 1]), (1, ROWS));
     // One Kafka transaction for the one source transaction (its commit log line names one source transaction).
     let log = f.log();
-    let big: Vec<&str> = log.lines().filter(|l| l.contains("kafka transaction committed") && !l.contains("bytes=0")).collect();
+    let big: Vec<&str> =
+        log.lines().filter(|l| l.contains("kafka transaction committed") && !l.contains("bytes=0")).collect();
     assert_eq!(big.len(), 1, "not one Kafka transaction:\n{}", big.join("\n"));
     assert!(big[0].contains("source_txns=1 "), "{}", big[0]);
     // The transaction streams through: ficus does not hold 1M records (~360 MB of payload) in memory.

@@ -37,7 +37,13 @@ async fn walsender_terminated_and_server_restarted_then_nothing_lost() {
 
     let seen = ids(&pg, &db, &prefix, kafka, &f, &topic).await;
     let missing: Vec<i64> = (1..=300).filter(|i| !seen.contains(i)).collect();
-    assert!(missing.is_empty(), "lost {} changes, e.g. {:?}\n{}", missing.len(), &missing[..missing.len().min(10)], f.log());
+    assert!(
+        missing.is_empty(),
+        "lost {} changes, e.g. {:?}\n{}",
+        missing.len(),
+        &missing[..missing.len().min(10)],
+        f.log()
+    );
     assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
 }
 
@@ -55,6 +61,11 @@ async fn postgres_down_at_start_is_waited_for() {
     pg.start_again();
     f.wait_streaming();
     pg.execute(&db, "INSERT INTO t VALUES (1)").await;
-    assert_eq!(ids(&pg, &db, &prefix, kafka, &f, &format!("{prefix}.public.t")).await, BTreeSet::from([1]), "{}", f.log());
+    assert_eq!(
+        ids(&pg, &db, &prefix, kafka, &f, &format!("{prefix}.public.t")).await,
+        BTreeSet::from([1]),
+        "{}",
+        f.log()
+    );
     assert_eq!(f.terminate().code(), Some(0));
 }

@@ -30,10 +30,8 @@ impl TestDecoding {
     /// The old-key image of every DELETE, as (column, value text) pairs; NULL is `None`.
     async fn deletes(&self, s: &Setup) -> Vec<Vec<(String, Option<String>)>> {
         let client = s.pg.client(&s.db).await;
-        let rows = client
-            .query("SELECT data FROM pg_logical_slot_peek_changes($1, NULL, NULL)", &[&self.name])
-            .await
-            .unwrap();
+        let rows =
+            client.query("SELECT data FROM pg_logical_slot_peek_changes($1, NULL, NULL)", &[&self.name]).await.unwrap();
         rows.iter()
             .filter_map(|r| {
                 let line: String = r.get(0);
@@ -69,14 +67,19 @@ async fn identity_columns_follow_the_stream_through_ddl() {
     // USING INDEX on a column that is not the primary key: deletes carry only `code`.
     s.sql("INSERT INTO t VALUES (1, 'a', 1); DELETE FROM t WHERE id = 1;").await;
     // Back to DEFAULT (the primary key), then the primary-key column renamed while streaming.
-    s.sql("ALTER TABLE t REPLICA IDENTITY DEFAULT; INSERT INTO t VALUES (2, 'b', 2); DELETE FROM t WHERE id = 2;").await;
-    s.sql("ALTER TABLE t RENAME COLUMN id TO ident; INSERT INTO t VALUES (3, 'c', 3); DELETE FROM t WHERE ident = 3;").await;
-    // The primary key moved to another column.
-    s.sql("ALTER TABLE t DROP CONSTRAINT t_pkey; ALTER TABLE t ADD PRIMARY KEY (code); \
-           INSERT INTO t VALUES (4, 'd', 4); DELETE FROM t WHERE code = 'd';")
+    s.sql("ALTER TABLE t REPLICA IDENTITY DEFAULT; INSERT INTO t VALUES (2, 'b', 2); DELETE FROM t WHERE id = 2;")
         .await;
+    s.sql("ALTER TABLE t RENAME COLUMN id TO ident; INSERT INTO t VALUES (3, 'c', 3); DELETE FROM t WHERE ident = 3;")
+        .await;
+    // The primary key moved to another column.
+    s.sql(
+        "ALTER TABLE t DROP CONSTRAINT t_pkey; ALTER TABLE t ADD PRIMARY KEY (code); \
+           INSERT INTO t VALUES (4, 'd', 4); DELETE FROM t WHERE code = 'd';",
+    )
+    .await;
     // FULL: the key is the primary key (read again from the catalog after the DDL), `before` the whole row.
-    s.sql("ALTER TABLE t REPLICA IDENTITY FULL; INSERT INTO t VALUES (5, 'e', 5); DELETE FROM t WHERE code = 'e';").await;
+    s.sql("ALTER TABLE t REPLICA IDENTITY FULL; INSERT INTO t VALUES (5, 'e', 5); DELETE FROM t WHERE code = 'e';")
+        .await;
 
     let events = read_exact(&s, &f, &s.topic("public", "t")).await;
     let deletes: Vec<&Value> = events.iter().filter(|e| e["op"] == "delete").collect();
@@ -134,7 +137,8 @@ async fn snapshot_values_match_streamed_values_under_hostile_database_settings()
     let topic = s.topic("public", "t");
     let deadline = Instant::now() + WAIT;
     // Row 2 may also be copied by the snapshot (it can commit before the copy reads); row 1 only as a read.
-    let find = |events: &[Value], op: &str, id: i64| events.iter().find(|e| e["op"] == op && e["after"]["id"] == id).cloned();
+    let find =
+        |events: &[Value], op: &str, id: i64| events.iter().find(|e| e["op"] == op && e["after"]["id"] == id).cloned();
     let (read, insert) = loop {
         let events = read_exact(&s, &f, &topic).await;
         if let (Some(r), Some(i)) = (find(&events, "read", 1), find(&events, "insert", 2)) {
@@ -197,8 +201,13 @@ async fn a_dropped_slot_behind_a_checkpoint_stops_with_the_fix_then_resnapshot_r
     let log = f.log();
     assert_eq!(status.code(), Some(2), "a gap must stop ficus with exit 2\n{log}");
     assert!(log.contains("does not exist") && log.contains("snapshot.on_gap: resnapshot"), "{log}");
-    let slot_exists = s.pg.client(&s.db).await
-        .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&s.prefix]).await.unwrap().is_some();
+    let slot_exists =
+        s.pg.client(&s.db)
+            .await
+            .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&s.prefix])
+            .await
+            .unwrap()
+            .is_some();
     assert!(!slot_exists, "the refusal creates nothing");
 
     // The explicit recovery: a new slot and a snapshot of the table, so row 2 arrives as a `read`.
@@ -209,7 +218,8 @@ async fn a_dropped_slot_behind_a_checkpoint_stops_with_the_fix_then_resnapshot_r
     let deadline = Instant::now() + WAIT;
     loop {
         let events = read_exact(&s, &f, &topic).await;
-        let reads: Vec<i64> = events.iter().filter(|e| e["op"] == "read").map(|e| e["after"]["id"].as_i64().unwrap()).collect();
+        let reads: Vec<i64> =
+            events.iter().filter(|e| e["op"] == "read").map(|e| e["after"]["id"].as_i64().unwrap()).collect();
         if reads.len() >= 2 {
             let mut reads = reads;
             reads.sort();
@@ -287,8 +297,10 @@ async fn a_first_start_that_fails_or_ends_early_still_snapshots_on_the_next_star
     loop {
         let events = read_exact(&s, &f, &topic).await;
         if events.len() >= 2 {
-            let ids: Vec<(String, i64)> =
-                events.iter().map(|e| (e["op"].as_str().unwrap().to_string(), e["after"]["id"].as_i64().unwrap())).collect();
+            let ids: Vec<(String, i64)> = events
+                .iter()
+                .map(|e| (e["op"].as_str().unwrap().to_string(), e["after"]["id"].as_i64().unwrap()))
+                .collect();
             assert_eq!(ids, [("read".to_string(), 1), ("read".to_string(), 2)], "{}", f.log());
             break;
         }
@@ -334,7 +346,11 @@ async fn a_failing_checkpoint_write_stops_confirmation_and_readiness_until_it_re
     std::fs::remove_file(&state).unwrap();
     std::fs::rename(&moved, &state).unwrap();
     s.wait_confirmed_now(&f).await;
-    assert!(support::wait_for(WAIT, || crate::get(port, "/readyz").filter(|(c, _)| *c == 200)).is_some(), "{}", f.log());
+    assert!(
+        support::wait_for(WAIT, || crate::get(port, "/readyz").filter(|(c, _)| *c == 200)).is_some(),
+        "{}",
+        f.log()
+    );
     assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
 }
 
@@ -359,7 +375,8 @@ async fn rows_of_one_copy_share_an_lsn_but_not_a_position() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_recreated_or_unpublished_table_is_published_again_with_its_rows() {
-    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE k (v text); ALTER TABLE k REPLICA IDENTITY FULL;";
+    let ddl =
+        "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE k (v text); ALTER TABLE k REPLICA IDENTITY FULL;";
     let s = Setup::new("table_watch", ddl).await;
     let mut f = Ficus::start(&s.config(&["public.t", "public.k"]));
     f.wait_streaming();
@@ -399,7 +416,11 @@ async fn partition_events(s: &Setup, f: &Ficus) -> Vec<(String, i64, String)> {
         .iter()
         .map(|e| {
             let row = if e["after"].is_null() { &e["before"] } else { &e["after"] };
-            (e["op"].as_str().unwrap().to_string(), row["id"].as_i64().unwrap(), row["region"].as_str().unwrap().to_string())
+            (
+                e["op"].as_str().unwrap().to_string(),
+                row["id"].as_i64().unwrap(),
+                row["region"].as_str().unwrap().to_string(),
+            )
         })
         .collect()
 }
@@ -423,16 +444,30 @@ async fn partitioned_tables_publish_under_the_parent_across_restarts_attach_and_
         f.restart();
         f.wait_for_log_count(crate::STREAMING, 2, WAIT);
         // A partition created and one attached while streaming, one detached.
-        s.sql("CREATE TABLE p_asia PARTITION OF p FOR VALUES IN ('asia'); INSERT INTO p VALUES (3, 'asia', 'c');").await;
+        s.sql("CREATE TABLE p_asia PARTITION OF p FOR VALUES IN ('asia'); INSERT INTO p VALUES (3, 'asia', 'c');")
+            .await;
         s.sql("CREATE TABLE p_sa (id int NOT NULL, region text NOT NULL, v text); INSERT INTO p_sa VALUES (4, 'sa', 'd'); \
                ALTER TABLE p ATTACH PARTITION p_sa FOR VALUES IN ('sa'); INSERT INTO p VALUES (5, 'sa', 'e');")
             .await;
-        s.sql("ALTER TABLE p DETACH PARTITION p_us; INSERT INTO p_us VALUES (6, 'us', 'not captured any more'); \
-               UPDATE p SET v = 'z' WHERE id = 1; DELETE FROM p WHERE id = 3;")
-            .await;
-        let version: i32 = s.pg.client(&s.db).await.query_one("SELECT current_setting('server_version_num')::int", &[]).await.unwrap().get(0);
+        s.sql(
+            "ALTER TABLE p DETACH PARTITION p_us; INSERT INTO p_us VALUES (6, 'us', 'not captured any more'); \
+               UPDATE p SET v = 'z' WHERE id = 1; DELETE FROM p WHERE id = 3;",
+        )
+        .await;
+        let version: i32 =
+            s.pg.client(&s.db)
+                .await
+                .query_one("SELECT current_setting('server_version_num')::int", &[])
+                .await
+                .unwrap()
+                .get(0);
         let want: Vec<(String, i64, String)> = [
-            ("insert", 1, "eu"), ("insert", 2, "us"), ("insert", 3, "asia"), ("insert", 5, "sa"), ("update", 1, "eu"), ("delete", 3, "asia"),
+            ("insert", 1, "eu"),
+            ("insert", 2, "us"),
+            ("insert", 3, "asia"),
+            ("insert", 5, "sa"),
+            ("update", 1, "eu"),
+            ("delete", 3, "asia"),
         ]
         .iter()
         .map(|(op, id, r)| (op.to_string(), *id, r.to_string()))
@@ -454,20 +489,35 @@ async fn partitioned_tables_publish_under_the_parent_across_restarts_attach_and_
                         _ => state.insert((*id, region.clone())),
                     };
                 }
-                let rows: std::collections::BTreeSet<(i64, String)> = s.pg.client(&s.db).await
-                    .query("SELECT id::int8, region FROM p", &[]).await.unwrap()
-                    .iter().map(|r| (r.get(0), r.get(1))).collect();
+                let rows: std::collections::BTreeSet<(i64, String)> =
+                    s.pg.client(&s.db)
+                        .await
+                        .query("SELECT id::int8, region FROM p", &[])
+                        .await
+                        .unwrap()
+                        .iter()
+                        .map(|r| (r.get(0), r.get(1)))
+                        .collect();
                 // p_us was detached: its rows left the table without a delete event (as in PostgreSQL 15+).
-                let state: std::collections::BTreeSet<(i64, String)> = state.into_iter().filter(|(_, r)| r != "us").collect();
+                let state: std::collections::BTreeSet<(i64, String)> =
+                    state.into_iter().filter(|(_, r)| r != "us").collect();
                 if state == rows {
                     break;
                 }
-                assert!(Instant::now() < deadline, "folded events {state:?} != table {rows:?}\n{events:?}\n{}", f.log());
+                assert!(
+                    Instant::now() < deadline,
+                    "folded events {state:?} != table {rows:?}\n{events:?}\n{}",
+                    f.log()
+                );
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
         }
         for leaf in ["p_eu", "p_us", "p_asia", "p_sa"] {
-            assert_eq!(s.kafka.high_watermark(&s.topic("public", leaf)).await, 0, "nothing on the topic of partition {leaf}");
+            assert_eq!(
+                s.kafka.high_watermark(&s.topic("public", leaf)).await,
+                0,
+                "nothing on the topic of partition {leaf}"
+            );
         }
         assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
     }
@@ -549,12 +599,18 @@ async fn a_record_larger_than_the_producer_queue_stops_with_the_fix_instead_of_h
     let status = f.wait(WAIT);
     let log = f.log();
     assert_eq!(status.code(), Some(1), "{log}");
-    assert!(log.contains("queue.buffering.max.kbytes") && log.contains("table public.t") && log.contains("LSN 0/"), "{log}");
+    assert!(
+        log.contains("queue.buffering.max.kbytes") && log.contains("table public.t") && log.contains("LSN 0/"),
+        "{log}"
+    );
     // Positions before the transaction may be confirmed (keepalives: other databases of the cluster write WAL too);
     // nothing at or after the refused change.
     let at = log.split("LSN ").nth(1).and_then(|r| r.split([',', ')', ' ']).next()).expect("the log names the LSN");
     let confirmed = s.confirmed_flush().await.unwrap();
-    assert!(lsn(&confirmed) < lsn(at), "the transaction of the record was confirmed: {confirmed} >= {at} (before the insert: {before})");
+    assert!(
+        lsn(&confirmed) < lsn(at),
+        "the transaction of the record was confirmed: {confirmed} >= {at} (before the insert: {before})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -581,7 +637,11 @@ async fn a_clean_shutdown_inside_a_large_transaction_publishes_it_once() {
     assert_eq!(f.wait(WAIT).code(), Some(0), "{}", f.log());
     assert!(started.elapsed() < Duration::from_secs(30), "shutdown took {:?}", started.elapsed());
     if at < ROWS {
-        assert!(f.log().contains("reading the rest of the open transaction first"), "SIGTERM at {at} of {ROWS}\n{}", f.log());
+        assert!(
+            f.log().contains("reading the rest of the open transaction first"),
+            "SIGTERM at {at} of {ROWS}\n{}",
+            f.log()
+        );
     }
     s.sql("INSERT INTO t VALUES (0)").await;
     f.restart();
@@ -590,7 +650,8 @@ async fn a_clean_shutdown_inside_a_large_transaction_publishes_it_once() {
     let n = s.kafka.high_watermark(&topic).await;
     assert_eq!(n, ROWS + 1, "every row exactly once (SIGTERM after {at} records)\n{}", f.log());
     let msgs = s.kafka.consume_all(&topic, n as usize, WAIT).await;
-    let ids: std::collections::BTreeSet<i64> = values(&msgs).iter().map(|e| e["after"]["id"].as_i64().unwrap()).collect();
+    let ids: std::collections::BTreeSet<i64> =
+        values(&msgs).iter().map(|e| e["after"]["id"].as_i64().unwrap()).collect();
     assert_eq!(ids.len() as i64, ROWS + 1);
     assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
 }
@@ -602,21 +663,30 @@ fn check_of(f: &Ficus) -> (i32, String) {
         .arg(f.dir.path().join("ficus.yaml"))
         .output()
         .unwrap();
-    (out.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.code().unwrap_or(-1),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn check_reports_what_run_would_refuse() {
-    let s = Setup::new("check_truth", "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE nokey (v text); \
-                                        ALTER TABLE nokey REPLICA IDENTITY FULL;").await;
+    let s = Setup::new(
+        "check_truth",
+        "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE nokey (v text); \
+                                        ALTER TABLE nokey REPLICA IDENTITY FULL;",
+    )
+    .await;
     // A first start that would plan a snapshot of a keyless table.
-    let cfg = s.config(&["public.t", "public.nokey"]).replace("snapshot:\n  mode: never\n", "snapshot:\n  mode: initial\n");
+    let cfg =
+        s.config(&["public.t", "public.nokey"]).replace("snapshot:\n  mode: never\n", "snapshot:\n  mode: initial\n");
     let (code, out) = crate::check(&cfg);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("✗ snapshot of public.nokey"), "{out}");
     // state.dir that is a file.
     let file = tempfile::NamedTempFile::new().unwrap();
-    let (code, out) = crate::check(&s.config(&["public.t"]).replace("dir: STATE", &format!("dir: {}", file.path().display())));
+    let (code, out) =
+        crate::check(&s.config(&["public.t"]).replace("dir: STATE", &format!("dir: {}", file.path().display())));
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("✗ state.dir"), "{out}");
     // A slot gap behind a checkpoint: what `run` refuses, `check` refuses.
@@ -672,7 +742,11 @@ async fn dry_run_prints_one_json_per_line_and_loses_nothing_when_a_table_changes
 
 #[tokio::test(flavor = "multi_thread")]
 async fn shutdown_does_not_wait_for_a_snapshot_query_blocked_by_a_table_lock() {
-    let s = Setup::new("snapshot_lock", "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10);").await;
+    let s = Setup::new(
+        "snapshot_lock",
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10);",
+    )
+    .await;
     // The publication and the slot exist already: creating them would wait for the lock (the deadline test below
     // covers that). Without a checkpoint the start still plans the initial snapshot.
     s.sql(&format!("CREATE PUBLICATION {} FOR TABLE t", s.prefix)).await;
@@ -689,7 +763,12 @@ async fn shutdown_does_not_wait_for_a_snapshot_query_blocked_by_a_table_lock() {
     f.signal("-TERM");
     let started = Instant::now();
     assert_eq!(f.wait(WAIT).code(), Some(0), "{}", f.log());
-    assert!(started.elapsed() < Duration::from_secs(15), "shutdown waited {:?} for the lock\n{}", started.elapsed(), f.log());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "shutdown waited {:?} for the lock\n{}",
+        started.elapsed(),
+        f.log()
+    );
     locker.batch_execute("ROLLBACK").await.unwrap();
     // The copy resumes at the next start.
     f.restart();
@@ -734,7 +813,10 @@ async fn a_snapshot_table_the_role_cannot_select_is_refused_before_anything_is_c
         .replace("snapshot:\n  mode: never\n", "snapshot:\n  mode: initial\n");
     let (code, out) = crate::check(&cfg);
     assert_eq!(code, 2, "{out}");
-    assert!(out.contains("✗ snapshot of public.u") && out.contains("cannot SELECT") && out.contains("GRANT SELECT"), "{out}");
+    assert!(
+        out.contains("✗ snapshot of public.u") && out.contains("cannot SELECT") && out.contains("GRANT SELECT"),
+        "{out}"
+    );
     let mut f = Ficus::start(&cfg);
     assert_eq!(f.wait(WAIT).code(), Some(2), "{}", f.log());
     assert!(f.log().contains("public.u: the role cannot SELECT it"), "{}", f.log());

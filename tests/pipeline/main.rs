@@ -38,7 +38,8 @@ impl Ficus {
     /// (tests/pipeline/snapshot.rs covers the default).
     pub(crate) fn config(db_url: &str, tables: &[&str], prefix: &str, brokers: &str, extra: &str) -> String {
         let tables: Vec<String> = tables.iter().map(|t| format!("'{}'", t.replace('\'', "''"))).collect();
-        let extra = if extra.contains("snapshot:") { extra.to_string() } else { format!("snapshot:\n  mode: never\n{extra}") };
+        let extra =
+            if extra.contains("snapshot:") { extra.to_string() } else { format!("snapshot:\n  mode: never\n{extra}") };
         format!(
             "source:\n  url: {db_url}\n  slot: {prefix}\n  publication: {prefix}\n  tables: [{}]\n  status_interval_secs: 1\n\
              kafka:\n  brokers: {brokers}\n  properties: {{linger.ms: 1}}\n\
@@ -124,7 +125,9 @@ impl Ficus {
             let text: Vec<String> = text
                 .lines()
                 .map(|l| match l.trim_start().strip_prefix(&format!("listen: 127.0.0.1:{port}")) {
-                    Some(rest) if !rest.starts_with(|c: char| c.is_ascii_digit()) => l.replace(&format!(":{port}"), &format!(":{new}")),
+                    Some(rest) if !rest.starts_with(|c: char| c.is_ascii_digit()) => {
+                        l.replace(&format!(":{port}"), &format!(":{new}"))
+                    }
                     _ => l.to_string(),
                 })
                 .collect();
@@ -320,7 +323,10 @@ impl Setup {
     pub(crate) async fn confirmed_flush(&self) -> Option<String> {
         let client = self.pg.client(&self.db).await;
         client
-            .query_opt("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&self.prefix])
+            .query_opt(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.prefix],
+            )
             .await
             .unwrap()
             .and_then(|r| r.get(0))
@@ -355,8 +361,16 @@ impl Setup {
     /// chunks are acknowledged; call this before [`Setup::read_all_confirmed`] when a topic gets `read` events.
     pub(crate) async fn wait_snapshot_settled(&self, f: &Ficus) {
         let deadline = Instant::now() + WAIT;
-        while f.checkpoint(&self.prefix).is_none_or(|cp| cp["snapshot"]["jobs"].as_array().is_some_and(|j| !j.is_empty())) {
-            assert!(Instant::now() < deadline, "the snapshot never settled: {:?}\n{}", f.checkpoint(&self.prefix), f.log());
+        while f
+            .checkpoint(&self.prefix)
+            .is_none_or(|cp| cp["snapshot"]["jobs"].as_array().is_some_and(|j| !j.is_empty()))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the snapshot never settled: {:?}\n{}",
+                f.checkpoint(&self.prefix),
+                f.log()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -393,7 +407,11 @@ pub(crate) async fn wait_slot_confirmed_now(pg: &TestPostgres, db: &str, slot: &
         if confirmed.as_deref().is_some_and(|c| lsn(c) >= lsn(&target)) {
             return;
         }
-        assert!(Instant::now() < deadline, "slot {slot}: confirmed_flush_lsn {confirmed:?} never reached {target}:\n{}", f.log());
+        assert!(
+            Instant::now() < deadline,
+            "slot {slot}: confirmed_flush_lsn {confirmed:?} never reached {target}:\n{}",
+            f.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -415,7 +433,11 @@ pub(crate) async fn read_all_confirmed(
         // the metadata a moment to show it.
         let deadline = Instant::now() + Duration::from_secs(10);
         while kafka.partitions(topic).await.is_empty() {
-            assert!(Instant::now() < deadline, "topic {topic} does not exist after slot {slot} confirmed everything:\n{}", f.log());
+            assert!(
+                Instant::now() < deadline,
+                "topic {topic} does not exist after slot {slot} confirmed everything:\n{}",
+                f.log()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

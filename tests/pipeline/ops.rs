@@ -92,7 +92,9 @@ async fn endpoints_report_metrics_status_and_readiness_that_follows_the_broker()
 /// heartbeat's logical messages really are written there, about once per interval, and the slot's confirmed
 /// position passes the latest of them: the heartbeat's transactions, which carry no records, are confirmed.
 async fn idle_table_next_to_busy_writes(name: &str, heartbeat: u64, other_database: bool) {
-    let s = Setup::new(name, "CREATE TABLE cap (id int PRIMARY KEY); CREATE TABLE busy (id serial PRIMARY KEY, pad text);").await;
+    let s =
+        Setup::new(name, "CREATE TABLE cap (id int PRIMARY KEY); CREATE TABLE busy (id serial PRIMARY KEY, pad text);")
+            .await;
     let busy_db = if other_database {
         let db = crate::support::unique_db("ops_other");
         s.pg.create_database(&db);
@@ -101,9 +103,10 @@ async fn idle_table_next_to_busy_writes(name: &str, heartbeat: u64, other_databa
     } else {
         s.db.clone()
     };
-    let cfg = s
-        .config(&["public.cap"])
-        .replace("  status_interval_secs: 1\n", &format!("  status_interval_secs: 1\n  heartbeat_interval_secs: {heartbeat}\n"));
+    let cfg = s.config(&["public.cap"]).replace(
+        "  status_interval_secs: 1\n",
+        &format!("  status_interval_secs: 1\n  heartbeat_interval_secs: {heartbeat}\n"),
+    );
     // Sees every logical message written in the captured database from here on.
     let probe = format!("{}_probe", s.prefix);
     s.sql(&format!("SELECT pg_create_logical_replication_slot('{probe}', 'test_decoding')")).await;
@@ -201,16 +204,49 @@ fn make_certs(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::pa
         format!("{name}-server.csr"),
         format!("{name}-server.pem"),
     );
-    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &ca_key, "-out", &ca, "-days", "2", "-subj", "/CN=ficus test CA"]);
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=ficus test CA",
+    ]);
     run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", "/CN=localhost"]);
     std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost\n").unwrap();
-    run(&["x509", "-req", "-in", &csr, "-CA", &ca, "-CAkey", &ca_key, "-CAcreateserial", "-out", &crt, "-days", "2", "-extfile", "ext.cnf"]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-out",
+        &crt,
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.join(&key), std::fs::Permissions::from_mode(0o600)).unwrap();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         for f in [&key, &crt] {
-            std::process::Command::new("chown").args(["postgres:postgres", &dir.join(f).display().to_string()]).status().unwrap();
+            std::process::Command::new("chown")
+                .args(["postgres:postgres", &dir.join(f).display().to_string()])
+                .status()
+                .unwrap();
         }
     }
     (dir.join(ca), dir.join(crt), dir.join(key))
@@ -235,12 +271,19 @@ async fn tls_verify_full_with_a_private_ca_and_scram() {
     );
     let db = crate::support::unique_db("tls");
     pg.create_database(&db);
-    pg.execute(&db, "CREATE TABLE t (id int PRIMARY KEY); SET password_encryption = 'scram-sha-256'; \
-                     CREATE ROLE tls_user LOGIN REPLICATION SUPERUSER PASSWORD 'tls-s3cret';")
-        .await;
+    pg.execute(
+        &db,
+        "CREATE TABLE t (id int PRIMARY KEY); SET password_encryption = 'scram-sha-256'; \
+                     CREATE ROLE tls_user LOGIN REPLICATION SUPERUSER PASSWORD 'tls-s3cret';",
+    )
+    .await;
     let kafka = TestKafka::shared();
     let url = |host: &str, mode: &str, root: &std::path::Path| {
-        format!("postgres://tls_user:tls-s3cret@{host}:{}/{db}?sslmode={mode}&sslrootcert={}", pg.port(), root.display())
+        format!(
+            "postgres://tls_user:tls-s3cret@{host}:{}/{db}?sslmode={mode}&sslrootcert={}",
+            pg.port(),
+            root.display()
+        )
     };
     // Unique per run: a fixed name would read a previous run's messages on an external broker.
     let prefix = &kafka.unique_topic("tls_ok").replace('-', "_").to_lowercase();
@@ -268,7 +311,13 @@ async fn tls_verify_full_with_a_private_ca_and_scram() {
         assert!(!log.contains("tls-s3cret"));
     }
     // verify-ca checks the chain but not the name: 127.0.0.1 is fine.
-    let mut f = Ficus::start(&Ficus::config(&url("127.0.0.1", "verify-ca", &ca), &["public.t"], "tls_ca", &kafka.brokers(), ""));
+    let mut f = Ficus::start(&Ficus::config(
+        &url("127.0.0.1", "verify-ca", &ca),
+        &["public.t"],
+        "tls_ca",
+        &kafka.brokers(),
+        "",
+    ));
     f.wait_streaming();
     assert_eq!(f.terminate().code(), Some(0));
 }

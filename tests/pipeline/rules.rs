@@ -58,7 +58,8 @@ events:
 /// Config with rules only (no raw changes), on `slot`/`topic`.
 fn config(s: &Setup, slot: &str, topic: &str) -> String {
     let dlq = format!("{topic}.dlq");
-    let base = Ficus::config(&s.pg.superuser_url(&s.db), &["public.ord_hdr", "public.cust_mst"], slot, &s.kafka.brokers(), "");
+    let base =
+        Ficus::config(&s.pg.superuser_url(&s.db), &["public.ord_hdr", "public.cust_mst"], slot, &s.kafka.brokers(), "");
     let base = base
         .replace("changes:\n  tables: ['*']", "changes:\n  tables: []")
         .replace("kafka:\n", &format!("kafka:\n  dlq_topic: {dlq}\n"));
@@ -81,10 +82,12 @@ async fn state_transitions_become_versioned_events_with_deterministic_ids_and_a_
     s.sql("UPDATE ord_hdr SET stat_cd = 'S', ship_ts = '2026-11-22 08:00:00+00' WHERE ord_no = 1").await;
     s.sql("UPDATE ord_hdr SET amt_cents = 1300 WHERE ord_no = 1").await; // still shipped: must not fire again
     s.sql("INSERT INTO cust_mst VALUES (7, 'a@example.com')").await; // no rule, no raw changes: dropped
-    // One transaction: an insert without a remark (OrderFlagged → DLQ) and a shipment.
-    s.sql("BEGIN; INSERT INTO ord_hdr (ord_no, cust_no, amt_cents) VALUES (2, 8, 990); \
-           UPDATE ord_hdr SET stat_cd = 'S' WHERE ord_no = 2; COMMIT;")
-        .await;
+                                                                     // One transaction: an insert without a remark (OrderFlagged → DLQ) and a shipment.
+    s.sql(
+        "BEGIN; INSERT INTO ord_hdr (ord_no, cust_no, amt_cents) VALUES (2, 8, 990); \
+           UPDATE ord_hdr SET stat_cd = 'S' WHERE ord_no = 2; COMMIT;",
+    )
+    .await;
     // Exact reads once both slots confirmed the writes: the lists below are everything either run published.
     let msgs = s.read_all_confirmed(&a, &topic_a).await;
     let v = values(&msgs);
@@ -94,7 +97,10 @@ async fn state_transitions_become_versioned_events_with_deterministic_ids_and_a_
     let placed = &v[0];
     assert_eq!(placed["eventVersion"], 1);
     assert_eq!(placed["key"], "1");
-    assert_eq!(placed["data"], json!({"orderId": 1, "customer": {"id": 7}, "amount": {"cents": 1250, "currency": "EUR"}}));
+    assert_eq!(
+        placed["data"],
+        json!({"orderId": 1, "customer": {"id": 7}, "amount": {"cents": 1250, "currency": "EUR"}})
+    );
     assert_eq!(placed["source"]["table"], "public.ord_hdr");
     assert_eq!(placed["source"]["op"], "insert");
     assert_eq!(placed["source"]["database"], s.db.as_str());
@@ -147,7 +153,9 @@ async fn on_error_fail_stops_without_confirming_the_change() {
     let topic = format!("{}.t", s.prefix);
     let cfg = Ficus::config(&s.pg.superuser_url(&s.db), &["public.t"], &s.prefix, &s.kafka.brokers(), "")
         .replace("changes:\n  tables: ['*']", "changes:\n  tables: []")
-        + &format!("events:\n  - {{name: NoteAdded, table: public.t, key: new.note, topic: {topic}, on_error: fail}}\n");
+        + &format!(
+            "events:\n  - {{name: NoteAdded, table: public.t, key: new.note, topic: {topic}, on_error: fail}}\n"
+        );
     let mut f = Ficus::start(&cfg);
     f.wait_streaming();
     let before = s.current_lsn().await;
@@ -170,7 +178,8 @@ async fn check_names_unknown_columns_and_warns_about_old_without_full_identity()
     assert_eq!(code, 0, "a warning does not block: {out}");
     assert!(out.contains("StatChanged") && out.contains("REPLICA IDENTITY FULL"), "{out}");
 
-    let typo = "events:\n  - {name: StatChanged, table: public.t, key: string(new.id), topic: x, data: {s: new.status}}\n";
+    let typo =
+        "events:\n  - {name: StatChanged, table: public.t, key: string(new.id), topic: x, data: {s: new.status}}\n";
     let (code, out) = check(&format!("{base}{typo}"));
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("status") && out.contains("use one of: id, stat"), "{out}");
@@ -214,7 +223,10 @@ async fn the_shop_example_produces_its_business_events() {
     let port = crate::support::free_port();
     // Point the example at this test's database, broker, slot and topics; everything else as shipped.
     let cfg = example
-        .replace("postgres://ficus:${PGPASSWORD}@${FICUS_PG_HOST}:${FICUS_PG_PORT:-5432}/shop?sslmode=prefer", &s.pg.superuser_url(&s.db))
+        .replace(
+            "postgres://ficus:${PGPASSWORD}@${FICUS_PG_HOST}:${FICUS_PG_PORT:-5432}/shop?sslmode=prefer",
+            &s.pg.superuser_url(&s.db),
+        )
         .replace("${FICUS_KAFKA}", &s.kafka.brokers())
         .replace("slot: ficus", &format!("slot: {}", s.prefix))
         .replace("publication: ficus", &format!("publication: {}", s.prefix))
@@ -242,14 +254,26 @@ async fn the_shop_example_produces_its_business_events() {
     .await;
     let orders = values(&s.read_all_confirmed(&f, &format!("{}.orders", s.prefix)).await);
     let customers = values(&s.read_all_confirmed(&f, &format!("{}.customers", s.prefix)).await);
-    let types = |v: &[serde_json::Value]| v.iter().map(|e| e["eventType"].as_str().unwrap().to_string()).collect::<Vec<_>>();
-    assert_eq!(types(&orders), ["OrderPlaced", "OrderPlaced", "OrderPaid", "OrderShipped", "OrderCancelled"], "{}", f.log());
+    let types =
+        |v: &[serde_json::Value]| v.iter().map(|e| e["eventType"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        types(&orders),
+        ["OrderPlaced", "OrderPlaced", "OrderPaid", "OrderShipped", "OrderCancelled"],
+        "{}",
+        f.log()
+    );
     assert_eq!(types(&customers), ["CustomerRegistered", "CustomerEmailChanged"]);
-    assert_eq!(orders[0]["data"], json!({"orderId": 1, "customerId": 1, "total": {"amountCents": 4200, "currency": "EUR"}, "note": "gift wrap"}));
+    assert_eq!(
+        orders[0]["data"],
+        json!({"orderId": 1, "customerId": 1, "total": {"amountCents": 4200, "currency": "EUR"}, "note": "gift wrap"})
+    );
     assert_eq!(orders[3]["data"], json!({"orderId": 1, "shippedAt": "2026-11-22T08:00:00Z"}));
     assert_eq!(orders[4]["data"], json!({"orderId": 2, "previousStatus": "new"}));
     assert_eq!(customers[0]["data"]["email"], "ada@example.com");
-    assert_eq!(customers[1]["data"], json!({"customerId": 1, "previousEmail": "Ada@Example.com", "email": "ada@new.example.com"}));
+    assert_eq!(
+        customers[1]["data"],
+        json!({"customerId": 1, "previousEmail": "Ada@Example.com", "email": "ada@new.example.com"})
+    );
     // Raw changes are published too (changes.tables: "*").
     let raw = values(&s.read_all_confirmed(&f, &s.topic("public", "orders")).await);
     let ops: Vec<&str> = raw.iter().map(|e| e["op"].as_str().unwrap()).collect();
@@ -260,7 +284,9 @@ async fn the_shop_example_produces_its_business_events() {
 /// Other encodings through a real broker: Debezium-compatible raw changes and CloudEvents (binary mode) events.
 #[tokio::test(flavor = "multi_thread")]
 async fn debezium_raw_changes_and_cloudevents_binary_events() {
-    let s = Setup::new("encodings", "CREATE TABLE t (id int PRIMARY KEY, st text); ALTER TABLE t REPLICA IDENTITY FULL;").await;
+    let s =
+        Setup::new("encodings", "CREATE TABLE t (id int PRIMARY KEY, st text); ALTER TABLE t REPLICA IDENTITY FULL;")
+            .await;
     let topic = format!("{}.ce", s.prefix);
     let cfg = s.config(&["public.t"]).replace("  topic_prefix:", "  encoding: debezium\n  topic_prefix:")
         + &format!(
@@ -303,9 +329,11 @@ async fn dry_run_prints_events_and_leaves_nothing_behind() {
     let mut dry = crate::DryRun::start(&cfg).await;
     let stdout = dry.stdout.clone();
     let deadline = Instant::now() + WAIT;
-    s.sql("INSERT INTO ord_hdr (ord_no, cust_no, amt_cents, rmk) VALUES (5, 1, 100, 'x'); \
-           UPDATE ord_hdr SET stat_cd = 'S' WHERE ord_no = 5;")
-        .await;
+    s.sql(
+        "INSERT INTO ord_hdr (ord_no, cust_no, amt_cents, rmk) VALUES (5, 1, 100, 'x'); \
+           UPDATE ord_hdr SET stat_cd = 'S' WHERE ord_no = 5;",
+    )
+    .await;
     let lines = loop {
         let text = std::fs::read_to_string(&stdout).unwrap_or_default();
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -358,8 +386,18 @@ async fn catalog_types_data_from_the_database() {
     let s = Setup::new("catalog", LEGACY).await;
     let (dir, path) = Ficus::dir_config(&config(&s, &s.prefix, "shop.orders"));
     let run = |args: &[&str], path: &std::path::Path| {
-        let out = Command::new(crate::support::ficus_bin()).arg("catalog").args(args).arg("--config").arg(path).output().unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+        let out = Command::new(crate::support::ficus_bin())
+            .arg("catalog")
+            .args(args)
+            .arg("--config")
+            .arg(path)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     };
     let (code, out, err) = run(&["--format", "json"], &path);
     assert_eq!(code, Some(0), "{err}");
@@ -381,7 +419,9 @@ async fn catalog_types_data_from_the_database() {
     assert_eq!(code, Some(0));
     assert!(md.starts_with("# Event catalog") && md.contains("## OrderShipped v2"), "{md}");
 
-    let offline_cfg = std::fs::read_to_string(&path).unwrap().replace(&s.pg.superuser_url(&s.db), "postgres://nobody@127.0.0.1:9/none");
+    let offline_cfg = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(&s.pg.superuser_url(&s.db), "postgres://nobody@127.0.0.1:9/none");
     std::fs::write(dir.path().join("offline.yaml"), offline_cfg).unwrap();
     let (code, out, _) = run(&["--offline", "--format", "json"], &dir.path().join("offline.yaml"));
     assert_eq!(code, Some(0));

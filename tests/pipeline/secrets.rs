@@ -18,7 +18,13 @@ const MARK: &str = "SeCrEt";
 /// Runs `ficus <args>` with `env` and `RUST_LOG=trace`; for `run`, scrapes `/status` and `/metrics` on
 /// `health_port` and stops the process with SIGTERM after `run_for`. Returns (exit code, everything it printed and
 /// served).
-fn ficus_output(args: &[&str], config: &Path, env: &[(&str, &str)], health_port: u16, run_for: Duration) -> (i32, String) {
+fn ficus_output(
+    args: &[&str],
+    config: &Path,
+    env: &[(&str, &str)],
+    health_port: u16,
+    run_for: Duration,
+) -> (i32, String) {
     let dir = config.parent().unwrap();
     let (out_path, err_path) = (dir.join("stdout"), dir.join("stderr"));
     let mut child = Command::new(ficus_bin())
@@ -139,7 +145,10 @@ async fn no_command_prints_a_secret_whatever_the_bad_input() {
     // YAML syntax errors next to (and inside) a literal password.
     let base = Ficus::config(&url_with(&format!("yaml{MARK}16")), &["public.t"], &s.prefix, &brokers, &tail);
     cases.push(("yaml error near the password".into(), base.replace("  slot:", "   slot: [unclosed\n  slot:"), vec![]));
-    let unterminated = base.replace(&format!("url: postgres://secrets_user:yaml{MARK}16"), &format!("url: \"postgres://secrets_user:yaml{MARK}17"));
+    let unterminated = base.replace(
+        &format!("url: postgres://secrets_user:yaml{MARK}16"),
+        &format!("url: \"postgres://secrets_user:yaml{MARK}17"),
+    );
     cases.push(("yaml error inside the password".into(), unterminated, vec![]));
     let tab = base.replace("  publication:", "\tpublication:");
     cases.push(("yaml tab".into(), tab, vec![]));
@@ -175,7 +184,12 @@ async fn backfill_refuses_a_slot_that_does_not_exist() {
     let s = Setup::new("backfill_noslot", "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
     let cfg = s.config(&["public.t"]);
     let (_dir, path) = Ficus::dir_config(&cfg);
-    let out = Command::new(ficus_bin()).args(["backfill", "--config"]).arg(&path).args(["--table", "public.t"]).output().unwrap();
+    let out = Command::new(ficus_bin())
+        .args(["backfill", "--config"])
+        .arg(&path)
+        .args(["--table", "public.t"])
+        .output()
+        .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("source.slot") && text.contains(&s.prefix) && text.contains("does not exist"), "{text}");
@@ -236,7 +250,8 @@ async fn streaming_with_health(name: &str, host: &str) -> (Setup, u16, Ficus) {
     let s = Setup::new(name, "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
     let port = free_port();
     let health = format!("health:\n  listen: {host}:{port}\n");
-    let mut f = Ficus::start(&Ficus::config(&s.pg.superuser_url(&s.db), &["public.t"], &s.prefix, &s.kafka.brokers(), &health));
+    let mut f =
+        Ficus::start(&Ficus::config(&s.pg.superuser_url(&s.db), &["public.t"], &s.prefix, &s.kafka.brokers(), &health));
     let port = f.wait_health_listening(port, 0);
     f.wait_streaming();
     (s, port, f)

@@ -38,14 +38,20 @@ async fn signal_with_unacknowledged_changes_then_restart_repeats_nothing(name: &
     const TXNS: i64 = 10;
     const ROWS: i64 = 50;
     for t in 0..TXNS {
-        s.sql(&format!("INSERT INTO t SELECT g, {t} FROM generate_series({}, {}) g", t * ROWS + 1, (t + 1) * ROWS)).await;
+        s.sql(&format!("INSERT INTO t SELECT g, {t} FROM generate_series({}, {}) g", t * ROWS + 1, (t + 1) * ROWS))
+            .await;
     }
     let written = s.current_lsn().await;
     let total = (TXNS * ROWS + 1) as u64;
     // ficus has all of them (handed to librdkafka), and none is acknowledged: the slot did not move past them.
     let deadline = Instant::now() + WAIT;
     while changes_received(port) != Some(total) {
-        assert!(Instant::now() < deadline, "ficus never received the changes: {:?}\n{}", changes_received(port), f.log());
+        assert!(
+            Instant::now() < deadline,
+            "ficus never received the changes: {:?}\n{}",
+            changes_received(port),
+            f.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let confirmed = s.confirmed_flush().await.unwrap();
@@ -65,9 +71,15 @@ async fn signal_with_unacknowledged_changes_then_restart_repeats_nothing(name: &
     assert_eq!(ids(&msgs), expected, "{}", f.log());
     let last_commit = values(&msgs).last().unwrap()["source"]["commitLsn"].as_str().unwrap().to_string();
     let confirmed = s.confirmed_flush().await.unwrap();
-    assert!(lsn(&confirmed) >= lsn(&last_commit), "final status update: slot at {confirmed}, last commit at {last_commit}");
+    assert!(
+        lsn(&confirmed) >= lsn(&last_commit),
+        "final status update: slot at {confirmed}, last commit at {last_commit}"
+    );
     let cp = f.checkpoint(&s.prefix).expect("final checkpoint");
-    assert!(lsn(cp["lsn"].as_str().unwrap()) >= lsn(&last_commit), "final checkpoint {cp}, last commit at {last_commit}");
+    assert!(
+        lsn(cp["lsn"].as_str().unwrap()) >= lsn(&last_commit),
+        "final checkpoint {cp}, last commit at {last_commit}"
+    );
 
     // The restart resumes after them: nothing is published twice.
     let port = f.restart_with_health(port);

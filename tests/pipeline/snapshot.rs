@@ -32,7 +32,13 @@ fn state_from_topic(msgs: &[ConsumedMessage]) -> BTreeMap<String, Value> {
 }
 
 fn snapshot_config(s: &Setup, tables: &[&str], snapshot: &str) -> String {
-    crate::Ficus::config(&s.pg.superuser_url(&s.db), tables, &s.prefix, &s.kafka.brokers(), &format!("snapshot:\n{snapshot}"))
+    crate::Ficus::config(
+        &s.pg.superuser_url(&s.db),
+        tables,
+        &s.prefix,
+        &s.kafka.brokers(),
+        &format!("snapshot:\n{snapshot}"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -57,7 +63,10 @@ async fn snapshot_with_concurrent_changes_ends_equal_to_the_table() {
                 let sql = match i % 4 {
                     0 => format!("UPDATE a SET n = n + 1, v = 'upd{i}' WHERE id = {id}"),
                     1 => format!("DELETE FROM a WHERE id = {id}"),
-                    2 => format!("INSERT INTO a VALUES ({}, 'new{i}', 1) ON CONFLICT (id) DO UPDATE SET n = a.n + 10", 30000 + i),
+                    2 => format!(
+                        "INSERT INTO a VALUES ({}, 'new{i}', 1) ON CONFLICT (id) DO UPDATE SET n = a.n + 10",
+                        30000 + i
+                    ),
                     _ => format!("UPDATE b SET n = n + 1 WHERE id = {}", id % 5000 + 1),
                 };
                 client.batch_execute(&sql).await.unwrap();
@@ -88,10 +97,19 @@ async fn snapshot_with_concurrent_changes_ends_equal_to_the_table() {
             .iter()
             .map(|r| {
                 let id: i32 = r.get(0);
-                (format!("{{\"id\":{id}}}"), serde_json::json!({"id": id, "v": r.get::<_, String>(1), "n": r.get::<_, i32>(2)}))
+                (
+                    format!("{{\"id\":{id}}}"),
+                    serde_json::json!({"id": id, "v": r.get::<_, String>(1), "n": r.get::<_, i32>(2)}),
+                )
             })
             .collect();
-        assert_eq!(state.len(), expected.len(), "table {table}: {} keys from the topic, {} rows", state.len(), expected.len());
+        assert_eq!(
+            state.len(),
+            expected.len(),
+            "table {table}: {} keys from the topic, {} rows",
+            state.len(),
+            expected.len()
+        );
         let wrong: Vec<_> = expected.iter().filter(|(k, v)| state.get(*k) != Some(v)).take(5).collect();
         assert!(wrong.is_empty(), "table {table}: topic state differs from the table, e.g. {wrong:?}");
         let reads = values(&msgs).iter().filter(|v| v["op"] == "read").count();
@@ -112,7 +130,8 @@ async fn sigkill_mid_snapshot_resumes_after_the_last_checkpointed_chunk() {
     // Wait until the checkpoint records progress, then kill.
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let after = f.checkpoint(&s.prefix).and_then(|cp| cp["snapshot"]["jobs"][0]["after"][0].as_str().map(str::to_string));
+        let after =
+            f.checkpoint(&s.prefix).and_then(|cp| cp["snapshot"]["jobs"][0]["after"][0].as_str().map(str::to_string));
         if let Some(after) = after {
             if after.parse::<i64>().unwrap() >= 5000 {
                 break;
@@ -139,7 +158,10 @@ async fn sigkill_mid_snapshot_resumes_after_the_last_checkpointed_chunk() {
     assert_eq!(reads.len(), 60000, "rows missing");
     let twice: BTreeSet<i64> = reads.iter().filter(|(_, n)| **n > 1).map(|(id, _)| *id).collect();
     assert!(reads.values().all(|n| *n <= 2));
-    assert!(twice.iter().all(|id| *id > resumed_after), "rows up to the checkpointed key {resumed_after} were read again");
+    assert!(
+        twice.iter().all(|id| *id > resumed_after),
+        "rows up to the checkpointed key {resumed_after} were read again"
+    );
     assert!(twice.len() < 60000 - resumed_after as usize, "the table was copied again from the start");
     eprintln!("re-emitted after SIGKILL: {} rows (in-flight chunks after key {resumed_after})", twice.len());
     assert_eq!(f.terminate().code(), Some(0));
@@ -154,7 +176,11 @@ async fn composite_quoted_keys_and_initial_only_exits_zero() {
     let s = Setup::new("snapquoted", ddl).await;
     let table = r#"Legacy Schema"."Order Lines"#;
     let quoted = format!("\"{table}\"");
-    let mut f = Ficus::start(&snapshot_config(&s, &[&quoted, "public.nokey"], &format!("  mode: initial_only\n  chunk_size: 7\n  tables: ['{}']\n", quoted.replace('\'', "''"))));
+    let mut f = Ficus::start(&snapshot_config(
+        &s,
+        &[&quoted, "public.nokey"],
+        &format!("  mode: initial_only\n  chunk_size: 7\n  tables: ['{}']\n", quoted.replace('\'', "''")),
+    ));
     let status = f.wait(WAIT);
     assert_eq!(status.code(), Some(0), "{}", f.log());
     assert!(f.log().contains("exiting (snapshot.mode: initial_only)"));
@@ -173,11 +199,16 @@ async fn composite_quoted_keys_and_initial_only_exits_zero() {
     let (code, out) = crate::check(&snapshot_config(&s, &["public.nokey"], "  mode: initial\n"));
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("✗ snapshot of public.nokey") && out.contains("add a primary key"), "{out}");
-    let config = snapshot_config(&s, &["public.nokey"], "  mode: initial\n").replace(&format!("slot: {}", s.prefix), &format!("slot: {}_nokey", s.prefix));
+    let config = snapshot_config(&s, &["public.nokey"], "  mode: initial\n")
+        .replace(&format!("slot: {}", s.prefix), &format!("slot: {}_nokey", s.prefix));
     let mut f = Ficus::start(&config);
     let status = f.wait(WAIT);
     assert_eq!(status.code(), Some(2), "{}", f.log());
-    assert!(f.log().contains("public.nokey has no primary key") && f.log().contains("add a primary key"), "{}", f.log());
+    assert!(
+        f.log().contains("public.nokey has no primary key") && f.log().contains("add a primary key"),
+        "{}",
+        f.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -188,7 +219,8 @@ async fn backfill_request_reaches_the_running_instance_and_read_rules_fire() {
     let extra = format!(
         "snapshot:\n  mode: never\nevents:\n  - {{name: OrderSnapshotted, table: public.orders, on: [read], key: string(new.id), topic: {events}, data: {{id: new.id, status: new.status}}}}\n"
     );
-    let config = crate::Ficus::config(&s.pg.superuser_url(&s.db), &["public.orders"], &s.prefix, &s.kafka.brokers(), &extra);
+    let config =
+        crate::Ficus::config(&s.pg.superuser_url(&s.db), &["public.orders"], &s.prefix, &s.kafka.brokers(), &extra);
     let mut f = Ficus::start(&config);
     f.wait_streaming();
     s.sql("INSERT INTO orders VALUES (51, 'new')").await;

@@ -53,7 +53,9 @@ impl TestKafka {
     pub fn shared() -> &'static TestKafka {
         static SHARED: OnceLock<TestKafka> = OnceLock::new();
         SHARED.get_or_init(|| match std::env::var("FICUS_TEST_KAFKA") {
-            Ok(brokers) if !brokers.trim().is_empty() => TestKafka { brokers: brokers.trim().to_string(), noida: None, shared: true },
+            Ok(brokers) if !brokers.trim().is_empty() => {
+                TestKafka { brokers: brokers.trim().to_string(), noida: None, shared: true }
+            }
             _ => {
                 let mut k = TestKafka::start_dedicated();
                 k.shared = true;
@@ -76,8 +78,11 @@ impl TestKafka {
     /// A topic name unique in this process and unlikely to repeat across runs: `<prefix>-<pid>-<n>-<hex>`, made of
     /// `[A-Za-z0-9_-]` only (so `.replace('-', "_")` of it is also a valid slot name when `prefix` is lowercase).
     pub fn unique_topic(&self, prefix: &str) -> String {
-        let base: String =
-            prefix.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).take(24).collect();
+        let base: String = prefix
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+            .take(24)
+            .collect();
         format!("{base}-{}", unique_suffix('-'))
     }
 
@@ -114,7 +119,10 @@ impl TestKafka {
 
     /// The broker's log so far (empty for an external broker).
     pub fn log(&self) -> String {
-        self.noida.as_ref().map(|n| std::fs::read_to_string(n.lock().unwrap().logfile()).unwrap_or_default()).unwrap_or_default()
+        self.noida
+            .as_ref()
+            .map(|n| std::fs::read_to_string(n.lock().unwrap().logfile()).unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// A producer for this broker (`message.timeout.ms` 30 s).
@@ -134,7 +142,9 @@ impl TestKafka {
         let opts = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)).request_timeout(Some(ADMIN_TIMEOUT));
         let result = tokio::time::timeout(ADMIN_TIMEOUT + Duration::from_secs(5), admin.create_topics([&topic], &opts))
             .await
-            .unwrap_or_else(|_| panic!("create topic {name}: no answer from {} within {ADMIN_TIMEOUT:?}", self.brokers));
+            .unwrap_or_else(|_| {
+                panic!("create topic {name}: no answer from {} within {ADMIN_TIMEOUT:?}", self.brokers)
+            });
         match result {
             Ok(results) => {
                 for r in results {
@@ -147,7 +157,10 @@ impl TestKafka {
         }
         let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
         while self.partitions(name).await.len() < partitions as usize {
-            assert!(tokio::time::Instant::now() < deadline, "topic {name} not visible in metadata within {ADMIN_TIMEOUT:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "topic {name} not visible in metadata within {ADMIN_TIMEOUT:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -193,7 +206,13 @@ impl TestKafka {
 
     /// [`consume_all`](Self::consume_all) with an explicit `isolation.level` (`read_uncommitted` shows records of
     /// open and aborted transactions: for diagnostics).
-    pub async fn consume_all_with(&self, topic: &str, expected: usize, timeout: Duration, isolation: &str) -> Vec<ConsumedMessage> {
+    pub async fn consume_all_with(
+        &self,
+        topic: &str,
+        expected: usize,
+        timeout: Duration,
+        isolation: &str,
+    ) -> Vec<ConsumedMessage> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut out = Vec::new();
         if expected == 0 {
@@ -371,7 +390,11 @@ struct Noida {
 impl Noida {
     fn start() -> Noida {
         let exe = noida_exe();
-        let root = tempfile::Builder::new().prefix("ficus-kafka-").tempdir_in(tmp_base()).expect("temp dir for the broker").keep();
+        let root = tempfile::Builder::new()
+            .prefix("ficus-kafka-")
+            .tempdir_in(tmp_base())
+            .expect("temp dir for the broker")
+            .keep();
         std::fs::create_dir(root.join("data")).expect("create the broker's data dir");
         // The pid file always names the running broker (or is absent), so the watchdog stops the right process.
         let pidfile = sh_quote(&root.join("noida.pid").display().to_string());
@@ -400,7 +423,8 @@ impl Noida {
 
     fn spawn_and_wait(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "the broker is already running");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.logfile()).expect("open the broker log");
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.logfile()).expect("open the broker log");
         let mut child = Command::new(&self.exe)
             .args(["start", "--only", "kafka", "--host", "127.0.0.1", "--kafka-port"])
             .arg(self.port.to_string())
@@ -414,7 +438,9 @@ impl Noida {
             .map_err(|e| format!("spawn {}: {e}", self.exe.display()))?;
         std::fs::write(self.root.join("noida.pid"), child.id().to_string()).expect("write the broker pid file");
         let ready = wait_for(READY_TIMEOUT, || match child.try_wait() {
-            Ok(Some(status)) => Some(Err(format!("noida-db exited with {status} before listening on port {}", self.port))),
+            Ok(Some(status)) => {
+                Some(Err(format!("noida-db exited with {status} before listening on port {}", self.port)))
+            }
             _ if port_open(self.port) => Some(Ok(())),
             _ => None,
         });
@@ -424,7 +450,9 @@ impl Noida {
             Some(Ok(())) => {
                 std::thread::sleep(Duration::from_millis(100));
                 match child.try_wait() {
-                    Ok(Some(status)) => Err(format!("noida-db exited with {status} right after start on port {}", self.port)),
+                    Ok(Some(status)) => {
+                        Err(format!("noida-db exited with {status} right after start on port {}", self.port))
+                    }
                     _ => Ok(()),
                 }
             }

@@ -36,11 +36,8 @@ pub fn ficus_bin() -> PathBuf {
 
 /// A database name unique in this process (lowercase, `[a-z0-9_]`, at most 63 bytes), starting with `prefix`.
 pub fn unique_db(prefix: &str) -> String {
-    let base: String = prefix
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
-        .take(32)
-        .collect();
+    let base: String =
+        prefix.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).take(32).collect();
     let base = if base.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') { base } else { format!("d{base}") };
     format!("{base}_{}", unique_suffix('_'))
 }
@@ -93,7 +90,9 @@ pub(crate) fn is_root() -> bool {
         // The second field of `Uid:` is the effective uid.
         std::fs::read_to_string("/proc/self/status")
             .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2)).map(|u| u == "0"))
+            .and_then(|s| {
+                s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2)).map(|u| u == "0")
+            })
             .unwrap_or(false)
     })
 }

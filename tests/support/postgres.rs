@@ -101,7 +101,10 @@ impl TestPostgres {
         std::fs::create_dir(&sock).expect("create the socket dir");
 
         // Armed before initdb, so that whatever fails below, the directory (and any server) goes away.
-        let stop = pg_user_command_line(&bin.join("pg_ctl"), &["stop", "-D", &data.display().to_string(), "-m", "immediate", "-w", "-t", "30"]);
+        let stop = pg_user_command_line(
+            &bin.join("pg_ctl"),
+            &["stop", "-D", &data.display().to_string(), "-m", "immediate", "-w", "-t", "30"],
+        );
         let watchdog = Watchdog::spawn(&format!("{stop}; rm -rf {}", sh_quote(&root.display().to_string())));
         let mut pg = TestPostgres {
             bin,
@@ -138,10 +141,11 @@ impl TestPostgres {
     }
 
     fn initdb(&self, opts: &PgOptions) {
-        let mut args: Vec<String> = ["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C", "--no-instructions", "-D"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut args: Vec<String> =
+            ["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C", "--no-instructions", "-D"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
         args.push(self.data.display().to_string());
         if let Some(pw) = &opts.superuser_password {
             let pwfile = self.root.join("pwfile");
@@ -173,7 +177,8 @@ impl TestPostgres {
         std::fs::write(self.data.join("pg_hba.conf"), hba.join("\n") + "\n").expect("write pg_hba.conf");
 
         let mut conf = String::from("\n# ficus test harness\n");
-        let settings = DEFAULT_SETTINGS.iter().map(|(k, v)| (k.to_string(), v.to_string())).chain(opts.settings.iter().cloned());
+        let settings =
+            DEFAULT_SETTINGS.iter().map(|(k, v)| (k.to_string(), v.to_string())).chain(opts.settings.iter().cloned());
         for (name, value) in settings {
             conf.push_str(&format!("{name} = '{}'\n", value.replace('\'', "''")));
         }
@@ -227,7 +232,11 @@ impl TestPostgres {
     }
 
     fn fail(&self, what: &str) -> ! {
-        panic!("test cluster in {}: {what}\n--- PostgreSQL log (tail) ---\n{}", self.root.display(), tail(&self.logfile, 40))
+        panic!(
+            "test cluster in {}: {what}\n--- PostgreSQL log (tail) ---\n{}",
+            self.root.display(),
+            tail(&self.logfile, 40)
+        )
     }
 
     /// The TCP port on 127.0.0.1.
@@ -247,7 +256,13 @@ impl TestPostgres {
 
     /// A URL for `user` with `password` (percent-encoded) to database `db`, TLS disabled.
     pub fn url(&self, user: &str, password: &str, db: &str) -> String {
-        format!("postgres://{}:{}@127.0.0.1:{}/{}?sslmode=disable", encode(user), encode(password), self.port, encode(db))
+        format!(
+            "postgres://{}:{}@127.0.0.1:{}/{}?sslmode=disable",
+            encode(user),
+            encode(password),
+            self.port,
+            encode(db)
+        )
     }
 
     /// A URL for the superuser `postgres` to database `db` (with its password when one was set).
@@ -298,11 +313,20 @@ impl TestPostgres {
         let db = db.to_string();
         block_on(async move {
             let mut config = tokio_postgres::Config::new();
-            config.host("127.0.0.1").port(self.port).user("postgres").dbname("postgres").connect_timeout(CONNECT_TIMEOUT);
+            config
+                .host("127.0.0.1")
+                .port(self.port)
+                .user("postgres")
+                .dbname("postgres")
+                .connect_timeout(CONNECT_TIMEOUT);
             if let Some(pw) = &self.superuser_password {
                 config.password(pw);
             }
-            let Ok(Ok((client, conn))) = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(tokio_postgres::NoTls)).await else { return };
+            let Ok(Ok((client, conn))) =
+                tokio::time::timeout(CONNECT_TIMEOUT, config.connect(tokio_postgres::NoTls)).await
+            else {
+                return;
+            };
             tokio::spawn(conn);
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while std::time::Instant::now() < deadline {
@@ -324,7 +348,19 @@ impl TestPostgres {
     /// clusters only.
     pub fn stop_immediate(&self) {
         self.assert_dedicated("stop_immediate");
-        let out = self.run_pg("pg_ctl", &["stop".into(), "-D".into(), self.data.display().to_string(), "-m".into(), "immediate".into(), "-w".into(), "-t".into(), "30".into()]);
+        let out = self.run_pg(
+            "pg_ctl",
+            &[
+                "stop".into(),
+                "-D".into(),
+                self.data.display().to_string(),
+                "-m".into(),
+                "immediate".into(),
+                "-w".into(),
+                "-t".into(),
+                "30".into(),
+            ],
+        );
         if !out.status.success() {
             self.fail(&format!("pg_ctl stop failed: {}", output_text(&out)));
         }
@@ -365,7 +401,9 @@ where
     F::Output: Send,
 {
     std::thread::scope(|s| {
-        let handle = s.spawn(|| tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime").block_on(fut));
+        let handle = s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime").block_on(fut)
+        });
         match handle.join() {
             Ok(v) => v,
             Err(panic) => std::panic::resume_unwind(panic),
@@ -413,7 +451,9 @@ fn postgres_user() -> (u32, u32) {
             let f: Vec<&str> = l.split(':').collect();
             Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?))
         });
-        ids.expect("running as root, but there is no `postgres` user to run PostgreSQL as: run scripts/install-test-deps.sh")
+        ids.expect(
+            "running as root, but there is no `postgres` user to run PostgreSQL as: run scripts/install-test-deps.sh",
+        )
     })
 }
 
@@ -462,7 +502,12 @@ fn describe(e: &tokio_postgres::Error) -> String {
 /// Percent-encodes everything but RFC 3986 unreserved characters.
 fn encode(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
-

@@ -258,7 +258,12 @@ mod tests {
         while buf.len() < 8 * MIB {
             buf.extend_from_slice(&read);
             assert!(split_frame(&mut buf).unwrap().is_none());
-            assert!(buf.capacity() <= 2 * (buf.len() + MIB), "{} bytes reserved for {} received", buf.capacity(), buf.len());
+            assert!(
+                buf.capacity() <= 2 * (buf.len() + MIB),
+                "{} bytes reserved for {} received",
+                buf.capacity(),
+                buf.len()
+            );
         }
         // A frame that does complete is still cut exactly.
         let mut buf = BytesMut::new();
