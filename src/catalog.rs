@@ -8,7 +8,8 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use crate::config::{Config, TableName};
+use crate::config::Config;
+use crate::ident::TableName;
 use crate::postgres::conninfo::ConnInfo;
 use crate::postgres::control::{self, ColumnType};
 use crate::rules::{RuleDescription, RuleSet};

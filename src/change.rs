@@ -126,3 +126,16 @@ pub struct LogicalMessage {
     pub position: u32,
     pub tx: Arc<TxMeta>,
 }
+
+/// Prefix of ficus's heartbeat messages (`source.heartbeat_interval_secs`).
+pub const HEARTBEAT_PREFIX: &str = "ficus.heartbeat";
+/// Prefix of the snapshot's watermark messages (docs/snapshots.md).
+pub const WATERMARK_PREFIX: &str = "ficus.snapshot";
+/// Prefix of the backfill request messages (`ficus backfill`).
+pub const BACKFILL_PREFIX: &str = "ficus.backfill";
+
+/// Whether `prefix` belongs to a logical message ficus writes into the WAL itself: the router never hands those
+/// to rules, so no rule may use one (config validation refuses it) and no raw event is published for them.
+pub fn is_internal_prefix(prefix: &str) -> bool {
+    matches!(prefix, HEARTBEAT_PREFIX | WATERMARK_PREFIX | BACKFILL_PREFIX)
+}

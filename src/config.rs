@@ -19,6 +19,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::ident::TableName;
+use crate::record::{change_topic, is_topic_name, TOPIC_NAME_RULE};
+
 pub use crate::snapshot::config::{SnapshotConfig, SnapshotMode};
 
 /// A configuration problem. The message names the key and says how to fix it.
@@ -341,19 +344,6 @@ pub struct HealthConfig {
     pub listen: Option<SocketAddr>,
 }
 
-/// What Kafka accepts as a topic name, for messages.
-pub const TOPIC_NAME_RULE: &str = "a Kafka topic name: 1 to 249 of [a-zA-Z0-9._-], not \".\" or \"..\"";
-
-/// Whether Kafka accepts `t` as a topic name (the broker's own rule: legal characters, length, not `.` or `..`).
-/// Checked at load time: a bad name would otherwise fail only at the first event, after the stream started.
-pub fn is_topic_name(t: &str) -> bool {
-    !t.is_empty()
-        && t.len() <= 249
-        && t != "."
-        && t != ".."
-        && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-}
-
 /// `health.listen`: `IP:PORT` or `HOST:PORT` (a host name is resolved once, at load time; IPv4 preferred, as a
 /// name like `localhost` usually means 127.0.0.1 to probes).
 fn deserialize_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
@@ -404,100 +394,6 @@ fn default_checkpoint_interval_ms() -> u64 {
 }
 fn default_topic_prefix() -> String {
     "ficus".into()
-}
-
-/// Kafka topic for raw changes of `schema.table`: characters Kafka cannot hold become `_`.
-pub fn change_topic(prefix: &str, schema: &str, table: &str) -> String {
-    sanitize_topic(&format!("{prefix}.{schema}.{table}"))
-}
-
-/// `raw` as a Kafka topic name: characters outside `[a-zA-Z0-9._-]` become `_`, at most 249 characters.
-pub fn sanitize_topic(raw: &str) -> String {
-    let mut topic: String =
-        raw.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect();
-    // Kafka's limit is 249 characters.
-    topic.truncate(249);
-    topic
-}
-
-/// A table name split into schema and name, both unquoted (exactly as in `pg_class`/`pg_namespace`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TableName {
-    pub schema: String,
-    pub name: String,
-}
-
-impl TableName {
-    /// Parses `table`, `schema.table`, `"Mixed Case"."Table ""x"""`. Unquoted parts fold to lower case, like SQL.
-    pub fn parse(text: &str) -> Result<TableName, String> {
-        let parts = split_identifiers(text)?;
-        match parts.as_slice() {
-            [name] => Ok(TableName { schema: "public".into(), name: name.clone() }),
-            [schema, name] => Ok(TableName { schema: schema.clone(), name: name.clone() }),
-            _ => Err(format!("{text:?} is not `table` or `schema.table`")),
-        }
-    }
-
-    /// `"schema"."name"`, safe to splice into SQL.
-    pub fn quoted(&self) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
-    }
-}
-
-impl fmt::Display for TableName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.schema, self.name)
-    }
-}
-
-/// Double-quotes an SQL identifier, doubling embedded quotes. Every identifier ficus puts into SQL goes
-/// through this (or a bind parameter), so names with capitals, spaces or quotes work and cannot inject SQL.
-pub fn quote_ident(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
-fn split_identifiers(text: &str) -> Result<Vec<String>, String> {
-    let mut parts = Vec::new();
-    let mut chars = text.trim().chars().peekable();
-    loop {
-        let mut part = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            loop {
-                match chars.next() {
-                    Some('"') if chars.peek() == Some(&'"') => {
-                        chars.next();
-                        part.push('"');
-                    }
-                    Some('"') => break,
-                    Some(c) => part.push(c),
-                    None => return Err(format!("unterminated quoted identifier in {text:?}")),
-                }
-            }
-        } else {
-            while let Some(&c) = chars.peek() {
-                if c == '.' {
-                    break;
-                }
-                if c == '"' || c.is_whitespace() {
-                    return Err(format!(
-                        "{text:?}: quote identifiers that contain spaces or quotes, e.g. legacy.\"Order Lines\""
-                    ));
-                }
-                part.extend(c.to_lowercase());
-                chars.next();
-            }
-        }
-        if part.is_empty() {
-            return Err(format!("empty identifier in {text:?}"));
-        }
-        parts.push(part);
-        match chars.next() {
-            None => return Ok(parts),
-            Some('.') => continue,
-            Some(c) => return Err(format!("unexpected {c:?} after identifier in {text:?}")),
-        }
-    }
 }
 
 /// Replaces `${NAME}` by the environment variable NAME; `$$` is a literal `$`. A missing variable is an error.

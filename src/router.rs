@@ -10,8 +10,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::change::{Change, Op};
-use crate::config::{ChangeEncoding, Config, TableName};
+use crate::config::{ChangeEncoding, Config};
 use crate::encode::{self, SourceInfo};
+use crate::ident::TableName;
+use crate::record::{change_topic, HeaderValue, Record};
 use crate::rules::{RuleFailure, RuleSet};
 
 /// Why a change could not be routed; both stop the pipeline (exit 1) without confirming the change.
@@ -21,41 +23,6 @@ pub enum RouteError {
     Encode(#[from] encode::EncodeError),
     #[error(transparent)]
     Rule(#[from] RuleFailure),
-}
-
-/// A message for Kafka, independent of librdkafka.
-#[derive(Debug, Clone)]
-pub struct Record {
-    pub topic: Arc<str>,
-    /// `None` = null key (the table has no primary key nor replica-identity index).
-    pub key: Option<Vec<u8>>,
-    pub payload: Vec<u8>,
-    pub headers: Vec<(&'static str, HeaderValue)>,
-}
-
-/// A header value; shared or static where possible, so a record costs few allocations.
-#[derive(Debug, Clone)]
-pub enum HeaderValue {
-    Static(&'static str),
-    Shared(Arc<str>),
-    Owned(String),
-}
-
-impl HeaderValue {
-    pub fn as_str(&self) -> &str {
-        match self {
-            HeaderValue::Static(s) => s,
-            HeaderValue::Shared(s) => s,
-            HeaderValue::Owned(s) => s,
-        }
-    }
-}
-
-impl Record {
-    /// Value of a header, if present.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
-    }
 }
 
 /// What the router decided for one relation, valid while the change's table is this very `Arc`.
@@ -80,8 +47,6 @@ pub struct Dropped {
     pub table: Arc<str>,
     pub count: u64,
 }
-
-pub use crate::config::{change_topic, sanitize_topic};
 
 /// Turns changes into records.
 pub struct Router {
@@ -214,7 +179,7 @@ impl Router {
         message: &crate::change::LogicalMessage,
         out: &mut Vec<Record>,
     ) -> Result<(), RouteError> {
-        if message.prefix == crate::pipeline::HEARTBEAT_PREFIX || crate::snapshot::Tap::is_control(&message.prefix) {
+        if crate::change::is_internal_prefix(&message.prefix) {
             return Ok(());
         }
         let start = out.len();

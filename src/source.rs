@@ -20,7 +20,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::change::{Change, Column, Datum, Op, Table, TxMeta};
-use crate::config::TableName;
+use crate::ident::TableName;
 use crate::lsn::Lsn;
 use crate::postgres::control::Catalog;
 use crate::postgres::pgoutput::{self, DecodeError, Message, OldKind};

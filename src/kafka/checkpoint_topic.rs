@@ -14,7 +14,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::KafkaConfig;
 use crate::lsn::Lsn;
-use crate::router::{HeaderValue, Record};
+use crate::record::{HeaderValue, Record};
 use crate::snapshot::SnapshotState;
 
 /// Creates the checkpoint topic (one partition, compacted) if it is missing; an existing topic is left as it is.

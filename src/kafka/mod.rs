@@ -26,7 +26,7 @@ use rdkafka::ClientContext;
 
 use crate::config::{ConfigError, KafkaConfig, Scalar};
 use crate::progress::{Progress, TxSeq};
-use crate::router::Record;
+use crate::record::Record;
 
 pub mod checkpoint_topic;
 pub mod exactly_once;

@@ -26,9 +26,10 @@ mod tables;
 pub use monitor::HEARTBEAT_PREFIX;
 
 use crate::checkpoint::{CheckpointError, FileCheckpointStore};
-use crate::config::{quote_ident, Config, Delivery, SnapshotMode, ValueFormat};
+use crate::config::{Config, Delivery, SnapshotMode, ValueFormat};
 use crate::encode::SourceInfo;
 use crate::health::Health;
+use crate::ident::quote_ident;
 use crate::kafka::exactly_once::{self, KafkaTxn};
 use crate::kafka::{KafkaSink, SinkError};
 use crate::lsn::Lsn;

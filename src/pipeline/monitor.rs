@@ -63,8 +63,7 @@ pub(super) async fn report_loop(
     }
 }
 
-/// Prefix of ficus's heartbeat messages (no rule may use it; the router ignores them).
-pub const HEARTBEAT_PREFIX: &str = "ficus.heartbeat";
+pub use crate::change::HEARTBEAT_PREFIX;
 
 /// Writes a transactional logical message every `interval` (never when `None`): its commit reaches ficus, is
 /// "acknowledged" at once (no records), and moves the slot's confirmed position to the server's current WAL, so an

@@ -264,7 +264,7 @@ pub(crate) async fn state_report(
 
 /// A table of `snapshot.tables` a snapshot cannot copy.
 pub(crate) struct SnapshotBlocker {
-    pub table: crate::config::TableName,
+    pub table: crate::ident::TableName,
     pub problem: String,
     pub fix: String,
     /// The whole sentence, for the error of `ficus run`.

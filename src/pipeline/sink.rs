@@ -14,7 +14,8 @@ use crate::kafka::exactly_once::KafkaTxn;
 use crate::kafka::{KafkaSink, SinkError};
 use crate::lsn::Lsn;
 use crate::progress::Progress;
-use crate::router::{Record, Router};
+use crate::record::Record;
+use crate::router::Router;
 use crate::snapshot::Tap;
 use crate::source::{Batch, SourceEvent};
 

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, TableName};
+use crate::config::Config;
+use crate::ident::TableName;
 use crate::postgres::control::{self, Catalog};
 
 use super::PipelineError;
@@ -91,7 +92,7 @@ async fn repair(
         PipelineError::Config(format!(
             "captured table {table} {why}, so its changes are no longer in publication {publication}; {reason}. Fix: \
              ALTER PUBLICATION {} ADD TABLE {}; then `ficus backfill --table {table}` to copy the rows written meanwhile",
-            crate::config::quote_ident(publication),
+            crate::ident::quote_ident(publication),
             table.quoted()
         ))
     };

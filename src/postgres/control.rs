@@ -12,7 +12,8 @@ use std::fmt;
 
 use tokio_postgres::Client;
 
-use crate::config::{quote_ident, Config, TableName};
+use crate::config::Config;
+use crate::ident::{quote_ident, TableName};
 use crate::lsn::Lsn;
 
 /// A control-connection failure.

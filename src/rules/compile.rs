@@ -54,12 +54,14 @@ pub(super) fn compile_rule(
     let (kind, table) = match (&spec.table, &spec.message, &spec.outbox) {
         (Some(t), _, _) => (Kind::Table, Some(parse_table(t, at("table"))?)),
         (_, Some(prefix), _) => {
-            if prefix.is_empty() || prefix == crate::pipeline::HEARTBEAT_PREFIX {
+            if prefix.is_empty() || crate::change::is_internal_prefix(prefix) {
                 return Err(ConfigError::invalid(
                     at("message"),
                     format!(
-                        "the prefix given to pg_logical_emit_message, e.g. payments ({} is ficus's own)",
-                        crate::pipeline::HEARTBEAT_PREFIX
+                        "the prefix given to pg_logical_emit_message, e.g. payments ({}, {} and {} are ficus's own)",
+                        crate::change::HEARTBEAT_PREFIX,
+                        crate::change::WATERMARK_PREFIX,
+                        crate::change::BACKFILL_PREFIX
                     ),
                 ));
             }
@@ -92,7 +94,7 @@ pub(super) fn compile_rule(
     let topic = match (&kind, &spec.topic) {
         (Kind::Outbox(_), _) => String::new(),
         (_, Some(t)) if is_topic_name(t) => t.clone(),
-        (_, Some(_)) => return Err(ConfigError::invalid(at("topic"), crate::config::TOPIC_NAME_RULE)),
+        (_, Some(_)) => return Err(ConfigError::invalid(at("topic"), crate::record::TOPIC_NAME_RULE)),
         (_, None) => return Err(ConfigError::invalid(at("topic"), "required: the Kafka topic of the events")),
     };
     if !matches!(kind, Kind::Outbox(_)) && spec.key.is_none() {
@@ -224,7 +226,7 @@ pub(super) fn compile_rule(
 }
 
 fn is_topic_name(t: &str) -> bool {
-    crate::config::is_topic_name(t)
+    crate::record::is_topic_name(t)
 }
 
 pub(super) fn compile_data(

@@ -32,10 +32,11 @@ use cel::common::value::Val;
 use cel::{Context, Env, Program, Value};
 
 use crate::change::{Change, Datum, LogicalMessage, Op, Table, TxMeta};
-use crate::config::{Config, ConfigError, TableName};
+use crate::config::{Config, ConfigError};
 use crate::encode::{self, SourceInfo};
+use crate::ident::TableName;
 use crate::postgres::control::{Catalog, CheckItem, ColumnType, Status};
-use crate::router::{HeaderValue, Record};
+use crate::record::{HeaderValue, Record};
 use compile::{compile_rule, environment};
 use eval::{Buffers, Input, LazyContext};
 use spec::{Encoding, EventDefaults, OnError, OpName, RuleSpec};

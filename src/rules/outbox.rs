@@ -87,7 +87,7 @@ impl Outbox {
                 return Err(format!("outbox column {column} (the event {what}) is empty"));
             }
         }
-        let topic = crate::router::sanitize_topic(&self.topic.replace("{aggregatetype}", &aggregate_type));
+        let topic = crate::record::sanitize_topic(&self.topic.replace("{aggregatetype}", &aggregate_type));
         let mut headers = Vec::with_capacity(self.headers.len());
         for col in &self.headers {
             // Header names are `&'static str` in records; the set is small and fixed: interned once.

@@ -428,6 +428,10 @@ fn outbox_rows_become_events_with_their_own_id_type_key_and_payload() {
         ("  - {name: A, message: pay, key: string(new.id), topic: t}\n", "events[0].message"),
         ("  - {name: A, message: pay, key: content.id, on: insert, topic: t}\n", "events[0].on"),
         ("  - {name: A, table: public.orders, topic: t}\n", "events[0].key"),
+        // ficus's own logical messages never reach rules: a rule on one of their prefixes would never fire.
+        ("  - {name: A, message: ficus.heartbeat, key: prefix, topic: t}\n", "events[0].message"),
+        ("  - {name: A, message: ficus.snapshot, key: prefix, topic: t}\n", "events[0].message"),
+        ("  - {name: A, message: ficus.backfill, key: prefix, topic: t}\n", "events[0].message"),
     ] {
         let err = compile_error(bad);
         assert!(err.starts_with(key), "{bad}: {err}");

@@ -13,7 +13,7 @@
 use bytes::Bytes;
 
 use crate::change::Datum;
-use crate::config::{quote_ident, TableName};
+use crate::ident::{quote_ident, TableName};
 
 /// What a chunk query needs to know about its table.
 #[derive(Debug, Clone)]

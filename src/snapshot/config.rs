@@ -2,7 +2,8 @@
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, TableName};
+use crate::config::ConfigError;
+use crate::ident::TableName;
 
 /// `snapshot:`.
 #[derive(Debug, Clone, Deserialize)]

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::TableName;
+use crate::ident::TableName;
 use crate::lsn::Lsn;
 
 /// The persisted snapshot state (the checkpoint's `snapshot` field).

@@ -39,16 +39,13 @@ use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::change::{Row, Table};
-use crate::config::TableName;
+use crate::ident::TableName;
 use crate::postgres::conninfo::ConnInfo;
 
 pub use ledger::{Job, Ledger, SnapshotState};
 pub use window::{BackfillRequest, Tap};
 
-/// Prefix of the watermark messages.
-pub const WATERMARK_PREFIX: &str = "ficus.snapshot";
-/// Prefix of the backfill request messages (`ficus backfill`).
-pub const BACKFILL_PREFIX: &str = "ficus.backfill";
+pub use crate::change::{BACKFILL_PREFIX, WATERMARK_PREFIX};
 
 /// Snapshot failures.
 #[derive(Debug, thiserror::Error)]

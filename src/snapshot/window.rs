@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::change::{Change, LogicalMessage, Op};
-use crate::config::TableName;
+use crate::ident::TableName;
 use crate::lsn::Lsn;
 
 use super::ledger::{Job, Mutation};
@@ -72,7 +72,7 @@ impl Tap {
 
     /// Whether `prefix` is one of the snapshot's control messages (never routed to rules).
     pub fn is_control(prefix: &str) -> bool {
-        prefix == WATERMARK_PREFIX || prefix == BACKFILL_PREFIX
+        matches!(prefix, WATERMARK_PREFIX | BACKFILL_PREFIX)
     }
 
     /// Notes the keys a change touches while a window on its table is open. Free when no window is open.

@@ -15,7 +15,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::change::{Column, Datum, Row, Table};
-use crate::config::TableName;
+use crate::ident::TableName;
 use crate::postgres::conninfo::ConnInfo;
 use crate::postgres::control;
 
