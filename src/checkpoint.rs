@@ -1,7 +1,10 @@
 //! Checkpoints: the flushed LSN, persisted so a restart resumes where Kafka's acknowledgements ended.
 //!
-//! [`CheckpointStore`] is deliberately small: at-least-once mode keeps the checkpoint in a file in `state.dir`
-//! ([`FileCheckpointStore`]); exactly-once mode will keep it inside Kafka transactions.
+//! This module owns the persisted format, [`Checkpoint`], and nothing else decides it: at_least_once keeps it in a
+//! file in `state.dir` ([`FileCheckpointStore`]); exactly_once keeps the same JSON as the value of a compacted Kafka
+//! topic, written inside the Kafka transaction of the events it covers (`kafka::checkpoint_topic`). Both are stamped
+//! by one [`CheckpointStamp`], and the snapshot progress they carry ([`SnapshotState`]) is defined here too, so
+//! neither writer needs the snapshot module (it hands them a [`SnapshotAt`]).
 //!
 //! **Guarantees of [`FileCheckpointStore`]:** a write is atomic (temporary file, fsync, rename, fsync of the
 //! directory), so after a crash the file holds either the old or the new checkpoint, never a torn one. A
@@ -11,8 +14,11 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
+use crate::ident::TableName;
 use crate::lsn::Lsn;
 
 /// What is persisted.
@@ -21,20 +27,90 @@ use crate::lsn::Lsn;
 pub struct Checkpoint {
     /// Everything up to here is in Kafka (a commit end LSN or an idle position).
     pub lsn: String,
+    /// `system` in checkpoint-topic records written before the two formats were one.
+    #[serde(alias = "system")]
     pub system_id: String,
     pub database: String,
     pub slot: String,
     /// RFC 3339, for humans.
+    #[serde(default)]
     pub written_at: String,
     /// Snapshot and backfill progress as of `lsn` (absent when no snapshot was ever planned).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub snapshot: Option<crate::snapshot::SnapshotState>,
+    pub snapshot: Option<SnapshotState>,
 }
 
 impl Checkpoint {
     /// The LSN as a value.
     pub fn lsn(&self) -> Result<Lsn, CheckpointError> {
         self.lsn.parse().map_err(|e: crate::lsn::ParseLsnError| CheckpointError::Corrupt(e.to_string()))
+    }
+    /// Whether this checkpoint was written for `stamp`'s source (system, database and slot).
+    pub fn belongs_to(&self, stamp: &CheckpointStamp) -> bool {
+        self.system_id == stamp.system_id && self.database == stamp.database && self.slot == stamp.slot
+    }
+}
+
+/// The source a checkpoint belongs to; stamps every checkpoint, file or topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointStamp {
+    pub system_id: String,
+    pub database: String,
+    pub slot: String,
+}
+
+impl CheckpointStamp {
+    /// The checkpoint at `lsn`, with the snapshot progress as of `lsn`.
+    pub fn at(&self, lsn: Lsn, snapshot: Option<SnapshotState>) -> Checkpoint {
+        Checkpoint {
+            lsn: lsn.to_string(),
+            system_id: self.system_id.clone(),
+            database: self.database.clone(),
+            slot: self.slot.clone(),
+            written_at: chrono::Utc::now().to_rfc3339(),
+            snapshot,
+        }
+    }
+}
+
+/// The snapshot progress as of a flushed position (the snapshot ledger's `settle`), handed to the checkpoint writers
+/// so they record it without depending on the snapshot module.
+pub type SnapshotAt = Arc<dyn Fn(Lsn) -> Option<SnapshotState> + Send + Sync>;
+
+/// The persisted snapshot state (the checkpoint's `snapshot` field).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotState {
+    /// Copies not finished, in the order they were requested.
+    pub jobs: Vec<Job>,
+    /// Id of the next job.
+    pub next_job: u64,
+    /// Jobs finished so far (for humans).
+    #[serde(default)]
+    pub finished_jobs: u64,
+}
+
+/// One table to copy: the initial snapshot of a table, or a backfill request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Job {
+    pub id: u64,
+    pub schema: String,
+    pub table: String,
+    /// `ficus backfill --where`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// Key (text form, key order) of the last row of the last chunk in Kafka; `None` = from the start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Vec<String>>,
+    /// Rows copied so far.
+    #[serde(default)]
+    pub rows: u64,
+}
+
+impl Job {
+    pub fn table_name(&self) -> TableName {
+        TableName { schema: self.schema.clone(), name: self.table.clone() }
     }
 }
 
@@ -102,7 +178,7 @@ impl FileCheckpointStore {
         system_id: &str,
         database: &str,
         slot: &str,
-    ) -> Result<Option<(Lsn, Option<crate::snapshot::SnapshotState>)>, CheckpointError> {
+    ) -> Result<Option<(Lsn, Option<SnapshotState>)>, CheckpointError> {
         let Some(cp) = self.load()? else { return Ok(None) };
         if cp.system_id != system_id || cp.database != database || cp.slot != slot {
             return Err(CheckpointError::Mismatch {
@@ -148,6 +224,24 @@ impl CheckpointStore for FileCheckpointStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One format for file and topic: a stamped checkpoint reads back as itself, and a checkpoint-topic record of the
+    /// earlier topic format (`system`, no `writtenAt`) still reads, so an upgrade resumes where it was.
+    #[test]
+    fn one_format_for_file_and_topic_and_the_earlier_topic_records_still_read() {
+        let stamp = CheckpointStamp { system_id: "7301".into(), database: "shop".into(), slot: "ficus".into() };
+        let state = SnapshotState { jobs: Vec::new(), next_job: 3, finished_jobs: 2 };
+        let cp = stamp.at(Lsn(0x16B3800), Some(state.clone()));
+        let json = serde_json::to_vec(&cp).unwrap();
+        let back: Checkpoint = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back, cp);
+        assert!(back.belongs_to(&stamp));
+        let old = r#"{"slot":"ficus","lsn":"0/16B3800","system":"7301","database":"shop","snapshot":{"jobs":[],"nextJob":3,"finishedJobs":2}}"#;
+        let old: Checkpoint = serde_json::from_str(old).unwrap();
+        assert_eq!((old.lsn().unwrap(), old.snapshot.clone()), (Lsn(0x16B3800), Some(state)));
+        assert!(old.belongs_to(&stamp));
+        assert!(!old.belongs_to(&CheckpointStamp { database: "other".into(), ..stamp }));
+    }
 
     fn cp(lsn: &str) -> Checkpoint {
         Checkpoint {

@@ -12,10 +12,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::checkpoint::Checkpoint;
 use crate::config::KafkaConfig;
-use crate::lsn::Lsn;
 use crate::record::{HeaderValue, Record};
-use crate::snapshot::SnapshotState;
 
 /// Creates the checkpoint topic (one partition, compacted) if it is missing; an existing topic is left as it is.
 pub async fn ensure(cfg: &KafkaConfig, topic: &str) -> Result<(), String> {
@@ -34,7 +33,7 @@ pub async fn ensure(cfg: &KafkaConfig, topic: &str) -> Result<(), String> {
 }
 
 /// The last committed checkpoint of `slot` (read_committed), `None` when there is none yet. Blocking.
-pub fn read(cfg: &KafkaConfig, topic: &str, slot: &str) -> Result<Option<(Lsn, Option<SnapshotState>)>, String> {
+pub fn read(cfg: &KafkaConfig, topic: &str, slot: &str) -> Result<Option<Checkpoint>, String> {
     // A consumer: the broker address and the connection/security properties only (no producer settings).
     let mut cc = rdkafka::config::ClientConfig::new();
     cc.set("bootstrap.servers", cfg.brokers.as_str());
@@ -79,12 +78,14 @@ pub fn read(cfg: &KafkaConfig, topic: &str, slot: &str) -> Result<Option<(Lsn, O
             match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) if m.key() == Some(slot.as_bytes()) => {
                     tracing::debug!(offset = m.offset(), "checkpoint record");
-                    let value: serde_json::Value =
-                        m.payload().and_then(|v| serde_json::from_slice(v).ok()).unwrap_or_default();
-                    if let Some(lsn) = value["lsn"].as_str().and_then(|l| l.parse::<Lsn>().ok()) {
-                        let snapshot =
-                            serde_json::from_value::<Option<SnapshotState>>(value["snapshot"].clone()).ok().flatten();
-                        last = Some((lsn, snapshot));
+                    // A record that is not a checkpoint is an error, not skipped: skipping it would resume from an
+                    // older checkpoint and publish its events twice. (A tombstone, a null value, is skipped.)
+                    if let Some(payload) = m.payload() {
+                        let cp: Checkpoint = serde_json::from_slice(payload).map_err(|e| {
+                            format!("the record at offset {} is not a ficus checkpoint: {e}", m.offset())
+                        })?;
+                        cp.lsn().map_err(|e| format!("the record at offset {}: {e}", m.offset()))?;
+                        last = Some(cp);
                     }
                 }
                 Some(Ok(_)) => {}
@@ -93,24 +94,17 @@ pub fn read(cfg: &KafkaConfig, topic: &str, slot: &str) -> Result<Option<(Lsn, O
             }
         }
     }
-    tracing::debug!(lsn = ?last.as_ref().map(|l| l.0), "checkpoint topic read");
+    tracing::debug!(lsn = ?last.as_ref().map(|l: &Checkpoint| l.lsn.clone()), "checkpoint topic read");
     Ok(last)
 }
 
-/// The checkpoint record of `slot` at `lsn`, with the snapshot progress as of `lsn`.
-pub fn record(
-    topic: &str,
-    slot: &str,
-    lsn: Lsn,
-    system: &str,
-    database: &str,
-    snapshot: Option<SnapshotState>,
-) -> Record {
-    let value = serde_json::json!({"slot": slot, "lsn": lsn.to_string(), "system": system, "database": database, "snapshot": snapshot});
+/// The record of `checkpoint` (key = its slot, value = the same JSON as the checkpoint file).
+pub fn record(topic: &str, checkpoint: &Checkpoint) -> Record {
     Record {
         topic: topic.into(),
-        key: Some(slot.as_bytes().to_vec()),
-        payload: value.to_string().into_bytes(),
+        key: Some(checkpoint.slot.as_bytes().to_vec()),
+        // Serializing a struct of strings and numbers cannot fail.
+        payload: serde_json::to_vec(checkpoint).unwrap_or_default(),
         headers: vec![("content-type", HeaderValue::Static("application/json"))],
     }
 }

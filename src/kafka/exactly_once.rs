@@ -7,6 +7,7 @@
 //! and a checkpoint that still points before it, so the restart publishes each event exactly once. A single huge
 //! source transaction streams inside one Kafka transaction: nothing is buffered in memory.
 
+use crate::checkpoint::{CheckpointStamp, SnapshotAt, SnapshotState};
 use std::time::{Duration, Instant};
 
 use super::{checkpoint_topic, KafkaSink, SinkError};
@@ -61,9 +62,7 @@ impl CommitTriggers {
 pub struct KafkaTxn {
     sink: KafkaSink,
     topic: String,
-    slot: String,
-    system: String,
-    database: String,
+    stamp: CheckpointStamp,
     open: bool,
     /// Counters of the open Kafka transaction (stale while none is open).
     triggers: CommitTriggers,
@@ -72,29 +71,20 @@ pub struct KafkaTxn {
     /// The last server position seen (keepalive) while a Kafka transaction was open: confirmable with its commit.
     idle_while_open: Option<Lsn>,
     /// Snapshot progress, recorded with each checkpoint.
-    snapshots: Option<std::sync::Arc<crate::snapshot::Snapshots>>,
+    snapshot_at: Option<SnapshotAt>,
 }
 
 impl KafkaTxn {
-    pub fn new(
-        sink: KafkaSink,
-        topic: String,
-        slot: String,
-        system: String,
-        database: String,
-        snapshots: Option<std::sync::Arc<crate::snapshot::Snapshots>>,
-    ) -> KafkaTxn {
+    pub fn new(sink: KafkaSink, topic: String, stamp: CheckpointStamp, snapshot_at: Option<SnapshotAt>) -> KafkaTxn {
         KafkaTxn {
             sink,
             topic,
-            slot,
-            system,
-            database,
+            stamp,
             open: false,
             triggers: CommitTriggers::opened(Instant::now()),
             last: None,
             idle_while_open: None,
-            snapshots,
+            snapshot_at,
         }
     }
 
@@ -146,8 +136,8 @@ impl KafkaTxn {
             return Ok(());
         }
         if let Some((end, tx)) = self.last {
-            let snapshot = self.snapshots.as_ref().and_then(|s| s.ledger().settle(end));
-            let record = checkpoint_topic::record(&self.topic, &self.slot, end, &self.system, &self.database, snapshot);
+            let snapshot = self.snapshot_at.as_ref().and_then(|at| at(end));
+            let record = checkpoint_topic::record(&self.topic, &self.stamp.at(end, snapshot));
             self.sink.send(tx, &record).await?;
         }
         let t = Instant::now();
@@ -190,9 +180,10 @@ pub fn transactional_id(slot: &str) -> String {
 /// about to be aborted (whatever the broker's read_committed implementation does with open transactions).
 pub async fn resume_point(
     config: &crate::config::Config,
+    stamp: &CheckpointStamp,
     start: Lsn,
-    snapshot: Option<crate::snapshot::SnapshotState>,
-) -> Result<(Lsn, Option<crate::snapshot::SnapshotState>), SinkError> {
+    snapshot: Option<SnapshotState>,
+) -> Result<(Lsn, Option<SnapshotState>), SinkError> {
     let topic = checkpoint_topic_name(config);
     checkpoint_topic::ensure(&config.kafka, &topic).await.map_err(SinkError::Retriable)?;
     let fence = KafkaSink::with_transactional_id(
@@ -207,6 +198,18 @@ pub async fn resume_point(
         .await
         .map_err(|e| SinkError::Retriable(e.to_string()))?
         .map_err(|e| SinkError::Retriable(format!("reading checkpoint topic {topic}: {e}")))?;
+    let committed = match committed {
+        Some(cp) if !cp.belongs_to(stamp) => {
+            return Err(SinkError::ForeignCheckpoint(format!(
+                "checkpoint topic {topic} holds a checkpoint for slot {} of system {} database {}, not for this \
+                 source (system {} database {}): resuming from it would skip or repeat changes; give each source \
+                 its own kafka.checkpoint_topic (or changes.topic_prefix)",
+                cp.slot, cp.system_id, cp.database, stamp.system_id, stamp.database
+            )))
+        }
+        Some(cp) => Some((cp.lsn().map_err(|e| SinkError::ForeignCheckpoint(e.to_string()))?, cp.snapshot)),
+        None => None,
+    };
     // Everything up to the Kafka checkpoint is committed in Kafka: skip it even if PostgreSQL was not told.
     Ok(match committed {
         Some((cp, snap)) if cp > start => {

@@ -209,6 +209,10 @@ pub enum SinkError {
     /// position (transient).
     #[error("{0}; reconnecting and replaying from the last confirmed position")]
     Retriable(String),
+    /// exactly_once: the checkpoint topic holds the checkpoint of another source under this slot's key (fix the
+    /// config and rerun; exit 2).
+    #[error("{0}")]
+    ForeignCheckpoint(String),
 }
 
 impl SinkError {

@@ -20,19 +20,16 @@ use tokio::sync::watch;
 use crate::health::Health;
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, FileCheckpointStore};
+use crate::checkpoint::{CheckpointError, CheckpointStamp, CheckpointStore, FileCheckpointStore, SnapshotAt};
 use crate::lsn::Lsn;
-use crate::snapshot::Snapshots;
 
 /// Writes checkpoints for one source, skipping positions already written.
 pub(super) struct CheckpointWriter {
     pub(super) store: FileCheckpointStore,
-    pub(super) system_id: String,
-    pub(super) database: String,
-    pub(super) slot: String,
+    pub(super) stamp: CheckpointStamp,
     pub(super) written: Lsn,
     /// Snapshot progress to record with each checkpoint (as of its LSN).
-    pub(super) snapshots: Option<Arc<Snapshots>>,
+    pub(super) snapshot_at: Option<SnapshotAt>,
     /// The last position durably written; the source confirms to PostgreSQL only up to it.
     pub(super) durable: watch::Sender<Lsn>,
 }
@@ -46,14 +43,7 @@ impl CheckpointWriter {
     }
 
     pub(super) fn write(&mut self, lsn: Lsn) -> Result<(), CheckpointError> {
-        self.store.store(&Checkpoint {
-            lsn: lsn.to_string(),
-            system_id: self.system_id.clone(),
-            database: self.database.clone(),
-            slot: self.slot.clone(),
-            written_at: chrono::Utc::now().to_rfc3339(),
-            snapshot: self.snapshots.as_ref().and_then(|s| s.ledger().settle(lsn)),
-        })?;
+        self.store.store(&self.stamp.at(lsn, self.snapshot_at.as_ref().and_then(|at| at(lsn))))?;
         self.written = lsn;
         self.durable.send_replace(lsn);
         metrics::gauge!(crate::metrics::CHECKPOINT_LSN).set(lsn.0 as f64);

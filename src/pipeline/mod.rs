@@ -25,7 +25,7 @@ mod tables;
 
 pub use monitor::HEARTBEAT_PREFIX;
 
-use crate::checkpoint::{CheckpointError, FileCheckpointStore};
+use crate::checkpoint::{CheckpointError, CheckpointStamp, FileCheckpointStore, SnapshotAt};
 use crate::config::{Config, Delivery, SnapshotMode, ValueFormat};
 use crate::encode::SourceInfo;
 use crate::health::Health;
@@ -107,7 +107,7 @@ impl PipelineError {
     pub fn exit_code(&self) -> i32 {
         match self {
             PipelineError::Config(_) | PipelineError::Preflight(_) => 2,
-            PipelineError::Sink(SinkError::Config(_)) => 2,
+            PipelineError::Sink(SinkError::Config(_) | SinkError::ForeignCheckpoint(_)) => 2,
             _ => 1,
         }
     }
@@ -363,6 +363,11 @@ async fn stream_session(
     let mut repl = ReplicationConnection::connect(info).await.map_err(replication_error)?;
     let system = repl.identify_system().await.map_err(replication_error)?;
     let database = system.dbname.clone().unwrap_or_else(|| info.dbname.clone());
+    let stamp = CheckpointStamp {
+        system_id: system.systemid.clone(),
+        database: database.clone(),
+        slot: config.source.slot.clone(),
+    };
     let dry_run = options.output == Output::DryRun;
     let (slot_name, start, store, snapshot_state) = if dry_run {
         // A temporary slot disappears with this connection: nothing of the dry run stays on the server.
@@ -391,7 +396,7 @@ async fn stream_session(
                     // Creating the topic, fencing and reading wait for the broker (up to minutes when it is
                     // unreachable): a shutdown must not wait for them. Nothing was published or confirmed yet.
                     let (lsn, state) = tokio::select! {
-                        resumed = exactly_once::resume_point(config, lsn, state) => resumed?,
+                        resumed = exactly_once::resume_point(config, &stamp, lsn, state) => resumed?,
                         () = shutdown.cancelled() => return Ok(()),
                     };
                     ((lsn != Lsn::INVALID).then_some(lsn), state)
@@ -452,6 +457,7 @@ async fn stream_session(
         true => None,
         false => Some(plan_snapshots(config, snapshot_state, plan_now)?),
     };
+    let snapshot_at = snapshots.clone().map(|s| -> SnapshotAt { Arc::new(move |lsn| s.ledger().settle(lsn)) });
 
     let progress = Arc::new(if eos { Progress::gated(start) } else { Progress::new(start) });
     let mut probe = None;
@@ -467,10 +473,8 @@ async fn stream_session(
                 kafka_txn = Some(KafkaTxn::new(
                     sink.clone(),
                     exactly_once::checkpoint_topic_name(config),
-                    config.source.slot.clone(),
-                    system.systemid.clone(),
-                    database.clone(),
-                    snapshots.clone(),
+                    stamp.clone(),
+                    snapshot_at.clone(),
                 ));
             }
             probe = Some(sink.clone());
@@ -529,11 +533,9 @@ async fn stream_session(
     let checkpoint_task = store.map(|store| -> Result<_, PipelineError> {
         let mut writer = CheckpointWriter {
             store,
-            system_id: system.systemid.clone(),
-            database: database.clone(),
-            slot: config.source.slot.clone(),
+            stamp: stamp.clone(),
             written: start,
-            snapshots: snapshots.clone(),
+            snapshot_at: snapshot_at.clone(),
             durable: durable_tx,
         };
         if plan_now {

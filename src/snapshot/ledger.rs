@@ -9,47 +9,10 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use serde::{Deserialize, Serialize};
-
 use crate::ident::TableName;
+
+use crate::checkpoint::{Job, SnapshotState};
 use crate::lsn::Lsn;
-
-/// The persisted snapshot state (the checkpoint's `snapshot` field).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SnapshotState {
-    /// Copies not finished, in the order they were requested.
-    pub jobs: Vec<Job>,
-    /// Id of the next job.
-    pub next_job: u64,
-    /// Jobs finished so far (for humans).
-    #[serde(default)]
-    pub finished_jobs: u64,
-}
-
-/// One table to copy: the initial snapshot of a table, or a backfill request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Job {
-    pub id: u64,
-    pub schema: String,
-    pub table: String,
-    /// `ficus backfill --where`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub filter: Option<String>,
-    /// Key (text form, key order) of the last row of the last chunk in Kafka; `None` = from the start.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub after: Option<Vec<String>>,
-    /// Rows copied so far.
-    #[serde(default)]
-    pub rows: u64,
-}
-
-impl Job {
-    pub fn table_name(&self) -> TableName {
-        TableName { schema: self.schema.clone(), name: self.table.clone() }
-    }
-}
 
 /// A change to the state, effective once the flushed LSN reaches the transaction that carried it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -42,7 +42,8 @@ use crate::change::{Row, Table};
 use crate::ident::TableName;
 use crate::postgres::conninfo::ConnInfo;
 
-pub use ledger::{Job, Ledger, SnapshotState};
+pub use crate::checkpoint::{Job, SnapshotState};
+pub use ledger::Ledger;
 pub use window::{BackfillRequest, Tap};
 
 pub use crate::change::{BACKFILL_PREFIX, WATERMARK_PREFIX};

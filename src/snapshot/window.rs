@@ -19,8 +19,9 @@ use crate::change::{Change, LogicalMessage, Op};
 use crate::ident::TableName;
 use crate::lsn::Lsn;
 
-use super::ledger::{Job, Mutation};
+use super::ledger::Mutation;
 use super::{chunk, Snapshots, BACKFILL_PREFIX, WATERMARK_PREFIX};
+use crate::checkpoint::Job;
 
 /// A watermark message's content.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]

@@ -20,9 +20,9 @@ use crate::postgres::conninfo::ConnInfo;
 use crate::postgres::control;
 
 use super::chunk::{self, ChunkQuery};
-use super::ledger::Job;
 use super::window::Watermark;
 use super::{ReadyChunk, SnapshotError, Snapshots, WATERMARK_PREFIX};
+use crate::checkpoint::Job;
 
 /// How a job ended.
 pub(super) enum Outcome {

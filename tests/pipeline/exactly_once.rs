@@ -261,3 +261,28 @@ async fn confirmed_flush(pg: &TestPostgres, db: &str, slot: &str) -> String {
         .unwrap()
         .get(0)
 }
+
+/// exactly_once with a checkpoint topic that holds, under this slot's key, the checkpoint of another source (two
+/// databases sharing one prefix and slot name): resuming from it would skip or repeat changes, so ficus stops with
+/// exit 2 and says how to fix the config, before it publishes anything.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_checkpoint_of_another_source_in_the_checkpoint_topic_stops_with_exit_2() {
+    use rdkafka::producer::FutureRecord;
+    let s = Setup::new("foreign_cp", "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let kafka = TestKafka::shared();
+    let checkpoints = format!("{}.checkpoints", s.prefix);
+    kafka.create_topic(&checkpoints, 1).await;
+    let foreign = serde_json::json!({"lsn": "FF/0", "systemId": "1", "database": "elsewhere", "slot": s.prefix});
+    kafka
+        .producer()
+        .send(FutureRecord::to(&checkpoints).key(s.prefix.as_str()).payload(&foreign.to_string()), WAIT)
+        .await
+        .unwrap_or_else(|(e, _)| panic!("{e}"));
+    s.sql("INSERT INTO t VALUES (1)").await;
+    let mut f = Ficus::start(&exactly_once(&s.config(&["public.t"])));
+    let status = f.wait(WAIT);
+    assert_eq!(status.code(), Some(2), "{}", f.log());
+    assert!(f.log().contains("holds a checkpoint for slot"), "{}", f.log());
+    assert!(f.log().contains("kafka.checkpoint_topic"), "{}", f.log());
+    assert!(kafka.read_to_end(&s.topic("public", "t"), Duration::from_secs(2)).await.is_empty());
+}
