@@ -8,9 +8,9 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
+use crate::config::conninfo::ConnInfo;
 use crate::config::Config;
 use crate::ident::TableName;
-use crate::postgres::conninfo::ConnInfo;
 use crate::postgres::control::{self, ColumnType};
 use crate::rules::{RuleDescription, RuleSet};
 

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
+use crate::config::conninfo::ConnInfo;
 use crate::config::Config;
 use crate::kafka;
-use crate::postgres::conninfo::ConnInfo;
 use crate::postgres::control::{self, CheckItem, Report, Status};
 
 /// Runs every check; connection failures become failed lines rather than errors, so the report is always whole.

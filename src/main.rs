@@ -255,8 +255,8 @@ async fn async_main() -> ExitCode {
 /// `ficus backfill`: checks the table, the slot and the condition, then writes the request. Errors carry the exit
 /// code: 2 when the request is not valid (or would never be taken up), 1 when the server was busy (a held lock).
 async fn backfill(config: &Config, table: &str, filter: Option<&str>) -> Result<String, (u8, String)> {
+    use ficus::config::conninfo::ConnInfo;
     use ficus::ident::TableName;
-    use ficus::postgres::conninfo::ConnInfo;
     use ficus::snapshot::BackfillRequestError;
     let invalid = |m: String| (2, m);
     let name = TableName::parse(table).map_err(|e| invalid(format!("--table: {e}")))?;

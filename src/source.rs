@@ -420,7 +420,7 @@ impl<'c> Source<'c> {
                     &[&i64::from(xid)],
                 )
                 .await
-                .map_err(|e| SourceError::Catalog(format!("reading the current snapshot: {}", crate::postgres::conninfo::describe(&e))))?;
+                .map_err(|e| SourceError::Catalog(format!("reading the current snapshot: {}", crate::postgres::connect::describe(&e))))?;
             if row.get::<_, bool>(0) || Instant::now() >= deadline {
                 self.visible_xid = Some(xid);
                 return Ok(());
@@ -476,7 +476,7 @@ impl<'c> Source<'c> {
             Err(e) => {
                 return Err(SourceError::Catalog(format!(
                     "reading the partition root of {name}: {}",
-                    crate::postgres::conninfo::describe(&e)
+                    crate::postgres::connect::describe(&e)
                 )))
             }
         };

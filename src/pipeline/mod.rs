@@ -26,6 +26,7 @@ mod tables;
 pub use monitor::HEARTBEAT_PREFIX;
 
 use crate::checkpoint::{CheckpointError, CheckpointStamp, FileCheckpointStore, SnapshotAt};
+use crate::config::conninfo::ConnInfo;
 use crate::config::{Config, Delivery, SnapshotMode, ValueFormat};
 use crate::encode::SourceInfo;
 use crate::health::Health;
@@ -33,7 +34,6 @@ use crate::ident::quote_ident;
 use crate::kafka::exactly_once::{self, KafkaTxn};
 use crate::kafka::{KafkaSink, SinkError};
 use crate::lsn::Lsn;
-use crate::postgres::conninfo::ConnInfo;
 use crate::postgres::control::{self, ControlError, Report};
 use crate::postgres::replication::{ReplicationConnection, ReplicationError};
 use crate::postgres::value_binary;

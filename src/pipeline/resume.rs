@@ -158,7 +158,7 @@ fn gap(on_gap: OnGap, what: String, slot: GapSlot, slot_name: &str, checkpoint_p
 /// snapshot that the start would plan. Every case `run` refuses is a `✗` here.
 pub(crate) async fn state_report(
     client: &tokio_postgres::Client,
-    info: &crate::postgres::conninfo::ConnInfo,
+    info: &crate::config::conninfo::ConnInfo,
     config: &crate::config::Config,
     catalog: &crate::postgres::control::Catalog,
 ) -> Vec<crate::postgres::control::CheckItem> {
@@ -237,8 +237,7 @@ pub(crate) async fn state_report(
                 detail,
                 None,
             ));
-            let snapshots =
-                config.snapshot.mode != crate::snapshot::config::SnapshotMode::Never || r.recovered_gap.is_some();
+            let snapshots = config.snapshot.mode != crate::config::SnapshotMode::Never || r.recovered_gap.is_some();
             if r.plan_snapshot && snapshots {
                 match snapshot_blockers(client, config, catalog).await {
                     Ok(blockers) => {

@@ -20,7 +20,7 @@ use crate::lsn::Lsn;
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// The server's message, SQLSTATE, detail and hint are part of the text: "db error" alone says nothing.
-    #[error("{context}: {}", crate::postgres::conninfo::describe(.source))]
+    #[error("{context}: {}", crate::postgres::connect::describe(.source))]
     Sql {
         context: String,
         #[source]

@@ -25,7 +25,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use super::conninfo::SslMode;
+use crate::config::conninfo::SslMode;
 
 /// TLS set-up and handshake failures.
 #[derive(Debug, thiserror::Error)]

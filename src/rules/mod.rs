@@ -19,7 +19,7 @@ mod eval;
 mod fast;
 mod outbox;
 pub mod schema;
-pub mod spec;
+
 pub mod values;
 
 use std::cell::OnceCell;
@@ -32,6 +32,7 @@ use cel::common::value::Val;
 use cel::{Context, Env, Program, Value};
 
 use crate::change::{Change, Datum, LogicalMessage, Op, Table, TxMeta};
+use crate::config::events::{Encoding, EventDefaults, OnError, OpName, RuleSpec};
 use crate::config::{Config, ConfigError};
 use crate::encode::{self, SourceInfo};
 use crate::ident::TableName;
@@ -39,7 +40,6 @@ use crate::postgres::control::{Catalog, CheckItem, ColumnType, Status};
 use crate::record::{HeaderValue, Record};
 use compile::{compile_rule, environment};
 use eval::{Buffers, Input, LazyContext};
-use spec::{Encoding, EventDefaults, OnError, OpName, RuleSpec};
 
 /// Headers ficus sets on every event; a rule's `headers:` may not reuse them.
 const RESERVED_HEADERS: &[&str] =

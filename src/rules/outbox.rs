@@ -10,8 +10,8 @@
 //! CloudEvents encodings (an empty `subject`).
 
 use super::eval::{build_record, Buffers, EventHead, LazyContext};
-use super::spec::OutboxSpec;
 use super::*;
+use crate::config::events::OutboxSpec;
 
 /// A compiled outbox rule: the column names and the topic template.
 pub(super) struct Outbox {

@@ -21,13 +21,13 @@
 //! Tables are copied in parallel (`snapshot.workers`), each table by one worker at a time.
 
 pub mod chunk;
-pub mod config;
+
 pub mod ledger;
 pub mod report;
 pub mod window;
 mod worker;
 
-pub use config::OnGap;
+pub use crate::config::snapshot::OnGap;
 pub use worker::no_key_message;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -39,8 +39,8 @@ use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::change::{Row, Table};
+use crate::config::conninfo::ConnInfo;
 use crate::ident::TableName;
-use crate::postgres::conninfo::ConnInfo;
 
 pub use crate::checkpoint::{Job, SnapshotState};
 pub use ledger::Ledger;

@@ -15,8 +15,8 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::change::{Column, Datum, Row, Table};
+use crate::config::conninfo::ConnInfo;
 use crate::ident::TableName;
-use crate::postgres::conninfo::ConnInfo;
 use crate::postgres::control;
 
 use super::chunk::{self, ChunkQuery};

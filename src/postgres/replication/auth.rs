@@ -18,7 +18,7 @@ use tokio_postgres::fallible_iterator::FallibleIterator;
 use super::error::notice_text;
 use super::framing::{tag_name, Conn};
 use super::ReplicationError;
-use crate::postgres::conninfo::ConnInfo;
+use crate::config::conninfo::ConnInfo;
 
 /// Session settings sent in the StartupMessage; `value.rs` parses text values in exactly these formats.
 pub const SESSION_SETTINGS: &[(&str, &str)] = &[

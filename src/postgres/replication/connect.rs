@@ -12,7 +12,7 @@ use postgres_protocol::message::frontend;
 
 use super::framing::{tag_name, Conn, Socket};
 use super::ReplicationError;
-use crate::postgres::conninfo::{ConnInfo, SslMode};
+use crate::config::conninfo::{ConnInfo, SslMode};
 use crate::postgres::tls::{self, TlsError};
 
 /// Connects the socket and negotiates TLS per `info.sslmode`.

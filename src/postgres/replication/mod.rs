@@ -31,8 +31,8 @@ pub use auth::SESSION_SETTINGS;
 pub use error::ReplicationError;
 pub use stream::{ReplicationMessage, ReplicationStream};
 
+use crate::config::conninfo::ConnInfo;
 use crate::lsn::Lsn;
-use crate::postgres::conninfo::ConnInfo;
 use auth::unexpected;
 use error::notice_text;
 use framing::Conn;

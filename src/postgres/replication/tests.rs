@@ -190,7 +190,7 @@ async fn server_errors_keep_sqlstate_and_hint() {
 #[tokio::test]
 async fn require_refuses_plaintext() {
     let (mut info, server) = fake_server(|_, _| async move {}).await;
-    info.sslmode = crate::postgres::conninfo::SslMode::Require;
+    info.sslmode = crate::config::conninfo::SslMode::Require;
     let e = ReplicationConnection::connect(&info).await.err().unwrap();
     assert!(matches!(e, ReplicationError::Tls(crate::postgres::tls::TlsError::NotSupportedByServer { .. })), "{e:?}");
     server.abort();

@@ -1,6 +1,6 @@
 //! The `events:` section of the config, as written: one [`RuleSpec`] per business-event rule.
 //!
-//! These types only describe the YAML; [`super::RuleSet::compile`] checks them (names, tables, CEL) and turns
+//! These types only describe the YAML; `rules::RuleSet::compile` checks them (names, tables, CEL) and turns
 //! them into executable rules. Expressions are CEL source text.
 
 use std::collections::BTreeMap;

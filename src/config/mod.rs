@@ -9,9 +9,8 @@
 //!    serde cannot express.
 //!
 //! The doc comment on every field is the reference documentation of that key (docs/configuration.md mirrors it).
-//! Secrets (the password in `source.url`) are only ever printed through [`crate::postgres::conninfo`]'s redaction.
+//! Secrets (the password in `source.url`) are only ever printed through [`crate::config::conninfo`]'s redaction.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,7 +21,16 @@ use serde::Deserialize;
 pub use crate::ident::TableName;
 use crate::record::{change_topic, is_topic_name, TOPIC_NAME_RULE};
 
-pub use crate::snapshot::config::{SnapshotConfig, SnapshotMode};
+pub mod conninfo;
+pub mod events;
+mod interpolate;
+pub mod kafka;
+pub mod snapshot;
+
+pub use interpolate::interpolate_env;
+use interpolate::interpolate_tree;
+pub use kafka::{Delivery, KafkaConfig, Scalar};
+pub use snapshot::{SnapshotConfig, SnapshotMode};
 
 /// A configuration problem. The message names the key and says how to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -61,10 +69,10 @@ pub struct Config {
     pub changes: ChangesConfig,
     /// Business-event rules (see [`crate::rules`]).
     #[serde(default)]
-    pub events: Vec<crate::rules::spec::RuleSpec>,
+    pub events: Vec<events::RuleSpec>,
     /// Defaults for every rule (`encoding`, `on_error`).
     #[serde(default)]
-    pub event_defaults: crate::rules::spec::EventDefaults,
+    pub event_defaults: events::EventDefaults,
     /// Initial snapshot of existing rows.
     #[serde(default)]
     pub snapshot: SnapshotConfig,
@@ -116,28 +124,6 @@ pub enum ValueFormat {
     Text,
 }
 
-/// `kafka:` — the broker and producer settings.
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaConfig {
-    /// Bootstrap servers, `host:port[,host:port]`.
-    pub brokers: String,
-    /// `at_least_once` (default) or `exactly_once` (Kafka transactions with the checkpoint inside them).
-    #[serde(default)]
-    pub delivery: Delivery,
-    /// exactly_once: the compacted topic holding one checkpoint per slot, written in the same Kafka transaction as
-    /// the events. Default `<changes.topic_prefix>.checkpoints`.
-    #[serde(default)]
-    pub checkpoint_topic: Option<String>,
-    /// Dead-letter topic for changes that cannot become events (used by business-event rules).
-    #[serde(default)]
-    pub dlq_topic: Option<String>,
-    /// Any librdkafka property (`compression.type: lz4`, `security.protocol: SASL_SSL`, ...). ficus sets
-    /// `enable.idempotence=true` and `acks=all` and refuses properties that would break its delivery guarantee.
-    #[serde(default)]
-    pub properties: BTreeMap<String, Scalar>,
-}
-
 /// By hand: `url` may hold the password, so it prints redacted (`***` when it does not even parse). Destructured so
 /// that a new field cannot be forgotten.
 impl fmt::Debug for SourceConfig {
@@ -152,7 +138,7 @@ impl fmt::Debug for SourceConfig {
             reconnect_max_delay_secs,
             value_format,
         } = self;
-        let url = crate::postgres::conninfo::ConnInfo::parse(url).map_or_else(|_| "***".to_string(), |i| i.redacted());
+        let url = crate::config::conninfo::ConnInfo::parse(url).map_or_else(|_| "***".to_string(), |i| i.redacted());
         f.debug_struct("SourceConfig")
             .field("url", &url)
             .field("slot", slot)
@@ -164,54 +150,6 @@ impl fmt::Debug for SourceConfig {
             .field("value_format", value_format)
             .finish()
     }
-}
-
-/// By hand: any `kafka.properties` value may be a secret (`sasl.password`, `ssl.key.password`, or a misspelling of
-/// them), so only the keys print.
-impl fmt::Debug for KafkaConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let KafkaConfig { brokers, delivery, checkpoint_topic, dlq_topic, properties } = self;
-        f.debug_struct("KafkaConfig")
-            .field("brokers", brokers)
-            .field("delivery", delivery)
-            .field("checkpoint_topic", checkpoint_topic)
-            .field("dlq_topic", dlq_topic)
-            .field("properties", &properties.keys().map(|k| (k, "***")).collect::<BTreeMap<_, _>>())
-            .finish()
-    }
-}
-
-/// A YAML scalar given as a librdkafka property value (`linger.ms: 5` and `linger.ms: "5"` are the same).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged, expecting = "a string, number or boolean (a librdkafka property value)")]
-pub enum Scalar {
-    String(String),
-    Int(i64),
-    Float(f64),
-    Bool(bool),
-}
-
-impl fmt::Display for Scalar {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Scalar::String(s) => f.write_str(s),
-            Scalar::Int(i) => write!(f, "{i}"),
-            Scalar::Float(x) => write!(f, "{x}"),
-            Scalar::Bool(b) => write!(f, "{b}"),
-        }
-    }
-}
-
-/// `kafka.delivery`.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Delivery {
-    /// Every change reaches Kafka at least once; after a crash the transactions after the last checkpoint repeat.
-    #[default]
-    AtLeastOnce,
-    /// Kafka transactions holding whole source transactions and the checkpoint (a compacted topic); PostgreSQL is
-    /// confirmed after the commit. Consumers read with `isolation.level=read_committed`.
-    ExactlyOnce,
 }
 
 /// `state:` — local state.
@@ -396,86 +334,6 @@ fn default_topic_prefix() -> String {
     "ficus".into()
 }
 
-/// Replaces `${NAME}` by the environment variable NAME; `$$` is a literal `$`. A missing variable is an error.
-pub fn interpolate_env(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        if let Some(stripped) = after.strip_prefix('$') {
-            out.push('$');
-            rest = stripped;
-        } else if let Some(body) = after.strip_prefix('{') {
-            let end = body.find('}').ok_or_else(|| "unterminated ${...}".to_string())?;
-            let name = &body[..end];
-            // `${file:/run/secrets/pg-password}`: the file's content without its trailing newline (Docker and
-            // Kubernetes secrets are files).
-            if let Some(path) = name.strip_prefix("file:") {
-                let value = std::fs::read_to_string(path)
-                    .map_err(|e| format!("secret file {path} in ${{file:...}} cannot be read: {e}"))?;
-                out.push_str(value.trim_end_matches(['\n', '\r']));
-                rest = &body[end + 1..];
-                continue;
-            }
-            // `${NAME:-default}`: the default when NAME is unset or empty, as in the shell.
-            let (name, default) = match name.split_once(":-") {
-                Some((n, d)) => (n, Some(d)),
-                None => (name, None),
-            };
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("invalid environment variable name {name:?} in ${{...}}"));
-            }
-            let value = match (lookup(name).filter(|v| !v.is_empty() || default.is_none()), default) {
-                (Some(v), _) => v,
-                (None, Some(d)) => d.to_string(),
-                (None, None) => {
-                    return Err(format!(
-                        "environment variable {name} is not set (export {name}=... or remove ${{{name}}})"
-                    ))
-                }
-            };
-            out.push_str(&value);
-            rest = &body[end + 1..];
-        } else {
-            out.push('$');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
-fn interpolate_tree(
-    value: &mut serde_json::Value,
-    path: &mut Vec<String>,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<(), ConfigError> {
-    match value {
-        serde_json::Value::String(s) => {
-            if s.contains('$') {
-                *s = interpolate_env(s, lookup).map_err(|m| ConfigError::invalid(path.join("."), m))?;
-            }
-        }
-        serde_json::Value::Array(items) => {
-            for (i, item) in items.iter_mut().enumerate() {
-                path.push(format!("[{i}]"));
-                interpolate_tree(item, path, lookup)?;
-                path.pop();
-            }
-        }
-        serde_json::Value::Object(map) => {
-            for (k, v) in map.iter_mut() {
-                path.push(k.clone());
-                interpolate_tree(v, path, lookup)?;
-                path.pop();
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
 /// serde-saphyr's defaults, minus the source excerpt in errors: the lines around a syntax error may hold a literal
 /// password (`source.url`, `kafka.properties.sasl.password`).
 fn yaml_options() -> serde_saphyr::Options {
@@ -576,7 +434,7 @@ impl Config {
         if self.kafka.brokers.trim().is_empty() {
             return Err(ConfigError::invalid("kafka.brokers", "set the bootstrap servers, e.g. 127.0.0.1:9092"));
         }
-        crate::kafka::check_user_properties(&self.kafka.properties)?;
+        kafka::check_user_properties(&self.kafka.properties)?;
         let topics = [
             ("changes.topic_prefix", Some(&self.changes.topic_prefix)),
             ("kafka.dlq_topic", self.kafka.dlq_topic.as_ref()),
