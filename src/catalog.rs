@@ -12,7 +12,7 @@ use crate::config::conninfo::ConnInfo;
 use crate::config::Config;
 use crate::ident::TableName;
 use crate::postgres::control::{self, ColumnType};
-use crate::rules::{RuleDescription, RuleSet};
+use crate::rules::{RuleDescription, Rules};
 
 /// Why the catalog could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +24,7 @@ pub enum CatalogError {
 }
 
 /// Builds the catalog of `config`'s rules.
-pub async fn build(config: &Config, offline: bool) -> Result<Vec<RuleDescription>, CatalogError> {
-    let rules = RuleSet::compile(config).map_err(|e| CatalogError::Config(e.to_string()))?;
+pub async fn build(config: &Config, rules: &Rules, offline: bool) -> Result<Vec<RuleDescription>, CatalogError> {
     let mut columns: HashMap<TableName, Vec<ColumnType>> = HashMap::new();
     if !offline {
         let info = ConnInfo::parse(&config.source.url).map_err(|e| CatalogError::Config(format!("source.url: {e}")))?;
@@ -165,7 +164,7 @@ events:
     #[test]
     fn schemas_follow_expressions_and_column_types() {
         let config = Config::from_yaml(CONFIG, &|_| None).unwrap();
-        let rules = RuleSet::compile(&config).unwrap();
+        let rules = crate::rules::Rules::compile(&config).unwrap();
         let cols = columns();
         let d = rules.describe(&|_| Some(cols.clone()));
         let s = &d[0].schema;

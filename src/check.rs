@@ -10,7 +10,7 @@ use crate::kafka;
 use crate::postgres::control::{self, CheckItem, Report, Status};
 
 /// Runs every check; connection failures become failed lines rather than errors, so the report is always whole.
-pub async fn run(config: &Config) -> Report {
+pub async fn run(config: &Config, rules: &crate::rules::Rules) -> Report {
     let mut report = Report::default();
     match ConnInfo::parse(&config.source.url) {
         Err(e) => report.items.push(fail("source.url", e.to_string(), None)),
@@ -27,7 +27,7 @@ pub async fn run(config: &Config) -> Report {
                     detail: String::new(),
                     fix: None,
                 });
-                match control::preflight(&client, config).await {
+                match control::preflight(&client, config, rules).await {
                     Ok((r, catalog)) => {
                         report.items.extend(r.items.into_iter().map(standby_is_not_a_failure));
                         report

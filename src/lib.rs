@@ -30,6 +30,7 @@
 //! - [`health`]: the HTTP endpoints (`/healthz`, `/readyz`, `/metrics`, `/status`) and the state behind them.
 //! - [`metrics`]: metric names and the Prometheus recorder.
 
+pub mod backfill;
 pub mod catalog;
 pub mod change;
 pub mod check;

@@ -4,12 +4,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use ficus::config::Config;
 use ficus::pipeline::{self, Output, RunOptions};
+use ficus::rules::Rules;
 
 #[derive(Parser)]
 #[command(name = "ficus", version, about = "PostgreSQL logical replication → canonical events on Kafka")]
@@ -104,11 +106,17 @@ impl std::io::Write for LogWriter {
     }
 }
 
-fn load(path: &PathBuf) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|e| {
-        eprintln!("error: {e}");
-        ExitCode::from(2)
-    })
+/// Loads and validates the config, and compiles its rules: the one place they are compiled (every command and
+/// every replication session shares them). Exit code 2 on any error, printed with the key to fix.
+fn load(path: &PathBuf) -> Result<(Config, Arc<Rules>), ExitCode> {
+    let config = Config::load(path).map_err(config_error)?;
+    let rules = Rules::compile(&config).map_err(config_error)?;
+    Ok((config, Arc::new(rules)))
+}
+
+fn config_error(e: ficus::config::ConfigError) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(2)
 }
 
 fn shutdown_on_signals() -> CancellationToken {
@@ -173,19 +181,25 @@ fn limit_malloc_arenas() {
 async fn async_main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
+    let path = match &cli.command {
+        Command::Run { config, .. }
+        | Command::Check { config }
+        | Command::Catalog { config, .. }
+        | Command::Backfill { config, .. } => config,
+    };
+    let (config, rules) = match load(path) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
     match cli.command {
-        Command::Run { config, null_sink, dry_run } => {
-            let config = match load(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
+        Command::Run { null_sink, dry_run, .. } => {
             let output = match (null_sink, dry_run) {
                 (true, _) => Output::Null,
                 (_, true) => Output::DryRun,
                 _ => Output::Kafka,
             };
             let options = RunOptions { output };
-            match pipeline::run(config, options, shutdown_on_signals()).await {
+            match pipeline::run(config, rules, options, shutdown_on_signals()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -194,52 +208,38 @@ async fn async_main() -> ExitCode {
                 }
             }
         }
-        Command::Catalog { config, offline, format } => {
-            let config = match load(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            match ficus::catalog::build(&config, offline).await {
-                Ok(entries) => {
-                    match format {
-                        CatalogFormat::Markdown => print!("{}", ficus::catalog::to_markdown(&entries)),
-                        CatalogFormat::Json => {
-                            println!(
-                                "{}",
-                                serde_json::to_string_pretty(&ficus::catalog::to_json(&entries)).unwrap_or_default()
-                            )
-                        }
+        Command::Catalog { offline, format, .. } => match ficus::catalog::build(&config, &rules, offline).await {
+            Ok(entries) => {
+                match format {
+                    CatalogFormat::Markdown => print!("{}", ficus::catalog::to_markdown(&entries)),
+                    CatalogFormat::Json => {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&ficus::catalog::to_json(&entries)).unwrap_or_default()
+                        )
                     }
-                    ExitCode::SUCCESS
                 }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(2)
-                }
+                ExitCode::SUCCESS
             }
-        }
-        Command::Backfill { config, table, filter } => {
-            let config = match load(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            match backfill(&config, &table, filter.as_deref()).await {
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Backfill { table, filter, .. } => {
+            match ficus::backfill::request(&config, &table, filter.as_deref()).await {
                 Ok(message) => {
                     println!("{message}");
                     ExitCode::SUCCESS
                 }
-                Err((code, e)) => {
+                Err(e) => {
                     eprintln!("error: {e}");
-                    ExitCode::from(code)
+                    ExitCode::from(e.exit_code())
                 }
             }
         }
-        Command::Check { config } => {
-            let config = match load(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            let report = ficus::check::run(&config).await;
+        Command::Check { .. } => {
+            let report = ficus::check::run(&config, &rules).await;
             print!("{report}");
             if report.is_blocking() {
                 println!("blocking problems found: fix the lines marked ✗");
@@ -250,45 +250,4 @@ async fn async_main() -> ExitCode {
             }
         }
     }
-}
-
-/// `ficus backfill`: checks the table, the slot and the condition, then writes the request. Errors carry the exit
-/// code: 2 when the request is not valid (or would never be taken up), 1 when the server was busy (a held lock).
-async fn backfill(config: &Config, table: &str, filter: Option<&str>) -> Result<String, (u8, String)> {
-    use ficus::config::conninfo::ConnInfo;
-    use ficus::ident::TableName;
-    use ficus::snapshot::BackfillRequestError;
-    let invalid = |m: String| (2, m);
-    let name = TableName::parse(table).map_err(|e| invalid(format!("--table: {e}")))?;
-    let captured = config.captured_tables().map_err(|e| invalid(e.to_string()))?;
-    if !captured.contains(&name) {
-        return Err(invalid(format!(
-            "--table: {name} is not in source.tables of this config; only captured tables can be backfilled"
-        )));
-    }
-    let info = ConnInfo::parse(&config.source.url).map_err(|e| invalid(format!("source.url: {e}")))?;
-    let (client, connection) = info.connect_control().await.map_err(|e| invalid(format!("source.url: {e}")))?;
-    client
-        .batch_execute(ficus::snapshot::BACKFILL_SESSION_SETTINGS)
-        .await
-        .map_err(|e| (1, format!("setting lock_timeout on the connection: {e}")))?;
-    let table_info = ficus::postgres::control::table_info(&client, &name)
-        .await
-        .map_err(|e| (1, e.to_string()))?
-        .ok_or_else(|| invalid(format!("--table: {name} does not exist")))?;
-    if table_info.key_columns.is_empty() {
-        return Err(invalid(format!("--table: {}", ficus::snapshot::no_key_message(&name))));
-    }
-    let lsn =
-        ficus::snapshot::request_backfill(&client, &config.source.slot, &name, filter).await.map_err(|e| match e {
-            BackfillRequestError::Invalid(m) => (2, m),
-            BackfillRequestError::Busy(m) => (1, m),
-        })?;
-    drop(client);
-    connection.abort();
-    Ok(format!(
-        "backfill of {name} requested (WAL position {lsn}); the ficus instance streaming slot {slot} takes it up in \
-         stream order: now if it runs, else when it starts. Progress: its log (\"snapshot progress\") and GET /status.",
-        slot = config.source.slot
-    ))
 }

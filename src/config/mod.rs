@@ -445,8 +445,6 @@ impl Config {
                 return Err(ConfigError::invalid(key, format!("{topic:?} is not {TOPIC_NAME_RULE}")));
             }
         }
-        // Compiling checks every rule (tables, topics, CEL syntax) with errors naming the key.
-        crate::rules::RuleSet::compile(self)?;
         self.snapshot.validate(&captured)?;
         if self.changes.tables.is_empty() && self.events.is_empty() {
             return Err(ConfigError::invalid(

@@ -39,7 +39,7 @@ use crate::postgres::replication::{ReplicationConnection, ReplicationError};
 use crate::postgres::value_binary;
 use crate::progress::Progress;
 use crate::router::Router;
-use crate::rules::RuleSet;
+use crate::rules::{RuleSet, Rules};
 use crate::snapshot::{Ledger, Snapshots};
 use crate::source::{Batch, Source, SourceError};
 use checkpointing::{checkpoint_loop, CheckpointWriter};
@@ -145,8 +145,17 @@ fn replication_error(e: ReplicationError) -> PipelineError {
     }
 }
 
-/// Runs the pipeline until `shutdown` is cancelled (returns `Ok`) or a stage fails.
-pub async fn run(config: Config, options: RunOptions, shutdown: CancellationToken) -> Result<(), PipelineError> {
+/// Runs the pipeline until `shutdown` is cancelled (returns `Ok`) or a stage fails. `rules` are `config`'s rules,
+/// compiled once by the caller (every session runs them with its own [`RuleSet`]).
+pub async fn run(
+    config: Config,
+    rules: Arc<Rules>,
+    options: RunOptions,
+    shutdown: CancellationToken,
+) -> Result<(), PipelineError> {
+    for w in rules.warnings() {
+        tracing::warn!("{w}");
+    }
     let health = Health::new(crate::metrics::install());
     let server_stop = CancellationToken::new();
     let server = match config.health.listen {
@@ -157,7 +166,7 @@ pub async fn run(config: Config, options: RunOptions, shutdown: CancellationToke
         ),
         None => None,
     };
-    let result = run_with_reconnects(&config, &options, &shutdown, &health).await;
+    let result = run_with_reconnects(&config, &rules, &options, &shutdown, &health).await;
     match &result {
         Err(e) => {
             metrics::counter!(crate::metrics::ERRORS, "kind" => e.kind()).increment(1);
@@ -179,6 +188,7 @@ pub async fn run(config: Config, options: RunOptions, shutdown: CancellationToke
 /// what Kafka acknowledged.
 async fn run_with_reconnects(
     config: &Config,
+    rules: &Arc<Rules>,
     options: &RunOptions,
     shutdown: &CancellationToken,
     health: &Arc<Health>,
@@ -194,7 +204,7 @@ async fn run_with_reconnects(
     let mut delays = backoff();
     loop {
         let started = std::time::Instant::now();
-        match run_with(config, options, shutdown, health).await {
+        match run_with(config, rules, options, shutdown, health).await {
             Err(e) if e.is_transient() && !shutdown.is_cancelled() && options.output != Output::DryRun => {
                 if started.elapsed() > Duration::from_secs(60) {
                     delays = backoff();
@@ -215,6 +225,7 @@ async fn run_with_reconnects(
 
 async fn run_with(
     config: &Config,
+    rules: &Arc<Rules>,
     options: &RunOptions,
     shutdown: &CancellationToken,
     health: &Arc<Health>,
@@ -235,7 +246,7 @@ async fn run_with(
         }
     })?;
 
-    let (mut report, catalog) = control::preflight(&client, &config).await?;
+    let (mut report, catalog) = control::preflight(&client, &config, rules).await?;
     let dry_run = options.output == Output::DryRun;
     if dry_run {
         // A dry run streams from a temporary slot of its own: the configured slot may be busy with the real ficus.
@@ -271,7 +282,8 @@ async fn run_with(
                 metrics::counter!(crate::metrics::RECONNECTS).increment(1);
             }
             let session =
-                stream_session(&config, &info, &client, catalog.clone(), options, &session_stop, binary, health).await;
+                stream_session(&config, rules, &info, &client, catalog.clone(), options, &session_stop, binary, health)
+                    .await;
             health.set_streaming(false);
             match session {
                 Err(PipelineError::Source(SourceError::NeedsTextValues { table, column, type_oid })) if binary => {
@@ -350,8 +362,10 @@ async fn wait_for_slot_release(client: &tokio_postgres::Client, slot: &str) -> R
 
 /// One replication stream from the checkpoint until shutdown or an error: connect, start at the checkpoint, run
 /// source, sink and checkpoint tasks, then drain and write the final checkpoint and status update.
+#[allow(clippy::too_many_arguments)]
 async fn stream_session(
     config: &Config,
+    rules: &Arc<Rules>,
     info: &ConnInfo,
     client: &tokio_postgres::Client,
     catalog: control::Catalog,
@@ -514,11 +528,7 @@ async fn stream_session(
 
     let source_info =
         SourceInfo { system: system.systemid.clone(), database: database.clone(), slot: config.source.slot.clone() };
-    let rules = RuleSet::compile(config).map_err(|e| PipelineError::Config(e.to_string()))?;
-    for w in rules.warnings() {
-        tracing::warn!("{w}");
-    }
-    let router = Router::new(config, source_info, rules);
+    let router = Router::new(config, source_info, RuleSet::new(rules.clone()));
     let stop = shutdown.child_token();
     let (tx, rx) = mpsc::channel::<Batch>(64);
 

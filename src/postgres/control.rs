@@ -330,7 +330,11 @@ async fn resolve_domains(client: &Client, types: &[u32]) -> Result<HashMap<u32, 
 }
 
 /// Runs every check without changing anything. Returns the report and the catalog of the tables found.
-pub async fn preflight(client: &Client, config: &Config) -> Result<(Report, Catalog), ControlError> {
+pub async fn preflight(
+    client: &Client,
+    config: &Config,
+    rules: &crate::rules::Rules,
+) -> Result<(Report, Catalog), ControlError> {
     let mut report = Report::default();
     let mut catalog = Catalog::default();
 
@@ -449,12 +453,7 @@ pub async fn preflight(client: &Client, config: &Config) -> Result<(Report, Cata
         }
     }
 
-    if !config.events.is_empty() {
-        match crate::rules::RuleSet::compile(config) {
-            Ok(rules) => report.items.extend(rules.preflight(&catalog)),
-            Err(e) => report.push(Status::Fail, "events", e.to_string(), None),
-        }
-    }
+    report.items.extend(rules.preflight(&catalog));
     check_publication(client, config, &tables, is_super, &mut report).await?;
     check_slot(client, config, &mut report).await?;
     Ok((report, catalog))

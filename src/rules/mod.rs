@@ -153,10 +153,10 @@ pub struct RuleFailure {
     pub reason: String,
 }
 
-/// Every rule of the config, compiled.
-pub struct RuleSet {
+/// Every rule of the config, compiled once while the config loads and shared, immutable, by every session,
+/// `ficus check` and `ficus catalog`.
+pub struct Rules {
     rules: Vec<Rule>,
-    stats: Vec<RuleStats>,
     by_table: HashMap<TableName, Vec<usize>>,
     /// Message rules per prefix.
     by_prefix: HashMap<String, Vec<usize>>,
@@ -168,6 +168,13 @@ pub struct RuleSet {
     warnings: Vec<String>,
     /// Some rule reads `tx` (built only then).
     uses_tx: bool,
+}
+
+/// The rules at work in one replication session: the shared [`Rules`] (also reachable through `Deref`) plus this
+/// session's counters, per-relation cache, correlation id and buffers.
+pub struct RuleSet {
+    compiled: Arc<Rules>,
+    stats: Vec<RuleStats>,
     /// Per relation id: the table as last seen, its rules and the columns CEL reads.
     by_relation: HashMap<u32, RelationRules>,
     /// Default correlation id of the current transaction.
@@ -176,15 +183,23 @@ pub struct RuleSet {
     bufs: Buffers,
 }
 
+impl std::ops::Deref for RuleSet {
+    type Target = Rules;
+    fn deref(&self) -> &Rules {
+        &self.compiled
+    }
+}
+
 struct RelationRules {
     table: Arc<Table>,
     rules: Arc<[usize]>,
     mask: Option<Arc<[bool]>>,
 }
 
-impl RuleSet {
-    /// Checks and compiles `config.events`.
-    pub fn compile(config: &Config) -> Result<RuleSet, ConfigError> {
+impl Rules {
+    /// Checks and compiles `config.events`: the validation of `events:` (names, tables, topics, CEL syntax), with
+    /// errors naming the key.
+    pub fn compile(config: &Config) -> Result<Rules, ConfigError> {
         let env = Arc::new(environment());
         let captured = config.captured_tables()?;
         let mut rules = Vec::with_capacity(config.events.len());
@@ -212,8 +227,7 @@ impl RuleSet {
         }
         let dlq_topic =
             config.kafka.dlq_topic.clone().unwrap_or_else(|| format!("{}.dlq", config.changes.topic_prefix));
-        Ok(RuleSet {
-            stats: vec![RuleStats::default(); rules.len()],
+        Ok(Rules {
             rules,
             by_table,
             by_prefix,
@@ -222,9 +236,6 @@ impl RuleSet {
             dlq_topic: dlq_topic.into(),
             warnings,
             uses_tx,
-            by_relation: HashMap::new(),
-            correlation: None,
-            bufs: Buffers::default(),
         })
     }
 
@@ -337,10 +348,30 @@ impl RuleSet {
     pub fn rules(&self) -> &[Rule] {
         &self.rules
     }
+}
+
+impl RuleSet {
+    /// A session's runner of `compiled`.
+    pub fn new(compiled: Arc<Rules>) -> RuleSet {
+        RuleSet {
+            stats: vec![RuleStats::default(); compiled.rules.len()],
+            compiled,
+            by_relation: HashMap::new(),
+            correlation: None,
+            bufs: Buffers::default(),
+        }
+    }
+
+    /// Compiles `config`'s rules for one runner (tests; the binary compiles once and shares [`Rules`]).
+    #[cfg(test)]
+    pub fn compile(config: &Config) -> Result<RuleSet, ConfigError> {
+        Ok(RuleSet::new(Arc::new(Rules::compile(config)?)))
+    }
 
     /// Every rule's counts, for `/status`.
     pub fn counts(&self) -> Vec<crate::health::RuleCounts> {
-        self.rules
+        self.compiled
+            .rules
             .iter()
             .zip(&self.stats)
             .map(|(r, st)| crate::health::RuleCounts {
@@ -362,22 +393,27 @@ impl RuleSet {
     /// matched the table and op (0 = no rule is about this change).
     pub fn apply(&mut self, change: &Change, source: &SourceInfo, out: &mut Vec<Record>) -> Result<usize, RuleFailure> {
         let (indices, mask) = self.rules_of(&change.table);
-        let matching = indices.iter().filter(|&&i| self.rules[i].ops.contains(&change.op)).count();
+        let matching = indices.iter().filter(|&&i| self.compiled.rules[i].ops.contains(&change.op)).count();
         if matching == 0 {
             return Ok(0);
         }
         let correlation = self.correlation_id(source, &change.tx);
         // The CEL maps are built on first use: rules made of column references never need them.
-        let env = self.env.clone();
+        let env = self.compiled.env.clone();
         let input = Input::Change(change);
-        let lazy =
-            LazyContext { env: &env, input, with_tx: self.uses_tx, mask: mask.as_deref(), cell: OnceCell::new() };
+        let lazy = LazyContext {
+            env: &env,
+            input,
+            with_tx: self.compiled.uses_tx,
+            mask: mask.as_deref(),
+            cell: OnceCell::new(),
+        };
         for &i in indices.iter() {
-            if !self.rules[i].ops.contains(&change.op) {
+            if !self.compiled.rules[i].ops.contains(&change.op) {
                 continue;
             }
             let mut bufs = std::mem::take(&mut self.bufs);
-            let rule = &self.rules[i];
+            let rule = &self.compiled.rules[i];
             let result = match &rule.kind {
                 Kind::Outbox(ob) => ob.event(rule, &lazy, change, source, &correlation, &mut bufs),
                 _ => rule.event(&lazy, source, &correlation, &mut bufs),
@@ -396,14 +432,14 @@ impl RuleSet {
         source: &SourceInfo,
         out: &mut Vec<Record>,
     ) -> Result<usize, RuleFailure> {
-        let Some(indices) = self.by_prefix.get(&message.prefix).cloned() else { return Ok(0) };
+        let Some(indices) = self.compiled.by_prefix.get(&message.prefix).cloned() else { return Ok(0) };
         let correlation = self.correlation_id(source, &message.tx);
-        let env = self.env.clone();
+        let env = self.compiled.env.clone();
         let input = Input::Message(message);
-        let lazy = LazyContext { env: &env, input, with_tx: self.uses_tx, mask: None, cell: OnceCell::new() };
+        let lazy = LazyContext { env: &env, input, with_tx: self.compiled.uses_tx, mask: None, cell: OnceCell::new() };
         for &i in &indices {
             let mut bufs = std::mem::take(&mut self.bufs);
-            let result = self.rules[i].event(&lazy, source, &correlation, &mut bufs);
+            let result = self.compiled.rules[i].event(&lazy, source, &correlation, &mut bufs);
             self.bufs = bufs;
             self.settle(i, result, input, source, out)?;
         }
@@ -426,15 +462,15 @@ impl RuleSet {
                 let size = record.payload.len()
                     + record.key.as_ref().map_or(0, Vec::len)
                     + record.headers.iter().map(|(k, v)| k.len() + v.as_str().len()).sum::<usize>();
-                if size + 512 > self.max_message_bytes {
+                if size + 512 > self.compiled.max_message_bytes {
                     let reason = format!(
                         "the event is {size} bytes, more than message.max.bytes ({}) allows; raise kafka.properties.message.max.bytes and the topic's max.message.bytes, or make data smaller",
-                        self.max_message_bytes
+                        self.compiled.max_message_bytes
                     );
                     return self.fail(i, input, source, &reason, out);
                 }
                 self.stats[i].events += 1;
-                self.rules[i].events_counter.increment(1);
+                self.compiled.rules[i].events_counter.increment(1);
                 tracing::debug!(
                     event_type = record.header("event-type").unwrap_or(""),
                     event_id = record.header("event-id").unwrap_or(""),
@@ -460,15 +496,15 @@ impl RuleSet {
         }
         let name = TableName { schema: table.schema.clone(), name: table.name.clone() };
         let rules: Arc<[usize]> =
-            self.by_table.get(&name).map(|v| v.as_slice().into()).unwrap_or_else(|| Arc::from([]));
-        let mask: Option<Arc<[bool]>> = if rules.iter().any(|&i| self.rules[i].cel_whole_row) {
+            self.compiled.by_table.get(&name).map(|v| v.as_slice().into()).unwrap_or_else(|| Arc::from([]));
+        let mask: Option<Arc<[bool]>> = if rules.iter().any(|&i| self.compiled.rules[i].cel_whole_row) {
             None
         } else {
             Some(
                 table
                     .columns
                     .iter()
-                    .map(|c| rules.iter().any(|&i| self.rules[i].cel_columns.contains(&c.name)))
+                    .map(|c| rules.iter().any(|&i| self.compiled.rules[i].cel_columns.contains(&c.name)))
                     .collect(),
             )
         };
@@ -497,7 +533,7 @@ impl RuleSet {
         reason: &str,
         out: &mut Vec<Record>,
     ) -> Result<(), RuleFailure> {
-        let rule = &self.rules[i];
+        let rule = &self.compiled.rules[i];
         let (table, lsn, op) = match input {
             Input::Change(c) => (c.table.qualified_name(), c.lsn, c.op.as_str()),
             Input::Message(m) => (format!("message {}", m.prefix), m.lsn, "message"),
@@ -512,7 +548,7 @@ impl RuleSet {
             OnError::Dlq => {
                 self.stats[i].dlq += 1;
                 rule.dlq_counter.increment(1);
-                tracing::warn!(rule = %rule.name, table, lsn = %lsn, topic = %self.dlq_topic, "rule failed; change sent to the DLQ: {reason}");
+                tracing::warn!(rule = %rule.name, table, lsn = %lsn, topic = %self.compiled.dlq_topic, "rule failed; change sent to the DLQ: {reason}");
                 let (key, payload) = match input {
                     Input::Change(change) => match encode::raw_change(change, source) {
                         Ok(kp) => kp,
@@ -526,7 +562,7 @@ impl RuleSet {
                     Input::Message(m) => (None, message_json(m, source)),
                 };
                 out.push(Record {
-                    topic: self.dlq_topic.clone(),
+                    topic: self.compiled.dlq_topic.clone(),
                     key,
                     payload,
                     headers: vec![

@@ -27,8 +27,9 @@ fn rules(events: &str) -> RuleSet {
     RuleSet::compile(&config(events).unwrap()).unwrap()
 }
 
+/// The error loading the config and compiling its rules gives (what `ficus` prints before exit 2).
 fn compile_error(events: &str) -> String {
-    config(events).err().expect("config should be refused").to_string()
+    config(events).and_then(|c| Rules::compile(&c)).err().expect("config should be refused").to_string()
 }
 
 fn orders() -> Arc<Table> {
