@@ -19,12 +19,13 @@ use tokio_util::sync::CancellationToken;
 
 mod checkpointing;
 mod monitor;
-pub(crate) mod resume;
+use crate::check::resume;
 mod sink;
 mod tables;
 
 pub use monitor::HEARTBEAT_PREFIX;
 
+use crate::check::Report;
 use crate::checkpoint::{CheckpointError, CheckpointStamp, FileCheckpointStore, SnapshotAt};
 use crate::config::conninfo::ConnInfo;
 use crate::config::{Config, Delivery, SnapshotMode, ValueFormat};
@@ -34,7 +35,8 @@ use crate::ident::quote_ident;
 use crate::kafka::exactly_once::{self, KafkaTxn};
 use crate::kafka::{KafkaSink, SinkError};
 use crate::lsn::Lsn;
-use crate::postgres::control::{self, ControlError, Report};
+use crate::postgres::admin;
+use crate::postgres::control::{self, ControlError};
 use crate::postgres::replication::{ReplicationConnection, ReplicationError};
 use crate::postgres::value_binary;
 use crate::progress::Progress;
@@ -246,14 +248,14 @@ async fn run_with(
         }
     })?;
 
-    let (mut report, catalog) = control::preflight(&client, &config, rules).await?;
+    let (mut report, catalog) = crate::check::preflight::preflight(&client, &config, rules).await?;
     let dry_run = options.output == Output::DryRun;
     if dry_run {
         // A dry run streams from a temporary slot of its own: the configured slot may be busy with the real ficus.
         report.items.retain(|item| !item.title.starts_with("replication slot "));
     }
     for item in &report.items {
-        if item.status == control::Status::Warn {
+        if item.status == crate::check::Status::Warn {
             tracing::warn!(check = %item.title, fix = item.fix.as_deref().unwrap_or(""), "{}", item.detail);
         }
     }
@@ -269,7 +271,7 @@ async fn run_with(
         }
         return Err(PipelineError::Preflight(report));
     }
-    control::ensure_publication(&client, &config).await?;
+    admin::ensure_publication(&client, &config).await?;
     // A dry run streams text values: switching to text later would need a new temporary slot, losing what the
     // server wrote in between.
     let mut binary = !dry_run && binary_values_possible(&config, &catalog);
@@ -451,12 +453,12 @@ async fn stream_session(
             }
             if decision.drop_slot {
                 tracing::warn!(slot = %config.source.slot, "dropping the invalidated replication slot");
-                control::drop_slot(client, &config.source.slot).await?;
+                admin::drop_slot(client, &config.source.slot).await?;
             }
             let start = match decision.start {
                 Some(lsn) => lsn,
                 None => {
-                    let created = control::create_slot(client, &config.source.slot).await?;
+                    let created = admin::create_slot(client, &config.source.slot).await?;
                     tracing::info!(slot = %config.source.slot, lsn = %created, "created replication slot");
                     created
                 }

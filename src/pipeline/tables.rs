@@ -110,7 +110,7 @@ async fn repair(
             tracing::warn!(table = %table, "the re-created table has other columns than at start; rules see the new ones");
         }
     }
-    control::add_to_publication(client, publication, table)
+    crate::postgres::admin::add_to_publication(client, publication, table)
         .await
         .map_err(|e| refuse(format!("adding it back failed: {e}")))?;
     let lsn = crate::snapshot::request_backfill(client, &config.source.slot, table, None)

@@ -1,19 +1,16 @@
-//! The control connection: an ordinary SQL session (tokio-postgres) next to the replication stream.
-//!
-//! It runs the preflight checks (each with an actionable fix), creates the publication and the slot when they are
-//! missing, and reads the catalog facts the decoder needs (primary-key columns, replica identity).
+//! The control connection's catalog reads: an ordinary SQL session (tokio-postgres) next to the replication stream.
+//! It reads the facts the decoder, the snapshot and the preflight need (key columns, replica identity, column types
+//! with domains and arrays resolved, slot state, publication membership); `postgres::admin` holds the writes and
+//! `check::preflight` the checks built on these reads.
 //!
 //! **Guarantees:** every identifier that reaches SQL is either a bind parameter or quoted with
-//! [`quote_ident`]; the preflight never changes the database (only [`ensure_publication`] and [`ensure_slot`] do,
-//! and only by creating what is missing or adding configured tables to the publication — never dropping).
+//! [`quote_ident`]; nothing here changes the database.
 
 use std::collections::HashMap;
-use std::fmt;
 
 use tokio_postgres::Client;
 
-use crate::config::Config;
-use crate::ident::{quote_ident, TableName};
+use crate::ident::TableName;
 use crate::lsn::Lsn;
 
 /// A control-connection failure.
@@ -46,72 +43,9 @@ impl ControlError {
     }
 }
 
-fn sql(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> ControlError {
+pub(crate) fn sql(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> ControlError {
     let context = context.into();
     move |source| ControlError::Sql { context, source }
-}
-
-/// Severity of one preflight line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Ok,
-    Warn,
-    Fail,
-}
-
-/// One line of the preflight report.
-#[derive(Debug, Clone)]
-pub struct CheckItem {
-    pub status: Status,
-    pub title: String,
-    pub detail: String,
-    /// Exact SQL or config change that fixes the problem.
-    pub fix: Option<String>,
-}
-
-/// The preflight report.
-#[derive(Debug, Clone, Default)]
-pub struct Report {
-    pub items: Vec<CheckItem>,
-}
-
-impl Report {
-    fn push(&mut self, status: Status, title: impl Into<String>, detail: impl Into<String>, fix: Option<String>) {
-        self.items.push(CheckItem { status, title: title.into(), detail: detail.into(), fix });
-    }
-
-    /// Whether any check blocks streaming.
-    pub fn is_blocking(&self) -> bool {
-        self.items.iter().any(|i| i.status == Status::Fail)
-    }
-
-    /// The failing lines, for an error message.
-    pub fn failures(&self) -> Vec<&CheckItem> {
-        self.items.iter().filter(|i| i.status == Status::Fail).collect()
-    }
-}
-
-impl fmt::Display for Report {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for item in &self.items {
-            let mark = match item.status {
-                Status::Ok => "✓",
-                Status::Warn => "!",
-                Status::Fail => "✗",
-            };
-            write!(f, "{mark} {}", item.title)?;
-            if !item.detail.is_empty() {
-                write!(f, ": {}", item.detail)?;
-            }
-            writeln!(f)?;
-            if let Some(fix) = &item.fix {
-                for line in fix.lines() {
-                    writeln!(f, "    fix: {line}")?;
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Catalog facts about one captured table.
@@ -174,7 +108,7 @@ pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, 
     }))
 }
 
-async fn setting(client: &Client, name: &str) -> Result<String, ControlError> {
+pub(crate) async fn setting(client: &Client, name: &str) -> Result<String, ControlError> {
     let row = client
         .query_one("SELECT current_setting($1)", &[&name])
         .await
@@ -329,171 +263,6 @@ async fn resolve_domains(client: &Client, types: &[u32]) -> Result<HashMap<u32, 
         .collect())
 }
 
-/// Runs every check without changing anything. Returns the report and the catalog of the tables found.
-pub async fn preflight(
-    client: &Client,
-    config: &Config,
-    rules: &crate::rules::Rules,
-) -> Result<(Report, Catalog), ControlError> {
-    let mut report = Report::default();
-    let mut catalog = Catalog::default();
-
-    let version: i32 = setting(client, "server_version_num").await?.parse().unwrap_or(0);
-    let version_text = setting(client, "server_version").await?;
-    if version < 100_000 {
-        report.push(
-            Status::Fail,
-            "server version",
-            format!("{version_text} has no pgoutput"),
-            Some("upgrade to PostgreSQL 10 or later".into()),
-        );
-    } else {
-        report.push(Status::Ok, "server version", version_text, None);
-    }
-
-    let wal_level = setting(client, "wal_level").await?;
-    if wal_level == "logical" {
-        report.push(Status::Ok, "wal_level", "logical", None);
-    } else {
-        report.push(
-            Status::Fail,
-            "wal_level",
-            format!("is {wal_level}, logical decoding needs logical"),
-            Some("ALTER SYSTEM SET wal_level = logical;  -- then restart PostgreSQL".into()),
-        );
-    }
-
-    let row = client
-        .query_one(
-            "SELECT current_user::text, rolreplication OR rolsuper, rolsuper FROM pg_roles WHERE rolname = current_user",
-            &[],
-        )
-        .await
-        .map_err(sql("reading the role"))?;
-    let user: String = row.get(0);
-    let can_replicate: bool = row.get(1);
-    let is_super: bool = row.get(2);
-    if can_replicate {
-        report.push(Status::Ok, "replication privilege", format!("role {user}"), None);
-    } else {
-        report.push(
-            Status::Fail,
-            "replication privilege",
-            format!("role {user} lacks REPLICATION"),
-            Some(format!("ALTER ROLE {} WITH REPLICATION;", quote_ident(&user))),
-        );
-    }
-
-    // Tables.
-    let tables = config.captured_tables().map_err(|e| ControlError::Invalid(e.to_string()))?;
-    for table in &tables {
-        match table_info(client, table).await {
-            Err(ControlError::Invalid(msg)) => report.push(Status::Fail, format!("table {table}"), msg, None),
-            Err(e) => return Err(e),
-            Ok(None) => {
-                let hint = similar_table(client, table).await?;
-                report.push(
-                    Status::Fail,
-                    format!("table {table}"),
-                    "does not exist",
-                    Some(match hint {
-                        Some(found) => format!("did you mean {found}? (quote mixed-case names: schema.\"Name\")"),
-                        None => "fix source.tables or create the table".into(),
-                    }),
-                );
-            }
-            Ok(Some(info)) => {
-                let select: bool = client
-                    .query_one("SELECT has_table_privilege($1::oid, 'SELECT')", &[&info.oid])
-                    .await
-                    .map_err(sql("checking SELECT privilege"))?
-                    .get(0);
-                let q = table.quoted();
-                match (info.replica_identity, info.key_columns.is_empty()) {
-                    (b'f', _) => report.push(Status::Ok, format!("table {table}"), "REPLICA IDENTITY FULL: before images complete", None),
-                    (b'n', _) | (b'd', true) => report.push(
-                        Status::Fail,
-                        format!("table {table}"),
-                        "has no replica identity: once published, the legacy application's UPDATE and DELETE on it would fail",
-                        Some(format!("ALTER TABLE {q} REPLICA IDENTITY FULL;  -- or add a primary key")),
-                    ),
-                    _ => report.push(
-                        Status::Warn,
-                        format!("table {table}"),
-                        format!("REPLICA IDENTITY {}: `before` holds only the key ({})",
-                            if info.replica_identity == b'i' { "USING INDEX" } else { "DEFAULT" },
-                            info.key_columns.join(", ")),
-                        Some(format!("ALTER TABLE {q} REPLICA IDENTITY FULL;  -- for complete before images")),
-                    ),
-                }
-                if !select {
-                    report.push(
-                        Status::Warn,
-                        format!("table {table}"),
-                        format!("role {user} cannot SELECT it (needed for snapshots)"),
-                        Some(format!("GRANT SELECT ON {q} TO {};", quote_ident(&user))),
-                    );
-                }
-                let snapshotted = config.snapshot.mode != crate::config::SnapshotMode::Never
-                    && config
-                        .captured_tables()
-                        .and_then(|captured| config.snapshot.tables(&captured))
-                        .is_ok_and(|t| t.contains(table));
-                if snapshotted && info.key_columns.is_empty() {
-                    // Only a first start (a new slot) plans the snapshot, so this warns rather than blocks.
-                    report.push(
-                        Status::Warn,
-                        format!("table {table}"),
-                        "has no primary key: the initial snapshot refuses it (exit 2 on a first start)",
-                        Some("add a primary key, or leave the table out of snapshot.tables".to_string()),
-                    );
-                }
-                catalog.tables.insert(table.clone(), info);
-            }
-        }
-    }
-
-    report.items.extend(rules.preflight(&catalog));
-    check_publication(client, config, &tables, is_super, &mut report).await?;
-    check_slot(client, config, &mut report).await?;
-    Ok((report, catalog))
-}
-
-async fn similar_table(client: &Client, table: &TableName) -> Result<Option<String>, ControlError> {
-    let row = client
-        .query_opt(
-            "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE lower(n.nspname) = lower($1) AND lower(c.relname) = lower($2) AND c.relkind IN ('r','p') LIMIT 1",
-            &[&table.schema, &table.name],
-        )
-        .await
-        .map_err(sql("looking for similar tables"))?;
-    Ok(row.map(|r| TableName { schema: r.get(0), name: r.get(1) }.quoted()))
-}
-
-/// Tables of `config` missing from the publication (all of them if it does not exist), and whether it exists.
-/// Membership is read from `pg_publication_rel` (and schema publications), not from `pg_publication_tables`: the
-/// latter lists the leaf partitions instead of a partitioned table when `publish_via_partition_root` is off, which made
-/// every restart try to add the parent again.
-async fn publication_gap(
-    client: &Client,
-    publication: &str,
-    tables: &[TableName],
-) -> Result<(bool, bool, Vec<TableName>), ControlError> {
-    let row = client
-        .query_opt(
-            "SELECT pg_get_userbyid(pubowner) = current_user FROM pg_publication WHERE pubname = $1",
-            &[&publication],
-        )
-        .await
-        .map_err(sql("reading pg_publication"))?;
-    let Some(row) = row else { return Ok((false, false, tables.to_vec())) };
-    let owned: bool = row.get(0);
-    let members = publication_members(client, publication, tables).await?;
-    let missing = members.into_iter().filter(|m| m.oid.is_some() && !m.published).map(|m| m.table).collect();
-    Ok((true, owned, missing))
-}
-
 /// A captured table as the catalog shows it now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Membership {
@@ -541,229 +310,25 @@ pub async fn publication_members(
         })
         .collect())
 }
-
-/// Adds `table` to the publication (ficus manages it).
-pub async fn add_to_publication(client: &Client, publication: &str, table: &TableName) -> Result<(), ControlError> {
-    let stmt = format!("ALTER PUBLICATION {} ADD TABLE {}", quote_ident(publication), table.quoted());
-    client.batch_execute(&stmt).await.map_err(sql(format!("{stmt} (run it as the table's owner)")))
-}
-
-async fn check_publication(
+/// Tables of `config` missing from the publication (all of them if it does not exist), and whether it exists.
+/// Membership is read from `pg_publication_rel` (and schema publications), not from `pg_publication_tables`: the
+/// latter lists the leaf partitions instead of a partitioned table when `publish_via_partition_root` is off, which made
+/// every restart try to add the parent again.
+pub(crate) async fn publication_gap(
     client: &Client,
-    config: &Config,
+    publication: &str,
     tables: &[TableName],
-    is_super: bool,
-    report: &mut Report,
-) -> Result<(), ControlError> {
-    let publication = &config.source.publication;
-    let (exists, owned, missing) = publication_gap(client, publication, tables).await?;
-    let list = missing.iter().map(TableName::quoted).collect::<Vec<_>>().join(", ");
-    let title = format!("publication {publication}");
-    if !exists {
-        let can_create: bool = client
-            .query_one("SELECT has_database_privilege(current_database(), 'CREATE')", &[])
-            .await
-            .map_err(sql("checking CREATE privilege"))?
-            .get(0);
-        let status = if can_create || is_super { Status::Ok } else { Status::Fail };
-        report.push(
-            status,
-            title,
-            if status == Status::Ok {
-                "missing, ficus will create it".to_string()
-            } else {
-                "missing and this role cannot create it".to_string()
-            },
-            (status == Status::Fail).then(|| {
-                format!("CREATE PUBLICATION {} FOR TABLE {list};  -- as the tables' owner", quote_ident(publication))
-            }),
-        );
-    } else if missing.is_empty() {
-        report.push(Status::Ok, title, "includes every captured table", None);
-    } else {
-        let status = if owned || is_super { Status::Warn } else { Status::Fail };
-        report.push(
-            status,
-            title,
-            format!("lacks {list}{}", if status == Status::Warn { "; ficus will add them" } else { "" }),
-            Some(format!("ALTER PUBLICATION {} ADD TABLE {list};", quote_ident(publication))),
-        );
-    }
-    Ok(())
-}
-
-/// Warns when the slot retains more than 1 GiB of WAL (or more than half of `max_slot_wal_keep_size`), and when no
-/// limit protects the server's disk.
-async fn check_retained_wal(client: &Client, slot: &str, title: &str, report: &mut Report) -> Result<(), ControlError> {
+) -> Result<(bool, bool, Vec<TableName>), ControlError> {
     let row = client
-        .query_one(
-            "SELECT (SELECT (pg_current_wal_lsn() - restart_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1), \
-             pg_size_bytes(current_setting('max_slot_wal_keep_size')) ",
-            &[&slot],
+        .query_opt(
+            "SELECT pg_get_userbyid(pubowner) = current_user FROM pg_publication WHERE pubname = $1",
+            &[&publication],
         )
-        .await;
-    // pg_size_bytes('-1') fails on some versions; treat any error as "unknown limit".
-    let (retained, limit): (Option<i64>, Option<i64>) = match row {
-        Ok(r) => (r.get(0), r.get(1)),
-        Err(_) => (None, None),
-    };
-    let limit = limit.filter(|l| *l > 0);
-    if let Some(r) = retained {
-        let threshold = limit.map(|l| l / 2).unwrap_or(1 << 30).min(1 << 30);
-        if r > threshold {
-            report.push(
-                Status::Warn,
-                title.to_string(),
-                format!("retains {} MiB of WAL on the server", r >> 20),
-                Some("start ficus (it confirms as it streams), or drop the slot if it is abandoned".into()),
-            );
-        }
-    }
-    if limit.is_none() {
-        report.push(
-            Status::Warn,
-            "max_slot_wal_keep_size",
-            "is unlimited: a slot whose consumer is down keeps WAL until the disk is full",
-            Some("ALTER SYSTEM SET max_slot_wal_keep_size = '10GB';  SELECT pg_reload_conf();".into()),
-        );
-    }
-    Ok(())
-}
-
-async fn check_slot(client: &Client, config: &Config, report: &mut Report) -> Result<(), ControlError> {
-    let slot = &config.source.slot;
-    let title = format!("replication slot {slot}");
-    let database: String =
-        client.query_one("SELECT current_database()::text", &[]).await.map_err(sql("reading database"))?.get(0);
-    match slot_info(client, slot).await? {
-        None => {
-            let row = client
-                .query_one(
-                    "SELECT (SELECT count(*) FROM pg_replication_slots), current_setting('max_replication_slots')::bigint",
-                    &[],
-                )
-                .await
-                .map_err(sql("counting slots"))?;
-            let (used, max): (i64, i64) = (row.get(0), row.get(1));
-            if used >= max {
-                report.push(
-                    Status::Fail,
-                    title,
-                    format!("missing, and all {max} slots are in use"),
-                    Some(
-                        "ALTER SYSTEM SET max_replication_slots = <more>;  -- then restart; or drop an unused slot"
-                            .into(),
-                    ),
-                );
-            } else {
-                report.push(Status::Ok, title, "missing, ficus will create it (pgoutput)", None);
-            }
-        }
-        Some(info) => {
-            let fix_drop = format!(
-                "SELECT pg_drop_replication_slot('{}');  -- only if nothing else uses it",
-                slot.replace('\'', "''")
-            );
-            if info.plugin.as_deref() != Some("pgoutput") {
-                let plugin = info.plugin.as_deref().unwrap_or("none (a physical slot)");
-                report.push(Status::Fail, title, format!("uses plugin {plugin}, ficus needs pgoutput"), Some(fix_drop));
-            } else if info.database.as_deref() != Some(database.as_str()) {
-                let db = info.database.as_deref().unwrap_or("none (a physical slot)");
-                report.push(
-                    Status::Fail,
-                    title,
-                    format!("belongs to database {db}, not {database}"),
-                    Some("choose another source.slot".into()),
-                );
-            } else if info.wal_status.as_deref() == Some("lost")
-                && config.snapshot.on_gap == crate::snapshot::OnGap::Resnapshot
-            {
-                report.push(
-                    Status::Warn,
-                    title,
-                    "was invalidated (WAL it needed was removed); snapshot.on_gap: resnapshot drops and re-creates it and copies snapshot.tables again",
-                    None,
-                );
-            } else if info.wal_status.as_deref() == Some("lost") {
-                report.push(
-                    Status::Fail,
-                    title,
-                    "was invalidated (WAL it needed was removed, see max_slot_wal_keep_size); changes since then are lost",
-                    Some(format!("{fix_drop}\nthen restart ficus to recreate it and re-snapshot the tables")),
-                );
-            } else if let Some(pid) = info.active_pid {
-                report.push(
-                    Status::Fail,
-                    title,
-                    format!("in use by another process (pid {pid}): another ficus instance?"),
-                    Some(format!("stop the other consumer, or SELECT pg_terminate_backend({pid});")),
-                );
-            } else {
-                let at = info.confirmed_flush.map(|l| l.to_string()).unwrap_or_else(|| "?".into());
-                report.push(Status::Ok, title, format!("exists, confirmed up to {at}"), None);
-            }
-            check_retained_wal(client, slot, &format!("replication slot {slot}"), report).await?;
-        }
-    }
-    let row = client
-        .query_one("SELECT (SELECT count(*) FROM pg_stat_replication), current_setting('max_wal_senders')::bigint", &[])
         .await
-        .map_err(sql("counting WAL senders"))?;
-    let (used, max): (i64, i64) = (row.get(0), row.get(1));
-    if used >= max {
-        report.push(
-            Status::Fail,
-            "WAL senders",
-            format!("all {max} in use"),
-            Some("ALTER SYSTEM SET max_wal_senders = <more>;  -- then restart".into()),
-        );
-    } else {
-        report.push(Status::Ok, "WAL senders", format!("{used} of {max} in use"), None);
-    }
-    Ok(())
-}
-
-/// Creates the publication `FOR TABLE` the captured tables, or adds the ones it lacks. A publication ficus creates
-/// publishes partitioned tables through their root (`publish_via_partition_root`, PostgreSQL 13+): changes of every
-/// partition, present or attached later, arrive under the configured parent's name and schema.
-pub async fn ensure_publication(client: &Client, config: &Config) -> Result<(), ControlError> {
-    let tables = config.captured_tables().map_err(|e| ControlError::Invalid(e.to_string()))?;
-    let publication = &config.source.publication;
-    let (exists, _, missing) = publication_gap(client, publication, &tables).await?;
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let list = missing.iter().map(TableName::quoted).collect::<Vec<_>>().join(", ");
-    let stmt = if exists {
-        format!("ALTER PUBLICATION {} ADD TABLE {list}", quote_ident(publication))
-    } else {
-        let version: i32 = setting(client, "server_version_num").await?.parse().unwrap_or(0);
-        let via_root = if version >= 130_000 { " WITH (publish_via_partition_root = true)" } else { "" };
-        format!("CREATE PUBLICATION {} FOR TABLE {list}{via_root}", quote_ident(publication))
-    };
-    tracing::info!(publication = %publication, tables = %list, "{}", if exists { "adding tables to publication" } else { "creating publication" });
-    client.batch_execute(&stmt).await.map_err(sql(format!("{stmt} (run it as the tables' owner)")))
-}
-
-/// Creates the logical slot (pgoutput); returns its consistent point, where its stream starts.
-pub async fn create_slot(client: &Client, slot: &str) -> Result<Lsn, ControlError> {
-    tracing::info!(slot, "creating logical replication slot (pgoutput)");
-    let row = client
-        .query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
-        .await
-        .map_err(sql(format!("creating replication slot {slot}")))?;
-    row.get::<_, String>(0).parse().map_err(|e| {
-        ControlError::Invalid(format!(
-            "creating replication slot {slot}: the server returned an LSN that does not parse: {e}"
-        ))
-    })
-}
-
-/// Drops the slot (only for the explicit `snapshot.on_gap: resnapshot` recovery from an invalidated slot).
-pub async fn drop_slot(client: &Client, slot: &str) -> Result<(), ControlError> {
-    client
-        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-        .await
-        .map_err(sql(format!("dropping replication slot {slot}")))?;
-    Ok(())
+        .map_err(sql("reading pg_publication"))?;
+    let Some(row) = row else { return Ok((false, false, tables.to_vec())) };
+    let owned: bool = row.get(0);
+    let members = publication_members(client, publication, tables).await?;
+    let missing = members.into_iter().filter(|m| m.oid.is_some() && !m.published).map(|m| m.table).collect();
+    Ok((true, owned, missing))
 }

@@ -8,6 +8,7 @@
 //! - [`value_binary`]: the same mapping from binary (`send`) values, for pgoutput's `binary` option.
 //! - [`control`]: the regular SQL connection: preflight, publication and slot management, catalog reads.
 
+pub mod admin;
 pub mod connect;
 pub mod control;
 pub mod pgoutput;

@@ -36,7 +36,7 @@ use crate::config::events::{Encoding, EventDefaults, OnError, OpName, RuleSpec};
 use crate::config::{Config, ConfigError};
 use crate::encode::{self, SourceInfo};
 use crate::ident::TableName;
-use crate::postgres::control::{Catalog, CheckItem, ColumnType, Status};
+use crate::postgres::control::ColumnType;
 use crate::record::{HeaderValue, Record};
 use compile::{compile_rule, environment};
 use eval::{Buffers, Input, LazyContext};
@@ -143,6 +143,21 @@ pub struct RuleStats {
     pub skipped: u64,
 }
 
+/// What one table rule needs from its table ([`Rules::requirements`]).
+#[derive(Debug, Clone)]
+pub struct Requirement<'a> {
+    /// `events[i] Name vN`.
+    pub title: String,
+    pub table: &'a TableName,
+    /// Columns the rule reads.
+    pub columns: Vec<String>,
+    /// Reads `old` on update: needs REPLICA IDENTITY FULL (pgoutput sends no old row otherwise).
+    pub reads_old_on_update: bool,
+    pub on_error: OnError,
+    /// The topic, or the topic template of an outbox rule.
+    pub topic: String,
+}
+
 /// A rule failed for a change and its `on_error` is `fail`.
 #[derive(Debug, thiserror::Error)]
 #[error("rule {rule} failed for a change of {table} at {lsn}: {reason} (on_error: fail)")]
@@ -244,61 +259,35 @@ impl Rules {
         &self.warnings
     }
 
-    /// Checks the rules against the database catalog (for `ficus check` and the start-up preflight): a column
-    /// an expression reads that the table lacks fails; a rule reading `old` on a table whose replica identity
-    /// is not FULL warns (pgoutput then sends no old row for most updates, so `old.col` fails → DLQ).
-    pub fn preflight(&self, catalog: &Catalog) -> Vec<CheckItem> {
-        let mut items = Vec::new();
-        for w in self.warnings.iter().filter(|w| w.contains(compile::UNKNOWN_FUNCTION)) {
-            let (title, detail) = w.split_once(": ").unwrap_or(("events", w));
-            items.push(CheckItem {
-                status: Status::Warn,
-                title: title.to_string(),
-                detail: detail.to_string(),
-                fix: None,
-            });
-        }
-        for (i, rule) in self.rules.iter().enumerate() {
-            let title = format!("events[{i}] {} v{}", rule.name, rule.version);
-            let Some(table) = &rule.table else { continue };
-            let Some(info) = catalog.tables.get(table) else { continue };
-            let needed: Vec<String> = match &rule.kind {
-                Kind::Outbox(ob) => ob.columns(),
-                _ => rule.columns_read.clone(),
-            };
-            let unknown: Vec<&str> =
-                needed.iter().filter(|c| !info.columns.iter().any(|x| &x.name == *c)).map(String::as_str).collect();
-            if !unknown.is_empty() {
-                let known: Vec<&str> = info.columns.iter().map(|c| c.name.as_str()).collect();
-                items.push(CheckItem {
-                    status: Status::Fail,
-                    title: title.clone(),
-                    detail: format!("reads column(s) {} that {table} does not have", unknown.join(", ")),
-                    fix: Some(format!("use one of: {}", known.join(", "))),
-                });
-                continue;
-            }
-            if rule.reads_old && info.replica_identity != b'f' && rule.ops.iter().any(|o| *o == Op::Update) {
-                items.push(CheckItem {
-                    status: Status::Warn,
-                    title: title.clone(),
-                    detail: format!(
-                        "reads `old` on update, but {} does not have REPLICA IDENTITY FULL: updates arrive without the old row and the rule fails for them (→ {})",
-                        table,
-                        match rule.on_error { OnError::Dlq => "DLQ", OnError::Fail => "stop", OnError::Skip => "skipped" }
-                    ),
-                    fix: Some(format!("ALTER TABLE {} REPLICA IDENTITY FULL;", table.quoted())),
-                });
-                continue;
-            }
-            items.push(CheckItem {
-                status: Status::Ok,
-                title,
-                detail: format!("{table} → {}", rule.topic_text()),
-                fix: None,
-            });
-        }
-        items
+    /// What every table rule needs from its table, for the preflight (`check::preflight` checks it against the
+    /// catalog: columns that exist, REPLICA IDENTITY FULL for `old`).
+    pub fn requirements(&self) -> Vec<Requirement<'_>> {
+        self.rules
+            .iter()
+            .enumerate()
+            .filter_map(|(i, rule)| {
+                Some(Requirement {
+                    title: format!("events[{i}] {} v{}", rule.name, rule.version),
+                    table: rule.table.as_ref()?,
+                    columns: match &rule.kind {
+                        Kind::Outbox(ob) => ob.columns(),
+                        _ => rule.columns_read.clone(),
+                    },
+                    reads_old_on_update: rule.reads_old && rule.ops.contains(&Op::Update),
+                    on_error: rule.on_error,
+                    topic: rule.topic_text(),
+                })
+            })
+            .collect()
+    }
+
+    /// Warnings about CEL functions the runtime does not know (`(config key, message)`): each would fail every
+    /// change it sees, so the preflight shows them.
+    pub fn unknown_function_warnings(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.warnings
+            .iter()
+            .filter(|w| w.contains(compile::UNKNOWN_FUNCTION))
+            .map(|w| w.split_once(": ").unwrap_or(("events", w)))
     }
 
     /// A description of every rule for the event catalog; `columns` gives a table's catalog columns when the

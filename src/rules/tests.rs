@@ -7,7 +7,9 @@ use bytes::Bytes;
 
 use super::*;
 use crate::change::{Column, Datum, Table, TxMeta};
+use crate::check::Status;
 use crate::lsn::Lsn;
+use crate::postgres::control::Catalog;
 use crate::postgres::value::oid;
 
 const BASE: &str = r#"
@@ -290,7 +292,7 @@ fn catalog_preflight_names_unknown_columns_and_missing_old_rows() {
     let info =
         TableInfo { oid: 1, replica_identity: b'd', key_columns: vec!["id".into()], has_primary_key: true, columns };
     catalog.tables.insert(TableName::parse("public.orders").unwrap(), info);
-    let items = r.preflight(&catalog);
+    let items = crate::check::preflight::rule_lines(&r, &catalog);
     assert_eq!(items.len(), 2);
     assert_eq!(items[0].status, Status::Warn, "{items:?}");
     assert!(items[0].fix.as_deref().unwrap().contains("REPLICA IDENTITY FULL"));
@@ -540,6 +542,6 @@ fn an_unknown_cel_function_is_warned_at_start_and_known_ones_are_not() {
     let catalog = Catalog {
         tables: [(TableName { schema: "public".into(), name: "orders".into() }, info)].into_iter().collect(),
     };
-    let items = r.preflight(&catalog);
+    let items = crate::check::preflight::rule_lines(&r, &catalog);
     assert!(items.iter().any(|i| i.status == Status::Warn && i.detail.contains("`nosuch`")), "{items:?}");
 }

@@ -18,12 +18,12 @@
 //! the checkpoint, never on whether the slot existed, so a first start that failed after creating the slot still
 //! copies the tables on the next start.
 
+use crate::config::snapshot::OnGap;
 use crate::lsn::Lsn;
-use crate::snapshot::OnGap;
 
 /// The slot as the decision needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum SlotState {
+pub(crate) enum SlotState {
     Missing,
     /// `wal_status = lost`: the slot exists but cannot stream.
     Invalidated,
@@ -34,7 +34,7 @@ pub(super) enum SlotState {
 
 /// What the session does before streaming.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Resume {
+pub(crate) struct Resume {
     /// Drop the (invalidated) slot first.
     pub drop_slot: bool,
     /// Create the slot; the stream then starts at its consistent point.
@@ -48,7 +48,7 @@ pub(super) struct Resume {
 }
 
 /// Decides how to resume; `Err` is the message of a refusal (exit 2), with the fix.
-pub(super) fn decide(
+pub(crate) fn decide(
     checkpoint: Option<Lsn>,
     slot: SlotState,
     slot_may_lead: bool,
@@ -161,8 +161,8 @@ pub(crate) async fn state_report(
     info: &crate::config::conninfo::ConnInfo,
     config: &crate::config::Config,
     catalog: &crate::postgres::control::Catalog,
-) -> Vec<crate::postgres::control::CheckItem> {
-    use crate::postgres::control::{CheckItem, Status};
+) -> Vec<super::CheckItem> {
+    use super::{CheckItem, Status};
     let item = |status, title: &str, detail: String, fix: Option<String>| CheckItem {
         status,
         title: title.to_string(),

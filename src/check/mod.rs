@@ -7,7 +7,11 @@ use std::time::Duration;
 use crate::config::conninfo::ConnInfo;
 use crate::config::Config;
 use crate::kafka;
-use crate::postgres::control::{self, CheckItem, Report, Status};
+pub mod preflight;
+pub mod report;
+pub mod resume;
+
+pub use report::{CheckItem, Report, Status};
 
 /// Runs every check; connection failures become failed lines rather than errors, so the report is always whole.
 pub async fn run(config: &Config, rules: &crate::rules::Rules) -> Report {
@@ -27,12 +31,10 @@ pub async fn run(config: &Config, rules: &crate::rules::Rules) -> Report {
                     detail: String::new(),
                     fix: None,
                 });
-                match control::preflight(&client, config, rules).await {
+                match preflight::preflight(&client, config, rules).await {
                     Ok((r, catalog)) => {
                         report.items.extend(r.items.into_iter().map(standby_is_not_a_failure));
-                        report
-                            .items
-                            .extend(crate::pipeline::resume::state_report(&client, &info, config, &catalog).await);
+                        report.items.extend(resume::state_report(&client, &info, config, &catalog).await);
                     }
                     Err(e) => report.items.push(fail("preflight", e.to_string(), None)),
                 }

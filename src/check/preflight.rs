@@ -1,0 +1,377 @@
+//! The preflight: every condition streaming needs, read from the database through the control connection, each
+//! failure with its fix (server settings, privileges, keys and replica identity of the captured tables, the
+//! publication, the slot, WAL retention, the rules against the tables' columns).
+//!
+//! **Guarantee:** the preflight never changes the database; the writes are in `postgres::admin`.
+
+use tokio_postgres::Client;
+
+use super::report::{CheckItem, Report, Status};
+use crate::config::events::OnError;
+use crate::config::Config;
+use crate::ident::{quote_ident, TableName};
+use crate::postgres::control::{publication_gap, setting, slot_info, sql, table_info, Catalog, ControlError};
+use crate::rules::Rules;
+
+/// Runs every check without changing anything. Returns the report and the catalog of the tables found.
+pub async fn preflight(client: &Client, config: &Config, rules: &Rules) -> Result<(Report, Catalog), ControlError> {
+    let mut report = Report::default();
+    let mut catalog = Catalog::default();
+
+    let version: i32 = setting(client, "server_version_num").await?.parse().unwrap_or(0);
+    let version_text = setting(client, "server_version").await?;
+    if version < 100_000 {
+        report.push(
+            Status::Fail,
+            "server version",
+            format!("{version_text} has no pgoutput"),
+            Some("upgrade to PostgreSQL 10 or later".into()),
+        );
+    } else {
+        report.push(Status::Ok, "server version", version_text, None);
+    }
+
+    let wal_level = setting(client, "wal_level").await?;
+    if wal_level == "logical" {
+        report.push(Status::Ok, "wal_level", "logical", None);
+    } else {
+        report.push(
+            Status::Fail,
+            "wal_level",
+            format!("is {wal_level}, logical decoding needs logical"),
+            Some("ALTER SYSTEM SET wal_level = logical;  -- then restart PostgreSQL".into()),
+        );
+    }
+
+    let row = client
+        .query_one(
+            "SELECT current_user::text, rolreplication OR rolsuper, rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(sql("reading the role"))?;
+    let user: String = row.get(0);
+    let can_replicate: bool = row.get(1);
+    let is_super: bool = row.get(2);
+    if can_replicate {
+        report.push(Status::Ok, "replication privilege", format!("role {user}"), None);
+    } else {
+        report.push(
+            Status::Fail,
+            "replication privilege",
+            format!("role {user} lacks REPLICATION"),
+            Some(format!("ALTER ROLE {} WITH REPLICATION;", quote_ident(&user))),
+        );
+    }
+
+    // Tables.
+    let tables = config.captured_tables().map_err(|e| ControlError::Invalid(e.to_string()))?;
+    for table in &tables {
+        match table_info(client, table).await {
+            Err(ControlError::Invalid(msg)) => report.push(Status::Fail, format!("table {table}"), msg, None),
+            Err(e) => return Err(e),
+            Ok(None) => {
+                let hint = similar_table(client, table).await?;
+                report.push(
+                    Status::Fail,
+                    format!("table {table}"),
+                    "does not exist",
+                    Some(match hint {
+                        Some(found) => format!("did you mean {found}? (quote mixed-case names: schema.\"Name\")"),
+                        None => "fix source.tables or create the table".into(),
+                    }),
+                );
+            }
+            Ok(Some(info)) => {
+                let select: bool = client
+                    .query_one("SELECT has_table_privilege($1::oid, 'SELECT')", &[&info.oid])
+                    .await
+                    .map_err(sql("checking SELECT privilege"))?
+                    .get(0);
+                let q = table.quoted();
+                match (info.replica_identity, info.key_columns.is_empty()) {
+                    (b'f', _) => report.push(Status::Ok, format!("table {table}"), "REPLICA IDENTITY FULL: before images complete", None),
+                    (b'n', _) | (b'd', true) => report.push(
+                        Status::Fail,
+                        format!("table {table}"),
+                        "has no replica identity: once published, the legacy application's UPDATE and DELETE on it would fail",
+                        Some(format!("ALTER TABLE {q} REPLICA IDENTITY FULL;  -- or add a primary key")),
+                    ),
+                    _ => report.push(
+                        Status::Warn,
+                        format!("table {table}"),
+                        format!("REPLICA IDENTITY {}: `before` holds only the key ({})",
+                            if info.replica_identity == b'i' { "USING INDEX" } else { "DEFAULT" },
+                            info.key_columns.join(", ")),
+                        Some(format!("ALTER TABLE {q} REPLICA IDENTITY FULL;  -- for complete before images")),
+                    ),
+                }
+                if !select {
+                    report.push(
+                        Status::Warn,
+                        format!("table {table}"),
+                        format!("role {user} cannot SELECT it (needed for snapshots)"),
+                        Some(format!("GRANT SELECT ON {q} TO {};", quote_ident(&user))),
+                    );
+                }
+                let snapshotted = config.snapshot.mode != crate::config::SnapshotMode::Never
+                    && config
+                        .captured_tables()
+                        .and_then(|captured| config.snapshot.tables(&captured))
+                        .is_ok_and(|t| t.contains(table));
+                if snapshotted && info.key_columns.is_empty() {
+                    // Only a first start (a new slot) plans the snapshot, so this warns rather than blocks.
+                    report.push(
+                        Status::Warn,
+                        format!("table {table}"),
+                        "has no primary key: the initial snapshot refuses it (exit 2 on a first start)",
+                        Some("add a primary key, or leave the table out of snapshot.tables".to_string()),
+                    );
+                }
+                catalog.tables.insert(table.clone(), info);
+            }
+        }
+    }
+
+    report.items.extend(rule_lines(rules, &catalog));
+    check_publication(client, config, &tables, is_super, &mut report).await?;
+    check_slot(client, config, &mut report).await?;
+    Ok((report, catalog))
+}
+
+async fn similar_table(client: &Client, table: &TableName) -> Result<Option<String>, ControlError> {
+    let row = client
+        .query_opt(
+            "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE lower(n.nspname) = lower($1) AND lower(c.relname) = lower($2) AND c.relkind IN ('r','p') LIMIT 1",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(sql("looking for similar tables"))?;
+    Ok(row.map(|r| TableName { schema: r.get(0), name: r.get(1) }.quoted()))
+}
+
+async fn check_publication(
+    client: &Client,
+    config: &Config,
+    tables: &[TableName],
+    is_super: bool,
+    report: &mut Report,
+) -> Result<(), ControlError> {
+    let publication = &config.source.publication;
+    let (exists, owned, missing) = publication_gap(client, publication, tables).await?;
+    let list = missing.iter().map(TableName::quoted).collect::<Vec<_>>().join(", ");
+    let title = format!("publication {publication}");
+    if !exists {
+        let can_create: bool = client
+            .query_one("SELECT has_database_privilege(current_database(), 'CREATE')", &[])
+            .await
+            .map_err(sql("checking CREATE privilege"))?
+            .get(0);
+        let status = if can_create || is_super { Status::Ok } else { Status::Fail };
+        report.push(
+            status,
+            title,
+            if status == Status::Ok {
+                "missing, ficus will create it".to_string()
+            } else {
+                "missing and this role cannot create it".to_string()
+            },
+            (status == Status::Fail).then(|| {
+                format!("CREATE PUBLICATION {} FOR TABLE {list};  -- as the tables' owner", quote_ident(publication))
+            }),
+        );
+    } else if missing.is_empty() {
+        report.push(Status::Ok, title, "includes every captured table", None);
+    } else {
+        let status = if owned || is_super { Status::Warn } else { Status::Fail };
+        report.push(
+            status,
+            title,
+            format!("lacks {list}{}", if status == Status::Warn { "; ficus will add them" } else { "" }),
+            Some(format!("ALTER PUBLICATION {} ADD TABLE {list};", quote_ident(publication))),
+        );
+    }
+    Ok(())
+}
+
+/// Warns when the slot retains more than 1 GiB of WAL (or more than half of `max_slot_wal_keep_size`), and when no
+/// limit protects the server's disk.
+async fn check_retained_wal(client: &Client, slot: &str, title: &str, report: &mut Report) -> Result<(), ControlError> {
+    let row = client
+        .query_one(
+            "SELECT (SELECT (pg_current_wal_lsn() - restart_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1), \
+             pg_size_bytes(current_setting('max_slot_wal_keep_size')) ",
+            &[&slot],
+        )
+        .await;
+    // pg_size_bytes('-1') fails on some versions; treat any error as "unknown limit".
+    let (retained, limit): (Option<i64>, Option<i64>) = match row {
+        Ok(r) => (r.get(0), r.get(1)),
+        Err(_) => (None, None),
+    };
+    let limit = limit.filter(|l| *l > 0);
+    if let Some(r) = retained {
+        let threshold = limit.map(|l| l / 2).unwrap_or(1 << 30).min(1 << 30);
+        if r > threshold {
+            report.push(
+                Status::Warn,
+                title.to_string(),
+                format!("retains {} MiB of WAL on the server", r >> 20),
+                Some("start ficus (it confirms as it streams), or drop the slot if it is abandoned".into()),
+            );
+        }
+    }
+    if limit.is_none() {
+        report.push(
+            Status::Warn,
+            "max_slot_wal_keep_size",
+            "is unlimited: a slot whose consumer is down keeps WAL until the disk is full",
+            Some("ALTER SYSTEM SET max_slot_wal_keep_size = '10GB';  SELECT pg_reload_conf();".into()),
+        );
+    }
+    Ok(())
+}
+
+async fn check_slot(client: &Client, config: &Config, report: &mut Report) -> Result<(), ControlError> {
+    let slot = &config.source.slot;
+    let title = format!("replication slot {slot}");
+    let database: String =
+        client.query_one("SELECT current_database()::text", &[]).await.map_err(sql("reading database"))?.get(0);
+    match slot_info(client, slot).await? {
+        None => {
+            let row = client
+                .query_one(
+                    "SELECT (SELECT count(*) FROM pg_replication_slots), current_setting('max_replication_slots')::bigint",
+                    &[],
+                )
+                .await
+                .map_err(sql("counting slots"))?;
+            let (used, max): (i64, i64) = (row.get(0), row.get(1));
+            if used >= max {
+                report.push(
+                    Status::Fail,
+                    title,
+                    format!("missing, and all {max} slots are in use"),
+                    Some(
+                        "ALTER SYSTEM SET max_replication_slots = <more>;  -- then restart; or drop an unused slot"
+                            .into(),
+                    ),
+                );
+            } else {
+                report.push(Status::Ok, title, "missing, ficus will create it (pgoutput)", None);
+            }
+        }
+        Some(info) => {
+            let fix_drop = format!(
+                "SELECT pg_drop_replication_slot('{}');  -- only if nothing else uses it",
+                slot.replace('\'', "''")
+            );
+            if info.plugin.as_deref() != Some("pgoutput") {
+                let plugin = info.plugin.as_deref().unwrap_or("none (a physical slot)");
+                report.push(Status::Fail, title, format!("uses plugin {plugin}, ficus needs pgoutput"), Some(fix_drop));
+            } else if info.database.as_deref() != Some(database.as_str()) {
+                let db = info.database.as_deref().unwrap_or("none (a physical slot)");
+                report.push(
+                    Status::Fail,
+                    title,
+                    format!("belongs to database {db}, not {database}"),
+                    Some("choose another source.slot".into()),
+                );
+            } else if info.wal_status.as_deref() == Some("lost")
+                && config.snapshot.on_gap == crate::config::snapshot::OnGap::Resnapshot
+            {
+                report.push(
+                    Status::Warn,
+                    title,
+                    "was invalidated (WAL it needed was removed); snapshot.on_gap: resnapshot drops and re-creates it and copies snapshot.tables again",
+                    None,
+                );
+            } else if info.wal_status.as_deref() == Some("lost") {
+                report.push(
+                    Status::Fail,
+                    title,
+                    "was invalidated (WAL it needed was removed, see max_slot_wal_keep_size); changes since then are lost",
+                    Some(format!("{fix_drop}\nthen restart ficus to recreate it and re-snapshot the tables")),
+                );
+            } else if let Some(pid) = info.active_pid {
+                report.push(
+                    Status::Fail,
+                    title,
+                    format!("in use by another process (pid {pid}): another ficus instance?"),
+                    Some(format!("stop the other consumer, or SELECT pg_terminate_backend({pid});")),
+                );
+            } else {
+                let at = info.confirmed_flush.map(|l| l.to_string()).unwrap_or_else(|| "?".into());
+                report.push(Status::Ok, title, format!("exists, confirmed up to {at}"), None);
+            }
+            check_retained_wal(client, slot, &format!("replication slot {slot}"), report).await?;
+        }
+    }
+    let row = client
+        .query_one("SELECT (SELECT count(*) FROM pg_stat_replication), current_setting('max_wal_senders')::bigint", &[])
+        .await
+        .map_err(sql("counting WAL senders"))?;
+    let (used, max): (i64, i64) = (row.get(0), row.get(1));
+    if used >= max {
+        report.push(
+            Status::Fail,
+            "WAL senders",
+            format!("all {max} in use"),
+            Some("ALTER SYSTEM SET max_wal_senders = <more>;  -- then restart".into()),
+        );
+    } else {
+        report.push(Status::Ok, "WAL senders", format!("{used} of {max} in use"), None);
+    }
+    Ok(())
+}
+
+/// The rules against the catalog: a column an expression reads that the table lacks fails; a rule reading `old` on
+/// a table whose replica identity is not FULL warns (pgoutput then sends no old row for most updates, so `old.col`
+/// fails for them); an unknown CEL function warns.
+pub(crate) fn rule_lines(rules: &Rules, catalog: &Catalog) -> Vec<CheckItem> {
+    let mut items = Vec::new();
+    for (title, detail) in rules.unknown_function_warnings() {
+        items.push(CheckItem { status: Status::Warn, title: title.to_string(), detail: detail.to_string(), fix: None });
+    }
+    for rule in rules.requirements() {
+        let table = rule.table;
+        let Some(info) = catalog.tables.get(table) else { continue };
+        let unknown: Vec<&str> =
+            rule.columns.iter().filter(|c| !info.columns.iter().any(|x| &x.name == *c)).map(String::as_str).collect();
+        if !unknown.is_empty() {
+            let known: Vec<&str> = info.columns.iter().map(|c| c.name.as_str()).collect();
+            items.push(CheckItem {
+                status: Status::Fail,
+                title: rule.title,
+                detail: format!("reads column(s) {} that {table} does not have", unknown.join(", ")),
+                fix: Some(format!("use one of: {}", known.join(", "))),
+            });
+            continue;
+        }
+        if rule.reads_old_on_update && info.replica_identity != b'f' {
+            items.push(CheckItem {
+                status: Status::Warn,
+                title: rule.title,
+                detail: format!(
+                    "reads `old` on update, but {} does not have REPLICA IDENTITY FULL: updates arrive without the old row and the rule fails for them (→ {})",
+                    table,
+                    match rule.on_error {
+                        OnError::Dlq => "DLQ",
+                        OnError::Fail => "stop",
+                        OnError::Skip => "skipped",
+                    }
+                ),
+                fix: Some(format!("ALTER TABLE {} REPLICA IDENTITY FULL;", table.quoted())),
+            });
+            continue;
+        }
+        items.push(CheckItem {
+            status: Status::Ok,
+            title: rule.title,
+            detail: format!("{table} → {}", rule.topic),
+            fix: None,
+        });
+    }
+    items
+}
