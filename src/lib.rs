@@ -29,6 +29,7 @@
 //! - [`catalog`]: `ficus catalog`, the event catalog with JSON Schemas.
 //! - [`health`]: the HTTP endpoints (`/healthz`, `/readyz`, `/metrics`, `/status`) and the state behind them.
 //! - [`metrics`]: metric names and the Prometheus recorder.
+//! - [`healthcheck`]: `ficus healthcheck`, the container liveness probe.
 
 pub mod catalog;
 pub mod change;
@@ -37,6 +38,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod encode;
 pub mod health;
+pub mod healthcheck;
 pub mod kafka;
 pub mod lsn;
 pub mod metrics;

@@ -69,6 +69,17 @@ enum Command {
         #[arg(long = "where")]
         filter: Option<String>,
     },
+    /// Container liveness probe: GET /healthz on the address of `health.listen` in the config (or --url). Exit 0 when
+    /// it answers 200 within the timeout, else 1 with the reason — also when `health.listen` is not set.
+    Healthcheck {
+        #[arg(long, short, required_unless_present = "url")]
+        config: Option<PathBuf>,
+        /// e.g. `http://127.0.0.1:8080/healthz` (then the config is not read).
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, default_value_t = 2)]
+        timeout_secs: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -174,6 +185,19 @@ async fn async_main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     match cli.command {
+        Command::Healthcheck { config, url, timeout_secs } => {
+            let timeout = std::time::Duration::from_secs(timeout_secs.max(1));
+            match ficus::healthcheck::run(config.as_deref(), url.as_deref(), timeout).await {
+                Ok(report) => {
+                    println!("healthy: {report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("unhealthy: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Run { config, null_sink, dry_run } => {
             let config = match load(&config) {
                 Ok(c) => c,
