@@ -242,9 +242,9 @@ async fn a_real_prometheus_scrapes_ficus_and_loads_the_alert_rules() {
     wait_for_status(port, "/readyz", 200, &|| f.log());
     let prom = Prometheus::start(port);
 
-    s.sql("INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c'); UPDATE t SET v = 'x' WHERE id = 1;").await;
     let up = wait_query(&prom, "up{job=\"ficus\"}", |r| r.first().is_some_and(|(_, v)| *v == 1.0), &f);
     assert_eq!(up.len(), 1, "{up:?}");
+    s.sql("INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c'); UPDATE t SET v = 'x' WHERE id = 1;").await;
     let received = wait_query(
         &prom,
         "ficus_changes_received_total",
@@ -281,6 +281,29 @@ async fn a_real_prometheus_scrapes_ficus_and_loads_the_alert_rules() {
         assert!(Instant::now() < deadline, "rules not loaded or not healthy: {rules}\n{}", prom.log());
         std::thread::sleep(Duration::from_millis(500));
     }
+
+    // Every query of the Grafana dashboard is valid PromQL for this server, and the throughput panel shows the changes.
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(support::manifest_dir().join("docs/grafana/ficus.json")).unwrap(),
+    )
+    .unwrap();
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap().replace("$instance", ".*").replace("$__rate_interval", "1m");
+            let v = prom.api(&format!("/api/v1/query?query={}", encode(&expr)));
+            assert_eq!(v["status"], "success", "panel {:?}: {expr}: {v}", panel["title"]);
+            queries += 1;
+        }
+    }
+    assert!(queries > 20, "{queries}");
+    // A table's counters appear with its first change; the next changes make rate() > 0.
+    s.sql("INSERT INTO t VALUES (4, 'd')").await;
+    let changes = dashboard["panels"].as_array().unwrap().iter().find(|p| p["title"] == "Changes received").unwrap();
+    let expr =
+        changes["targets"][0]["expr"].as_str().unwrap().replace("$instance", ".*").replace("$__rate_interval", "1h");
+    wait_query(&prom, &expr, |r| r.iter().any(|(l, v)| l["table"] == "public.t" && *v > 0.0), &f);
+
     drop(prom);
     assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
 }
