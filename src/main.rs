@@ -31,7 +31,7 @@ enum LogFormat {
 enum Command {
     /// Stream changes to Kafka until SIGTERM/SIGINT.
     Run {
-        #[arg(long, short)]
+        #[arg(long, short, env = "FICUS_CONFIG")]
         config: PathBuf,
         /// Benchmark aid: encode everything but publish nothing (changes are still confirmed to PostgreSQL).
         #[arg(long, hide = true)]
@@ -43,12 +43,12 @@ enum Command {
     },
     /// Preflight report: what is wrong and how to fix it. Exit 2 on a blocking problem.
     Check {
-        #[arg(long, short)]
+        #[arg(long, short, env = "FICUS_CONFIG")]
         config: PathBuf,
     },
     /// The event catalog: every event type and version with its topic, key, source and a JSON Schema of `data`.
     Catalog {
-        #[arg(long, short)]
+        #[arg(long, short, env = "FICUS_CONFIG")]
         config: PathBuf,
         /// Do not read column types from the database (column references are then typed `{}`).
         #[arg(long)]
@@ -60,7 +60,7 @@ enum Command {
     /// configured slot takes up in stream order (at once if it runs, else when it starts). Exit 2 if the request is
     /// not valid or the slot does not exist; exit 1 if a lock held on the table outlasts the 5 s lock timeout.
     Backfill {
-        #[arg(long, short)]
+        #[arg(long, short, env = "FICUS_CONFIG")]
         config: PathBuf,
         /// `schema.table` (or `table` in `public`), one of `source.tables`.
         #[arg(long)]
@@ -72,7 +72,7 @@ enum Command {
     /// Container liveness probe: GET /healthz on the address of `health.listen` in the config (or --url). Exit 0 when
     /// it answers 200 within the timeout, else 1 with the reason — also when `health.listen` is not set.
     Healthcheck {
-        #[arg(long, short, required_unless_present = "url")]
+        #[arg(long, short, env = "FICUS_CONFIG", required_unless_present = "url")]
         config: Option<PathBuf>,
         /// e.g. `http://127.0.0.1:8080/healthz` (then the config is not read).
         #[arg(long)]
