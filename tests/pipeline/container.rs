@@ -274,3 +274,36 @@ sys.exit(1 if errors else 0)
     let port = host.rsplit(':').next().unwrap();
     assert!(strings(&kafka["ports"]).iter().any(|p| p == &format!("{port}:{port}")), "{kafka}");
 }
+
+/// The manifests of docs/kubernetes.md parse, and the StatefulSet's `serviceName` is a headless Service selecting
+/// its pods, with the port the probes and the scrape use.
+#[test]
+fn kubernetes_statefulset_has_its_headless_service() {
+    let python = venv_tool(".venv/oracle/bin/python3");
+    let script = r#"
+import json, re, sys, yaml
+text = open(sys.argv[1]).read()
+docs = [d for block in re.findall(r"```yaml\n(.*?)```", text, re.S) for d in yaml.safe_load_all(block) if d]
+print(json.dumps(docs))
+"#;
+    let out = Command::new(python)
+        .args(["-c", script, "docs/kubernetes.md"])
+        .current_dir(crate::support::manifest_dir())
+        .output()
+        .expect("run the oracle python");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let docs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let kind = |k: &str| docs.iter().find(|d| d["kind"] == k).unwrap_or_else(|| panic!("no {k} in {docs:?}"));
+    let (sts, svc) = (kind("StatefulSet"), kind("Service"));
+    assert_eq!(svc["metadata"]["name"], sts["spec"]["serviceName"]);
+    assert_eq!(svc["spec"]["clusterIP"], "None", "not headless: {svc}");
+    let labels = &sts["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in svc["spec"]["selector"].as_object().unwrap() {
+        assert_eq!(&labels[k], v, "the Service selects {k}={v}, the pods have {labels}");
+    }
+    let container = &sts["spec"]["template"]["spec"]["containers"][0];
+    let port_name = &container["ports"][0]["name"];
+    assert_eq!(&svc["spec"]["ports"][0]["targetPort"], port_name);
+    assert_eq!(container["livenessProbe"]["httpGet"]["port"], *port_name);
+    assert!(sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap() > 30);
+}
