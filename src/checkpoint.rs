@@ -127,7 +127,10 @@ pub enum CheckpointError {
     Corrupt(String),
     #[error(
         "checkpoint in {path} belongs to system {found_system} database {found_db} slot {found_slot}, \
-         not to this source ({system} {db} {slot}); use a separate state.dir per source"
+         not to this source (system {system} database {db} slot {slot}). If the database was re-created or \
+         replaced (e.g. `docker compose down` removed its volume but not ficus's state volume) and ficus should start \
+         over from it: delete {path} and start again. If source.url names the wrong server or database, fix it \
+         instead. To stream several sources, use a separate state.dir per source"
     )]
     Mismatch {
         path: PathBuf,

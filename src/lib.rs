@@ -29,6 +29,7 @@
 //! - [`catalog`]: `ficus catalog`, the event catalog with JSON Schemas.
 //! - [`health`]: the HTTP endpoints (`/healthz`, `/readyz`, `/metrics`, `/status`) and the state behind them.
 //! - [`metrics`]: metric names and the Prometheus recorder.
+//! - [`healthcheck`]: `ficus healthcheck`, the container liveness probe.
 
 pub mod backfill;
 pub mod catalog;
@@ -38,6 +39,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod encode;
 pub mod health;
+pub mod healthcheck;
 pub mod ident;
 pub mod kafka;
 pub mod lsn;

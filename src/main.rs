@@ -33,7 +33,7 @@ enum LogFormat {
 enum Command {
     /// Stream changes to Kafka until SIGTERM/SIGINT.
     Run {
-        #[arg(long, short)]
+        #[arg(long, short, env = "FICUS_CONFIG")]
         config: PathBuf,
         /// Benchmark aid: encode everything but publish nothing (changes are still confirmed to PostgreSQL).
         #[arg(long, hide = true)]
@@ -45,12 +45,12 @@ enum Command {
     },
     /// Preflight report: what is wrong and how to fix it. Exit 2 on a blocking problem.
     Check {
-        #[arg(long, short)]
+        #[arg(long, short, env = "FICUS_CONFIG")]
         config: PathBuf,
     },
     /// The event catalog: every event type and version with its topic, key, source and a JSON Schema of `data`.
     Catalog {
-        #[arg(long, short)]
+        #[arg(long, short, env = "FICUS_CONFIG")]
         config: PathBuf,
         /// Do not read column types from the database (column references are then typed `{}`).
         #[arg(long)]
@@ -62,7 +62,7 @@ enum Command {
     /// configured slot takes up in stream order (at once if it runs, else when it starts). Exit 2 if the request is
     /// not valid or the slot does not exist; exit 1 if a lock held on the table outlasts the 5 s lock timeout.
     Backfill {
-        #[arg(long, short)]
+        #[arg(long, short, env = "FICUS_CONFIG")]
         config: PathBuf,
         /// `schema.table` (or `table` in `public`), one of `source.tables`.
         #[arg(long)]
@@ -70,6 +70,17 @@ enum Command {
         /// Only rows matching this SQL condition, e.g. `--where "created_at > now() - interval '7 days'"`.
         #[arg(long = "where")]
         filter: Option<String>,
+    },
+    /// Container liveness probe: GET /healthz on the address of `health.listen` in the config (or --url). Exit 0 when
+    /// it answers 200 within the timeout, else 1 with the reason — also when `health.listen` is not set.
+    Healthcheck {
+        #[arg(long, short, env = "FICUS_CONFIG", required_unless_present = "url")]
+        config: Option<PathBuf>,
+        /// e.g. `http://127.0.0.1:8080/healthz` (then the config is not read).
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, default_value_t = 2)]
+        timeout_secs: u64,
     },
 }
 
@@ -150,6 +161,21 @@ fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
+/// `ficus healthcheck`: 0 when `/healthz` answers 200, else 1 (Docker reserves 2 for health checks).
+async fn healthcheck(config: Option<&std::path::Path>, url: Option<&str>, timeout_secs: u64) -> ExitCode {
+    let timeout = std::time::Duration::from_secs(timeout_secs.max(1));
+    match ficus::healthcheck::run(config, url, timeout).await {
+        Ok(report) => {
+            println!("healthy: {report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// The longest a SIGTERM/SIGINT takes to end the process (docs/guarantees.md).
 const SHUTDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -182,6 +208,10 @@ async fn async_main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     let path = match &cli.command {
+        // The container probe reads only `health.listen` (or takes --url): it answers without compiling rules.
+        Command::Healthcheck { config, url, timeout_secs } => {
+            return healthcheck(config.as_deref(), url.as_deref(), *timeout_secs).await;
+        }
         Command::Run { config, .. }
         | Command::Check { config }
         | Command::Catalog { config, .. }
@@ -192,6 +222,8 @@ async fn async_main() -> ExitCode {
         Err(code) => return code,
     };
     match cli.command {
+        // Answered above.
+        Command::Healthcheck { .. } => ExitCode::from(1),
         Command::Run { null_sink, dry_run, .. } => {
             let output = match (null_sink, dry_run) {
                 (true, _) => Output::Null,

@@ -19,7 +19,7 @@ pub const EVENTS: &str = "ficus_events_total";
 pub const RAW_EVENTS: &str = "ficus_raw_events_total";
 /// Records sent to the dead-letter topic, by `rule`.
 pub const DLQ: &str = "ficus_dlq_records_total";
-/// Errors, by `kind` (`delivery`, `replication`, `rule`, `checkpoint`).
+/// Errors, by `kind` ([`ERROR_KINDS`]).
 pub const ERRORS: &str = "ficus_errors_total";
 /// Server WAL end − confirmed flush position of the slot, bytes.
 pub const LAG_BYTES: &str = "ficus_replication_lag_bytes";
@@ -61,6 +61,7 @@ pub fn install() -> Option<PrometheusHandle> {
             match builder.install_recorder() {
                 Ok(handle) => {
                     describe();
+                    register_at_zero();
                     Some(handle)
                 }
                 Err(e) => {
@@ -70,6 +71,19 @@ pub fn install() -> Option<PrometheusHandle> {
             }
         })
         .clone()
+}
+
+/// Every `kind` of [`ERRORS`]: `PipelineError::kind` and the schema errors of the source.
+pub const ERROR_KINDS: [&str; 7] = ["config", "replication", "delivery", "checkpoint", "rule", "schema", "internal"];
+
+/// The counters alerts take `increase()` of exist from start-up, at 0: a series that first appears with its first
+/// increment shows no increase, so that alert would miss it (docs/prometheus/ficus.rules.yaml).
+fn register_at_zero() {
+    for kind in ERROR_KINDS {
+        metrics::counter!(ERRORS, "kind" => kind).absolute(0);
+    }
+    metrics::counter!(RECONNECTS).absolute(0);
+    metrics::counter!(CHECKPOINT_FAILURES).absolute(0);
 }
 
 fn describe() {

@@ -5,12 +5,14 @@
 mod support;
 
 mod chaos;
+mod container;
 mod contract;
 mod core;
 mod differential;
 mod exactly_once;
 mod faults;
 mod lifecycle;
+mod observability;
 mod ops;
 mod rules;
 mod secrets;

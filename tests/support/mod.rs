@@ -28,6 +28,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub use kafka::{ConsumedMessage, TestKafka};
 #[allow(unused_imports)]
 pub use postgres::{PgOptions, TestPostgres};
+#[allow(unused_imports)]
+pub(crate) use watchdog::Watchdog;
 
 /// The `ficus` binary built for this test run.
 pub fn ficus_bin() -> PathBuf {

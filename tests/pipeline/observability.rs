@@ -1,0 +1,309 @@
+//! Observability where operators look: the alert rules pass promtool (syntax and their unit tests), a real Prometheus
+//! server loads them and scrapes a running ficus, and the counters alerts take `increase()` of exist from the start.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{self, Watchdog};
+use crate::{get, wait_for_status, Ficus, Setup, WAIT};
+
+fn rules_dir() -> PathBuf {
+    support::manifest_dir().join("docs/prometheus")
+}
+
+/// `promtool` (Debian package prometheus; scripts/install-test-deps.sh installs it).
+fn tool(name: &str) -> PathBuf {
+    let found = |n: &str| {
+        std::env::var_os("PATH")
+            .and_then(|p| std::env::split_paths(&p).map(|d| d.join(n)).find(|f| f.is_file()))
+            .or_else(|| Some(PathBuf::from("/usr/bin").join(n)).filter(|f| f.is_file()))
+    };
+    if found(name).is_none() {
+        support::install_test_deps();
+    }
+    found(name).unwrap_or_else(|| {
+        panic!("{name} not found: install Debian's prometheus package (scripts/install-test-deps.sh does)")
+    })
+}
+
+fn promtool(args: &[&str]) -> String {
+    let out = Command::new(tool("promtool")).args(args).current_dir(rules_dir()).output().expect("run promtool");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn alert_rules_pass_promtool_check_and_their_unit_tests() {
+    let text = promtool(&["check", "rules", "ficus.rules.yaml"]);
+    assert!(text.contains("SUCCESS"), "{text}");
+    let text = promtool(&["test", "rules", "ficus.rules.test.yaml"]);
+    assert!(text.contains("SUCCESS"), "{text}");
+    // Every alert of the rules file has a unit test.
+    let rules = std::fs::read_to_string(rules_dir().join("ficus.rules.yaml")).unwrap();
+    let tests = std::fs::read_to_string(rules_dir().join("ficus.rules.test.yaml")).unwrap();
+    for alert in rules.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")) {
+        assert!(tests.contains(&format!("alertname: {alert}\n")), "alert {alert} has no unit test");
+    }
+}
+
+/// The metrics the alert rules and the dashboard use are the metrics ficus defines (src/metrics.rs), so a renamed
+/// metric cannot leave an alert that silently never fires.
+#[test]
+fn rules_and_dashboard_use_only_metrics_ficus_exports() {
+    let defined = std::fs::read_to_string(support::manifest_dir().join("src/metrics.rs")).unwrap();
+    let defined: Vec<&str> = defined
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("pub const ")?.split_once("= \"")?.1.strip_suffix("\";"))
+        .collect();
+    assert!(defined.contains(&"ficus_streaming"), "{defined:?}");
+    for file in ["docs/prometheus/ficus.rules.yaml", "docs/grafana/ficus.json"] {
+        let text = std::fs::read_to_string(support::manifest_dir().join(file)).unwrap();
+        let mut used = 0;
+        for (i, _) in text.match_indices("ficus_") {
+            let name: String =
+                text[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect::<String>();
+            let base = ["_bucket", "_count", "_sum"].iter().fold(name.as_str(), |n, s| n.strip_suffix(s).unwrap_or(n));
+            // Prose like "ficus_" followed by nothing is not a metric.
+            if base.len() > "ficus_".len() {
+                assert!(defined.contains(&base), "{file} uses {name}, which ficus does not export");
+                used += 1;
+            }
+        }
+        assert!(used > 5, "{file} uses {used} metrics");
+    }
+}
+
+/// A Prometheus server on a free port, its config and data in a temp dir; killed (with its files removed) when
+/// dropped, and by a watchdog if the test process dies first.
+struct Prometheus {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    watchdog: Option<Watchdog>,
+}
+
+impl Prometheus {
+    fn start(scrape_port: u16) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+                 rule_files: ['{}']\n\
+                 scrape_configs:\n  - job_name: ficus\n    static_configs: [{{targets: ['127.0.0.1:{scrape_port}']}}]\n",
+                rules_dir().join("ficus.rules.yaml").display()
+            ),
+        )
+        .unwrap();
+        let pidfile = dir.path().join("prometheus.pid");
+        let watchdog = Watchdog::spawn(&format!(
+            "p=$(cat {} 2>/dev/null); [ -n \"$p\" ] && kill -KILL $p 2>/dev/null; rm -rf {}",
+            support::sh_quote(&pidfile.display().to_string()),
+            support::sh_quote(&dir.path().display().to_string())
+        ));
+        let mut p = Prometheus { child: None, port: 0, dir, watchdog: Some(watchdog) };
+        // free_port() was free a moment ago; another process may take it first: then retry on another.
+        for attempt in 1..=3 {
+            p.port = support::free_port();
+            let log = std::fs::File::create(p.dir.path().join("prometheus.log")).unwrap();
+            let mut child = Command::new(tool("prometheus"))
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!("--storage.tsdb.path={}", p.dir.path().join("data").display()))
+                .arg(format!("--web.listen-address=127.0.0.1:{}", p.port))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn prometheus");
+            std::fs::write(&pidfile, child.id().to_string()).unwrap();
+            let ready = support::wait_for(WAIT, || match child.try_wait() {
+                Ok(Some(status)) => Some(Err(status)),
+                _ => get(p.port, "/-/ready").filter(|(code, _)| *code == 200).map(|_| Ok(())),
+            });
+            match ready {
+                Some(Ok(())) => {
+                    p.child = Some(child);
+                    return p;
+                }
+                Some(Err(status)) if attempt < 3 => eprintln!("prometheus exited ({status}), retrying:\n{}", p.log()),
+                other => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("prometheus never became ready ({other:?}):\n{}", p.log());
+                }
+            }
+        }
+        unreachable!()
+    }
+
+    fn log(&self) -> String {
+        support::tail(&self.dir.path().join("prometheus.log"), 40)
+    }
+
+    /// `GET path` with HTTP/1.0 (no chunked answer): the parsed JSON body.
+    fn api(&self, path: &str) -> Value {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
+    }
+
+    /// The samples of an instant query: (labels, value).
+    fn query(&self, promql: &str) -> Vec<(Value, f64)> {
+        let v = self.api(&format!("/api/v1/query?query={}", encode(promql)));
+        assert_eq!(v["status"], "success", "{promql}: {v}");
+        v["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["metric"].clone(), r["value"][1].as_str().unwrap().parse().unwrap()))
+            .collect()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(self.dir.path().join("prometheus.pid"));
+        if let Some(w) = self.watchdog.take() {
+            w.fire(Duration::from_secs(10));
+        }
+    }
+}
+
+/// Percent-encodes a query parameter.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn wait_query(prom: &Prometheus, promql: &str, ok: impl Fn(&[(Value, f64)]) -> bool, f: &Ficus) -> Vec<(Value, f64)> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let result = prom.query(promql);
+        if ok(&result) {
+            return result;
+        }
+        assert!(Instant::now() < deadline, "{promql}: {result:?}\nprometheus:\n{}\nficus:\n{}", prom.log(), f.log());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The line of `/metrics` for `series` (name and labels), if any.
+fn metric_line<'a>(metrics: &'a str, series: &str) -> Option<&'a str> {
+    metrics.lines().find(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with(' ')))
+}
+
+/// `increase()` alerts (errors, reconnects, checkpoint failures) only see an increment from a series that existed
+/// before it: ficus exports those counters at 0 from start-up, before anything went wrong.
+#[tokio::test(flavor = "multi_thread")]
+async fn error_and_reconnect_counters_are_exported_at_zero_from_the_start() {
+    let s = Setup::new("obs_zero", "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let (f, port) = Ficus::start_with_health(&s.config(&["public.t"]));
+    wait_for_status(port, "/readyz", 200, &|| f.log());
+    let (_, metrics) = get(port, "/metrics").unwrap();
+    for series in [
+        "ficus_reconnects_total",
+        "ficus_checkpoint_failures_total",
+        "ficus_errors_total{kind=\"replication\"}",
+        "ficus_errors_total{kind=\"delivery\"}",
+        "ficus_errors_total{kind=\"checkpoint\"}",
+        "ficus_errors_total{kind=\"rule\"}",
+        "ficus_errors_total{kind=\"schema\"}",
+        "ficus_errors_total{kind=\"config\"}",
+    ] {
+        assert_eq!(metric_line(&metrics, series), Some(format!("{series} 0").as_str()), "{series}:\n{metrics}");
+    }
+    assert!(!f.log().contains("reconnecting"), "{}", f.log());
+}
+
+/// A real Prometheus server (Debian's package) loads the alert rules, scrapes a running ficus every second, and
+/// answers queries on its HTTP API with what ficus streamed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_prometheus_scrapes_ficus_and_loads_the_alert_rules() {
+    let s = Setup::new("obs_prometheus", "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
+    let (mut f, port) = Ficus::start_with_health(&s.config(&["public.t"]));
+    wait_for_status(port, "/readyz", 200, &|| f.log());
+    let prom = Prometheus::start(port);
+
+    let up = wait_query(&prom, "up{job=\"ficus\"}", |r| r.first().is_some_and(|(_, v)| *v == 1.0), &f);
+    assert_eq!(up.len(), 1, "{up:?}");
+    s.sql("INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c'); UPDATE t SET v = 'x' WHERE id = 1;").await;
+    let received = wait_query(
+        &prom,
+        "ficus_changes_received_total",
+        |r| {
+            r.iter().any(|(l, v)| l["op"] == "update" && *v > 0.0)
+                && r.iter().any(|(l, v)| l["op"] == "insert" && *v > 0.0)
+        },
+        &f,
+    );
+    let inserts = received.iter().find(|(l, _)| l["op"] == "insert").unwrap();
+    assert_eq!(inserts.0["table"], "public.t", "{received:?}");
+    assert_eq!(inserts.1, 3.0, "{received:?}");
+    // Streaming, nothing lost: the alerts have nothing to say; the counters they watch are there, at 0.
+    wait_query(&prom, "ficus_streaming", |r| r.first().is_some_and(|(_, v)| *v == 1.0), &f);
+    let errors = prom.query("ficus_errors_total");
+    assert!(errors.len() >= 5 && errors.iter().all(|(_, v)| *v == 0.0), "{errors:?}");
+    assert_eq!(prom.query("ficus_reconnects_total").first().map(|(_, v)| *v), Some(0.0));
+
+    // The server loaded every rule of the file, and evaluates them without error.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let rules = prom.api("/api/v1/rules");
+        let group = &rules["data"]["groups"][0];
+        let all = group["rules"].as_array().cloned().unwrap_or_default();
+        let evaluated = !all.is_empty() && all.iter().all(|r| r["health"] == "ok");
+        if evaluated {
+            assert_eq!(group["name"], "ficus");
+            let file = std::fs::read_to_string(rules_dir().join("ficus.rules.yaml")).unwrap();
+            assert_eq!(all.len(), file.matches("- alert: ").count(), "{rules}");
+            let firing: Vec<&Value> = all.iter().filter(|r| r["state"] == "firing").collect();
+            assert!(firing.is_empty(), "alerts firing on a healthy ficus: {firing:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "rules not loaded or not healthy: {rules}\n{}", prom.log());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // Every query of the Grafana dashboard is valid PromQL for this server, and the throughput panel shows the changes.
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(support::manifest_dir().join("docs/grafana/ficus.json")).unwrap(),
+    )
+    .unwrap();
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap().replace("$instance", ".*").replace("$__rate_interval", "1m");
+            let v = prom.api(&format!("/api/v1/query?query={}", encode(&expr)));
+            assert_eq!(v["status"], "success", "panel {:?}: {expr}: {v}", panel["title"]);
+            queries += 1;
+        }
+    }
+    assert!(queries > 20, "{queries}");
+    // A table's counters appear with its first change; the next changes make rate() > 0.
+    s.sql("INSERT INTO t VALUES (4, 'd')").await;
+    let changes = dashboard["panels"].as_array().unwrap().iter().find(|p| p["title"] == "Changes received").unwrap();
+    let expr =
+        changes["targets"][0]["expr"].as_str().unwrap().replace("$instance", ".*").replace("$__rate_interval", "1h");
+    wait_query(&prom, &expr, |r| r.iter().any(|(l, v)| l["table"] == "public.t" && *v > 0.0), &f);
+
+    drop(prom);
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+}
