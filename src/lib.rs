@@ -30,6 +30,7 @@
 //! - [`health`]: the HTTP endpoints (`/healthz`, `/readyz`, `/metrics`, `/status`) and the state behind them.
 //! - [`metrics`]: metric names and the Prometheus recorder.
 //! - [`healthcheck`]: `ficus healthcheck`, the container liveness probe.
+//! - [`dlq`]: `ficus dlq list|show|replay`, the dead-letter topic for operators.
 
 pub mod backfill;
 pub mod catalog;
@@ -37,6 +38,7 @@ pub mod change;
 pub mod check;
 pub mod checkpoint;
 pub mod config;
+pub mod dlq;
 pub mod encode;
 pub mod health;
 pub mod healthcheck;

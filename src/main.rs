@@ -82,6 +82,11 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         timeout_secs: u64,
     },
+    /// The dead-letter topic: list and show its records, replay them through the current rules once a rule is fixed.
+    Dlq {
+        #[command(subcommand)]
+        command: ficus::dlq::cli::DlqCommand,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -216,6 +221,7 @@ async fn async_main() -> ExitCode {
         | Command::Check { config }
         | Command::Catalog { config, .. }
         | Command::Backfill { config, .. } => config,
+        Command::Dlq { command } => command.config(),
     };
     let (config, rules) = match load(path) {
         Ok(loaded) => loaded,
@@ -270,6 +276,7 @@ async fn async_main() -> ExitCode {
                 }
             }
         }
+        Command::Dlq { command } => ExitCode::from(ficus::dlq::cli::run(command, &config, &rules).await),
         Command::Check { .. } => {
             let report = ficus::check::run(&config, &rules).await;
             print!("{report}");
