@@ -9,6 +9,7 @@ mod container;
 mod contract;
 mod core;
 mod differential;
+mod dlq;
 mod exactly_once;
 mod faults;
 mod lifecycle;
