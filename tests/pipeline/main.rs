@@ -10,6 +10,7 @@ mod contract;
 mod core;
 mod differential;
 mod dlq;
+mod evolution;
 mod exactly_once;
 mod faults;
 mod lifecycle;
