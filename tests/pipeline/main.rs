@@ -12,6 +12,7 @@ mod differential;
 mod dlq;
 mod evolution;
 mod exactly_once;
+mod example;
 mod faults;
 mod lifecycle;
 mod observability;
