@@ -15,11 +15,13 @@ const DDL: &str =
     "CREATE TABLE t (id int PRIMARY KEY, note text, qty int NOT NULL, amt numeric(10,2), at timestamptz, \
                    tags text[], doc jsonb, raw bytea, d date)";
 
-/// `NoteAdded` fails for rows without a note (null key), `Ratio` for rows with qty 0 (division by zero); `fixed`
+/// `NoteAdded` fails for rows without a note (null key), `Ratio` for rows with qty 0 (division by zero),
+/// `NoteMessage` for logical messages without an `id` (its key reads `content.id`); `fixed`
 /// repairs the rules named in it.
 fn rules(topic: &str, fixed: &[&str]) -> String {
     let note_key = if fixed.contains(&"NoteAdded") { "string(new.id)" } else { "new.note" };
     let ratio = if fixed.contains(&"Ratio") { "new.qty == 0 ? -1 : 100 / new.qty" } else { "100 / new.qty" };
+    let message_key = if fixed.contains(&"NoteMessage") { "string(content.n)" } else { "string(content.id)" };
     format!(
         r#"events:
   - name: NoteAdded
@@ -40,9 +42,18 @@ fn rules(topic: &str, fixed: &[&str]) -> String {
       doc: new.doc
       raw: new.raw
       d: new.d
+  - name: NoteMessage
+    message: notes
+    key: {message_key}
+    topic: {topic}
+    data:
+      n: content.n
+      text: content.text
 "#
     )
 }
+
+const ALL: [&str; 3] = ["NoteAdded", "Ratio", "NoteMessage"];
 
 fn config(s: &Setup, prefix: &str, topic: &str, fixed: &[&str]) -> String {
     let base = Ficus::config(&s.pg.superuser_url(&s.db), &["public.t"], prefix, &s.kafka.brokers(), "")
@@ -71,7 +82,7 @@ async fn failed_changes_are_listed_filtered_and_replayed_with_the_live_ids() {
     let (prefix_b, topic_b) = (format!("{}_b", s.prefix), format!("{}.events_b", s.prefix));
     let mut a = Ficus::start(&config(&s, &s.prefix, &topic, &[]));
     a.wait_streaming();
-    let mut b = Ficus::start(&config(&s, &prefix_b, &topic_b, &["NoteAdded", "Ratio"]));
+    let mut b = Ficus::start(&config(&s, &prefix_b, &topic_b, &ALL));
     b.wait_streaming();
 
     s.sql(
@@ -82,18 +93,20 @@ async fn failed_changes_are_listed_filtered_and_replayed_with_the_live_ids() {
     s.sql(
         "BEGIN; INSERT INTO t VALUES (2, NULL, 1, -0.01, '1999-12-31 23:59:59+05', '{}', 'null', '\\x', '2026-02-28'); \
          INSERT INTO t VALUES (3, 'x', 0, NULL, NULL, NULL, NULL, NULL, NULL); \
+         SELECT pg_logical_emit_message(true, 'notes', '{\"n\": 5, \"text\": \"hi\"}'); \
          INSERT INTO t VALUES (4, NULL, 0, 1e6, 'infinity', '{\"q\\\"\"}', '[]', '\\x0a', 'infinity'); COMMIT;",
     )
     .await;
 
-    // Rows 2 and 4 have no note (NoteAdded), rows 3 and 4 qty 0 (Ratio): 4 DLQ records, 4 events.
+    // Rows 2 and 4 have no note (NoteAdded), rows 3 and 4 qty 0 (Ratio), the message has no id: 5 DLQ records,
+    // 4 events.
     let dead = s.read_all_confirmed(&a, &dlq_topic).await;
-    assert_eq!(dead.len(), 4, "{}", a.log());
+    assert_eq!(dead.len(), 5, "{}", a.log());
     let live = values(&s.read_all_confirmed(&a, &topic).await);
     assert_eq!(live.len(), 4, "{}", a.log());
     s.wait_slot_confirmed_now(&prefix_b, &b).await;
     let reference = values(&s.kafka.read_to_end(&topic_b, WAIT).await);
-    assert_eq!(reference.len(), 8, "{}", b.log());
+    assert_eq!(reference.len(), 9, "{}", b.log());
     assert_eq!(a.terminate().code(), Some(0), "{}", a.log());
     assert_eq!(b.terminate().code(), Some(0), "{}", b.log());
 
@@ -102,12 +115,12 @@ async fn failed_changes_are_listed_filtered_and_replayed_with_the_live_ids() {
     // list: one line per record, filters.
     let (code, out, err) = dlq(&path, &["list"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(out.lines().count(), 4, "{out}");
-    assert!(err.contains("4 of 4 records"), "{err}");
+    assert_eq!(out.lines().count(), 5, "{out}");
+    assert!(err.contains("5 of 5 records"), "{err}");
     let (_, out, _) = dlq(&path, &["list", "--format", "json"]);
     let all = json_lines(&out);
-    assert_eq!(all.len(), 4);
-    for e in &all {
+    assert_eq!(all.len(), 5);
+    for e in all.iter().filter(|e| e["rule"] != "NoteMessage v1") {
         assert_eq!(e["table"], "public.t");
         assert_eq!(e["op"], "insert");
         assert!(e["lsn"].as_str().unwrap().contains('/'), "{e}");
@@ -129,7 +142,12 @@ async fn failed_changes_are_listed_filtered_and_replayed_with_the_live_ids() {
     let division = count(&["--error", "DIVISION"]);
     assert_eq!(division.len(), 2, "{all:?}");
     assert!(division.iter().all(|e| e["rule"] == "Ratio v1"));
-    assert_eq!(count(&["--since", "1h"]).len(), 4);
+    assert_eq!(count(&["--since", "1h"]).len(), 5);
+    let message = count(&["--rule", "NoteMessage"]);
+    assert_eq!(
+        (message.len(), &message[0]["table"], &message[0]["op"]),
+        (1, &Value::from("message notes"), &Value::from("message"))
+    );
     assert_eq!(count(&["--until", "1h"]).len(), 0);
     assert_eq!(count(&["--since", "2099-01-01T00:00:00Z"]).len(), 0);
     assert_eq!(count(&["--rule", "NoteAdded", "--error", "division"]).len(), 0);
@@ -153,7 +171,7 @@ async fn failed_changes_are_listed_filtered_and_replayed_with_the_live_ids() {
     let (code, out, err) = dlq(&half, &["replay", "--dry-run", "--format", "json"]);
     assert_eq!(code, 1, "Ratio still fails: {out}{err}");
     let report = json_lines(&out);
-    assert_eq!(report.len(), 4, "{out}");
+    assert_eq!(report.len(), 5, "{out}");
     for r in &report {
         match r["rule"].as_str().unwrap() {
             "NoteAdded v1" => {
@@ -162,22 +180,27 @@ async fn failed_changes_are_listed_filtered_and_replayed_with_the_live_ids() {
             }
             _ => {
                 assert_eq!(r["outcome"], "still-failing", "{r}");
-                assert!(r["reason"].as_str().unwrap().to_lowercase().contains("division by zero"), "{r}");
-                assert!(r["reason"].as_str().unwrap().contains("events[1]"), "the rule's own index: {r}");
+                let reason = r["reason"].as_str().unwrap();
+                if r["rule"] == "Ratio v1" {
+                    assert!(reason.to_lowercase().contains("division by zero"), "{r}");
+                    assert!(reason.contains("events[1]"), "the rule's own index: {r}");
+                } else {
+                    assert!(reason.contains("events[2].key"), "{r}");
+                }
             }
         }
     }
     assert!(err.contains("still fail"), "{err}");
     assert_eq!(s.kafka.read_to_end(&topic, WAIT).await.len(), 4, "a dry run publishes nothing");
-    assert_eq!(s.kafka.read_to_end(&dlq_topic, WAIT).await.len(), 4, "nothing is sent to the DLQ again");
+    assert_eq!(s.kafka.read_to_end(&dlq_topic, WAIT).await.len(), 5, "nothing is sent to the DLQ again");
 
-    // Both fixed: the replay publishes the 4 events, exactly as B published them live.
-    let (_dir3, fixed) = Ficus::dir_config(&config(&s, &s.prefix, &topic, &["NoteAdded", "Ratio"]));
+    // All fixed: the replay publishes the 5 events, exactly as B published them live.
+    let (_dir3, fixed) = Ficus::dir_config(&config(&s, &s.prefix, &topic, &ALL));
     let (code, out, err) = dlq(&fixed, &["replay"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(out.lines().filter(|l| l.contains("published")).count(), 4, "{out}");
+    assert_eq!(out.lines().filter(|l| l.contains("published")).count(), 5, "{out}");
     let after_first = values(&s.kafka.read_to_end(&topic, WAIT).await);
-    assert_eq!(after_first.len(), 8);
+    assert_eq!(after_first.len(), 9);
     let by_id: HashMap<&str, &Value> = reference.iter().map(|e| (e["eventId"].as_str().unwrap(), e)).collect();
     let replayed = &after_first[4..];
     for e in replayed {
@@ -192,6 +215,7 @@ async fn failed_changes_are_listed_filtered_and_replayed_with_the_live_ids() {
         [
             ("NoteAdded", &Value::from("2")),
             ("NoteAdded", &Value::from("4")),
+            ("NoteMessage", &Value::from("5")),
             ("Ratio", &Value::from("3")),
             ("Ratio", &Value::from("4"))
         ]
@@ -201,11 +225,11 @@ async fn failed_changes_are_listed_filtered_and_replayed_with_the_live_ids() {
     let (code, _, err) = dlq(&fixed, &["replay"]);
     assert_eq!(code, 0, "{err}");
     let after_second = values(&s.kafka.read_to_end(&topic, WAIT).await);
-    assert_eq!(after_second.len(), 12);
+    assert_eq!(after_second.len(), 14);
     let ids = |v: &[Value]| v.iter().map(|e| e["eventId"].as_str().unwrap().to_string()).collect::<Vec<_>>();
-    assert_eq!(ids(&after_second[8..]), ids(replayed));
+    assert_eq!(ids(&after_second[9..]), ids(replayed));
     let (code, out, _) = dlq(&fixed, &["replay", "--rule", "Ratio", "--dry-run", "--format", "json"]);
     assert_eq!(code, 0);
     assert_eq!(json_lines(&out).len(), 2);
-    assert_eq!(s.kafka.read_to_end(&topic, WAIT).await.len(), 12, "a dry run publishes nothing");
+    assert_eq!(s.kafka.read_to_end(&topic, WAIT).await.len(), 14, "a dry run publishes nothing");
 }
