@@ -233,3 +233,31 @@ async fn failed_changes_are_listed_filtered_and_replayed_with_the_live_ids() {
     assert_eq!(json_lines(&out).len(), 2);
     assert_eq!(s.kafka.read_to_end(&topic, WAIT).await.len(), 14, "a dry run publishes nothing");
 }
+
+/// With `kafka.delivery: exactly_once` the DLQ records are written in Kafka transactions: `dlq list` reads them
+/// (read_committed, past the transaction markers) while ficus keeps streaming, and ends; the replay publishes.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dlq_of_an_exactly_once_instance_is_read_while_it_runs() {
+    let s = Setup::new("dlq_eos", "CREATE TABLE t (id int PRIMARY KEY, note text)").await;
+    let topic = format!("{}.notes", s.prefix);
+    let rule = |key: &str| {
+        format!("events:\n  - {{name: NoteAdded, table: public.t, on: insert, key: \"{key}\", topic: {topic}}}\n")
+    };
+    let base = s.config(&["public.t"]).replace("kafka:\n", "kafka:\n  delivery: exactly_once\n");
+    let mut f = Ficus::start(&format!("{base}{}", rule("new.note")));
+    f.wait_streaming();
+    s.sql("INSERT INTO t VALUES (1, 'a'), (2, NULL); INSERT INTO t VALUES (3, NULL)").await;
+    assert_eq!(s.read_all_confirmed(&f, &format!("{}.dlq", s.prefix)).await.len(), 2, "{}", f.log());
+    assert_eq!(s.read_all_confirmed(&f, &topic).await.len(), 1);
+
+    let (_dir, path) = Ficus::dir_config(&format!("{base}{}", rule("string(new.id)")));
+    let (code, out, err) = dlq(&path, &["list"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let (code, out, err) = dlq(&path, &["replay"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let events = values(&s.kafka.read_to_end(&topic, WAIT).await);
+    let keys: Vec<&str> = events.iter().map(|e| e["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["a", "2", "3"]);
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+}
