@@ -246,6 +246,13 @@ async fn the_dlq_of_an_exactly_once_instance_is_read_while_it_runs() {
     let base = s.config(&["public.t"]).replace("kafka:\n", "kafka:\n  delivery: exactly_once\n");
     let mut f = Ficus::start(&format!("{base}{}", rule("new.note")));
     f.wait_streaming();
+    // Nothing failed yet: the topic does not exist, which is said (exit 2), not an empty list.
+    let (_dir, before) = Ficus::dir_config(&format!("{base}{}", rule("new.note")));
+    let (code, out, err) = dlq(&before, &["list"]);
+    assert_eq!((code, out.as_str()), (2, ""), "{err}");
+    assert!(err.contains("does not exist") && err.contains("nothing was sent to the DLQ yet"), "{err}");
+    let (code, _, err) = dlq(&before, &["show", "--offset", "0"]);
+    assert_eq!(code, 2, "{err}");
     s.sql("INSERT INTO t VALUES (1, 'a'), (2, NULL); INSERT INTO t VALUES (3, NULL)").await;
     assert_eq!(s.read_all_confirmed(&f, &format!("{}.dlq", s.prefix)).await.len(), 2, "{}", f.log());
     assert_eq!(s.read_all_confirmed(&f, &topic).await.len(), 1);
