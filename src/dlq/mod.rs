@@ -168,24 +168,25 @@ fn dlq_topic(rules: &Rules) -> String {
     rules.dlq_topic().to_string()
 }
 
-async fn read(
+/// Reads the DLQ topic in a blocking task; `step` maps each record: `Some(Some(x))` keeps `x`, `Some(None)` skips
+/// the record, `None` stops reading.
+async fn read<T: Send + 'static>(
     config: &Config,
     topic: &str,
     partition: Option<i32>,
     from: Option<i64>,
-    keep: impl FnMut(&ReadRecord) -> Option<bool> + Send + 'static,
-) -> Result<Vec<ReadRecord>, DlqError> {
+    step: impl FnMut(ReadRecord) -> Option<Option<T>> + Send + 'static,
+) -> Result<Vec<T>, DlqError> {
     let (kafka, topic) = (config.kafka.clone(), topic.to_string());
     tokio::task::spawn_blocking(move || {
-        let mut keep = keep;
+        let mut step = step;
         let mut out = Vec::new();
-        // `keep`: Some(true) take, Some(false) skip, None stop.
-        read_topic(&kafka, &topic, partition, from, &mut |r| match keep(&r) {
-            Some(true) => {
-                out.push(r);
+        read_topic(&kafka, &topic, partition, from, &mut |r| match step(r) {
+            Some(Some(x)) => {
+                out.push(x);
                 true
             }
-            Some(false) => true,
+            Some(None) => true,
             None => false,
         })
         .map(|()| out)
@@ -200,25 +201,23 @@ pub async fn list(config: &Config, rules: &Rules, filter: &Filter) -> Result<(Ve
     let filter = filter.clone();
     let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = seen.clone();
-    let records = read(config, &dlq_topic(rules), None, None, move |r| {
+    // Only the entries are kept: the payloads (whole rows) are dropped as they are read.
+    let entries = read(config, &dlq_topic(rules), None, None, move |r| {
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Some(filter.matches(&Entry::of(r)))
+        let e = Entry::of(&r);
+        Some(filter.matches(&e).then_some(e))
     })
     .await?;
-    Ok((records.iter().map(Entry::of).collect(), seen.load(std::sync::atomic::Ordering::Relaxed)))
+    Ok((entries, seen.load(std::sync::atomic::Ordering::Relaxed)))
 }
 
 /// `ficus dlq show`: the record at `offset` of `partition`, as text (headers, key, pretty payload).
 pub async fn show(config: &Config, rules: &Rules, partition: i32, offset: i64) -> Result<String, DlqError> {
     let topic = dlq_topic(rules);
-    let found = read(config, &topic, Some(partition), Some(offset), move |r| {
-        if r.offset == offset {
-            Some(true)
-        } else if r.offset > offset {
-            None
-        } else {
-            Some(false)
-        }
+    let found = read(config, &topic, Some(partition), Some(offset), move |r| match r.offset.cmp(&offset) {
+        std::cmp::Ordering::Equal => Some(Some(r)),
+        std::cmp::Ordering::Greater => None,
+        std::cmp::Ordering::Less => Some(None),
     })
     .await?;
     let Some(r) = found.into_iter().find(|r| r.offset == offset) else {
@@ -324,7 +323,8 @@ struct OneRule {
 /// of the records whose rule now succeeds; an `Err` only when the DLQ cannot be read or publishing fails.
 pub async fn replay(config: &Config, rules: &Rules, filter: &Filter, dry_run: bool) -> Result<Vec<Replayed>, DlqError> {
     let f = filter.clone();
-    let records = read(config, &dlq_topic(rules), None, None, move |r| Some(f.matches(&Entry::of(r)))).await?;
+    let records =
+        read(config, &dlq_topic(rules), None, None, move |r| Some(f.matches(&Entry::of(&r)).then_some(r))).await?;
     let mut runners: HashMap<String, Result<OneRule, String>> = HashMap::new();
     let mut tables: HashMap<TableName, Result<TableColumns, String>> = HashMap::new();
     let mut db: Option<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> = None;
