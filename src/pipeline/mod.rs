@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 mod checkpointing;
 mod monitor;
 use crate::check::resume;
-mod sink;
+mod output;
+mod route_task;
 mod tables;
 
 pub use monitor::HEARTBEAT_PREFIX;
@@ -46,7 +47,8 @@ use crate::snapshot::{Ledger, Snapshots};
 use crate::source::{Batch, Source, SourceError};
 use checkpointing::{checkpoint_loop, CheckpointWriter};
 use monitor::{heartbeat_loop, monitor_server, report_loop};
-use sink::{sink_loop, Sink};
+use output::Destination;
+use route_task::route_loop;
 
 /// Why the pipeline stopped. [`PipelineError::exit_code`] maps it to the CLI's exit code.
 #[derive(Debug, thiserror::Error)]
@@ -477,27 +479,27 @@ async fn stream_session(
 
     let progress = Arc::new(if eos { Progress::gated(start) } else { Progress::new(start) });
     let mut probe = None;
-    let mut kafka_txn = None;
-    let sink = match options.output {
+    let destination = match options.output {
         Output::Kafka => {
             // One transactional id per slot: a second instance fences the first (which then stops).
             let txn_id = eos.then(|| exactly_once::transactional_id(&config.source.slot));
             let sink = KafkaSink::with_transactional_id(&config.kafka, progress.clone(), txn_id.as_deref())?;
             wait_for_broker(&sink, &config.kafka.brokers, shutdown).await?;
+            probe = Some(sink.clone());
             if eos {
                 sink.init_transactions(Duration::from_secs(60)).await?;
-                kafka_txn = Some(KafkaTxn::new(
-                    sink.clone(),
+                Destination::KafkaTransactional(KafkaTxn::new(
+                    sink,
                     exactly_once::checkpoint_topic_name(config),
                     stamp.clone(),
                     snapshot_at.clone(),
-                ));
+                ))
+            } else {
+                Destination::Kafka(sink)
             }
-            probe = Some(sink.clone());
-            Sink::Kafka(sink)
         }
-        Output::Null => Sink::Null,
-        Output::DryRun => Sink::Print(std::io::BufWriter::new(std::io::stdout())),
+        Output::Null => Destination::Null,
+        Output::DryRun => Destination::Print(std::io::BufWriter::new(std::io::stdout())),
     };
     if shutdown.is_cancelled() {
         return Ok(());
@@ -536,7 +538,7 @@ async fn stream_session(
 
     let tap = snapshots.as_ref().map(|s| crate::snapshot::Tap::new(s.clone()));
     let sink_task =
-        tokio::spawn(sink_loop(rx, router, sink, kafka_txn, progress.clone(), stop.clone(), health.clone(), tap));
+        tokio::spawn(route_loop(rx, router, destination, progress.clone(), stop.clone(), health.clone(), tap));
     let reporter = tokio::spawn(report_loop(health.clone(), progress.clone(), probe, stop.clone()));
     // PostgreSQL is confirmed only up to the durable checkpoint (see `checkpointing`); without a store (dry run)
     // up to the flushed position.

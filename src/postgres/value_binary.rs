@@ -291,9 +291,15 @@ fn write_numeric(out: &mut Vec<u8>, b: &[u8]) -> Result<(), &'static str> {
         return Err("numeric length does not match its digit count");
     }
     match sign {
-        NUMERIC_NAN => return Ok(write_json_string(out, "NaN")),
-        NUMERIC_PINF => return Ok(write_json_string(out, "Infinity")),
-        NUMERIC_NINF => return Ok(write_json_string(out, "-Infinity")),
+        NUMERIC_NAN | NUMERIC_PINF | NUMERIC_NINF => {
+            let special = match sign {
+                NUMERIC_NAN => "NaN",
+                NUMERIC_PINF => "Infinity",
+                _ => "-Infinity",
+            };
+            write_json_string(out, special);
+            return Ok(());
+        }
         NUMERIC_POS | NUMERIC_NEG => {}
         _ => return Err("invalid numeric sign"),
     }

@@ -296,7 +296,7 @@ impl Rules {
         self.rules
             .iter()
             .map(|r| {
-                let cols = r.table.as_ref().and_then(|t| columns(t));
+                let cols = r.table.as_ref().and_then(columns);
                 RuleDescription {
                     event_type: match &r.kind {
                         Kind::Outbox(ob) => format!("{} (eventType from column {})", r.name, ob.r#type),
