@@ -41,6 +41,7 @@ pub mod encode;
 pub mod health;
 pub mod healthcheck;
 pub mod ident;
+pub mod json;
 pub mod kafka;
 pub mod lsn;
 pub mod metrics;

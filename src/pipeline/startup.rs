@@ -18,7 +18,7 @@ use crate::health::Health;
 use crate::kafka::KafkaSink;
 use crate::postgres::admin;
 use crate::postgres::control::{self};
-use crate::postgres::value_binary;
+use crate::postgres::value::binary;
 use crate::rules::Rules;
 use crate::source::SourceError;
 
@@ -128,13 +128,13 @@ pub(super) async fn run_with(
 }
 
 /// Whether the stream can request binary values: `source.value_format: auto` and every captured column has a
-/// type [`value_binary::supports`]. Logs why not otherwise.
+/// type [`binary::supports`]. Logs why not otherwise.
 fn binary_values_possible(config: &Config, catalog: &control::Catalog) -> bool {
     if config.source.value_format == ValueFormat::Text {
         return false;
     }
     for (table, info) in &catalog.tables {
-        if let Some(c) = info.columns.iter().find(|c| !value_binary::supports(c.type_oid)) {
+        if let Some(c) = info.columns.iter().find(|c| !binary::supports(c.type_oid)) {
             tracing::info!(
                 table = %table,
                 column = %c.name,

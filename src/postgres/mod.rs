@@ -16,4 +16,3 @@ pub mod replication;
 pub mod sqlstate;
 pub mod tls;
 pub mod value;
-pub mod value_binary;
