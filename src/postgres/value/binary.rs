@@ -10,7 +10,8 @@
 //! The mapping mirrors PostgreSQL's own output functions under the session settings ficus sets: floats in
 //! shortest round-trip form with PostgreSQL's exponent thresholds, numeric as an exact decimal string, dates and
 //! timestamps in ISO form with trailing fractional zeros trimmed and astronomical years (`-0043`, `+10000`). A test in
-//! `tests/pipeline.rs` streams the same rows in both modes and asserts identical events.
+//! `tests/pipeline/core.rs` (`binary_values_match_text_values_and_new_types_fall_back_to_text`) streams the same rows in
+//! both modes and asserts identical events.
 //!
 //! **Guarantees:** [`write_json`] appends exactly one JSON value or returns a [`ValueError`] and leaves the buffer
 //! as it was; truncated or malformed bytes never panic. Errors name the type OID, never the value.
