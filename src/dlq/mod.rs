@@ -464,7 +464,8 @@ async fn table_columns(
 /// Sends `records` with the pipeline's producer (idempotent, acks=all) and waits for every acknowledgement.
 async fn publish(config: &Config, records: &[Record]) -> Result<(), DlqError> {
     let progress = Arc::new(Progress::new(Lsn::INVALID));
-    let sink = KafkaSink::new(&config.kafka, progress.clone()).map_err(|e| DlqError::Publish(e.to_string()))?;
+    let sink = KafkaSink::with_transactional_id(&config.kafka, progress.clone(), None)
+        .map_err(|e| DlqError::Publish(e.to_string()))?;
     let tx = progress.begin();
     for r in records {
         sink.send(tx, r).await.map_err(|e| DlqError::Publish(e.to_string()))?;
@@ -474,8 +475,8 @@ async fn publish(config: &Config, records: &[Record]) -> Result<(), DlqError> {
     if let Some(f) = progress.failure() {
         return Err(DlqError::Publish(f));
     }
-    if progress.in_flight() > 0 {
-        return Err(DlqError::Publish(format!("{} events unacknowledged after 60 s", progress.in_flight())));
+    if sink.in_flight() > 0 {
+        return Err(DlqError::Publish(format!("{} events unacknowledged after 60 s", sink.in_flight())));
     }
     Ok(())
 }
