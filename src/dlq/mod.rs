@@ -13,8 +13,8 @@
 //! The DLQ is read with `read_committed` and no consumer group: reading moves no offsets, replaying deletes nothing.
 
 pub mod cli;
-pub mod restore;
-pub mod text;
+pub(crate) mod restore;
+pub(crate) mod text;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -229,6 +229,10 @@ pub fn parse_micros(s: &str) -> Option<i64> {
     let sign_len = usize::from(s.starts_with(['+', '-']));
     let year_end = sign_len + s[sign_len..].bytes().take_while(u8::is_ascii_digit).count();
     let year: i64 = s.get(..year_end)?.parse().ok()?;
+    // PostgreSQL's timestamps end in the year 294276: larger years are not commit times (and would overflow).
+    if year.unsigned_abs() > 300_000 {
+        return None;
+    }
     let rest = s.get(year_end..)?;
     let b = rest.as_bytes();
     if b.len() < 15 || b[0] != b'-' || b[3] != b'-' || b[6] != b'T' || b[9] != b':' || b[12] != b':' {
@@ -268,7 +272,16 @@ mod tests {
         for us in [0, 1_795_852_800_123_456, -62_135_596_800_000_000, 253_402_300_799_999_999, 1, -1] {
             assert_eq!(parse_micros(&format_unix_micros(us)), Some(us), "{}", format_unix_micros(us));
         }
-        for bad in ["", "2026-11-29", "2026-11-29T08:00:00", "2026-13-01T00:00:00Z", "2026-11-29T08:00:00.1234567Z"] {
+        for bad in [
+            "-9223372036854775808-01-01T00:00:00Z",
+            "+",
+            "-",
+            "",
+            "2026-11-29",
+            "2026-11-29T08:00:00",
+            "2026-13-01T00:00:00Z",
+            "2026-11-29T08:00:00.1234567Z",
+        ] {
             assert_eq!(parse_micros(bad), None, "{bad}");
         }
     }
@@ -365,6 +378,28 @@ mod tests {
             event(r#""op":"insert","schema":"public","table":"orders","key":{"id":1},"before":null,"after":{"id":1}"#)
                 .replace(r#""position":3,"#, "");
         assert!(change(old.as_bytes(), &table).unwrap_err().contains("position"));
+    }
+
+    /// Every truncation and many byte flips of a valid payload: an error or a change, never a panic.
+    #[test]
+    fn mangled_payloads_never_panic() {
+        let payload = event(
+            r#""op":"update","schema":"public","table":"orders","key":{"id":1},"before":{"id":1},"after":{"id":1,"status":"ü","note":null}"#,
+        );
+        let bytes = payload.as_bytes();
+        for cut in 0..bytes.len() {
+            let _ = change(&bytes[..cut], &orders());
+            let _ = message(&bytes[..cut]);
+            let _ = table_of(&bytes[..cut]);
+        }
+        for i in 0..bytes.len() {
+            for b in [b'"', b'{', b']', b'0', b'-', b'T', 0xff] {
+                let mut m = bytes.to_vec();
+                m[i] = b;
+                let _ = change(&m, &orders());
+                let _ = message(&m);
+            }
+        }
     }
 
     #[test]

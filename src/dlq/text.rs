@@ -128,7 +128,8 @@ fn scalar(type_oid: u32, json: &str) -> Result<String, String> {
 fn split_year(s: &str) -> Option<(i64, &str)> {
     let digits_start = usize::from(s.starts_with(['+', '-']));
     let end = digits_start + s[digits_start..].bytes().take_while(u8::is_ascii_digit).count();
-    if end - digits_start < 4 || !s[end..].starts_with('-') {
+    // PostgreSQL's years have at most 7 digits (dates up to 5874897); 9 as the value mapping reads them.
+    if !(4..=9).contains(&(end - digits_start)) || !s[end..].starts_with('-') {
         return None;
     }
     let year: i64 = s[..end].parse().ok()?;
@@ -235,6 +236,34 @@ mod tests {
                 assert_eq!(back, text, "{type_oid}");
             }
         }
+    }
+
+    #[test]
+    fn odd_dates_and_numbers_are_errors_not_panics() {
+        let raw = |s: &str| serde_json::from_str::<Box<RawValue>>(s).unwrap();
+        for json in [
+            r#""-9223372036854775808-01-01""#,
+            r#""+99999999999-01-01""#,
+            r#""-""#,
+            r#""+""#,
+            r#""0000-""#,
+            r#""ü-01-01""#,
+            r#""2026-01-01T""#,
+            r#""-0001-01-01T00:00:00Z""#,
+            "1e999999",
+            "-",
+            "[[[[]]]]",
+        ] {
+            for type_oid in
+                [oid::DATE, oid::TIMESTAMP, oid::TIMESTAMPTZ, oid::INT8, oid::FLOAT8, oid::NUMERIC, 1182, 1115]
+            {
+                if let Ok(r) = serde_json::from_str::<Box<RawValue>>(json) {
+                    let _ = pg_text(type_oid, &r);
+                }
+            }
+        }
+        assert!(pg_text(oid::DATE, &raw(r#""-9223372036854775808-01-01""#)).is_err());
+        assert_eq!(pg_text(oid::DATE, &raw(r#""-0001-01-01""#)).unwrap().as_deref(), Some("0002-01-01 BC"));
     }
 
     #[test]
