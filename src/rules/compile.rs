@@ -213,13 +213,7 @@ pub(super) fn compile_rule(
         reads_old: reads.old,
         reads_tx: reads.tx,
         columns_read,
-        events_counter: metrics::counter!(
-            crate::metrics::EVENTS,
-            "event_type" => spec.name.clone(),
-            "version" => spec.version.to_string(),
-            "topic" => spec.topic.clone().unwrap_or_else(|| "outbox.event.{aggregatetype}".into())
-        ),
-        dlq_counter: metrics::counter!(crate::metrics::DLQ, "rule" => format!("{} v{}", spec.name, spec.version)),
+        topic_label: spec.topic.clone().unwrap_or_else(|| "outbox.event.{aggregatetype}".into()),
         cel_whole_row: cel_reads.whole_row,
         cel_columns: cel_reads.new_columns.into_iter().chain(cel_reads.old_columns).collect(),
     })

@@ -28,7 +28,7 @@ impl RuleSet {
             }
             OnError::Dlq => {
                 self.stats[i].dlq += 1;
-                rule.dlq_counter.increment(1);
+                self.counters[i].dlq.increment(1);
                 tracing::warn!(rule = %rule.name, table, lsn = %lsn, topic = %self.compiled.dlq_topic, "rule failed; change sent to the DLQ: {reason}");
                 let (key, payload) = match input {
                     Input::Change(change) => match encode::raw_change(change, source) {

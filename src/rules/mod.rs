@@ -108,9 +108,8 @@ pub struct Rule {
     cel_whole_row: bool,
     /// Columns CEL reads (only these are converted for the CEL maps).
     cel_columns: Vec<String>,
-    /// `ficus_events_total{event_type, version}` and `ficus_dlq_records_total{rule}` of this rule.
-    events_counter: metrics::Counter,
-    dlq_counter: metrics::Counter,
+    /// The `topic` label of `ficus_events_total` (the topic, or the outbox topic template).
+    topic_label: String,
 }
 
 /// What a rule turns into events.
@@ -178,6 +177,10 @@ pub struct Rules {
 pub struct RuleSet {
     compiled: Arc<Rules>,
     stats: Vec<RuleStats>,
+    /// Per rule: `ficus_events_total{event_type, version, topic}` and `ficus_dlq_records_total{rule}`. Registered
+    /// here, per session, not when the rules are compiled: compiling happens while the config loads, before the
+    /// metrics recorder is installed, and a handle taken then would count into nothing.
+    counters: Vec<RuleCounters>,
     /// Per relation id: the table as last seen, its rules and the columns CEL reads.
     by_relation: HashMap<u32, RelationRules>,
     /// Default correlation id of the current transaction.
@@ -191,6 +194,11 @@ impl std::ops::Deref for RuleSet {
     fn deref(&self) -> &Rules {
         &self.compiled
     }
+}
+
+struct RuleCounters {
+    events: metrics::Counter,
+    dlq: metrics::Counter,
 }
 
 struct RelationRules {

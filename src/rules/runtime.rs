@@ -11,8 +11,22 @@ use super::*;
 impl RuleSet {
     /// A session's runner of `compiled`.
     pub fn new(compiled: Arc<Rules>) -> RuleSet {
+        let counters = compiled
+            .rules
+            .iter()
+            .map(|r| RuleCounters {
+                events: metrics::counter!(
+                    crate::metrics::EVENTS,
+                    "event_type" => r.name.clone(),
+                    "version" => r.version.to_string(),
+                    "topic" => r.topic_label.clone()
+                ),
+                dlq: metrics::counter!(crate::metrics::DLQ, "rule" => format!("{} v{}", r.name, r.version)),
+            })
+            .collect();
         RuleSet {
             stats: vec![RuleStats::default(); compiled.rules.len()],
+            counters,
             compiled,
             by_relation: HashMap::new(),
             correlation: None,
@@ -128,7 +142,7 @@ impl RuleSet {
                     return self.fail(i, input, source, &reason, out);
                 }
                 self.stats[i].events += 1;
-                self.compiled.rules[i].events_counter.increment(1);
+                self.counters[i].events.increment(1);
                 tracing::debug!(
                     event_type = record.header("event-type").unwrap_or(""),
                     event_id = record.header("event-id").unwrap_or(""),
