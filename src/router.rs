@@ -55,8 +55,8 @@ pub struct Router {
     encoding: ChangeEncoding,
     /// Operations the Debezium encoding does not publish (`changes.debezium.skipped_operations`).
     skipped: Vec<crate::config::DebeziumOp>,
-    /// `changes.debezium.json_handling: string`.
-    json_as_string: bool,
+    /// The Debezium encoder (`changes.encoding: debezium`) with its options and schema cache.
+    debezium: encode::debezium::Debezium,
     changes_tables: Vec<String>,
     /// Per relation id: the decision for the latest schema of that relation.
     routes: HashMap<u32, Route>,
@@ -89,7 +89,12 @@ impl Router {
                 ChangeEncoding::Debezium => config.changes.debezium.skipped_operations.clone(),
                 ChangeEncoding::Json => Vec::new(),
             },
-            json_as_string: config.changes.debezium.json_handling == crate::config::JsonHandling::String,
+            debezium: encode::debezium::Debezium::new(
+                &config.changes.topic_prefix,
+                config.changes.debezium.json_handling == crate::config::JsonHandling::String,
+                config.changes.debezium.tombstones,
+                config.changes.debezium.schemas,
+            ),
             changes_tables: config.changes.tables.clone(),
             routes: HashMap::new(),
             rules,
@@ -194,7 +199,7 @@ impl Router {
     pub fn route(&mut self, change: &Change, out: &mut Vec<Record>) -> Result<(), RouteError> {
         let start = out.len();
         self.ensure_route(change);
-        let (source, prefix, encoding) = (&self.source, &self.prefix, self.encoding);
+        let (source, encoding) = (&self.source, self.encoding);
         // Field-level borrows: the route stays borrowed while the rules run.
         let route = self.routes.get_mut(&change.table.oid).expect("ensure_route inserted it");
         route.received[op_index(change.op)].increment(1);
@@ -207,21 +212,44 @@ impl Router {
             if self.last_lsn.0 != change.lsn {
                 self.last_lsn = (change.lsn, Arc::from(change.lsn.to_string()));
             }
-            let (key, payload) = match encoding {
-                ChangeEncoding::Json => encode::raw_change(change, source)?,
-                ChangeEncoding::Debezium => encode::debezium::change(change, source, prefix, self.json_as_string)?,
-            };
-            out.push(Record {
-                topic: topic.clone(),
-                key,
-                payload,
-                headers: vec![
+            let headers = |op: Op| {
+                vec![
                     ("content-type", HeaderValue::Static("application/json")),
                     ("source-lsn", HeaderValue::Shared(self.last_lsn.1.clone())),
-                    ("op", HeaderValue::Static(change.op.as_str())),
+                    ("op", HeaderValue::Static(op.as_str())),
                     ("source-table", HeaderValue::Shared(route.qualified.clone())),
-                ],
-            });
+                ]
+            };
+            match encoding {
+                ChangeEncoding::Json => {
+                    let (key, payload) = encode::raw_change(change, source)?;
+                    out.push(Record {
+                        topic: topic.clone(),
+                        key,
+                        payload,
+                        headers: headers(change.op),
+                        tombstone: false,
+                    });
+                }
+                ChangeEncoding::Debezium => {
+                    // Usually one record; a delete adds a tombstone, a key change becomes delete (+ tombstone) and
+                    // create, as Debezium.
+                    self.debezium.encode(change, source, &mut |piece| match piece {
+                        encode::debezium::Piece::Event { key, value, op, key_header } => {
+                            let mut headers = headers(op);
+                            if let Some((name, k)) = key_header {
+                                headers.push((name, HeaderValue::Owned(k)));
+                            }
+                            out.push(Record { topic: topic.clone(), key, payload: value, headers, tombstone: false });
+                        }
+                        encode::debezium::Piece::Tombstone { key } => {
+                            let mut headers = headers(Op::Delete);
+                            headers.remove(0); // no content, no content type
+                            out.push(Record::tombstone(topic.clone(), key, headers));
+                        }
+                    })?;
+                }
+            }
         }
         self.rules.apply(change, source, out)?;
         if out.len() == start {

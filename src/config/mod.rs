@@ -213,11 +213,28 @@ pub struct DebeziumOptions {
     /// `embedded` (JSON, as ficus's own encoding).
     #[serde(default)]
     pub json_handling: JsonHandling,
+    /// A tombstone (same key, null value) after every delete, as Debezium's `tombstones.on.delete` (default `true`),
+    /// so log compaction can drop the key. Tables without a key get none (a null key compacts nothing).
+    #[serde(default = "default_true")]
+    pub tombstones: bool,
+    /// Key and value wrapped as Kafka Connect's JsonConverter with `schemas.enable=true` writes them:
+    /// `{"schema": <Connect schema>, "payload": …}` (default `false`: the payload alone, as `schemas.enable=false`).
+    #[serde(default)]
+    pub schemas: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for DebeziumOptions {
     fn default() -> Self {
-        DebeziumOptions { skipped_operations: default_skipped_operations(), json_handling: JsonHandling::default() }
+        DebeziumOptions {
+            skipped_operations: default_skipped_operations(),
+            json_handling: JsonHandling::default(),
+            tombstones: true,
+            schemas: false,
+        }
     }
 }
 
@@ -446,6 +463,13 @@ impl Config {
             }
         }
         self.snapshot.validate(&captured)?;
+        if self.changes.debezium.schemas && self.changes.debezium.json_handling == JsonHandling::Embedded {
+            return Err(ConfigError::invalid(
+                "changes.debezium.schemas",
+                "a Kafka Connect schema cannot describe embedded JSON of any shape: with schemas: true use \
+                 json_handling: string (Debezium's io.debezium.data.Json)",
+            ));
+        }
         if self.changes.tables.is_empty() && self.events.is_empty() {
             return Err(ConfigError::invalid(
                 "changes.tables",

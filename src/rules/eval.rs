@@ -190,7 +190,7 @@ pub(super) fn build_record(
         ("source-lsn", HeaderValue::Owned(head.origin.lsn.to_string())),
     ]);
     headers.extend(extra_headers);
-    Ok(Record { topic: head.topic, key: Some(head.key.into_bytes()), payload, headers })
+    Ok(Record { topic: head.topic, key: Some(head.key.into_bytes()), payload, headers, tombstone: false })
 }
 
 impl Rule {
