@@ -337,3 +337,166 @@ async fn debezium_mode_follows_debeziums_defaults_and_its_options_switch_them() 
     assert_eq!(a.terminate().code(), Some(0), "{}", a.log());
     assert_eq!(b.terminate().code(), Some(0), "{}", b.log());
 }
+
+/// The JSON type of every member of `v`, recursively for objects (`"null"`, `"string"`, `"integer"`, `"number"`,
+/// `"boolean"`, `"array"`, or the object of member shapes): compares a record with Debezium's documented shape
+/// without its values.
+fn shape(v: &Value) -> Value {
+    match v {
+        Value::Null => json!("null"),
+        Value::Bool(_) => json!("boolean"),
+        Value::Number(n) if n.is_i64() || n.is_u64() => json!("integer"),
+        Value::Number(_) => json!("number"),
+        Value::String(_) => json!("string"),
+        Value::Array(_) => json!("array"),
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
+    }
+}
+
+/// `changes.encoding: debezium` replayed against the record shapes Debezium's PostgreSQL connector documents (its
+/// "Data change events" section: the `customers` examples of create, update, primary-key update, delete and
+/// tombstone, and the Debezium 2.6+ `ts_us`/`ts_ns` fields), consumed with a plain Kafka client:
+/// - value members `before`, `after`, `source`, `op`, `ts_ms`, `ts_us`, `ts_ns`, `transaction`, and `source`'s
+///   `version`, `connector`, `name`, `ts_ms`, `ts_us`, `ts_ns`, `snapshot`, `db`, `sequence`, `schema`, `table`,
+///   `txId`, `lsn`, `xmin`, each of the documented JSON type;
+/// - an update under REPLICA IDENTITY DEFAULT has `before: null`; a delete's `before` holds the key;
+/// - a delete is followed by a tombstone (same key, null value);
+/// - a primary-key update is a delete under the old key with header `__debezium.newkey`, its tombstone, and a create
+///   under the new key with header `__debezium.oldkey`;
+/// - `source.sequence` is a string holding a JSON array of two LSNs as decimal strings;
+/// - a `date` is `io.debezium.time.Date` (days since the epoch) and a `timestamp` `io.debezium.time.MicroTimestamp`
+///   (the documented example: 2018-06-20 15:13:16.945104 is 1529507596945104).
+///
+/// With `changes.debezium.schemas: true` the same records come wrapped as Kafka Connect's JsonConverter writes them
+/// (`schema` + `payload`, key and value), and every payload conforms to its schema by the JsonConverter's rules (the
+/// oracle's `connect` mode).
+#[tokio::test(flavor = "multi_thread")]
+async fn debezium_records_have_debeziums_documented_shapes_including_key_changes_and_tombstones() {
+    let s = Setup::new(
+        "contract_dbz_shape",
+        "CREATE TABLE customers (id int PRIMARY KEY, first_name text NOT NULL, email text, born date, seen timestamp,
+                                 doc jsonb, tags text[], score float8, big bigint, paid numeric(10,2), raw bytea)",
+    )
+    .await;
+    let debezium = |config: String, options: &str| {
+        config.replace("  topic_prefix:", &format!("  encoding: debezium\n{options}  topic_prefix:"))
+    };
+    let mut a = Ficus::start(&debezium(s.config(&["public.customers"]), ""));
+    a.wait_streaming();
+    let slot_b = format!("{}_b", s.prefix);
+    let config_b = Ficus::config(&s.pg.superuser_url(&s.db), &["public.customers"], &slot_b, &s.kafka.brokers(), "");
+    let mut b = Ficus::start(&debezium(config_b, "  debezium: {schemas: true}\n"));
+    b.wait_streaming();
+    s.sql(
+        "INSERT INTO customers VALUES (1, 'Anne', 'annek@noanswer.org', '2026-11-22', '2018-06-20 15:13:16.945104',
+                                       '{\"vip\": true}', '{a,b}', 1.5, 9007199254740993, 12.50, '\\x0102');
+         UPDATE customers SET email = 'anne@example.com' WHERE id = 1;
+         UPDATE customers SET id = 2 WHERE id = 1;
+         DELETE FROM customers WHERE id = 2;",
+    )
+    .await;
+
+    let msgs = s.read_all_confirmed(&a, &s.topic("public", "customers")).await;
+    let summary: Vec<(Option<String>, Option<String>)> = msgs
+        .iter()
+        .map(|m| {
+            let op = m.payload.as_deref().map(|p| serde_json::from_slice::<Value>(p).unwrap()["op"].to_string());
+            (m.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()), op)
+        })
+        .collect();
+    let k = |id: u32| Some(format!("{{\"id\":{id}}}"));
+    let op = |o: &str| Some(format!("\"{o}\""));
+    assert_eq!(
+        summary,
+        [
+            (k(1), op("c")),
+            (k(1), op("u")),
+            (k(1), op("d")),
+            (k(1), None),
+            (k(2), op("c")),
+            (k(2), op("d")),
+            (k(2), None)
+        ],
+        "create, update, key change = delete + tombstone + create, delete + tombstone:\n{}",
+        a.log()
+    );
+    assert_eq!(msgs[3].payload, None, "a tombstone's value is null, not empty");
+    assert_eq!(header(&msgs[2], "__debezium.newkey"), Some(r#"{"id":2}"#));
+    assert_eq!(header(&msgs[4], "__debezium.oldkey"), Some(r#"{"id":1}"#));
+    let events: Vec<Value> =
+        msgs.iter().filter_map(|m| m.payload.as_deref()).map(|p| serde_json::from_slice(p).unwrap()).collect();
+    // Debezium's documented shape of `source` (PostgreSQL connector, 2.6+).
+    let source = json!({"version": "string", "connector": "string", "name": "string", "ts_ms": "integer",
+                        "ts_us": "integer", "ts_ns": "integer", "snapshot": "string", "db": "string",
+                        "sequence": "string", "schema": "string", "table": "string", "txId": "integer",
+                        "lsn": "integer", "xmin": "null"});
+    let row = json!({"id": "integer", "first_name": "string", "email": "string", "born": "integer",
+                     "seen": "integer", "doc": "string", "tags": "array", "score": "number", "big": "integer",
+                     "paid": "string", "raw": "string"});
+    let envelope = |before: Value, after: Value| {
+        json!({"before": before, "after": after, "source": source, "op": "string", "ts_ms": "integer",
+               "ts_us": "integer", "ts_ns": "integer", "transaction": "null"})
+    };
+    let key_only = json!({"id": "integer"});
+    let expected = [
+        envelope(json!("null"), row.clone()),      // create
+        envelope(json!("null"), row.clone()),      // update, REPLICA IDENTITY DEFAULT: no old row
+        envelope(key_only.clone(), json!("null")), // delete under the old key
+        envelope(json!("null"), row.clone()),      // create under the new key
+        envelope(key_only, json!("null")),         // delete
+    ];
+    for (i, (e, want)) in events.iter().zip(&expected).enumerate() {
+        assert_eq!(shape(e), *want, "event {i}: {e:#}");
+        assert_eq!(e["source"]["connector"], "postgresql");
+        assert_eq!(e["source"]["name"], s.prefix.as_str(), "source.name is the topic prefix");
+        assert_eq!(e["source"]["snapshot"], "false");
+        let seq: Vec<String> = serde_json::from_str(e["source"]["sequence"].as_str().unwrap()).unwrap();
+        assert_eq!(seq.len(), 2, "{seq:?}");
+        assert_eq!(seq[1], e["source"]["lsn"].to_string(), "the second LSN is the change's");
+        assert!(seq[0].parse::<u64>().unwrap() >= seq[1].parse::<u64>().unwrap(), "the first is its commit's");
+    }
+    assert_eq!(events.len(), 5);
+    assert_eq!(
+        (&events[0]["after"]["born"], &events[0]["after"]["seen"]),
+        (&json!(20_779), &json!(1_529_507_596_945_104i64))
+    );
+    assert_eq!(events[0]["after"]["doc"], r#"{"vip": true}"#, "io.debezium.data.Json: a string");
+    assert_eq!(events[3]["after"]["email"], "anne@example.com", "the create carries the whole new row");
+    assert_eq!(events[3]["after"]["id"], 2);
+
+    // schemas: true — the same records, wrapped, and valid by Kafka Connect's JsonConverter rules.
+    s.wait_slot_confirmed_now(&slot_b, &b).await;
+    let wrapped = s.kafka.read_to_end(&format!("{slot_b}.public.customers"), WAIT).await;
+    assert_eq!(wrapped.len(), 7, "{}", b.log());
+    assert_eq!(wrapped[3].payload, None);
+    let records: Vec<Value> = wrapped
+        .iter()
+        .map(|m| {
+            json!({"key": serde_json::from_slice::<Value>(m.key.as_deref().unwrap()).unwrap(),
+                   "value": m.payload.as_deref().map(|p| serde_json::from_slice::<Value>(p).unwrap())})
+        })
+        .collect();
+    let key = &records[0]["key"];
+    assert_eq!(key["payload"], json!({"id": 1}));
+    assert_eq!(key["schema"]["name"], format!("{slot_b}.public.customers.Key"));
+    let value = &records[0]["value"];
+    assert_eq!(shape(&value["payload"]), expected[0]);
+    assert_eq!(value["schema"]["name"], format!("{slot_b}.public.customers.Envelope"));
+    let field = |name: &str| {
+        value["schema"]["fields"][1]["fields"].as_array().unwrap().iter().find(|f| f["field"] == name).unwrap().clone()
+    };
+    assert_eq!(field("born")["name"], "io.debezium.time.Date");
+    assert_eq!(field("seen")["name"], "io.debezium.time.MicroTimestamp");
+    assert_eq!(field("doc")["name"], "io.debezium.data.Json");
+    assert_eq!(field("id")["optional"], false);
+    let (checked, errors) = oracle("connect", &json!({"records": records}));
+    assert_eq!((checked, errors), (7, vec![]));
+    // Not vacuous: a value of the wrong type, or a missing required field, is refused.
+    let mut bad = records[0].clone();
+    bad["value"]["payload"]["after"]["born"] = json!("2026-11-22");
+    bad["key"]["payload"] = json!({});
+    let (_, errors) = oracle("connect", &json!({"records": [bad]}));
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert_eq!(a.terminate().code(), Some(0), "{}", a.log());
+    assert_eq!(b.terminate().code(), Some(0), "{}", b.log());
+}
