@@ -1,20 +1,22 @@
 //! Debezium-compatible change envelope for raw change events (`changes.encoding: debezium`).
 //!
-//! The value is what Debezium's PostgreSQL connector publishes with `value.converter.schemas.enable=false`:
-//! `before`, `after`, `source` (connector `postgresql`, `name` = the topic prefix, `db`, `schema`, `table`, `txId`,
-//! `lsn` as a number, `ts_ms`/`ts_us`/`ts_ns`, `snapshot`), `op` (`c`, `u`, `d`, `r`, `t` — truncates only when
+//! The value is what Debezium's PostgreSQL connector publishes with its defaults: `before`, `after`, `source`
+//! (connector `postgresql`, `name` = the topic prefix, `db`, `schema`, `table`, `txId`, `lsn` as a number,
+//! `ts_ms`/`ts_us`/`ts_ns`, `snapshot`, `sequence`), `op` (`c`, `u`, `d`, `r`, `t` — truncates only when
 //! `changes.debezium.skipped_operations` does not skip them, which by default it does, as Debezium), `ts_ms`/`ts_us`/
-//! `ts_ns` and `transaction: null`. The key
-//! is the JSON object of the key columns, as Debezium's key with schemas disabled; topics are named alike
-//! (`<prefix>.<schema>.<table>`). So consumers written for Debezium read ficus's raw changes unchanged.
+//! `ts_ns` and `transaction: null`. The key is the JSON object of the key columns; topics are named alike
+//! (`<prefix>.<schema>.<table>`). A delete is followed by a tombstone (`changes.debezium.tombstones`), and an update
+//! that changes the key becomes a delete under the old key (+ tombstone) and a create under the new one, as Debezium.
+//! With `changes.debezium.schemas` key and value are wrapped as Kafka Connect's JsonConverter writes them with
+//! `schemas.enable=true` (`{"schema", "payload"}`), with Debezium's Connect schemas.
 //!
 //! json/jsonb values are strings holding the JSON text, as Debezium's `io.debezium.data.Json`
-//! (`changes.debezium.json_handling: string`, the default), or embedded JSON (`embedded`).
+//! (`changes.debezium.json_handling: string`, the default), or embedded JSON (`embedded`); date, time and timestamp
+//! are Debezium's numbers (`io.debezium.time.Date`, `MicroTime`, `MicroTimestamp`).
 //!
-//! Differences, on purpose: column values follow ficus's value mapping (numeric as a string — Debezium's
-//! `decimal.handling.mode=string` —, timestamps as ISO 8601 strings); an unchanged TOAST value the server did not
-//! send is left out of `after` instead of Debezium's `__debezium_unavailable_value` placeholder; `ts_ms` is the
-//! commit time (so a replay gives identical bytes), and no tombstone follows a delete.
+//! Every remaining difference is listed in docs/events.md ("Field by field against Debezium"): among them numeric
+//! as a string (Debezium's `decimal.handling.mode=string`), an unknown unchanged TOAST value left out of `after`
+//! instead of a placeholder, `ts_ms` = the commit time (so a replay gives identical bytes).
 
 use std::collections::HashMap;
 use std::sync::Arc;
