@@ -55,6 +55,8 @@ pub struct Router {
     encoding: ChangeEncoding,
     /// Operations the Debezium encoding does not publish (`changes.debezium.skipped_operations`).
     skipped: Vec<crate::config::DebeziumOp>,
+    /// `changes.masking`: applied to raw change events and to the raw change in DLQ records.
+    masking: encode::mask::Masking,
     /// The Debezium encoder (`changes.encoding: debezium`) with its options and schema cache.
     debezium: encode::debezium::Debezium,
     changes_tables: Vec<String>,
@@ -89,6 +91,7 @@ impl Router {
                 ChangeEncoding::Debezium => config.changes.debezium.skipped_operations.clone(),
                 ChangeEncoding::Json => Vec::new(),
             },
+            masking: encode::mask::Masking::new(&config.changes.masking),
             debezium: encode::debezium::Debezium::new(
                 &config.changes.topic_prefix,
                 config.changes.debezium.json_handling == crate::config::JsonHandling::String,
@@ -207,7 +210,10 @@ impl Router {
         // A skipped operation publishes no raw change event; when no rule takes the change either, it counts as
         // dropped on purpose below.
         let skipped = self.skipped.iter().any(|o| o.matches(change.op));
+        // The change as raw events show it (`changes.masking`); `None` = unmasked.
+        let masked = self.masking.apply(change)?;
         if let Some(topic) = route.topic.as_ref().filter(|_| !skipped) {
+            let change = masked.as_ref().unwrap_or(change);
             route.raw_events.increment(1);
             if self.last_lsn.0 != change.lsn {
                 self.last_lsn = (change.lsn, Arc::from(change.lsn.to_string()));
@@ -251,7 +257,21 @@ impl Router {
                 }
             }
         }
+        let rules_start = out.len();
         self.rules.apply(change, source, out)?;
+        // DLQ records carry the raw change event of the change: masked as raw events are.
+        if let Some(masked) = &masked {
+            for record in out[rules_start..].iter_mut().filter(|r| r.header("dlq-rule").is_some()) {
+                (record.key, record.payload) = match encode::raw_change(masked, source) {
+                    Ok(kp) => kp,
+                    // Never the unmasked event: the reason only, as for a change that does not encode at all.
+                    Err(e) => (
+                        None,
+                        serde_json::json!({"error": format!("raw change not encodable: {e}")}).to_string().into_bytes(),
+                    ),
+                };
+            }
+        }
         if out.len() == start {
             route.dropped_counter.increment(1);
             route.dropped += 1;

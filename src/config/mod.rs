@@ -25,11 +25,13 @@ pub mod conninfo;
 pub mod events;
 mod interpolate;
 pub mod kafka;
+pub mod masking;
 pub mod snapshot;
 
 pub use interpolate::interpolate_env;
 use interpolate::interpolate_tree;
 pub use kafka::{Delivery, KafkaConfig, Scalar};
+pub use masking::{MaskAction, MaskingConfig};
 pub use snapshot::{SnapshotConfig, SnapshotMode};
 
 /// A configuration problem. The message names the key and says how to fix it.
@@ -187,6 +189,9 @@ pub struct ChangesConfig {
     /// Options of the `debezium` encoding (ignored by `json`).
     #[serde(default)]
     pub debezium: DebeziumOptions,
+    /// Masking of personal data in raw change events (`exclude`, `hash`, `redact`, `truncate` per column).
+    #[serde(default)]
+    pub masking: MaskingConfig,
 }
 
 impl Default for ChangesConfig {
@@ -196,6 +201,7 @@ impl Default for ChangesConfig {
             topic_prefix: default_topic_prefix(),
             encoding: ChangeEncoding::default(),
             debezium: DebeziumOptions::default(),
+            masking: MaskingConfig::default(),
         }
     }
 }
@@ -463,6 +469,7 @@ impl Config {
             }
         }
         self.snapshot.validate(&captured)?;
+        self.changes.masking.validate(&captured)?;
         if self.changes.debezium.schemas && self.changes.debezium.json_handling == JsonHandling::Embedded {
             return Err(ConfigError::invalid(
                 "changes.debezium.schemas",

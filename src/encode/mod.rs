@@ -14,6 +14,7 @@ use crate::postgres::value::{self, ValueError};
 use crate::postgres::value_binary;
 
 pub mod debezium;
+pub mod mask;
 
 /// Identifies the source database in every event.
 #[derive(Debug, Clone)]
