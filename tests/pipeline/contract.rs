@@ -500,3 +500,119 @@ async fn debezium_records_have_debeziums_documented_shapes_including_key_changes
     assert_eq!(a.terminate().code(), Some(0), "{}", a.log());
     assert_eq!(b.terminate().code(), Some(0), "{}", b.log());
 }
+
+/// HMAC-SHA256 as Python's standard library computes it (an implementation ficus does not share).
+fn python_hmac(key: &str, message: &str) -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import hmac, hashlib, sys; print(hmac.new(sys.argv[1].encode(), sys.argv[2].encode(), hashlib.sha256).hexdigest())"])
+        .args([key, message])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// `changes.masking` (issue 17.7): personal data never reaches the raw change topic nor the DLQ — not in `after`,
+/// not in `before` (REPLICA IDENTITY FULL), not in snapshot rows, not in `ficus run --dry-run` output. `hash` is the
+/// HMAC-SHA256 of the value under the secret read through `${file:…}` (checked with Python's `hmac`), `redact` is
+/// `***`, `truncate: 3` keeps three characters, `exclude` removes the column. Rules still see the real values.
+#[tokio::test(flavor = "multi_thread")]
+async fn masked_columns_never_reach_the_topic_the_dlq_or_the_dry_run() {
+    let s = Setup::new(
+        "contract_mask",
+        "CREATE TABLE customers (id int PRIMARY KEY, email text, full_name text, ssn text, notes text, code text);
+         ALTER TABLE customers REPLICA IDENTITY FULL;
+         INSERT INTO customers VALUES (1, 'anne@private.example', 'Anne Kretchmar', '111-22-3333', 'MonZQXJ1', 'c1');",
+    )
+    .await;
+    let secrets = tempfile::tempdir().unwrap();
+    let key_file = secrets.path().join("masking-key");
+    std::fs::write(&key_file, "k3y-for-tests\n").unwrap();
+    let (topic, dlq) = (format!("{}.coded", s.prefix), format!("{}.dlq", s.prefix));
+    let masking = format!(
+        "  masking:\n    secret: '${{file:{}}}'\n    tables:\n      public.customers: {{email: hash, full_name: redact, \
+         ssn: exclude, notes: {{truncate: 3}}}}\n",
+        key_file.display()
+    );
+    // A rule whose key is the code: an empty code makes an invalid CloudEvent, so that change goes to the DLQ.
+    let rules = format!(
+        "events:\n  - {{name: CustomerCoded, table: public.customers, on: [insert, update], key: new.code, topic: {topic}, \
+         encoding: cloudevents-binary, data: {{email: new.email}}}}\n"
+    );
+    let config = Ficus::config(
+        &s.pg.superuser_url(&s.db),
+        &["public.customers"],
+        &s.prefix,
+        &s.kafka.brokers(),
+        "snapshot:\n  mode: initial\n",
+    )
+    .replace("  topic_prefix:", &format!("{masking}  topic_prefix:"))
+    .replace("kafka:\n", &format!("kafka:\n  dlq_topic: {dlq}\n"));
+    let config = format!("{config}{rules}");
+    let mut f = Ficus::start(&config);
+    f.wait_streaming();
+    s.wait_snapshot_settled(&f).await;
+    s.sql(
+        "INSERT INTO customers VALUES (2, 'bob@private.example', 'Bob Secretson', '444-55-6666', 'TueZQXJ2', '');
+         UPDATE customers SET email = 'anne.k@private.example', notes = 'WedZQXJ3' WHERE id = 1;
+         DELETE FROM customers WHERE id = 2;",
+    )
+    .await;
+
+    let raw = s.read_all_confirmed(&f, &s.topic("public", "customers")).await;
+    let dead = s.read_all_confirmed(&f, &dlq).await;
+    let events = values(&raw);
+    let ops: Vec<&str> = events.iter().map(|e| e["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["read", "insert", "update", "delete"], "{}", f.log());
+    assert_eq!(dead.len(), 1, "the change with the empty code went to the DLQ:\n{}", f.log());
+    let plain = ["private.example", "Anne", "Kretchmar", "Bob", "Secretson", "111-22", "444-55", "ZQXJ"];
+    for m in raw.iter().chain(&dead) {
+        let bytes = [m.key.clone().unwrap_or_default(), m.payload.clone().unwrap_or_default()].concat();
+        let text = String::from_utf8_lossy(&bytes);
+        for p in plain {
+            assert!(!text.contains(p), "{p:?} reached {}: {text}", m.topic);
+        }
+    }
+    let hash = |v: &str| python_hmac("k3y-for-tests", v);
+    assert_eq!(
+        events[0]["after"],
+        json!({"id": 1, "email": hash("anne@private.example"), "full_name": "***", "notes": "Mon", "code": "c1"}),
+        "snapshot row"
+    );
+    assert_eq!(events[2]["before"]["email"], hash("anne@private.example"));
+    assert_eq!(events[2]["after"]["email"], hash("anne.k@private.example"));
+    assert_eq!(events[2]["after"]["notes"], "Wed");
+    assert_eq!(events[3]["before"]["full_name"], "***");
+    assert!(events.iter().all(|e| e["before"].get("ssn").is_none() && e["after"].get("ssn").is_none()));
+    let dlq_event = &values(&dead)[0];
+    assert_eq!(dlq_event["after"]["email"], hash("bob@private.example"));
+    assert_eq!(dlq_event["after"]["full_name"], "***");
+    // Rules see the real values (masking is for raw events).
+    let coded = values(&s.read_all_confirmed(&f, &topic).await);
+    assert!(coded.iter().any(|e| e["email"] == "anne.k@private.example"), "{coded:?}");
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+
+    // The dry run prints what would be published: masked too (snapshot rows and streamed changes).
+    let dry_config = config.replace(&s.kafka.brokers(), "127.0.0.1:9");
+    let mut dry = crate::DryRun::start(&dry_config).await;
+    s.sql("INSERT INTO customers VALUES (3, 'cid@private.example', 'Cid Secretson', '777-88-9999', 'ThuZQXJ4', 'c3')")
+        .await;
+    let deadline = std::time::Instant::now() + WAIT;
+    let printed = loop {
+        let text = std::fs::read_to_string(&dry.stdout).unwrap_or_default();
+        if text.lines().any(|l| l.contains("\"op\":\"insert\"") && l.contains("\"id\":3")) {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "dry run printed {text}\n{}", dry.log());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let raw_lines: Vec<&str> = printed.lines().filter(|l| !l.contains(&topic)).collect();
+    assert!(!raw_lines.is_empty());
+    for line in &raw_lines {
+        for p in ["private.example", "Cid", "Secretson", "777-88", "ZQXJ"] {
+            assert!(!line.contains(p), "{p:?} in the dry run's output: {line}");
+        }
+    }
+    let _ = dry.child.kill();
+    let _ = dry.child.wait();
+}
