@@ -616,3 +616,44 @@ async fn masked_columns_never_reach_the_topic_the_dlq_or_the_dry_run() {
     let _ = dry.child.kill();
     let _ = dry.child.wait();
 }
+
+/// Tombstones and key changes under `kafka.delivery: exactly_once`: the null values travel inside the Kafka
+/// transaction like any record, and a read_committed consumer sees the whole Debezium sequence once.
+#[tokio::test(flavor = "multi_thread")]
+async fn debezium_tombstones_and_key_changes_under_exactly_once() {
+    let s = Setup::new("contract_dbz_eos", "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
+    let config = s
+        .config(&["public.t"])
+        .replace("kafka:\n", "kafka:\n  delivery: exactly_once\n")
+        .replace("  topic_prefix:", "  encoding: debezium\n  topic_prefix:");
+    let mut f = Ficus::start(&config);
+    f.wait_streaming();
+    s.sql("INSERT INTO t VALUES (1, 'a'); UPDATE t SET id = 2 WHERE id = 1; DELETE FROM t WHERE id = 2;").await;
+    let msgs = s.read_all_confirmed(&f, &s.topic("public", "t")).await;
+    let seen: Vec<(String, Option<String>)> = msgs
+        .iter()
+        .map(|m| {
+            let op = m
+                .payload
+                .as_deref()
+                .map(|p| serde_json::from_slice::<Value>(p).unwrap()["op"].as_str().unwrap().to_string());
+            (String::from_utf8_lossy(m.key.as_deref().unwrap()).into_owned(), op)
+        })
+        .collect();
+    let (k1, k2) = (r#"{"id":1}"#.to_string(), r#"{"id":2}"#.to_string());
+    let op = |o: &str| Some(o.to_string());
+    assert_eq!(
+        seen,
+        [
+            (k1.clone(), op("c")),
+            (k1.clone(), op("d")),
+            (k1, None),
+            (k2.clone(), op("c")),
+            (k2.clone(), op("d")),
+            (k2, None)
+        ],
+        "{}",
+        f.log()
+    );
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+}
