@@ -15,6 +15,7 @@ use crate::postgres::value_binary;
 
 pub mod debezium;
 pub mod mask;
+pub mod trace;
 
 /// Identifies the source database in every event.
 #[derive(Debug, Clone)]

@@ -657,3 +657,56 @@ async fn debezium_tombstones_and_key_changes_under_exactly_once() {
     );
     assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
 }
+
+/// The W3C `traceparent` (CloudEvents distributed-tracing extension, issue 17.6): on every business event as a
+/// header, as `ce_traceparent` in binary mode and as the `traceparent` attribute in structured mode (parsed by the
+/// CloudEvents SDK and checked against W3C Trace Context); its trace-id is the correlation id (so every event of one
+/// source transaction is in one trace, and different transactions in different traces), its parent-id differs per
+/// event (both ids are stable across replays, see the first test of this file, so the traceparent is too).
+#[tokio::test(flavor = "multi_thread")]
+async fn traceparent_joins_the_events_of_a_transaction_in_one_trace() {
+    let s = Setup::new("contract_trace", "CREATE TABLE ord (id int PRIMARY KEY)").await;
+    let topic = format!("{}.orders", s.prefix);
+    let rules = format!(
+        "events:\n\
+         \x20 - {{name: Placed, table: public.ord, on: insert, key: string(new.id), topic: {topic}, encoding: cloudevents-binary}}\n\
+         \x20 - {{name: Placed, version: 2, table: public.ord, on: insert, key: string(new.id), topic: {topic}, encoding: cloudevents-structured}}\n\
+         \x20 - {{name: Placed, version: 3, table: public.ord, on: insert, key: string(new.id), topic: {topic}}}\n"
+    );
+    let mut f =
+        Ficus::start(&format!("{}{rules}", rules_only(s.config(&["public.ord"]), &format!("{}.dlq", s.prefix))));
+    f.wait_streaming();
+    s.sql("BEGIN; INSERT INTO ord VALUES (1); INSERT INTO ord VALUES (2); COMMIT; INSERT INTO ord VALUES (3);").await;
+    let msgs = s.read_all_confirmed(&f, &topic).await;
+    assert_eq!(msgs.len(), 9, "{}", f.log());
+    let mut parents = HashSet::new();
+    let mut traces = Vec::new();
+    for (i, m) in msgs.iter().enumerate() {
+        let tp = header(m, "traceparent").unwrap_or_else(|| panic!("event {i} has no traceparent"));
+        let parts: Vec<&str> = tp.split('-').collect();
+        assert_eq!((parts.len(), parts[0], parts[3]), (4, "00", "01"), "{tp}");
+        let correlation = header(m, "correlation-id").unwrap().replace('-', "");
+        assert_eq!(parts[1], correlation, "event {i}: the trace-id is the correlation id");
+        assert!(parents.insert(parts[2].to_string()), "event {i}: parent-id {} used twice", parts[2]);
+        match i % 3 {
+            0 => assert_eq!(header(m, "ce_traceparent"), Some(tp)),
+            1 => assert_eq!(values(std::slice::from_ref(m))[0]["traceparent"], tp),
+            _ => {}
+        }
+        traces.push(parts[1].to_string());
+    }
+    assert!(traces[..6].iter().all(|t| *t == traces[0]), "one transaction, one trace");
+    assert_ne!(traces[6], traces[0], "another transaction, another trace");
+    let ce: Vec<Value> = msgs.iter().enumerate().filter(|(i, _)| i % 3 < 2).map(|(_, m)| record_json(m)).collect();
+    assert_eq!(oracle("cloudevents", &json!({"records": ce, "require_traceparent": true})), (6, vec![]));
+    // Not vacuous: a malformed traceparent is refused.
+    let mut bad = record_json(&msgs[0]);
+    for h in bad["headers"].as_array_mut().unwrap() {
+        if h[0] == "ce_traceparent" {
+            h[1] = json!("00-00000000000000000000000000000000-0000000000000000-01");
+        }
+    }
+    let (_, errors) = oracle("cloudevents", &json!({"records": [bad]}));
+    assert!(errors.iter().any(|e| e.contains("traceparent")), "{errors:?}");
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+}

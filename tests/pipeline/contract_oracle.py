@@ -4,7 +4,8 @@
         Every record must be a valid CloudEvent: parsed by the CloudEvents SDK's Kafka binding (binary mode when it
         has `ce_specversion`, else structured) into the SDK's validating (pydantic) event class, and checked against
         the CloudEvents 1.0 constraints the SDK does not enforce itself: id, source, specversion and type are
-        non-empty strings, subject (when present) is non-empty, time is RFC 3339.
+        non-empty strings, subject (when present) is non-empty, time is RFC 3339, and a `traceparent` extension
+        (distributed tracing) is W3C Trace Context (required with "require_traceparent": true).
     contract_oracle.py schema RECORDS.json
         Every record's `data` must validate against the JSON Schema of its event in the catalog (`ficus catalog
         --format json`), with jsonschema's Draft 2020-12 validator and format checking on.
@@ -51,6 +52,16 @@ def check_cloudevents(doc):
                 errors.append(f"record {i} ({r['topic']}): {name} must be a non-empty string, got {attrs.get(name)!r}")
         if "subject" in attrs and attrs["subject"] in ("", None):
             errors.append(f"record {i} ({r['topic']}): subject is present but empty")
+        # Distributed-tracing extension: a W3C traceparent (version 00, non-zero ids, lowercase hex).
+        tp = attrs.get("traceparent")
+        if tp is not None:
+            import re
+
+            m = re.fullmatch(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})", tp)
+            if not m or set(m.group(1)) == {"0"} or set(m.group(2)) == {"0"}:
+                errors.append(f"record {i} ({r['topic']}): traceparent {tp!r} is not W3C Trace Context")
+        elif doc.get("require_traceparent"):
+            errors.append(f"record {i} ({r['topic']}): no traceparent extension")
         if attrs.get("specversion") != "1.0":
             errors.append(f"record {i} ({r['topic']}): specversion {attrs.get('specversion')!r}")
         # The SDK parsed `time` into a datetime; the wire text must be RFC 3339 too.
