@@ -97,7 +97,8 @@ impl Router {
                 config.changes.debezium.json_handling == crate::config::JsonHandling::String,
                 config.changes.debezium.tombstones,
                 config.changes.debezium.schemas,
-            ),
+            )
+            .with_placeholder(config.changes.debezium.unavailable_value_placeholder.clone()),
             changes_tables: config.changes.tables.clone(),
             routes: HashMap::new(),
             rules,

@@ -227,6 +227,15 @@ pub struct DebeziumOptions {
     /// `{"schema": <Connect schema>, "payload": …}` (default `false`: the payload alone, as `schemas.enable=false`).
     #[serde(default)]
     pub schemas: bool,
+    /// What stands in `after` for an unchanged TOASTed value the server did not send (REPLICA IDENTITY DEFAULT), as
+    /// Debezium's `unavailable.value.placeholder` (default `__debezium_unavailable_value`); `null` leaves the column
+    /// out of `after` instead (ficus's own encoding does that and names it in `unavailable`).
+    #[serde(default = "default_placeholder")]
+    pub unavailable_value_placeholder: Option<String>,
+}
+
+fn default_placeholder() -> Option<String> {
+    Some(String::from("__debezium_unavailable_value"))
 }
 
 fn default_true() -> bool {
@@ -240,6 +249,7 @@ impl Default for DebeziumOptions {
             json_handling: JsonHandling::default(),
             tombstones: true,
             schemas: false,
+            unavailable_value_placeholder: default_placeholder(),
         }
     }
 }

@@ -15,8 +15,8 @@
 //! are Debezium's numbers (`io.debezium.time.Date`, `MicroTime`, `MicroTimestamp`).
 //!
 //! Every remaining difference is listed in docs/events.md ("Field by field against Debezium"): among them numeric
-//! as a string (Debezium's `decimal.handling.mode=string`), an unknown unchanged TOAST value left out of `after`
-//! instead of a placeholder, `ts_ms` = the commit time (so a replay gives identical bytes).
+//! as a string (Debezium's `decimal.handling.mode=string`), `ts_ms` = the commit time (so a replay gives identical
+//! bytes). An unknown unchanged TOAST value is Debezium's `__debezium_unavailable_value` placeholder by default.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +24,9 @@ use std::sync::Arc;
 use crate::change::{Change, Datum, Op, Row, Table};
 use crate::encode::{change_key, key_json, write_datum, EncodeError, SourceInfo};
 use crate::postgres::value::{oid, write_json_string};
+
+/// Debezium's default `unavailable.value.placeholder`.
+pub const UNAVAILABLE_VALUE: &str = "__debezium_unavailable_value";
 
 /// The `op` letter Debezium uses.
 fn op_letter(op: Op) -> &'static str {
@@ -46,6 +49,9 @@ pub struct Debezium {
     tombstones: bool,
     /// The JsonConverter `{"schema", "payload"}` wrapper (`schemas`).
     schemas: bool,
+    /// What stands for an unchanged TOASTed value the server did not send (`unavailable_value_placeholder`);
+    /// `None` leaves the column out.
+    placeholder: Option<String>,
     /// Per relation id: the table the schemas were built for, the key schema and the value schema (JSON).
     schema_cache: HashMap<u32, (Arc<Table>, Vec<u8>, Vec<u8>)>,
 }
@@ -69,8 +75,15 @@ impl Debezium {
             json_as_string,
             tombstones,
             schemas,
+            placeholder: Some(String::from(UNAVAILABLE_VALUE)),
             schema_cache: HashMap::new(),
         }
+    }
+
+    /// `changes.debezium.unavailable_value_placeholder`: `None` leaves unknown unchanged TOAST values out of `after`.
+    pub fn with_placeholder(mut self, placeholder: Option<String>) -> Debezium {
+        self.placeholder = placeholder;
+        self
     }
 
     /// The records of `change`, in publishing order, handed to `emit`: the event; a tombstone after a delete (with
@@ -198,7 +211,7 @@ impl Debezium {
             out.extend_from_slice(value_schema);
             out.extend_from_slice(b",\"payload\":");
         }
-        envelope(&mut out, change, source, &self.server_name, self.json_as_string)?;
+        envelope(&mut out, change, source, &self.server_name, self.json_as_string, self.placeholder.as_deref())?;
         if self.schemas {
             out.push(b'}');
         }
@@ -351,7 +364,7 @@ pub fn change(
 ) -> Result<(Option<Vec<u8>>, Vec<u8>), EncodeError> {
     let key = change_key(change)?;
     let mut out = Vec::with_capacity(512);
-    envelope(&mut out, change, source, server_name, json_as_string)?;
+    envelope(&mut out, change, source, server_name, json_as_string, Some(UNAVAILABLE_VALUE))?;
     Ok((key, out))
 }
 
@@ -362,6 +375,7 @@ fn envelope(
     source: &SourceInfo,
     server_name: &str,
     json_as_string: bool,
+    placeholder: Option<&str>,
 ) -> Result<(), EncodeError> {
     let table = &*change.table;
     let ts_ms = change.tx.commit_time_us.div_euclid(1000);
@@ -377,9 +391,9 @@ fn envelope(
         out.extend_from_slice(itoa::Buffer::new().format(ts_ns).as_bytes());
     };
     out.extend_from_slice(b"{\"before\":");
-    write_row(out, change, change.before.as_ref(), change.before_is_key_only, json_as_string)?;
+    write_row(out, change, change.before.as_ref(), change.before_is_key_only, json_as_string, None)?;
     out.extend_from_slice(b",\"after\":");
-    write_row(out, change, change.after.as_ref(), false, json_as_string)?;
+    write_row(out, change, change.after.as_ref(), false, json_as_string, placeholder)?;
     out.extend_from_slice(b",\"source\":{\"version\":\"ficus-");
     out.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
     out.extend_from_slice(b"\",\"connector\":\"postgresql\",\"name\":");
@@ -422,6 +436,7 @@ fn write_row(
     row: Option<&Row>,
     key_only: bool,
     json_as_string: bool,
+    placeholder: Option<&str>,
 ) -> Result<(), EncodeError> {
     let table = &*change.table;
     let Some(row) = row else {
@@ -444,9 +459,30 @@ fn write_row(
                     .filter(|_| is_after && !change.before_is_key_only)
                     .and_then(|b| b.get(i))
                     .filter(|d| !matches!(d, Datum::UnchangedToast));
-                match old {
-                    Some(d) => d,
-                    None => continue,
+                match (old, placeholder) {
+                    (Some(d), _) => d,
+                    (None, Some(p)) => {
+                        // Debezium's placeholder, in the column's JSON type: base64 bytes for bytea, a one-element
+                        // array for arrays, else a string.
+                        if !std::mem::replace(&mut first, false) {
+                            out.push(b',');
+                        }
+                        write_json_string(out, &col.name);
+                        out.push(b':');
+                        if col.type_oid == oid::BYTEA {
+                            out.push(b'"');
+                            crate::postgres::value::append_base64(out, p.as_bytes());
+                            out.push(b'"');
+                        } else if crate::postgres::value::array_element_type(col.type_oid).is_some() {
+                            out.push(b'[');
+                            write_json_string(out, p);
+                            out.push(b']');
+                        } else {
+                            write_json_string(out, p);
+                        }
+                        continue;
+                    }
+                    (None, None) => continue,
                 }
             }
             d => d,
@@ -721,5 +757,24 @@ mod tests {
         assert_eq!(iso_timestamp_micros("2018-06-20T15:13:16.945104"), Some(1_529_507_596_945_104));
         assert_eq!(iso_timestamp_micros("infinity"), Some(i64::MAX));
         assert_eq!(clock_micros("10:00:00.5"), Some(36_000_500_000));
+    }
+
+    /// An unchanged TOASTed value the server did not send (REPLICA IDENTITY DEFAULT): Debezium's placeholder by
+    /// default, left out with `unavailable_value_placeholder: null`; taken from the old row under FULL.
+    #[test]
+    fn unavailable_toast_values_get_debeziums_placeholder() {
+        let mut c = update();
+        c.before = None;
+        c.after = Some(vec![text("42"), Datum::UnchangedToast]);
+        let pieces = encode_all(&mut Debezium::new("ficus", true, true, false), &c);
+        assert_eq!(
+            event(&pieces[0]).1["after"],
+            serde_json::json!({"id": 42, "status": "__debezium_unavailable_value"})
+        );
+        let pieces = encode_all(&mut Debezium::new("ficus", true, true, false).with_placeholder(None), &c);
+        assert_eq!(event(&pieces[0]).1["after"], serde_json::json!({"id": 42}));
+        c.before = Some(vec![text("42"), text("paid")]);
+        let pieces = encode_all(&mut Debezium::new("ficus", true, true, false), &c);
+        assert_eq!(event(&pieces[0]).1["after"], serde_json::json!({"id": 42, "status": "paid"}));
     }
 }

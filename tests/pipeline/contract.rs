@@ -375,7 +375,9 @@ async fn debezium_records_have_debeziums_documented_shapes_including_key_changes
     let s = Setup::new(
         "contract_dbz_shape",
         "CREATE TABLE customers (id int PRIMARY KEY, first_name text NOT NULL, email text, born date, seen timestamp,
-                                 doc jsonb, tags text[], score float8, big bigint, paid numeric(10,2), raw bytea)",
+                                 doc jsonb, tags text[], score float8, big bigint, paid numeric(10,2), raw bytea,
+                                 bio text);
+         ALTER TABLE customers ALTER COLUMN bio SET STORAGE EXTERNAL;",
     )
     .await;
     let debezium = |config: String, options: &str| {
@@ -389,7 +391,8 @@ async fn debezium_records_have_debeziums_documented_shapes_including_key_changes
     b.wait_streaming();
     s.sql(
         "INSERT INTO customers VALUES (1, 'Anne', 'annek@noanswer.org', '2026-11-22', '2018-06-20 15:13:16.945104',
-                                       '{\"vip\": true}', '{a,b}', 1.5, 9007199254740993, 12.50, '\\x0102');
+                                       '{\"vip\": true}', '{a,b}', 1.5, 9007199254740993, 12.50, '\\x0102',
+                                       (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 200) i));
          UPDATE customers SET email = 'anne@example.com' WHERE id = 1;
          UPDATE customers SET id = 2 WHERE id = 1;
          DELETE FROM customers WHERE id = 2;",
@@ -432,7 +435,7 @@ async fn debezium_records_have_debeziums_documented_shapes_including_key_changes
                         "lsn": "integer", "xmin": "null"});
     let row = json!({"id": "integer", "first_name": "string", "email": "string", "born": "integer",
                      "seen": "integer", "doc": "string", "tags": "array", "score": "number", "big": "integer",
-                     "paid": "string", "raw": "string"});
+                     "paid": "string", "raw": "string", "bio": "string"});
     let envelope = |before: Value, after: Value| {
         json!({"before": before, "after": after, "source": source, "op": "string", "ts_ms": "integer",
                "ts_us": "integer", "ts_ns": "integer", "transaction": "null"})
@@ -462,6 +465,10 @@ async fn debezium_records_have_debeziums_documented_shapes_including_key_changes
     );
     assert_eq!(events[0]["after"]["doc"], r#"{"vip": true}"#, "io.debezium.data.Json: a string");
     assert_eq!(events[3]["after"]["email"], "anne@example.com", "the create carries the whole new row");
+    // An unchanged TOASTed value the server did not send: Debezium's placeholder.
+    assert_eq!(events[0]["after"]["bio"].as_str().unwrap().len(), 6400);
+    assert_eq!(events[1]["after"]["bio"], "__debezium_unavailable_value");
+    assert_eq!(events[3]["after"]["bio"], "__debezium_unavailable_value");
     assert_eq!(events[3]["after"]["id"], 2);
 
     // schemas: true — the same records, wrapped, and valid by Kafka Connect's JsonConverter rules.
