@@ -57,6 +57,8 @@ pub struct Router {
     skipped: Vec<crate::config::DebeziumOp>,
     /// `changes.masking`: applied to raw change events and to the raw change in DLQ records.
     masking: encode::mask::Masking,
+    /// `<topic_prefix>.transaction`: Debezium's transaction metadata topic.
+    tx_topic: Arc<str>,
     /// The Debezium encoder (`changes.encoding: debezium`) with its options and schema cache.
     debezium: encode::debezium::Debezium,
     changes_tables: Vec<String>,
@@ -98,7 +100,11 @@ impl Router {
                 config.changes.debezium.tombstones,
                 config.changes.debezium.schemas,
             )
-            .with_placeholder(config.changes.debezium.unavailable_value_placeholder.clone()),
+            .with_placeholder(config.changes.debezium.unavailable_value_placeholder.clone())
+            .with_transaction_metadata(
+                config.changes.encoding == ChangeEncoding::Debezium && config.changes.debezium.transaction_metadata,
+            ),
+            tx_topic: Arc::from(crate::record::sanitize_topic(&format!("{}.transaction", config.changes.topic_prefix))),
             changes_tables: config.changes.tables.clone(),
             routes: HashMap::new(),
             rules,
@@ -199,6 +205,14 @@ impl Router {
         Ok(())
     }
 
+    /// Records at the commit of the current source transaction: Debezium's END record when transaction metadata is
+    /// on and the transaction published raw events.
+    pub fn route_commit(&mut self, out: &mut Vec<Record>) {
+        if let Some((key, value)) = self.debezium.end_transaction() {
+            out.push(tx_record(&self.tx_topic, key, value));
+        }
+    }
+
     /// Records for one change, in publishing order.
     pub fn route(&mut self, change: &Change, out: &mut Vec<Record>) -> Result<(), RouteError> {
         let start = out.len();
@@ -249,6 +263,9 @@ impl Router {
                             }
                             out.push(Record { topic: topic.clone(), key, payload: value, headers, tombstone: false });
                         }
+                        encode::debezium::Piece::Transaction { key, value } => {
+                            out.push(tx_record(&self.tx_topic, key, value));
+                        }
                         encode::debezium::Piece::Tombstone { key } => {
                             let mut headers = headers(Op::Delete);
                             headers.remove(0); // no content, no content type
@@ -278,6 +295,20 @@ impl Router {
             route.dropped += 1;
         }
         Ok(())
+    }
+}
+
+/// A record of the transaction metadata topic.
+fn tx_record(topic: &Arc<str>, key: Vec<u8>, value: Vec<u8>) -> Record {
+    Record {
+        topic: topic.clone(),
+        key: Some(key),
+        payload: value,
+        headers: vec![
+            ("content-type", HeaderValue::Static("application/json")),
+            ("source-table", HeaderValue::Static("transaction")),
+        ],
+        tombstone: false,
     }
 }
 

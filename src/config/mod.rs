@@ -232,6 +232,11 @@ pub struct DebeziumOptions {
     /// out of `after` instead (ficus's own encoding does that and names it in `unavailable`).
     #[serde(default = "default_placeholder")]
     pub unavailable_value_placeholder: Option<String>,
+    /// Debezium's `provide.transaction.metadata`: a BEGIN and an END record per source transaction on
+    /// `<topic_prefix>.transaction` (END with the event count per table), and `transaction {id, total_order,
+    /// data_collection_order}` in every event (default `false`, as Debezium: `transaction` is null).
+    #[serde(default)]
+    pub transaction_metadata: bool,
 }
 
 fn default_placeholder() -> Option<String> {
@@ -250,6 +255,7 @@ impl Default for DebeziumOptions {
             tombstones: true,
             schemas: false,
             unavailable_value_placeholder: default_placeholder(),
+            transaction_metadata: false,
         }
     }
 }

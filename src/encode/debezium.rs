@@ -52,8 +52,23 @@ pub struct Debezium {
     /// What stands for an unchanged TOASTed value the server did not send (`unavailable_value_placeholder`);
     /// `None` leaves the column out.
     placeholder: Option<String>,
+    /// Transaction metadata (`transaction_metadata`, Debezium's `provide.transaction.metadata`): BEGIN/END records
+    /// and the `transaction` block of events. `tx` is the transaction whose BEGIN went out and whose END is due.
+    tx_metadata: bool,
+    tx: Option<TxState>,
     /// Per relation id: the table the schemas were built for, the key schema and the value schema (JSON).
     schema_cache: HashMap<u32, (Arc<Table>, Vec<u8>, Vec<u8>)>,
+}
+
+/// The transaction whose BEGIN record went out (transaction metadata).
+struct TxState {
+    meta: Arc<crate::change::TxMeta>,
+    /// `<xid>:<commit LSN>`.
+    id: String,
+    /// Events so far.
+    total: u64,
+    /// Events so far per `schema.table`.
+    per_table: Vec<(String, u64)>,
 }
 
 /// One Kafka record of the Debezium encoding.
@@ -65,6 +80,8 @@ pub enum Piece {
     Event { key: Option<Vec<u8>>, value: Vec<u8>, op: Op, key_header: Option<(&'static str, String)> },
     /// A tombstone: the delete's key, a null value.
     Tombstone { key: Vec<u8> },
+    /// A transaction metadata record (BEGIN) for the transaction topic.
+    Transaction { key: Vec<u8>, value: Vec<u8> },
 }
 
 impl Debezium {
@@ -76,8 +93,84 @@ impl Debezium {
             tombstones,
             schemas,
             placeholder: Some(String::from(UNAVAILABLE_VALUE)),
+            tx_metadata: false,
+            tx: None,
             schema_cache: HashMap::new(),
         }
+    }
+
+    /// `changes.debezium.transaction_metadata`.
+    pub fn with_transaction_metadata(mut self, on: bool) -> Debezium {
+        self.tx_metadata = on;
+        self
+    }
+
+    /// The END record of the transaction whose events went out since its BEGIN (transaction metadata), to publish
+    /// at its commit: (key, value). `None` when transaction metadata is off or the transaction published nothing.
+    pub fn end_transaction(&mut self) -> Option<(Vec<u8>, Vec<u8>)> {
+        let tx = self.tx.take()?;
+        let mut counts = tx.per_table.clone();
+        counts.sort();
+        let collections: Vec<serde_json::Value> =
+            counts.iter().map(|(t, n)| serde_json::json!({"data_collection": t, "event_count": n})).collect();
+        let payload = serde_json::json!({"status": "END", "id": tx.id, "event_count": tx.total,
+                                         "data_collections": collections, "ts_ms": tx.meta.commit_time_us.div_euclid(1000)});
+        Some(self.tx_record(&tx.id, payload))
+    }
+
+    /// A transaction-topic record: key `{"id": …}`, value `payload`, both wrapped under `schemas`.
+    fn tx_record(&self, id: &str, payload: serde_json::Value) -> (Vec<u8>, Vec<u8>) {
+        use serde_json::json;
+        let key = json!({"id": id});
+        if !self.schemas {
+            return (key.to_string().into_bytes(), payload.to_string().into_bytes());
+        }
+        let f = |ty: &str, optional: bool, name: &str| json!({"type": ty, "optional": optional, "field": name});
+        let key_schema = json!({"type": "struct", "fields": [f("string", false, "id")], "optional": false,
+                                "name": "io.debezium.connector.common.TransactionMetadataKey"});
+        let value_schema = json!({"type": "struct", "optional": false,
+            "name": "io.debezium.connector.common.TransactionMetadataValue",
+            "fields": [f("string", false, "status"), f("string", false, "id"), f("int64", true, "event_count"),
+                       {"type": "array", "optional": true, "field": "data_collections",
+                        "items": {"type": "struct", "optional": false, "fields": [f("string", false, "data_collection"),
+                                                                                  f("int64", false, "event_count")]}},
+                       f("int64", false, "ts_ms")]});
+        (
+            json!({"schema": key_schema, "payload": key}).to_string().into_bytes(),
+            json!({"schema": value_schema, "payload": payload}).to_string().into_bytes(),
+        )
+    }
+
+    /// Transaction metadata: emits the BEGIN record when `change` starts a new transaction.
+    fn begin_if_new(&mut self, change: &Change, emit: &mut dyn FnMut(Piece)) {
+        if !self.tx_metadata || self.tx.as_ref().is_some_and(|t| Arc::ptr_eq(&t.meta, &change.tx)) {
+            return;
+        }
+        let id = format!("{}:{}", change.tx.xid, change.tx.commit_lsn.0);
+        let payload = serde_json::json!({"status": "BEGIN", "id": id, "event_count": null, "data_collections": null,
+                                         "ts_ms": change.tx.commit_time_us.div_euclid(1000)});
+        let (key, value) = self.tx_record(&id, payload);
+        emit(Piece::Transaction { key, value });
+        self.tx = Some(TxState { meta: change.tx.clone(), id, total: 0, per_table: Vec::new() });
+    }
+
+    /// Transaction metadata: counts one event of `table` and returns its `transaction` block
+    /// (id, total_order, data_collection_order).
+    fn count_event(&mut self, table: &Table) -> Option<(String, u64, u64)> {
+        let tx = self.tx.as_mut().filter(|_| self.tx_metadata)?;
+        tx.total += 1;
+        let name = table.qualified_name();
+        let order = match tx.per_table.iter_mut().find(|(t, _)| *t == name) {
+            Some((_, n)) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                tx.per_table.push((name, 1));
+                1
+            }
+        };
+        Some((tx.id.clone(), tx.total, order))
     }
 
     /// `changes.debezium.unavailable_value_placeholder`: `None` leaves unknown unchanged TOAST values out of `after`.
@@ -95,6 +188,7 @@ impl Debezium {
         source: &SourceInfo,
         emit: &mut dyn FnMut(Piece),
     ) -> Result<(), EncodeError> {
+        self.begin_if_new(change, emit);
         if key_changed(change) {
             return self.encode_key_change(change, source, emit);
         }
@@ -212,6 +306,17 @@ impl Debezium {
             out.extend_from_slice(b",\"payload\":");
         }
         envelope(&mut out, change, source, &self.server_name, self.json_as_string, self.placeholder.as_deref())?;
+        if let Some((id, total, order)) = self.count_event(&change.table) {
+            // The envelope ends with `"transaction":null}`: put the block in its place.
+            out.truncate(out.len() - b"null}".len());
+            out.extend_from_slice(b"{\"id\":");
+            write_json_string(&mut out, &id);
+            out.extend_from_slice(b",\"total_order\":");
+            out.extend_from_slice(itoa::Buffer::new().format(total).as_bytes());
+            out.extend_from_slice(b",\"data_collection_order\":");
+            out.extend_from_slice(itoa::Buffer::new().format(order).as_bytes());
+            out.extend_from_slice(b"}}");
+        }
         if self.schemas {
             out.push(b'}');
         }

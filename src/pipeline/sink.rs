@@ -100,6 +100,12 @@ pub(super) async fn sink_loop(
                         emit(&mut sink, &mut kafka_txn, &progress, tx, &records, message.lsn).await?;
                     }
                     SourceEvent::Commit { end_lsn } => {
+                        // Debezium's transaction metadata END record, inside the transaction it ends.
+                        records.clear();
+                        router.route_commit(&mut records);
+                        if let (Some(tx), false) = (current, records.is_empty()) {
+                            emit(&mut sink, &mut kafka_txn, &progress, tx, &records, end_lsn).await?;
+                        }
                         if let Sink::Print(out) = &mut sink {
                             current = None;
                             std::io::Write::flush(out).map_err(|e| PipelineError::Route {

@@ -717,3 +717,50 @@ async fn traceparent_joins_the_events_of_a_transaction_in_one_trace() {
     assert!(errors.iter().any(|e| e.contains("traceparent")), "{errors:?}");
     assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
 }
+
+/// Debezium's transaction metadata (issue 17.5, `changes.debezium.transaction_metadata: true`, Debezium's
+/// `provide.transaction.metadata`): a BEGIN and an END record per source transaction on `<prefix>.transaction`
+/// (key `{"id"}`, END with `event_count` and the count per table), and every event's `transaction` block with its
+/// `id`, `total_order` (1-based across the transaction) and `data_collection_order` (per table) — so a consumer can
+/// rebuild the source transactions.
+#[tokio::test(flavor = "multi_thread")]
+async fn debezium_transaction_metadata_lets_consumers_rebuild_transactions() {
+    let s = Setup::new("contract_dbz_tx", "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY);")
+        .await;
+    let config = s
+        .config(&["public.a", "public.b"])
+        .replace("  topic_prefix:", "  encoding: debezium\n  debezium: {transaction_metadata: true}\n  topic_prefix:");
+    let mut f = Ficus::start(&config);
+    f.wait_streaming();
+    s.sql("BEGIN; INSERT INTO a VALUES (1); INSERT INTO b VALUES (1); INSERT INTO a VALUES (2); COMMIT; INSERT INTO b VALUES (2);")
+        .await;
+    let tx = values(&s.read_all_confirmed(&f, &format!("{}.transaction", s.prefix)).await);
+    let a = values(&s.read_all_confirmed(&f, &s.topic("public", "a")).await);
+    let b = values(&s.read_all_confirmed(&f, &s.topic("public", "b")).await);
+    let status: Vec<&str> = tx.iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(status, ["BEGIN", "END", "BEGIN", "END"], "{}", f.log());
+    let id = tx[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(tx[1]["id"], id.as_str());
+    assert_eq!((&tx[0]["event_count"], &tx[0]["data_collections"]), (&Value::Null, &Value::Null));
+    assert_eq!(tx[1]["event_count"], 3);
+    assert_eq!(
+        tx[1]["data_collections"],
+        json!([{"data_collection": "public.a", "event_count": 2}, {"data_collection": "public.b", "event_count": 1}])
+    );
+    assert_eq!(tx[3]["event_count"], 1);
+    assert_ne!(tx[2]["id"], id.as_str());
+    let block = |e: &Value| {
+        (
+            e["transaction"]["id"].as_str().unwrap().to_string(),
+            e["transaction"]["total_order"].as_u64().unwrap(),
+            e["transaction"]["data_collection_order"].as_u64().unwrap(),
+        )
+    };
+    assert_eq!(block(&a[0]), (id.clone(), 1, 1));
+    assert_eq!(block(&b[0]), (id.clone(), 2, 1));
+    assert_eq!(block(&a[1]), (id.clone(), 3, 2));
+    assert_eq!(block(&b[1]), (tx[2]["id"].as_str().unwrap().to_string(), 1, 1));
+    let txid = a[0]["source"]["txId"].to_string();
+    assert!(id.starts_with(&format!("{txid}:")), "id = <txId>:<commit LSN>: {id}");
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+}
