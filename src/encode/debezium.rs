@@ -755,7 +755,7 @@ mod tests {
                 *op,
                 key_header.clone(),
             ),
-            Piece::Tombstone { .. } => panic!("a tombstone, not an event: {p:?}"),
+            Piece::Tombstone { .. } | Piece::Transaction { .. } => panic!("not a change event: {p:?}"),
         }
     }
 
