@@ -213,6 +213,15 @@ impl Router {
         }
     }
 
+    /// Records for one snapshot row; `last`: the last row of its table's snapshot (Debezium's
+    /// `snapshot: "last_in_data_collection"`).
+    pub fn route_snapshot_row(&mut self, change: &Change, last: bool, out: &mut Vec<Record>) -> Result<(), RouteError> {
+        self.debezium.set_snapshot_last(last);
+        let result = self.route(change, out);
+        self.debezium.set_snapshot_last(false);
+        result
+    }
+
     /// Records for one change, in publishing order.
     pub fn route(&mut self, change: &Change, out: &mut Vec<Record>) -> Result<(), RouteError> {
         let start = out.len();

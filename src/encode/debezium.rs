@@ -56,6 +56,8 @@ pub struct Debezium {
     /// and the `transaction` block of events. `tx` is the transaction whose BEGIN went out and whose END is due.
     tx_metadata: bool,
     tx: Option<TxState>,
+    /// The next snapshot row is the last of its table.
+    snapshot_last: bool,
     /// Per relation id: the table the schemas were built for, the key schema and the value schema (JSON).
     schema_cache: HashMap<u32, (Arc<Table>, Vec<u8>, Vec<u8>)>,
 }
@@ -95,8 +97,14 @@ impl Debezium {
             placeholder: Some(String::from(UNAVAILABLE_VALUE)),
             tx_metadata: false,
             tx: None,
+            snapshot_last: false,
             schema_cache: HashMap::new(),
         }
+    }
+
+    /// Marks the snapshot rows encoded next as the last of their table (`source.snapshot`).
+    pub fn set_snapshot_last(&mut self, last: bool) {
+        self.snapshot_last = last;
     }
 
     /// `changes.debezium.transaction_metadata`.
@@ -306,6 +314,15 @@ impl Debezium {
             out.extend_from_slice(b",\"payload\":");
         }
         envelope(&mut out, change, source, &self.server_name, self.json_as_string, self.placeholder.as_deref())?;
+        if self.snapshot_last && change.op == Op::Read {
+            // Debezium 2.x marks the last snapshot row of each table so.
+            // The last occurrence: `source` follows the row images (a column named `snapshot` may hold "true").
+            let at = rfind(&out, b"\"snapshot\":\"true\"").expect("a read's envelope has it");
+            out.splice(
+                at..at + b"\"snapshot\":\"true\"".len(),
+                b"\"snapshot\":\"last_in_data_collection\"".iter().copied(),
+            );
+        }
         if let Some((id, total, order)) = self.count_event(&change.table) {
             // The envelope ends with `"transaction":null}`: put the block in its place.
             out.truncate(out.len() - b"null}".len());
@@ -322,6 +339,11 @@ impl Debezium {
         }
         Ok(out)
     }
+}
+
+/// The last position of `needle` in `haystack`.
+fn rfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).rposition(|w| w == needle)
 }
 
 /// Whether `change` is an update that changed a key column (the old key is known: pgoutput sends the old key tuple,
@@ -881,5 +903,26 @@ mod tests {
         c.before = Some(vec![text("42"), text("paid")]);
         let pieces = encode_all(&mut Debezium::new("ficus", true, true, false), &c);
         assert_eq!(event(&pieces[0]).1["after"], serde_json::json!({"id": 42, "status": "paid"}));
+    }
+
+    /// The last snapshot row of a table: `snapshot: "last_in_data_collection"` (even with a column `snapshot`
+    /// holding "true"); other reads `"true"`.
+    #[test]
+    fn the_last_snapshot_row_of_a_table_is_marked() {
+        let mut c = update();
+        c.op = Op::Read;
+        c.before = None;
+        let mut t = (*c.table).clone();
+        t.columns[1].name = "snapshot".into();
+        c.table = Arc::new(t);
+        c.after = Some(vec![text("42"), text("true")]);
+        let mut d = Debezium::new("ficus", true, true, false);
+        assert_eq!(event(&encode_all(&mut d, &c)[0]).1["source"]["snapshot"], "true");
+        d.set_snapshot_last(true);
+        let (_, v, _, _) = event(&encode_all(&mut d, &c)[0]);
+        assert_eq!(
+            (&v["source"]["snapshot"], &v["after"]["snapshot"]),
+            (&"last_in_data_collection".into(), &"true".into())
+        );
     }
 }

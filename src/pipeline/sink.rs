@@ -88,9 +88,13 @@ pub(super) async fn sink_loop(
                         if let (Some(tap), true) = (&mut tap, Tap::is_control(&message.prefix)) {
                             // A high watermark releases its chunk's rows here, in the watermark's transaction.
                             let rows = tap.message(&message).map_err(route_error(message.lsn))?;
-                            for change in rows {
+                            let (n, table_done) = (rows.len(), tap.table_done());
+                            for (i, change) in rows.into_iter().enumerate() {
                                 records.clear();
-                                router.route(&change, &mut records).map_err(route_error(change.lsn))?;
+                                let last = table_done && i + 1 == n;
+                                router
+                                    .route_snapshot_row(&change, last, &mut records)
+                                    .map_err(route_error(change.lsn))?;
                                 emit(&mut sink, &mut kafka_txn, &progress, tx, &records, change.lsn).await?;
                             }
                             continue;

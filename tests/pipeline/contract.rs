@@ -764,3 +764,47 @@ async fn debezium_transaction_metadata_lets_consumers_rebuild_transactions() {
     assert!(id.starts_with(&format!("{txid}:")), "id = <txId>:<commit LSN>: {id}");
     assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
 }
+
+/// Debezium's `source.snapshot` on snapshot rows: `"true"`, and `"last_in_data_collection"` (Debezium 2.x) on the
+/// last row of the table's snapshot; streamed changes `"false"`.
+#[tokio::test(flavor = "multi_thread")]
+async fn debezium_marks_the_last_snapshot_row_of_a_table() {
+    let s = Setup::new(
+        "contract_dbz_snap",
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 5);",
+    )
+    .await;
+    let config = Ficus::config(
+        &s.pg.superuser_url(&s.db),
+        &["public.t"],
+        &s.prefix,
+        &s.kafka.brokers(),
+        "snapshot:\n  mode: initial\n  chunk_size: 2\n",
+    )
+    .replace("  topic_prefix:", "  encoding: debezium\n  topic_prefix:");
+    let mut f = Ficus::start(&config);
+    f.wait_streaming();
+    s.wait_snapshot_settled(&f).await;
+    s.sql("INSERT INTO t VALUES (6)").await;
+    let v = values(&s.read_all_confirmed(&f, &s.topic("public", "t")).await);
+    let marks: Vec<(i64, &str, &str)> = v
+        .iter()
+        .map(|e| {
+            (e["after"]["id"].as_i64().unwrap(), e["op"].as_str().unwrap(), e["source"]["snapshot"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        marks,
+        [
+            (1, "r", "true"),
+            (2, "r", "true"),
+            (3, "r", "true"),
+            (4, "r", "true"),
+            (5, "r", "last_in_data_collection"),
+            (6, "c", "false")
+        ],
+        "{}",
+        f.log()
+    );
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+}
