@@ -387,7 +387,7 @@ async fn debezium_records_have_debeziums_documented_shapes_including_key_changes
     a.wait_streaming();
     let slot_b = format!("{}_b", s.prefix);
     let config_b = Ficus::config(&s.pg.superuser_url(&s.db), &["public.customers"], &slot_b, &s.kafka.brokers(), "");
-    let mut b = Ficus::start(&debezium(config_b, "  debezium: {schemas: true}\n"));
+    let mut b = Ficus::start(&debezium(config_b, "  debezium: {schemas: true, transaction_metadata: true}\n"));
     b.wait_streaming();
     s.sql(
         "INSERT INTO customers VALUES (1, 'Anne', 'annek@noanswer.org', '2026-11-22', '2018-06-20 15:13:16.945104',
@@ -487,7 +487,9 @@ async fn debezium_records_have_debeziums_documented_shapes_including_key_changes
     assert_eq!(key["payload"], json!({"id": 1}));
     assert_eq!(key["schema"]["name"], format!("{slot_b}.public.customers.Key"));
     let value = &records[0]["value"];
-    assert_eq!(shape(&value["payload"]), expected[0]);
+    let mut with_tx = expected[0].clone();
+    with_tx["transaction"] = json!({"id": "string", "total_order": "integer", "data_collection_order": "integer"});
+    assert_eq!(shape(&value["payload"]), with_tx, "the same payload, with Debezium's transaction block");
     assert_eq!(value["schema"]["name"], format!("{slot_b}.public.customers.Envelope"));
     let field = |name: &str| {
         value["schema"]["fields"][1]["fields"].as_array().unwrap().iter().find(|f| f["field"] == name).unwrap().clone()
@@ -498,6 +500,22 @@ async fn debezium_records_have_debeziums_documented_shapes_including_key_changes
     assert_eq!(field("id")["optional"], false);
     let (checked, errors) = oracle("connect", &json!({"records": records}));
     assert_eq!((checked, errors), (7, vec![]));
+    assert_eq!(records[0]["value"]["payload"]["transaction"]["total_order"], 1, "transaction metadata is on in b");
+    // The transaction topic's BEGIN/END records, wrapped the same way.
+    let tx: Vec<Value> = s
+        .kafka
+        .read_to_end(&format!("{slot_b}.transaction"), WAIT)
+        .await
+        .iter()
+        .map(|m| {
+            json!({"key": serde_json::from_slice::<Value>(m.key.as_deref().unwrap()).unwrap(),
+                   "value": serde_json::from_slice::<Value>(m.payload.as_deref().unwrap()).unwrap()})
+        })
+        .collect();
+    // The four statements ran as one transaction (one simple query): BEGIN, END with its 5 events.
+    assert_eq!(tx.len(), 2, "{tx:?}");
+    assert_eq!(tx[1]["value"]["payload"]["event_count"], 5);
+    assert_eq!(oracle("connect", &json!({"records": tx})), (2, vec![]));
     // Not vacuous: a value of the wrong type, or a missing required field, is refused.
     let mut bad = records[0].clone();
     bad["value"]["payload"]["after"]["born"] = json!("2026-11-22");
