@@ -261,4 +261,40 @@ mod tests {
         let (key, _) = raw_change(&hashed_key.apply(&change).unwrap().unwrap(), &source).unwrap();
         assert_eq!(key.unwrap(), format!("{{\"id\":\"{}\"}}", hex("1")).into_bytes());
     }
+
+    /// The Debezium encoding of a masked change: masked columns are strings in the payload and in the Connect
+    /// schema (`schemas: true`), excluded ones absent from both.
+    #[test]
+    fn debezium_schemas_describe_masked_columns_as_strings() {
+        let table = Arc::new(Table {
+            oid: 9,
+            schema: "public".into(),
+            name: "p".into(),
+            columns: vec![col("id", oid::INT4, true), col("age", oid::INT4, false), col("ssn", oid::TEXT, false)],
+            replica_identity: b'd',
+        });
+        let change = Change {
+            op: Op::Insert,
+            table,
+            before: None,
+            before_is_key_only: false,
+            after: Some(vec![text("1"), text("42"), text("111-22-3333")]),
+            lsn: Lsn(1),
+            position: 0,
+            tx: Arc::new(TxMeta { xid: 1, commit_lsn: Lsn(2), commit_time_us: 0 }),
+        };
+        let masked =
+            Masking::new(&config("tables: {public.p: {age: hash, ssn: exclude}}")).apply(&change).unwrap().unwrap();
+        let source = SourceInfo { system: "1".into(), database: "d".into(), slot: "s".into() };
+        let mut d = crate::encode::debezium::Debezium::new("f", true, true, true);
+        let mut pieces = Vec::new();
+        d.encode(&masked, &source, &mut |p| pieces.push(p)).unwrap();
+        let crate::encode::debezium::Piece::Event { value, .. } = &pieces[0] else { panic!("{pieces:?}") };
+        let v: serde_json::Value = serde_json::from_slice(value).unwrap();
+        let fields = &v["schema"]["fields"][1]["fields"];
+        assert_eq!(fields.as_array().unwrap().len(), 2, "{fields}");
+        assert_eq!(fields[1], serde_json::json!({"type": "string", "optional": true, "field": "age"}));
+        assert_eq!(v["payload"]["after"]["age"].as_str().unwrap().len(), 64);
+        assert!(!String::from_utf8_lossy(value).contains("111-22"));
+    }
 }
