@@ -25,7 +25,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench  # noqa: E402  (the cluster and broker helpers of the throughput benchmark)
+from lib import cluster as bench  # noqa: E402  (the cluster and broker helpers shared by the benchmarks)
 
 from confluent_kafka import Consumer, TIMESTAMP_LOG_APPEND_TIME  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402

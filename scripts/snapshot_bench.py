@@ -19,7 +19,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import ROOT, Cluster, peak_rss_mib, start_broker, stop_broker  # noqa: E402
+from lib.cluster import ROOT, Cluster, peak_rss_mib, start_broker, stop_broker  # noqa: E402
 
 TARGET = 0.3
 

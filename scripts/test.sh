@@ -28,10 +28,14 @@ done
 if [ $# -gt 0 ]; then
     exec cargo test "${args[@]}" "${targets[@]}" "$@"
 fi
+# The whole suite starts with the code's own checks: formatting (rustfmt.toml) and clippy with warnings as errors,
+# over every target. Cheap next to the tests, and a red line here is found in a minute rather than after them.
+status=0
+cargo fmt --check || { echo "cargo fmt --check: run \`cargo fmt\` and commit the result"; status=1; }
+cargo clippy "${args[@]:1}" --all-targets -- -D warnings || status=1
 # The whole suite: every test on PostgreSQL 15 (Debian's), then the version matrix — the core, rules, snapshot,
 # fault, lifecycle and differential tests on every other supported major version (binaries from
 # scripts/install-pg.sh). FICUS_PG_VERSIONS narrows or empties the matrix (e.g. FICUS_PG_VERSIONS="17").
-status=0
 cargo test "${args[@]}" "${targets[@]}" || status=$?
 for version in ${FICUS_PG_VERSIONS-14 16 17 18}; do
     echo "=== PostgreSQL $version: core, rules, snapshot, faults, lifecycle, differential"

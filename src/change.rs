@@ -78,7 +78,7 @@ pub enum Datum {
     /// Text-format bytes (valid UTF-8 when the database encoding is UTF8).
     Text(Bytes),
     /// Binary-format bytes (the type's `send` output), when the stream was started with pgoutput's `binary`
-    /// option. Only for types [`crate::postgres::value_binary::supports`].
+    /// option. Only for types [`crate::postgres::value::binary::supports`].
     Binary(Bytes),
 }
 

@@ -125,22 +125,27 @@ pub enum CheckpointError {
     },
     #[error("checkpoint file is corrupt: {0}; move it away to resume from the slot's confirmed position")]
     Corrupt(String),
-    #[error(
-        "checkpoint in {path} belongs to system {found_system} database {found_db} slot {found_slot}, \
+    #[error("{0}")]
+    Mismatch(Box<Mismatch>),
+}
+
+/// A checkpoint file written for another source (boxed in [`CheckpointError`]: it is large and rare).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "checkpoint in {path} belongs to system {found_system} database {found_db} slot {found_slot}, \
          not to this source (system {system} database {db} slot {slot}). If the database was re-created or \
          replaced (e.g. `docker compose down` removed its volume but not ficus's state volume) and ficus should start \
          over from it: delete {path} and start again. If source.url names the wrong server or database, fix it \
          instead. To stream several sources, use a separate state.dir per source"
-    )]
-    Mismatch {
-        path: PathBuf,
-        found_system: String,
-        found_db: String,
-        found_slot: String,
-        system: String,
-        db: String,
-        slot: String,
-    },
+)]
+pub struct Mismatch {
+    pub path: PathBuf,
+    pub found_system: String,
+    pub found_db: String,
+    pub found_slot: String,
+    pub system: String,
+    pub db: String,
+    pub slot: String,
 }
 
 /// Where checkpoints live.
@@ -184,7 +189,7 @@ impl FileCheckpointStore {
     ) -> Result<Option<(Lsn, Option<SnapshotState>)>, CheckpointError> {
         let Some(cp) = self.load()? else { return Ok(None) };
         if cp.system_id != system_id || cp.database != database || cp.slot != slot {
-            return Err(CheckpointError::Mismatch {
+            return Err(CheckpointError::Mismatch(Box::new(Mismatch {
                 path: self.path.clone(),
                 found_system: cp.system_id,
                 found_db: cp.database,
@@ -192,7 +197,7 @@ impl FileCheckpointStore {
                 system: system_id.into(),
                 db: database.into(),
                 slot: slot.into(),
-            });
+            })));
         }
         Ok(Some((cp.lsn()?, cp.snapshot)))
     }

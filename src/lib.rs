@@ -11,44 +11,35 @@
 //! at-least-once delivery may repeat the transactions after the last checkpoint.
 //!
 //! ## Layout
-//! - [`config`]: the YAML configuration, `${ENV}` interpolation, validation with key paths.
-//! - [`lsn`]: WAL positions.
-//! - [`change`]: ficus's own change types, the only thing the source hands downstream.
-//! - [`postgres`]: connection strings and TLS, the replication protocol client, the pgoutput decoder,
-//!   value mapping, and the control connection (preflight, slot and publication management, catalog).
-//! - [`source`]: the replication stream task: decode, skip what is already checkpointed, report progress.
-//! - [`encode`]: the raw change event JSON (docs/events.md "Raw change events"), and its Debezium-compatible form.
-//! - [`snapshot`]: snapshots and backfills of existing rows (DBLog watermark chunks), resumable from the checkpoint.
-//! - [`router`]: turns a change into Kafka records: raw change events, then the events of the rules.
-//! - [`rules`]: business-event rules: CEL compiled once, the canonical envelope, CloudEvents, the DLQ.
-//! - [`kafka`]: the idempotent producer with backpressure and delivery tracking.
-//! - [`progress`]: the ordered ack tracker that computes the flushed LSN.
-//! - [`checkpoint`]: where the flushed LSN is persisted (a file in `state.dir`), behind a trait.
-//! - [`pipeline`]: wires the stages with bounded channels and one shutdown token; `run(config, shutdown)`.
-//! - [`check`]: `ficus check`, the preflight report.
-//! - [`catalog`]: `ficus catalog`, the event catalog with JSON Schemas.
-//! - [`health`]: the HTTP endpoints (`/healthz`, `/readyz`, `/metrics`, `/status`) and the state behind them.
-//! - [`metrics`]: metric names and the Prometheus recorder.
-//! - [`healthcheck`]: `ficus healthcheck`, the container liveness probe.
+//! The modules stand on floors (docs/architecture.md, "Floors"; `tests/layering.rs` enforces them): each imports only
+//! its own floor or below.
+//! 1. [`lsn`], [`ident`], [`json`], [`record`], [`metrics`] — vocabulary.
+//! 2. [`change`], [`checkpoint`], [`config`], [`progress`], [`health`] — shapes shared by the stages.
+//! 3. [`postgres`] — the PostgreSQL client: replication protocol, pgoutput decoder, values, catalog reads, writes.
+//! 4. [`source`], [`encode`], [`rules`], [`snapshot`], [`kafka`] — the stages.
+//! 5. [`router`] — one change in, its Kafka records out.
+//! 6. [`check`], [`catalog`], [`backfill`], [`healthcheck`] — the commands built from the stages.
+//! 7. [`pipeline`] — wiring: `run(config, rules, options, shutdown)`.
 
 pub mod backfill;
 pub mod catalog;
 pub mod change;
 pub mod check;
-pub mod checkpoint;
+pub(crate) mod checkpoint;
 pub mod config;
-pub mod encode;
-pub mod health;
+pub(crate) mod encode;
+pub(crate) mod health;
 pub mod healthcheck;
-pub mod ident;
-pub mod kafka;
-pub mod lsn;
-pub mod metrics;
+pub(crate) mod ident;
+pub(crate) mod json;
+pub(crate) mod kafka;
+pub(crate) mod lsn;
+pub(crate) mod metrics;
 pub mod pipeline;
 pub mod postgres;
-pub mod progress;
-pub mod record;
-pub mod router;
+pub(crate) mod progress;
+pub(crate) mod record;
+pub(crate) mod router;
 pub mod rules;
 pub mod snapshot;
-pub mod source;
+pub(crate) mod source;

@@ -119,7 +119,7 @@ impl std::io::Write for LogWriter {
 
 /// Loads and validates the config, and compiles its rules: the one place they are compiled (every command and
 /// every replication session shares them). Exit code 2 on any error, printed with the key to fix.
-fn load(path: &PathBuf) -> Result<(Config, Arc<Rules>), ExitCode> {
+fn load(path: &std::path::Path) -> Result<(Config, Arc<Rules>), ExitCode> {
     let config = Config::load(path).map_err(config_error)?;
     let rules = Rules::compile(&config).map_err(config_error)?;
     Ok((config, Arc::new(rules)))

@@ -121,6 +121,7 @@ impl Progress {
     }
 
     /// Messages handed to the producer and not yet acknowledged.
+    #[cfg(test)]
     pub fn in_flight(&self) -> u64 {
         self.lock().in_flight
     }

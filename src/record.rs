@@ -41,6 +41,11 @@ impl Record {
         Record { topic, key: Some(key), payload: Vec::new(), headers, tombstone: true }
     }
 
+    /// Key and value bytes (what Kafka's transaction and batch sizes count).
+    pub fn size(&self) -> usize {
+        self.payload.len() + self.key.as_ref().map_or(0, Vec::len)
+    }
+
     /// Value of a header, if present.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())

@@ -25,7 +25,7 @@ use crate::lsn::Lsn;
 use crate::postgres::control::Catalog;
 use crate::postgres::pgoutput::{self, DecodeError, Message, OldKind};
 use crate::postgres::replication::{ReplicationError, ReplicationMessage, ReplicationStream};
-use crate::postgres::value_binary;
+use crate::postgres::value::binary;
 
 /// What the source hands to the sink, in stream order.
 #[derive(Debug)]
@@ -278,7 +278,7 @@ impl<'c> Source<'c> {
             }
             Message::Relation(r) => {
                 if self.binary {
-                    if let Some(c) = r.columns.iter().find(|c| !value_binary::supports(c.type_oid)) {
+                    if let Some(c) = r.columns.iter().find(|c| !binary::supports(c.type_oid)) {
                         return Err(SourceError::NeedsTextValues {
                             table: format!("{}.{}", r.namespace, r.name),
                             column: c.name.clone(),

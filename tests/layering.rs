@@ -4,7 +4,7 @@
 //! climbs (config reaching up to rules, the router to the pipeline) fails here with the file and line.
 //!
 //! What counts as an import: any `crate::<module>` path in code (a `use` or an inline path, braces expanded);
-//! comments and test code (`tests.rs` files and `#[cfg(test)] mod tests` blocks) are not counted — tests may
+//! comments and test code (`tests.rs` and `*_tests.rs` files, `#[cfg(test)] mod tests` blocks) are not counted — tests may
 //! reach anywhere. The unit is the top-level module (`src/<module>.rs` or `src/<module>/`).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -117,7 +117,7 @@ fn import_graph() -> (BTreeMap<(String, String), String>, BTreeSet<String>) {
     let mut modules = BTreeSet::new();
     for file in files {
         let rel = file.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
-        if rel == "lib.rs" || rel == "main.rs" || rel.ends_with("/tests.rs") {
+        if rel == "lib.rs" || rel == "main.rs" || rel.ends_with("tests.rs") {
             continue;
         }
         let module = rel.split('/').next().unwrap().trim_end_matches(".rs").to_string();

@@ -59,10 +59,8 @@ pub(super) fn interpolate_tree(
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(), ConfigError> {
     match value {
-        serde_json::Value::String(s) => {
-            if s.contains('$') {
-                *s = interpolate_env(s, lookup).map_err(|m| ConfigError::invalid(path.join("."), m))?;
-            }
+        serde_json::Value::String(s) if s.contains('$') => {
+            *s = interpolate_env(s, lookup).map_err(|m| ConfigError::invalid(path.join("."), m))?;
         }
         serde_json::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {

@@ -59,8 +59,11 @@ pub struct Debezium {
     /// The next snapshot row is the last of its table.
     snapshot_last: bool,
     /// Per relation id: the table the schemas were built for, the key schema and the value schema (JSON).
-    schema_cache: HashMap<u32, (Arc<Table>, Vec<u8>, Vec<u8>)>,
+    schema_cache: HashMap<u32, CachedSchemas>,
 }
+
+/// The table the schemas were built for, the key schema and the value schema (Connect JSON).
+type CachedSchemas = (Arc<Table>, Vec<u8>, Vec<u8>);
 
 /// The transaction whose BEGIN record went out (transaction metadata).
 struct TxState {
@@ -203,10 +206,7 @@ impl Debezium {
         let key = change_key(change)?;
         let value = self.value(change, source)?;
         let tombstone = (self.tombstones && change.op == Op::Delete).then(|| key.clone()).flatten();
-        let key = match key {
-            Some(k) => Some(self.wrap_key(&change.table, k)),
-            None => None,
-        };
+        let key = key.map(|k| self.wrap_key(&change.table, k));
         emit(Piece::Event { key: key.clone(), value, op: change.op, key_header: None });
         if let (Some(_), Some(key)) = (tombstone, key) {
             emit(Piece::Tombstone { key });
@@ -362,10 +362,10 @@ pub fn key_changed(change: &Change) -> bool {
 
 /// The schemas of `table`, built on first use and after a Relation message changed the table.
 fn cached_schemas<'c>(
-    cache: &'c mut HashMap<u32, (Arc<Table>, Vec<u8>, Vec<u8>)>,
+    cache: &'c mut HashMap<u32, CachedSchemas>,
     server_name: &str,
     table: &Arc<Table>,
-) -> &'c (Arc<Table>, Vec<u8>, Vec<u8>) {
+) -> &'c CachedSchemas {
     let stale = match cache.get(&table.oid) {
         Some((t, _, _)) => !Arc::ptr_eq(t, table) && **t != **table,
         None => true,
@@ -479,20 +479,6 @@ fn connect_schemas(server_name: &str, table: &Table) -> (serde_json::Value, serd
         "version": 1,
     });
     (key, value)
-}
-
-/// Encodes `change` as a Debezium change event value without schema and returns (Kafka key, value), for callers
-/// that want one event per change (a key change stays one `u`). `server_name` is Debezium's `topic.prefix`.
-pub fn change(
-    change: &Change,
-    source: &SourceInfo,
-    server_name: &str,
-    json_as_string: bool,
-) -> Result<(Option<Vec<u8>>, Vec<u8>), EncodeError> {
-    let key = change_key(change)?;
-    let mut out = Vec::with_capacity(512);
-    envelope(&mut out, change, source, server_name, json_as_string, Some(UNAVAILABLE_VALUE))?;
-    Ok((key, out))
 }
 
 /// Appends the Debezium envelope of `change` (the JsonConverter payload).
@@ -744,9 +730,11 @@ mod tests {
     #[test]
     fn update_in_debezium_shape() {
         let source = SourceInfo { system: "7301".into(), database: "shop".into(), slot: "ficus".into() };
-        let (key, value) = change(&update(), &source, "ficus", true).unwrap();
+        let mut pieces = Vec::new();
+        Debezium::new("ficus", true, true, false).encode(&update(), &source, &mut |p| pieces.push(p)).unwrap();
+        let Piece::Event { key, value, .. } = &pieces[0] else { panic!("{pieces:?}") };
         assert_eq!(key.as_deref(), Some(&br#"{"id":42}"#[..]));
-        let v: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(value).unwrap();
         assert_eq!(
             v,
             serde_json::json!({

@@ -10,8 +10,8 @@
 use std::io::Write as _;
 
 use crate::change::{Change, Datum, Row, Table};
+use crate::postgres::value::binary;
 use crate::postgres::value::{self, ValueError};
-use crate::postgres::value_binary;
 
 pub mod debezium;
 pub mod mask;
@@ -53,7 +53,7 @@ pub(crate) fn write_datum(out: &mut Vec<u8>, table: &Table, col: usize, datum: &
         }
         Datum::Binary(bytes) => {
             let oid = table.columns.get(col).map(|c| c.type_oid).unwrap_or(25);
-            value_binary::write_json(out, oid, bytes).map_err(|e| err(table, col, e))?;
+            binary::write_json(out, oid, bytes).map_err(|e| err(table, col, e))?;
         }
     }
     Ok(())

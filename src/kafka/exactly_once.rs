@@ -88,6 +88,11 @@ impl KafkaTxn {
         }
     }
 
+    /// The transactional producer.
+    pub fn producer(&self) -> &KafkaSink {
+        &self.sink
+    }
+
     /// When the open Kafka transaction is due for a commit (`None` when none is open).
     pub fn due_at(&self) -> Option<tokio::time::Instant> {
         self.open.then(|| tokio::time::Instant::from_std(self.triggers.due_at()))

@@ -231,11 +231,6 @@ pub struct KafkaSink {
 }
 
 impl KafkaSink {
-    /// Creates the producer (no network I/O yet).
-    pub fn new(cfg: &KafkaConfig, progress: Arc<Progress>) -> Result<KafkaSink, SinkError> {
-        Self::with_transactional_id(cfg, progress, None)
-    }
-
     /// exactly_once: a transactional producer. A later producer with the same `transactional_id` fences this one
     /// (a zombie instance can then commit nothing).
     pub fn with_transactional_id(

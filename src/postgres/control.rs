@@ -33,10 +33,9 @@ impl ControlError {
         match self {
             ControlError::Sql { source, .. } => {
                 source.is_closed()
-                    || source.as_db_error().map_or(source.code().is_none(), |db| {
-                        let code = db.code().code();
-                        code.starts_with("08") || code.starts_with("57P0") || code == "53300"
-                    })
+                    || source
+                        .as_db_error()
+                        .map_or(source.code().is_none(), |db| crate::postgres::sqlstate::is_transient(db.code().code()))
             }
             ControlError::Invalid(_) => false,
         }

@@ -13,6 +13,6 @@ pub mod connect;
 pub mod control;
 pub mod pgoutput;
 pub mod replication;
+pub mod sqlstate;
 pub mod tls;
 pub mod value;
-pub mod value_binary;

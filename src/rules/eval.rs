@@ -276,8 +276,8 @@ impl Rule {
         let mut first = true;
         for (i, col) in table.columns.iter().enumerate() {
             let keep = match selection {
-                Data::Columns(cols) => cols.iter().any(|x| *x == col.name),
-                Data::Exclude(cols) => !cols.iter().any(|x| *x == col.name),
+                Data::Columns(cols) => cols.contains(&col.name),
+                Data::Exclude(cols) => !cols.contains(&col.name),
                 _ => true,
             };
             if !keep || (key_only && !col.is_key) {

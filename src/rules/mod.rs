@@ -1,9 +1,11 @@
 //! Business-event rules: legacy row changes → canonical, versioned events (docs/rules.md, `events:`).
 //!
-//! [`RuleSet::compile`] checks every rule of the config once at start-up (names, tables, topics, CEL syntax) and
-//! compiles its CEL expressions; errors name the key (`events[2].when`) and the position in the expression.
-//! [`RuleSet::apply`] runs the rules of a change's table in config order: each rule whose `on` and `when` match
-//! yields one event, so one change may yield several.
+//! [`Rules::compile`] checks every rule of the config once, while the config loads (names, tables, topics, CEL
+//! syntax), and compiles its CEL expressions; errors name the key (`events[2].when`) and the position in the
+//! expression. The compiled [`Rules`] are immutable and shared; each replication session runs them through its own
+//! [`RuleSet`] (`runtime`): [`RuleSet::apply`] runs the rules of a change's table in config order, each rule whose
+//! `on` and `when` match yields one event, so one change may yield several. Failures are settled in `dlq`; the
+//! catalog's view of the rules is `describe`.
 //!
 //! **Guarantees:**
 //! - Deterministic: the same change always yields the same events, byte for byte (ids from [`envelope`]).
@@ -14,10 +16,13 @@
 //! - CEL is sandboxed and not Turing-complete; expressions cannot reach the database, files or network.
 
 mod compile;
+mod describe;
+mod dlq;
 pub mod envelope;
 mod eval;
 mod fast;
 mod outbox;
+mod runtime;
 pub mod schema;
 
 pub mod values;
@@ -39,6 +44,7 @@ use crate::ident::TableName;
 use crate::postgres::control::ColumnType;
 use crate::record::{HeaderValue, Record};
 use compile::{compile_rule, environment};
+pub use describe::RuleDescription;
 use eval::{Buffers, Input, LazyContext};
 
 /// Headers ficus sets on every event; a rule's `headers:` may not reuse them.
@@ -115,24 +121,6 @@ enum Kind {
     Message(String),
     /// Inserts into the outbox table `Rule::table`.
     Outbox(outbox::Outbox),
-}
-
-/// What the event catalog shows of a rule.
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RuleDescription {
-    pub event_type: String,
-    pub version: u32,
-    pub topic: String,
-    /// The key expression.
-    pub key: String,
-    pub table: String,
-    pub on: Vec<&'static str>,
-    pub when: Option<String>,
-    pub encoding: &'static str,
-    pub on_error: &'static str,
-    /// JSON Schema (2020-12) of `data`.
-    pub schema: serde_json::Value,
 }
 
 /// Per-rule counters (exported as metrics by the health endpoint).
@@ -290,44 +278,6 @@ impl Rules {
             .map(|w| w.split_once(": ").unwrap_or(("events", w)))
     }
 
-    /// A description of every rule for the event catalog; `columns` gives a table's catalog columns when the
-    /// database was read.
-    pub fn describe(&self, columns: &dyn Fn(&TableName) -> Option<Vec<ColumnType>>) -> Vec<RuleDescription> {
-        self.rules
-            .iter()
-            .map(|r| {
-                let cols = r.table.as_ref().and_then(|t| columns(t));
-                RuleDescription {
-                    event_type: match &r.kind {
-                        Kind::Outbox(ob) => format!("{} (eventType from column {})", r.name, ob.r#type),
-                        _ => r.name.clone(),
-                    },
-                    version: r.version,
-                    topic: r.topic_text(),
-                    key: match (&r.key, &r.kind) {
-                        (Some(k), _) => k.source.clone(),
-                        (None, Kind::Outbox(ob)) => format!("column {}", ob.aggregateid),
-                        (None, _) => String::new(),
-                    },
-                    table: match (&r.kind, &r.table) {
-                        (Kind::Message(prefix), _) => format!("logical messages with prefix {prefix}"),
-                        (_, Some(t)) => t.to_string(),
-                        (_, None) => String::new(),
-                    },
-                    on: r.ops.iter().map(|o| o.as_str()).collect(),
-                    when: r.when.as_ref().map(|w| w.source.clone()),
-                    encoding: r.encoding.as_str(),
-                    on_error: match r.on_error {
-                        OnError::Dlq => "dlq",
-                        OnError::Fail => "fail",
-                        OnError::Skip => "skip",
-                    },
-                    schema: schema::data_schema(r, cols.as_deref()),
-                }
-            })
-            .collect()
-    }
-
     /// The dead-letter topic.
     pub fn dlq_topic(&self) -> &str {
         &self.dlq_topic
@@ -339,237 +289,6 @@ impl Rules {
     }
 }
 
-impl RuleSet {
-    /// A session's runner of `compiled`.
-    pub fn new(compiled: Arc<Rules>) -> RuleSet {
-        RuleSet {
-            stats: vec![RuleStats::default(); compiled.rules.len()],
-            compiled,
-            by_relation: HashMap::new(),
-            correlation: None,
-            bufs: Buffers::default(),
-        }
-    }
-
-    /// Compiles `config`'s rules for one runner (tests; the binary compiles once and shares [`Rules`]).
-    #[cfg(test)]
-    pub fn compile(config: &Config) -> Result<RuleSet, ConfigError> {
-        Ok(RuleSet::new(Arc::new(Rules::compile(config)?)))
-    }
-
-    /// Every rule's counts, for `/status`.
-    pub fn counts(&self) -> Vec<crate::health::RuleCounts> {
-        self.compiled
-            .rules
-            .iter()
-            .zip(&self.stats)
-            .map(|(r, st)| crate::health::RuleCounts {
-                name: r.name.clone(),
-                version: r.version,
-                events: st.events,
-                dlq: st.dlq,
-                skipped: st.skipped,
-            })
-            .collect()
-    }
-
-    /// Counters of rule `i`.
-    pub fn stats(&self, i: usize) -> RuleStats {
-        self.stats.get(i).copied().unwrap_or_default()
-    }
-
-    /// Runs the rules of `change`'s table; appends events (and DLQ records) to `out`. Returns how many rules
-    /// matched the table and op (0 = no rule is about this change).
-    pub fn apply(&mut self, change: &Change, source: &SourceInfo, out: &mut Vec<Record>) -> Result<usize, RuleFailure> {
-        let (indices, mask) = self.rules_of(&change.table);
-        let matching = indices.iter().filter(|&&i| self.compiled.rules[i].ops.contains(&change.op)).count();
-        if matching == 0 {
-            return Ok(0);
-        }
-        let correlation = self.correlation_id(source, &change.tx);
-        // The CEL maps are built on first use: rules made of column references never need them.
-        let env = self.compiled.env.clone();
-        let input = Input::Change(change);
-        let lazy = LazyContext {
-            env: &env,
-            input,
-            with_tx: self.compiled.uses_tx,
-            mask: mask.as_deref(),
-            cell: OnceCell::new(),
-        };
-        for &i in indices.iter() {
-            if !self.compiled.rules[i].ops.contains(&change.op) {
-                continue;
-            }
-            let mut bufs = std::mem::take(&mut self.bufs);
-            let rule = &self.compiled.rules[i];
-            let result = match &rule.kind {
-                Kind::Outbox(ob) => ob.event(rule, &lazy, change, source, &correlation, &mut bufs),
-                _ => rule.event(&lazy, source, &correlation, &mut bufs),
-            };
-            self.bufs = bufs;
-            self.settle(i, result, input, source, out)?;
-        }
-        Ok(matching)
-    }
-
-    /// Runs the message rules of `message`'s prefix; appends events (and DLQ records) to `out`. Returns how many
-    /// rules matched the prefix.
-    pub fn apply_message(
-        &mut self,
-        message: &LogicalMessage,
-        source: &SourceInfo,
-        out: &mut Vec<Record>,
-    ) -> Result<usize, RuleFailure> {
-        let Some(indices) = self.compiled.by_prefix.get(&message.prefix).cloned() else { return Ok(0) };
-        let correlation = self.correlation_id(source, &message.tx);
-        let env = self.compiled.env.clone();
-        let input = Input::Message(message);
-        let lazy = LazyContext { env: &env, input, with_tx: self.compiled.uses_tx, mask: None, cell: OnceCell::new() };
-        for &i in &indices {
-            let mut bufs = std::mem::take(&mut self.bufs);
-            let result = self.compiled.rules[i].event(&lazy, source, &correlation, &mut bufs);
-            self.bufs = bufs;
-            self.settle(i, result, input, source, out)?;
-        }
-        Ok(indices.len())
-    }
-
-    /// Counts an event, or handles a failure as the rule's `on_error` says.
-    fn settle(
-        &mut self,
-        i: usize,
-        result: Result<Option<Record>, String>,
-        input: Input<'_>,
-        source: &SourceInfo,
-        out: &mut Vec<Record>,
-    ) -> Result<(), RuleFailure> {
-        match result {
-            Ok(Some(record)) => {
-                // librdkafka would refuse it (and stop the pipeline): the DLQ takes the change instead. Headers
-                // and framing count towards the limit too, hence the margin.
-                let size = record.payload.len()
-                    + record.key.as_ref().map_or(0, Vec::len)
-                    + record.headers.iter().map(|(k, v)| k.len() + v.as_str().len()).sum::<usize>();
-                if size + 512 > self.compiled.max_message_bytes {
-                    let reason = format!(
-                        "the event is {size} bytes, more than message.max.bytes ({}) allows; raise kafka.properties.message.max.bytes and the topic's max.message.bytes, or make data smaller",
-                        self.compiled.max_message_bytes
-                    );
-                    return self.fail(i, input, source, &reason, out);
-                }
-                self.stats[i].events += 1;
-                self.compiled.rules[i].events_counter.increment(1);
-                tracing::debug!(
-                    event_type = record.header("event-type").unwrap_or(""),
-                    event_id = record.header("event-id").unwrap_or(""),
-                    correlation_id = record.header("correlation-id").unwrap_or(""),
-                    topic = %record.topic,
-                    "event"
-                );
-                out.push(record);
-                Ok(())
-            }
-            Ok(None) => Ok(()),
-            Err(reason) => self.fail(i, input, source, &reason, out),
-        }
-    }
-
-    /// Indices of the rules of `table` and which columns CEL reads (`None` = all), cached per relation (a pointer
-    /// comparison per change).
-    fn rules_of(&mut self, table: &Arc<Table>) -> (Arc<[usize]>, Option<Arc<[bool]>>) {
-        if let Some(r) = self.by_relation.get(&table.oid) {
-            if Arc::ptr_eq(&r.table, table) {
-                return (r.rules.clone(), r.mask.clone());
-            }
-        }
-        let name = TableName { schema: table.schema.clone(), name: table.name.clone() };
-        let rules: Arc<[usize]> =
-            self.compiled.by_table.get(&name).map(|v| v.as_slice().into()).unwrap_or_else(|| Arc::from([]));
-        let mask: Option<Arc<[bool]>> = if rules.iter().any(|&i| self.compiled.rules[i].cel_whole_row) {
-            None
-        } else {
-            Some(
-                table
-                    .columns
-                    .iter()
-                    .map(|c| rules.iter().any(|&i| self.compiled.rules[i].cel_columns.contains(&c.name)))
-                    .collect(),
-            )
-        };
-        self.by_relation
-            .insert(table.oid, RelationRules { table: table.clone(), rules: rules.clone(), mask: mask.clone() });
-        (rules, mask)
-    }
-
-    /// The default `correlationId` of a transaction, computed once per transaction.
-    fn correlation_id(&mut self, source: &SourceInfo, tx: &TxMeta) -> Arc<str> {
-        match &self.correlation {
-            Some((lsn, id)) if *lsn == tx.commit_lsn => id.clone(),
-            _ => {
-                let id: Arc<str> = envelope::correlation_id(source, tx).to_string().into();
-                self.correlation = Some((tx.commit_lsn, id.clone()));
-                id
-            }
-        }
-    }
-
-    fn fail(
-        &mut self,
-        i: usize,
-        input: Input<'_>,
-        source: &SourceInfo,
-        reason: &str,
-        out: &mut Vec<Record>,
-    ) -> Result<(), RuleFailure> {
-        let rule = &self.compiled.rules[i];
-        let (table, lsn, op) = match input {
-            Input::Change(c) => (c.table.qualified_name(), c.lsn, c.op.as_str()),
-            Input::Message(m) => (format!("message {}", m.prefix), m.lsn, "message"),
-        };
-        match rule.on_error {
-            OnError::Fail => Err(RuleFailure { rule: rule.name.clone(), table, lsn, reason: reason.to_string() }),
-            OnError::Skip => {
-                self.stats[i].skipped += 1;
-                tracing::warn!(rule = %rule.name, table, lsn = %lsn, "rule failed; change skipped (on_error: skip): {reason}");
-                Ok(())
-            }
-            OnError::Dlq => {
-                self.stats[i].dlq += 1;
-                rule.dlq_counter.increment(1);
-                tracing::warn!(rule = %rule.name, table, lsn = %lsn, topic = %self.compiled.dlq_topic, "rule failed; change sent to the DLQ: {reason}");
-                let (key, payload) = match input {
-                    Input::Change(change) => match encode::raw_change(change, source) {
-                        Ok(kp) => kp,
-                        // Not even the raw change encodes: the DLQ record carries the reason and the position.
-                        Err(e) => (
-                            None,
-                            format!("{{\"error\":\"raw change not encodable: {}\"}}", e.to_string().replace('"', "'"))
-                                .into_bytes(),
-                        ),
-                    },
-                    Input::Message(m) => (None, message_json(m, source)),
-                };
-                out.push(Record {
-                    topic: self.compiled.dlq_topic.clone(),
-                    key,
-                    payload,
-                    headers: vec![
-                        ("content-type", HeaderValue::Static("application/json")),
-                        ("dlq-error", HeaderValue::Owned(reason.to_string())),
-                        ("dlq-rule", HeaderValue::Owned(format!("{} v{}", rule.name, rule.version))),
-                        ("source-table", HeaderValue::Owned(table)),
-                        ("source-lsn", HeaderValue::Owned(lsn.to_string())),
-                        ("op", HeaderValue::Static(op)),
-                    ],
-                    tombstone: false,
-                });
-                Ok(())
-            }
-        }
-    }
-}
-
 impl Rule {
     /// The topic, or the topic template of an outbox rule.
     fn topic_text(&self) -> String {
@@ -578,24 +297,6 @@ impl Rule {
             _ => self.topic.to_string(),
         }
     }
-}
-
-/// A logical decoding message as JSON for the DLQ: prefix, content (embedded when it is JSON), position.
-fn message_json(m: &LogicalMessage, source: &SourceInfo) -> Vec<u8> {
-    use crate::postgres::value::write_json_string;
-    let mut out = Vec::with_capacity(m.content.len() + 200);
-    out.extend_from_slice(b"{\"op\":\"message\",\"prefix\":");
-    write_json_string(&mut out, &m.prefix);
-    out.extend_from_slice(b",\"content\":");
-    encode::write_json_or_string(&mut out, &m.content);
-    out.extend_from_slice(b",\"source\":{\"system\":");
-    write_json_string(&mut out, &source.system);
-    out.extend_from_slice(b",\"database\":");
-    write_json_string(&mut out, &source.database);
-    out.extend_from_slice(
-        format!(",\"lsn\":\"{}\",\"commitLsn\":\"{}\",\"txId\":{}}}}}", m.lsn, m.tx.commit_lsn, m.tx.xid).as_bytes(),
-    );
-    out
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Unit tests of rule compilation and evaluation, on hand-built changes (the integration tests in
-//! `tests/pipeline.rs` run the same rules against PostgreSQL and the broker).
+//! `tests/pipeline/rules.rs` run the same rules against PostgreSQL and the broker).
 
 use std::sync::Arc;
 

@@ -21,8 +21,8 @@ use cel::objects::{Key, Map};
 use cel::Value;
 
 use crate::change::{Datum, Table};
+use crate::postgres::value::binary;
 use crate::postgres::value::{self, oid, write_json_string};
-use crate::postgres::value_binary;
 
 /// 2000-01-01T00:00:00Z (PostgreSQL's timestamp epoch) in Unix microseconds.
 const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
@@ -133,11 +133,8 @@ fn datum_to_val<'a>(
         _ => {}
     }
     scratch.clear();
-    let written = if binary {
-        value_binary::write_json(scratch, type_oid, bytes)
-    } else {
-        value::write_json(scratch, type_oid, bytes)
-    };
+    let written =
+        if binary { binary::write_json(scratch, type_oid, bytes) } else { value::write_json(scratch, type_oid, bytes) };
     written.map_err(|e| e.to_string())?;
     let json = std::str::from_utf8(scratch).map_err(|_| "not valid UTF-8".to_string())?;
     // Plain JSON strings without escapes (numeric, uuid, dates, enums, …): no parser needed.

@@ -77,7 +77,7 @@ impl SnapshotError {
             let code = e.code().map(|c| c.code().to_string());
             let transient = match &code {
                 None => true,
-                Some(c) => c.starts_with("08") || c.starts_with("57P") || c == "53300",
+                Some(c) => crate::postgres::sqlstate::is_transient(c),
             };
             let message = match e.as_db_error() {
                 Some(db) => format!("{} ({})", db.message(), db.code().code()),

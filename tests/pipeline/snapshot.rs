@@ -193,7 +193,7 @@ async fn composite_quoted_keys_and_initial_only_exits_zero() {
     let first = v.iter().find(|e| e["after"]["Order Id"] == 3 && e["after"]["line no"] == "l'7").unwrap();
     assert_eq!(first["after"]["Qty"], 21);
     assert_eq!(first["op"], "read");
-    assert!(keys.contains(&br#"{"Order Id":3,"line no":"l'7"}"#.to_vec()));
+    assert!(keys.contains(br#"{"Order Id":3,"line no":"l'7"}"#.as_slice()));
 
     // `ficus check` refuses what a first start refuses: a keyless table in the snapshot, with the fix.
     let (code, out) = crate::check(&snapshot_config(&s, &["public.nokey"], "  mode: initial\n"));

@@ -163,17 +163,14 @@ impl TestPostgres {
 
         let tcp_superuser = if opts.superuser_password.is_some() { "scram-sha-256" } else { "trust" };
         let mut hba: Vec<String> = opts.hba.clone();
-        hba.extend(
-            [
-                "local all all trust".to_string(),
-                "local replication all trust".to_string(),
-                format!("host all postgres 127.0.0.1/32 {tcp_superuser}"),
-                format!("host replication postgres 127.0.0.1/32 {tcp_superuser}"),
-                "host all all 127.0.0.1/32 scram-sha-256".to_string(),
-                "host replication all 127.0.0.1/32 scram-sha-256".to_string(),
-            ]
-            .into_iter(),
-        );
+        hba.extend([
+            "local all all trust".to_string(),
+            "local replication all trust".to_string(),
+            format!("host all postgres 127.0.0.1/32 {tcp_superuser}"),
+            format!("host replication postgres 127.0.0.1/32 {tcp_superuser}"),
+            "host all all 127.0.0.1/32 scram-sha-256".to_string(),
+            "host replication all 127.0.0.1/32 scram-sha-256".to_string(),
+        ]);
         std::fs::write(self.data.join("pg_hba.conf"), hba.join("\n") + "\n").expect("write pg_hba.conf");
 
         let mut conf = String::from("\n# ficus test harness\n");

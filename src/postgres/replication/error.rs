@@ -49,9 +49,7 @@ impl ReplicationError {
                 // rustls reports certificate and protocol problems as InvalidData; everything else is the network.
                 source.kind() != std::io::ErrorKind::InvalidData
             }
-            ReplicationError::Server { sqlstate, .. } => {
-                sqlstate.starts_with("08") || sqlstate.starts_with("57P0") || sqlstate == "55006" || sqlstate == "53300"
-            }
+            ReplicationError::Server { sqlstate, .. } => crate::postgres::sqlstate::is_transient(sqlstate),
             ReplicationError::Tls(_) | ReplicationError::Auth { .. } | ReplicationError::Protocol(_) => false,
         }
     }

@@ -10,16 +10,16 @@
 //! The mapping mirrors PostgreSQL's own output functions under the session settings ficus sets: floats in
 //! shortest round-trip form with PostgreSQL's exponent thresholds, numeric as an exact decimal string, dates and
 //! timestamps in ISO form with trailing fractional zeros trimmed and astronomical years (`-0043`, `+10000`). A test in
-//! `tests/pipeline.rs` streams the same rows in both modes and asserts identical events.
+//! `tests/pipeline/core.rs` (`binary_values_match_text_values_and_new_types_fall_back_to_text`) streams the same rows in
+//! both modes and asserts identical events.
 //!
 //! **Guarantees:** [`write_json`] appends exactly one JSON value or returns a [`ValueError`] and leaves the buffer
 //! as it was; truncated or malformed bytes never panic. Errors name the type OID, never the value.
 
 use std::io::Write as _;
 
-use super::value::{
-    self, append_base64, civil_from_days, oid, push_digits, validate_json, write_json_string, ValueError,
-};
+use super as value;
+use super::{append_base64, civil_from_days, oid, push_digits, validate_json, write_json_string, ValueError};
 
 /// Whether ficus can map binary values of `type_oid` (scalars below, and arrays of them).
 pub fn supports(type_oid: u32) -> bool {
@@ -291,9 +291,15 @@ fn write_numeric(out: &mut Vec<u8>, b: &[u8]) -> Result<(), &'static str> {
         return Err("numeric length does not match its digit count");
     }
     match sign {
-        NUMERIC_NAN => return Ok(write_json_string(out, "NaN")),
-        NUMERIC_PINF => return Ok(write_json_string(out, "Infinity")),
-        NUMERIC_NINF => return Ok(write_json_string(out, "-Infinity")),
+        NUMERIC_NAN | NUMERIC_PINF | NUMERIC_NINF => {
+            let special = match sign {
+                NUMERIC_NAN => "NaN",
+                NUMERIC_PINF => "Infinity",
+                _ => "-Infinity",
+            };
+            write_json_string(out, special);
+            return Ok(());
+        }
         NUMERIC_POS | NUMERIC_NEG => {}
         _ => return Err("invalid numeric sign"),
     }
@@ -420,154 +426,5 @@ fn nest(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn json(oid: u32, data: &[u8]) -> String {
-        let mut out = Vec::new();
-        write_json(&mut out, oid, data).unwrap();
-        String::from_utf8(out).unwrap()
-    }
-
-    fn float8(v: f64) -> String {
-        json(oid::FLOAT8, &v.to_be_bytes())
-    }
-
-    #[test]
-    fn floats_match_postgres_output() {
-        for (v, pg) in [
-            (0.0, "0"),
-            (-0.0, "-0"),
-            (1.0, "1"),
-            (1.5, "1.5"),
-            (0.1, "0.1"),
-            (0.0001, "0.0001"),
-            (0.00001, "1e-05"),
-            (1.5e-7, "1.5e-07"),
-            (123456789012345.0, "123456789012345"),
-            (1e15, "1e+15"),
-            (1.2345e100, "1.2345e+100"),
-            (f64::MAX, "1.7976931348623157e+308"),
-            (5e-324, "5e-324"),
-            (-2.5, "-2.5"),
-        ] {
-            assert_eq!(float8(v), pg, "{v}");
-        }
-        assert_eq!(json(oid::FLOAT4, &0.1f32.to_be_bytes()), "0.1");
-        assert_eq!(json(oid::FLOAT4, &123456.0f32.to_be_bytes()), "123456");
-        assert_eq!(json(oid::FLOAT4, &1234567.0f32.to_be_bytes()), "1.234567e+06");
-        assert_eq!(float8(f64::NAN), "\"NaN\"");
-        assert_eq!(float8(f64::NEG_INFINITY), "\"-Infinity\"");
-    }
-
-    fn numeric(ndigits: &[u16], weight: i16, sign: u16, dscale: u16) -> Vec<u8> {
-        let mut b = Vec::new();
-        b.extend_from_slice(&(ndigits.len() as u16).to_be_bytes());
-        b.extend_from_slice(&weight.to_be_bytes());
-        b.extend_from_slice(&sign.to_be_bytes());
-        b.extend_from_slice(&dscale.to_be_bytes());
-        for d in ndigits {
-            b.extend_from_slice(&d.to_be_bytes());
-        }
-        b
-    }
-
-    #[test]
-    fn numeric_is_exact() {
-        // 12345.678 = groups [1, 2345, 6780], weight 1, dscale 3
-        assert_eq!(json(oid::NUMERIC, &numeric(&[1, 2345, 6780], 1, NUMERIC_POS, 3)), "\"12345.678\"");
-        assert_eq!(json(oid::NUMERIC, &numeric(&[1, 2345, 6780], 1, NUMERIC_NEG, 3)), "\"-12345.678\"");
-        // 0.00012 = groups [1, 2000] at weight -1, dscale 5
-        assert_eq!(json(oid::NUMERIC, &numeric(&[1, 2000], -1, NUMERIC_POS, 5)), "\"0.00012\"");
-        // 0.0000001 (weight -2)
-        assert_eq!(json(oid::NUMERIC, &numeric(&[10], -2, NUMERIC_POS, 7)), "\"0.0000001\"");
-        // 10000000 with trailing zero groups stripped, scale 2
-        assert_eq!(json(oid::NUMERIC, &numeric(&[1000], 1, NUMERIC_POS, 2)), "\"10000000.00\"");
-        assert_eq!(json(oid::NUMERIC, &numeric(&[], 0, NUMERIC_POS, 0)), "\"0\"");
-        assert_eq!(json(oid::NUMERIC, &numeric(&[], 0, NUMERIC_POS, 3)), "\"0.000\"");
-        assert_eq!(json(oid::NUMERIC, &numeric(&[], 0, NUMERIC_NAN, 0)), "\"NaN\"");
-        assert_eq!(json(oid::NUMERIC, &numeric(&[], 0, NUMERIC_NINF, 0)), "\"-Infinity\"");
-    }
-
-    #[test]
-    fn dates_and_timestamps() {
-        assert_eq!(json(oid::DATE, &0i32.to_be_bytes()), "\"2000-01-01\"");
-        assert_eq!(json(oid::DATE, &(-730_120i32).to_be_bytes()), "\"0000-12-31\"");
-        assert_eq!(json(oid::DATE, &i32::MAX.to_be_bytes()), "\"infinity\"");
-        let ts = 849_254_400_123_450i64; // 2026-11-29 08:00:00.12345 since 2000-01-01
-        assert_eq!(json(oid::TIMESTAMPTZ, &ts.to_be_bytes()), "\"2026-11-29T08:00:00.12345Z\"");
-        assert_eq!(json(oid::TIMESTAMP, &0i64.to_be_bytes()), "\"2000-01-01T00:00:00\"");
-        assert_eq!(json(oid::TIMESTAMP, &(-1i64).to_be_bytes()), "\"1999-12-31T23:59:59.999999\"");
-        assert_eq!(json(oid::TIMESTAMPTZ, &i64::MIN.to_be_bytes()), "\"-infinity\"");
-        assert_eq!(json(oid::TIME, &45_296_500_000i64.to_be_bytes()), "\"12:34:56.5\"");
-    }
-
-    #[test]
-    fn scalars() {
-        assert_eq!(json(oid::BOOL, &[1]), "true");
-        assert_eq!(json(oid::INT2, &(-7i16).to_be_bytes()), "-7");
-        assert_eq!(json(oid::INT8, &i64::MIN.to_be_bytes()), "-9223372036854775808");
-        assert_eq!(json(oid::TEXT, "héllo \"q\"".as_bytes()), "\"héllo \\\"q\\\"\"");
-        assert_eq!(json(oid::JSONB, b"\x01{\"a\": 1}"), "{\"a\": 1}");
-        assert_eq!(json(oid::BYTEA, &[0, 1, 2, 255]), "\"AAEC/w==\"");
-        let uuid = [0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0];
-        assert_eq!(json(oid::UUID, &uuid), "\"12345678-9abc-def0-1234-56789abcdef0\"");
-    }
-
-    fn int4_array(dims: &[i32], elems: &[Option<i32>]) -> Vec<u8> {
-        let mut b = Vec::new();
-        b.extend_from_slice(&(dims.len() as i32).to_be_bytes());
-        b.extend_from_slice(&(elems.iter().any(Option::is_none) as i32).to_be_bytes());
-        b.extend_from_slice(&oid::INT4.to_be_bytes());
-        for d in dims {
-            b.extend_from_slice(&d.to_be_bytes());
-            b.extend_from_slice(&1i32.to_be_bytes());
-        }
-        for e in elems {
-            match e {
-                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
-                Some(v) => {
-                    b.extend_from_slice(&4i32.to_be_bytes());
-                    b.extend_from_slice(&v.to_be_bytes());
-                }
-            }
-        }
-        b
-    }
-
-    #[test]
-    fn arrays_nest() {
-        assert_eq!(json(1007, &int4_array(&[3], &[Some(1), None, Some(3)])), "[1,null,3]");
-        assert_eq!(json(1007, &int4_array(&[2, 2], &[Some(1), Some(2), Some(3), Some(4)])), "[[1,2],[3,4]]");
-        assert_eq!(json(1007, &int4_array(&[], &[])), "[]");
-    }
-
-    #[test]
-    fn malformed_bytes_are_errors_and_leave_the_buffer_alone() {
-        let mut out = b"prefix".to_vec();
-        for (oid, data) in [
-            (oid::INT4, &b"\x00\x01"[..]),
-            (oid::BOOL, b"\x02"),
-            (oid::NUMERIC, b"\x00\x02\x00\x00\x00\x00\x00\x00\x00\x01"),
-            (oid::NUMERIC, b"\x00\x01\x00\x00\x00\x00\x00\x00\x27\x10"),
-            (oid::JSONB, b"\x02{}"),
-            (oid::TEXT, b"\xff"),
-            (oid::TIME, &(-1i64).to_be_bytes()),
-            (1007, b"\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x17\x7f\xff\xff\xff\x00\x00\x00\x01"),
-            (1007, &int4_array(&[3], &[Some(1)])),
-            (oid::INTERVAL, b"\x00"),
-        ] {
-            assert!(write_json(&mut out, oid, data).is_err(), "{oid} {data:?}");
-            assert_eq!(out, b"prefix");
-        }
-        // Fuzz-style: every prefix of valid values, and garbage, never panics.
-        let valid = int4_array(&[2, 2], &[Some(1), None, Some(3), Some(4)]);
-        for n in 0..valid.len() {
-            let _ = write_json(&mut out, 1007, &valid[..n]);
-        }
-        let num = numeric(&[1, 2345, 6780], 1, NUMERIC_POS, 3);
-        for n in 0..num.len() {
-            let _ = write_json(&mut out, oid::NUMERIC, &num[..n]);
-        }
-    }
-}
+#[path = "binary_tests.rs"]
+mod tests;

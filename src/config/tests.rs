@@ -1,0 +1,173 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+source:
+  url: postgres://ficus:${PGPASSWORD}@127.0.0.1:5432/shop
+  tables: [public.orders, 'legacy."Order Lines"']
+kafka:
+  brokers: 127.0.0.1:9092
+  properties: {compression.type: lz4, linger.ms: 5}
+changes:
+  tables: ["*"]
+"#;
+
+fn env(name: &str) -> Option<String> {
+    (name == "PGPASSWORD").then(|| "s3cr#t: 'x'".to_string())
+}
+
+#[test]
+fn loads_minimal_config_with_defaults_and_env() {
+    let c = Config::from_yaml(MINIMAL, &env).unwrap();
+    assert_eq!(c.source.url, "postgres://ficus:s3cr#t: 'x'@127.0.0.1:5432/shop");
+    assert_eq!(c.source.slot, "ficus");
+    assert_eq!(c.changes.topic_prefix, "ficus");
+    assert_eq!(c.kafka.properties["linger.ms"].to_string(), "5");
+    let tables = c.captured_tables().unwrap();
+    assert_eq!(tables[1], TableName { schema: "legacy".into(), name: "Order Lines".into() });
+    assert!(c.publishes_changes_of(&tables[1]));
+}
+
+#[test]
+fn env_defaults_apply_when_unset_or_empty() {
+    let lookup = |name: &str| match name {
+        "SET" => Some("x".to_string()),
+        "EMPTY" => Some(String::new()),
+        _ => None,
+    };
+    assert_eq!(interpolate_env("${SET:-d}|${EMPTY:-d}|${UNSET:-5432}|${UNSET:-}", &lookup).unwrap(), "x|d|5432|");
+    assert_eq!(interpolate_env("${EMPTY}", &lookup).unwrap(), "");
+    assert!(interpolate_env("${UNSET}", &lookup).unwrap_err().contains("UNSET is not set"));
+}
+
+#[test]
+fn tables_whose_raw_topics_collide_are_refused_naming_both() {
+    let text =
+        MINIMAL.replace(r#"tables: [public.orders, 'legacy."Order Lines"']"#, r#"tables: ['a."b.c"', '"a.b".c']"#);
+    let err = Config::from_yaml(&text, &env).unwrap_err().to_string();
+    assert!(err.contains("changes.tables") && err.contains(r#""a"."b.c""#) && err.contains(r#""a.b"."c""#), "{err}");
+    assert!(err.contains("ficus.a.b.c"), "{err}");
+    // Only tables published raw count: with one of them left out of changes.tables there is no collision.
+    let one = text.replace(r#"tables: ["*"]"#, r#"tables: ['a."b.c"']"#);
+    Config::from_yaml(&one, &env).unwrap();
+}
+
+#[test]
+fn unknown_key_is_reported_with_its_path() {
+    let text = MINIMAL.replace("  properties:", "  propertis:");
+    let err = Config::from_yaml(&text, &env).unwrap_err().to_string();
+    assert!(err.starts_with("kafka.propertis"), "{err}");
+    assert!(err.contains("unknown field"), "{err}");
+}
+
+#[test]
+fn missing_env_var_names_key_and_variable() {
+    let err = Config::from_yaml(MINIMAL, &|_| None).unwrap_err().to_string();
+    assert!(err.contains("source.url") && err.contains("PGPASSWORD"), "{err}");
+}
+
+#[test]
+fn wrong_type_names_the_key() {
+    let text = MINIMAL.replace("tables: [public.orders, 'legacy.\"Order Lines\"']", "tables: 5");
+    let err = Config::from_yaml(&text, &env).unwrap_err().to_string();
+    assert!(err.starts_with("source.tables"), "{err}");
+}
+
+#[test]
+fn changes_table_must_be_captured() {
+    let text = MINIMAL.replace("tables: [\"*\"]", "tables: [public.customers]");
+    let err = Config::from_yaml(&text, &env).unwrap_err().to_string();
+    assert!(err.starts_with("changes.tables[0]"), "{err}");
+}
+
+#[test]
+fn yaml_errors_give_the_position_but_never_the_text_around_it() {
+    let secret_near = MINIMAL
+        .replace("  tables: [public", "  url2: postgres://ficus:pwSECRET1@h/db\n   x: [unclosed\n  tables: [public");
+    let unterminated = MINIMAL.replace("url: postgres://ficus:${PGPASSWORD}@", "url: \"postgres://ficus:pwSECRET2@");
+    let tab = MINIMAL.replace("  tables: [public", "\ttables: [public").replace("${PGPASSWORD}", "pwSECRET3");
+    let bad_escape =
+        MINIMAL.replace("url: postgres://ficus:${PGPASSWORD}@127.0.0.1:5432/shop", "url: \"pwSECRET4\\q\"");
+    for text in [secret_near, unterminated, tab, bad_escape] {
+        let err = Config::from_yaml(&text, &env).expect_err(&text).to_string();
+        assert!(!err.contains("SECRET") && !err.contains("postgres://"), "{err}");
+        assert!(err.starts_with("config is not valid YAML: line "), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+    }
+}
+
+#[test]
+fn topic_names_and_listen_addresses_are_checked_at_load() {
+    for (from, to, key) in [
+        ("  tables: [\"*\"]", "  tables: [\"*\"]\n  topic_prefix: '..'", "changes.topic_prefix"),
+        ("  tables: [\"*\"]", "  tables: [\"*\"]\n  topic_prefix: 'a/b'", "changes.topic_prefix"),
+        ("  brokers: 127.0.0.1:9092", "  brokers: 127.0.0.1:9092\n  dlq_topic: '.'", "kafka.dlq_topic"),
+        ("  brokers: 127.0.0.1:9092", "  brokers: 127.0.0.1:9092\n  checkpoint_topic: x y", "kafka.checkpoint_topic"),
+    ] {
+        let err = Config::from_yaml(&MINIMAL.replace(from, to), &env).unwrap_err().to_string();
+        assert!(err.starts_with(key) && err.contains("[a-zA-Z0-9._-]"), "{err}");
+    }
+    assert!(!is_topic_name(&"a".repeat(250)) && is_topic_name(&"a".repeat(249)) && is_topic_name("a..b"));
+    let with_listen = |l: &str| Config::from_yaml(&format!("{MINIMAL}health:\n  listen: {l}\n"), &env);
+    let c = with_listen("localhost:8080").unwrap();
+    let addr = c.health.listen.unwrap();
+    assert!(addr.ip().is_loopback() && addr.port() == 8080, "{addr}");
+    assert_eq!(with_listen("0.0.0.0:9000").unwrap().health.listen.unwrap().to_string(), "0.0.0.0:9000");
+    assert_eq!(with_listen("'[::1]:9000'").unwrap().health.listen.unwrap().to_string(), "[::1]:9000");
+    for bad in ["localhost", "8080", "localhost:http", "no-such-host.invalid:80"] {
+        let err = with_listen(bad).unwrap_err().to_string();
+        assert!(err.starts_with("health.listen: ") && err.contains("HOST:PORT"), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn wrong_shapes_are_described_without_rust_type_names() {
+    let text = MINIMAL.replace("linger.ms: 5}", "linger.ms: [5]}");
+    let err = Config::from_yaml(&text, &env).unwrap_err().to_string();
+    assert!(err.starts_with("kafka.properties.linger.ms") && err.contains("string, number or boolean"), "{err}");
+    assert!(!err.contains("untagged") && !err.contains("Scalar"), "{err}");
+    let rule = |on: &str| {
+        format!("{MINIMAL}events:\n  - {{name: A, table: public.orders, on: {on}, key: string(new.id), topic: t}}\n")
+    };
+    for on in ["updat", "[insert, updat]"] {
+        let err = Config::from_yaml(&rule(on), &env).unwrap_err().to_string();
+        assert!(err.starts_with("events[0].on") && err.contains("updat") && err.contains("update"), "{err}");
+        assert!(!err.contains("untagged") && !err.contains("OneOrMany"), "{err}");
+    }
+    Config::from_yaml(&rule("[insert, update]"), &env).unwrap();
+    Config::from_yaml(&rule("delete"), &env).unwrap();
+}
+
+#[test]
+fn debug_output_holds_no_secret() {
+    let text = MINIMAL.replace("linger.ms: 5}", "linger.ms: 5, sasl.password: kSECRET}");
+    let c = Config::from_yaml(&text, &env).unwrap();
+    let debug = format!("{c:?}");
+    assert!(!debug.contains("s3cr") && !debug.contains("kSECRET"), "{debug}");
+    assert!(debug.contains("postgres://ficus:***@127.0.0.1:5432/shop") && debug.contains("sasl.password"), "{debug}");
+}
+
+#[test]
+fn table_names_parse_like_sql() {
+    assert_eq!(TableName::parse("Orders").unwrap(), TableName { schema: "public".into(), name: "orders".into() });
+    let t = TableName::parse(r#""We""ird"."Order Lines""#).unwrap();
+    assert_eq!(t.schema, "We\"ird");
+    assert_eq!(t.quoted(), r#""We""ird"."Order Lines""#);
+    for bad in ["", "a.b.c", "a..b", "\"open", "has space", "a.\"b\"x"] {
+        assert!(TableName::parse(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn interpolation_edge_cases() {
+    let l = |n: &str| (n == "A").then(|| "1".to_string());
+    assert_eq!(interpolate_env("x${A}y$$z$", &l).unwrap(), "x1y$z$");
+    assert!(interpolate_env("${A", &l).is_err());
+    assert!(interpolate_env("${B}", &l).is_err());
+    assert!(interpolate_env("${A-B}", &l).is_err());
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("pw");
+    std::fs::write(&secret, "s3cr3t\n").unwrap();
+    assert_eq!(interpolate_env(&format!("u:${{file:{}}}@h", secret.display()), &l).unwrap(), "u:s3cr3t@h");
+    let err = interpolate_env("${file:/nonexistent/pw}", &l).unwrap_err();
+    assert!(err.contains("/nonexistent/pw"), "{err}");
+}

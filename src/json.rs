@@ -1,0 +1,198 @@
+//! JSON primitives shared by the encoders, the rules' DLQ records and the dry-run printer: string escaping
+//! ([`write_json_string`]) and a validating scanner ([`validate_json`]) for JSON text that is embedded as is.
+//! The bottom floor: imports nothing from the crate.
+//!
+//! **Guarantee:** [`write_json_string`] writes a valid JSON string for any `&str`; [`validate_json`] accepts exactly
+//! one JSON value (RFC 8259) and never panics on any input.
+
+/// Appends `s` as a JSON string literal (quotes, backslash, and control characters escaped; other Unicode kept).
+pub fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape = ESCAPE[usize::from(b)];
+        if escape == 0 {
+            continue;
+        }
+        out.extend_from_slice(&bytes[start..i]);
+        if escape == b'u' {
+            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+        } else {
+            out.extend_from_slice(&[b'\\', escape]);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// For each byte: 0 = copy, `u` = `\u00XX`, otherwise the character after the backslash.
+static ESCAPE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        table[i] = b'u';
+        i += 1;
+    }
+    table[0x08] = b'b';
+    table[0x09] = b't';
+    table[0x0a] = b'n';
+    table[0x0c] = b'f';
+    table[0x0d] = b'r';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table
+};
+
+/// Length of the JSON number at the start of `b`, if one starts there.
+pub(crate) fn json_number_len(b: &[u8]) -> Option<usize> {
+    let digits = |from: usize| b.get(from..).map_or(0, |r| r.iter().take_while(|c| c.is_ascii_digit()).count());
+    let mut i = usize::from(b.first() == Some(&b'-'));
+    match b.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => i += digits(i),
+        _ => return None,
+    }
+    if b.get(i) == Some(&b'.') {
+        let n = digits(i + 1);
+        if n == 0 {
+            return None;
+        }
+        i += 1 + n;
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let n = digits(i);
+        if n == 0 {
+            return None;
+        }
+        i += n;
+    }
+    Some(i)
+}
+
+/// Checks RFC 8259 syntax without recursion (jsonb nests as deep as the server's stack allows) and without
+/// converting numbers (jsonb numbers are arbitrary-precision numerics).
+pub(crate) fn validate_json(b: &[u8]) -> Result<(), &'static str> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum State {
+        Value,
+        FirstElement,
+        FirstKey,
+        Key,
+        After,
+    }
+    let mut containers: Vec<bool> = Vec::new(); // true = object
+    let mut state = State::Value;
+    let mut i = 0;
+    loop {
+        i = skip_json_ws(b, i);
+        let c = b.get(i).copied();
+        match state {
+            State::Value | State::FirstElement => {
+                let c = c.ok_or("unexpected end of JSON")?;
+                if state == State::FirstElement && c == b']' {
+                    containers.pop();
+                    i += 1;
+                    state = State::After;
+                    continue;
+                }
+                match c {
+                    b'{' => {
+                        containers.push(true);
+                        i += 1;
+                        state = State::FirstKey;
+                        continue;
+                    }
+                    b'[' => {
+                        containers.push(false);
+                        i += 1;
+                        state = State::FirstElement;
+                        continue;
+                    }
+                    b'"' => i = json_string_end(b, i)?,
+                    b't' => i = json_literal_end(b, i, b"true")?,
+                    b'f' => i = json_literal_end(b, i, b"false")?,
+                    b'n' => i = json_literal_end(b, i, b"null")?,
+                    _ => i += b.get(i..).and_then(json_number_len).ok_or("invalid JSON value")?,
+                }
+                state = State::After;
+            }
+            State::FirstKey | State::Key => {
+                match c {
+                    Some(b'}') if state == State::FirstKey => {
+                        containers.pop();
+                        i += 1;
+                        state = State::After;
+                        continue;
+                    }
+                    Some(b'"') => i = json_string_end(b, i)?,
+                    _ => return Err("expected a JSON object key"),
+                }
+                i = skip_json_ws(b, i);
+                if b.get(i) != Some(&b':') {
+                    return Err("expected ':' after a JSON object key");
+                }
+                i += 1;
+                state = State::Value;
+            }
+            State::After => {
+                let Some(&is_object) = containers.last() else {
+                    return if i == b.len() { Ok(()) } else { Err("trailing characters after JSON value") };
+                };
+                match (c, is_object) {
+                    (Some(b','), true) => state = State::Key,
+                    (Some(b','), false) => state = State::Value,
+                    (Some(b'}'), true) | (Some(b']'), false) => {
+                        containers.pop();
+                    }
+                    (None, _) => return Err("unexpected end of JSON"),
+                    _ => return Err("expected ',' or a closing bracket in JSON"),
+                }
+                i += 1;
+            }
+        }
+    }
+}
+
+fn skip_json_ws(b: &[u8], mut i: usize) -> usize {
+    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+fn json_literal_end(b: &[u8], i: usize, literal: &[u8]) -> Result<usize, &'static str> {
+    match b.get(i..i + literal.len()) {
+        Some(found) if found == literal => Ok(i + literal.len()),
+        _ => Err("invalid JSON literal"),
+    }
+}
+
+/// `b[i]` is the opening quote; returns the index after the closing quote.
+fn json_string_end(b: &[u8], i: usize) -> Result<usize, &'static str> {
+    let mut j = i + 1;
+    loop {
+        match b.get(j) {
+            None => return Err("unterminated JSON string"),
+            Some(b'"') => return Ok(j + 1),
+            Some(b'\\') => match b.get(j + 1) {
+                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => j += 2,
+                Some(b'u') => match b.get(j + 2..j + 6) {
+                    Some(hex) if hex.iter().all(u8::is_ascii_hexdigit) => j += 6,
+                    _ => return Err("invalid \\u escape in JSON string"),
+                },
+                _ => return Err("invalid escape in JSON string"),
+            },
+            Some(0..=0x1f) => return Err("control character in JSON string"),
+            Some(_) => j += 1,
+        }
+    }
+}
