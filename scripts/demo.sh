@@ -76,8 +76,8 @@ sed "s|listen: 0.0.0.0:8080|listen: 127.0.0.1:$health_port|" config/shop.yaml >"
 (cd "$work/ficus" && PGPASSWORD=ficus FICUS_PG_HOST=127.0.0.1 FICUS_PG_PORT=$pg_port FICUS_KAFKA=127.0.0.1:$kafka_port \
     RUST_LOG=info exec "$ficus" run --config shop.yaml) >"$work/ficus.log" 2>&1 &
 pids+=($!); disown
-for _ in $(seq 300); do grep -q "ficus::pipeline: streaming" "$work/ficus.log" && break; sleep 0.1; done
-grep -q "ficus::pipeline: streaming" "$work/ficus.log" || { echo "demo: ficus did not start:" >&2; cat "$work/ficus.log" >&2; exit 1; }
+for _ in $(seq 300); do grep -q "ficus::pipeline::session: streaming" "$work/ficus.log" && break; sleep 0.1; done
+grep -q "ficus::pipeline::session: streaming" "$work/ficus.log" || { echo "demo: ficus did not start:" >&2; cat "$work/ficus.log" >&2; exit 1; }
 
 echo "demo: workload writing legacy rows (docker/workload.sh)"
 bash docker/workload.sh >"$work/workload.log" 2>&1 &

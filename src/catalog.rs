@@ -5,6 +5,8 @@
 //! database and leaves the types of column references open (`{}`). Domains are typed as their base type and arrays
 //! of non-builtin types as arrays, as the value mapping publishes them.
 
+pub mod compare;
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 

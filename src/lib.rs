@@ -18,7 +18,7 @@
 //! 3. [`postgres`] — the PostgreSQL client: replication protocol, pgoutput decoder, values, catalog reads, writes.
 //! 4. [`source`], [`encode`], [`rules`], [`snapshot`], [`kafka`] — the stages.
 //! 5. [`router`] — one change in, its Kafka records out.
-//! 6. [`check`], [`catalog`], [`backfill`], [`healthcheck`] — the commands built from the stages.
+//! 6. [`check`], [`catalog`], [`backfill`], [`healthcheck`], [`dlq`] — the commands built from the stages.
 //! 7. [`pipeline`] — wiring: `run(config, rules, options, shutdown)`.
 
 pub mod backfill;
@@ -27,6 +27,7 @@ pub mod change;
 pub mod check;
 pub(crate) mod checkpoint;
 pub mod config;
+pub mod dlq;
 pub(crate) mod encode;
 pub(crate) mod health;
 pub mod healthcheck;

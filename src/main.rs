@@ -57,6 +57,10 @@ enum Command {
         offline: bool,
         #[arg(long, value_enum, default_value_t = CatalogFormat::Markdown)]
         format: CatalogFormat,
+        /// Schema evolution guard: compare with an earlier `ficus catalog --format json` instead of printing the
+        /// catalog. Exit 2 when an event type keeps its version but its `data` changed incompatibly.
+        #[arg(long, value_name = "PREVIOUS.json")]
+        compare: Option<PathBuf>,
     },
     /// Re-snapshot one table while ficus runs: writes a request into the WAL that the instance streaming the
     /// configured slot takes up in stream order (at once if it runs, else when it starts). Exit 2 if the request is
@@ -81,6 +85,11 @@ enum Command {
         url: Option<String>,
         #[arg(long, default_value_t = 2)]
         timeout_secs: u64,
+    },
+    /// The dead-letter topic: list and show its records, replay them through the current rules once a rule is fixed.
+    Dlq {
+        #[command(subcommand)]
+        command: ficus::dlq::cli::DlqCommand,
     },
 }
 
@@ -216,6 +225,7 @@ async fn async_main() -> ExitCode {
         | Command::Check { config }
         | Command::Catalog { config, .. }
         | Command::Backfill { config, .. } => config,
+        Command::Dlq { command } => command.config(),
     };
     let (config, rules) = match load(path) {
         Ok(loaded) => loaded,
@@ -237,6 +247,15 @@ async fn async_main() -> ExitCode {
                     tracing::error!("{e}");
                     eprintln!("error: {e}");
                     ExitCode::from(e.exit_code() as u8)
+                }
+            }
+        }
+        Command::Catalog { offline, compare: Some(previous), .. } => {
+            match ficus::catalog::build(&config, &rules, offline).await {
+                Ok(entries) => ExitCode::from(ficus::catalog::compare::run(&previous, &entries)),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
                 }
             }
         }
@@ -270,6 +289,7 @@ async fn async_main() -> ExitCode {
                 }
             }
         }
+        Command::Dlq { command } => ExitCode::from(ficus::dlq::cli::run(command, &config, &rules).await),
         Command::Check { .. } => {
             let report = ficus::check::run(&config, &rules).await;
             print!("{report}");

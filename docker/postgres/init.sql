@@ -37,6 +37,9 @@ CREATE TABLE legacy."Order Lines" (
     unit_cents  integer NOT NULL,
     PRIMARY KEY ("OrderId", "LineNo")
 );
+-- Full before-images here too: the raw change events of its updates and deletes carry the whole old line, not only
+-- the key (and `ficus check` has nothing to warn about on a clean start).
+ALTER TABLE legacy."Order Lines" REPLICA IDENTITY FULL;
 
 -- Least privilege: ficus reads the captured tables and owns its publication.
 GRANT SELECT ON public.customers, public.orders TO ficus;

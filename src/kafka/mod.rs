@@ -30,6 +30,7 @@ use crate::record::Record;
 
 pub mod checkpoint_topic;
 pub mod exactly_once;
+pub mod read;
 
 /// Defaults users may override.
 const DEFAULTS: &[(&str, &str)] = &[

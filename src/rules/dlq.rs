@@ -75,7 +75,15 @@ pub(super) fn message_json(m: &LogicalMessage, source: &SourceInfo) -> Vec<u8> {
     out.extend_from_slice(b",\"database\":");
     write_json_string(&mut out, &source.database);
     out.extend_from_slice(
-        format!(",\"lsn\":\"{}\",\"commitLsn\":\"{}\",\"txId\":{}}}}}", m.lsn, m.tx.commit_lsn, m.tx.xid).as_bytes(),
+        format!(
+            ",\"lsn\":\"{}\",\"commitLsn\":\"{}\",\"position\":{},\"txId\":{},\"commitTime\":\"{}\"}}}}",
+            m.lsn,
+            m.tx.commit_lsn,
+            m.position,
+            m.tx.xid,
+            crate::postgres::value::format_unix_micros(m.tx.commit_time_us)
+        )
+        .as_bytes(),
     );
     out
 }

@@ -9,7 +9,10 @@ mod container;
 mod contract;
 mod core;
 mod differential;
+mod dlq;
+mod evolution;
 mod exactly_once;
+mod example;
 mod faults;
 mod lifecycle;
 mod observability;
@@ -480,7 +483,7 @@ pub(crate) const WAIT: Duration = Duration::from_secs(60);
 
 /// The structured log line ficus writes when a replication stream starts (`streaming slot=… lsn=…`). Tests wait for
 /// this, not for the bare word "streaming", which other lines may contain too.
-pub(crate) const STREAMING: &str = "ficus::pipeline: streaming slot=";
+pub(crate) const STREAMING: &str = "ficus::pipeline::session: streaming slot=";
 
 /// The slot guard: once a test's `Setup` is gone, its database has no replication slot left — also when ficus was
 /// killed a moment before (its walsender may still hold the slot) and for slots the test made itself.
