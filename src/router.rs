@@ -289,6 +289,8 @@ impl Router {
         // DLQ records carry the raw change event of the change: masked as raw events are.
         if let Some(masked) = &masked {
             for record in out[rules_start..].iter_mut().filter(|r| r.header("dlq-rule").is_some()) {
+                // `ficus dlq replay` must not build events from masked values.
+                record.headers.push(("dlq-masked", HeaderValue::Static("true")));
                 (record.key, record.payload) = match encode::raw_change(masked, source) {
                     Ok(kp) => kp,
                     // Never the unmasked event: the reason only, as for a change that does not encode at all.

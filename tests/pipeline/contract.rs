@@ -612,10 +612,23 @@ async fn masked_columns_never_reach_the_topic_the_dlq_or_the_dry_run() {
     let dlq_event = &values(&dead)[0];
     assert_eq!(dlq_event["after"]["email"], hash("bob@private.example"));
     assert_eq!(dlq_event["after"]["full_name"], "***");
+    assert_eq!(header(&dead[0], "dlq-masked"), Some("true"));
     // Rules see the real values (masking is for raw events).
     let coded = values(&s.read_all_confirmed(&f, &topic).await);
     assert!(coded.iter().any(|e| e["email"] == "anne.k@private.example"), "{coded:?}");
     assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+    // `ficus dlq replay` does not build events from masked values: the record is reported as not replayable.
+    let (_dir, path) = Ficus::dir_config(&config);
+    let out = Command::new(support::ficus_bin())
+        .args(["dlq", "replay", "--dry-run", "--format", "json", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(report.len(), 1, "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(report[0]["outcome"], "not-replayable", "{}", report[0]);
+    assert!(report[0]["reason"].as_str().unwrap().contains("masked"), "{}", report[0]);
 
     // The dry run prints what would be published: masked too (snapshot rows and streamed changes).
     let dry_config = config.replace(&s.kafka.brokers(), "127.0.0.1:9");
