@@ -26,14 +26,15 @@ pub fn traceparent(correlation_id: &str, event_id: &str) -> String {
     if parent.iter().all(|&b| b == 0) {
         parent[7] = 1;
     }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(55);
     out.push_str("00-");
-    for b in trace {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out.push('-');
-    for b in parent {
-        out.push_str(&format!("{b:02x}"));
+    for (i, b) in trace.iter().chain(&parent).enumerate() {
+        if i == 16 {
+            out.push('-');
+        }
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
     }
     out.push_str("-01");
     out
