@@ -9,8 +9,12 @@ pub struct Record {
     pub topic: Arc<str>,
     /// `None` = null key (the table has no primary key nor replica-identity index).
     pub key: Option<Vec<u8>>,
+    /// The value; empty and ignored for a tombstone.
     pub payload: Vec<u8>,
     pub headers: Vec<(&'static str, HeaderValue)>,
+    /// A tombstone: the value is null (not empty), which log compaction reads as "delete this key". Debezium follows
+    /// every delete with one (`changes.debezium.tombstones`).
+    pub tombstone: bool,
 }
 
 /// A header value; shared or static where possible, so a record costs few allocations.
@@ -32,6 +36,11 @@ impl HeaderValue {
 }
 
 impl Record {
+    /// A tombstone for `key` on `topic`: a null value.
+    pub fn tombstone(topic: Arc<str>, key: Vec<u8>, headers: Vec<(&'static str, HeaderValue)>) -> Record {
+        Record { topic, key: Some(key), payload: Vec::new(), headers, tombstone: true }
+    }
+
     /// Key and value bytes (what Kafka's transaction and batch sizes count).
     pub fn size(&self) -> usize {
         self.payload.len() + self.key.as_ref().map_or(0, Vec::len)

@@ -55,8 +55,12 @@ pub struct Router {
     encoding: ChangeEncoding,
     /// Operations the Debezium encoding does not publish (`changes.debezium.skipped_operations`).
     skipped: Vec<crate::config::DebeziumOp>,
-    /// `changes.debezium.json_handling: string`.
-    json_as_string: bool,
+    /// `changes.masking`: applied to raw change events and to the raw change in DLQ records.
+    masking: encode::mask::Masking,
+    /// `<topic_prefix>.transaction`: Debezium's transaction metadata topic.
+    tx_topic: Arc<str>,
+    /// The Debezium encoder (`changes.encoding: debezium`) with its options and schema cache.
+    debezium: encode::debezium::Debezium,
     changes_tables: Vec<String>,
     /// Per relation id: the decision for the latest schema of that relation.
     routes: HashMap<u32, Route>,
@@ -89,7 +93,18 @@ impl Router {
                 ChangeEncoding::Debezium => config.changes.debezium.skipped_operations.clone(),
                 ChangeEncoding::Json => Vec::new(),
             },
-            json_as_string: config.changes.debezium.json_handling == crate::config::JsonHandling::String,
+            masking: encode::mask::Masking::new(&config.changes.masking),
+            debezium: encode::debezium::Debezium::new(
+                &config.changes.topic_prefix,
+                config.changes.debezium.json_handling == crate::config::JsonHandling::String,
+                config.changes.debezium.tombstones,
+                config.changes.debezium.schemas,
+            )
+            .with_placeholder(config.changes.debezium.unavailable_value_placeholder.clone())
+            .with_transaction_metadata(
+                config.changes.encoding == ChangeEncoding::Debezium && config.changes.debezium.transaction_metadata,
+            ),
+            tx_topic: Arc::from(crate::record::sanitize_topic(&format!("{}.transaction", config.changes.topic_prefix))),
             changes_tables: config.changes.tables.clone(),
             routes: HashMap::new(),
             rules,
@@ -190,11 +205,28 @@ impl Router {
         Ok(())
     }
 
+    /// Records at the commit of the current source transaction: Debezium's END record when transaction metadata is
+    /// on and the transaction published raw events.
+    pub fn route_commit(&mut self, out: &mut Vec<Record>) {
+        if let Some((key, value)) = self.debezium.end_transaction() {
+            out.push(tx_record(&self.tx_topic, key, value));
+        }
+    }
+
+    /// Records for one snapshot row; `last`: the last row of its table's snapshot (Debezium's
+    /// `snapshot: "last_in_data_collection"`).
+    pub fn route_snapshot_row(&mut self, change: &Change, last: bool, out: &mut Vec<Record>) -> Result<(), RouteError> {
+        self.debezium.set_snapshot_last(last);
+        let result = self.route(change, out);
+        self.debezium.set_snapshot_last(false);
+        result
+    }
+
     /// Records for one change, in publishing order.
     pub fn route(&mut self, change: &Change, out: &mut Vec<Record>) -> Result<(), RouteError> {
         let start = out.len();
         self.ensure_route(change);
-        let (source, prefix, encoding) = (&self.source, &self.prefix, self.encoding);
+        let (source, encoding) = (&self.source, self.encoding);
         // Field-level borrows: the route stays borrowed while the rules run.
         let route = self.routes.get_mut(&change.table.oid).expect("ensure_route inserted it");
         route.received[op_index(change.op)].increment(1);
@@ -202,33 +234,92 @@ impl Router {
         // A skipped operation publishes no raw change event; when no rule takes the change either, it counts as
         // dropped on purpose below.
         let skipped = self.skipped.iter().any(|o| o.matches(change.op));
+        // The change as raw events show it (`changes.masking`); `None` = unmasked.
+        let masked = self.masking.apply(change)?;
         if let Some(topic) = route.topic.as_ref().filter(|_| !skipped) {
+            let change = masked.as_ref().unwrap_or(change);
             route.raw_events.increment(1);
             if self.last_lsn.0 != change.lsn {
                 self.last_lsn = (change.lsn, Arc::from(change.lsn.to_string()));
             }
-            let (key, payload) = match encoding {
-                ChangeEncoding::Json => encode::raw_change(change, source)?,
-                ChangeEncoding::Debezium => encode::debezium::change(change, source, prefix, self.json_as_string)?,
-            };
-            out.push(Record {
-                topic: topic.clone(),
-                key,
-                payload,
-                headers: vec![
+            let headers = |op: Op| {
+                vec![
                     ("content-type", HeaderValue::Static("application/json")),
                     ("source-lsn", HeaderValue::Shared(self.last_lsn.1.clone())),
-                    ("op", HeaderValue::Static(change.op.as_str())),
+                    ("op", HeaderValue::Static(op.as_str())),
                     ("source-table", HeaderValue::Shared(route.qualified.clone())),
-                ],
-            });
+                ]
+            };
+            match encoding {
+                ChangeEncoding::Json => {
+                    let (key, payload) = encode::raw_change(change, source)?;
+                    out.push(Record {
+                        topic: topic.clone(),
+                        key,
+                        payload,
+                        headers: headers(change.op),
+                        tombstone: false,
+                    });
+                }
+                ChangeEncoding::Debezium => {
+                    // Usually one record; a delete adds a tombstone, a key change becomes delete (+ tombstone) and
+                    // create, as Debezium.
+                    self.debezium.encode(change, source, &mut |piece| match piece {
+                        encode::debezium::Piece::Event { key, value, op, key_header } => {
+                            let mut headers = headers(op);
+                            if let Some((name, k)) = key_header {
+                                headers.push((name, HeaderValue::Owned(k)));
+                            }
+                            out.push(Record { topic: topic.clone(), key, payload: value, headers, tombstone: false });
+                        }
+                        encode::debezium::Piece::Transaction { key, value } => {
+                            out.push(tx_record(&self.tx_topic, key, value));
+                        }
+                        encode::debezium::Piece::Tombstone { key } => {
+                            let mut headers = headers(Op::Delete);
+                            headers.remove(0); // no content, no content type
+                            out.push(Record::tombstone(topic.clone(), key, headers));
+                        }
+                    })?;
+                }
+            }
         }
+        let rules_start = out.len();
         self.rules.apply(change, source, out)?;
+        // DLQ records carry the raw change event of the change: masked as raw events are.
+        if let Some(masked) = &masked {
+            for record in out[rules_start..].iter_mut().filter(|r| r.header("dlq-rule").is_some()) {
+                // `ficus dlq replay` must not build events from masked values.
+                record.headers.push(("dlq-masked", HeaderValue::Static("true")));
+                (record.key, record.payload) = match encode::raw_change(masked, source) {
+                    Ok(kp) => kp,
+                    // Never the unmasked event: the reason only, as for a change that does not encode at all.
+                    Err(e) => (
+                        None,
+                        serde_json::json!({"error": format!("raw change not encodable: {e}")}).to_string().into_bytes(),
+                    ),
+                };
+            }
+        }
         if out.len() == start {
             route.dropped_counter.increment(1);
             route.dropped += 1;
         }
         Ok(())
+    }
+}
+
+/// A record of the transaction metadata topic.
+fn tx_record(topic: &Arc<str>, key: Vec<u8>, value: Vec<u8>) -> Record {
+    Record {
+        topic: topic.clone(),
+        key: Some(key),
+        payload: value,
+        headers: vec![
+            ("content-type", HeaderValue::Static("application/json")),
+            ("source-table", HeaderValue::Static("transaction")),
+        ],
+        tombstone: false,
     }
 }
 

@@ -25,11 +25,13 @@ pub mod conninfo;
 pub mod events;
 mod interpolate;
 pub mod kafka;
+pub mod masking;
 pub mod snapshot;
 
 pub use interpolate::interpolate_env;
 use interpolate::interpolate_tree;
 pub use kafka::{Delivery, KafkaConfig, Scalar};
+pub use masking::{MaskAction, MaskingConfig};
 pub use snapshot::{SnapshotConfig, SnapshotMode};
 
 /// A configuration problem. The message names the key and says how to fix it.
@@ -187,6 +189,9 @@ pub struct ChangesConfig {
     /// Options of the `debezium` encoding (ignored by `json`).
     #[serde(default)]
     pub debezium: DebeziumOptions,
+    /// Masking of personal data in raw change events (`exclude`, `hash`, `redact`, `truncate` per column).
+    #[serde(default)]
+    pub masking: MaskingConfig,
 }
 
 impl Default for ChangesConfig {
@@ -196,6 +201,7 @@ impl Default for ChangesConfig {
             topic_prefix: default_topic_prefix(),
             encoding: ChangeEncoding::default(),
             debezium: DebeziumOptions::default(),
+            masking: MaskingConfig::default(),
         }
     }
 }
@@ -213,11 +219,44 @@ pub struct DebeziumOptions {
     /// `embedded` (JSON, as ficus's own encoding).
     #[serde(default)]
     pub json_handling: JsonHandling,
+    /// A tombstone (same key, null value) after every delete, as Debezium's `tombstones.on.delete` (default `true`),
+    /// so log compaction can drop the key. Tables without a key get none (a null key compacts nothing).
+    #[serde(default = "default_true")]
+    pub tombstones: bool,
+    /// Key and value wrapped as Kafka Connect's JsonConverter with `schemas.enable=true` writes them:
+    /// `{"schema": <Connect schema>, "payload": …}` (default `false`: the payload alone, as `schemas.enable=false`).
+    #[serde(default)]
+    pub schemas: bool,
+    /// What stands in `after` for an unchanged TOASTed value the server did not send (REPLICA IDENTITY DEFAULT), as
+    /// Debezium's `unavailable.value.placeholder` (default `__debezium_unavailable_value`); `null` leaves the column
+    /// out of `after` instead (ficus's own encoding does that and names it in `unavailable`).
+    #[serde(default = "default_placeholder")]
+    pub unavailable_value_placeholder: Option<String>,
+    /// Debezium's `provide.transaction.metadata`: a BEGIN and an END record per source transaction on
+    /// `<topic_prefix>.transaction` (END with the event count per table), and `transaction {id, total_order,
+    /// data_collection_order}` in every event (default `false`, as Debezium: `transaction` is null).
+    #[serde(default)]
+    pub transaction_metadata: bool,
+}
+
+fn default_placeholder() -> Option<String> {
+    Some(String::from("__debezium_unavailable_value"))
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for DebeziumOptions {
     fn default() -> Self {
-        DebeziumOptions { skipped_operations: default_skipped_operations(), json_handling: JsonHandling::default() }
+        DebeziumOptions {
+            skipped_operations: default_skipped_operations(),
+            json_handling: JsonHandling::default(),
+            tombstones: true,
+            schemas: false,
+            unavailable_value_placeholder: default_placeholder(),
+            transaction_metadata: false,
+        }
     }
 }
 
@@ -446,6 +485,14 @@ impl Config {
             }
         }
         self.snapshot.validate(&captured)?;
+        self.changes.masking.validate(&captured)?;
+        if self.changes.debezium.schemas && self.changes.debezium.json_handling == JsonHandling::Embedded {
+            return Err(ConfigError::invalid(
+                "changes.debezium.schemas",
+                "a Kafka Connect schema cannot describe embedded JSON of any shape: with schemas: true use \
+                 json_handling: string (Debezium's io.debezium.data.Json)",
+            ));
+        }
         if self.changes.tables.is_empty() && self.events.is_empty() {
             return Err(ConfigError::invalid(
                 "changes.tables",

@@ -346,6 +346,13 @@ pub async fn replay(config: &Config, rules: &Rules, filter: &Filter, dry_run: bo
                 continue;
             }
         };
+        if r.header("dlq-masked").as_deref() == Some("true") {
+            let reason =
+                "the change's values in this record are masked (changes.masking): events built from them would \
+                          carry hashes and *** instead of data; re-read the rows with `ficus backfill --where` instead";
+            report.push(done(Outcome::NotReplayable, Some(reason.into()), Vec::new()));
+            continue;
+        }
         let payload = r.payload.as_deref().unwrap_or_default();
         let restored = match restore::table_of(payload) {
             Err(e) => Err(e),

@@ -14,6 +14,8 @@ use crate::postgres::value::binary;
 use crate::postgres::value::{self, ValueError};
 
 pub mod debezium;
+pub mod mask;
+pub mod trace;
 
 /// Identifies the source database in every event.
 #[derive(Debug, Clone)]

@@ -106,5 +106,6 @@ pub fn record(topic: &str, checkpoint: &Checkpoint) -> Record {
         // Serializing a struct of strings and numbers cannot fail.
         payload: serde_json::to_vec(checkpoint).unwrap_or_default(),
         headers: vec![("content-type", HeaderValue::Static("application/json"))],
+        tombstone: false,
     }
 }

@@ -305,8 +305,11 @@ impl KafkaSink {
             headers = headers.insert(Header { key: k, value: Some(v.as_str().as_bytes()) });
         }
         self.progress.add_message(tx);
-        let mut rec =
-            BaseRecord::with_opaque_to(&record.topic, tx.0 as usize).payload(&record.payload[..]).headers(headers);
+        let mut rec = BaseRecord::with_opaque_to(&record.topic, tx.0 as usize).headers(headers);
+        // A tombstone has no payload at all: librdkafka then sends a null value (an empty payload would be a value).
+        if !record.tombstone {
+            rec = rec.payload(&record.payload[..]);
+        }
         if let Some(key) = &record.key {
             rec = rec.key(&key[..]);
         }

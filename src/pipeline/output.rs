@@ -175,7 +175,11 @@ fn print_record(out: &mut impl std::io::Write, record: &Record) -> std::io::Resu
     }
     line.extend_from_slice(b"},\"value\":");
     let start = line.len();
-    crate::encode::write_json_or_string(&mut line, &record.payload);
+    if record.tombstone {
+        line.extend_from_slice(b"null");
+    } else {
+        crate::encode::write_json_or_string(&mut line, &record.payload);
+    }
     // One record per line: a `json` column keeps the line breaks it was written with. In valid JSON a raw line break
     // can only be insignificant whitespace (inside strings it is escaped), so dropping them changes no value.
     let value = line.split_off(start);

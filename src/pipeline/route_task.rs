@@ -84,9 +84,13 @@ pub(super) async fn route_loop(
                         if let (Some(tap), true) = (&mut tap, Tap::is_control(&message.prefix)) {
                             // A high watermark releases its chunk's rows here, in the watermark's transaction.
                             let rows = tap.message(&message).map_err(route_error(message.lsn))?;
-                            for change in rows {
+                            let (n, table_done) = (rows.len(), tap.table_done());
+                            for (i, change) in rows.into_iter().enumerate() {
                                 records.clear();
-                                router.route(&change, &mut records).map_err(route_error(change.lsn))?;
+                                let last = table_done && i + 1 == n;
+                                router
+                                    .route_snapshot_row(&change, last, &mut records)
+                                    .map_err(route_error(change.lsn))?;
                                 destination.send(&progress, tx, &records, change.lsn).await?;
                             }
                             continue;
@@ -97,6 +101,12 @@ pub(super) async fn route_loop(
                     }
                     SourceEvent::Commit { end_lsn } => {
                         let Some(tx) = current.take() else { continue };
+                        // Debezium's transaction metadata END record, inside the transaction it ends.
+                        records.clear();
+                        router.route_commit(&mut records);
+                        if !records.is_empty() {
+                            destination.send(&progress, tx, &records, end_lsn).await?;
+                        }
                         if destination.confirms() {
                             if let Some(tap) = &mut tap {
                                 tap.commit(end_lsn);

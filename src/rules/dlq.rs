@@ -54,6 +54,7 @@ impl RuleSet {
                         ("source-lsn", HeaderValue::Owned(lsn.to_string())),
                         ("op", HeaderValue::Static(op)),
                     ],
+                    tombstone: false,
                 });
                 Ok(())
             }

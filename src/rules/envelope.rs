@@ -113,7 +113,7 @@ pub fn cloudevent_problem(e: &Envelope<'_>, o: &Origin<'_>) -> Option<String> {
 }
 
 /// Writes a CloudEvents 1.0 structured-mode event (JSON format) up to `"data":`; the caller appends the data and
-/// the closing `}`. Extensions: `correlationid`, `eventversion`.
+/// the closing `}`. Extensions: `correlationid`, `eventversion`, `traceparent` (distributed tracing).
 pub fn write_cloudevent_head(out: &mut Vec<u8>, e: &Envelope<'_>, o: &Origin<'_>, source: &SourceInfo) {
     out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
     write_json_string(out, e.event_id);
@@ -129,6 +129,8 @@ pub fn write_cloudevent_head(out: &mut Vec<u8>, e: &Envelope<'_>, o: &Origin<'_>
     write_json_string(out, e.correlation_id);
     out.extend_from_slice(b",\"eventversion\":");
     out.extend_from_slice(itoa::Buffer::new().format(e.version).as_bytes());
+    out.extend_from_slice(b",\"traceparent\":");
+    write_json_string(out, &crate::encode::trace::traceparent(e.correlation_id, e.event_id));
     out.extend_from_slice(b",\"data\":");
 }
 

@@ -162,7 +162,12 @@ pub(super) fn build_record(
             "application/json"
         }
     };
-    let mut headers = Vec::with_capacity(13 + extra_headers.len());
+    let mut headers = Vec::with_capacity(15 + extra_headers.len());
+    // W3C Trace Context (CloudEvents distributed-tracing extension), deterministic from the correlation and event ids.
+    let traceparent: Arc<str> = Arc::from(crate::encode::trace::traceparent(&head.correlation_id, &head.event_id));
+    if head.encoding == Encoding::CloudeventsBinary {
+        headers.push(("ce_traceparent", HeaderValue::Shared(traceparent.clone())));
+    }
     if head.encoding == Encoding::CloudeventsBinary {
         headers.extend([
             ("ce_specversion", HeaderValue::Static("1.0")),
@@ -186,11 +191,12 @@ pub(super) fn build_record(
         ("event-id", HeaderValue::Owned(head.event_id)),
         ("event-version", HeaderValue::Shared(head.version_text)),
         ("correlation-id", HeaderValue::Shared(head.correlation_id)),
+        ("traceparent", HeaderValue::Shared(traceparent)),
         ("source-table", HeaderValue::Owned(origin)),
         ("source-lsn", HeaderValue::Owned(head.origin.lsn.to_string())),
     ]);
     headers.extend(extra_headers);
-    Ok(Record { topic: head.topic, key: Some(head.key.into_bytes()), payload, headers })
+    Ok(Record { topic: head.topic, key: Some(head.key.into_bytes()), payload, headers, tombstone: false })
 }
 
 impl Rule {

@@ -59,6 +59,8 @@ pub struct Tap {
     shared: Arc<Snapshots>,
     windows: HashMap<u64, Window>,
     at_commit: Vec<Mutation>,
+    /// The rows the last [`Tap::message`] returned end their table's snapshot (Debezium's `snapshot` marker).
+    table_done: bool,
 }
 
 /// A watermark or request that cannot be handled.
@@ -68,7 +70,13 @@ pub struct TapError(String);
 
 impl Tap {
     pub fn new(shared: Arc<Snapshots>) -> Tap {
-        Tap { shared, windows: HashMap::new(), at_commit: Vec::new() }
+        Tap { shared, windows: HashMap::new(), at_commit: Vec::new(), table_done: false }
+    }
+
+    /// Whether the last row the last [`Tap::message`] returned is the last row of its table's snapshot (the chunk
+    /// was the table's last: fewer rows than the chunk size).
+    pub fn table_done(&self) -> bool {
+        self.table_done
     }
 
     /// Whether `prefix` is one of the snapshot's control messages (never routed to rules).
@@ -96,6 +104,7 @@ impl Tap {
 
     /// Handles a control message; returns the snapshot rows to publish now (at a high watermark).
     pub fn message(&mut self, message: &LogicalMessage) -> Result<Vec<Change>, TapError> {
+        self.table_done = false;
         if message.prefix == BACKFILL_PREFIX {
             self.request(message);
             return Ok(Vec::new());
@@ -153,6 +162,7 @@ impl Tap {
         if out.len() < total {
             tracing::debug!(chunk = id, table = %table.qualified_name(), superseded = total - out.len(), "snapshot rows superseded by changes during the read");
         }
+        self.table_done = chunk.finished && !out.is_empty();
         self.at_commit.push(Mutation::Chunk {
             job: chunk.job,
             after: chunk.after,

@@ -1,0 +1,66 @@
+//! W3C Trace Context for business events (CloudEvents distributed-tracing extension): a `traceparent` derived
+//! deterministically from the event's correlation id and event id, so every event of one source transaction is in
+//! one trace, a replay gives the same value, and a consumer's spans join the chain.
+//!
+//! `traceparent` = `00-<trace-id>-<parent-id>-01`: trace-id = the correlation id's 32 hex digits when it is a UUID
+//! (the default correlation id is one), else the first 16 bytes of SHA-256 of its text; parent-id = the first 8
+//! bytes of SHA-256 of the event id; flags `01` (sampled). An all-zero id (invalid in W3C) gets its last bit set.
+
+use sha2::{Digest, Sha256};
+
+/// The `traceparent` of the event `event_id` correlated by `correlation_id`.
+pub fn traceparent(correlation_id: &str, event_id: &str) -> String {
+    let mut trace = match uuid::Uuid::parse_str(correlation_id) {
+        Ok(u) if !u.is_nil() => *u.as_bytes(),
+        _ => {
+            let mut t = [0u8; 16];
+            t.copy_from_slice(&Sha256::digest(correlation_id.as_bytes())[..16]);
+            t
+        }
+    };
+    let mut parent = [0u8; 8];
+    parent.copy_from_slice(&Sha256::digest(event_id.as_bytes())[..8]);
+    if trace.iter().all(|&b| b == 0) {
+        trace[15] = 1;
+    }
+    if parent.iter().all(|&b| b == 0) {
+        parent[7] = 1;
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(55);
+    out.push_str("00-");
+    for (i, b) in trace.iter().chain(&parent).enumerate() {
+        if i == 16 {
+            out.push('-');
+        }
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out.push_str("-01");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_is_w3c_and_deterministic() {
+        let t = traceparent("9a1e2b3c-4d5e-5f60-8a7b-9c0d1e2f3a4b", "5f0c0000-0000-5000-8000-000000000001");
+        assert_eq!(t.len(), 55);
+        let parts: Vec<&str> = t.split('-').collect();
+        assert_eq!(parts.len(), 4);
+        assert_eq!((parts[0], parts[1], parts[3]), ("00", "9a1e2b3c4d5e5f608a7b9c0d1e2f3a4b", "01"));
+        assert_eq!(parts[2].len(), 16);
+        assert!(parts[2].bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_eq!(t, traceparent("9a1e2b3c-4d5e-5f60-8a7b-9c0d1e2f3a4b", "5f0c0000-0000-5000-8000-000000000001"));
+        let other = traceparent("9a1e2b3c-4d5e-5f60-8a7b-9c0d1e2f3a4b", "another event");
+        assert_eq!(other[..36], t[..36], "one trace per correlation id");
+        assert_ne!(other, t, "one parent span per event");
+        // A correlation expression that is no UUID: hashed, still 32 hex digits, never all zero.
+        let custom = traceparent("order-42", "e");
+        assert_eq!(custom.len(), 55);
+        assert_ne!(&custom[3..35], "00000000000000000000000000000000");
+        assert_ne!(traceparent("00000000-0000-0000-0000-000000000000", "e")[3..35], *"0".repeat(32));
+    }
+}
