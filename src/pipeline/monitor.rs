@@ -131,7 +131,9 @@ impl Outage {
                 tracing::warn!(
                     in_flight,
                     reason = %reason,
-                    "Kafka deliveries stalled: the stream waits (nothing is lost; PostgreSQL is confirmed only up to                      what Kafka acknowledged, and the slot retains the WAL meanwhile) until the brokers answer again;                      check that kafka.brokers are up and reachable from here, and their disk and logs"
+                    "Kafka deliveries stalled: the stream waits (nothing is lost; PostgreSQL is confirmed only up to \
+                     what Kafka acknowledged, and the slot retains the WAL meanwhile) until the brokers answer again; \
+                     check that kafka.brokers are up and reachable from here, and their disk and logs"
                 );
             }
             (false, Some(since)) => {
