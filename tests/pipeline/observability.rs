@@ -457,3 +457,26 @@ async fn a_dry_run_runs_beside_the_real_instance_with_the_same_config() {
     let _ = dry.child.wait();
     assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
 }
+
+/// Kafka down at start: one WARN with the fix, quiet retries (debug), one INFO when it answers, then streaming.
+#[tokio::test(flavor = "multi_thread")]
+async fn waiting_for_kafka_at_start_is_said_once_and_its_end_too() {
+    let s = Setup::new("obs_wait_kafka", "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let kafka = support::TestKafka::start_dedicated();
+    kafka.stop();
+    let cfg = Ficus::config(&s.pg.superuser_url(&s.db), &["public.t"], &s.prefix, &kafka.brokers(), "");
+    let mut f = Ficus::start(&cfg);
+    f.wait_for_log("Kafka not reachable yet", WAIT);
+    f.wait_for_log_count("Kafka still not reachable", 2, WAIT);
+    let log = f.log();
+    assert_eq!(log.matches("Kafka not reachable yet").count(), 1, "{log}");
+    assert!(log.contains("check kafka.brokers"), "{log}");
+    assert!(!log.contains(crate::STREAMING), "{log}");
+    kafka.start();
+    f.wait_streaming();
+    let log = f.log();
+    let reachable = log.lines().find(|l| l.contains("Kafka reachable")).unwrap_or_else(|| panic!("{log}"));
+    assert!(reachable.contains(" INFO ") && reachable.contains("waited_secs="), "{reachable}");
+    assert_eq!(log.matches("Kafka not reachable yet").count(), 1, "{log}");
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+}
