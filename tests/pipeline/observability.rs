@@ -356,7 +356,8 @@ async fn received_lsn_lag_during_a_large_transaction_and_a_broker_pause_are_repo
     // However long it lasts: said once.
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(f.log().matches(STALLED).count(), 1, "{}", f.log());
-    assert_eq!(wait_for_status(port, "/readyz", 503, &|| f.log()).contains("Kafka"), true);
+    let not_ready = wait_for_status(port, "/readyz", 503, &|| f.log());
+    assert!(not_ready.contains("Kafka"), "{not_ready}");
 
     kafka.resume();
     f.wait_for_log("Kafka deliveries resumed", WAIT);
