@@ -36,6 +36,8 @@ pub(super) async fn route_loop(
     let result = async {
         let mut records: Vec<Record> = Vec::with_capacity(4);
         let mut commit_time_us = 0i64;
+        // The xid of the transaction being routed (the snapshot tap remembers which committed, see snapshot::window).
+        let mut xid = 0u32;
         loop {
             // exactly_once: commit an open Kafka transaction that waited long enough, at a source commit boundary.
             // The deadline counts from the transaction's start, so a stream of keepalives cannot postpone it.
@@ -63,6 +65,7 @@ pub(super) async fn route_loop(
                     SourceEvent::Begin(meta) => {
                         current = Some(progress.begin_at(meta.commit_time_us));
                         commit_time_us = meta.commit_time_us;
+                        xid = meta.xid;
                     }
                     SourceEvent::Change(change) => {
                         let tx = current.ok_or_else(|| PipelineError::Route {
@@ -83,7 +86,10 @@ pub(super) async fn route_loop(
                         })?;
                         if let (Some(tap), true) = (&mut tap, Tap::is_control(&message.prefix)) {
                             // A high watermark releases its chunk's rows here, in the watermark's transaction.
-                            let rows = tap.message(&message).map_err(route_error(message.lsn))?;
+                            let rows = tap.message(&message).map_err(|e| match e.is_transient() {
+                                true => PipelineError::Transient(e.to_string()),
+                                false => route_error(message.lsn)(e),
+                            })?;
                             let (n, table_done) = (rows.len(), tap.table_done());
                             for (i, change) in rows.into_iter().enumerate() {
                                 records.clear();
@@ -109,6 +115,7 @@ pub(super) async fn route_loop(
                         }
                         if destination.confirms() {
                             if let Some(tap) = &mut tap {
+                                tap.committed(xid);
                                 tap.commit(end_lsn);
                             }
                             progress.commit_at(tx, end_lsn, commit_time_us);

@@ -97,6 +97,9 @@ pub(crate) struct ReadyChunk {
     pub after: Option<Vec<String>>,
     /// Fewer rows than the chunk size: the table is done.
     pub finished: bool,
+    /// Transactions the read's snapshot saw in progress (their low 32 bits, as pgoutput sends xids): the commit race
+    /// check in `window`.
+    pub unseen: Vec<u32>,
     /// Tells the worker the sink took the rows.
     pub taken: oneshot::Sender<()>,
 }

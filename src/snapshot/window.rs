@@ -11,8 +11,19 @@
 //! - a row deleted while the chunk was read never reappears;
 //! - the chunk's rows share the high watermark transaction's place in the ack tracker, so the checkpoint passes it
 //!   only when Kafka holds them all.
+//!
+//! **The commit race.** PostgreSQL writes a transaction's commit record to the WAL before the transaction becomes
+//! visible to new snapshots. A transaction whose commit record precedes the low watermark (so the stream shows it
+//! before the window opens) can still be invisible to the chunk's read, if its backend had not yet left the
+//! process array when the read took its snapshot: the chunk would then carry the row as it was before that
+//! transaction, and publish it after the transaction's own change. The worker reads each chunk in one transaction
+//! together with `pg_current_snapshot()`, whose in-progress list names every transaction the read did not see; the
+//! tap remembers the transactions it saw commit, and a chunk whose read missed one that committed before its low
+//! watermark is not published: the session restarts ([`TapError::is_transient`]) and the chunk is read again from
+//! the checkpoint. The race needs a backend descheduled between writing its commit and leaving the process array, so
+//! it is rare (seen under CPU contention), and the restart is its whole cost.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use crate::change::{Change, LogicalMessage, Op};
@@ -49,6 +60,9 @@ pub struct BackfillRequest {
 
 struct Window {
     oid: u32,
+    /// How many commits the tap had seen when the low watermark arrived: a commit numbered below it precedes the
+    /// window.
+    opened_after: u64,
     /// Raw-event key JSON of every row a change touched while the chunk was read.
     keys: HashSet<Vec<u8>>,
     truncated: bool,
@@ -61,16 +75,51 @@ pub struct Tap {
     at_commit: Vec<Mutation>,
     /// The rows the last [`Tap::message`] returned end their table's snapshot (Debezium's `snapshot` marker).
     table_done: bool,
+    /// The latest commits seen, `(commit number, xid)`, oldest first, at most [`RECENT_COMMITS`].
+    recent: VecDeque<(u64, u32)>,
+    /// Commits seen so far (the next commit's number).
+    commits: u64,
 }
+
+/// How many of the latest commits the tap remembers for the commit race (module docs): a race is between commits a
+/// few scheduling slices apart, far fewer than this.
+const RECENT_COMMITS: usize = 65_536;
+
+/// A window whose low watermark came within this many commits of the oldest remembered one cannot be checked
+/// (the commits just before it are forgotten): its chunk is read again, like a raced one.
+const RACE_MARGIN: u64 = 4_096;
 
 /// A watermark or request that cannot be handled.
 #[derive(Debug, thiserror::Error)]
-#[error("snapshot watermark: {0}")]
-pub struct TapError(String);
+pub enum TapError {
+    #[error("snapshot watermark: {0}")]
+    Invalid(String),
+    /// The chunk's read missed a transaction that committed before its low watermark (the commit race, module
+    /// docs): the session restarts and the chunk is read again.
+    #[error(
+        "snapshot chunk {chunk} of {table}: its read did not see transaction {xid}, which committed before the chunk's \
+         low watermark; the chunk is not published and is read again after a reconnect"
+    )]
+    Raced { chunk: u64, table: String, xid: u32 },
+}
+
+impl TapError {
+    /// A raced chunk is read again in a new session; anything else stops the pipeline.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, TapError::Raced { .. })
+    }
+}
 
 impl Tap {
     pub fn new(shared: Arc<Snapshots>) -> Tap {
-        Tap { shared, windows: HashMap::new(), at_commit: Vec::new(), table_done: false }
+        Tap {
+            shared,
+            windows: HashMap::new(),
+            at_commit: Vec::new(),
+            table_done: false,
+            recent: VecDeque::new(),
+            commits: 0,
+        }
     }
 
     /// Whether the last row the last [`Tap::message`] returned is the last row of its table's snapshot (the chunk
@@ -119,21 +168,26 @@ impl Tap {
         }
         match mark.mark.as_str() {
             "low" => {
-                self.windows.insert(mark.chunk, Window { oid: mark.oid, keys: HashSet::new(), truncated: false });
+                let window =
+                    Window { oid: mark.oid, opened_after: self.commits, keys: HashSet::new(), truncated: false };
+                self.windows.insert(mark.chunk, window);
                 Ok(Vec::new())
             }
             "high" => self.high(mark.chunk, message),
-            other => Err(TapError(format!("unknown mark {other:?} at {}", message.lsn))),
+            other => Err(TapError::Invalid(format!("unknown mark {other:?} at {}", message.lsn))),
         }
     }
 
     fn high(&mut self, id: u64, message: &LogicalMessage) -> Result<Vec<Change>, TapError> {
         let window = self.windows.remove(&id).ok_or_else(|| {
-            TapError(format!("high watermark of chunk {id} at {} without its low watermark", message.lsn))
+            TapError::Invalid(format!("high watermark of chunk {id} at {} without its low watermark", message.lsn))
         })?;
         let chunk = self.shared.take_chunk(id).ok_or_else(|| {
-            TapError(format!("high watermark of chunk {id} at {} but no chunk was read", message.lsn))
+            TapError::Invalid(format!("high watermark of chunk {id} at {} but no chunk was read", message.lsn))
         })?;
+        if let Some(xid) = self.raced(&window, &chunk.unseen) {
+            return Err(TapError::Raced { chunk: id, table: chunk.table.qualified_name(), xid });
+        }
         let total = chunk.rows.len();
         let table = chunk.table.clone();
         let mut out = Vec::with_capacity(if window.truncated { 0 } else { total });
@@ -212,6 +266,34 @@ impl Tap {
     }
 
     /// The transaction that carried the control messages committed: their effects count from `end_lsn` on.
+    /// A transaction the chunk's read did not see (`unseen`, its snapshot's in-progress list) that the stream showed
+    /// committing before the window opened; `Some(0)` when the commits before the window are no longer remembered
+    /// and `unseen` is not empty (it cannot be checked).
+    fn raced(&self, window: &Window, unseen: &[u32]) -> Option<u32> {
+        if unseen.is_empty() {
+            return None;
+        }
+        if let Some(&(oldest, _)) = self.recent.front() {
+            if oldest > 0 && oldest > window.opened_after.saturating_sub(RACE_MARGIN) {
+                return Some(0);
+            }
+        }
+        self.recent
+            .iter()
+            .take_while(|(n, _)| *n < window.opened_after)
+            .find(|(_, xid)| unseen.contains(xid))
+            .map(|(_, xid)| *xid)
+    }
+
+    /// A transaction committed (in stream order). Remembered for the commit race while snapshots may run.
+    pub fn committed(&mut self, xid: u32) {
+        if self.recent.len() == RECENT_COMMITS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((self.commits, xid));
+        self.commits += 1;
+    }
+
     pub fn commit(&mut self, end_lsn: Lsn) {
         for m in self.at_commit.drain(..) {
             if let Mutation::Add(job) = &m {
@@ -282,7 +364,15 @@ mod tests {
         let rows = vec![row("1", "0"), row("2", "4"), row("3", "9"), row("4", "1")];
         shared.put_chunk(
             7,
-            ReadyChunk { job: 0, table: table(), rows, after: Some(vec!["4".into()]), finished: true, taken },
+            ReadyChunk {
+                job: 0,
+                table: table(),
+                rows,
+                after: Some(vec!["4".into()]),
+                finished: true,
+                unseen: Vec::new(),
+                taken,
+            },
         );
         let out = tap.message(&message(&shared, 7, "high")).unwrap();
         let ids: Vec<_> = out.iter().map(|c| c.after.as_ref().unwrap()[0].clone()).collect();
@@ -308,10 +398,70 @@ mod tests {
         let (taken, _took) = tokio::sync::oneshot::channel();
         shared.put_chunk(
             1,
-            ReadyChunk { job: 0, table: table(), rows: vec![row("1", "0")], after: None, finished: false, taken },
+            ReadyChunk {
+                job: 0,
+                table: table(),
+                rows: vec![row("1", "0")],
+                after: None,
+                finished: false,
+                unseen: Vec::new(),
+                taken,
+            },
         );
         assert!(tap.message(&message(&shared, 1, "high")).unwrap().is_empty());
         // A high watermark without its low one is an error, not a silent pass.
         assert!(tap.message(&message(&shared, 9, "high")).is_err());
+    }
+
+    /// The commit race (module docs): the chunk's read did not see transaction 77, which the stream showed
+    /// committing before the low watermark — the chunk would carry the row as it was before 77 and publish it after
+    /// 77's change. It is refused as a transient error (read again after a reconnect), never published. 77
+    /// committing after the low watermark is the ordinary case (its change is inside the window).
+    #[test]
+    fn a_chunk_whose_read_missed_a_commit_before_its_low_watermark_is_read_again() {
+        let chunk = |shared: &Arc<Snapshots>, id: u64, unseen: Vec<u32>| {
+            let (taken, took) = tokio::sync::oneshot::channel();
+            let rows = vec![row("1", "0")];
+            shared.put_chunk(
+                id,
+                ReadyChunk { job: 0, table: table(), rows, after: None, finished: false, unseen, taken },
+            );
+            took
+        };
+        let shared = Snapshots::new("s", Vec::new(), true, Ledger::new(None));
+        let mut tap = Tap::new(shared.clone());
+        tap.committed(76);
+        tap.committed(77);
+        tap.message(&message(&shared, 1, "low")).unwrap();
+        let _took = chunk(&shared, 1, vec![77, 80]);
+        let err = tap.message(&message(&shared, 1, "high")).unwrap_err();
+        assert!(err.is_transient() && err.to_string().contains("transaction 77"), "{err}");
+
+        tap.message(&message(&shared, 2, "low")).unwrap();
+        tap.committed(80);
+        let mut took = chunk(&shared, 2, vec![80]);
+        assert_eq!(tap.message(&message(&shared, 2, "high")).unwrap().len(), 1, "80 committed inside the window");
+        assert!(took.try_recv().is_ok());
+    }
+
+    /// When the commits just before a window are no longer remembered, a chunk with unseen transactions cannot be
+    /// checked: read again rather than trusted.
+    #[test]
+    fn a_window_past_the_remembered_commits_is_not_trusted() {
+        let shared = Snapshots::new("s", Vec::new(), true, Ledger::new(None));
+        let mut tap = Tap::new(shared.clone());
+        tap.committed(1);
+        tap.message(&message(&shared, 1, "low")).unwrap();
+        // More commits during the chunk's window than the tap remembers.
+        for xid in 2..(RECENT_COMMITS as u32 + 10) {
+            tap.committed(xid);
+        }
+        let (taken, _took) = tokio::sync::oneshot::channel();
+        let rows = vec![row("1", "0")];
+        shared.put_chunk(
+            1,
+            ReadyChunk { job: 0, table: table(), rows, after: None, finished: false, unseen: vec![1], taken },
+        );
+        assert!(tap.message(&message(&shared, 1, "high")).unwrap_err().is_transient());
     }
 }

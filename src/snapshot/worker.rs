@@ -106,7 +106,7 @@ async fn copy_job(
         let id = shared.next_chunk_id();
         emit(client, shared, id, "low", table.oid).await?;
         let sql = query.sql(job.after.as_deref(), chunk_size);
-        let rows = read_chunk(client, &sql, table.columns.len()).await?;
+        let (rows, unseen) = read_chunk_in_snapshot(client, &sql, table.columns.len()).await?;
         let n = rows.len();
         if let Some(last) = rows.last() {
             job.after = Some(key_text(last, &query.key)?);
@@ -115,7 +115,7 @@ async fn copy_job(
         let (taken, took) = oneshot::channel();
         shared.put_chunk(
             id,
-            ReadyChunk { job: job.id, table: table.clone(), rows, after: job.after.clone(), finished, taken },
+            ReadyChunk { job: job.id, table: table.clone(), rows, after: job.after.clone(), finished, unseen, taken },
         );
         in_flight.push_back((id, n as u64, took));
         if let Err(e) = emit(client, shared, id, "high", table.oid).await {
@@ -258,6 +258,63 @@ async fn emit(client: &Client, shared: &Snapshots, chunk: u64, mark: &str, oid: 
 }
 
 /// Runs one chunk's COPY and parses its rows.
+/// Reads a chunk and, in the same snapshot, the transactions that snapshot saw in progress (`pg_current_snapshot()`'s
+/// list, as 32-bit xids): the stream side checks that none of them committed before the chunk's low watermark (the
+/// commit race, `window` module docs).
+async fn read_chunk_in_snapshot(
+    client: &Client,
+    sql: &str,
+    columns: usize,
+) -> Result<(Vec<Row>, Vec<u32>), SnapshotError> {
+    // A transaction that committed just before the low watermark may still be in the snapshot's in-progress list
+    // (its backend has not left the process array yet): the commit log already says committed. Such a snapshot is
+    // dropped and taken again a moment later, so the race the stream side checks for (`window`) is prevented here
+    // in all but the rarest case (a backend descheduled between writing its commit record and the commit log).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(SnapshotError::sql("starting the chunk's read"))?;
+        let read = async {
+            let row = client
+                .query_one(
+                    "SELECT pg_current_snapshot()::text, \
+                     coalesce(bool_or(pg_xact_status(x) = 'committed'), false) \
+                     FROM pg_snapshot_xip(pg_current_snapshot()) AS x",
+                    &[],
+                )
+                .await
+                .map_err(SnapshotError::sql("reading the chunk's snapshot"))?;
+            let (snapshot, committing): (String, bool) = (row.get(0), row.get(1));
+            if committing && std::time::Instant::now() < deadline {
+                return Ok(None);
+            }
+            let unseen = in_progress(&snapshot)
+                .ok_or_else(|| SnapshotError::Definite(format!("pg_current_snapshot() returned {snapshot:?}")))?;
+            let rows = read_chunk(client, sql, columns).await?;
+            Ok(Some((rows, unseen)))
+        }
+        .await;
+        // Read-only: COMMIT and ROLLBACK are the same; ROLLBACK also ends a failed transaction.
+        let end = client.batch_execute("ROLLBACK").await.map_err(SnapshotError::sql("ending the chunk's read"));
+        let read = read?;
+        end?;
+        match read {
+            Some(read) => return Ok(read),
+            None => tokio::time::sleep(std::time::Duration::from_millis(1)).await,
+        }
+    }
+}
+
+/// The in-progress list of a `pg_current_snapshot()` text (`xmin:xmax:xip,xip,…`), as the 32-bit xids pgoutput
+/// sends (the low 32 bits of each 64-bit xid).
+fn in_progress(snapshot: &str) -> Option<Vec<u32>> {
+    let mut parts = snapshot.splitn(3, ':');
+    let (_xmin, _xmax, xip) = (parts.next()?, parts.next()?, parts.next()?);
+    xip.split(',').filter(|x| !x.is_empty()).map(|x| x.trim().parse::<u64>().ok().map(|x| x as u32)).collect()
+}
+
 async fn read_chunk(client: &Client, sql: &str, columns: usize) -> Result<Vec<Row>, SnapshotError> {
     let stream = client.copy_out(sql).await.map_err(SnapshotError::sql("reading a chunk"))?;
     futures_util::pin_mut!(stream);
@@ -300,4 +357,17 @@ fn key_text(row: &Row, key: &[usize]) -> Result<Vec<String>, SnapshotError> {
             _ => Err(SnapshotError::Definite("a key value is NULL".into())),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_in_progress_list_of_a_snapshot_as_32_bit_xids() {
+        assert_eq!(super::in_progress("100:104:100,102"), Some(vec![100, 102]));
+        assert_eq!(super::in_progress("100:100:"), Some(vec![]));
+        // Past the first wraparound the text holds the epoch too; pgoutput sends the low 32 bits.
+        assert_eq!(super::in_progress("4294967396:4294967400:4294967397"), Some(vec![101]));
+        assert_eq!(super::in_progress("garbage"), None);
+        assert_eq!(super::in_progress("1:2:x"), None);
+    }
 }

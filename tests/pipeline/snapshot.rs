@@ -111,7 +111,20 @@ async fn snapshot_with_concurrent_changes_ends_equal_to_the_table() {
             expected.len()
         );
         let wrong: Vec<_> = expected.iter().filter(|(k, v)| state.get(*k) != Some(v)).take(5).collect();
-        assert!(wrong.is_empty(), "table {table}: topic state differs from the table, e.g. {wrong:?}");
+        if let Some((key, _)) = wrong.first() {
+            // Every record of the first wrong key, in topic order: what the hand-over published for it.
+            let history: Vec<String> = msgs
+                .iter()
+                .zip(values(&msgs))
+                .filter(|(m, _)| m.key.as_deref() == Some(key.as_bytes()))
+                .map(|(m, v)| format!("offset {} {} {} lsn {}", m.offset, v["op"], v["after"], v["source"]["lsn"]))
+                .collect();
+            panic!(
+                "table {table}: topic state differs from the table, e.g. {wrong:?} (topic has {:?}); records of {key}:\n{}",
+                state.get(*key),
+                history.join("\n")
+            );
+        }
         let reads = values(&msgs).iter().filter(|v| v["op"] == "read").count();
         // Rows inserted during the copy may arrive both as insert and, from a later chunk, as read.
         assert!(reads > 0, "no read events for {table}");
