@@ -1,0 +1,224 @@
+//! Failover: multi-host `source.url` (the first usable host that matches `target_session_attrs`), and a primary
+//! crash with promotion of a physical standby (PostgreSQL 17+ failover slots): with the slot synchronized, ficus
+//! follows the new primary and the chaos verifier finds nothing lost, out of order or (exactly_once) duplicated;
+//! with the slot not synchronized, ficus stops with exit 2 naming the gap and creates nothing.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::chaos::{verify, writer, Shared, DDL};
+use crate::support::{unique_db, PgOptions, TestKafka, TestPostgres};
+use crate::{values, Ficus, WAIT};
+
+/// `postgres://postgres@127.0.0.1:P1,127.0.0.1:P2/db?...` over `ports`, in order.
+fn multi_url(ports: &[u16], db: &str, attrs: &str) -> String {
+    let hosts: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    format!("postgres://postgres@{}/{db}?sslmode=disable&target_session_attrs={attrs}", hosts.join(","))
+}
+
+async fn server_version(pg: &TestPostgres) -> i32 {
+    let row = pg.client("postgres").await.query_one("SELECT current_setting('server_version_num')::int", &[]).await;
+    row.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_multi_host_url_skips_hosts_that_are_down_or_read_only() {
+    let kafka = TestKafka::shared();
+    let primary = TestPostgres::shared();
+    // A read-only server (what a hot standby looks like to `target_session_attrs=read-write`) and a closed port.
+    let read_only = TestPostgres::start();
+    let db = unique_db("multi_host");
+    primary.create_database(&db);
+    read_only.create_database(&db);
+    primary.execute(&db, "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
+    read_only.execute(&db, "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
+    read_only.execute("postgres", "ALTER SYSTEM SET default_transaction_read_only = on").await;
+    read_only.execute("postgres", "SELECT pg_reload_conf()").await;
+    let down = crate::support::free_port();
+    let prefix = kafka.unique_topic("multi_host").replace('-', "_").to_lowercase();
+    let url = multi_url(&[down, read_only.port(), primary.port()], &db, "read-write");
+    let config = Ficus::config(&url, &["public.t"], &prefix, &kafka.brokers(), "");
+
+    // `ficus check` goes to the primary too.
+    let (code, out) = crate::check(&config);
+    assert_eq!(code, 0, "{out}");
+    let mut f = Ficus::start(&config);
+    f.wait_streaming();
+    primary.execute(&db, "INSERT INTO t VALUES (1, 'on the primary')").await;
+    let msgs = kafka.consume_all(&format!("{prefix}.public.t"), 1, WAIT).await;
+    assert_eq!(values(&msgs)[0]["after"]["v"], "on the primary");
+    let log = f.log();
+    assert!(log.contains(&format!("127.0.0.1:{}", read_only.port())) && log.contains("read-only"), "{log}");
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+    primary.drop_slots_of(&db);
+
+    // No usable host: every host is named with its reason, and the password never appears.
+    let url = format!(
+        "postgres://postgres:pSECRET@127.0.0.1:{down},127.0.0.1:{}/{db}?sslmode=disable&target_session_attrs=read-write",
+        read_only.port()
+    );
+    let (code, out) = crate::check(&Ficus::config(&url, &["public.t"], &prefix, &kafka.brokers(), ""));
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains(&format!("127.0.0.1:{down}")) && out.contains("read-only"), "{out}");
+    assert!(!out.contains("pSECRET"), "{out}");
+}
+
+/// A primary with a physical standby (`sync_replication_slots` as given), the chaos table, and a ficus config over
+/// both hosts with `failover_slot: true`. `None` before PostgreSQL 17 (the reason is printed).
+struct Pair {
+    primary: TestPostgres,
+    standby: TestPostgres,
+    db: String,
+}
+
+async fn pair(name: &str, sync_slots: bool) -> Option<Pair> {
+    let primary = TestPostgres::start();
+    let version = server_version(&primary).await;
+    if version < 170_000 {
+        eprintln!(
+            "skipped: failover slots need PostgreSQL 17+, the test cluster is {version} (run with FICUS_PG_VERSION=17)"
+        );
+        return None;
+    }
+    let db = unique_db(name);
+    primary.create_database(&db);
+    primary.execute(&db, DDL).await;
+    let standby = primary.start_standby(
+        "standby1",
+        PgOptions::default().setting("sync_replication_slots", if sync_slots { "on" } else { "off" }),
+    );
+    // Logical decoding on the primary waits until the standby has received the WAL it decodes.
+    primary.execute("postgres", "ALTER SYSTEM SET synchronized_standby_slots = 'standby1'").await;
+    primary.execute("postgres", "SELECT pg_reload_conf()").await;
+    Some(Pair { primary, standby, db })
+}
+
+async fn slot_row(pg: &TestPostgres, db: &str, slot: &str) -> Option<(bool, bool, u64)> {
+    let row = pg
+        .client(db)
+        .await
+        .query_opt(
+            "SELECT failover, synced, coalesce(confirmed_flush_lsn::text, '0/0') FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()?;
+    Some((row.get(0), row.get(1), crate::lsn(row.get(2))))
+}
+
+async fn failover(delivery: &str, seed: u64) {
+    let Some(Pair { primary, standby, db }) = pair("failover", true).await else { return };
+    let kafka = TestKafka::start_dedicated();
+    let prefix = kafka.unique_topic("failover").replace('-', "_").to_lowercase();
+    let topic = format!("{prefix}.public.chaos");
+    let url = multi_url(&[primary.port(), standby.port()], &db, "read-write");
+    let config = Ficus::config(&url, &["public.chaos"], &prefix, &kafka.brokers(), "")
+        .replace(
+            "  status_interval_secs: 1\n",
+            "  status_interval_secs: 1\n  reconnect_max_delay_secs: 1\n  failover_slot: true\n",
+        )
+        .replace("kafka:\n", &format!("kafka:\n  delivery: {delivery}\n"));
+    let (code, out) = crate::check(&config);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("will be created with failover") && out.contains("standby1"), "{out}");
+    let mut f = Ficus::start(&config);
+    f.wait_streaming();
+    assert!(slot_row(&primary, &db, &prefix).await.unwrap().0, "the slot is created with failover");
+
+    let changes = 3000;
+    let shared = Arc::new(Shared::default());
+    let w = tokio::spawn(writer(url.clone(), changes, 300.0, seed, shared.clone()));
+    // Half the workload, and the standby's copy of the slot synchronized, then the primary crashes mid-stream.
+    let started = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let synced = slot_row(&standby, &db, &prefix).await;
+        if shared.written.load(Ordering::Relaxed) >= changes / 2
+            && synced.is_some_and(|(fo, s, lsn)| fo && s && lsn > 0)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot never synchronized to the standby:\n{}", standby.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = shared.written.load(Ordering::Relaxed);
+    primary.stop_immediate();
+    let crashed_at = started.elapsed();
+    standby.promote();
+    let promoted_at = started.elapsed();
+    shared.faults_done.store(true, Ordering::Relaxed);
+    w.await.unwrap();
+
+    // Everything the new primary has must arrive.
+    let target: String =
+        standby.client(&db).await.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while slot_row(&standby, &db, &prefix).await.map_or(0, |r| r.2) < crate::lsn(&target) {
+        assert!(Instant::now() < deadline, "ficus did not catch up on the new primary:\n{}", f.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let caught_up_at = started.elapsed();
+    let (fig, examples) = verify(&standby, &db, &kafka, &topic).await;
+    eprintln!(
+        "failover result ({delivery}, seed {seed}): primary crashed at {:.1} s after {before} steps, standby promoted at \
+         {:.1} s, ficus caught up on the new primary at {:.1} s\n  changes written {}, events expected {}, seen {}, \
+         lost {}, duplicated {}, order violations {}",
+        crashed_at.as_secs_f64(),
+        promoted_at.as_secs_f64(),
+        caught_up_at.as_secs_f64(),
+        fig.changes,
+        fig.expected,
+        fig.seen,
+        fig.lost,
+        fig.duplicated,
+        fig.order_violations
+    );
+    assert_eq!(fig.lost, 0, "{examples:?}\n{}", f.log());
+    assert_eq!(fig.order_violations, 0, "{examples:?}");
+    assert!(examples.is_empty(), "{examples:?}");
+    if delivery == "exactly_once" {
+        assert_eq!(fig.duplicated, 0, "exactly_once published duplicates");
+    }
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failover_to_a_synced_standby_at_least_once_loses_nothing() {
+    failover("at_least_once", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failover_to_a_synced_standby_exactly_once_loses_and_duplicates_nothing() {
+    failover("exactly_once", 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failover_to_a_standby_without_the_slot_stops_with_exit_2_naming_the_gap() {
+    let Some(Pair { primary, standby, db }) = pair("failover_unsynced", false).await else { return };
+    let kafka = TestKafka::shared();
+    let prefix = kafka.unique_topic("failover_unsynced").replace('-', "_").to_lowercase();
+    let url = multi_url(&[primary.port(), standby.port()], &db, "read-write");
+    let config = Ficus::config(&url, &["public.chaos"], &prefix, &kafka.brokers(), "")
+        .replace("  status_interval_secs: 1\n", "  status_interval_secs: 1\n  reconnect_max_delay_secs: 1\n");
+    let mut f = Ficus::start(&config);
+    f.wait_streaming();
+    primary.execute(&db, "SELECT chaos_step(1, false); SELECT chaos_step(2, false)").await;
+    // Confirmed (so checkpointed) on the primary, then the primary goes away.
+    let deadline = Instant::now() + WAIT;
+    let target: String =
+        primary.client(&db).await.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+    while slot_row(&primary, &db, &prefix).await.map_or(0, |r| r.2) < crate::lsn(&target) {
+        assert!(Instant::now() < deadline, "{}", f.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    primary.stop_immediate();
+    standby.promote();
+    standby.execute(&db, "SELECT chaos_step(3, false)").await;
+    let status = f.wait(Duration::from_secs(60));
+    let log = f.log();
+    assert_eq!(status.code(), Some(2), "a failover to a server without the slot must stop ficus with exit 2\n{log}");
+    assert!(log.contains("does not exist") && log.contains("failover target without it"), "{log}");
+    assert!(slot_row(&standby, &db, &prefix).await.is_none(), "the refusal creates no slot on the new primary");
+}
