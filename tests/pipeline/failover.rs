@@ -142,11 +142,30 @@ async fn failover(delivery: &str, seed: u64) {
         assert!(Instant::now() < deadline, "the slot never synchronized to the standby:\n{}", standby.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The crash comes while the writer has commits the slot has not confirmed (as in the chaos suite).
+    let client = primary.client(&db).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let unconfirmed = loop {
+        let committed = shared.committed_lsn.load(Ordering::Relaxed);
+        let confirmed = slot_row(&primary, &db, &prefix).await.map_or(0, |r| r.2);
+        if committed > confirmed || Instant::now() > deadline {
+            break committed.saturating_sub(confirmed);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    drop(client);
+    assert!(unconfirmed > 0, "every write was already confirmed when the primary crashed");
     let before = shared.written.load(Ordering::Relaxed);
     primary.stop_immediate();
     let crashed_at = started.elapsed();
     standby.promote();
     let promoted_at = started.elapsed();
+    // The workload goes on against the new primary (the writer's URL lists both hosts too).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while shared.written.load(Ordering::Relaxed) < before + changes / 2 {
+        assert!(Instant::now() < deadline, "the writer made no progress on the new primary");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     shared.faults_done.store(true, Ordering::Relaxed);
     w.await.unwrap();
 
@@ -161,11 +180,12 @@ async fn failover(delivery: &str, seed: u64) {
     let caught_up_at = started.elapsed();
     let (fig, examples) = verify(&standby, &db, &kafka, &topic).await;
     eprintln!(
-        "failover result ({delivery}, seed {seed}): primary crashed at {:.1} s after {before} steps, standby promoted at \
-         {:.1} s, ficus caught up on the new primary at {:.1} s\n  changes written {}, events expected {}, seen {}, \
+        "failover result ({delivery}, seed {seed}): primary crashed at {:.1} s after {before} steps ({unconfirmed} B of WAL unconfirmed), standby promoted at \
+         {:.1} s, {} steps in all, ficus caught up on the new primary at {:.1} s\n  changes written {}, events expected {}, seen {}, \
          lost {}, duplicated {}, order violations {}",
         crashed_at.as_secs_f64(),
         promoted_at.as_secs_f64(),
+        shared.written.load(Ordering::Relaxed),
         caught_up_at.as_secs_f64(),
         fig.changes,
         fig.expected,
@@ -221,4 +241,37 @@ async fn failover_to_a_standby_without_the_slot_stops_with_exit_2_naming_the_gap
     assert_eq!(status.code(), Some(2), "a failover to a server without the slot must stop ficus with exit 2\n{log}");
     assert!(log.contains("does not exist") && log.contains("failover target without it"), "{log}");
     assert!(slot_row(&standby, &db, &prefix).await.is_none(), "the refusal creates no slot on the new primary");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failover_slot_true_is_refused_before_17_and_for_a_slot_without_failover() {
+    let s = crate::Setup::new("failover_true", "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let version = server_version(s.pg).await;
+    let config = s
+        .config(&["public.t"])
+        .replace("  status_interval_secs: 1\n", "  status_interval_secs: 1\n  failover_slot: true\n");
+    if version < 170_000 {
+        let (code, out) = crate::check(&config);
+        assert_ne!(code, 0, "{out}");
+        assert!(out.contains("needs PostgreSQL 17") && out.contains(&format!("{}.", version / 10_000)), "{out}");
+        let mut f = Ficus::start(&config);
+        assert_eq!(f.wait(WAIT).code(), Some(2), "{}", f.log());
+        assert!(f.log().contains("needs PostgreSQL 17"), "{}", f.log());
+        return;
+    }
+    // PostgreSQL 17+: a slot created without failover is refused with the command that fixes it.
+    s.sql(&format!("SELECT pg_create_logical_replication_slot('{}', 'pgoutput')", s.prefix)).await;
+    let (code, out) = crate::check(&config);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("exists without failover") && out.contains("ALTER_REPLICATION_SLOT"), "{out}");
+    // The fix as printed, over a replication connection, makes the check pass.
+    let out = std::process::Command::new("psql")
+        .arg(format!("host=127.0.0.1 port={} user=postgres dbname={} replication=database", s.pg.port(), s.db))
+        .args(["-c", &format!("ALTER_REPLICATION_SLOT \"{}\" (FAILOVER true)", s.prefix)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (code, out) = crate::check(&config);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("has failover"), "{out}");
 }
