@@ -107,6 +107,20 @@ async fn slot_row(pg: &TestPostgres, db: &str, slot: &str) -> Option<(bool, bool
     Some((row.get(0), row.get(1), crate::lsn(row.get(2))))
 }
 
+/// Waits until `/status` contains `status` and `/metrics` contains `metric`.
+async fn wait_status(port: u16, status: &str, metric: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = crate::get(port, "/status").map(|r| r.1).unwrap_or_default();
+        let m = crate::get(port, "/metrics").map(|r| r.1).unwrap_or_default();
+        if s.contains(status) && m.lines().any(|l| l.starts_with(metric)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "/status never showed {status} or /metrics {metric}:\n{s}\n{m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn failover(delivery: &str, seed: u64) {
     let Some(Pair { primary, standby, db }) = pair("failover", true).await else { return };
     let kafka = TestKafka::start_dedicated();
@@ -122,9 +136,10 @@ async fn failover(delivery: &str, seed: u64) {
     let (code, out) = crate::check(&config);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("will be created with failover") && out.contains("standby1"), "{out}");
-    let mut f = Ficus::start(&config);
+    let (mut f, health) = Ficus::start_with_health(&config);
     f.wait_streaming();
     assert!(slot_row(&primary, &db, &prefix).await.unwrap().0, "the slot is created with failover");
+    wait_status(health, "\"slotFailover\":true", "ficus_slot_failover 1").await;
 
     let changes = 3000;
     let shared = Arc::new(Shared::default());
@@ -178,6 +193,8 @@ async fn failover(delivery: &str, seed: u64) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let caught_up_at = started.elapsed();
+    // On the new primary the slot is the synchronized copy.
+    wait_status(health, "\"slotSynced\":true", "ficus_slot_failover 1").await;
     let (fig, examples) = verify(&standby, &db, &kafka, &topic).await;
     eprintln!(
         "failover result ({delivery}, seed {seed}): primary crashed at {:.1} s after {before} steps ({unconfirmed} B of WAL unconfirmed), standby promoted at \
