@@ -107,11 +107,19 @@ impl TestPostgres {
             let client = self.client("postgres").await;
             let create = client.execute("SELECT pg_create_physical_replication_slot($1, true)", &[&slot]).await;
             create.unwrap_or_else(|e| self.fail(&format!("create physical slot {slot}: {e}")));
-            client.execute("SELECT pg_backup_start('ficus-standby', true)", &[]).await.expect("pg_backup_start");
+            let version: i32 =
+                client.query_one("SELECT current_setting('server_version_num')::int", &[]).await.unwrap().get(0);
+            // Named pg_start_backup/pg_stop_backup before 15.
+            let (start, stop) = if version >= 150_000 {
+                ("pg_backup_start('ficus-standby', true)", "pg_backup_stop(true)")
+            } else {
+                ("pg_start_backup('ficus-standby', true, false)", "pg_stop_backup(false, true)")
+            };
+            client.execute(&format!("SELECT {start}"), &[]).await.expect("start the base backup");
             let out = Command::new("cp").arg("-a").arg(&self.data).arg(&standby.data).output().expect("run cp");
             assert!(out.status.success(), "copying the data directory: {}", output_text(&out));
             let row =
-                client.query_one("SELECT labelfile FROM pg_backup_stop(true)", &[]).await.expect("pg_backup_stop");
+                client.query_one(&format!("SELECT labelfile FROM {stop}"), &[]).await.expect("stop the base backup");
             row.get::<_, String>(0)
         });
         for name in ["postmaster.pid", "postmaster.opts"] {
