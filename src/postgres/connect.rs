@@ -129,7 +129,7 @@ impl ConnInfo {
             };
             match refusal {
                 None => {
-                    tracing::debug!(target = %candidate.target(), attrs = attrs.as_str(), "control connection: host chosen");
+                    tracing::info!(target = %candidate.target(), attrs = attrs.as_str(), "control connection: host chosen");
                     return Ok((client, task));
                 }
                 Some(reason) => {
