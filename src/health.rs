@@ -225,7 +225,7 @@ pub async fn serve(
                 tracing::warn!(error = %e, "health endpoints stopped");
             },
             () = async { shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
-                tracing::warn!(grace = ?SHUTDOWN_GRACE, "health endpoints: connections still open after the shutdown grace; closing them");
+                tracing::warn!(grace_secs = SHUTDOWN_GRACE.as_secs(), "health endpoints: connections still open after the shutdown grace; closing them");
             }
         }
     }))

@@ -244,8 +244,8 @@ async fn async_main() -> ExitCode {
             match pipeline::run(config, rules, options, shutdown_on_signals()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e}");
-                    eprintln!("error: {e}");
+                    // Once, through the log (JSON with --log-format json), not also on stderr beside it.
+                    tracing::error!(exit_code = e.exit_code(), "{e}");
                     ExitCode::from(e.exit_code() as u8)
                 }
             }

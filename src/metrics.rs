@@ -23,7 +23,8 @@ pub const DLQ: &str = "ficus_dlq_records_total";
 pub const ERRORS: &str = "ficus_errors_total";
 /// Server WAL end − confirmed flush position of the slot, bytes.
 pub const LAG_BYTES: &str = "ficus_replication_lag_bytes";
-/// Now − commit time of the last transaction Kafka acknowledged completely, seconds (0 when nothing is pending).
+/// Now − commit time of the oldest transaction received (BEGIN seen) that Kafka has not acknowledged completely,
+/// seconds (0 when nothing is pending).
 pub const LAG_SECONDS: &str = "ficus_replication_lag_seconds";
 /// WAL the slot retains on the server (`pg_current_wal_lsn() - restart_lsn`), bytes.
 pub const RETAINED_WAL: &str = "ficus_slot_retained_wal_bytes";
@@ -97,7 +98,11 @@ fn describe() {
     describe_counter!(DLQ, "Records sent to the dead-letter topic, by rule");
     describe_counter!(ERRORS, "Errors, by kind");
     describe_gauge!(LAG_BYTES, Unit::Bytes, "Server WAL end minus the slot's confirmed flush position");
-    describe_gauge!(LAG_SECONDS, Unit::Seconds, "Now minus the commit time of the last fully acknowledged transaction");
+    describe_gauge!(
+        LAG_SECONDS,
+        Unit::Seconds,
+        "Now minus the commit time of the oldest received transaction Kafka has not acknowledged completely"
+    );
     describe_gauge!(RETAINED_WAL, Unit::Bytes, "WAL retained on the server for the slot");
     describe_histogram!(
         COMMIT_ACK_LATENCY,

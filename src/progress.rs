@@ -43,6 +43,8 @@ struct Inner {
     pending: VecDeque<Pending>,
     flushed: Lsn,
     in_flight: u64,
+    /// Acknowledgements so far (the monitor tells stalled deliveries by this count not moving).
+    acks: u64,
     failure: Option<String>,
     /// The failure is worth a new session (see [`Progress::fail_transient`]).
     failure_transient: bool,
@@ -74,6 +76,7 @@ impl Progress {
                 pending: VecDeque::new(),
                 flushed: start,
                 in_flight: 0,
+                acks: 0,
                 failure: None,
                 failure_transient: false,
                 released: start,
@@ -144,10 +147,27 @@ impl Progress {
 
     /// Registers the next transaction of the stream.
     pub fn begin(&self) -> TxSeq {
+        self.register(None)
+    }
+
+    /// [`Progress::begin`] of a source transaction committed at `commit_time_us` (Unix µs; pgoutput's BEGIN carries
+    /// it): from now until Kafka acknowledged all of it, [`Progress::lag_seconds`] counts from that time — also while
+    /// a large transaction is still streaming.
+    pub fn begin_at(&self, commit_time_us: i64) -> TxSeq {
+        self.register(Some(commit_time_us))
+    }
+
+    fn register(&self, commit_time_us: Option<i64>) -> TxSeq {
         let mut inner = self.lock();
         let seq = inner.base + inner.pending.len() as u64;
-        inner.pending.push_back(Pending { outstanding: 0, end: None, commit_time_us: None });
+        inner.pending.push_back(Pending { outstanding: 0, end: None, commit_time_us });
         TxSeq(seq)
+    }
+
+    /// How many messages Kafka acknowledged since this tracker was made (a count that stops moving while messages
+    /// are in flight means the deliveries stalled).
+    pub fn acked_total(&self) -> u64 {
+        self.lock().acks
     }
 
     /// Counts one message of `tx` about to be produced. Call *before* handing it to the producer.
@@ -168,6 +188,7 @@ impl Progress {
     pub fn ack(&self, tx: TxSeq) {
         let mut inner = self.lock();
         inner.in_flight = inner.in_flight.saturating_sub(1);
+        inner.acks += 1;
         if let Some(p) = Self::slot(&mut inner, tx) {
             p.outstanding = p.outstanding.saturating_sub(1);
         }
@@ -225,7 +246,9 @@ impl Progress {
         self.commit(tx, end);
     }
 
-    /// Seconds since the commit of the oldest transaction not yet acknowledged completely (0 when none).
+    /// The replication lag in seconds: now − the commit time of the oldest transaction registered (its BEGIN seen, by
+    /// [`Progress::begin_at`] or [`Progress::commit_at`]) that Kafka has not acknowledged completely; 0 when every
+    /// such transaction is acknowledged. A large transaction counts from its BEGIN on, not from its COMMIT.
     pub fn lag_seconds(&self) -> f64 {
         let inner = self.lock();
         let oldest = inner.pending.iter().find_map(|p| p.commit_time_us);
@@ -343,6 +366,22 @@ mod tests {
         assert_eq!(p.flushed(), Lsn(80));
         p.idle(Lsn(70)); // never moves backwards
         assert_eq!(p.flushed(), Lsn(80));
+    }
+
+    #[test]
+    fn lag_counts_from_begin_while_a_transaction_streams() {
+        let p = Progress::new(Lsn(0));
+        assert_eq!(p.lag_seconds(), 0.0);
+        let committed = now_us() - 5_000_000;
+        let a = p.begin_at(committed);
+        p.add_message(a);
+        // Its COMMIT is not seen yet (a large transaction still streaming): the lag is already counted.
+        let lag = p.lag_seconds();
+        assert!((5.0..6.0).contains(&lag), "{lag}");
+        p.commit_at(a, Lsn(10), committed);
+        p.ack(a);
+        assert_eq!(p.lag_seconds(), 0.0, "everything acknowledged");
+        assert_eq!(p.acked_total(), 1);
     }
 
     #[test]

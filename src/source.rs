@@ -123,6 +123,10 @@ pub struct Source<'c> {
     last_idle: Lsn,
     /// The stream was started with pgoutput's `binary` option.
     binary: bool,
+    /// Where `/status.receivedLsn` goes (see [`Source::with_status`]), and the position last written there.
+    status: Option<Arc<crate::health::Health>>,
+    wal_received: Lsn,
+    status_received: Lsn,
 }
 
 impl<'c> Source<'c> {
@@ -156,6 +160,9 @@ impl<'c> Source<'c> {
             batch: Vec::with_capacity(BATCH),
             last_idle: skip_before,
             binary: false,
+            status: None,
+            wal_received: Lsn::INVALID,
+            status_received: Lsn::INVALID,
         }
     }
 
@@ -163,6 +170,14 @@ impl<'c> Source<'c> {
     /// from binary then stops the source with [`SourceError::NeedsTextValues`] before any of its rows.
     pub fn with_binary_values(mut self, binary: bool) -> Source<'c> {
         self.binary = binary;
+        self
+    }
+
+    /// Reports the last position received from the server as `/status.receivedLsn`: the highest WAL position the
+    /// server's messages carried (a data message's position, a keepalive's WAL end), as PostgreSQL's own
+    /// subscribers report `received_lsn`. Written at most twice a second.
+    pub fn with_status(mut self, health: Arc<crate::health::Health>) -> Source<'c> {
+        self.status = Some(health);
         self
     }
 
@@ -218,6 +233,11 @@ impl<'c> Source<'c> {
 
     /// Sends a standby status update when forced, when the flushed LSN moved, or when the interval elapsed.
     async fn maybe_status(&mut self, force: bool) -> Result<(), SourceError> {
+        if let (Some(health), true) = (&self.status, self.wal_received > self.status_received) {
+            self.status_received = self.wal_received;
+            let at = self.wal_received.to_string();
+            health.update(|s| s.received_lsn = Some(at));
+        }
         let flushed = *self.flushed.borrow();
         let due = self.last_status.elapsed() >= self.status_interval;
         if force || due || flushed != self.reported {
@@ -230,12 +250,14 @@ impl<'c> Source<'c> {
 
     async fn handle(&mut self, msg: ReplicationMessage, shutdown: &CancellationToken) -> Result<(), SourceError> {
         match msg {
-            ReplicationMessage::XLogData { wal_start, data, .. } => {
+            ReplicationMessage::XLogData { wal_start, wal_end, data, .. } => {
+                self.wal_received = self.wal_received.max(wal_start).max(wal_end);
                 let decoded =
                     pgoutput::decode(data).map_err(|source| SourceError::Decode { lsn: wal_start, source })?;
                 self.on_message(wal_start, decoded, shutdown).await
             }
             ReplicationMessage::KeepAlive { wal_end, reply_requested, .. } => {
+                self.wal_received = self.wal_received.max(wal_end);
                 if self.tx.is_none() && !self.skipping && wal_end > self.last_idle {
                     self.last_idle = wal_end;
                     self.batch.push(SourceEvent::Idle(wal_end));
@@ -308,7 +330,7 @@ impl<'c> Source<'c> {
                     replica_identity: r.replica_identity,
                 };
                 self.warn_on_rename(&table);
-                tracing::debug!(table = %table.qualified_name(), oid = table.oid, keys = ?keys, "relation");
+                tracing::debug!(table = %table.qualified_name(), oid = table.oid, keys = %keys.join(", "), "relation");
                 self.described.insert(r.oid);
                 self.relations.insert(r.oid, Arc::new(table));
             }

@@ -94,7 +94,7 @@ pub fn read(cfg: &KafkaConfig, topic: &str, slot: &str) -> Result<Option<Checkpo
             }
         }
     }
-    tracing::debug!(lsn = ?last.as_ref().map(|l: &Checkpoint| l.lsn.clone()), "checkpoint topic read");
+    tracing::debug!(lsn = last.as_ref().map(|l: &Checkpoint| l.lsn.clone()), "checkpoint topic read");
     Ok(last)
 }
 

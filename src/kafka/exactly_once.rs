@@ -147,7 +147,13 @@ impl KafkaTxn {
         }
         let t = Instant::now();
         self.sink.commit_transaction(Duration::from_secs(60)).await?;
-        tracing::debug!(source_txns = self.triggers.source_txns, bytes = self.triggers.bytes, last = ?self.last.map(|l| l.0), took_ms = t.elapsed().as_millis() as u64, "kafka transaction committed");
+        tracing::debug!(
+            source_txns = self.triggers.source_txns,
+            bytes = self.triggers.bytes,
+            last = self.last.map(|l| l.0.to_string()),
+            took_ms = t.elapsed().as_millis() as u64,
+            "kafka transaction committed"
+        );
         self.open = false;
         let end = self.last.take().map(|l| l.0).into_iter().chain(self.idle_while_open.take()).max();
         if let Some(end) = end {

@@ -46,9 +46,13 @@ pub enum PipelineError {
     /// A task panicked or was cancelled: a bug in ficus, reported as one (exit 1) rather than as a data problem.
     #[error("internal error (please report it): {0}")]
     Internal(String),
-    /// The connection to PostgreSQL broke or the slot is busy: ficus reconnects with backoff.
+    /// The connection to PostgreSQL broke: ficus reconnects with backoff.
     #[error("PostgreSQL: {0}")]
     Transient(String),
+    /// The slot is streamed by another process (another ficus): this one waits as a hot standby, retrying with
+    /// backoff, and takes over once the slot is free. Transient, and not counted as an error or a reconnect.
+    #[error("{0}")]
+    SlotBusy(String),
 }
 
 impl PipelineError {
@@ -56,7 +60,7 @@ impl PipelineError {
     /// definite and stops ficus.
     pub fn is_transient(&self) -> bool {
         match self {
-            PipelineError::Transient(_) => true,
+            PipelineError::Transient(_) | PipelineError::SlotBusy(_) => true,
             PipelineError::Source(e) => e.is_transient(),
             PipelineError::Control(e) => e.is_transient(),
             PipelineError::Sink(e) => e.is_transient(),
@@ -71,7 +75,8 @@ impl PipelineError {
             PipelineError::Control(_)
             | PipelineError::Postgres(_)
             | PipelineError::Source(_)
-            | PipelineError::Transient(_) => "replication",
+            | PipelineError::Transient(_)
+            | PipelineError::SlotBusy(_) => "replication",
             PipelineError::Sink(_) => "delivery",
             PipelineError::Checkpoint(_) => "checkpoint",
             PipelineError::Route { .. } => "rule",

@@ -71,7 +71,9 @@ pub async fn run(
     }
     let health = Health::new(crate::metrics::install());
     let server_stop = CancellationToken::new();
-    let server = match config.health.listen {
+    // A dry run serves no endpoints: it runs next to the real instance, whose health port it would take.
+    let listen = config.health.listen.filter(|_| options.output != Output::DryRun);
+    let server = match listen {
         Some(addr) => Some(
             crate::health::serve(addr, health.clone(), server_stop.clone())
                 .await
@@ -115,17 +117,33 @@ async fn run_with_reconnects(
             .build()
     };
     let mut delays = backoff();
+    // The slot was busy at the last attempt: this instance waits as a hot standby.
+    let mut standby = false;
     loop {
         let started = std::time::Instant::now();
-        match startup::run_with(config, rules, options, shutdown, health).await {
+        match startup::run_with(config, rules, options, shutdown, health, standby).await {
             Err(e) if e.is_transient() && !shutdown.is_cancelled() && options.output != Output::DryRun => {
                 if started.elapsed() > Duration::from_secs(60) {
                     delays = backoff();
                 }
                 let delay = delays.next().unwrap_or(Duration::from_secs(config.source.reconnect_max_delay_secs));
-                metrics::counter!(crate::metrics::RECONNECTS).increment(1);
-                metrics::counter!(crate::metrics::ERRORS, "kind" => e.kind()).increment(1);
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "reconnecting");
+                match (&e, standby) {
+                    // Said once; then the standby waits quietly (its retries are debug lines, not reconnects).
+                    (PipelineError::SlotBusy(_), false) => tracing::warn!(
+                        error = %e,
+                        "waiting as a hot standby: this instance takes over when the slot is released (retrying \
+                         quietly with backoff up to source.reconnect_max_delay_secs)"
+                    ),
+                    (PipelineError::SlotBusy(_), true) => {
+                        tracing::debug!(error = %e, retry_in_ms = delay.as_millis() as u64, "still a hot standby")
+                    }
+                    _ => {
+                        metrics::counter!(crate::metrics::RECONNECTS).increment(1);
+                        metrics::counter!(crate::metrics::ERRORS, "kind" => e.kind()).increment(1);
+                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "reconnecting");
+                    }
+                }
+                standby = matches!(e, PipelineError::SlotBusy(_));
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(delay) => {}

@@ -3,7 +3,7 @@
 //! path: each loop wakes every second or two.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -28,7 +28,8 @@ pub(super) fn publish_counts(health: &Health, router: &Router, last_commit_us: i
     });
 }
 
-/// Every second while streaming: flushed LSN, lag in seconds, producer queue, broker reachability.
+/// Every second while streaming: flushed LSN, lag in seconds, producer queue, broker reachability, and the log lines
+/// of a Kafka outage ([`Outage`]).
 pub(super) async fn report_loop(
     health: Arc<Health>,
     progress: Arc<Progress>,
@@ -36,6 +37,7 @@ pub(super) async fn report_loop(
     stop: CancellationToken,
 ) {
     let mut tick = 0u64;
+    let mut outage = Outage::default();
     loop {
         let flushed = progress.flushed();
         let lag = progress.lag_seconds();
@@ -48,11 +50,21 @@ pub(super) async fn report_loop(
             s.lag_seconds = lag;
             s.producer_queue = queue;
         });
-        if let (Some(p), 0) = (&probe, tick % 2) {
-            match p.probe(Duration::from_secs(2)).await {
-                Ok(_) => health.set_broker(None),
-                Err(e) => health.set_broker(Some(e.to_string())),
+        if let Some(p) = &probe {
+            if tick % 2 == 0 {
+                match p.probe(Duration::from_secs(2)).await {
+                    Ok(_) => {
+                        health.set_broker(None);
+                        outage.probe(None);
+                    }
+                    Err(e) => {
+                        health.set_broker(Some(e.to_string()));
+                        outage.probe(Some(e.to_string()));
+                    }
+                }
             }
+            outage.deliveries(queue, progress.acked_total(), Instant::now());
+            outage.report(queue);
         }
         health.upkeep();
         tick += 1;
@@ -60,6 +72,78 @@ pub(super) async fn report_loop(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
+    }
+}
+
+/// Messages in flight with no acknowledgement for this long: the deliveries stalled (the broker pauses or is gone).
+pub(super) const STALL_AFTER: Duration = Duration::from_secs(5);
+
+/// A Kafka outage while streaming, as the operator reads it in the log: one WARN when it starts (the broker does not
+/// answer twice in a row, or messages are in flight and none was acknowledged for [`STALL_AFTER`]) with what it
+/// means and what to check, one INFO when it ends (the broker answers and deliveries move). Nothing in between,
+/// however long it lasts.
+#[derive(Debug, Default)]
+pub(super) struct Outage {
+    /// Consecutive failed probes, and the last reason.
+    failed_probes: u32,
+    reason: Option<String>,
+    /// The acknowledgement count last seen, and since when it has not moved while messages were in flight.
+    acks: u64,
+    stalled_since: Option<Instant>,
+    /// The outage being reported, since when.
+    since: Option<Instant>,
+}
+
+impl Outage {
+    fn probe(&mut self, problem: Option<String>) {
+        match problem {
+            None => self.failed_probes = 0,
+            Some(reason) => {
+                self.failed_probes += 1;
+                self.reason = Some(reason);
+            }
+        }
+    }
+
+    fn deliveries(&mut self, in_flight: u64, acks: u64, now: Instant) {
+        if in_flight == 0 || acks != self.acks {
+            self.stalled_since = None;
+        } else if self.stalled_since.is_none() {
+            self.stalled_since = Some(now);
+        }
+        self.acks = acks;
+    }
+
+    fn stalled(&self) -> bool {
+        self.stalled_since.is_some_and(|t| t.elapsed() >= STALL_AFTER)
+    }
+
+    /// Logs the start or the end of an outage; returns whether one is going on.
+    fn report(&mut self, in_flight: u64) -> bool {
+        let down = self.failed_probes >= 2 || self.stalled();
+        match (down, self.since) {
+            (true, None) => {
+                self.since = Some(Instant::now());
+                let reason = match (&self.reason, self.failed_probes >= 2) {
+                    (Some(r), true) => r.clone(),
+                    _ => format!("no acknowledgement for {} s", STALL_AFTER.as_secs()),
+                };
+                tracing::warn!(
+                    in_flight,
+                    reason = %reason,
+                    "Kafka deliveries stalled: the stream waits (nothing is lost; PostgreSQL is confirmed only up to \
+                     what Kafka acknowledged, and the slot retains the WAL meanwhile) until the brokers answer again; \
+                     check that kafka.brokers are up and reachable from here, and their disk and logs"
+                );
+            }
+            (false, Some(since)) => {
+                self.since = None;
+                self.reason = None;
+                tracing::info!(outage_secs = since.elapsed().as_secs(), "Kafka deliveries resumed");
+            }
+            _ => {}
+        }
+        down
     }
 }
 
@@ -125,5 +209,41 @@ pub(super) async fn monitor_server(client: &tokio_postgres::Client, slot: Option
             }
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outage_is_reported_once_when_it_starts_and_once_when_it_ends() {
+        let mut o = Outage::default();
+        let t0 = Instant::now() - STALL_AFTER * 2;
+        // Messages in flight, acknowledgements moving: fine.
+        o.deliveries(10, 1, t0);
+        o.deliveries(10, 2, t0);
+        assert!(!o.report(10));
+        // No acknowledgement since t0 (long ago): stalled.
+        o.deliveries(10, 2, t0);
+        assert!(o.report(10));
+        assert!(o.since.is_some());
+        // Still stalled, probes failing: the same outage, nothing new to say.
+        o.probe(Some("timeout".into()));
+        o.probe(Some("timeout".into()));
+        assert!(o.report(10));
+        // The broker answers and acknowledges: over.
+        o.probe(None);
+        o.deliveries(10, 3, Instant::now());
+        assert!(!o.report(10));
+        assert!(o.since.is_none());
+        // Nothing in flight: never stalled, whatever the ack count.
+        o.deliveries(0, 3, t0);
+        assert!(!o.report(0));
+        // One failed probe is not an outage; two in a row are.
+        o.probe(Some("timeout".into()));
+        assert!(!o.report(0));
+        o.probe(Some("timeout".into()));
+        assert!(o.report(0));
     }
 }

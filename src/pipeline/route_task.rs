@@ -61,7 +61,7 @@ pub(super) async fn route_loop(
                     // A dry run confirms nothing: its transactions never enter the progress tracker.
                     SourceEvent::Begin(_) if !destination.confirms() => current = Some(crate::progress::TxSeq(0)),
                     SourceEvent::Begin(meta) => {
-                        current = Some(progress.begin());
+                        current = Some(progress.begin_at(meta.commit_time_us));
                         commit_time_us = meta.commit_time_us;
                     }
                     SourceEvent::Change(change) => {

@@ -241,7 +241,8 @@ pub(super) async fn stream_session(
     let source =
         Source::new(stream, tx, confirm, catalog, start, Duration::from_secs(config.source.status_interval_secs))
             .with_binary_values(binary)
-            .with_control(client);
+            .with_control(client)
+            .with_status(health.clone());
     let snapshot_task = snapshots.as_ref().map(|s| {
         s.start(info.clone(), config.snapshot.workers, config.snapshot.chunk_size, health.clone(), stop.clone())
     });

@@ -28,10 +28,16 @@ pub(super) async fn run_with(
     options: &RunOptions,
     shutdown: &CancellationToken,
     health: &Arc<Health>,
+    standby: bool,
 ) -> Result<(), PipelineError> {
     let config = config.clone();
     let info = ConnInfo::parse(&config.source.url).map_err(|e| PipelineError::Config(format!("source.url: {e}")))?;
-    tracing::info!(url = %info.redacted(), slot = %config.source.slot, "connecting to PostgreSQL");
+    // A hot standby (`standby`: the slot was busy at the last attempt) retries quietly: what it said once stays true.
+    if standby {
+        tracing::debug!(url = %info.redacted(), slot = %config.source.slot, "connecting to PostgreSQL");
+    } else {
+        tracing::info!(url = %info.redacted(), slot = %config.source.slot, "connecting to PostgreSQL");
+    }
     let (client, connection) = info.connect_control().await.map_err(|e| {
         if e.is_certificate_problem() {
             PipelineError::Config(format!(
@@ -53,7 +59,11 @@ pub(super) async fn run_with(
     }
     for item in &report.items {
         if item.status == crate::check::Status::Warn {
-            tracing::warn!(check = %item.title, fix = item.fix.as_deref().unwrap_or(""), "{}", item.detail);
+            if standby {
+                tracing::debug!(check = %item.title, fix = item.fix.as_deref().unwrap_or(""), "{}", item.detail);
+            } else {
+                tracing::warn!(check = %item.title, fix = item.fix.as_deref().unwrap_or(""), "{}", item.detail);
+            }
         }
     }
     if report.is_blocking() {
@@ -64,9 +74,12 @@ pub(super) async fn run_with(
             .iter()
             .all(|f| f.title.starts_with("replication slot ") && f.detail.contains("in use by another process"))
         {
-            return Err(PipelineError::Transient(format!("{}: {}", failures[0].title, failures[0].detail)));
+            return Err(PipelineError::SlotBusy(format!("{}: {}", failures[0].title, failures[0].detail)));
         }
         return Err(PipelineError::Preflight(report));
+    }
+    if standby {
+        tracing::info!(slot = %config.source.slot, "the replication slot is free: this hot standby takes over");
     }
     admin::ensure_publication(&client, &config).await?;
     // A dry run streams text values: switching to text later would need a new temporary slot, losing what the
@@ -171,15 +184,33 @@ pub(super) async fn wait_for_broker(
         .with_max_delay(Duration::from_secs(30))
         .without_max_times()
         .build();
+    let mut waiting: Option<std::time::Instant> = None;
     loop {
         match sink.probe(Duration::from_secs(5)).await {
             Ok(n) => {
-                tracing::info!(brokers, count = n, "Kafka reachable");
+                match waiting {
+                    Some(since) => {
+                        tracing::info!(brokers, count = n, waited_secs = since.elapsed().as_secs(), "Kafka reachable")
+                    }
+                    None => tracing::info!(brokers, count = n, "Kafka reachable"),
+                }
                 return Ok(());
             }
             Err(e) => {
                 let delay = delays.next().unwrap_or(Duration::from_secs(30));
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Kafka not reachable yet");
+                // Said once, with the fix; the retries are debug lines (no log storm however long it lasts).
+                if waiting.is_none() {
+                    waiting = Some(std::time::Instant::now());
+                    tracing::warn!(
+                        error = %e,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "Kafka not reachable yet: waiting for the brokers before streaming (not ready meanwhile); \
+                         check kafka.brokers, that the brokers run and are reachable from here (listeners, DNS, \
+                         firewall), and kafka.properties for TLS/SASL"
+                    );
+                } else {
+                    tracing::debug!(error = %e, retry_in_ms = delay.as_millis() as u64, "Kafka still not reachable");
+                }
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(delay) => {}

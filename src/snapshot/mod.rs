@@ -112,6 +112,8 @@ pub(crate) struct JobProgress {
     pub rows_before: u64,
     pub estimated: Option<u64>,
     pub started: Option<Instant>,
+    /// When the job finished (or failed) in this session: its rate stops there.
+    pub ended: Option<Instant>,
     pub last_logged: Option<Instant>,
 }
 
@@ -241,6 +243,7 @@ impl Snapshots {
                 rows_before: job.rows,
                 estimated: None,
                 started: None,
+                ended: None,
                 last_logged: None,
             },
         );
@@ -309,9 +312,11 @@ impl Snapshots {
     fn end_job(&self, job: &Job, state: JobState) {
         self.lock_queue().active.remove(&job.table_name());
         if let Some(p) = self.lock_progress().get_mut(&job.id) {
+            p.ended = Some(Instant::now());
             if state == JobState::Done {
                 let secs = p.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
-                tracing::info!(table = %p.table, job = job.id, rows = p.rows, seconds = format!("{secs:.1}"), "snapshot of table finished");
+                let (rate, _) = report::rate_and_eta(p);
+                tracing::info!(table = %p.table, job = job.id, rows = p.rows, seconds = (secs * 10.0).round() / 10.0, rows_per_second = rate.round() as u64, "snapshot of table finished");
             }
             p.state = state;
         }

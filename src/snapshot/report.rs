@@ -24,11 +24,18 @@ pub fn bars() -> Option<&'static MultiProgress> {
     .as_ref()
 }
 
-/// Rows per second since the job started in this session, and the seconds left when the total is known.
-fn rate_and_eta(p: &JobProgress) -> (f64, Option<u64>) {
-    let secs = p.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+/// The one rate of a job, for the log lines, `/status` (`rowsPerSecond`) and the bar alike: rows read in this session
+/// ÷ seconds from the job's start in this session to its end (or to now while it runs) — a finished job keeps its
+/// final rate. And the seconds left when the total is known.
+pub(crate) fn rate_and_eta(p: &JobProgress) -> (f64, Option<u64>) {
+    let secs = match (p.started, p.ended) {
+        (Some(s), Some(e)) => e.saturating_duration_since(s).as_secs_f64(),
+        (Some(s), None) => s.elapsed().as_secs_f64(),
+        _ => 0.0,
+    };
     let rate = if secs > 0.0 { (p.rows - p.rows_before) as f64 / secs } else { 0.0 };
     let eta = match p.estimated {
+        Some(_) if p.ended.is_some() => None,
         Some(total) if rate > 0.0 => Some((total.saturating_sub(p.rows) as f64 / rate).ceil() as u64),
         _ => None,
     };
@@ -66,9 +73,9 @@ pub(super) async fn run(shared: Arc<Snapshots>, health: Arc<Health>, stop: Cance
                         tracing::info!(
                             table = %table,
                             rows = p.rows,
-                            estimated_rows = ?p.estimated,
+                            estimated_rows = p.estimated,
                             rows_per_second = rate.round() as u64,
-                            eta_seconds = ?eta,
+                            eta_seconds = eta,
                             "snapshot progress"
                         );
                     }
@@ -130,8 +137,39 @@ fn update_bar(multi: &MultiProgress, bars: &mut std::collections::HashMap<u64, P
         None => format!("{:.0} rows/s", rate),
     });
     match &p.state {
-        JobState::Done => bar.finish(),
+        // A finished bar goes away (the "snapshot of table finished" log line stays); a failed one stays with why.
+        JobState::Done => bar.finish_and_clear(),
         JobState::Failed(e) => bar.abandon_with_message(e.clone()),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_finished_job_keeps_one_rate_and_no_eta() {
+        let started = Instant::now() - Duration::from_secs(10);
+        let mut p = JobProgress {
+            table: crate::ident::TableName { schema: "public".into(), name: "t".into() },
+            filter: None,
+            state: JobState::Running,
+            rows: 1_500,
+            rows_before: 500,
+            estimated: Some(2_000),
+            started: Some(started),
+            ended: None,
+            last_logged: None,
+        };
+        let (rate, eta) = rate_and_eta(&p);
+        assert!((95.0..=100.0).contains(&rate), "{rate}");
+        assert!(eta.is_some_and(|e| (5..=6).contains(&e)), "{eta:?}");
+        // Finished after 5 s: 1000 rows this session → 200 rows/s, and it stays so however long /status is read.
+        p.state = JobState::Done;
+        p.ended = Some(started + Duration::from_secs(5));
+        assert_eq!(rate_and_eta(&p), (200.0, None));
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(rate_and_eta(&p), (200.0, None));
     }
 }

@@ -97,7 +97,7 @@ async fn copy_job(
     query.filter = job.filter.clone();
     let estimate = estimate_rows(client, table.oid, &name, job.filter.is_some()).await;
     shared.job_started(job, estimate);
-    tracing::info!(table = %name, job = job.id, resume_after = ?job.after, estimated_rows = ?estimate, "snapshot of table started");
+    tracing::info!(table = %name, job = job.id, resume_after = job.after.as_ref().map(|a| a.join(", ")), estimated_rows = estimate, "snapshot of table started");
     // Chunks handed over whose high watermark the sink has not reached yet: (id, rows, receiver). Reading chunk n+1
     // while the sink publishes chunk n keeps both busy; the windows never overlap because chunk n+1's low
     // watermark is written after chunk n's high one.

@@ -94,7 +94,7 @@ async fn a_checkpoint_of_another_database_system_names_the_file_to_delete() {
     f.restart();
     assert_eq!(f.wait(WAIT).code(), Some(2), "{}", f.log());
     let log = f.log();
-    let message = log.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line:\n{log}"));
+    let message = log.lines().find(|l| l.contains("ERROR ficus: ")).unwrap_or_else(|| panic!("no error line:\n{log}"));
     assert!(message.contains("7000000000000000001"), "{message}");
     let delete = format!("delete {}", path.display());
     assert!(message.contains(&delete), "the message must say which file to delete ({delete}): {message}");

@@ -272,11 +272,21 @@ async fn slot_in_use_and_publication_missing_a_table() {
     // the first one stops — nothing lost in between.
     let mut second = Ficus::start(&config);
     second.wait_for_log("in use by another process", WAIT);
-    second.wait_for_log("reconnecting", WAIT);
+    // Said once (WARN, with the first attempt's preflight warnings), then it waits quietly: its retries log nothing
+    // above debug.
+    second.wait_for_log_count("still a hot standby", 1, WAIT);
+    let warnings = second.log().matches(" WARN ").count();
+    second.wait_for_log_count("still a hot standby", 3, WAIT);
+    let log = second.log();
+    assert_eq!(log.matches("waiting as a hot standby").count(), 1, "{log}");
+    assert_eq!(log.matches(" WARN ").count(), warnings, "{log}");
+    assert_eq!(log.matches(" INFO ficus::pipeline::startup: connecting").count(), 1, "{log}");
+    assert!(!log.contains("reconnecting"), "{log}");
     assert!(!second.log().contains(crate::STREAMING), "{}", second.log());
     assert_eq!(f.terminate().code(), Some(0));
     s.sql("INSERT INTO b VALUES (2)").await;
     second.wait_streaming();
+    assert!(second.log().contains("this hot standby takes over"), "{}", second.log());
     let got = values(&s.read_all_confirmed(&second, &s.topic("public", "b")).await);
     assert_eq!(got.len(), 2, "{}", second.log());
     assert_eq!(got[1]["after"]["id"], 2);

@@ -307,3 +307,177 @@ async fn a_real_prometheus_scrapes_ficus_and_loads_the_alert_rules() {
     drop(prom);
     assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
 }
+
+/// `/status` field `name` of the document on `port`.
+fn status_field(port: u16, name: &str) -> Value {
+    let (_, body) = get(port, "/status").unwrap_or_default();
+    serde_json::from_str::<Value>(&body).map(|v| v[name].clone()).unwrap_or(Value::Null)
+}
+
+/// Waits until `/status` field `name` satisfies `ok`; returns it.
+fn wait_status_field(port: u16, name: &str, ok: impl Fn(&Value) -> bool, f: &Ficus) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = status_field(port, name);
+        if ok(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "/status {name} never as expected: {v}\n{}", f.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// docs/operations.md: `receivedLsn` follows what the server sends; `lagSeconds` counts from the commit time of the
+/// oldest transaction not yet acknowledged, from its BEGIN on — also while a large transaction is still streaming
+/// (here: it is larger than the producer queue and the broker pauses, so ficus never reaches its COMMIT). The pause
+/// is logged once at WARN with what to check, and its end once at INFO.
+#[tokio::test(flavor = "multi_thread")]
+async fn received_lsn_lag_during_a_large_transaction_and_a_broker_pause_are_reported() {
+    let s = Setup::new("obs_lag", "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let kafka = support::TestKafka::start_dedicated();
+    let cfg = Ficus::config(&s.pg.superuser_url(&s.db), &["public.t"], &s.prefix, &kafka.brokers(), "")
+        .replace("properties: {linger.ms: 1}", "properties: {linger.ms: 1, queue.buffering.max.messages: 200}");
+    let (mut f, port) = Ficus::start_with_health(&cfg);
+    wait_for_status(port, "/readyz", 200, &|| f.log());
+
+    s.sql("INSERT INTO t VALUES (0)").await;
+    let written = crate::lsn(&s.current_lsn().await);
+    wait_status_field(port, "receivedLsn", |v| v.as_str().is_some_and(|l| crate::lsn(l) >= written), &f);
+    s.wait_confirmed_now(&f).await;
+    wait_status_field(port, "lagSeconds", |v| v.as_f64() == Some(0.0), &f);
+
+    kafka.pause();
+    let paused = Instant::now();
+    s.sql("INSERT INTO t SELECT g FROM generate_series(1, 3000) g").await;
+    let lag = wait_status_field(port, "lagSeconds", |v| v.as_f64().is_some_and(|l| l >= 3.0), &f);
+    assert!(lag.as_f64().unwrap() <= paused.elapsed().as_secs_f64() + 1.0, "{lag}");
+    const STALLED: &str = "Kafka deliveries stalled";
+    f.wait_for_log(STALLED, WAIT);
+    // However long it lasts: said once.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(f.log().matches(STALLED).count(), 1, "{}", f.log());
+    let not_ready = wait_for_status(port, "/readyz", 503, &|| f.log());
+    assert!(not_ready.contains("Kafka"), "{not_ready}");
+
+    kafka.resume();
+    f.wait_for_log("Kafka deliveries resumed", WAIT);
+    let got = crate::read_all_confirmed(s.pg, &s.db, &s.prefix, &kafka, &f, &s.topic("public", "t"), false).await;
+    assert_eq!(got.len(), 3001, "{}", f.log());
+    wait_status_field(port, "lagSeconds", |v| v.as_f64() == Some(0.0), &f);
+    assert_eq!(f.log().matches(STALLED).count(), 1, "{}", f.log());
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+}
+
+/// `--log-format json`: one JSON object per line, numbers as JSON numbers, no Rust `Debug` text (`Some(…)`, `None`)
+/// in any field; a fatal error is printed once.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_carry_numbers_as_numbers_and_a_fatal_error_once() {
+    let s = Setup::new("obs_json", "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 50);")
+        .await;
+    let cfg = Ficus::config(
+        &s.pg.superuser_url(&s.db),
+        &["public.t"],
+        &s.prefix,
+        &s.kafka.brokers(),
+        "snapshot:\n  mode: initial\n",
+    );
+    let spawn = |cfg: &str| {
+        let (dir, path) = Ficus::dir_config(cfg);
+        let log = dir.path().join("ficus.log");
+        let child = std::process::Command::new(support::ficus_bin())
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info,ficus=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Ficus { child: Some(child), dir, log }
+    };
+    let mut f = spawn(&cfg);
+    f.wait_for_log("snapshot of table finished", WAIT);
+    s.wait_snapshot_settled(&f).await;
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+    let lines: Vec<Value> =
+        f.log().lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let find = |message: &str| {
+        lines
+            .iter()
+            .find(|l| l["fields"]["message"] == message)
+            .unwrap_or_else(|| panic!("no {message:?} line:\n{}", f.log()))
+            .clone()
+    };
+    let started = find("snapshot of table started");
+    assert!(started["fields"]["estimated_rows"].is_u64(), "{started}");
+    let finished = find("snapshot of table finished");
+    assert_eq!(finished["fields"]["rows"], 50, "{finished}");
+    assert!(finished["fields"]["seconds"].is_number(), "{finished}");
+    assert!(finished["fields"]["rows_per_second"].is_u64(), "{finished}");
+    assert!(find("Kafka reachable")["fields"]["count"].is_u64());
+    for line in &lines {
+        for (name, value) in line["fields"].as_object().unwrap() {
+            let text = value.as_str().unwrap_or_default();
+            // The system identifier is a name, and larger than a JSON number can hold exactly: a string.
+            let number_as_text = text.parse::<f64>().is_ok() && !["message", "system"].contains(&name.as_str());
+            assert!(
+                !(text.starts_with("Some(") || text == "None" || number_as_text),
+                "field {name} = {value:?}: {line}"
+            );
+        }
+    }
+
+    // A fatal error (a table the database does not have): one line, JSON too.
+    let mut f = spawn(&cfg.replace("tables: ['public.t']", "tables: ['public.missing']"));
+    assert_eq!(f.wait(WAIT).code(), Some(2), "{}", f.log());
+    let log = f.log();
+    let errors: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let errors: Vec<&Value> = errors.iter().filter(|l| l["level"] == "ERROR").collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert_eq!(log.matches("preflight failed").count(), 1, "{log}");
+}
+
+/// `ficus run --dry-run` with the real instance's config, next to it: the dry run starts no HTTP server (the health
+/// port is the real instance's), streams from its own temporary slot, and leaves the real instance alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_runs_beside_the_real_instance_with_the_same_config() {
+    let s = Setup::new("obs_dry_beside", "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let (mut f, port) = Ficus::start_with_health(&s.config(&["public.t"]));
+    wait_for_status(port, "/readyz", 200, &|| f.log());
+    let config = std::fs::read_to_string(f.dir.path().join("ficus.yaml")).unwrap();
+    let mut dry = crate::DryRun::start(&config).await;
+    s.sql("INSERT INTO t VALUES (1)").await;
+    let deadline = Instant::now() + WAIT;
+    while !std::fs::read_to_string(&dry.stdout).unwrap_or_default().contains("insert") {
+        assert!(Instant::now() < deadline, "the dry run printed nothing:\n{}", dry.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!dry.log().contains("health endpoints listening"), "{}", dry.log());
+    assert_eq!(s.read_all_confirmed(&f, &s.topic("public", "t")).await.len(), 1, "{}", f.log());
+    wait_for_status(port, "/readyz", 200, &|| f.log());
+    let _ = dry.child.kill();
+    let _ = dry.child.wait();
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+}
+
+/// Kafka down at start: one WARN with the fix, quiet retries (debug), one INFO when it answers, then streaming.
+#[tokio::test(flavor = "multi_thread")]
+async fn waiting_for_kafka_at_start_is_said_once_and_its_end_too() {
+    let s = Setup::new("obs_wait_kafka", "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let kafka = support::TestKafka::start_dedicated();
+    kafka.stop();
+    let cfg = Ficus::config(&s.pg.superuser_url(&s.db), &["public.t"], &s.prefix, &kafka.brokers(), "");
+    let mut f = Ficus::start(&cfg);
+    f.wait_for_log("Kafka not reachable yet", WAIT);
+    f.wait_for_log_count("Kafka still not reachable", 2, WAIT);
+    let log = f.log();
+    assert_eq!(log.matches("Kafka not reachable yet").count(), 1, "{log}");
+    assert!(log.contains("check kafka.brokers"), "{log}");
+    assert!(!log.contains(crate::STREAMING), "{log}");
+    kafka.start();
+    f.wait_streaming();
+    let log = f.log();
+    let reachable = log.lines().find(|l| l.contains("Kafka reachable")).unwrap_or_else(|| panic!("{log}"));
+    assert!(reachable.contains(" INFO ") && reachable.contains("waited_secs="), "{reachable}");
+    assert_eq!(log.matches("Kafka not reachable yet").count(), 1, "{log}");
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+}
