@@ -150,6 +150,9 @@ pub(crate) struct FailoverFacts {
     pub synchronized_standby_slots: String,
     /// The physical slots it names that do not exist.
     pub unknown_standby_slots: Vec<String>,
+    /// Physical slots on the server (a standby streams through one); without any, there is no standby to fail over
+    /// to and the failover advice stays quiet.
+    pub physical_slots: i64,
 }
 
 /// `source.failover_slot` against the server: the slot's `failover`/`synced` flags and the primary's
@@ -160,6 +163,11 @@ async fn check_failover(client: &Client, config: &Config, report: &mut Report) -
     let mut facts = FailoverFacts { server_version_num: version, slot, ..FailoverFacts::default() };
     if version >= 170_000 {
         facts.synchronized_standby_slots = setting(client, "synchronized_standby_slots").await?;
+        facts.physical_slots = client
+            .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'physical'", &[])
+            .await
+            .map_err(sql("reading pg_replication_slots"))?
+            .get(0);
         for name in facts.synchronized_standby_slots.split(',').map(str::trim).filter(|n| !n.is_empty() && *n != "*") {
             let exists = client
                 .query_opt(
@@ -232,8 +240,9 @@ pub(crate) fn failover_lines(config: &Config, facts: &FailoverFacts) -> Vec<Chec
                     Some(alter),
                 ));
             } else if mode == FailoverSlot::Auto {
+                let status = if facts.physical_slots > 0 { Status::Warn } else { Status::Ok };
                 lines.push(item(
-                    Status::Warn,
+                    status,
                     format!("slot {slot} exists without failover (created before, or by a PostgreSQL before 17): a standby does not get it"),
                     Some(alter),
                 ));
@@ -250,13 +259,21 @@ pub(crate) fn failover_lines(config: &Config, facts: &FailoverFacts) -> Vec<Chec
                 .to_string(),
         );
         let value = facts.synchronized_standby_slots.trim();
-        if value.is_empty() {
+        if value.is_empty() && facts.physical_slots == 0 {
+            lines.push(CheckItem {
+                status: Status::Ok,
+                title,
+                detail: "is empty (no physical slot on this server, so no standby to fail over to yet)".to_string(),
+                fix: None,
+            });
+        } else if value.is_empty() {
             lines.push(CheckItem {
                 status: Status::Warn,
                 title,
-                detail: "is empty: ficus may read changes a standby has not received yet; after a failover to that \
-                         standby they are gone (ficus then stops with exit 2 when its checkpoint is ahead of the new \
-                         primary, or skips them when the new primary has written past it)"
+                detail: "is empty: ficus may publish changes a standby has not received yet; after a failover to that \
+                         standby they are gone from the database although consumers saw them, and ficus stops with \
+                         exit 2 if its checkpoint is ahead of the new primary's WAL or, once the new primary has \
+                         written past it, skips the new primary's changes before its checkpoint"
                     .to_string(),
                 fix,
             });
@@ -536,6 +553,7 @@ mod failover_tests {
             slot,
             synchronized_standby_slots: standby.into(),
             unknown_standby_slots: vec![],
+            physical_slots: 1,
         }
     }
 
@@ -554,8 +572,13 @@ mod failover_tests {
         let lines = failover_lines(&config("true"), &facts(170_010, Some((Some(false), Some(false))), "sb"));
         assert_eq!(lines[0].status, Status::Fail);
         assert!(lines[0].fix.as_deref().unwrap().contains("ALTER_REPLICATION_SLOT \"ficus\" (FAILOVER true)"));
-        let lines = failover_lines(&config("auto"), &facts(170_010, Some((Some(false), Some(false))), "sb"));
-        assert_eq!((lines.len(), lines[0].status), (1, Status::Warn));
+        let mut f = facts(170_010, Some((Some(false), Some(false))), "sb");
+        assert_eq!(failover_lines(&config("auto"), &f)[0].status, Status::Warn);
+        // No standby (no physical slot): nothing to fail over to, no warning.
+        f.physical_slots = 0;
+        let lines = failover_lines(&config("auto"), &f);
+        assert_eq!((lines.len(), lines[0].status), (1, Status::Ok));
+        assert_eq!(failover_lines(&config("true"), &f)[0].status, Status::Fail);
         let lines = failover_lines(&config("false"), &facts(170_010, Some((Some(false), Some(false))), ""));
         assert_eq!((lines.len(), lines[0].status), (1, Status::Ok));
     }
@@ -566,6 +589,9 @@ mod failover_tests {
         assert_eq!(lines[0].status, Status::Ok);
         assert!(lines[0].detail.contains("has failover, synced"), "{}", lines[0].detail);
         assert_eq!((lines[1].title.as_str(), lines[1].status), ("synchronized_standby_slots", Status::Warn));
+        let mut f = facts(170_010, Some((Some(true), Some(false))), "");
+        f.physical_slots = 0;
+        assert_eq!(failover_lines(&config("auto"), &f)[1].status, Status::Ok);
         let lines = failover_lines(&config("auto"), &facts(180_004, None, "standby1"));
         assert!(lines[0].detail.contains("will be created with failover"), "{}", lines[0].detail);
         assert_eq!(lines[1].status, Status::Ok);
