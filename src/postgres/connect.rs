@@ -110,6 +110,7 @@ impl ConnInfo {
             let (client, task) = match candidate.connect_one().await {
                 Ok(connected) => connected,
                 Err(e) => {
+                    tracing::info!("skipping host {}: {e}", candidate.target());
                     configuration_problem |= e.is_configuration_problem();
                     failures.push(e.to_string());
                     continue;
@@ -134,7 +135,7 @@ impl ConnInfo {
                 }
                 Some(reason) => {
                     task.abort();
-                    tracing::info!(target = %candidate.target(), "skipping host: {reason}");
+                    tracing::info!("skipping host {}: it {reason}", candidate.target());
                     failures.push(format!("{} {reason}", candidate.target()));
                 }
             }

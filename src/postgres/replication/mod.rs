@@ -79,6 +79,7 @@ impl ReplicationConnection {
             let mut conn = match ReplicationConnection::connect_one(&candidate).await {
                 Ok(conn) => conn,
                 Err(e) => {
+                    tracing::info!("skipping host {}: {e}", candidate.target());
                     transient &= e.is_transient();
                     failures.push(format!("{}: {e}", candidate.target()));
                     continue;
@@ -99,7 +100,7 @@ impl ReplicationConnection {
                 }
                 Some(reason) => {
                     conn.close().await;
-                    tracing::info!(target = %candidate.target(), "skipping host: {reason}");
+                    tracing::info!("skipping host {}: it {reason}", candidate.target());
                     failures.push(format!("{} {reason}", candidate.target()));
                 }
             }
