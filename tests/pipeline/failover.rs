@@ -186,6 +186,23 @@ async fn failover(delivery: &str, seed: u64) {
     let crashed_at = started.elapsed();
     standby.promote();
     let promoted_at = started.elapsed();
+    // ficus finds the new primary: its walsender holds the slot there.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let active = standby
+            .client(&db)
+            .await
+            .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL", &[&prefix])
+            .await
+            .unwrap()
+            .is_some();
+        if active {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ficus never streamed from the new primary:\n{}", f.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let resumed_at = started.elapsed();
     // The workload goes on against the new primary (the writer's URL lists both hosts too).
     let deadline = Instant::now() + Duration::from_secs(120);
     while shared.written.load(Ordering::Relaxed) < before + changes / 2 {
@@ -209,10 +226,11 @@ async fn failover(delivery: &str, seed: u64) {
     let (fig, examples) = verify(&standby, &db, &kafka, &topic).await;
     eprintln!(
         "failover result ({delivery}, seed {seed}): primary crashed at {:.1} s after {before} steps ({unconfirmed} B of WAL unconfirmed), standby promoted at \
-         {:.1} s, {} steps in all, ficus caught up on the new primary at {:.1} s\n  changes written {}, events expected {}, seen {}, \
+         {:.1} s, ficus streaming from it at {:.1} s, {} steps in all, ficus caught up on the new primary at {:.1} s\n  changes written {}, events expected {}, seen {}, \
          lost {}, duplicated {}, order violations {}",
         crashed_at.as_secs_f64(),
         promoted_at.as_secs_f64(),
+        resumed_at.as_secs_f64(),
         shared.written.load(Ordering::Relaxed),
         caught_up_at.as_secs_f64(),
         fig.changes,
