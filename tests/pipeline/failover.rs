@@ -147,6 +147,9 @@ async fn failover(delivery: &str, seed: u64) {
     let (code, out) = crate::check(&config);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("will be created with failover") && out.contains("standby1"), "{out}");
+    // The standby's side, read over the second host of the URL.
+    let standby_line = format!("standby 127.0.0.1:{}", standby.port());
+    assert!(out.contains(&standby_line) && out.contains("sync_replication_slots on, hot_standby_feedback on"), "{out}");
     let (mut f, health) = Ficus::start_with_health(&config);
     f.wait_streaming();
     assert!(slot_row(&primary, &db, &prefix).await.unwrap().0, "the slot is created with failover");
@@ -275,6 +278,12 @@ async fn failover_to_a_standby_without_the_slot_stops_with_exit_2_naming_the_gap
     // Both connections skip it: the control connection and the replication connection.
     assert!(log.matches(&skipped).count() >= 2, "{log}");
     assert!(log.contains(&format!("host chosen target=127.0.0.1:{}", primary.port())), "{log}");
+    // `ficus check` reads the standby too and says why a failover to it would lose the slot.
+    let (_, out) = crate::check(&config);
+    let version = server_version(&standby).await;
+    let expected =
+        if version >= 170_000 { "sync_replication_slots is off" } else { "no slot synchronization before 17" };
+    assert!(out.contains(&format!("standby 127.0.0.1:{}", standby.port())) && out.contains(expected), "{out}");
     primary.execute(&db, "SELECT chaos_step(1, false); SELECT chaos_step(2, false)").await;
     // Confirmed (so checkpointed) on the primary, then the primary goes away.
     let deadline = Instant::now() + WAIT;
