@@ -65,6 +65,10 @@ pub struct Status {
     pub lag_bytes: Option<u64>,
     pub lag_seconds: f64,
     pub retained_wal_bytes: Option<u64>,
+    /// The slot's `failover` flag (PostgreSQL 17+; `None` before): synchronized to standbys, survives a promotion.
+    pub slot_failover: Option<bool>,
+    /// The slot's `synced` flag (17+): it was synchronized from a former primary.
+    pub slot_synced: Option<bool>,
     /// Commit time of the last transaction with a change (RFC 3339).
     pub last_event_time: Option<String>,
     pub producer_queue: u64,

@@ -28,6 +28,8 @@ pub const LAG_BYTES: &str = "ficus_replication_lag_bytes";
 pub const LAG_SECONDS: &str = "ficus_replication_lag_seconds";
 /// WAL the slot retains on the server (`pg_current_wal_lsn() - restart_lsn`), bytes.
 pub const RETAINED_WAL: &str = "ficus_slot_retained_wal_bytes";
+/// 1 when the slot is a failover slot (`pg_replication_slots.failover`, PostgreSQL 17+), 0 when not; absent before 17.
+pub const SLOT_FAILOVER: &str = "ficus_slot_failover";
 /// Commit of a source transaction → Kafka acknowledged all its records, seconds.
 pub const COMMIT_ACK_LATENCY: &str = "ficus_commit_to_ack_seconds";
 /// Messages librdkafka holds (queued or in flight).

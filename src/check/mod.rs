@@ -10,6 +10,7 @@ use crate::kafka;
 pub mod preflight;
 pub mod report;
 pub mod resume;
+pub mod standby;
 
 pub use report::{CheckItem, Report, Status};
 
@@ -35,6 +36,7 @@ pub async fn run(config: &Config, rules: &crate::rules::Rules) -> Report {
                     Ok((r, catalog)) => {
                         report.items.extend(r.items.into_iter().map(standby_is_not_a_failure));
                         report.items.extend(resume::state_report(&client, &info, config, &catalog).await);
+                        report.items.extend(standby::standby_lines(&info, &client, config).await);
                     }
                     Err(e) => report.items.push(fail("preflight", e.to_string(), None)),
                 }

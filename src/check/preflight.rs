@@ -136,7 +136,167 @@ pub async fn preflight(client: &Client, config: &Config, rules: &Rules) -> Resul
     report.items.extend(rule_lines(rules, &catalog));
     check_publication(client, config, &tables, is_super, &mut report).await?;
     check_slot(client, config, &mut report).await?;
+    check_failover(client, config, &mut report).await?;
     Ok((report, catalog))
+}
+
+/// What the failover lines need to know about the server (read by [`check_failover`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FailoverFacts {
+    pub server_version_num: i32,
+    /// The slot's `failover` and `synced` flags, when it exists (both `None` before PostgreSQL 17).
+    pub slot: Option<(Option<bool>, Option<bool>)>,
+    /// `synchronized_standby_slots` (17+).
+    pub synchronized_standby_slots: String,
+    /// The physical slots it names that do not exist.
+    pub unknown_standby_slots: Vec<String>,
+    /// Physical slots on the server (a standby streams through one); without any, there is no standby to fail over
+    /// to and the failover advice stays quiet.
+    pub physical_slots: i64,
+}
+
+/// `source.failover_slot` against the server: the slot's `failover`/`synced` flags and the primary's
+/// `synchronized_standby_slots` (docs/reliability.md "Failover").
+async fn check_failover(client: &Client, config: &Config, report: &mut Report) -> Result<(), ControlError> {
+    let version: i32 = setting(client, "server_version_num").await?.parse().unwrap_or(0);
+    let slot = slot_info(client, &config.source.slot).await?.map(|s| (s.failover, s.synced));
+    let mut facts = FailoverFacts { server_version_num: version, slot, ..FailoverFacts::default() };
+    if version >= 170_000 {
+        facts.synchronized_standby_slots = setting(client, "synchronized_standby_slots").await?;
+        facts.physical_slots = client
+            .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'physical'", &[])
+            .await
+            .map_err(sql("reading pg_replication_slots"))?
+            .get(0);
+        for name in facts.synchronized_standby_slots.split(',').map(str::trim).filter(|n| !n.is_empty() && *n != "*") {
+            let exists = client
+                .query_opt(
+                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND slot_type = 'physical'",
+                    &[&name],
+                )
+                .await
+                .map_err(sql("reading pg_replication_slots"))?
+                .is_some();
+            if !exists {
+                facts.unknown_standby_slots.push(name.to_string());
+            }
+        }
+    }
+    report.items.extend(failover_lines(config, &facts));
+    Ok(())
+}
+
+/// The `failover slot` and `synchronized_standby_slots` lines of `ficus check`.
+pub(crate) fn failover_lines(config: &Config, facts: &FailoverFacts) -> Vec<CheckItem> {
+    use crate::config::{version_name, FailoverSlot};
+    let mode = config.source.failover_slot;
+    let slot = &config.source.slot;
+    let version = version_name(facts.server_version_num);
+    let item = |status, detail: String, fix: Option<String>| CheckItem {
+        status,
+        title: "failover slot".to_string(),
+        detail,
+        fix,
+    };
+    let wanted = match mode.wanted(facts.server_version_num) {
+        Err(e) => return vec![item(Status::Fail, e, Some("source.failover_slot: auto".into()))],
+        Ok(w) => w,
+    };
+    if facts.server_version_num < 170_000 {
+        let detail = match mode {
+            FailoverSlot::Off => "off (source.failover_slot: false)".to_string(),
+            _ => format!(
+                "not available on PostgreSQL {version} (17+): the slot exists on this server only; after a failover \
+                 to a standby ficus stops with exit 2 (the slot is missing there), see docs/reliability.md"
+            ),
+        };
+        return vec![item(Status::Ok, detail, None)];
+    }
+    let alter = format!(
+        "psql \"dbname=<db> replication=database\" -c 'ALTER_REPLICATION_SLOT {} (FAILOVER true)'  -- with ficus stopped (PostgreSQL 17+)",
+        crate::postgres::replication::quote_ident(slot)
+    );
+    let mut lines = Vec::new();
+    let failover_on = match facts.slot {
+        None if wanted => {
+            lines.push(item(Status::Ok, format!("slot {slot} will be created with failover"), None));
+            true
+        }
+        None => {
+            lines.push(item(Status::Ok, format!("off: slot {slot} will be created without failover"), None));
+            false
+        }
+        Some((failover, synced)) => {
+            let failover = failover.unwrap_or(false);
+            let synced = if synced.unwrap_or(false) { ", synced from a former primary" } else { "" };
+            if failover {
+                lines.push(item(Status::Ok, format!("slot {slot} has failover{synced}"), None));
+            } else if mode == FailoverSlot::On {
+                lines.push(item(
+                    Status::Fail,
+                    format!(
+                        "slot {slot} exists without failover (source.failover_slot: true): a standby does not get it"
+                    ),
+                    Some(alter),
+                ));
+            } else if mode == FailoverSlot::Auto {
+                let status = if facts.physical_slots > 0 { Status::Warn } else { Status::Ok };
+                lines.push(item(
+                    status,
+                    format!("slot {slot} exists without failover (created before, or by a PostgreSQL before 17): a standby does not get it"),
+                    Some(alter),
+                ));
+            } else {
+                lines.push(item(Status::Ok, format!("off: slot {slot} has no failover{synced}"), None));
+            }
+            failover
+        }
+    };
+    if failover_on {
+        let title = "synchronized_standby_slots".to_string();
+        let fix = Some(
+            "ALTER SYSTEM SET synchronized_standby_slots = '<the standby's physical slot>';  SELECT pg_reload_conf();"
+                .to_string(),
+        );
+        let value = facts.synchronized_standby_slots.trim();
+        if value.is_empty() && facts.physical_slots == 0 {
+            lines.push(CheckItem {
+                status: Status::Ok,
+                title,
+                detail: "is empty (no physical slot on this server, so no standby to fail over to yet)".to_string(),
+                fix: None,
+            });
+        } else if value.is_empty() {
+            lines.push(CheckItem {
+                status: Status::Warn,
+                title,
+                detail: "is empty: ficus may publish changes a standby has not received yet; after a failover to that \
+                         standby they are gone from the database although consumers saw them, and ficus stops with \
+                         exit 2 if its checkpoint is ahead of the new primary's WAL or, once the new primary has \
+                         written past it, skips the new primary's changes before its checkpoint"
+                    .to_string(),
+                fix,
+            });
+        } else if !facts.unknown_standby_slots.is_empty() {
+            lines.push(CheckItem {
+                status: Status::Warn,
+                title,
+                detail: format!(
+                    "names {} which is not a physical slot on this server: logical decoding waits for it",
+                    facts.unknown_standby_slots.join(", ")
+                ),
+                fix,
+            });
+        } else {
+            lines.push(CheckItem {
+                status: Status::Ok,
+                title,
+                detail: format!("{value}: ficus reads only what these standbys have received"),
+                fix: None,
+            });
+        }
+    }
+    lines
 }
 
 async fn similar_table(client: &Client, table: &TableName) -> Result<Option<String>, ControlError> {
@@ -374,4 +534,70 @@ pub(crate) fn rule_lines(rules: &Rules, catalog: &Catalog) -> Vec<CheckItem> {
         });
     }
     items
+}
+
+#[cfg(test)]
+mod failover_tests {
+    use super::*;
+
+    fn config(mode: &str) -> Config {
+        let yaml = format!(
+            "source:\n  url: postgres://u@h/d\n  failover_slot: {mode}\n  tables: [public.t]\nkafka:\n  brokers: b:9092\nchanges:\n  tables: ['*']\n"
+        );
+        Config::from_yaml(&yaml, &|_| None).unwrap()
+    }
+
+    fn facts(version: i32, slot: Option<(Option<bool>, Option<bool>)>, standby: &str) -> FailoverFacts {
+        FailoverFacts {
+            server_version_num: version,
+            slot,
+            synchronized_standby_slots: standby.into(),
+            unknown_standby_slots: vec![],
+            physical_slots: 1,
+        }
+    }
+
+    #[test]
+    fn true_before_17_fails_naming_the_version() {
+        let lines = failover_lines(&config("true"), &facts(150_018, None, ""));
+        assert_eq!(lines[0].status, Status::Fail);
+        assert!(lines[0].detail.contains("15.18") && lines[0].detail.contains("17"), "{}", lines[0].detail);
+        let lines = failover_lines(&config("auto"), &facts(160_014, None, ""));
+        assert_eq!((lines.len(), lines[0].status), (1, Status::Ok));
+        assert!(lines[0].detail.contains("not available"), "{}", lines[0].detail);
+    }
+
+    #[test]
+    fn an_existing_slot_without_failover_says_how_to_alter_it() {
+        let lines = failover_lines(&config("true"), &facts(170_010, Some((Some(false), Some(false))), "sb"));
+        assert_eq!(lines[0].status, Status::Fail);
+        assert!(lines[0].fix.as_deref().unwrap().contains("ALTER_REPLICATION_SLOT \"ficus\" (FAILOVER true)"));
+        let mut f = facts(170_010, Some((Some(false), Some(false))), "sb");
+        assert_eq!(failover_lines(&config("auto"), &f)[0].status, Status::Warn);
+        // No standby (no physical slot): nothing to fail over to, no warning.
+        f.physical_slots = 0;
+        let lines = failover_lines(&config("auto"), &f);
+        assert_eq!((lines.len(), lines[0].status), (1, Status::Ok));
+        assert_eq!(failover_lines(&config("true"), &f)[0].status, Status::Fail);
+        let lines = failover_lines(&config("false"), &facts(170_010, Some((Some(false), Some(false))), ""));
+        assert_eq!((lines.len(), lines[0].status), (1, Status::Ok));
+    }
+
+    #[test]
+    fn a_failover_slot_reports_synced_and_the_standby_slots_setting() {
+        let lines = failover_lines(&config("auto"), &facts(170_010, Some((Some(true), Some(true))), ""));
+        assert_eq!(lines[0].status, Status::Ok);
+        assert!(lines[0].detail.contains("has failover, synced"), "{}", lines[0].detail);
+        assert_eq!((lines[1].title.as_str(), lines[1].status), ("synchronized_standby_slots", Status::Warn));
+        let mut f = facts(170_010, Some((Some(true), Some(false))), "");
+        f.physical_slots = 0;
+        assert_eq!(failover_lines(&config("auto"), &f)[1].status, Status::Ok);
+        let lines = failover_lines(&config("auto"), &facts(180_004, None, "standby1"));
+        assert!(lines[0].detail.contains("will be created with failover"), "{}", lines[0].detail);
+        assert_eq!(lines[1].status, Status::Ok);
+        assert!(lines[1].detail.starts_with("standby1"), "{}", lines[1].detail);
+        let mut f = facts(170_010, Some((Some(true), Some(false))), "gone");
+        f.unknown_standby_slots = vec!["gone".into()];
+        assert_eq!(failover_lines(&config("true"), &f)[1].status, Status::Warn);
+    }
 }

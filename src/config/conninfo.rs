@@ -1,8 +1,11 @@
 //! `postgres://` connection URLs and `sslmode`: the grammar of `source.url` (opening connections is
 //! `postgres::connect`).
 //!
-//! Accepted form (libpq's URL syntax, one host):
-//! `postgres[ql]://USER[:PASSWORD]@HOST[:PORT]/DBNAME?sslmode=..&sslrootcert=..&application_name=..&connect_timeout=..`.
+//! Accepted form (libpq's URL syntax):
+//! `postgres[ql]://USER[:PASSWORD]@HOST[:PORT][,HOST[:PORT]...]/DBNAME?sslmode=..&sslrootcert=..&application_name=..&connect_timeout=..&target_session_attrs=..`.
+//! Several hosts (also `?host=a,b&port=5432,5433`: one port for all or one per host) are tried in order, and the
+//! first that accepts the connection and matches `target_session_attrs` is used (`any`, the default; `read-write`:
+//! `transaction_read_only` is off; `primary`: not in recovery) — after a promotion ficus follows the new primary.
 //! User, password, database and parameter values are percent-decoded; `[::1]` brackets an IPv6 address; `?host=/dir`
 //! selects a Unix-domain socket directory (the socket is `/dir/.s.PGSQL.PORT`, and like libpq `sslmode` does not
 //! apply to it). `user`, `password`, `dbname`, `host` and `port` may also be given as query parameters.
@@ -120,10 +123,75 @@ pub struct ConnInfo {
     pub application_name: String,
     /// Bounds the whole connect (TCP, TLS, authentication); zero means no bound.
     pub connect_timeout: Duration,
+    /// Every host with its port, in the order they are tried; the first is also `host`/`port`.
+    pub hosts: Vec<(String, u16)>,
+    pub target_session_attrs: TargetSessionAttrs,
 }
 
-const FORM: &str = "postgres://USER[:PASSWORD]@HOST[:PORT]/DBNAME[?sslmode=...]";
-const PARAMS: &str = "host, port, user, password, dbname, sslmode, sslrootcert, application_name, connect_timeout";
+/// libpq's `target_session_attrs`, the subset ficus needs: which server of a multi-host URL to keep.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TargetSessionAttrs {
+    /// The first host that accepts the connection.
+    #[default]
+    Any,
+    /// A server where `transaction_read_only` is off (a primary, not a standby).
+    ReadWrite,
+    /// A server that is not in recovery (`pg_is_in_recovery()` is false).
+    Primary,
+}
+
+impl TargetSessionAttrs {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetSessionAttrs::Any => "any",
+            TargetSessionAttrs::ReadWrite => "read-write",
+            TargetSessionAttrs::Primary => "primary",
+        }
+    }
+
+    /// The query that tells whether a server qualifies (its one value: `on`/`t` = does not), `None` for `any`.
+    pub fn probe(self) -> Option<&'static str> {
+        match self {
+            TargetSessionAttrs::Any => None,
+            TargetSessionAttrs::ReadWrite => Some("SHOW transaction_read_only"),
+            TargetSessionAttrs::Primary => Some("SELECT pg_is_in_recovery()"),
+        }
+    }
+
+    /// Reads the probe's answer: `Some(reason)` when the server does not qualify.
+    pub fn refusal(self, answer: &str) -> Option<String> {
+        let yes = matches!(answer, "on" | "t" | "true");
+        match self {
+            TargetSessionAttrs::Any => None,
+            TargetSessionAttrs::ReadWrite => yes.then(|| {
+                "is read-only (transaction_read_only = on: a standby, or default_transaction_read_only), not read-write"
+                    .to_string()
+            }),
+            TargetSessionAttrs::Primary => yes.then(|| "is a standby (pg_is_in_recovery()), not a primary".to_string()),
+        }
+    }
+}
+
+impl FromStr for TargetSessionAttrs {
+    type Err = ConnInfoError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "any" => TargetSessionAttrs::Any,
+            "read-write" => TargetSessionAttrs::ReadWrite,
+            "primary" => TargetSessionAttrs::Primary,
+            other => {
+                return Err(bad(format!(
+                    "target_session_attrs={other:?} is not supported; use one of: any, read-write, primary"
+                )))
+            }
+        })
+    }
+}
+
+const FORM: &str = "postgres://USER[:PASSWORD]@HOST[:PORT][,HOST[:PORT]...]/DBNAME[?sslmode=...]";
+const PARAMS: &str =
+    "host, port, user, password, dbname, sslmode, sslrootcert, application_name, connect_timeout, target_session_attrs";
 
 fn bad(msg: impl Into<String>) -> ConnInfoError {
     ConnInfoError { message: msg.into(), quotes_nothing: false }
@@ -192,12 +260,15 @@ impl ConnInfo {
             password = p.map(|p| decode(p, "password")).transpose()?.map(Password);
         }
 
-        if hostport.contains(',') {
-            return Err(bad("several hosts in one URL are not supported; give exactly one HOST[:PORT]"));
+        let mut hosts = Vec::new();
+        let mut ports = Vec::new();
+        for hostport in hostport.split(',') {
+            let (host, port) = split_host_port(hostport)?;
+            hosts.push(decode(host, "host")?);
+            ports.push(port.map(parse_port).transpose()?);
         }
-        let (host, port) = split_host_port(hostport)?;
-        let mut host = decode(host, "host")?;
-        let mut port = port.map(parse_port).transpose()?;
+        let mut port_param: Option<Vec<u16>> = None;
+        let mut target_session_attrs = TargetSessionAttrs::default();
         let mut dbname = match path {
             // Not a database name but most likely the rest of a password with an unencoded '/' (see `parse`).
             Some(p) if p.contains('@') => return Err(bad("the database name contains '@'; percent-encode it as %40")),
@@ -229,8 +300,9 @@ impl ConnInfo {
             let what = format!("URL parameter {key}");
             let value = if key == "password" { decode(value, "password")? } else { decode(value, &what)? };
             match key {
-                "host" => host = value,
-                "port" => port = Some(parse_port(&value)?),
+                "host" => hosts = value.split(',').map(str::to_string).collect(),
+                "port" => port_param = Some(value.split(',').map(parse_port).collect::<Result<_, _>>()?),
+                "target_session_attrs" => target_session_attrs = value.parse()?,
                 "user" => user = Some(value).filter(|u| !u.is_empty()),
                 "password" => password = Some(Password(value)),
                 "dbname" => dbname = Some(value).filter(|d| !d.is_empty()),
@@ -254,13 +326,28 @@ impl ConnInfo {
         }
 
         let user = user.ok_or_else(|| bad(format!("the connection URL has no user name; write it as {FORM}")))?;
-        if host.is_empty() {
-            host = "localhost".to_string();
-        }
+        let ports: Vec<u16> = match port_param {
+            Some(list) if list.len() == 1 => vec![list[0]; hosts.len()],
+            Some(list) if list.len() == hosts.len() => list,
+            Some(list) => {
+                return Err(bad(format!(
+                    "the URL gives {} ports for {} hosts; give one port for all hosts or one per host",
+                    list.len(),
+                    hosts.len()
+                )))
+            }
+            None if ports.len() == hosts.len() => ports.into_iter().map(|p| p.unwrap_or(5432)).collect(),
+            None => vec![5432; hosts.len()],
+        };
+        let hosts: Vec<(String, u16)> =
+            hosts.into_iter().map(|h| if h.is_empty() { "localhost".to_string() } else { h }).zip(ports).collect();
+        let (host, port) = hosts[0].clone();
         Ok(ConnInfo {
             dbname: dbname.unwrap_or_else(|| user.clone()),
             host,
-            port: port.unwrap_or(5432),
+            port,
+            hosts,
+            target_session_attrs,
             user,
             password,
             sslmode,
@@ -281,8 +368,29 @@ impl ConnInfo {
             .then(|| PathBuf::from(format!("{}/.s.PGSQL.{}", self.host.trim_end_matches('/'), self.port)))
     }
 
-    /// `host:port` (or the socket path), for messages.
+    /// One connection target per host, in order (each with only that host); one for a single-host URL.
+    pub fn candidates(&self) -> Vec<ConnInfo> {
+        self.hosts
+            .iter()
+            .map(|(host, port)| ConnInfo {
+                host: host.clone(),
+                port: *port,
+                hosts: vec![(host.clone(), *port)],
+                ..self.clone()
+            })
+            .collect()
+    }
+
+    /// Whether connecting tries several hosts or checks `target_session_attrs`.
+    pub fn is_multi_host(&self) -> bool {
+        self.hosts.len() > 1 || self.target_session_attrs != TargetSessionAttrs::Any
+    }
+
+    /// `host:port` (or the socket path), for messages; every host, comma-separated, for a multi-host URL.
     pub fn target(&self) -> String {
+        if self.hosts.len() > 1 {
+            return self.candidates().iter().map(ConnInfo::target).collect::<Vec<_>>().join(",");
+        }
         match self.unix_socket_path() {
             Some(p) => p.display().to_string(),
             None if self.host.contains(':') => format!("[{}]:{}", self.host, self.port),
@@ -298,7 +406,22 @@ impl ConnInfo {
         }
         s.push('@');
         let mut params = Vec::new();
-        if self.is_unix_socket() {
+        if self.hosts.len() > 1 {
+            if self.hosts.iter().any(|(h, _)| h.starts_with('/')) {
+                let hosts = self.hosts.iter().map(|(h, _)| encode(h)).collect::<Vec<_>>().join(",");
+                let ports = self.hosts.iter().map(|(_, p)| p.to_string()).collect::<Vec<_>>().join(",");
+                params.push(format!("host={hosts}"));
+                params.push(format!("port={ports}"));
+            } else {
+                let hosts = self
+                    .hosts
+                    .iter()
+                    .map(|(h, p)| if h.contains(':') { format!("[{h}]:{p}") } else { format!("{}:{p}", encode(h)) })
+                    .collect::<Vec<_>>()
+                    .join(",");
+                s.push_str(&hosts);
+            }
+        } else if self.is_unix_socket() {
             params.push(format!("host={}", encode(&self.host)));
             s.push_str(&format!(":{}", self.port));
         } else if self.host.contains(':') {
@@ -317,6 +440,9 @@ impl ConnInfo {
         }
         if self.connect_timeout != Duration::from_secs(10) {
             params.push(format!("connect_timeout={}", self.connect_timeout.as_secs()));
+        }
+        if self.target_session_attrs != TargetSessionAttrs::Any {
+            params.push(format!("target_session_attrs={}", self.target_session_attrs.as_str()));
         }
         s.push('?');
         s.push_str(&params.join("&"));

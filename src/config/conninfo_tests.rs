@@ -118,7 +118,9 @@ fn bad_urls_say_what_to_fix() {
         ("postgres://u@h:99999/db", "port \"99999\""),
         ("postgres://u@h:0/db", "1 to 65535"),
         ("postgres://u@h:x/db", "port \"x\""),
-        ("postgres://u@h1,h2/db", "several hosts"),
+        ("postgres://u@h1,h2/db?port=1,2,3", "3 ports for 2 hosts"),
+        ("postgres://u@h1,h2/db?target_session_attrs=standby", "any, read-write, primary"),
+        ("postgres://u@h1:1,h2:x/db", "port \"x\""),
         ("postgres://u@h/db?sslmode=verify", "sslmode=\"verify\""),
         ("postgres://u@h/db?sslmode=verify", "verify-full"),
         ("postgres://u@h/db?sslmod=require", "\"sslmod\" is not supported"),
@@ -156,4 +158,51 @@ fn tokio_postgres_config_maps_modes() {
     assert_eq!(c.get_ssl_mode(), T::Disable);
     let c = ConnInfo::parse("postgres://u@h/d?host=/run/pg&sslmode=require").unwrap().tokio_postgres_config();
     assert_eq!(c.get_ssl_mode(), T::Disable);
+}
+
+#[test]
+fn several_hosts_in_libpq_syntax() {
+    let info =
+        ConnInfo::parse("postgres://ficus:pSECRET@db1:5433,db2,[::1]:7/shop?target_session_attrs=read-write").unwrap();
+    assert_eq!(info.hosts, vec![("db1".into(), 5433), ("db2".into(), 5432), ("::1".into(), 7)]);
+    assert_eq!((info.host.as_str(), info.port), ("db1", 5433));
+    assert_eq!(info.target_session_attrs, TargetSessionAttrs::ReadWrite);
+    assert!(info.is_multi_host());
+    let candidates = info.candidates();
+    assert_eq!(candidates.len(), 3);
+    assert_eq!((candidates[1].host.as_str(), candidates[1].port, candidates[1].hosts.len()), ("db2", 5432, 1));
+    assert_eq!(candidates[2].target(), "[::1]:7");
+    assert_eq!(info.target(), "db1:5433,db2:5432,[::1]:7");
+    // Redaction covers every host and keeps them all; it parses back to the same targets.
+    let redacted = info.redacted();
+    assert!(!redacted.contains("pSECRET"), "{redacted}");
+    assert!(redacted.contains("db1:5433,db2:5432,[::1]:7/shop"), "{redacted}");
+    assert!(redacted.contains("target_session_attrs=read-write"), "{redacted}");
+    let again = ConnInfo::parse(&redacted).unwrap();
+    assert_eq!((again.hosts, again.target_session_attrs), (info.hosts.clone(), info.target_session_attrs));
+    assert!(!format!("{info:?}").contains("pSECRET"));
+
+    // `?host=a,b&port=p` (one port for all) and `port=p1,p2` (one per host).
+    let info = ConnInfo::parse("postgres://u@/d?host=a,b&port=6000").unwrap();
+    assert_eq!(info.hosts, vec![("a".into(), 6000), ("b".into(), 6000)]);
+    let info = ConnInfo::parse("postgres://u@/d?host=a,b&port=6000,6001&target_session_attrs=primary").unwrap();
+    assert_eq!(info.hosts, vec![("a".into(), 6000), ("b".into(), 6001)]);
+    assert_eq!(info.target_session_attrs, TargetSessionAttrs::Primary);
+    // One host: as before, no session check.
+    let info = ConnInfo::parse("postgres://u@h/d").unwrap();
+    assert!(!info.is_multi_host());
+    assert_eq!(info.candidates(), vec![info.clone()]);
+    // Errors of a multi-host URL never show the password either.
+    let e = ConnInfo::parse("postgres://u:pSECRET/x@h1,h2:99999/d").unwrap_err().to_string();
+    assert!(!e.contains("SECRET"), "{e}");
+}
+
+#[test]
+fn session_attrs_read_the_probe() {
+    assert_eq!(TargetSessionAttrs::ReadWrite.probe(), Some("SHOW transaction_read_only"));
+    assert!(TargetSessionAttrs::ReadWrite.refusal("on").unwrap().contains("read-only"));
+    assert_eq!(TargetSessionAttrs::ReadWrite.refusal("off"), None);
+    assert!(TargetSessionAttrs::Primary.refusal("t").unwrap().contains("standby"));
+    assert_eq!(TargetSessionAttrs::Primary.refusal("f"), None);
+    assert_eq!(TargetSessionAttrs::Any.probe(), None);
 }

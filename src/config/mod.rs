@@ -115,6 +115,66 @@ pub struct SourceConfig {
     /// `text` always requests text.
     #[serde(default)]
     pub value_format: ValueFormat,
+    /// Create the slot as a failover slot (PostgreSQL 17+: synchronized to standbys with `sync_replication_slots`,
+    /// so it survives a promotion): `auto` (default) where the server supports it, `true` (required: an error on an
+    /// older server or for an existing slot without failover), `false` (never).
+    #[serde(default)]
+    pub failover_slot: FailoverSlot,
+}
+
+/// `source.failover_slot`: `auto`, `true` or `false` (YAML booleans or strings).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FailoverSlot {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl FailoverSlot {
+    /// Whether the slot is created with `failover`, given the server's `server_version_num`; an error (naming the
+    /// version and the fix) when `true` is asked of a server before 17.
+    pub fn wanted(self, server_version_num: i32) -> Result<bool, String> {
+        let supported = server_version_num >= 170_000;
+        match self {
+            FailoverSlot::Off => Ok(false),
+            FailoverSlot::Auto => Ok(supported),
+            FailoverSlot::On if supported => Ok(true),
+            FailoverSlot::On => Err(format!(
+                "source.failover_slot: true needs PostgreSQL 17 or later (failover slots), the server is {}; \
+                 upgrade the server or set source.failover_slot: auto",
+                version_name(server_version_num)
+            )),
+        }
+    }
+}
+
+/// `170004` → `17.4`, `150018` → `15.18`.
+pub fn version_name(server_version_num: i32) -> String {
+    format!("{}.{}", server_version_num / 10_000, server_version_num % 10_000)
+}
+
+impl<'de> Deserialize<'de> for FailoverSlot {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(FailoverSlot::On),
+            Raw::Bool(false) => Ok(FailoverSlot::Off),
+            Raw::Text(t) => match t.as_str() {
+                "auto" => Ok(FailoverSlot::Auto),
+                "true" => Ok(FailoverSlot::On),
+                "false" => Ok(FailoverSlot::Off),
+                other => Err(serde::de::Error::custom(format!(
+                    "source.failover_slot: {other:?} is not one of auto, true, false"
+                ))),
+            },
+        }
+    }
 }
 
 /// `source.value_format`.
@@ -139,6 +199,7 @@ impl fmt::Debug for SourceConfig {
             heartbeat_interval_secs,
             reconnect_max_delay_secs,
             value_format,
+            failover_slot,
         } = self;
         let url = crate::config::conninfo::ConnInfo::parse(url).map_or_else(|_| "***".to_string(), |i| i.redacted());
         f.debug_struct("SourceConfig")
@@ -150,6 +211,7 @@ impl fmt::Debug for SourceConfig {
             .field("heartbeat_interval_secs", heartbeat_interval_secs)
             .field("reconnect_max_delay_secs", reconnect_max_delay_secs)
             .field("value_format", value_format)
+            .field("failover_slot", failover_slot)
             .finish()
     }
 }

@@ -171,3 +171,22 @@ fn interpolation_edge_cases() {
     let err = interpolate_env("${file:/nonexistent/pw}", &l).unwrap_err();
     assert!(err.contains("/nonexistent/pw"), "{err}");
 }
+
+#[test]
+fn failover_slot_accepts_auto_and_booleans_and_refuses_true_before_17() {
+    assert_eq!(Config::from_yaml(MINIMAL, &env).unwrap().source.failover_slot, FailoverSlot::Auto);
+    for (text, want) in [("true", FailoverSlot::On), ("false", FailoverSlot::Off), ("auto", FailoverSlot::Auto)] {
+        let yaml = MINIMAL.replace("  tables: [public", &format!("  failover_slot: {text}\n  tables: [public"));
+        assert_eq!(Config::from_yaml(&yaml, &env).unwrap().source.failover_slot, want, "{text}");
+    }
+    let yaml = MINIMAL.replace("  tables: [public", "  failover_slot: sometimes\n  tables: [public");
+    let e = Config::from_yaml(&yaml, &env).unwrap_err().to_string();
+    assert!(e.contains("failover_slot") && e.contains("auto, true, false"), "{e}");
+
+    assert_eq!(FailoverSlot::Auto.wanted(170_010), Ok(true));
+    assert_eq!(FailoverSlot::Auto.wanted(160_014), Ok(false));
+    assert_eq!(FailoverSlot::Off.wanted(180_004), Ok(false));
+    assert_eq!(FailoverSlot::On.wanted(170_000), Ok(true));
+    let e = FailoverSlot::On.wanted(150_018).unwrap_err();
+    assert!(e.contains("PostgreSQL 17") && e.contains("15.18") && e.contains("failover_slot: auto"), "{e}");
+}

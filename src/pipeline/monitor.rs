@@ -176,7 +176,8 @@ pub(super) async fn monitor_server(client: &tokio_postgres::Client, slot: Option
             let row = client
                 .query_opt(
                     "SELECT pg_current_wal_lsn()::text, (pg_current_wal_lsn() - confirmed_flush_lsn)::int8, \
-                     (pg_current_wal_lsn() - restart_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1",
+                     (pg_current_wal_lsn() - restart_lsn)::int8, (to_jsonb(s) ->> 'failover')::bool, \
+                     (to_jsonb(s) ->> 'synced')::bool FROM pg_replication_slots s WHERE slot_name = $1",
                     &[&slot],
                 )
                 .await;
@@ -185,6 +186,10 @@ pub(super) async fn monitor_server(client: &tokio_postgres::Client, slot: Option
                     let wal: Option<String> = r.get(0);
                     let lag: Option<i64> = r.get(1);
                     let retained: Option<i64> = r.get(2);
+                    let (failover, synced): (Option<bool>, Option<bool>) = (r.get(3), r.get(4));
+                    if let Some(f) = failover {
+                        metrics::gauge!(crate::metrics::SLOT_FAILOVER).set(if f { 1.0 } else { 0.0 });
+                    }
                     if let Some(l) = lag {
                         metrics::gauge!(crate::metrics::LAG_BYTES).set(l as f64);
                     }
@@ -195,6 +200,8 @@ pub(super) async fn monitor_server(client: &tokio_postgres::Client, slot: Option
                         s.server_wal_lsn = wal;
                         s.lag_bytes = lag.map(|l| l.max(0) as u64);
                         s.retained_wal_bytes = retained.map(|w| w.max(0) as u64);
+                        s.slot_failover = failover;
+                        s.slot_synced = synced;
                     });
                 }
                 Ok(None) => {}

@@ -130,7 +130,9 @@ pub(super) async fn stream_session(
             let start = match decision.start {
                 Some(lsn) => lsn,
                 None => {
-                    let created = admin::create_slot(client, &config.source.slot).await?;
+                    let version: i32 = control::setting(client, "server_version_num").await?.parse().unwrap_or(0);
+                    let failover = config.source.failover_slot.wanted(version).map_err(PipelineError::Config)?;
+                    let created = admin::create_slot(client, &config.source.slot, failover).await?;
                     tracing::info!(slot = %config.source.slot, lsn = %created, "created replication slot");
                     created
                 }

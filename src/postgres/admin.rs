@@ -39,13 +39,16 @@ pub async fn ensure_publication(client: &Client, config: &Config) -> Result<(), 
     client.batch_execute(&stmt).await.map_err(sql(format!("{stmt} (run it as the tables' owner)")))
 }
 
-/// Creates the logical slot (pgoutput); returns its consistent point, where its stream starts.
-pub async fn create_slot(client: &Client, slot: &str) -> Result<Lsn, ControlError> {
-    tracing::info!(slot, "creating logical replication slot (pgoutput)");
-    let row = client
-        .query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
-        .await
-        .map_err(sql(format!("creating replication slot {slot}")))?;
+/// Creates the logical slot (pgoutput), with `failover` (PostgreSQL 17+: synchronized to standbys that run
+/// `sync_replication_slots`) when asked; returns its consistent point, where its stream starts.
+pub async fn create_slot(client: &Client, slot: &str, failover: bool) -> Result<Lsn, ControlError> {
+    tracing::info!(slot, failover, "creating logical replication slot (pgoutput)");
+    let stmt = if failover {
+        "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput', failover => true)"
+    } else {
+        "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')"
+    };
+    let row = client.query_one(stmt, &[&slot]).await.map_err(sql(format!("creating replication slot {slot}")))?;
     row.get::<_, String>(0).parse().map_err(|e| {
         ControlError::Invalid(format!(
             "creating replication slot {slot}: the server returned an LSN that does not parse: {e}"

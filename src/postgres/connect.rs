@@ -19,6 +19,9 @@ pub enum ControlConnectError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// A multi-host URL (or `target_session_attrs`): no host was usable; `detail` says why for each.
+    #[error("no host of source.url is usable (target_session_attrs={attrs}): {detail}")]
+    NoHost { attrs: &'static str, detail: String, configuration_problem: bool },
 }
 
 impl ControlConnectError {
@@ -27,6 +30,7 @@ impl ControlConnectError {
     pub fn is_configuration_problem(&self) -> bool {
         match self {
             ControlConnectError::Tls(_) => true,
+            ControlConnectError::NoHost { configuration_problem, .. } => *configuration_problem,
             ControlConnectError::Postgres { source, .. } => {
                 source.as_db_error().is_some_and(|db| {
                     // 28xxx: invalid authorization (wrong password, no hba entry); 3D000: database does not exist.
@@ -94,7 +98,52 @@ impl ConnInfo {
     }
 
     /// Opens the control connection (TLS per `sslmode`) and spawns its connection task; abort the handle to close.
+    /// A multi-host URL tries its hosts in order and keeps the first that matches `target_session_attrs`.
     pub async fn connect_control(&self) -> Result<(tokio_postgres::Client, JoinHandle<()>), ControlConnectError> {
+        if !self.is_multi_host() {
+            return self.connect_one().await;
+        }
+        let attrs = self.target_session_attrs;
+        let mut failures = Vec::new();
+        let mut configuration_problem = false;
+        for candidate in self.candidates() {
+            let (client, task) = match candidate.connect_one().await {
+                Ok(connected) => connected,
+                Err(e) => {
+                    tracing::info!("skipping host {}: {e}", candidate.target());
+                    configuration_problem |= e.is_configuration_problem();
+                    failures.push(e.to_string());
+                    continue;
+                }
+            };
+            let Some(probe) = attrs.probe() else { return Ok((client, task)) };
+            let answer = client.simple_query(probe).await.map(|messages| {
+                messages.into_iter().find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+                    _ => None,
+                })
+            });
+            let refusal = match answer {
+                Ok(Some(answer)) => attrs.refusal(&answer),
+                Ok(None) => Some(format!("answered nothing to {probe}")),
+                Err(e) => Some(format!("{probe}: {}", describe(&e))),
+            };
+            match refusal {
+                None => {
+                    tracing::info!(target = %candidate.target(), attrs = attrs.as_str(), "control connection: host chosen");
+                    return Ok((client, task));
+                }
+                Some(reason) => {
+                    task.abort();
+                    tracing::info!("skipping host {}: it {reason}", candidate.target());
+                    failures.push(format!("{} {reason}", candidate.target()));
+                }
+            }
+        }
+        Err(ControlConnectError::NoHost { attrs: attrs.as_str(), detail: failures.join("; "), configuration_problem })
+    }
+
+    async fn connect_one(&self) -> Result<(tokio_postgres::Client, JoinHandle<()>), ControlConnectError> {
         let config = self.tokio_postgres_config();
         let target = self.target();
         let err = |source: tokio_postgres::Error| ControlConnectError::Postgres {

@@ -86,14 +86,20 @@ pub struct SlotInfo {
     pub active_pid: Option<i32>,
     pub confirmed_flush: Option<Lsn>,
     pub wal_status: Option<String>,
+    /// `failover` (PostgreSQL 17+; `None` before): the slot is synchronized to standbys with `sync_replication_slots`.
+    pub failover: Option<bool>,
+    /// `synced` (PostgreSQL 17+): on a standby, the slot is a synchronized copy of the primary's.
+    pub synced: Option<bool>,
 }
 
 /// Reads the slot, if it exists.
 pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, ControlError> {
     let row = client
         .query_opt(
-            "SELECT plugin::text, database::text, active_pid, confirmed_flush_lsn::text, wal_status \
-             FROM pg_replication_slots WHERE slot_name = $1",
+            // The 17+ columns through to_jsonb, so one statement serves every version.
+            "SELECT plugin::text, database::text, active_pid, confirmed_flush_lsn::text, wal_status, \
+             (to_jsonb(s) ->> 'failover')::bool, (to_jsonb(s) ->> 'synced')::bool \
+             FROM pg_replication_slots s WHERE slot_name = $1",
             &[&slot],
         )
         .await
@@ -104,6 +110,8 @@ pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, 
         active_pid: r.get(2),
         confirmed_flush: r.get::<_, Option<String>>(3).and_then(|s| s.parse().ok()),
         wal_status: r.get(4),
+        failover: r.get(5),
+        synced: r.get(6),
     }))
 }
 

@@ -36,7 +36,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-const DDL: &str = r#"
+pub(crate) const DDL: &str = r#"
     CREATE TABLE chaos (k int PRIMARY KEY, seq bigint NOT NULL, pad text);
     ALTER TABLE chaos REPLICA IDENTITY FULL;
     CREATE TABLE truth (n bigint PRIMARY KEY, k int NOT NULL, op text NOT NULL, old bigint);
@@ -58,21 +58,21 @@ const DDL: &str = r#"
 
 /// What the writer shares with the fault driver.
 #[derive(Default)]
-struct Shared {
+pub(crate) struct Shared {
     /// Workload steps committed (acknowledged by the server).
-    written: AtomicU64,
+    pub(crate) written: AtomicU64,
     /// The highest `pg_current_wal_insert_lsn()` read inside a committed transaction, before its COMMIT: a lower bound
     /// of that commit's LSN. A slot whose confirmed position is below it has not confirmed that commit.
-    committed_lsn: AtomicU64,
+    pub(crate) committed_lsn: AtomicU64,
     /// Set by the driver once every scheduled fault ran: the writer then stops at its target.
-    faults_done: AtomicBool,
+    pub(crate) faults_done: AtomicBool,
 }
 
 /// Writes transactions of `STEPS_PER_TXN` steps (a step on a missing key that is a delete changes nothing), riding
 /// out server restarts. Paced: at most `rate` steps per second on average, so the writes span the whole fault window
 /// instead of finishing within the first faults; it goes on (same pace) until every fault ran and `target` steps
 /// are committed, then stops.
-async fn writer(pg_url: String, target: u64, rate: f64, seed: u64, shared: Arc<Shared>) {
+pub(crate) async fn writer(pg_url: String, target: u64, rate: f64, seed: u64, shared: Arc<Shared>) {
     let mut rng = Rng(seed | 1);
     let mut client: Option<tokio_postgres::Client> = None;
     let mut pending: Option<String> = None;
@@ -205,17 +205,17 @@ fn a_seed_reproduces_its_schedule_and_every_enabled_kind_is_scheduled() {
 }
 
 #[derive(Debug, Default)]
-struct Figures {
-    changes: u64,
-    expected: u64,
-    seen: u64,
-    lost: u64,
-    duplicated: u64,
-    order_violations: u64,
+pub(crate) struct Figures {
+    pub(crate) changes: u64,
+    pub(crate) expected: u64,
+    pub(crate) seen: u64,
+    pub(crate) lost: u64,
+    pub(crate) duplicated: u64,
+    pub(crate) order_violations: u64,
 }
 
 /// Compares the topic with `truth`: each event is identified by the truth row it stands for.
-async fn verify(pg: &TestPostgres, db: &str, kafka: &TestKafka, topic: &str) -> (Figures, Vec<String>) {
+pub(crate) async fn verify(pg: &TestPostgres, db: &str, kafka: &TestKafka, topic: &str) -> (Figures, Vec<String>) {
     let client = pg.client(db).await;
     let rows = client.query("SELECT n, k, op, old FROM truth ORDER BY n", &[]).await.unwrap();
     // (key, op, seq the event carries) → truth n. Inserts and updates carry their own n as `after.seq`; a delete

@@ -13,6 +13,7 @@ mod dlq;
 mod evolution;
 mod exactly_once;
 mod example;
+mod failover;
 mod faults;
 mod lifecycle;
 mod observability;

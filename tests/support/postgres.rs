@@ -89,6 +89,96 @@ impl TestPostgres {
 
     /// A dedicated cluster with extra settings, `pg_hba.conf` lines or a superuser password.
     pub fn start_with(opts: PgOptions) -> TestPostgres {
+        let mut pg = TestPostgres::empty(&opts);
+        pg.initdb(&opts);
+        pg.start_on_free_port();
+        pg
+    }
+
+    /// A physical standby of this (dedicated, running) cluster, from the same binaries: a base backup with
+    /// `pg_backup_start`/a file copy/`pg_backup_stop` (no `pg_basebackup` needed), streaming through the physical slot
+    /// `slot` (created here, reserving WAL), `hot_standby_feedback = on`; `opts` adds settings (e.g.
+    /// `sync_replication_slots = on`). The copy leaves out the primary's `synchronized_standby_slots` (it names the
+    /// standby's own slot, which does not exist once the standby is promoted).
+    pub fn start_standby(&self, slot: &str, opts: PgOptions) -> TestPostgres {
+        self.assert_dedicated("start_standby");
+        let standby = TestPostgres::empty(&opts);
+        let label = block_on(async {
+            let client = self.client("postgres").await;
+            let create = client.execute("SELECT pg_create_physical_replication_slot($1, true)", &[&slot]).await;
+            create.unwrap_or_else(|e| self.fail(&format!("create physical slot {slot}: {e}")));
+            let version: i32 =
+                client.query_one("SELECT current_setting('server_version_num')::int", &[]).await.unwrap().get(0);
+            // Named pg_start_backup/pg_stop_backup before 15.
+            let (start, stop) = if version >= 150_000 {
+                ("pg_backup_start('ficus-standby', true)", "pg_backup_stop(true)")
+            } else {
+                ("pg_start_backup('ficus-standby', true, false)", "pg_stop_backup(false, true)")
+            };
+            client.execute(&format!("SELECT {start}"), &[]).await.expect("start the base backup");
+            let out = Command::new("cp").arg("-a").arg(&self.data).arg(&standby.data).output().expect("run cp");
+            assert!(out.status.success(), "copying the data directory: {}", output_text(&out));
+            let row =
+                client.query_one(&format!("SELECT labelfile FROM {stop}"), &[]).await.expect("stop the base backup");
+            row.get::<_, String>(0)
+        });
+        for name in ["postmaster.pid", "postmaster.opts"] {
+            let _ = std::fs::remove_file(standby.data.join(name));
+        }
+        for dir in ["pg_wal", "pg_replslot"] {
+            for entry in std::fs::read_dir(standby.data.join(dir)).expect("read the copy").flatten() {
+                if entry.path().is_file() {
+                    let _ = std::fs::remove_file(entry.path());
+                } else if dir == "pg_replslot" {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        std::fs::write(standby.data.join("backup_label"), label).expect("write backup_label");
+        std::fs::write(standby.data.join("standby.signal"), "").expect("write standby.signal");
+        let auto = standby.data.join("postgresql.auto.conf");
+        let text = std::fs::read_to_string(&auto).unwrap_or_default();
+        let kept: Vec<&str> = text.lines().filter(|l| !l.contains("synchronized_standby_slots")).collect();
+        std::fs::write(&auto, kept.join("\n") + "\n").expect("write postgresql.auto.conf");
+        let mut conf = String::from("\n# ficus test harness: standby\n");
+        let conninfo = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port);
+        let settings = [
+            ("primary_conninfo".to_string(), conninfo),
+            ("primary_slot_name".to_string(), slot.to_string()),
+            ("hot_standby_feedback".to_string(), "on".to_string()),
+        ];
+        for (name, value) in settings.into_iter().chain(opts.settings.iter().cloned()) {
+            conf.push_str(&format!("{name} = '{}'\n", value.replace('\'', "''")));
+        }
+        let conf_path = standby.data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf_path).expect("read postgresql.conf");
+        text.push_str(&conf);
+        std::fs::write(&conf_path, text).expect("write postgresql.conf");
+        if is_root() {
+            let (uid, gid) = postgres_user();
+            for f in ["backup_label", "standby.signal", "postgresql.auto.conf", "postgresql.conf"] {
+                std::os::unix::fs::chown(standby.data.join(f), Some(uid), Some(gid)).expect("chown");
+            }
+        }
+        let mut standby = standby;
+        standby.start_on_free_port();
+        standby
+    }
+
+    /// Promotes a standby (`pg_ctl promote -w`): it ends recovery and accepts writes.
+    pub fn promote(&self) {
+        self.assert_dedicated("promote");
+        let out = self.run_pg(
+            "pg_ctl",
+            &["promote".into(), "-w".into(), "-t".into(), "60".into(), "-D".into(), self.data.display().to_string()],
+        );
+        if !out.status.success() {
+            self.fail(&format!("pg_ctl promote failed: {}", output_text(&out)));
+        }
+    }
+
+    /// A cluster with its directories and watchdog, no data directory yet, not started.
+    fn empty(opts: &PgOptions) -> TestPostgres {
         let bin = pg_bin();
         let root = tempfile::Builder::new()
             .prefix("ficus-pg-")
@@ -106,7 +196,7 @@ impl TestPostgres {
             &["stop", "-D", &data.display().to_string(), "-m", "immediate", "-w", "-t", "30"],
         );
         let watchdog = Watchdog::spawn(&format!("{stop}; rm -rf {}", sh_quote(&root.display().to_string())));
-        let mut pg = TestPostgres {
+        let pg = TestPostgres {
             bin,
             root,
             data,
@@ -124,17 +214,19 @@ impl TestPostgres {
                     .unwrap_or_else(|e| panic!("chown {} to postgres: {e}", dir.display()));
             }
         }
-        pg.initdb(&opts);
+        pg
+    }
 
+    fn start_on_free_port(&mut self) {
         // Another process may grab the port between free_port() and the server's bind: retry with a new one.
         for attempt in 1..=3 {
-            pg.port = super::free_port();
-            match pg.pg_ctl_start() {
-                Ok(()) => return pg,
-                Err(out) if attempt < 3 && pg.log().contains("could not bind") => {
-                    eprintln!("test cluster: port {} taken, retrying: {out}", pg.port);
+            self.port = super::free_port();
+            match self.pg_ctl_start() {
+                Ok(()) => return,
+                Err(out) if attempt < 3 && self.log().contains("could not bind") => {
+                    eprintln!("test cluster: port {} taken, retrying: {out}", self.port);
                 }
-                Err(out) => pg.fail(&format!("pg_ctl start failed on port {}: {out}", pg.port)),
+                Err(out) => self.fail(&format!("pg_ctl start failed on port {}: {out}", self.port)),
             }
         }
         unreachable!()

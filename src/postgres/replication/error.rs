@@ -28,6 +28,9 @@ pub enum ReplicationError {
     Protocol(String),
     #[error("the server closed the replication connection")]
     Closed,
+    /// A multi-host URL (or `target_session_attrs`): no host was usable; `detail` says why for each.
+    #[error("no host of source.url is usable (target_session_attrs={attrs}): {detail}")]
+    NoHost { attrs: &'static str, detail: String, transient: bool },
 }
 
 impl ReplicationError {
@@ -45,6 +48,7 @@ impl ReplicationError {
     pub fn is_transient(&self) -> bool {
         match self {
             ReplicationError::Io(_) | ReplicationError::Closed | ReplicationError::Timeout(_) => true,
+            ReplicationError::NoHost { transient, .. } => *transient,
             ReplicationError::Tls(TlsError::Handshake { source, .. }) => {
                 // rustls reports certificate and protocol problems as InvalidData; everything else is the network.
                 source.kind() != std::io::ErrorKind::InvalidData

@@ -65,8 +65,50 @@ pub struct ReplicationConnection {
 }
 
 impl ReplicationConnection {
-    /// Connects, negotiates TLS, authenticates, and waits for ReadyForQuery, all within `info.connect_timeout`.
+    /// Connects, negotiates TLS, authenticates, and waits for ReadyForQuery, all within `info.connect_timeout`. A
+    /// multi-host URL tries its hosts in order and keeps the first that matches `target_session_attrs`.
     pub async fn connect(info: &ConnInfo) -> Result<ReplicationConnection, ReplicationError> {
+        if !info.is_multi_host() {
+            return ReplicationConnection::connect_one(info).await;
+        }
+        let attrs = info.target_session_attrs;
+        let mut failures = Vec::new();
+        // Transient unless a host refused for a reason retrying cannot fix (authentication, TLS set-up).
+        let mut transient = true;
+        for candidate in info.candidates() {
+            let mut conn = match ReplicationConnection::connect_one(&candidate).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::info!("skipping host {}: {e}", candidate.target());
+                    transient &= e.is_transient();
+                    failures.push(format!("{}: {e}", candidate.target()));
+                    continue;
+                }
+            };
+            let Some(probe) = attrs.probe() else { return Ok(conn) };
+            let refusal = match conn.simple_query(probe).await {
+                Ok(rows) => match rows.first().and_then(|r| r.first()).cloned().flatten() {
+                    Some(answer) => attrs.refusal(&answer),
+                    None => Some(format!("answered nothing to {probe}")),
+                },
+                Err(e) => Some(format!("{probe}: {e}")),
+            };
+            match refusal {
+                None => {
+                    tracing::debug!(target = %candidate.target(), attrs = attrs.as_str(), "replication connection: host chosen");
+                    return Ok(conn);
+                }
+                Some(reason) => {
+                    conn.close().await;
+                    tracing::info!("skipping host {}: it {reason}", candidate.target());
+                    failures.push(format!("{} {reason}", candidate.target()));
+                }
+            }
+        }
+        Err(ReplicationError::NoHost { attrs: attrs.as_str(), detail: failures.join("; "), transient })
+    }
+
+    async fn connect_one(info: &ConnInfo) -> Result<ReplicationConnection, ReplicationError> {
         let attempt = async {
             let mut conn = connect::open(info).await?;
             let parameters = auth::startup(&mut conn, info).await?;
