@@ -402,6 +402,17 @@ mod tests {
     use crate::config::kafka::check_user_properties;
     use crate::config::Scalar;
 
+    /// `kafka:` with brokers `b:9092` and these properties.
+    fn config(properties: BTreeMap<String, Scalar>) -> KafkaConfig {
+        KafkaConfig {
+            brokers: "b:9092".into(),
+            delivery: Default::default(),
+            checkpoint_topic: None,
+            dlq_topic: None,
+            properties,
+        }
+    }
+
     fn props(pairs: &[(&str, Scalar)]) -> BTreeMap<String, Scalar> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
     }
@@ -414,14 +425,7 @@ mod tests {
             ("security.protocol", Scalar::String("SASL_SSL".into())),
         ]);
         check_user_properties(&user).unwrap();
-        let cfg = KafkaConfig {
-            brokers: "b:9092".into(),
-            delivery: Default::default(),
-            checkpoint_topic: None,
-            dlq_topic: None,
-            properties: user,
-        };
-        let cc = client_config(&cfg);
+        let cc = client_config(&config(user));
         assert_eq!(cc.get("linger.ms"), Some("50"));
         assert_eq!(cc.get("compression.type"), Some("zstd"));
         assert_eq!(cc.get("security.protocol"), Some("SASL_SSL"));
@@ -437,14 +441,7 @@ mod tests {
             ("acks", Scalar::Int(1)),
             ("bootstrap.servers", Scalar::String("evil:1".into())),
         ]);
-        let cfg = KafkaConfig {
-            brokers: "b:9092".into(),
-            delivery: Default::default(),
-            checkpoint_topic: None,
-            dlq_topic: None,
-            properties: user,
-        };
-        let cc = client_config(&cfg);
+        let cc = client_config(&config(user));
         assert_eq!(cc.get("enable.idempotence"), Some("true"));
         assert_eq!(cc.get("acks"), Some("all"));
         assert_eq!(cc.get("bootstrap.servers"), Some("b:9092"));

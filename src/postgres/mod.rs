@@ -16,3 +16,19 @@ pub mod replication;
 pub mod sqlstate;
 pub mod tls;
 pub mod value;
+
+/// A tiny deterministic generator for the randomized tests of the decoder and the value mapping (seeded, so a failure
+/// reproduces).
+#[cfg(test)]
+pub(crate) mod test_rng {
+    pub(crate) struct XorShift(pub(crate) u64);
+
+    impl XorShift {
+        pub(crate) fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+}

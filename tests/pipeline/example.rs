@@ -8,7 +8,7 @@ use std::process::Command;
 use crate::{check, values, Ficus, Setup, WAIT};
 
 /// config/shop.yaml pointed at this test's database, broker, slot and topics; everything else as shipped.
-fn example_config(s: &Setup, port: u16) -> String {
+pub(crate) fn example_config(s: &Setup, port: u16) -> String {
     let root = env!("CARGO_MANIFEST_DIR");
     let example = std::fs::read_to_string(format!("{root}/config/shop.yaml")).unwrap();
     let cfg = example

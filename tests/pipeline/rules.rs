@@ -219,22 +219,8 @@ async fn the_shop_example_produces_its_business_events() {
     let root = env!("CARGO_MANIFEST_DIR");
     let init = std::fs::read_to_string(format!("{root}/docker/postgres/init.sql")).unwrap();
     let s = Setup::new("shop_example", &init).await;
-    let example = std::fs::read_to_string(format!("{root}/config/shop.yaml")).unwrap();
     let port = crate::support::free_port();
-    // Point the example at this test's database, broker, slot and topics; everything else as shipped.
-    let cfg = example
-        .replace(
-            "postgres://ficus:${PGPASSWORD}@${FICUS_PG_HOST}:${FICUS_PG_PORT:-5432}/shop?sslmode=prefer",
-            &s.pg.superuser_url(&s.db),
-        )
-        .replace("${FICUS_KAFKA}", &s.kafka.brokers())
-        .replace("slot: ficus", &format!("slot: {}", s.prefix))
-        .replace("publication: ficus", &format!("publication: {}", s.prefix))
-        .replace("shop.", &format!("{}.", s.prefix))
-        .replace("topic_prefix: ficus", &format!("topic_prefix: {}", s.prefix))
-        .replace("./ficus-state", "STATE")
-        .replace("0.0.0.0:8080", &format!("127.0.0.1:{port}"));
-    assert!(!cfg.contains("${"), "{cfg}");
+    let cfg = crate::example::example_config(&s, port);
     let mut f = Ficus::start(&cfg);
     f.wait_health_listening(port, 0);
     // The example runs the initial snapshot of its three tables: write only after it, or a copy that runs after

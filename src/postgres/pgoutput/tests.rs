@@ -1,4 +1,5 @@
 use super::*;
+use crate::postgres::test_rng::XorShift;
 
 /// Test-only encoder for pgoutput messages.
 struct Enc(Vec<u8>);
@@ -280,17 +281,6 @@ fn timestamps_out_of_range_are_errors() {
     let buf = Enc::new(b'B').u64(1).i64(0).u32(1).bytes();
     let Ok(Message::Begin(b)) = decode(buf) else { panic!("begin") };
     assert_eq!(b.commit_time_us, 946_684_800_000_000);
-}
-
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 #[test]

@@ -183,14 +183,7 @@ const PG_EPOCH_DAYS: i64 = 10_957;
 /// mapping in `value.rs`): `0000`–`9999`, else signed (`-0043` is 44 BC, `+10000`).
 fn write_date(out: &mut Vec<u8>, days: i64) {
     let (year, month, day) = civil_from_days(days);
-    if (0..10_000).contains(&year) {
-        push_digits(out, year as u32, 4);
-    } else if year < 0 {
-        out.push(b'-');
-        push_digits(out, (-year) as u32, 4);
-    } else {
-        let _ = write!(out, "+{year}");
-    }
+    super::time::write_year(out, year);
     out.push(b'-');
     push_digits(out, month, 2);
     out.push(b'-');

@@ -2,6 +2,7 @@
 
 use super::time::{days_from_civil, format_unix_micros_civil};
 use super::*;
+use crate::postgres::test_rng::XorShift;
 
 fn json(type_oid: u32, text: &str) -> String {
     let mut out = Vec::new();
@@ -362,17 +363,6 @@ fn formats_commit_times() {
     // Beyond chrono's range: still an answer, no panic.
     assert!(format_unix_micros(i64::MAX).starts_with("+294247-"));
     assert!(format_unix_micros(i64::MIN).starts_with("-290308-"));
-}
-
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 #[test]

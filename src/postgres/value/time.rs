@@ -22,21 +22,7 @@ pub fn write_unix_micros(out: &mut Vec<u8>, us: i64) {
     let micros = us.rem_euclid(1_000_000) as u32;
     let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
     let sod = secs.rem_euclid(86_400) as u32;
-    match y {
-        0..=9999 => push_digits(out, y as u32, 4),
-        10_000.. => {
-            let _ = write!(out, "+{y}");
-        }
-        _ => {
-            out.push(b'-');
-            let abs = y.unsigned_abs();
-            if abs < 10_000 {
-                push_digits(out, abs as u32, 4);
-            } else {
-                let _ = write!(out, "{abs}");
-            }
-        }
-    }
+    write_year(out, y);
     out.push(b'-');
     push_digits(out, m, 2);
     out.push(b'-');
@@ -198,12 +184,21 @@ pub(super) fn write_timestamp(out: &mut Vec<u8>, s: &str, with_offset: bool) -> 
 }
 
 /// An astronomical year as ISO 8601 writes it: `0000`–`9999`, else signed with at least four digits.
-pub(super) fn write_year(out: &mut Vec<u8>, year: i64) {
-    let _ = match year {
-        0..=9999 => write!(out, "{year:04}"),
-        y if y < 0 => write!(out, "-{:04}", -y),
-        y => write!(out, "+{y}"),
-    };
+pub(crate) fn write_year(out: &mut Vec<u8>, year: i64) {
+    match year {
+        0..=9999 => push_digits(out, year as u32, 4),
+        -9999..=-1 => {
+            out.push(b'-');
+            push_digits(out, year.unsigned_abs() as u32, 4);
+        }
+        // Outside ±9999: a sign and every digit (never reached by PostgreSQL's own range on the negative side).
+        y if y < 0 => {
+            let _ = write!(out, "-{}", y.unsigned_abs());
+        }
+        y => {
+            let _ = write!(out, "+{y}");
+        }
+    }
 }
 
 /// A date `YYYY-MM-DD[ BC]` (DateStyle ISO) in the form of [`write_year`]; `±infinity` stays as sent.
