@@ -69,6 +69,8 @@ pub(super) async fn stream_session(
         (config.source.slot.clone(), Lsn::INVALID, Some(store), checkpoint)
     };
     let eos = config.kafka.delivery == Delivery::ExactlyOnce && options.output == Output::Kafka;
+    // Read per session: a promotion ends recovery, and the next session may write again.
+    let recovery = control::in_recovery(client).await?;
     let mut plan_now = false;
     let (start, snapshot_state) = match (&store, snapshot_state) {
         (None, _) => (start, None),
@@ -114,6 +116,15 @@ pub(super) async fn stream_session(
             plan_now = decision.plan_snapshot
                 && (config.snapshot.mode != SnapshotMode::Never || decision.recovered_gap.is_some());
             let state = if decision.plan_snapshot { None } else { state };
+            let unfinished = state.as_ref().is_some_and(|s| !s.jobs.is_empty());
+            if recovery && (plan_now || unfinished) {
+                let what = if plan_now {
+                    "a snapshot is planned on this start"
+                } else {
+                    "a snapshot or backfill is unfinished"
+                };
+                return Err(PipelineError::Config(format!("{what}, but {}", crate::snapshot::SNAPSHOT_ON_STANDBY)));
+            }
             if plan_now {
                 let blockers = resume::snapshot_blockers(client, config, &catalog).await?;
                 if let Some(b) = blockers.first() {
@@ -132,7 +143,12 @@ pub(super) async fn stream_session(
                 None => {
                     let version: i32 = control::setting(client, "server_version_num").await?.parse().unwrap_or(0);
                     let failover = config.source.failover_slot.wanted(version).map_err(PipelineError::Config)?;
-                    let created = admin::create_slot(client, &config.source.slot, failover).await?;
+                    // PostgreSQL refuses failover for a slot created on a standby (the preflight refused `true`).
+                    let created = if recovery {
+                        create_slot_on_standby(client, &config.source.slot).await?
+                    } else {
+                        admin::create_slot(client, &config.source.slot, failover).await?
+                    };
                     tracing::info!(slot = %config.source.slot, lsn = %created, "created replication slot");
                     created
                 }
@@ -145,7 +161,7 @@ pub(super) async fn stream_session(
     };
     let snapshots = match dry_run {
         true => None,
-        false => Some(plan_snapshots(config, snapshot_state, plan_now)?),
+        false => Some(plan_snapshots(config, snapshot_state, plan_now, recovery)?),
     };
     let snapshot_at = snapshots.clone().map(|s| -> SnapshotAt { Arc::new(move |lsn| s.ledger().settle(lsn)) });
 
@@ -310,10 +326,16 @@ fn plan_snapshots(
     config: &Config,
     state: Option<crate::snapshot::SnapshotState>,
     plan_now: bool,
+    recovery: bool,
 ) -> Result<Arc<Snapshots>, PipelineError> {
     let captured = config.captured_tables().map_err(|e| PipelineError::Config(e.to_string()))?;
-    let snapshots =
-        Snapshots::new(&config.source.slot, captured.clone(), config.snapshot.backfill_requests, Ledger::new(state));
+    // A request written on the primary replicates to a standby's stream; it is refused there, with the reason.
+    let refuse_requests = match (recovery, config.snapshot.backfill_requests) {
+        (true, _) => Some(crate::snapshot::SNAPSHOT_ON_STANDBY.to_string()),
+        (false, false) => Some("snapshot.backfill_requests is false".to_string()),
+        (false, true) => None,
+    };
+    let snapshots = Snapshots::new(&config.source.slot, captured.clone(), refuse_requests, Ledger::new(state));
     if plan_now {
         let tables = config.snapshot.tables(&captured).map_err(|e| PipelineError::Config(e.to_string()))?;
         tracing::info!(tables = tables.len(), "snapshot planned");
@@ -333,6 +355,27 @@ async fn exit_when_copied(snapshots: Arc<Snapshots>, progress: Arc<Progress>, st
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
+/// Creates the slot on a standby (PostgreSQL 16+). PostgreSQL waits there for the primary's next running-transactions
+/// record, which an idle primary may not write for a long time: said in the log at once and every 30 s while it
+/// lasts, with the statement that ends the wait, rather than hanging silently.
+async fn create_slot_on_standby(client: &tokio_postgres::Client, slot: &str) -> Result<Lsn, PipelineError> {
+    const WAITING: &str =
+        "creating the slot on a standby: PostgreSQL waits for the primary's next running-transactions \
+         record; run SELECT pg_log_standby_snapshot(); on the primary to end the wait";
+    tracing::info!(slot, "{WAITING}");
+    let create = admin::create_slot(client, slot, false);
+    tokio::pin!(create);
+    let started = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            created = &mut create => return Ok(created?),
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {
+                tracing::warn!(slot, waited_secs = started.elapsed().as_secs(), "still {WAITING}");
+            }
         }
     }
 }

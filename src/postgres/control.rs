@@ -123,6 +123,18 @@ pub(crate) async fn setting(client: &Client, name: &str) -> Result<String, Contr
     Ok(row.get(0))
 }
 
+/// The server's WAL position as SQL: `pg_current_wal_lsn()` fails during recovery, where the replayed position is
+/// the newest WAL a logical slot on a standby can decode.
+pub const CURRENT_WAL_LSN: &str =
+    "(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)";
+
+/// Whether the server is a standby (`pg_is_in_recovery()`): it cannot write, so ficus must not try (capture from a
+/// standby, PostgreSQL 16+, docs/postgres-versions.md).
+pub async fn in_recovery(client: &Client) -> Result<bool, ControlError> {
+    let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(sql("reading pg_is_in_recovery()"))?;
+    Ok(row.get(0))
+}
+
 /// Reads catalog facts of one table; `None` if it does not exist.
 pub async fn table_info(client: &Client, table: &TableName) -> Result<Option<TableInfo>, ControlError> {
     let row = client
