@@ -240,3 +240,42 @@ async fn a_standby_is_refused_before_16_and_what_writes_is_refused_on_16() {
     assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
     p.standby.drop_slots_of(&p.db);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_promoted_while_ficus_streams_from_it_keeps_its_slot_and_loses_nothing() {
+    let p = pair("standby_promoted").await;
+    if skip_before_16(p.version) {
+        return;
+    }
+    p.on_primary(&format!("CREATE PUBLICATION \"{}\" FOR TABLE t", p.prefix)).await;
+    let config = p
+        .config("")
+        .replace("  status_interval_secs: 1\n", "  status_interval_secs: 1\n  reconnect_max_delay_secs: 1\n");
+    let mut f = p.start_streaming(&config).await;
+    let mut truth = std::collections::BTreeMap::<i64, Vec<(String, Option<String>)>>::new();
+    for id in 1..=10i64 {
+        p.primary.execute(&p.db, &format!("INSERT INTO t VALUES ({id}, 'before')")).await;
+        truth.entry(id).or_default().push(("insert".into(), Some("before".into())));
+    }
+    assert_eq!(p.read_all(&f).await.len(), 10, "{}", f.log());
+    // Written on the primary and replayed by the standby, perhaps not decoded yet: then the primary goes away.
+    p.on_primary("UPDATE t SET v = 'replayed' WHERE id <= 5").await;
+    for id in 1..=5 {
+        truth.entry(id).or_default().push(("update".into(), Some("replayed".into())));
+    }
+    p.primary.stop_immediate();
+    p.standby.promote();
+    for id in 11..=20i64 {
+        p.standby.execute(&p.db, &format!("INSERT INTO t VALUES ({id}, 'after')")).await;
+        truth.entry(id).or_default().push(("insert".into(), Some("after".into())));
+    }
+    let standby = p.standby.client(&p.db).await;
+    let target: String = standby.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+    crate::wait_slot_confirmed(&standby, &p.prefix, &target, &f, WAIT).await;
+    let events = values(&TestKafka::shared().read_to_end(&format!("{}.public.t", p.prefix), WAIT).await);
+    assert_eq!(events_by_key(&events), truth, "{}", f.log());
+    assert!(f.is_running(), "{}", f.log());
+    eprintln!("promotion: ficus reconnected {} time(s)", f.log().matches(STREAMING).count().saturating_sub(1));
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+    p.standby.drop_slots_of(&p.db);
+}
