@@ -57,10 +57,14 @@ pub(super) async fn stream_session(
         slot: config.source.slot.clone(),
     };
     let dry_run = options.output == Output::DryRun;
+    // Read per session: a promotion ends recovery, and the next session may write again.
+    let recovery = control::in_recovery(client).await?;
     let (slot_name, start, store, snapshot_state) = if dry_run {
         // A temporary slot disappears with this connection: nothing of the dry run stays on the server.
         let name = format!("ficus_dry_run_{}", std::process::id());
-        let created = repl.create_logical_slot(&name, true).await.map_err(replication_error)?;
+        let create = repl.create_logical_slot(&name, true);
+        let created = if recovery { logged_standby_wait(&name, create).await } else { create.await };
+        let created = created.map_err(replication_error)?;
         tracing::info!(slot = %name, lsn = %created.consistent_point, "dry run: temporary slot; records are printed, nothing is published or confirmed");
         (name, created.consistent_point, None, None)
     } else {
@@ -69,8 +73,6 @@ pub(super) async fn stream_session(
         (config.source.slot.clone(), Lsn::INVALID, Some(store), checkpoint)
     };
     let eos = config.kafka.delivery == Delivery::ExactlyOnce && options.output == Output::Kafka;
-    // Read per session: a promotion ends recovery, and the next session may write again.
-    let recovery = control::in_recovery(client).await?;
     let mut plan_now = false;
     let (start, snapshot_state) = match (&store, snapshot_state) {
         (None, _) => (start, None),
@@ -145,7 +147,8 @@ pub(super) async fn stream_session(
                     let failover = config.source.failover_slot.wanted(version).map_err(PipelineError::Config)?;
                     // PostgreSQL refuses failover for a slot created on a standby (the preflight refused `true`).
                     let created = if recovery {
-                        create_slot_on_standby(client, &config.source.slot).await?
+                        logged_standby_wait(&config.source.slot, admin::create_slot(client, &config.source.slot, false))
+                            .await?
                     } else {
                         admin::create_slot(client, &config.source.slot, failover).await?
                     };
@@ -359,20 +362,22 @@ async fn exit_when_copied(snapshots: Arc<Snapshots>, progress: Arc<Progress>, st
     }
 }
 
-/// Creates the slot on a standby (PostgreSQL 16+). PostgreSQL waits there for the primary's next running-transactions
-/// record, which an idle primary may not write for a long time: said in the log at once and every 30 s while it
-/// lasts, with the statement that ends the wait, rather than hanging silently.
-async fn create_slot_on_standby(client: &tokio_postgres::Client, slot: &str) -> Result<Lsn, PipelineError> {
+/// Creating a slot on a standby (PostgreSQL 16+) waits for the primary's next running-transactions record, which an
+/// idle primary may not write for a long time: said in the log at once and every 30 s while `create` lasts, with the
+/// statement that ends the wait, rather than hanging silently.
+async fn logged_standby_wait<T, E>(
+    slot: &str,
+    create: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
     const WAITING: &str =
         "creating the slot on a standby: PostgreSQL waits for the primary's next running-transactions \
          record; run SELECT pg_log_standby_snapshot(); on the primary to end the wait";
     tracing::info!(slot, "{WAITING}");
-    let create = admin::create_slot(client, slot, false);
     tokio::pin!(create);
     let started = std::time::Instant::now();
     loop {
         tokio::select! {
-            created = &mut create => return Ok(created?),
+            created = &mut create => return created,
             _ = tokio::time::sleep(Duration::from_secs(30)) => {
                 tracing::warn!(slot, waited_secs = started.elapsed().as_secs(), "still {WAITING}");
             }

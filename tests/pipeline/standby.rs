@@ -10,7 +10,8 @@ use serde_json::Value;
 use crate::support::{unique_db, PgOptions, TestKafka, TestPostgres};
 use crate::{values, Ficus, STREAMING, WAIT};
 
-/// A primary with table `t` and a physical standby (slot `standby1`, `hot_standby_feedback = on`).
+/// A primary with table `t` and a physical standby (slot `standby1`, `hot_standby_feedback = on`); `None`, with the
+/// reason printed, when `capture` is asked of a server before 16 (no standby is built then).
 struct Pair {
     primary: TestPostgres,
     standby: TestPostgres,
@@ -19,7 +20,7 @@ struct Pair {
     version: i32,
 }
 
-async fn pair(name: &str) -> Pair {
+async fn pair(name: &str, capture: bool) -> Option<Pair> {
     let primary = TestPostgres::start();
     let db = unique_db(name);
     primary.create_database(&db);
@@ -31,9 +32,17 @@ async fn pair(name: &str) -> Pair {
         .await
         .unwrap()
         .get(0);
+    if capture && version < 160_000 {
+        eprintln!(
+            "skipped: logical decoding on a standby needs PostgreSQL 16+, the test cluster is {version} (run with \
+             FICUS_PG_VERSION=16, 17 or 18; standby::a_standby_is_refused_before_16_and_what_writes_is_refused_on_16 \
+             covers the refusal here)"
+        );
+        return None;
+    }
     let standby = primary.start_standby("standby1", PgOptions::default());
     let prefix = TestKafka::shared().unique_topic(name).replace('-', "_").to_lowercase();
-    Pair { primary, standby, db, prefix, version }
+    Some(Pair { primary, standby, db, prefix, version })
 }
 
 impl Pair {
@@ -78,15 +87,28 @@ impl Pair {
     /// (`pg_log_standby_snapshot()`), as the log line tells an operator to.
     async fn start_streaming(&self, config: &str) -> Ficus {
         let f = Ficus::start(config);
+        let pump = self.log_standby_snapshots();
         let deadline = Instant::now() + WAIT;
         while !f.log().contains(STREAMING) {
             assert!(Instant::now() < deadline, "ficus never streamed from the standby:\n{}", f.log());
-            if f.log().contains("pg_log_standby_snapshot") {
-                self.primary.execute("postgres", "SELECT pg_log_standby_snapshot()").await;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        pump.abort();
         f
+    }
+
+    /// Writes a running-transactions record on the primary every 200 ms until aborted.
+    fn log_standby_snapshots(&self) -> tokio::task::JoinHandle<()> {
+        let port = self.primary.port();
+        tokio::spawn(async move {
+            let url = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            loop {
+                let _ = client.batch_execute("SELECT pg_log_standby_snapshot()").await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
     }
 
     /// Waits until the standby's slot confirmed the primary's current position (everything written before this call
@@ -98,17 +120,6 @@ impl Pair {
         let topic = format!("{}.public.t", self.prefix);
         values(&TestKafka::shared().read_to_end(&topic, WAIT).await)
     }
-}
-
-fn skip_before_16(version: i32) -> bool {
-    if version < 160_000 {
-        eprintln!(
-            "skipped: logical decoding on a standby needs PostgreSQL 16+, the test cluster is {version} (run with \
-             FICUS_PG_VERSION=16, 17 or 18; standby::a_standby_is_refused_before_16_and_what_writes_is_refused_on_16 \
-             covers the refusal here)"
-        );
-    }
-    version < 160_000
 }
 
 /// (op, id, v of `after`) per event, in topic order per key: what the ground truth is compared with.
@@ -123,17 +134,24 @@ fn events_by_key(events: &[Value]) -> std::collections::BTreeMap<i64, Vec<(Strin
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn capture_from_a_standby_publishes_every_change_of_the_primary_once_and_writes_nothing() {
-    let p = pair("standby_capture").await;
-    if skip_before_16(p.version) {
-        return;
-    }
+async fn capture_from_a_standby_at_least_once_publishes_every_change_of_the_primary_once_and_writes_nothing() {
+    capture("at_least_once").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn capture_from_a_standby_exactly_once_publishes_every_change_of_the_primary_once_and_writes_nothing() {
+    capture("exactly_once").await;
+}
+
+async fn capture(delivery: &str) {
+    let Some(p) = pair(&format!("standby_{}", &delivery[..5]), true).await else { return };
     p.on_primary(&format!("CREATE PUBLICATION \"{}\" FOR TABLE t WITH (publish_via_partition_root = true)", p.prefix))
         .await;
     // The heartbeat is asked for: on a standby it is off, with a warning naming the fix.
     let config = p
         .config("")
-        .replace("  status_interval_secs: 1\n", "  status_interval_secs: 1\n  heartbeat_interval_secs: 1\n");
+        .replace("  status_interval_secs: 1\n", "  status_interval_secs: 1\n  heartbeat_interval_secs: 1\n")
+        .replace("kafka:\n", &format!("kafka:\n  delivery: {delivery}\n"));
     let (code, out) = crate::check(&config);
     assert_eq!(code, 0, "{out}");
     let version = format!("PostgreSQL {}.", p.version / 10_000);
@@ -184,7 +202,7 @@ async fn capture_from_a_standby_publishes_every_change_of_the_primary_once_and_w
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_standby_is_refused_before_16_and_what_writes_is_refused_on_16() {
-    let p = pair("standby_refusals").await;
+    let p = pair("standby_refusals", false).await.expect("built on every version");
     let run = |config: &str| {
         let mut f = Ficus::start(config);
         let status = f.wait(WAIT);
@@ -223,6 +241,19 @@ async fn a_standby_is_refused_before_16_and_what_writes_is_refused_on_16() {
     assert!(out.contains("cannot create a failover slot on a standby"), "{out}");
     assert_eq!(p.logical_slots(&p.standby).await, Vec::<String>::new(), "the refusals create no slot");
 
+    // A dry run never snapshots: it streams from a temporary slot on the standby, whatever snapshot.mode says.
+    let pump = p.log_standby_snapshots();
+    let mut dry = crate::DryRun::start(&snapshot).await;
+    pump.abort();
+    assert!(dry.log().contains("creating the slot on a standby"), "{}", dry.log());
+    p.primary.execute(&p.db, "INSERT INTO t VALUES (7, 'dry')").await;
+    let deadline = Instant::now() + WAIT;
+    while !std::fs::read_to_string(&dry.stdout).unwrap_or_default().contains("\"dry\"") {
+        assert!(Instant::now() < deadline, "the dry run printed nothing:\n{}", dry.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = dry.child.kill();
+    let _ = dry.child.wait();
     // `ficus backfill` against the standby (with ficus's slot there): refused, nothing written.
     let mut f = p.start_streaming(&config).await;
     let (code, text) = crate::backfill(&config, "public.t");
@@ -243,10 +274,7 @@ async fn a_standby_is_refused_before_16_and_what_writes_is_refused_on_16() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_standby_promoted_while_ficus_streams_from_it_keeps_its_slot_and_loses_nothing() {
-    let p = pair("standby_promoted").await;
-    if skip_before_16(p.version) {
-        return;
-    }
+    let Some(p) = pair("standby_promoted", true).await else { return };
     p.on_primary(&format!("CREATE PUBLICATION \"{}\" FOR TABLE t", p.prefix)).await;
     let config = p
         .config("")
