@@ -40,7 +40,7 @@ cargo test "${args[@]}" "${targets[@]}" || status=$?
 for version in ${FICUS_PG_VERSIONS-14 16 17 18}; do
     echo "=== PostgreSQL $version: core, rules, snapshot, faults, lifecycle, differential, failover, standby"
     # failover:: promotes a standby on 17+ (~20 s) and skips that part, with the reason, before 17; standby::
-    # (capture from a standby, ~20 s) captures on 16+ and checks the refusal before 16.
+    # (capture from a standby, 20–40 s) captures on 16+ and checks the refusal before 16.
     FICUS_PG_VERSION=$version cargo test "${args[@]}" --test pipeline -- \
         core:: rules:: snapshot:: faults:: lifecycle:: differential:: failover:: standby:: || status=$?
 done

@@ -453,20 +453,18 @@ async fn check_slot(client: &Client, config: &Config, report: &mut Report) -> Re
                     format!("belongs to database {db}, not {database}"),
                     Some("choose another source.slot".into()),
                 );
-            } else if info.wal_status.as_deref() == Some("lost")
-                && config.snapshot.on_gap == crate::config::snapshot::OnGap::Resnapshot
-            {
+            } else if info.is_invalidated() && config.snapshot.on_gap == crate::config::snapshot::OnGap::Resnapshot {
                 report.push(
                     Status::Warn,
                     title,
-                    "was invalidated (WAL it needed was removed); snapshot.on_gap: resnapshot drops and re-creates it and copies snapshot.tables again",
+                    format!("was invalidated ({}); snapshot.on_gap: resnapshot drops and re-creates it and copies snapshot.tables again", info.invalidation_cause()),
                     None,
                 );
-            } else if info.wal_status.as_deref() == Some("lost") {
+            } else if info.is_invalidated() {
                 report.push(
                     Status::Fail,
                     title,
-                    "was invalidated (WAL it needed was removed, see max_slot_wal_keep_size); changes since then are lost",
+                    format!("was invalidated ({}); changes since then are lost", info.invalidation_cause()),
                     Some(format!("{fix_drop}\nthen restart ficus to recreate it and re-snapshot the tables")),
                 );
             } else if let Some(pid) = info.active_pid {

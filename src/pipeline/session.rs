@@ -98,7 +98,7 @@ pub(super) async fn stream_session(
             };
             let slot = match control::slot_info(client, &config.source.slot).await? {
                 None => resume::SlotState::Missing,
-                Some(s) if s.wal_status.as_deref() == Some("lost") => resume::SlotState::Invalidated,
+                Some(s) if s.is_invalidated() => resume::SlotState::Invalidated { cause: s.invalidation_cause() },
                 Some(s) => resume::SlotState::Usable { confirmed: s.confirmed_flush.unwrap_or(Lsn::INVALID) },
             };
             let decision = resume::decide(

@@ -21,6 +21,11 @@ struct Pair {
 }
 
 async fn pair(name: &str, capture: bool) -> Option<Pair> {
+    pair_with(name, capture, PgOptions::default()).await
+}
+
+/// [`pair`] with settings for the standby.
+async fn pair_with(name: &str, capture: bool, standby: PgOptions) -> Option<Pair> {
     let primary = TestPostgres::start();
     let db = unique_db(name);
     primary.create_database(&db);
@@ -40,7 +45,7 @@ async fn pair(name: &str, capture: bool) -> Option<Pair> {
         );
         return None;
     }
-    let standby = primary.start_standby("standby1", PgOptions::default());
+    let standby = primary.start_standby("standby1", standby);
     let prefix = TestKafka::shared().unique_topic(name).replace('-', "_").to_lowercase();
     Some(Pair { primary, standby, db, prefix, version })
 }
@@ -305,5 +310,34 @@ async fn a_standby_promoted_while_ficus_streams_from_it_keeps_its_slot_and_loses
     assert!(f.is_running(), "{}", f.log());
     eprintln!("promotion: ficus reconnected {} time(s)", f.log().matches(STREAMING).count().saturating_sub(1));
     assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+    p.standby.drop_slots_of(&p.db);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slot_invalidated_by_a_recovery_conflict_stops_ficus_with_exit_2_naming_hot_standby_feedback() {
+    let opts = PgOptions::default().setting("hot_standby_feedback", "off");
+    let Some(p) = pair_with("standby_conflict", true, opts).await else { return };
+    p.on_primary(&format!("CREATE PUBLICATION \"{}\" FOR TABLE t", p.prefix)).await;
+    let config = p.config("");
+    let (code, out) = crate::check(&config);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("! hot_standby_feedback: is off"), "{out}");
+    let mut f = p.start_streaming(&config).await;
+    // Catalog rows the slot still needs die on the primary (in separate transactions: rows inserted and deleted by
+    // one transaction set no conflict horizon) and are vacuumed away: replaying that conflicts with the slot.
+    p.primary.execute(&p.db, "CREATE TABLE gone (id int)").await;
+    p.primary.execute(&p.db, "DROP TABLE gone").await;
+    p.primary.execute(&p.db, "VACUUM pg_class, pg_attribute, pg_type, pg_depend").await;
+    p.on_primary("INSERT INTO t VALUES (1, 'x')").await;
+    // The walsender is cancelled ("conflict with recovery"): ficus reconnects and finds the slot invalidated.
+    let status = f.wait(WAIT);
+    let log = f.log();
+    assert!(p.standby.log().contains("terminating process"), "no recovery conflict happened:\n{}", p.standby.log());
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("was invalidated") && log.contains("hot_standby_feedback = on"), "{log}");
+    assert!(!log.contains("max_slot_wal_keep_size); changes since then"), "the cause is not removed WAL:\n{log}");
+    let (code, out) = crate::check(&config);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("catalog rows it needed") && !out.contains("WAL it needed was removed"), "{out}");
     p.standby.drop_slots_of(&p.db);
 }
