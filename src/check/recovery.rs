@@ -4,18 +4,18 @@
 //! (docs/postgres-versions.md "Capture from a standby").
 //!
 //! **Guarantees:** before 16 a standby is refused (exit 2). On 16+ the publication must already exist with every
-//! captured table (created on the primary, replicated here): ficus does not create or extend it. A first start that
-//! would plan the initial snapshot is refused ([`SNAPSHOT_ON_STANDBY`]): its watermarks are WAL writes. The heartbeat
+//! captured table (created on the primary, replicated here): ficus does not create or extend it. A start that would
+//! plan a snapshot is refused (`snapshot::SNAPSHOT_ON_STANDBY`, by the session and `resume::state_report`): its
+//! watermarks are WAL writes. The heartbeat
 //! is off with a warning. A slot created here has no `failover` (PostgreSQL refuses it on a standby), so
 //! `source.failover_slot: true` is refused. Nothing here changes the database.
 
 use tokio_postgres::Client;
 
 use super::report::{CheckItem, Status};
-use crate::config::{version_name, Config, FailoverSlot, SnapshotMode};
+use crate::config::{version_name, Config, FailoverSlot};
 use crate::ident::{quote_ident, TableName};
 use crate::postgres::control::{setting, slot_info, ControlError};
-use crate::snapshot::SNAPSHOT_ON_STANDBY;
 
 /// What the standby lines need to know (read by [`read`]).
 #[derive(Debug, Clone, Default)]
@@ -104,14 +104,6 @@ pub(crate) fn lines(config: &Config, facts: &RecoveryFacts) -> Vec<CheckItem> {
                  ALTER SYSTEM SET primary_slot_name = '<name>';  SELECT pg_reload_conf();"
                     .into(),
             ),
-        ));
-    }
-    if config.snapshot.mode != SnapshotMode::Never && !facts.slot_exists {
-        out.push(item(
-            Status::Fail,
-            "snapshot",
-            format!("snapshot.mode is not never and the slot is missing, so this first start would plan the initial snapshot, but {SNAPSHOT_ON_STANDBY}"),
-            Some("snapshot.mode: never".into()),
         ));
     }
     if config.source.heartbeat_interval_secs > 0 {
@@ -206,7 +198,6 @@ mod tests {
         let l = lines(&config(""), &facts(160_004));
         assert_eq!(l.iter().map(|i| i.status).collect::<Vec<_>>(), [Status::Ok, Status::Ok]);
         assert!(l[0].detail.contains("unavailable") && l[0].detail.contains("heartbeat"), "{}", l[0].detail);
-        // A first start (no slot) with the default snapshot.mode would write watermarks: refused, with the fix.
         let mut f = facts(170_000);
         f.slot_exists = false;
         f.hot_standby_feedback = false;
@@ -215,13 +206,11 @@ mod tests {
         assert!(l[0].detail.contains("pg_log_standby_snapshot"), "{}", l[0].detail);
         assert_eq!(status_of(&l, "hot_standby_feedback").unwrap().status, Status::Warn);
         assert_eq!(status_of(&l, "primary_slot_name").unwrap().status, Status::Warn);
-        let snapshot = status_of(&l, "snapshot").unwrap();
-        assert_eq!((snapshot.status, snapshot.fix.as_deref()), (Status::Fail, Some("snapshot.mode: never")));
         assert_eq!(status_of(&l, "heartbeat").unwrap().status, Status::Warn);
         assert_eq!(status_of(&l, "failover slot").unwrap().status, Status::Fail);
-        // An existing slot: no snapshot is planned, and a slot's failover flag is the failover lines' business.
+        // An existing slot's failover flag is the failover lines' business.
         let l = lines(&config("  failover_slot: true\n"), &facts(170_000));
-        assert!(status_of(&l, "snapshot").is_none() && status_of(&l, "failover slot").is_none());
+        assert!(status_of(&l, "failover slot").is_none());
     }
 
     #[test]

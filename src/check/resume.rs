@@ -250,7 +250,15 @@ pub(crate) async fn state_report(
                 None,
             ));
             let snapshots = config.snapshot.mode != crate::config::SnapshotMode::Never || r.recovered_gap.is_some();
-            if r.plan_snapshot && snapshots {
+            // A standby cannot write the watermarks: `ficus run` refuses the planned snapshot there (exit 2).
+            if r.plan_snapshot && snapshots && crate::postgres::control::in_recovery(client).await.unwrap_or(false) {
+                out.push(item(
+                    Status::Fail,
+                    "snapshot",
+                    format!("this start plans a snapshot, but {}", crate::snapshot::SNAPSHOT_ON_STANDBY),
+                    Some("snapshot.mode: never".into()),
+                ));
+            } else if r.plan_snapshot && snapshots {
                 match snapshot_blockers(client, config, catalog).await {
                     Ok(blockers) => {
                         for b in blockers {

@@ -55,8 +55,7 @@ pub(super) async fn run_with(
     let dry_run = options.output == Output::DryRun;
     if dry_run {
         // A dry run streams from a temporary slot of its own: the configured slot may be busy with the real ficus.
-        // It never snapshots, so the standby's refusal of a planned snapshot does not apply.
-        report.items.retain(|item| !item.title.starts_with("replication slot ") && item.title != "snapshot");
+        report.items.retain(|item| !item.title.starts_with("replication slot "));
     }
     for item in &report.items {
         if item.status == crate::check::Status::Warn {

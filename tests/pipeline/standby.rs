@@ -236,6 +236,9 @@ async fn a_standby_is_refused_before_16_and_what_writes_is_refused_on_16() {
     // The initial snapshot on a first start: refused before anything is created.
     p.on_primary(&format!("CREATE PUBLICATION \"{}\" FOR TABLE t", p.prefix)).await;
     let snapshot = p.config("snapshot:\n  mode: initial\n");
+    let (code, out) = crate::check(&snapshot);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("✗ snapshot: this start plans a snapshot") && out.contains("snapshot.mode: never"), "{out}");
     let (code, log) = run(&snapshot);
     assert_eq!(code, Some(2), "{log}");
     assert!(log.contains("pg_logical_emit_message") && log.contains("snapshot.mode: never"), "{log}");
