@@ -8,6 +8,7 @@ use crate::config::conninfo::ConnInfo;
 use crate::config::Config;
 use crate::kafka;
 pub mod preflight;
+pub mod recovery;
 pub mod report;
 pub mod resume;
 pub mod standby;

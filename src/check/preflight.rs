@@ -134,9 +134,16 @@ pub async fn preflight(client: &Client, config: &Config, rules: &Rules) -> Resul
     }
 
     report.items.extend(rule_lines(rules, &catalog));
-    check_publication(client, config, &tables, is_super, &mut report).await?;
+    // A standby (capture from a standby, 16+) cannot write: its own lines, and no publication or failover writes.
+    let recovery = super::recovery::read(client, config).await?;
+    if let Some(facts) = &recovery {
+        report.items.extend(super::recovery::lines(config, facts));
+    }
+    check_publication(client, config, &tables, is_super, recovery.is_some(), &mut report).await?;
     check_slot(client, config, &mut report).await?;
-    check_failover(client, config, &mut report).await?;
+    if recovery.is_none() {
+        check_failover(client, config, &mut report).await?;
+    }
     Ok((report, catalog))
 }
 
@@ -316,10 +323,15 @@ async fn check_publication(
     config: &Config,
     tables: &[TableName],
     is_super: bool,
+    in_recovery: bool,
     report: &mut Report,
 ) -> Result<(), ControlError> {
     let publication = &config.source.publication;
     let (exists, owned, missing) = publication_gap(client, publication, tables).await?;
+    if in_recovery {
+        report.items.push(super::recovery::publication_line(publication, exists, &missing));
+        return Ok(());
+    }
     let list = missing.iter().map(TableName::quoted).collect::<Vec<_>>().join(", ");
     let title = format!("publication {publication}");
     if !exists {
@@ -358,10 +370,13 @@ async fn check_publication(
 /// Warns when the slot retains more than 1 GiB of WAL (or more than half of `max_slot_wal_keep_size`), and when no
 /// limit protects the server's disk.
 async fn check_retained_wal(client: &Client, slot: &str, title: &str, report: &mut Report) -> Result<(), ControlError> {
+    let current = crate::postgres::control::CURRENT_WAL_LSN;
     let row = client
         .query_one(
-            "SELECT (SELECT (pg_current_wal_lsn() - restart_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1), \
-             pg_size_bytes(current_setting('max_slot_wal_keep_size')) ",
+            &format!(
+                "SELECT (SELECT ({current} - restart_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1), \
+                 pg_size_bytes(current_setting('max_slot_wal_keep_size'))"
+            ),
             &[&slot],
         )
         .await;
@@ -438,20 +453,18 @@ async fn check_slot(client: &Client, config: &Config, report: &mut Report) -> Re
                     format!("belongs to database {db}, not {database}"),
                     Some("choose another source.slot".into()),
                 );
-            } else if info.wal_status.as_deref() == Some("lost")
-                && config.snapshot.on_gap == crate::config::snapshot::OnGap::Resnapshot
-            {
+            } else if info.is_invalidated() && config.snapshot.on_gap == crate::config::snapshot::OnGap::Resnapshot {
                 report.push(
                     Status::Warn,
                     title,
-                    "was invalidated (WAL it needed was removed); snapshot.on_gap: resnapshot drops and re-creates it and copies snapshot.tables again",
+                    format!("was invalidated ({}); snapshot.on_gap: resnapshot drops and re-creates it and copies snapshot.tables again", info.invalidation_cause()),
                     None,
                 );
-            } else if info.wal_status.as_deref() == Some("lost") {
+            } else if info.is_invalidated() {
                 report.push(
                     Status::Fail,
                     title,
-                    "was invalidated (WAL it needed was removed, see max_slot_wal_keep_size); changes since then are lost",
+                    format!("was invalidated ({}); changes since then are lost", info.invalidation_cause()),
                     Some(format!("{fix_drop}\nthen restart ficus to recreate it and re-snapshot the tables")),
                 );
             } else if let Some(pid) = info.active_pid {

@@ -25,8 +25,10 @@ use crate::lsn::Lsn;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SlotState {
     Missing,
-    /// `wal_status = lost`: the slot exists but cannot stream.
-    Invalidated,
+    /// `wal_status = lost` or an invalidation reason: the slot exists but cannot stream, for `cause`.
+    Invalidated {
+        cause: &'static str,
+    },
     Usable {
         confirmed: Lsn,
     },
@@ -59,13 +61,23 @@ pub(crate) fn decide(
 ) -> Result<Resume, String> {
     let Some(cp) = checkpoint else {
         return match slot {
-            SlotState::Missing => Ok(Resume { drop_slot: false, create_slot: true, start: None, plan_snapshot: true, recovered_gap: None }),
-            SlotState::Usable { confirmed } => {
-                Ok(Resume { drop_slot: false, create_slot: false, start: Some(confirmed), plan_snapshot: true, recovered_gap: None })
-            }
-            SlotState::Invalidated => gap(
+            SlotState::Missing => Ok(Resume {
+                drop_slot: false,
+                create_slot: true,
+                start: None,
+                plan_snapshot: true,
+                recovered_gap: None,
+            }),
+            SlotState::Usable { confirmed } => Ok(Resume {
+                drop_slot: false,
+                create_slot: false,
+                start: Some(confirmed),
+                plan_snapshot: true,
+                recovered_gap: None,
+            }),
+            SlotState::Invalidated { cause } => gap(
                 on_gap,
-                format!("replication slot {slot_name} was invalidated (the WAL it needed was removed, see max_slot_wal_keep_size)"),
+                format!("replication slot {slot_name} was invalidated ({cause})"),
                 GapSlot::Invalidated,
                 slot_name,
                 checkpoint_path,
@@ -113,11 +125,11 @@ pub(crate) fn decide(
             slot_name,
             checkpoint_path,
         ),
-        SlotState::Invalidated => gap(
+        SlotState::Invalidated { cause } => gap(
             on_gap,
             format!(
-                "replication slot {slot_name} was invalidated (the WAL it needed was removed, see \
-                 max_slot_wal_keep_size): the changes after the checkpoint at {cp} are no longer available"
+                "replication slot {slot_name} was invalidated ({cause}): the changes after the checkpoint at {cp} are \
+                 no longer available"
             ),
             GapSlot::Invalidated,
             slot_name,
@@ -211,7 +223,7 @@ pub(crate) async fn state_report(
     };
     let slot = match crate::postgres::control::slot_info(client, &config.source.slot).await {
         Ok(None) => SlotState::Missing,
-        Ok(Some(s)) if s.wal_status.as_deref() == Some("lost") => SlotState::Invalidated,
+        Ok(Some(s)) if s.is_invalidated() => SlotState::Invalidated { cause: s.invalidation_cause() },
         Ok(Some(s)) => SlotState::Usable { confirmed: s.confirmed_flush.unwrap_or(Lsn::INVALID) },
         Err(e) => {
             out.push(item(Status::Fail, "checkpoint", format!("reading the slot: {e}"), None));
@@ -238,7 +250,15 @@ pub(crate) async fn state_report(
                 None,
             ));
             let snapshots = config.snapshot.mode != crate::config::SnapshotMode::Never || r.recovered_gap.is_some();
-            if r.plan_snapshot && snapshots {
+            // A standby cannot write the watermarks: `ficus run` refuses the planned snapshot there (exit 2).
+            if r.plan_snapshot && snapshots && crate::postgres::control::in_recovery(client).await.unwrap_or(false) {
+                out.push(item(
+                    Status::Fail,
+                    "snapshot",
+                    format!("this start plans a snapshot, but {}", crate::snapshot::SNAPSHOT_ON_STANDBY),
+                    Some("snapshot.mode: never".into()),
+                ));
+            } else if r.plan_snapshot && snapshots {
                 match snapshot_blockers(client, config, catalog).await {
                     Ok(blockers) => {
                         for b in blockers {
@@ -374,9 +394,10 @@ mod tests {
     #[test]
     fn an_invalidated_slot_is_a_gap_with_or_without_checkpoint() {
         for cp in [None, Some(40)] {
-            let e = d(cp, SlotState::Invalidated, 100, FAIL).unwrap_err();
-            assert!(e.contains("invalidated") && e.contains("drop slot s"), "{e}");
-            let r = d(cp, SlotState::Invalidated, 100, RESNAP).unwrap();
+            let cause = "the primary removed catalog rows it needed";
+            let e = d(cp, SlotState::Invalidated { cause }, 100, FAIL).unwrap_err();
+            assert!(e.contains("invalidated (the primary removed catalog rows") && e.contains("drop slot s"), "{e}");
+            let r = d(cp, SlotState::Invalidated { cause }, 100, RESNAP).unwrap();
             assert!(r.drop_slot && r.create_slot && r.plan_snapshot);
         }
     }

@@ -103,7 +103,8 @@ pub struct SourceConfig {
     pub status_interval_secs: u64,
     /// Every this many seconds, write a tiny transactional logical message (`pg_logical_emit_message`, prefix
     /// `ficus.heartbeat`) so the slot's confirmed position follows the server's WAL even when nothing captured
-    /// changes and the server sends no keepalive. 0 = off (default).
+    /// changes and the server sends no keepalive. 0 = off (default). Off, with a warning, on a standby (it cannot
+    /// write; docs/postgres-versions.md "Capture from a standby").
     #[serde(default)]
     pub heartbeat_interval_secs: u64,
     /// Longest wait between reconnection attempts after a transient failure (connection lost, server restart, slot

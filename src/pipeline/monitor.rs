@@ -175,9 +175,12 @@ pub(super) async fn monitor_server(client: &tokio_postgres::Client, slot: Option
         if let Some(slot) = slot {
             let row = client
                 .query_opt(
-                    "SELECT pg_current_wal_lsn()::text, (pg_current_wal_lsn() - confirmed_flush_lsn)::int8, \
-                     (pg_current_wal_lsn() - restart_lsn)::int8, (to_jsonb(s) ->> 'failover')::bool, \
-                     (to_jsonb(s) ->> 'synced')::bool FROM pg_replication_slots s WHERE slot_name = $1",
+                    &format!(
+                        "SELECT {wal}::text, ({wal} - confirmed_flush_lsn)::int8, ({wal} - restart_lsn)::int8, \
+                         (to_jsonb(s) ->> 'failover')::bool, (to_jsonb(s) ->> 'synced')::bool \
+                         FROM pg_replication_slots s WHERE slot_name = $1",
+                        wal = crate::postgres::control::CURRENT_WAL_LSN
+                    ),
                     &[&slot],
                 )
                 .await;

@@ -57,10 +57,14 @@ pub(super) async fn stream_session(
         slot: config.source.slot.clone(),
     };
     let dry_run = options.output == Output::DryRun;
+    // Read per session: a promotion ends recovery, and the next session may write again.
+    let recovery = control::in_recovery(client).await?;
     let (slot_name, start, store, snapshot_state) = if dry_run {
         // A temporary slot disappears with this connection: nothing of the dry run stays on the server.
         let name = format!("ficus_dry_run_{}", std::process::id());
-        let created = repl.create_logical_slot(&name, true).await.map_err(replication_error)?;
+        let create = repl.create_logical_slot(&name, true);
+        let created = if recovery { logged_standby_wait(&name, create).await } else { create.await };
+        let created = created.map_err(replication_error)?;
         tracing::info!(slot = %name, lsn = %created.consistent_point, "dry run: temporary slot; records are printed, nothing is published or confirmed");
         (name, created.consistent_point, None, None)
     } else {
@@ -94,7 +98,7 @@ pub(super) async fn stream_session(
             };
             let slot = match control::slot_info(client, &config.source.slot).await? {
                 None => resume::SlotState::Missing,
-                Some(s) if s.wal_status.as_deref() == Some("lost") => resume::SlotState::Invalidated,
+                Some(s) if s.is_invalidated() => resume::SlotState::Invalidated { cause: s.invalidation_cause() },
                 Some(s) => resume::SlotState::Usable { confirmed: s.confirmed_flush.unwrap_or(Lsn::INVALID) },
             };
             let decision = resume::decide(
@@ -114,6 +118,15 @@ pub(super) async fn stream_session(
             plan_now = decision.plan_snapshot
                 && (config.snapshot.mode != SnapshotMode::Never || decision.recovered_gap.is_some());
             let state = if decision.plan_snapshot { None } else { state };
+            let unfinished = state.as_ref().is_some_and(|s| !s.jobs.is_empty());
+            if recovery && (plan_now || unfinished) {
+                let what = if plan_now {
+                    "a snapshot is planned on this start"
+                } else {
+                    "a snapshot or backfill is unfinished"
+                };
+                return Err(PipelineError::Config(format!("{what}, but {}", crate::snapshot::SNAPSHOT_ON_STANDBY)));
+            }
             if plan_now {
                 let blockers = resume::snapshot_blockers(client, config, &catalog).await?;
                 if let Some(b) = blockers.first() {
@@ -132,7 +145,13 @@ pub(super) async fn stream_session(
                 None => {
                     let version: i32 = control::setting(client, "server_version_num").await?.parse().unwrap_or(0);
                     let failover = config.source.failover_slot.wanted(version).map_err(PipelineError::Config)?;
-                    let created = admin::create_slot(client, &config.source.slot, failover).await?;
+                    // PostgreSQL refuses failover for a slot created on a standby (the preflight refused `true`).
+                    let created = if recovery {
+                        logged_standby_wait(&config.source.slot, admin::create_slot(client, &config.source.slot, false))
+                            .await?
+                    } else {
+                        admin::create_slot(client, &config.source.slot, failover).await?
+                    };
                     tracing::info!(slot = %config.source.slot, lsn = %created, "created replication slot");
                     created
                 }
@@ -145,7 +164,7 @@ pub(super) async fn stream_session(
     };
     let snapshots = match dry_run {
         true => None,
-        false => Some(plan_snapshots(config, snapshot_state, plan_now)?),
+        false => Some(plan_snapshots(config, snapshot_state, plan_now, recovery)?),
     };
     let snapshot_at = snapshots.clone().map(|s| -> SnapshotAt { Arc::new(move |lsn| s.ledger().settle(lsn)) });
 
@@ -310,10 +329,16 @@ fn plan_snapshots(
     config: &Config,
     state: Option<crate::snapshot::SnapshotState>,
     plan_now: bool,
+    recovery: bool,
 ) -> Result<Arc<Snapshots>, PipelineError> {
     let captured = config.captured_tables().map_err(|e| PipelineError::Config(e.to_string()))?;
-    let snapshots =
-        Snapshots::new(&config.source.slot, captured.clone(), config.snapshot.backfill_requests, Ledger::new(state));
+    // A request written on the primary replicates to a standby's stream; it is refused there, with the reason.
+    let refuse_requests = match (recovery, config.snapshot.backfill_requests) {
+        (true, _) => Some(crate::snapshot::SNAPSHOT_ON_STANDBY.to_string()),
+        (false, false) => Some("snapshot.backfill_requests is false".to_string()),
+        (false, true) => None,
+    };
+    let snapshots = Snapshots::new(&config.source.slot, captured.clone(), refuse_requests, Ledger::new(state));
     if plan_now {
         let tables = config.snapshot.tables(&captured).map_err(|e| PipelineError::Config(e.to_string()))?;
         tracing::info!(tables = tables.len(), "snapshot planned");
@@ -333,6 +358,29 @@ async fn exit_when_copied(snapshots: Arc<Snapshots>, progress: Arc<Progress>, st
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
+/// Creating a slot on a standby (PostgreSQL 16+) waits for the primary's next running-transactions record, which an
+/// idle primary may not write for a long time: said in the log at once and every 30 s while `create` lasts, with the
+/// statement that ends the wait, rather than hanging silently.
+async fn logged_standby_wait<T, E>(
+    slot: &str,
+    create: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    const WAITING: &str =
+        "creating the slot on a standby: PostgreSQL waits for the primary's next running-transactions \
+         record; run SELECT pg_log_standby_snapshot(); on the primary to end the wait";
+    tracing::info!(slot, "{WAITING}");
+    tokio::pin!(create);
+    let started = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            created = &mut create => return created,
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {
+                tracing::warn!(slot, waited_secs = started.elapsed().as_secs(), "still {WAITING}");
+            }
         }
     }
 }

@@ -81,7 +81,12 @@ pub(super) async fn run_with(
     if standby {
         tracing::info!(slot = %config.source.slot, "the replication slot is free: this hot standby takes over");
     }
-    admin::ensure_publication(&client, &config).await?;
+    // A standby (capture from a standby, 16+) cannot write: the preflight refused a publication gap there, and the
+    // heartbeat is off (its line in the preflight says how to run it on the primary instead).
+    let recovery = control::in_recovery(&client).await?;
+    if !recovery {
+        admin::ensure_publication(&client, &config).await?;
+    }
     // A dry run streams text values: switching to text later would need a new temporary slot, losing what the
     // server wrote in between.
     let mut binary = !dry_run && binary_values_possible(&config, &catalog);
@@ -113,7 +118,7 @@ pub(super) async fn run_with(
         }
     };
     let monitor_slot = if options.output == Output::DryRun { None } else { Some(config.source.slot.as_str()) };
-    let heartbeat = (config.source.heartbeat_interval_secs > 0 && options.output != Output::DryRun)
+    let heartbeat = (config.source.heartbeat_interval_secs > 0 && options.output != Output::DryRun && !recovery)
         .then(|| Duration::from_secs(config.source.heartbeat_interval_secs));
     // The table watch stops the sessions through `session_stop` (they drain and write their final checkpoint) and
     // leaves its error here.

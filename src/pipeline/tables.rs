@@ -9,7 +9,8 @@
 //! and, when it has a key and backfill requests are on, a backfill of it is requested through the WAL, so the rows
 //! written while it was unpublished arrive as `read` events in stream order (docs/snapshots.md). When it cannot be
 //! repaired that way (the role may not alter the publication, the table has no key, backfills are off) the pipeline
-//! stops with exit 2 and the fix. A dropped table is logged at ERROR once; its changes up to the drop were published.
+//! stops with exit 2 and the fix; on a standby (capture from a standby) always so, since it can neither alter the
+//! publication nor write a request. A dropped table is logged at ERROR once; its changes up to the drop were published.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -96,6 +97,17 @@ async fn repair(
             table.quoted()
         ))
     };
+    if control::in_recovery(client).await.unwrap_or(false) {
+        // Capture from a standby: it can neither alter the publication nor write a backfill request.
+        return Err(PipelineError::Config(format!(
+            "captured table {table} {why}, so its changes are no longer in publication {publication}; this server is \
+             a standby, which can neither alter the publication nor backfill. Fix: on the primary, ALTER PUBLICATION \
+             {} ADD TABLE {}; then restart ficus; the rows written meanwhile are not in the stream: copy them from \
+             the primary",
+            crate::ident::quote_ident(publication),
+            table.quoted()
+        )));
+    }
     let info =
         control::table_info(client, table).await.map_err(|e| refuse(format!("reading its catalog failed: {e}")))?;
     let Some(info) = info else { return Ok(()) };

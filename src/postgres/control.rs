@@ -90,6 +90,34 @@ pub struct SlotInfo {
     pub failover: Option<bool>,
     /// `synced` (PostgreSQL 17+): on a standby, the slot is a synchronized copy of the primary's.
     pub synced: Option<bool>,
+    /// Why the slot was invalidated, when the server says: `invalidation_reason` (17+), or `conflict with recovery`
+    /// (16: `conflicting`, a slot on a standby).
+    pub invalidation: Option<String>,
+}
+
+impl SlotInfo {
+    /// The slot can no longer stream (`wal_status = lost`, or an invalidation reason).
+    pub fn is_invalidated(&self) -> bool {
+        self.wal_status.as_deref() == Some("lost") || self.invalidation.is_some()
+    }
+
+    /// Why it was invalidated and what prevents it, for the refusal: on a standby the usual cause is a recovery
+    /// conflict (catalog rows removed on the primary), not removed WAL.
+    pub fn invalidation_cause(&self) -> &'static str {
+        match self.invalidation.as_deref() {
+            Some("rows_removed") => {
+                "the primary removed catalog rows it needed, a recovery conflict on this standby: set \
+                 hot_standby_feedback = on on the standby, with primary_slot_name"
+            }
+            Some("conflict with recovery") => {
+                "it conflicted with recovery on this standby: the primary removed catalog rows it needed (set \
+                 hot_standby_feedback = on on the standby, with primary_slot_name), or its wal_level is below logical"
+            }
+            Some("wal_level_insufficient") => "the primary's wal_level is below logical",
+            Some("idle_timeout") => "it was inactive longer than idle_replication_slot_timeout",
+            _ => "the WAL it needed was removed, see max_slot_wal_keep_size",
+        }
+    }
 }
 
 /// Reads the slot, if it exists.
@@ -98,7 +126,9 @@ pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, 
         .query_opt(
             // The 17+ columns through to_jsonb, so one statement serves every version.
             "SELECT plugin::text, database::text, active_pid, confirmed_flush_lsn::text, wal_status, \
-             (to_jsonb(s) ->> 'failover')::bool, (to_jsonb(s) ->> 'synced')::bool \
+             (to_jsonb(s) ->> 'failover')::bool, (to_jsonb(s) ->> 'synced')::bool, \
+             coalesce(to_jsonb(s) ->> 'invalidation_reason', \
+                      CASE WHEN (to_jsonb(s) ->> 'conflicting')::bool THEN 'conflict with recovery' END) \
              FROM pg_replication_slots s WHERE slot_name = $1",
             &[&slot],
         )
@@ -112,6 +142,7 @@ pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, 
         wal_status: r.get(4),
         failover: r.get(5),
         synced: r.get(6),
+        invalidation: r.get(7),
     }))
 }
 
@@ -120,6 +151,18 @@ pub(crate) async fn setting(client: &Client, name: &str) -> Result<String, Contr
         .query_one("SELECT current_setting($1)", &[&name])
         .await
         .map_err(sql(format!("reading setting {name}")))?;
+    Ok(row.get(0))
+}
+
+/// The server's WAL position as SQL: `pg_current_wal_lsn()` fails during recovery, where the replayed position is
+/// the newest WAL a logical slot on a standby can decode.
+pub const CURRENT_WAL_LSN: &str =
+    "(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)";
+
+/// Whether the server is a standby (`pg_is_in_recovery()`): it cannot write, so ficus must not try (capture from a
+/// standby, PostgreSQL 16+, docs/postgres-versions.md).
+pub async fn in_recovery(client: &Client) -> Result<bool, ControlError> {
+    let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(sql("reading pg_is_in_recovery()"))?;
     Ok(row.get(0))
 }
 

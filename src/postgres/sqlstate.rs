@@ -3,7 +3,8 @@
 //! three can no longer drift apart.
 //!
 //! Transient: the connection broke or the server is going away or not accepting connections yet; the slot is held
-//! by another process (a previous instance still shutting down, or the active instance this one stands by for).
+//! by another process (a previous instance still shutting down, or the active instance this one stands by for); a
+//! statement cancelled by a recovery conflict on a standby (40001).
 //! Everything else is definite: it is about the statement, the data, the configuration or the privileges, and
 //! retrying would fail the same way (57P04, the database was dropped, among them).
 
@@ -19,6 +20,8 @@ pub fn is_transient(code: &str) -> bool {
                 | "57P05" // idle_session_timeout
                 | "53300" // too_many_connections
                 | "55006" // object_in_use: the replication slot is active for another process
+                | "40001" // on a standby, "canceling statement due to conflict with recovery": a new connection may
+                          // succeed; if the conflict invalidated the slot, the next start says so with the cause
         )
 }
 
@@ -28,7 +31,7 @@ mod tests {
 
     #[test]
     fn connection_and_server_restarts_are_transient_the_rest_definite() {
-        for code in ["08000", "08006", "08P01", "57P01", "57P02", "57P03", "57P05", "53300", "55006"] {
+        for code in ["08000", "08006", "08P01", "57P01", "57P02", "57P03", "57P05", "53300", "55006", "40001"] {
             assert!(is_transient(code), "{code}");
         }
         // database dropped, permission, missing object, syntax, data, invalidated slot, unique violation

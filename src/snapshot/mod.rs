@@ -135,7 +135,8 @@ pub struct Snapshots {
     pub(crate) run: String,
     pub(crate) ledger: Ledger,
     pub(crate) captured: Vec<TableName>,
-    pub(crate) accept_requests: bool,
+    /// Why backfill requests in the stream are refused (`snapshot.backfill_requests: false`, a standby), if they are.
+    pub(crate) refuse_requests: Option<String>,
     chunks: Mutex<HashMap<u64, ReadyChunk>>,
     chunk_ids: AtomicU64,
     queue: Mutex<Queue>,
@@ -151,14 +152,20 @@ struct Queue {
 }
 
 impl Snapshots {
-    /// `ledger` holds what the checkpoint recorded; its unfinished jobs are queued.
-    pub fn new(slot: &str, captured: Vec<TableName>, accept_requests: bool, ledger: Ledger) -> Arc<Snapshots> {
+    /// `ledger` holds what the checkpoint recorded; its unfinished jobs are queued. Backfill requests in the stream
+    /// are taken up unless `refuse_requests` says why not (logged at ERROR for each).
+    pub fn new(
+        slot: &str,
+        captured: Vec<TableName>,
+        refuse_requests: Option<String>,
+        ledger: Ledger,
+    ) -> Arc<Snapshots> {
         let run = format!("{:016x}", rand_u64());
         let shared = Arc::new(Snapshots {
             slot: slot.to_string(),
             run,
             captured,
-            accept_requests,
+            refuse_requests,
             chunks: Mutex::new(HashMap::new()),
             chunk_ids: AtomicU64::new(0),
             queue: Mutex::new(Queue::default()),
@@ -361,6 +368,12 @@ pub enum BackfillRequestError {
     Busy(String),
 }
 
+/// Why a snapshot (initial, resumed, or a backfill) cannot run against a standby, and what to do instead.
+pub const SNAPSHOT_ON_STANDBY: &str = "the server of source.url is a standby (in recovery): a snapshot or backfill \
+     writes DBLog watermarks into the WAL (pg_logical_emit_message), which a standby cannot do. Set snapshot.mode: \
+     never to stream changes from the slot's creation on (copy the existing rows from the primary by other means), or \
+     run ficus against the primary for the snapshot";
+
 /// Session settings for `ficus backfill`'s connection, so it never waits unboundedly: a table lock held by another
 /// session (`LOCK TABLE`, `ALTER TABLE`, `VACUUM FULL`) fails the `--where` check after 5 s instead of hanging, and
 /// no statement runs longer than 30 s.
@@ -377,6 +390,15 @@ pub async fn request_backfill(
     filter: Option<&str>,
 ) -> Result<String, BackfillRequestError> {
     use BackfillRequestError::{Busy, Invalid};
+    let recovery = crate::postgres::control::in_recovery(client).await.map_err(|e| Busy(e.to_string()))?;
+    if recovery {
+        return Err(Invalid(
+            "the server of source.url is a standby (in recovery): a backfill writes its request and DBLog watermarks \
+             into the WAL (pg_logical_emit_message), which a standby cannot do, so ficus capturing from a standby \
+             cannot backfill. Copy the rows from the primary by other means, or capture from the primary"
+                .to_string(),
+        ));
+    }
     let server_error = |what: &str, e: tokio_postgres::Error| {
         let text = e.as_db_error().map_or(e.to_string(), |d| d.message().to_string());
         match e.code().map(|c| c.code()) {

@@ -22,6 +22,7 @@ mod rules;
 mod secrets;
 mod shutdown;
 mod snapshot;
+mod standby;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -275,8 +276,18 @@ impl DryRun {
 }
 
 pub(crate) fn check(config: &str) -> (i32, String) {
+    command(config, &["check"], &[])
+}
+
+/// `ficus backfill --table <table>` on `config`: exit code, stdout and stderr.
+pub(crate) fn backfill(config: &str, table: &str) -> (i32, String) {
+    command(config, &["backfill"], &["--table", table])
+}
+
+/// `ficus <subcommand> --config <config> <args>` to its end: exit code, stdout and stderr.
+fn command(config: &str, subcommand: &[&str], args: &[&str]) -> (i32, String) {
     let (_dir, path) = Ficus::dir_config(config);
-    let out = Command::new(ficus_bin()).args(["check", "--config"]).arg(&path).output().unwrap();
+    let out = Command::new(ficus_bin()).args(subcommand).arg("--config").arg(&path).args(args).output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), text)
 }
@@ -403,6 +414,17 @@ impl Setup {
 pub(crate) async fn wait_slot_confirmed_now(pg: &TestPostgres, db: &str, slot: &str, f: &Ficus, timeout: Duration) {
     let client = pg.client(db).await;
     let target: String = client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+    wait_slot_confirmed(&client, slot, &target, f, timeout).await
+}
+
+/// Waits until `slot` (read through `client`: the server the slot lives on) confirmed `target`.
+pub(crate) async fn wait_slot_confirmed(
+    client: &tokio_postgres::Client,
+    slot: &str,
+    target: &str,
+    f: &Ficus,
+    timeout: Duration,
+) {
     let deadline = Instant::now() + timeout;
     loop {
         let confirmed: Option<String> = client
@@ -410,7 +432,7 @@ pub(crate) async fn wait_slot_confirmed_now(pg: &TestPostgres, db: &str, slot: &
             .await
             .unwrap()
             .and_then(|r| r.get(0));
-        if confirmed.as_deref().is_some_and(|c| lsn(c) >= lsn(&target)) {
+        if confirmed.as_deref().is_some_and(|c| lsn(c) >= lsn(target)) {
             return;
         }
         assert!(

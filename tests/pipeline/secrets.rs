@@ -183,15 +183,8 @@ async fn no_command_prints_a_secret_whatever_the_bad_input() {
 async fn backfill_refuses_a_slot_that_does_not_exist() {
     let s = Setup::new("backfill_noslot", "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
     let cfg = s.config(&["public.t"]);
-    let (_dir, path) = Ficus::dir_config(&cfg);
-    let out = Command::new(ficus_bin())
-        .args(["backfill", "--config"])
-        .arg(&path)
-        .args(["--table", "public.t"])
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert_eq!(out.status.code(), Some(2), "{text}");
+    let (code, text) = crate::backfill(&cfg, "public.t");
+    assert_eq!(code, 2, "{text}");
     assert!(text.contains("source.slot") && text.contains(&s.prefix) && text.contains("does not exist"), "{text}");
     assert!(text.contains("ficus run"), "the message says how to fix it: {text}");
     assert!(!text.contains("requested"), "{text}");
