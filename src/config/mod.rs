@@ -483,6 +483,7 @@ impl Config {
     pub fn from_yaml(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let mut tree: serde_json::Value =
             serde_saphyr::from_str_with_options(text, yaml_options()).map_err(yaml_error)?;
+        events::refuse_literal_hmac_keys(&tree)?;
         interpolate_tree(&mut tree, &mut Vec::new(), lookup)?;
         let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
             let key = e.path().to_string();
@@ -548,6 +549,7 @@ impl Config {
         }
         self.snapshot.validate(&captured)?;
         self.changes.masking.validate(&captured)?;
+        self.event_defaults.validate()?;
         if self.changes.debezium.schemas && self.changes.debezium.json_handling == JsonHandling::Embedded {
             return Err(ConfigError::invalid(
                 "changes.debezium.schemas",

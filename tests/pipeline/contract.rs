@@ -527,7 +527,7 @@ async fn debezium_records_have_debeziums_documented_shapes_including_key_changes
 }
 
 /// HMAC-SHA256 as Python's standard library computes it (an implementation ficus does not share).
-fn python_hmac(key: &str, message: &str) -> String {
+pub(crate) fn python_hmac(key: &str, message: &str) -> String {
     let out = Command::new("python3")
         .args(["-c", "import hmac, hashlib, sys; print(hmac.new(sys.argv[1].encode(), sys.argv[2].encode(), hashlib.sha256).hexdigest())"])
         .args([key, message])
