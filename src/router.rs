@@ -6,6 +6,8 @@
 //! changes are not published for its table) and counted per table in [`Router::dropped`].
 //! Records are produced in the order returned, which keeps per-key order.
 
+mod transactions;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -70,6 +72,8 @@ pub struct Router {
     retired: HashMap<Arc<str>, (u64, u64)>,
     /// The `source-lsn` header of the last change: snapshot rows of a chunk all share their watermark's LSN.
     last_lsn: (crate::lsn::Lsn, Arc<str>),
+    /// `changes.transaction_metadata`: transaction ids and positions in events, END records.
+    transactions: Option<transactions::Transactions>,
 }
 
 fn op_index(op: Op) -> usize {
@@ -110,6 +114,10 @@ impl Router {
             rules,
             retired: HashMap::new(),
             last_lsn: (crate::lsn::Lsn::INVALID, Arc::from("0/0")),
+            transactions: config
+                .changes
+                .transaction_metadata
+                .then(|| transactions::Transactions::new(&config.changes.topic_prefix)),
         }
     }
 
@@ -202,6 +210,7 @@ impl Router {
         if out.len() == start {
             self.retired.entry(Arc::from(format!("message {}", message.prefix))).or_insert((0, 0)).1 += 1;
         }
+        self.stamp(&message.tx, &mut out[start..]);
         Ok(())
     }
 
@@ -210,6 +219,27 @@ impl Router {
     pub fn route_commit(&mut self, out: &mut Vec<Record>) {
         if let Some((key, value)) = self.debezium.end_transaction() {
             out.push(tx_record(&self.tx_topic, key, value));
+        }
+        if let Some(t) = &mut self.transactions {
+            if let Some((key, value)) = t.end(&self.source) {
+                out.push(tx_record(t.topic(), key, value));
+            }
+        }
+    }
+
+    /// `changes.transaction_metadata`: stamps the events among `records` (a change's or message's records) with
+    /// their transaction positions. DLQ records and tombstones are not events; Debezium-encoded raw events carry
+    /// Debezium's own metadata.
+    fn stamp(&mut self, tx: &Arc<crate::change::TxMeta>, records: &mut [Record]) {
+        let Some(transactions) = &mut self.transactions else { return };
+        let debezium = self.encoding == ChangeEncoding::Debezium;
+        for record in records {
+            let raw_debezium = debezium && record.header("event-id").is_none();
+            if record.tombstone || record.header("dlq-rule").is_some() || raw_debezium || record.topic == self.tx_topic
+            {
+                continue;
+            }
+            transactions.stamp(tx, record);
         }
     }
 
@@ -305,6 +335,7 @@ impl Router {
             route.dropped_counter.increment(1);
             route.dropped += 1;
         }
+        self.stamp(&change.tx, &mut out[start..]);
         Ok(())
     }
 }

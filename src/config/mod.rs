@@ -254,6 +254,11 @@ pub struct ChangesConfig {
     /// Masking of personal data in raw change events (`exclude`, `hash`, `redact`, `truncate` per column).
     #[serde(default)]
     pub masking: MaskingConfig,
+    /// ficus's own transaction metadata for raw change events (`json` encoding) and business events: every event
+    /// carries its transaction id and position, and an END record per source transaction on
+    /// `<topic_prefix>.transactions` gives the event count, per topic (default `false`).
+    #[serde(default)]
+    pub transaction_metadata: bool,
 }
 
 impl Default for ChangesConfig {
@@ -264,6 +269,7 @@ impl Default for ChangesConfig {
             encoding: ChangeEncoding::default(),
             debezium: DebeziumOptions::default(),
             masking: MaskingConfig::default(),
+            transaction_metadata: false,
         }
     }
 }
