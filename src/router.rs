@@ -59,6 +59,8 @@ pub struct Router {
     skipped: Vec<crate::config::DebeziumOp>,
     /// `changes.masking`: applied to raw change events and to the raw change in DLQ records.
     masking: encode::mask::Masking,
+    /// `changes.key_columns`: the raw change events' key columns per table.
+    keys: encode::keys::KeyColumns,
     /// `<topic_prefix>.transaction`: Debezium's transaction metadata topic.
     tx_topic: Arc<str>,
     /// The Debezium encoder (`changes.encoding: debezium`) with its options and schema cache.
@@ -98,6 +100,7 @@ impl Router {
                 ChangeEncoding::Json => Vec::new(),
             },
             masking: encode::mask::Masking::new(&config.changes.masking),
+            keys: encode::keys::KeyColumns::new(&config.changes.key_columns),
             debezium: encode::debezium::Debezium::new(
                 &config.changes.topic_prefix,
                 config.changes.debezium.json_handling == crate::config::JsonHandling::String,
@@ -268,6 +271,9 @@ impl Router {
         let masked = self.masking.apply(change)?;
         if let Some(topic) = route.topic.as_ref().filter(|_| !skipped) {
             let change = masked.as_ref().unwrap_or(change);
+            // The key columns chosen by `changes.key_columns` (after masking: a hashed key column keys by its hash).
+            let rekeyed = self.keys.apply(change)?;
+            let change = rekeyed.as_ref().unwrap_or(change);
             route.raw_events.increment(1);
             if self.last_lsn.0 != change.lsn {
                 self.last_lsn = (change.lsn, Arc::from(change.lsn.to_string()));

@@ -134,6 +134,7 @@ pub async fn preflight(client: &Client, config: &Config, rules: &Rules) -> Resul
     }
 
     report.items.extend(rule_lines(rules, &catalog));
+    report.items.extend(super::key_columns::lines(config, &catalog));
     check_publication(client, config, &tables, is_super, &mut report).await?;
     check_slot(client, config, &mut report).await?;
     check_failover(client, config, &mut report).await?;

@@ -11,6 +11,7 @@
 //! The doc comment on every field is the reference documentation of that key (docs/configuration.md mirrors it).
 //! Secrets (the password in `source.url`) are only ever printed through [`crate::config::conninfo`]'s redaction.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -259,6 +260,10 @@ pub struct ChangesConfig {
     /// `<topic_prefix>.transactions` gives the event count, per topic (default `false`).
     #[serde(default)]
     pub transaction_metadata: bool,
+    /// Debezium's `message.key.columns`: `schema.table` → the columns of the Kafka key of its raw change events
+    /// (both encodings) instead of the replica-identity key.
+    #[serde(default)]
+    pub key_columns: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for ChangesConfig {
@@ -270,6 +275,7 @@ impl Default for ChangesConfig {
             debezium: DebeziumOptions::default(),
             masking: MaskingConfig::default(),
             transaction_metadata: false,
+            key_columns: BTreeMap::new(),
         }
     }
 }
@@ -500,6 +506,33 @@ impl Config {
         Ok(config)
     }
 
+    /// `changes.key_columns`: captured tables, at least one column, each once, not masked other than by `hash` (the
+    /// key must stay unique). That the columns exist is checked against the database (`ficus check`, start-up).
+    fn validate_key_columns(&self, captured: &[TableName]) -> Result<(), ConfigError> {
+        for (table, columns) in &self.changes.key_columns {
+            let key = format!("changes.key_columns.{table}");
+            let name = TableName::parse(table).map_err(|m| ConfigError::invalid(&key, m))?;
+            if !captured.contains(&name) {
+                return Err(ConfigError::invalid(key, format!("{name} is not in source.tables")));
+            }
+            if columns.is_empty() {
+                return Err(ConfigError::invalid(key, "list the key columns, e.g. [customer_id, order_no]"));
+            }
+            for (i, column) in columns.iter().enumerate() {
+                if columns[..i].contains(column) {
+                    return Err(ConfigError::invalid(key, format!("{column} is listed twice")));
+                }
+                if let Some(action) = self.changes.masking.action(&name, column).filter(|a| *a != MaskAction::Hash) {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("{column} is a key column: mask it with hash, not {action:?}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Checks constraints serde cannot express. Every error names the key and the fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.source.tables.is_empty() {
@@ -556,6 +589,7 @@ impl Config {
         self.snapshot.validate(&captured)?;
         self.changes.masking.validate(&captured)?;
         self.event_defaults.validate()?;
+        self.validate_key_columns(&captured)?;
         if self.changes.debezium.schemas && self.changes.debezium.json_handling == JsonHandling::Embedded {
             return Err(ConfigError::invalid(
                 "changes.debezium.schemas",

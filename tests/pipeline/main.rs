@@ -15,6 +15,7 @@ mod exactly_once;
 mod example;
 mod failover;
 mod faults;
+mod keys;
 mod lifecycle;
 mod observability;
 mod ops;
