@@ -25,6 +25,9 @@ pub enum RouteError {
     Encode(#[from] encode::EncodeError),
     #[error(transparent)]
     Rule(#[from] RuleFailure),
+    /// The configuration does not fit the table as the stream now describes it (e.g. a key column dropped).
+    #[error("{0}")]
+    Config(String),
 }
 
 /// What the router decided for one relation, valid while the change's table is this very `Arc`.
@@ -272,7 +275,7 @@ impl Router {
         if let Some(topic) = route.topic.as_ref().filter(|_| !skipped) {
             let change = masked.as_ref().unwrap_or(change);
             // The key columns chosen by `changes.key_columns` (after masking: a hashed key column keys by its hash).
-            let rekeyed = self.keys.apply(change)?;
+            let rekeyed = self.keys.apply(change).map_err(RouteError::Config)?;
             let change = rekeyed.as_ref().unwrap_or(change);
             route.raw_events.increment(1);
             if self.last_lsn.0 != change.lsn {

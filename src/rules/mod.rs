@@ -326,5 +326,8 @@ fn max_record_bytes(config: &Config) -> usize {
     };
     let message_max = property("message.max.bytes").unwrap_or(1_000_000);
     let queue_max = property("queue.buffering.max.kbytes").unwrap_or(8192).saturating_mul(1024);
-    message_max.min(queue_max)
+    // `changes.transaction_metadata` stamps events after the rules built them (the router adds the transaction id
+    // and positions: under 256 bytes of value and headers), so an event that fits now still fits then.
+    let stamp = if config.changes.transaction_metadata { 256 } else { 0 };
+    message_max.min(queue_max).saturating_sub(stamp)
 }

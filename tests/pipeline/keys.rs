@@ -87,13 +87,17 @@ async fn raw_json_events_are_keyed_by_the_chosen_columns_and_check_refuses_unkno
     assert_eq!(keys, [&br#"{"num":5}"#[..], br#"{"num":5}"#], "{}", f.log());
     let delete: Value = serde_json::from_slice(records[1].payload.as_deref().unwrap()).unwrap();
     assert_eq!(delete["key"], json!({"num": 5}));
-    assert_eq!(f.terminate().code(), Some(0));
 
     let (code, out) = check(&with_keys(s.config(&["public.orders"]), "[customer, nope]", ""));
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("changes.key_columns.public.orders") && out.contains("has no column nope"), "{out}");
+    // DDL under a running ficus: the chosen column is no longer carried by deletes. `ficus check` says so, and the
+    // running ficus stops at the next change of the table instead of publishing keys it cannot keep.
     s.sql("ALTER TABLE orders REPLICA IDENTITY DEFAULT").await;
     let (code, out) = check(&with_keys(s.config(&["public.orders"]), "[customer]", ""));
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("customer not in the replica identity") && out.contains("REPLICA IDENTITY FULL"), "{out}");
+    s.sql("INSERT INTO orders VALUES (2, 20, 6, 'x')").await;
+    assert_eq!(f.wait(crate::WAIT).code(), Some(1), "{}", f.log());
+    assert!(f.log().contains("changes.key_columns.public.orders: num: not a replica-identity column"), "{}", f.log());
 }
