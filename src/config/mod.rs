@@ -26,6 +26,7 @@ pub mod conninfo;
 pub mod events;
 mod interpolate;
 pub mod kafka;
+mod key_columns;
 pub mod masking;
 pub mod snapshot;
 
@@ -506,33 +507,6 @@ impl Config {
         Ok(config)
     }
 
-    /// `changes.key_columns`: captured tables, at least one column, each once, not masked other than by `hash` (the
-    /// key must stay unique). That the columns exist is checked against the database (`ficus check`, start-up).
-    fn validate_key_columns(&self, captured: &[TableName]) -> Result<(), ConfigError> {
-        for (table, columns) in &self.changes.key_columns {
-            let key = format!("changes.key_columns.{table}");
-            let name = TableName::parse(table).map_err(|m| ConfigError::invalid(&key, m))?;
-            if !captured.contains(&name) {
-                return Err(ConfigError::invalid(key, format!("{name} is not in source.tables")));
-            }
-            if columns.is_empty() {
-                return Err(ConfigError::invalid(key, "list the key columns, e.g. [customer_id, order_no]"));
-            }
-            for (i, column) in columns.iter().enumerate() {
-                if columns[..i].contains(column) {
-                    return Err(ConfigError::invalid(key, format!("{column} is listed twice")));
-                }
-                if let Some(action) = self.changes.masking.action(&name, column).filter(|a| *a != MaskAction::Hash) {
-                    return Err(ConfigError::invalid(
-                        key,
-                        format!("{column} is a key column: mask it with hash, not {action:?}"),
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Checks constraints serde cannot express. Every error names the key and the fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.source.tables.is_empty() {
@@ -589,7 +563,7 @@ impl Config {
         self.snapshot.validate(&captured)?;
         self.changes.masking.validate(&captured)?;
         self.event_defaults.validate()?;
-        self.validate_key_columns(&captured)?;
+        key_columns::validate(&self.changes, &captured)?;
         if self.changes.debezium.schemas && self.changes.debezium.json_handling == JsonHandling::Embedded {
             return Err(ConfigError::invalid(
                 "changes.debezium.schemas",
