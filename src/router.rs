@@ -6,6 +6,8 @@
 //! changes are not published for its table) and counted per table in [`Router::dropped`].
 //! Records are produced in the order returned, which keeps per-key order.
 
+mod transactions;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -23,6 +25,9 @@ pub enum RouteError {
     Encode(#[from] encode::EncodeError),
     #[error(transparent)]
     Rule(#[from] RuleFailure),
+    /// The configuration does not fit the table as the stream now describes it (e.g. a key column dropped).
+    #[error("{0}")]
+    Config(String),
 }
 
 /// What the router decided for one relation, valid while the change's table is this very `Arc`.
@@ -57,6 +62,8 @@ pub struct Router {
     skipped: Vec<crate::config::DebeziumOp>,
     /// `changes.masking`: applied to raw change events and to the raw change in DLQ records.
     masking: encode::mask::Masking,
+    /// `changes.key_columns`: the raw change events' key columns per table.
+    keys: encode::keys::KeyColumns,
     /// `<topic_prefix>.transaction`: Debezium's transaction metadata topic.
     tx_topic: Arc<str>,
     /// The Debezium encoder (`changes.encoding: debezium`) with its options and schema cache.
@@ -70,6 +77,8 @@ pub struct Router {
     retired: HashMap<Arc<str>, (u64, u64)>,
     /// The `source-lsn` header of the last change: snapshot rows of a chunk all share their watermark's LSN.
     last_lsn: (crate::lsn::Lsn, Arc<str>),
+    /// `changes.transaction_metadata`: transaction ids and positions in events, END records.
+    transactions: Option<transactions::Transactions>,
 }
 
 fn op_index(op: Op) -> usize {
@@ -94,6 +103,7 @@ impl Router {
                 ChangeEncoding::Json => Vec::new(),
             },
             masking: encode::mask::Masking::new(&config.changes.masking),
+            keys: encode::keys::KeyColumns::new(&config.changes.key_columns),
             debezium: encode::debezium::Debezium::new(
                 &config.changes.topic_prefix,
                 config.changes.debezium.json_handling == crate::config::JsonHandling::String,
@@ -110,6 +120,10 @@ impl Router {
             rules,
             retired: HashMap::new(),
             last_lsn: (crate::lsn::Lsn::INVALID, Arc::from("0/0")),
+            transactions: config
+                .changes
+                .transaction_metadata
+                .then(|| transactions::Transactions::new(&config.changes.topic_prefix)),
         }
     }
 
@@ -202,6 +216,7 @@ impl Router {
         if out.len() == start {
             self.retired.entry(Arc::from(format!("message {}", message.prefix))).or_insert((0, 0)).1 += 1;
         }
+        self.stamp(&message.tx, &mut out[start..]);
         Ok(())
     }
 
@@ -210,6 +225,27 @@ impl Router {
     pub fn route_commit(&mut self, out: &mut Vec<Record>) {
         if let Some((key, value)) = self.debezium.end_transaction() {
             out.push(tx_record(&self.tx_topic, key, value));
+        }
+        if let Some(t) = &mut self.transactions {
+            if let Some((key, value)) = t.end(&self.source) {
+                out.push(tx_record(t.topic(), key, value));
+            }
+        }
+    }
+
+    /// `changes.transaction_metadata`: stamps the events among `records` (a change's or message's records) with
+    /// their transaction positions. DLQ records and tombstones are not events; Debezium-encoded raw events carry
+    /// Debezium's own metadata.
+    fn stamp(&mut self, tx: &Arc<crate::change::TxMeta>, records: &mut [Record]) {
+        let Some(transactions) = &mut self.transactions else { return };
+        let debezium = self.encoding == ChangeEncoding::Debezium;
+        for record in records {
+            let raw_debezium = debezium && record.header("event-id").is_none();
+            if record.tombstone || record.header("dlq-rule").is_some() || raw_debezium || record.topic == self.tx_topic
+            {
+                continue;
+            }
+            transactions.stamp(tx, record);
         }
     }
 
@@ -238,6 +274,9 @@ impl Router {
         let masked = self.masking.apply(change)?;
         if let Some(topic) = route.topic.as_ref().filter(|_| !skipped) {
             let change = masked.as_ref().unwrap_or(change);
+            // The key columns chosen by `changes.key_columns` (after masking: a hashed key column keys by its hash).
+            let rekeyed = self.keys.apply(change).map_err(RouteError::Config)?;
+            let change = rekeyed.as_ref().unwrap_or(change);
             route.raw_events.increment(1);
             if self.last_lsn.0 != change.lsn {
                 self.last_lsn = (change.lsn, Arc::from(change.lsn.to_string()));
@@ -305,6 +344,7 @@ impl Router {
             route.dropped_counter.increment(1);
             route.dropped += 1;
         }
+        self.stamp(&change.tx, &mut out[start..]);
         Ok(())
     }
 }

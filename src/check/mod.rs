@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::config::conninfo::ConnInfo;
 use crate::config::Config;
 use crate::kafka;
+pub(crate) mod key_columns;
 pub mod preflight;
 pub mod recovery;
 pub mod report;

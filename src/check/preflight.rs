@@ -139,6 +139,7 @@ pub async fn preflight(client: &Client, config: &Config, rules: &Rules) -> Resul
     if let Some(facts) = &recovery {
         report.items.extend(super::recovery::lines(config, facts));
     }
+    report.items.extend(super::key_columns::lines(config, &catalog));
     check_publication(client, config, &tables, is_super, recovery.is_some(), &mut report).await?;
     check_slot(client, config, &mut report).await?;
     if recovery.is_none() {

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::masking::Secret;
+
 /// One business-event rule.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -184,6 +186,49 @@ pub struct EventDefaults {
     /// Default `on_error` of rules.
     #[serde(default)]
     pub on_error: OnError,
+    /// The keys of the CEL function `hmac('<name>', value)`: name → secret, written `${NAME}` or
+    /// `${file:/run/secrets/…}` (a literal is refused: the key would sit in the config file). Never printed.
+    #[serde(default)]
+    pub hmac_keys: BTreeMap<String, Secret>,
+}
+
+impl EventDefaults {
+    /// Checks `hmac_keys`: names a rule can write as a CEL string, non-empty secrets.
+    pub fn validate(&self) -> Result<(), super::ConfigError> {
+        for (name, Secret(secret)) in &self.hmac_keys {
+            let key = format!("event_defaults.hmac_keys.{name}");
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                return Err(super::ConfigError::invalid(
+                    key,
+                    "name keys with letters, digits, '_' or '-', e.g. customer",
+                ));
+            }
+            if secret.is_empty() {
+                return Err(super::ConfigError::invalid(
+                    key,
+                    "is empty; set it from a secret, e.g. ${file:/run/secrets/customer-key}",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Refuses an `event_defaults.hmac_keys` secret written literally in the YAML (checked before interpolation: the
+/// value must contain a `${…}`), so the key lives in the environment or a secret file, not in the config.
+pub(super) fn refuse_literal_hmac_keys(tree: &serde_json::Value) -> Result<(), super::ConfigError> {
+    let Some(keys) = tree.get("event_defaults").and_then(|d| d.get("hmac_keys")).and_then(|k| k.as_object()) else {
+        return Ok(());
+    };
+    for (name, value) in keys {
+        if value.as_str().is_some_and(|s| !s.contains("${")) {
+            return Err(super::ConfigError::invalid(
+                format!("event_defaults.hmac_keys.{name}"),
+                "write the secret as ${NAME} (an environment variable) or ${file:/run/secrets/…}, not literally in the config",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `on_error:` of a rule.

@@ -11,6 +11,7 @@
 //! The doc comment on every field is the reference documentation of that key (docs/configuration.md mirrors it).
 //! Secrets (the password in `source.url`) are only ever printed through [`crate::config::conninfo`]'s redaction.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ pub mod conninfo;
 pub mod events;
 mod interpolate;
 pub mod kafka;
+mod key_columns;
 pub mod masking;
 pub mod snapshot;
 
@@ -255,6 +257,15 @@ pub struct ChangesConfig {
     /// Masking of personal data in raw change events (`exclude`, `hash`, `redact`, `truncate` per column).
     #[serde(default)]
     pub masking: MaskingConfig,
+    /// ficus's own transaction metadata for raw change events (`json` encoding) and business events: every event
+    /// carries its transaction id and position, and an END record per source transaction on
+    /// `<topic_prefix>.transactions` gives the event count, per topic (default `false`).
+    #[serde(default)]
+    pub transaction_metadata: bool,
+    /// Debezium's `message.key.columns`: `schema.table` → the columns of the Kafka key of its raw change events
+    /// (both encodings) instead of the replica-identity key.
+    #[serde(default)]
+    pub key_columns: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for ChangesConfig {
@@ -265,6 +276,8 @@ impl Default for ChangesConfig {
             encoding: ChangeEncoding::default(),
             debezium: DebeziumOptions::default(),
             masking: MaskingConfig::default(),
+            transaction_metadata: false,
+            key_columns: BTreeMap::new(),
         }
     }
 }
@@ -484,6 +497,7 @@ impl Config {
     pub fn from_yaml(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let mut tree: serde_json::Value =
             serde_saphyr::from_str_with_options(text, yaml_options()).map_err(yaml_error)?;
+        events::refuse_literal_hmac_keys(&tree)?;
         interpolate_tree(&mut tree, &mut Vec::new(), lookup)?;
         let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
             let key = e.path().to_string();
@@ -549,6 +563,8 @@ impl Config {
         }
         self.snapshot.validate(&captured)?;
         self.changes.masking.validate(&captured)?;
+        self.event_defaults.validate()?;
+        key_columns::validate(&self.changes, &captured)?;
         if self.changes.debezium.schemas && self.changes.debezium.json_handling == JsonHandling::Embedded {
             return Err(ConfigError::invalid(
                 "changes.debezium.schemas",

@@ -190,3 +190,22 @@ fn failover_slot_accepts_auto_and_booleans_and_refuses_true_before_17() {
     let e = FailoverSlot::On.wanted(150_018).unwrap_err();
     assert!(e.contains("PostgreSQL 17") && e.contains("15.18") && e.contains("failover_slot: auto"), "{e}");
 }
+
+#[test]
+fn key_columns_errors_name_the_table_and_column() {
+    let load = |changes: &str| {
+        Config::from_yaml(&MINIMAL.replace("  tables: [\"*\"]\n", &format!("  tables: [\"*\"]\n{changes}")), &env)
+            .map_err(|e| e.to_string())
+    };
+    let ok = load("  key_columns: {public.orders: [customer_id, order_no]}\n").unwrap();
+    assert_eq!(ok.changes.key_columns["public.orders"], ["customer_id", "order_no"]);
+    let err = load("  key_columns: {public.other: [a]}\n").unwrap_err();
+    assert!(err.contains("changes.key_columns.public.other") && err.contains("source.tables"), "{err}");
+    let err = load("  key_columns: {public.orders: []}\n").unwrap_err();
+    assert!(err.contains("changes.key_columns.public.orders"), "{err}");
+    let err = load("  key_columns: {public.orders: [a, a]}\n").unwrap_err();
+    assert!(err.contains("a is listed twice"), "{err}");
+    let err = load("  key_columns: {public.orders: [email]}\n  masking: {tables: {public.orders: {email: redact}}}\n")
+        .unwrap_err();
+    assert!(err.contains("changes.key_columns.public.orders") && err.contains("email is a key column"), "{err}");
+}

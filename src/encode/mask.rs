@@ -140,18 +140,22 @@ fn value_text(json: &[u8]) -> String {
 /// The masked text of `text` (not excluded).
 fn mask_text(action: MaskAction, secret: &[u8], text: &str) -> Vec<u8> {
     match action {
-        MaskAction::Hash => {
-            let mac = hmac_sha256(secret, text.as_bytes());
-            let mut out = Vec::with_capacity(64);
-            for b in mac {
-                out.extend_from_slice(format!("{b:02x}").as_bytes());
-            }
-            out
-        }
+        MaskAction::Hash => hex(&hmac_sha256(secret, text.as_bytes())).into_bytes(),
         MaskAction::Redact => b"***".to_vec(),
         MaskAction::Truncate(n) => text.chars().take(n).collect::<String>().into_bytes(),
         MaskAction::Exclude => Vec::new(),
     }
+}
+
+/// Lowercase hex of `bytes` (the form of `hash` and of the rules' `sha256`/`hmac`).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
 }
 
 /// HMAC-SHA256 (RFC 2104) of `message` under `key`.
@@ -179,13 +183,12 @@ mod tests {
     /// RFC 4231 test cases 1 and 6 (a key longer than the block).
     #[test]
     fn hmac_sha256_matches_rfc_4231() {
-        let hex = |b: [u8; 32]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
         assert_eq!(
-            hex(hmac_sha256(&[0x0b; 20], b"Hi There")),
+            hex(&hmac_sha256(&[0x0b; 20], b"Hi There")),
             "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
         );
         assert_eq!(
-            hex(hmac_sha256(&[0xaa; 131], b"Test Using Larger Than Block-Size Key - Hash Key First")),
+            hex(&hmac_sha256(&[0xaa; 131], b"Test Using Larger Than Block-Size Key - Hash Key First")),
             "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
         );
     }

@@ -14,6 +14,7 @@ use crate::postgres::value::binary;
 use crate::postgres::value::{self, ValueError};
 
 pub mod debezium;
+pub mod keys;
 pub mod mask;
 pub mod trace;
 

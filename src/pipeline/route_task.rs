@@ -107,7 +107,7 @@ pub(super) async fn route_loop(
                     }
                     SourceEvent::Commit { end_lsn } => {
                         let Some(tx) = current.take() else { continue };
-                        // Debezium's transaction metadata END record, inside the transaction it ends.
+                        // The END records of transaction metadata (Debezium's, ficus's own), inside the transaction they end.
                         records.clear();
                         router.route_commit(&mut records);
                         if !records.is_empty() {

@@ -3,7 +3,8 @@
 
 use super::*;
 
-/// The CEL standard library plus the strings, lists and math extensions (trim, lowerAscii, substring, …).
+/// The CEL standard library plus the strings, lists and math extensions (trim, lowerAscii, substring, …) and
+/// `sha256` (`hmac` is added per evaluation: [`digest`]).
 pub(super) fn environment() -> Env {
     let mut env = Env::stdlib();
     for ext in [cel::extensions::strings, cel::extensions::lists, cel::extensions::math] {
@@ -11,6 +12,9 @@ pub(super) fn environment() -> Env {
         if let Err(e) = env.add_extension(ext) {
             tracing::error!("CEL extension not available: {e:?}");
         }
+    }
+    if let Err(e) = digest::add_sha256(&mut env) {
+        tracing::error!("CEL function sha256 not available: {e:?}");
     }
     env
 }
@@ -21,6 +25,7 @@ pub(super) fn compile_rule(
     spec: &RuleSpec,
     defaults: &EventDefaults,
     captured: &[TableName],
+    hmac_keys: &digest::HmacKeys,
     warnings: &mut Vec<String>,
 ) -> Result<Rule, ConfigError> {
     let at = |field: &str| format!("events[{i}].{field}");
@@ -131,11 +136,13 @@ pub(super) fn compile_rule(
     // What CEL itself reads (column references with a fast path need no CEL map, except `string(...)` of an
     // unusual type, which falls back to CEL at run time: its column is kept).
     let mut cel_reads = Reads::default();
+    let mut uses_hmac = false;
     let mut compile = |key: String, source: &str| -> Result<Expression, ConfigError> {
         let program =
             env.compile(source).map_err(|e| ConfigError::invalid(key.clone(), format!("invalid CEL: {e}")))?;
+        uses_hmac |= hmac_keys.check(&program.expression().expr, &key)?;
         for function in program.references().functions() {
-            if !known_function(env, function) {
+            if function != digest::HMAC && !known_function(env, function) {
                 warnings.push(format!(
                     "{key}: {UNKNOWN_FUNCTION} `{function}`: every change this rule evaluates would go to the DLQ \
                      (docs/rules.md lists the functions)"
@@ -212,6 +219,7 @@ pub(super) fn compile_rule(
         encoding: spec.encoding.unwrap_or(defaults.encoding),
         reads_old: reads.old,
         reads_tx: reads.tx,
+        uses_hmac,
         columns_read,
         topic_label: spec.topic.clone().unwrap_or_else(|| "outbox.event.{aggregatetype}".into()),
         cel_whole_row: cel_reads.whole_row,

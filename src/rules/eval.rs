@@ -38,15 +38,23 @@ pub(super) struct LazyContext<'c> {
     pub(super) input: Input<'c>,
     pub(super) with_tx: bool,
     pub(super) mask: Option<&'c [bool]>,
+    /// The keys of `hmac`, when a rule calls it.
+    pub(super) hmac: Option<&'c Arc<digest::HmacKeys>>,
     pub(super) cell: OnceCell<Result<Context<'c, 'c>, String>>,
 }
 
 impl<'c> LazyContext<'c> {
     fn get(&self) -> Result<&Context<'c, 'c>, String> {
         self.cell
-            .get_or_init(|| match self.input {
-                Input::Change(change) => change_context(self.env, change, self.with_tx, self.mask),
-                Input::Message(message) => Ok(message_context(self.env, message, self.with_tx)),
+            .get_or_init(|| {
+                let mut ctx = match self.input {
+                    Input::Change(change) => change_context(self.env, change, self.with_tx, self.mask)?,
+                    Input::Message(message) => message_context(self.env, message, self.with_tx),
+                };
+                if let Some(keys) = self.hmac {
+                    keys.add_to(&mut ctx);
+                }
+                Ok(ctx)
             })
             .as_ref()
             .map_err(Clone::clone)

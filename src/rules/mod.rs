@@ -17,6 +17,7 @@
 
 mod compile;
 mod describe;
+mod digest;
 mod dlq;
 pub mod envelope;
 mod eval;
@@ -104,6 +105,8 @@ pub struct Rule {
     pub columns_read: Vec<String>,
     /// Some expression reads `tx`.
     reads_tx: bool,
+    /// Some expression calls `hmac`.
+    uses_hmac: bool,
     /// Some CEL expression uses `new` or `old` as a whole (then every column goes into the CEL maps).
     cel_whole_row: bool,
     /// Columns CEL reads (only these are converted for the CEL maps).
@@ -170,6 +173,8 @@ pub struct Rules {
     warnings: Vec<String>,
     /// Some rule reads `tx` (built only then).
     uses_tx: bool,
+    /// The keys of `hmac`, when some rule calls it (the function is added to each evaluation only then).
+    hmac: Option<Arc<digest::HmacKeys>>,
 }
 
 /// The rules at work in one replication session: the shared [`Rules`] (also reachable through `Deref`) plus this
@@ -216,8 +221,9 @@ impl Rules {
         let mut rules = Vec::with_capacity(config.events.len());
         let mut seen = HashSet::new();
         let mut warnings = Vec::new();
+        let hmac_keys = digest::HmacKeys::new(&config.event_defaults.hmac_keys);
         for (i, spec) in config.events.iter().enumerate() {
-            let rule = compile_rule(&env, i, spec, &config.event_defaults, &captured, &mut warnings)?;
+            let rule = compile_rule(&env, i, spec, &config.event_defaults, &captured, &hmac_keys, &mut warnings)?;
             if !seen.insert((rule.name.clone(), rule.version)) {
                 return Err(ConfigError::invalid(
                     format!("events[{i}].name"),
@@ -227,6 +233,7 @@ impl Rules {
             rules.push(rule);
         }
         let uses_tx = rules.iter().any(|r| r.reads_tx);
+        let hmac = rules.iter().any(|r| r.uses_hmac).then(|| Arc::new(hmac_keys));
         let mut by_table: HashMap<TableName, Vec<usize>> = HashMap::new();
         let mut by_prefix: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, r) in rules.iter().enumerate() {
@@ -247,6 +254,7 @@ impl Rules {
             dlq_topic: dlq_topic.into(),
             warnings,
             uses_tx,
+            hmac,
         })
     }
 
@@ -318,5 +326,8 @@ fn max_record_bytes(config: &Config) -> usize {
     };
     let message_max = property("message.max.bytes").unwrap_or(1_000_000);
     let queue_max = property("queue.buffering.max.kbytes").unwrap_or(8192).saturating_mul(1024);
-    message_max.min(queue_max)
+    // `changes.transaction_metadata` stamps events after the rules built them (the router adds the transaction id
+    // and positions: under 256 bytes of value and headers), so an event that fits now still fits then.
+    let stamp = if config.changes.transaction_metadata { 256 } else { 0 };
+    message_max.min(queue_max).saturating_sub(stamp)
 }

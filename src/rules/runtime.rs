@@ -72,12 +72,14 @@ impl RuleSet {
         let correlation = self.correlation_id(source, &change.tx);
         // The CEL maps are built on first use: rules made of column references never need them.
         let env = self.compiled.env.clone();
+        let hmac = self.compiled.hmac.clone();
         let input = Input::Change(change);
         let lazy = LazyContext {
             env: &env,
             input,
             with_tx: self.compiled.uses_tx,
             mask: mask.as_deref(),
+            hmac: hmac.as_ref(),
             cell: OnceCell::new(),
         };
         for &i in indices.iter() {
@@ -107,8 +109,16 @@ impl RuleSet {
         let Some(indices) = self.compiled.by_prefix.get(&message.prefix).cloned() else { return Ok(0) };
         let correlation = self.correlation_id(source, &message.tx);
         let env = self.compiled.env.clone();
+        let hmac = self.compiled.hmac.clone();
         let input = Input::Message(message);
-        let lazy = LazyContext { env: &env, input, with_tx: self.compiled.uses_tx, mask: None, cell: OnceCell::new() };
+        let lazy = LazyContext {
+            env: &env,
+            input,
+            with_tx: self.compiled.uses_tx,
+            mask: None,
+            hmac: hmac.as_ref(),
+            cell: OnceCell::new(),
+        };
         for &i in &indices {
             let mut bufs = std::mem::take(&mut self.bufs);
             let result = self.compiled.rules[i].event(&lazy, source, &correlation, &mut bufs);

@@ -206,6 +206,8 @@ fn expr_schema(e: &Expr, columns: Option<&[ColumnType]>) -> Json {
                 | "getMilliseconds" => t("integer"),
                 "double" | "math.round" | "math.floor" | "math.ceil" | "math.trunc" => float_schema(),
                 "timestamp" => json!({"type": "string", "format": "date-time"}),
+                // The lowercase hex of a SHA-256 digest.
+                "sha256" | "hmac" => json!({"type": "string", "pattern": "^[0-9a-f]{64}$"}),
                 "bool"
                 | "startsWith"
                 | "endsWith"

@@ -545,3 +545,31 @@ fn an_unknown_cel_function_is_warned_at_start_and_known_ones_are_not() {
     let items = crate::check::preflight::rule_lines(&r, &catalog);
     assert!(items.iter().any(|i| i.status == Status::Warn && i.detail.contains("`nosuch`")), "{items:?}");
 }
+
+#[test]
+fn hmac_keys_come_from_the_environment_and_unknown_names_are_config_errors() {
+    let load = |extra: &str, expr: &str| {
+        let yaml = format!(
+            "{BASE}  - {{name: CustomerSeen, table: public.customers, key: 'string(new.id)', topic: customers, \
+             data: {{customer: \"{expr}\"}}}}\n{extra}"
+        );
+        Config::from_yaml(&yaml, &|name| (name == "CUSTOMER_KEY").then(|| "k3y".to_string()))
+            .and_then(|c| Rules::compile(&c))
+            .map_err(|e| e.to_string())
+    };
+    let hex = serde_json::json!({"type": "string", "pattern": "^[0-9a-f]{64}$"});
+    let keys = "event_defaults: {hmac_keys: {customer: '${CUSTOMER_KEY}'}}";
+    // The catalog types both helpers as lowercase hex strings.
+    let r = load(keys, "hmac('customer', new.email)").unwrap();
+    assert_eq!(schema::data_schema(&r.rules[0], None)["properties"]["customer"], hex);
+    let r = load("", "sha256(new.email)").unwrap();
+    assert_eq!(schema::data_schema(&r.rules[0], None)["properties"]["customer"], hex);
+    let err = load(keys, "hmac('crm', new.email)").err().unwrap();
+    assert!(
+        err.contains("events[0].data.customer") && err.contains("\"crm\"") && err.contains("event_defaults.hmac_keys"),
+        "{err}"
+    );
+    let err = load("event_defaults: {hmac_keys: {customer: k3y}}", "hmac('customer', new.email)").err().unwrap();
+    assert!(err.contains("event_defaults.hmac_keys.customer") && err.contains("${"), "{err}");
+    assert!(!err.contains("k3y"), "the literal is not echoed: {err}");
+}

@@ -30,7 +30,7 @@ fn latin1(b: &[u8]) -> String {
     b.iter().map(|&c| c as char).collect()
 }
 
-fn record_json(m: &ConsumedMessage) -> Value {
+pub(crate) fn record_json(m: &ConsumedMessage) -> Value {
     json!({
         "topic": m.topic,
         "key": m.key.as_deref().map(latin1),
@@ -40,7 +40,7 @@ fn record_json(m: &ConsumedMessage) -> Value {
 }
 
 /// Runs `contract_oracle.py <mode>` on `doc`; returns (records checked, errors).
-fn oracle(mode: &str, doc: &Value) -> (u64, Vec<String>) {
+pub(crate) fn oracle(mode: &str, doc: &Value) -> (u64, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("records.json");
     std::fs::write(&input, serde_json::to_vec(doc).unwrap()).unwrap();
@@ -527,7 +527,7 @@ async fn debezium_records_have_debeziums_documented_shapes_including_key_changes
 }
 
 /// HMAC-SHA256 as Python's standard library computes it (an implementation ficus does not share).
-fn python_hmac(key: &str, message: &str) -> String {
+pub(crate) fn python_hmac(key: &str, message: &str) -> String {
     let out = Command::new("python3")
         .args(["-c", "import hmac, hashlib, sys; print(hmac.new(sys.argv[1].encode(), sys.argv[2].encode(), hashlib.sha256).hexdigest())"])
         .args([key, message])

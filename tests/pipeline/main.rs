@@ -15,6 +15,7 @@ mod exactly_once;
 mod example;
 mod failover;
 mod faults;
+mod keys;
 mod lifecycle;
 mod observability;
 mod ops;
@@ -23,6 +24,7 @@ mod secrets;
 mod shutdown;
 mod snapshot;
 mod standby;
+mod transactions;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;

@@ -461,3 +461,55 @@ async fn outbox_rows_and_logical_messages_become_events() {
     assert_eq!(payments[0].key.as_deref(), Some(&b"p-9"[..]));
     assert_eq!(f.terminate().code(), Some(0));
 }
+
+/// The CEL helpers `sha256` and `hmac` (issue 17.7) put pseudonymous ids into business events: `hmac('crm', …)` is
+/// the HMAC-SHA256 under the secret `event_defaults.hmac_keys.crm` read from a file, `sha256` the plain digest, both
+/// lowercase hex (recomputed with Python's `hmac` and `hashlib`); the secret never appears in the log.
+#[tokio::test(flavor = "multi_thread")]
+async fn sha256_and_hmac_helpers_give_pseudonymous_ids() {
+    let s = Setup::new("rules_digest", LEGACY).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let key_file = secrets.path().join("crm-key");
+    std::fs::write(&key_file, "crm-k3y-for-tests\n").unwrap();
+    let topic = format!("{}.customers", s.prefix);
+    let base = Ficus::config(
+        &s.pg.superuser_url(&s.db),
+        &["public.ord_hdr", "public.cust_mst"],
+        &s.prefix,
+        &s.kafka.brokers(),
+        "",
+    )
+    .replace("changes:\n  tables: ['*']", "changes:\n  tables: []");
+    let cfg = format!(
+        "{base}event_defaults:\n  hmac_keys: {{crm: '${{file:{}}}'}}\nevents:\n  - name: CustomerRegistered\n    \
+         table: public.cust_mst\n    key: hmac('crm', string(new.cust_no))\n    topic: {topic}\n    data:\n      \
+         customer: hmac('crm', new.email)\n      emailSha256: sha256(new.email)\n      bytesSha256: sha256(b'abc')\n",
+        key_file.display()
+    );
+    let mut f = Ficus::start(&cfg);
+    f.wait_streaming();
+    s.sql("INSERT INTO cust_mst VALUES (7, 'anne@private.example'), (8, 'bob@private.example')").await;
+    let records = s.read_all_confirmed(&f, &topic).await;
+    let events = values(&records);
+    assert_eq!(events.len(), 2, "{}", f.log());
+    let sha256 = |v: &str| {
+        let out = Command::new("python3")
+            .args(["-c", "import hashlib, sys; print(hashlib.sha256(sys.argv[1].encode()).hexdigest())", v])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let hmac = |v: &str| crate::contract::python_hmac("crm-k3y-for-tests", v);
+    for (event, (id, email)) in events.iter().zip([("7", "anne@private.example"), ("8", "bob@private.example")]) {
+        assert_eq!(
+            event["data"],
+            json!({"customer": hmac(email), "emailSha256": sha256(email), "bytesSha256": sha256("abc")}),
+            "{}",
+            f.log()
+        );
+        assert_eq!(event["key"], json!(hmac(id)));
+    }
+    assert_eq!(records[0].key.as_deref(), Some(hmac("7").as_bytes()));
+    assert!(!f.log().contains("crm-k3y"), "the secret is never logged");
+    assert_eq!(f.terminate().code(), Some(0));
+}
