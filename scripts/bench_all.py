@@ -183,8 +183,10 @@ def scenario_wide(size, binary):
             cluster.psql("UPDATE wide SET qty = qty + 1, updated_at = now(), "
                          f"doc = jsonb_set(doc, '{{version}}', to_jsonb(qty + 1)) WHERE id BETWEEN {lo} AND {hi}")
             done += hi - lo + 1
-        sizes = cluster.psql("SELECT avg(pg_column_size(w.*))::int, avg(pg_column_size(body))::int, "
-                             "(SELECT pg_relation_size(reltoastrelid) > 0 FROM pg_class WHERE relname = 'wide') "
+        # What the rows look like: bytes of the jsonb and of the text, and whether the text went to the TOAST table.
+        sizes = cluster.psql("SELECT 'jsonb ' || avg(pg_column_size(doc))::int || ' B, text ' || "
+                             "avg(octet_length(body))::int || ' B, toast table ' || "
+                             "(SELECT pg_size_pretty(pg_relation_size(reltoastrelid)) FROM pg_class WHERE relname = 'wide') "
                              "FROM (SELECT * FROM wide LIMIT 100) w")
         end = lsn(cluster.psql("SELECT pg_current_wal_lsn()"))
         r = versus_recvlogical(cluster, "wide", end, rows + updates, binary)
@@ -307,7 +309,7 @@ def fmt(value, unit):
     return f"{value:.2f}" if unit in ("us", "s") else f"{value:.1f}"
 
 
-def summarize(reps, errors):
+def summarize(reps, errors, ran):
     """One row per measure: min / median / max over the repetitions that measured it, judged on the median."""
     for r in reps:
         rss = [v for v in r.get("rss", {}).values() if v]
@@ -330,6 +332,12 @@ def summarize(reps, errors):
         status = "-" if cmp is None else ("MET" if (med >= target if cmp == GE else med <= target) else "MISSED")
         if failed:
             status += f" ({len(values)} reps; " + "; ".join(failed) + ")"
+        if metric == "e2e_rss" and len(ran) < len(scenarios):
+            status += f" (only {', '.join(s for s in scenarios if s in ran)} ran)"
+        if metric == "lat_p99_50k/s":
+            achieved = statistics.median(r["lat_rate_50k/s"] for r in reps if "lat_rate_50k/s" in r)
+            if achieved < 0.9 * 50_000:
+                status += f" (the writer reached only {achieved:,.0f}/s)"
         table.append(dict(row=row, measure=measure, metric=metric, unit=unit, target=target_s, values=values,
                           min=min(values), median=med, max=max(values), status=status))
     return table
@@ -352,25 +360,27 @@ def plot_latency(reps, png):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    xs, p50, p99, lo, hi = [], [], [], [], []
+    points = []  # (achieved rate, label, p50, p99, p99 below, p99 above)
     for label, _ in LATENCY_RATES:
         rates = [r[f"lat_rate_{label}"] for r in reps if f"lat_rate_{label}" in r]
         if not rates:
             continue
         v99 = [r[f"lat_p99_{label}"] for r in reps if f"lat_p99_{label}" in r]
-        xs.append(statistics.median(rates))
-        p50.append(statistics.median([r[f"lat_p50_{label}"] for r in reps if f"lat_p50_{label}" in r]))
-        p99.append(statistics.median(v99))
-        lo.append(p99[-1] - min(v99))
-        hi.append(max(v99) - p99[-1])
-    if not xs:
+        m99 = statistics.median(v99)
+        points.append((statistics.median(rates), label,
+                       statistics.median([r[f"lat_p50_{label}"] for r in reps if f"lat_p50_{label}" in r]),
+                       m99, m99 - min(v99), max(v99) - m99))
+    if not points:
         return
+    points.sort()
+    xs, labels, p50, p99, lo, hi = zip(*points)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.errorbar(xs, p99, yerr=[lo, hi], marker="o", capsize=4, label="p99 (median, min-max)")
     ax.plot(xs, p50, marker="s", label="p50 (median)")
     ax.axhline(50, color="red", linestyle="--", label="target p99 at 50k/s: 50 ms")
-    for x, (label, _) in zip(xs, LATENCY_RATES):
-        ax.annotate(label, (x, 0), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=8)
+    for x, y, label in zip(xs, p99, labels):
+        ax.annotate(f"target {label}", (x, y), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
+    ax.set_yscale("log")
     ax.set_xlabel("achieved load (changes/s, 100-row transactions)")
     ax.set_ylabel("commit -> broker append (ms)")
     ax.set_title(f"ficus latency vs load ({len(reps)} repetitions)")
@@ -427,7 +437,7 @@ def main():
         durations[name] = time.monotonic() - t0
         print(f"== {name}: {durations[name]:.0f} s", flush=True)
 
-    table = summarize(reps, errors)
+    table = summarize(reps, errors, selected)
     total = time.monotonic() - started
     print_table(table, a.reps)
     print(f"\n{'quick' if a.quick else 'full'} run, {a.reps} repetition(s), {total / 60:.1f} min "
