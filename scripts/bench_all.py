@@ -312,9 +312,9 @@ def fmt(value, unit):
 def summarize(reps, errors, ran):
     """One row per measure: min / median / max over the repetitions that measured it, judged on the median."""
     for r in reps:
-        rss = [v for v in r.get("rss", {}).values() if v]
+        rss = {k: v for k, v in r.get("rss", {}).items() if v}
         if rss:
-            r["e2e_rss"] = max(rss)
+            r["e2e_rss_run"], r["e2e_rss"] = max(rss.items(), key=lambda kv: kv[1])
     table = []
     for row, measure, metric, unit, cmp, target in ROWS:
         values = [r[metric] for r in reps if r.get(metric) is not None]
@@ -332,8 +332,10 @@ def summarize(reps, errors, ran):
         status = "-" if cmp is None else ("MET" if (med >= target if cmp == GE else med <= target) else "MISSED")
         if failed:
             status += f" ({len(values)} reps; " + "; ".join(failed) + ")"
+        if metric == "e2e_rss":
+            status += " (largest in: " + ", ".join(sorted({r["e2e_rss_run"] for r in reps if "e2e_rss_run" in r})) + ")"
         if metric == "e2e_rss" and len(ran) < len(scenarios):
-            status += f" (only {', '.join(s for s in scenarios if s in ran)} ran)"
+            status = f"not judged: only {', '.join(s for s in scenarios if s in ran)} of {', '.join(scenarios)} ran"
         if metric == "lat_p99_50k/s":
             achieved = statistics.median(r["lat_rate_50k/s"] for r in reps if "lat_rate_50k/s" in r)
             if achieved < 0.9 * 50_000:
