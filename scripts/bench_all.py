@@ -17,7 +17,8 @@ fresh PostgreSQL cluster per repetition, a fresh local broker, the release binar
   tables    1,000 captured tables, 100 inserts each (one 100-row transaction per table), ficus → broker: seconds from
             starting ficus to its "streaming" log line, peak RSS, every change confirmed. Row 7.
   snapshot  one table (5M rows of the core shape), COPY TO STDOUT vs ficus `snapshot.mode: initial_only`, null sink
-            and → broker (snapshot_bench.py's runs); the table is loaded once, each repetition runs all three. Rows 9, 10.
+            and → broker (snapshot_bench.py's runs); the table is loaded once, each repetition runs all three.
+            Rows 9, 10.
   latency   latency.py's run (fresh cluster, broker, ficus; commit → broker append time per event) at 5k, 20k, 50k
             changes/s and at saturation (the single psql writer as fast as it goes), 100-row transactions; the curve
             is plotted to docs/latency-curve.png. Row 12.
@@ -132,7 +133,8 @@ def scenario_oltp(size, binary):
     try:
         n, pre = size["oltp"], 10_000
         cluster.psql("CREATE TABLE oltp (id bigint PRIMARY KEY, name text, qty int, price float8, ts timestamptz); "
-                     f"INSERT INTO oltp SELECT i, 'name ' || i, i % 100, i * 0.5, now() FROM generate_series(1, {pre}) i; "
+                     f"INSERT INTO oltp SELECT i, 'name ' || i, i % 100, i * 0.5, now() "
+                     f"FROM generate_series(1, {pre}) i; "
                      "CREATE PUBLICATION oltp FOR TABLE oltp;")
         create_slots(cluster, "s_recv", "s_kafka")
         # A DO block may COMMIT inside its loop (PostgreSQL 11+): one transaction per row without a client round
@@ -186,7 +188,8 @@ def scenario_wide(size, binary):
         # What the rows look like: bytes of the jsonb and of the text, and whether the text went to the TOAST table.
         sizes = cluster.psql("SELECT 'jsonb ' || avg(pg_column_size(doc))::int || ' B, text ' || "
                              "avg(octet_length(body))::int || ' B, toast table ' || "
-                             "(SELECT pg_size_pretty(pg_relation_size(reltoastrelid)) FROM pg_class WHERE relname = 'wide') "
+                             "(SELECT pg_size_pretty(pg_relation_size(reltoastrelid)) FROM pg_class "
+                             "WHERE relname = 'wide') "
                              "FROM (SELECT * FROM wide LIMIT 100) w")
         end = lsn(cluster.psql("SELECT pg_current_wal_lsn()"))
         r = versus_recvlogical(cluster, "wide", end, rows + updates, binary)
@@ -322,7 +325,8 @@ def summarize(reps, errors, ran):
         failed = [f"{s}: {errors[s]}" for s in scenarios if s in errors]
         if not values:
             if failed:
-                table.append(dict(row=row, measure=measure, target="-", values=[], status="FAILED " + "; ".join(failed)))
+                table.append(dict(row=row, measure=measure, target="-", values=[],
+                                  status="FAILED " + "; ".join(failed)))
             elif metric in ("peer_ratio", "peer_rate") and any("recv_rate" in r for r in reps):
                 table.append(dict(row=row, measure=measure, target="-", values=[],
                                   status=f"not run: {PEER} not built (scripts/bench.sh all builds it)"))
@@ -397,7 +401,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="smaller workloads: a smoke run of every row")
     ap.add_argument("--only", help="comma-separated rows (1-13) or scenarios (" + ", ".join(SCENARIOS) + ")")
-    ap.add_argument("--binary", default=os.environ.get("FICUS_BENCH_BINARY") or os.path.join(ROOT, "target/release/ficus"))
+    ap.add_argument("--binary",
+                    default=os.environ.get("FICUS_BENCH_BINARY") or os.path.join(ROOT, "target/release/ficus"))
     ap.add_argument("--json", help="also write every repetition's figures and the table to this file")
     ap.add_argument("--png", default=os.path.join(ROOT, "docs/latency-curve.png"), help="the latency curve")
     a = ap.parse_args()

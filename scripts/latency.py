@@ -161,7 +161,8 @@ def measure(rate, seconds, batch=100, warmup=5.0, binary=os.path.join(bench.ROOT
         kind = "broker append time" if ts_types == {TIMESTAMP_LOG_APPEND_TIME} else "producer create time"
         h50, h99, hn = histogram_quantiles(metrics, "ficus_commit_to_ack_seconds")
         achieved = result["rows"] / result["secs"]
-        print(f"workload: {expected} changes at {rate}/s (achieved {achieved:,.0f}/s) in transactions of {batch} for {seconds} s; "
+        print(f"workload: {expected} changes at {rate}/s (achieved {achieved:,.0f}/s) in transactions of {batch} "
+              f"for {seconds} s; "
               f"{len(samples)} events consumed, {len(steady)} after {warmup:.0f} s warm-up")
         print(f"commit -> {kind}: p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms, max {worst:.1f} ms")
         if h50 is not None:
