@@ -36,7 +36,25 @@ def parse_ts(text):
     return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
-def workload(cluster, rate, batch, seconds, stop):
+def workload(cluster, rate, batch, seconds, stop, writers=1):
+    """Writes `rate` rows/s in transactions of `batch` rows through `writers` psql sessions (each `rate / writers`,
+    paced evenly); returns the rows written. One session tops out at some 30-40k rows/s of 100-row transactions on
+    the 2-core VM, so higher rates need more."""
+    if writers == 1:
+        return session(cluster, rate, batch, seconds, stop)
+    rows = [0] * writers
+
+    def run(i):
+        rows[i] = session(cluster, rate / writers, batch, seconds, stop)
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(rows)
+
+
+def session(cluster, rate, batch, seconds, stop):
     """Writes `rate` rows/s in transactions of `batch` rows through one psql session, paced evenly."""
     psql = subprocess.Popen(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(cluster.port),
                              "-U", "postgres", "-d", "bench"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
@@ -78,10 +96,11 @@ def histogram_quantiles(metrics_text, name):
     return q(0.5), q(0.99), int(total)
 
 
-def measure(rate, seconds, batch=100, warmup=5.0, binary=os.path.join(bench.ROOT, "target/release/ficus"), png=None):
+def measure(rate, seconds, batch=100, warmup=5.0, binary=os.path.join(bench.ROOT, "target/release/ficus"), png=None,
+            writers=1):
     """One latency run (fresh cluster, broker and ficus) at `rate` changes/s; prints the figures, writes the plot to
     `png` (None: no plot) and returns them: the achieved rate, p50/p95/p99/max in ms, events consumed and expected.
-    A `rate` the single psql writer cannot reach runs at its saturation (the achieved rate says what that was)."""
+    A `rate` the `writers` psql sessions cannot reach runs at their saturation (the achieved rate says what that was)."""
     # synchronous_commit stays on (PostgreSQL's default): with it off, committed WAL waits for the WAL writer
     # (wal_writer_delay, 200 ms) before the walsender may send it, which alone adds 0-200 ms to every event.
     cluster = bench.Cluster(synchronous_commit="on")
@@ -131,7 +150,7 @@ def measure(rate, seconds, batch=100, warmup=5.0, binary=os.path.join(bench.ROOT
 
         def write():
             started = time.monotonic()
-            result["rows"] = workload(cluster, rate, batch, seconds, stop)
+            result["rows"] = workload(cluster, rate, batch, seconds, stop, writers)
             result["secs"] = time.monotonic() - started
         writer = threading.Thread(target=write)
         t0 = time.time()
@@ -162,7 +181,7 @@ def measure(rate, seconds, batch=100, warmup=5.0, binary=os.path.join(bench.ROOT
         h50, h99, hn = histogram_quantiles(metrics, "ficus_commit_to_ack_seconds")
         achieved = result["rows"] / result["secs"]
         print(f"workload: {expected} changes at {rate}/s (achieved {achieved:,.0f}/s) in transactions of {batch} "
-              f"for {seconds} s; "
+              f"from {writers} session(s) for {seconds} s; "
               f"{len(samples)} events consumed, {len(steady)} after {warmup:.0f} s warm-up")
         print(f"commit -> {kind}: p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms, max {worst:.1f} ms")
         if h50 is not None:
@@ -220,8 +239,9 @@ def main():
     ap.add_argument("--warmup", type=float, default=5.0, help="seconds excluded at the start")
     ap.add_argument("--binary", default=os.path.join(bench.ROOT, "target/release/ficus"))
     ap.add_argument("--png", default=os.path.join(bench.ROOT, "docs/latency.png"))
+    ap.add_argument("--writers", type=int, default=1, help="psql sessions sharing the rate")
     a = ap.parse_args()
-    measure(a.rate, a.seconds, a.batch, a.warmup, a.binary, a.png)
+    measure(a.rate, a.seconds, a.batch, a.warmup, a.binary, a.png, a.writers)
 
 
 if __name__ == "__main__":
