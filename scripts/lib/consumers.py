@@ -115,11 +115,11 @@ def run_ficus(cluster, slot, end, brokers, null_sink, binary, table="bench", bro
     return result
 
 
-def drain(cmd, cluster, slot, end):
+def drain(cmd, cluster, slot, end, timeout=1800):
     """Runs the client `cmd` until `slot` confirmed `end`, then stops it; returns the Drain."""
     client = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        return wait_confirmed(cluster, slot, end, client)
+        return wait_confirmed(cluster, slot, end, client, timeout=timeout)
     finally:
         client.terminate()
         client.wait()
@@ -137,4 +137,4 @@ PEER = os.path.join(ROOT, "scripts/peer/target/release/walstream-peer")
 
 def run_peer(cluster, slot, end, publication="bench", binary=PEER):
     """The pg_walstream peer (scripts/peer): protocol 1, text values, every change decoded and dropped."""
-    return drain([binary, cluster.url(), slot, publication], cluster, slot, end)
+    return drain([binary, cluster.url(), slot, publication], cluster, slot, end, timeout=600)
