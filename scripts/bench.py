@@ -17,92 +17,32 @@ the client process are sampled from /proc. Usage: scripts/bench.sh [--rows N] [-
 import argparse
 import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 
-from lib.cluster import (  # noqa: E402  (shared with latency.py and snapshot_bench.py)
-    PGBIN, ROOT, TICK, Cluster, as_pg, cpu_ticks, free_port, group_cpu_ticks, lsn, peak_rss_mib, start_broker,
-    stop_broker, wait_confirmed, walsender_pid,
-)
-
-RULES = """events:
-  - name: ItemAdded
-    table: public.bench
-    on: insert
-    key: string(new.id)
-    topic: {slot}.items
-    data: {{itemId: new.id, name: new.name, qty: new.qty, price: new.price, addedAt: new.ts}}
-  - name: QtyIncreased
-    table: public.bench
-    on: update
-    when: new.qty > old.qty
-    key: string(new.id)
-    topic: {slot}.items
-    data: {{itemId: new.id, from: old.qty, to: new.qty, at: new.ts}}
-  - name: QtyReachedTen
-    table: public.bench
-    on: update
-    when: old.qty % 10 != 0 && new.qty % 10 == 0
-    key: string(new.id)
-    topic: {slot}.items
-    data: {{itemId: new.id, qty: new.qty}}
-  - name: PriceChanged
-    table: public.bench
-    on: update
-    when: old.price != new.price
-    key: string(new.id)
-    topic: {slot}.items
-    data: {{itemId: new.id, from: old.price, to: new.price}}
-"""
+from lib.cluster import ROOT, Cluster, lsn, start_broker, stop_broker  # (shared with the other benchmarks)
+from lib.consumers import run_ficus, run_recvlogical
 
 
-def ficus_config(cluster, slot, brokers, state, table="bench", rules=False):
-    changes = "[]" if rules else "['*']"
-    return (f"source:\n  url: {cluster.url()}\n  slot: {slot}\n  publication: {table}\n  tables: [public.{table}]\n"
-            f"  status_interval_secs: 1\nkafka:\n  brokers: {brokers}\n"
-            f"state:\n  dir: {state}\nchanges:\n  tables: {changes}\n  topic_prefix: {slot}\n"
-            + (RULES.format(slot=slot) if rules else ""))
+def create_table(cluster):
+    """The core workload's table (issue #2): 5 columns, REPLICA IDENTITY FULL, and its publication."""
+    cluster.psql("CREATE TABLE bench (id bigint PRIMARY KEY, name text, qty int, price float8, ts timestamptz); "
+                 "ALTER TABLE bench REPLICA IDENTITY FULL; CREATE PUBLICATION bench FOR TABLE bench;")
 
 
-def run_ficus(cluster, slot, end, brokers, null_sink, binary, table="bench", broker_pid=None, rules=False):
-    state = tempfile.mkdtemp(prefix="ficus-bench-state-")
-    cfg = os.path.join(state, "ficus.yaml")
-    with open(cfg, "w") as f:
-        f.write(ficus_config(cluster, slot, brokers, state, table, rules))
-    args = [binary, "run", "--config", cfg] + (["--null-sink"] if null_sink else [])
-    # A profiler prefix, e.g. "perf record -e cpu-clock -g -o /tmp/p.data --": FICUS_BENCH_WRAP for the null-sink
-    # run, FICUS_BENCH_WRAP_KAFKA for the end-to-end run.
-    # FICUS_BENCH_WRAP_RULES and FICUS_BENCH_WRAP_RULES_KAFKA for the same two runs with rules.
-    wrap_var = ("FICUS_BENCH_WRAP" + ("_RULES" if rules else "") + ("" if null_sink else "_KAFKA"))
-    wrap = os.environ.get(wrap_var, "").split()
-    if wrap and table == "bench":
-        args = wrap + args
-    log = open(os.path.join(state, "log"), "w")
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "RUST_LOG": "warn"})
-    try:
-        result = wait_confirmed(cluster, slot, end, proc, other_pid=broker_pid)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-    shutil.rmtree(state, ignore_errors=True)
-    return result
-
-
-def run_recvlogical(cluster, slot, end, binary_values=False):
-    opts = ["-o", "proto_version=1", "-o", "publication_names=bench"] + (["-o", "binary=true"] if binary_values else [])
-    recv = subprocess.Popen(["pg_recvlogical", "-h", "127.0.0.1", "-p", str(cluster.port), "-U", "postgres",
-                             "-d", "bench", "--slot", slot, "--start", *opts, "-f", "/dev/null", "-F", "1", "-s", "1"],
-                            stderr=subprocess.DEVNULL)
-    try:
-        return wait_confirmed(cluster, slot, end, recv)
-    finally:
-        recv.terminate()
-        recv.wait()
+def write_workload(cluster, rows, updates, batch=1000):
+    """`rows` inserts, then `updates` updates of the first rows, in transactions of `batch` rows; returns the end
+    LSN. 50 transactions per psql call, so the writer is not the bottleneck."""
+    for lo in range(1, rows + 1, batch * 50):
+        stmts = [f"INSERT INTO bench SELECT i, 'name ' || i, i % 100, i * 0.5, now() "
+                 f"FROM generate_series({b}, {min(b + batch - 1, rows)}) i;"
+                 for b in range(lo, min(lo + batch * 50, rows + 1), batch)]
+        cluster.psql("".join(stmts))
+    for lo in range(1, updates + 1, batch * 50):
+        stmts = [f"UPDATE bench SET qty = qty + 1, ts = now() WHERE id BETWEEN {b} AND {min(b + batch - 1, updates)};"
+                 for b in range(lo, min(lo + batch * 50, updates + 1), batch)]
+        cluster.psql("".join(stmts))
+    return lsn(cluster.psql("SELECT pg_current_wal_lsn()"))
 
 
 def main():
@@ -119,23 +59,12 @@ def main():
     broker = None
     try:
         cluster.psql("CREATE DATABASE bench", db="postgres")
-        cluster.psql("CREATE TABLE bench (id bigint PRIMARY KEY, name text, qty int, price float8, ts timestamptz); "
-                     "ALTER TABLE bench REPLICA IDENTITY FULL; CREATE PUBLICATION bench FOR TABLE bench;")
+        create_table(cluster)
         slots = ["s_peek", "s_recv", "s_recvbin", "s_null", "s_kafka", "s_null_rules", "s_kafka_rules"]
         for s in slots:
             cluster.psql(f"SELECT pg_create_logical_replication_slot('{s}', 'pgoutput')")
         t0 = time.monotonic()
-        batch = 1000
-        for lo in range(1, a.rows + 1, batch * 50):
-            stmts = [f"INSERT INTO bench SELECT i, 'name ' || i, i % 100, i * 0.5, now() "
-                     f"FROM generate_series({b}, {min(b + batch - 1, a.rows)}) i;"
-                     for b in range(lo, min(lo + batch * 50, a.rows + 1), batch)]
-            cluster.psql("".join(stmts))
-        for lo in range(1, a.updates + 1, batch * 50):
-            stmts = [f"UPDATE bench SET qty = qty + 1, ts = now() WHERE id BETWEEN {b} AND {min(b + batch - 1, a.updates)};"
-                     for b in range(lo, min(lo + batch * 50, a.updates + 1), batch)]
-            cluster.psql("".join(stmts))
-        end = lsn(cluster.psql("SELECT pg_current_wal_lsn()"))
+        end = write_workload(cluster, a.rows, a.updates)
         changes = a.rows + a.updates
         print(f"workload: {a.rows} inserts + {a.updates} updates written in {time.monotonic() - t0:.1f}s", flush=True)
 
@@ -147,23 +76,23 @@ def main():
         results["in-server decode"] = (changes / secs, secs, secs, float("nan"), float("nan"), None)
         print(f"in-server decode: {n} messages in {secs:.2f}s", flush=True)
 
-        secs, conf, w, c, rss = run_recvlogical(cluster, "s_recv", end)
+        secs, conf, w, c, rss, _ = run_recvlogical(cluster, "s_recv", end)
         results["pg_recvlogical"] = (changes / secs, secs, conf, w, c, rss)
         # pgoutput `binary` values (PG 14+): does sending binary instead of text lower the walsender's cost?
-        secs, conf, w, c, rss = run_recvlogical(cluster, "s_recvbin", end, binary_values=True)
+        secs, conf, w, c, rss, _ = run_recvlogical(cluster, "s_recvbin", end, binary_values=True)
         results["recvlogical binary"] = (changes / secs, secs, conf, w, c, rss)
 
-        secs, conf, w, c, rss = run_ficus(cluster, "s_null", end, "127.0.0.1:9", True, a.binary)
+        secs, conf, w, c, rss, _ = run_ficus(cluster, "s_null", end, "127.0.0.1:9", True, a.binary)
         results["ficus null sink"] = (changes / secs, secs, conf, w, c, rss)
-        secs, conf, w, c, rss = run_ficus(cluster, "s_null_rules", end, "127.0.0.1:9", True, a.binary, rules=True)
+        secs, conf, w, c, rss, _ = run_ficus(cluster, "s_null_rules", end, "127.0.0.1:9", True, a.binary, rules=True)
         results["null sink + rules"] = (changes / secs, secs, conf, w, c, rss)
 
         if not a.skip_kafka:
             brokers, broker = start_broker()
-            secs, conf, w, c, rss = run_ficus(cluster, "s_kafka", end, brokers, False, a.binary,
+            secs, conf, w, c, rss, _ = run_ficus(cluster, "s_kafka", end, brokers, False, a.binary,
                                             broker_pid=broker.pid if broker else None)
             results["ficus -> broker"] = (changes / secs, secs, conf, w, c, rss)
-            secs, conf, w, c, rss = run_ficus(cluster, "s_kafka_rules", end, brokers, False, a.binary,
+            secs, conf, w, c, rss, _ = run_ficus(cluster, "s_kafka_rules", end, brokers, False, a.binary,
                                             broker_pid=broker.pid if broker else None, rules=True)
             results["broker + rules"] = (changes / secs, secs, conf, w, c, rss)
 
@@ -175,7 +104,7 @@ def main():
             cluster.psql(f"INSERT INTO big SELECT i, md5(i::text), i % 100, i * 0.5, now() "
                          f"FROM generate_series(1, {a.big_txn}) i")
             big_end = lsn(cluster.psql("SELECT pg_current_wal_lsn()"))
-            secs, conf, w, c, rss = run_ficus(cluster, "s_big", big_end, brokers, False, a.binary, table="big")
+            secs, conf, w, c, rss, _ = run_ficus(cluster, "s_big", big_end, brokers, False, a.binary, table="big")
             results[f"1 txn of {a.big_txn // 1000}k rows"] = (a.big_txn / secs, secs, conf, w, c, rss)
 
         base = results["pg_recvlogical"][0]

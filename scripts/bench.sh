@@ -2,13 +2,29 @@
 # Throughput benchmark: ficus (null sink and end to end) vs pg_recvlogical vs in-server decode on one WAL.
 # Prints a table and the targets; see docs/benchmarks.md.  Usage: scripts/bench.sh [--rows N] [--updates N] [--big-txn N] [--skip-kafka]
 # Snapshot benchmark (ficus copying a 1M-row table vs COPY TO STDOUT): scripts/bench.sh snapshot [--rows N] [--chunk-size N] [--kafka]
+# The full suite of issue 16 (every target, 3 repetitions, one table; ~25 min, --quick ~5 min):
+#   scripts/bench.sh all [--reps 3] [--quick] [--only ROWS] [--json FILE]
+# FICUS_BENCH_BINARY=path/to/ficus: use that binary and skip the release build (e.g. on a shared machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh >/dev/null
-cargo build --release --locked --bin ficus
-export FICUS_NOIDA="${FICUS_NOIDA:-$PWD/.venv/noida/bin/noida-db}"
-if [ "${1:-}" = snapshot ]; then
-  shift
-  exec python3 scripts/snapshot_bench.py "$@"
+if [ -n "${FICUS_BENCH_BINARY:-}" ]; then
+  binary=(--binary "$FICUS_BENCH_BINARY")
+else
+  cargo build --release --locked --bin ficus
+  binary=()
 fi
-exec python3 scripts/bench.py "$@"
+export FICUS_NOIDA="${FICUS_NOIDA:-$PWD/.venv/noida/bin/noida-db}"
+case "${1:-}" in
+  snapshot)
+    shift
+    exec python3 scripts/snapshot_bench.py "$@" ;;
+  all)
+    shift
+    source scripts/lib/bench-venv.sh
+    # The pg_walstream peer (row 13): its own crate and lock file, outside ficus's dependency graph.
+    (cd scripts/peer && CARGO_TARGET_DIR=target cargo build --release --locked --quiet) ||
+      echo "warning: the pg_walstream peer did not build; row 13 is left out" >&2
+    exec .venv/bench/bin/python scripts/bench_all.py "${binary[@]}" "$@" ;;
+esac
+exec python3 scripts/bench.py "${binary[@]}" "$@"

@@ -36,7 +36,25 @@ def parse_ts(text):
     return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
-def workload(cluster, rate, batch, seconds, stop):
+def workload(cluster, rate, batch, seconds, stop, writers=1):
+    """Writes `rate` rows/s in transactions of `batch` rows through `writers` psql sessions (each `rate / writers`,
+    paced evenly); returns the rows written. One session tops out at some 30-40k rows/s of 100-row transactions on
+    the 2-core VM, so higher rates need more."""
+    if writers == 1:
+        return session(cluster, rate, batch, seconds, stop)
+    rows = [0] * writers
+
+    def run(i):
+        rows[i] = session(cluster, rate / writers, batch, seconds, stop)
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(rows)
+
+
+def session(cluster, rate, batch, seconds, stop):
     """Writes `rate` rows/s in transactions of `batch` rows through one psql session, paced evenly."""
     psql = subprocess.Popen(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(cluster.port),
                              "-U", "postgres", "-d", "bench"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
@@ -78,16 +96,11 @@ def histogram_quantiles(metrics_text, name):
     return q(0.5), q(0.99), int(total)
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rate", type=int, default=5000, help="changes per second")
-    ap.add_argument("--seconds", type=int, default=60)
-    ap.add_argument("--batch", type=int, default=100, help="rows per transaction")
-    ap.add_argument("--warmup", type=float, default=5.0, help="seconds excluded at the start")
-    ap.add_argument("--binary", default=os.path.join(bench.ROOT, "target/release/ficus"))
-    ap.add_argument("--png", default=os.path.join(bench.ROOT, "docs/latency.png"))
-    a = ap.parse_args()
-
+def measure(rate, seconds, batch=100, warmup=5.0, binary=os.path.join(bench.ROOT, "target/release/ficus"), png=None,
+            writers=1):
+    """One latency run (fresh cluster, broker and ficus) at `rate` changes/s; prints the figures, writes the plot to
+    `png` (None: no plot) and returns them: the achieved rate, p50/p95/p99/max in ms, events consumed and expected.
+    A `rate` the `writers` psql sessions cannot reach runs at their saturation (the achieved rate says what that was)."""
     # synchronous_commit stays on (PostgreSQL's default): with it off, committed WAL waits for the WAL writer
     # (wal_writer_delay, 200 ms) before the walsender may send it, which alone adds 0-200 ms to every event.
     cluster = bench.Cluster(synchronous_commit="on")
@@ -114,7 +127,7 @@ def main():
                     f"  status_interval_secs: 1\nkafka:\n  brokers: {brokers}\nstate:\n  dir: {state}\n"
                     f"changes:\n  tables: ['*']\n  topic_prefix: lat\nhealth:\n  listen: 127.0.0.1:{port}\n")
         log = open(os.path.join(state, "log"), "w")
-        ficus = subprocess.Popen([a.binary, "run", "--config", cfg], stdout=subprocess.DEVNULL, stderr=log,
+        ficus = subprocess.Popen([binary, "run", "--config", cfg], stdout=subprocess.DEVNULL, stderr=log,
                                  env={**os.environ, "RUST_LOG": "warn"})
         deadline = time.monotonic() + 60
         while True:
@@ -134,7 +147,12 @@ def main():
         ts_types = set()
         stop = threading.Event()
         result = {}
-        writer = threading.Thread(target=lambda: result.update(rows=workload(cluster, a.rate, a.batch, a.seconds, stop)))
+
+        def write():
+            started = time.monotonic()
+            result["rows"] = workload(cluster, rate, batch, seconds, stop, writers)
+            result["secs"] = time.monotonic() - started
+        writer = threading.Thread(target=write)
         t0 = time.time()
         writer.start()
         expected = None
@@ -156,13 +174,15 @@ def main():
         consumer.close()
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
 
-        steady = sorted(lat for commit, lat in samples if commit - t0 >= a.warmup)
+        steady = sorted(lat for commit, lat in samples if commit - t0 >= warmup)
         p50, p95, p99 = (percentile(steady, p) * 1000 for p in (50, 95, 99))
         worst = steady[-1] * 1000 if steady else float("nan")
         kind = "broker append time" if ts_types == {TIMESTAMP_LOG_APPEND_TIME} else "producer create time"
         h50, h99, hn = histogram_quantiles(metrics, "ficus_commit_to_ack_seconds")
-        print(f"workload: {expected} changes at {a.rate}/s in transactions of {a.batch} for {a.seconds} s; "
-              f"{len(samples)} events consumed, {len(steady)} after {a.warmup:.0f} s warm-up")
+        achieved = result["rows"] / result["secs"]
+        print(f"workload: {expected} changes at {rate}/s (achieved {achieved:,.0f}/s) in transactions of {batch} "
+              f"from {writers} session(s) for {seconds} s; "
+              f"{len(samples)} events consumed, {len(steady)} after {warmup:.0f} s warm-up")
         print(f"commit -> {kind}: p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms, max {worst:.1f} ms")
         if h50 is not None:
             print(f"ficus_commit_to_ack_seconds ({hn} transactions, bucket upper bounds): p50 <= {h50 * 1000:.1f} ms, "
@@ -171,6 +191,10 @@ def main():
         if len(samples) < (expected or 0):
             print(f"WARNING: {expected - len(samples)} events not consumed")
 
+        figures = {"rate": rate, "achieved_rate": achieved, "p50_ms": p50, "p95_ms": p95, "p99_ms": p99,
+                   "max_ms": worst, "events": len(samples), "expected": expected, "timestamp": kind}
+        if png is None:
+            return figures
         try:
             import matplotlib
             matplotlib.use("Agg")
@@ -183,7 +207,7 @@ def main():
             ax1.axhline(p50, color="green", linestyle="--", label=f"p50 {p50:.1f} ms")
             ax1.set_xlabel("commit time (s since start)")
             ax1.set_ylabel(f"commit -> {kind} (ms)")
-            ax1.set_title(f"ficus latency at {a.rate} changes/s")
+            ax1.set_title(f"ficus latency at {rate} changes/s")
             ax1.legend()
             ax2.hist([v * 1000 for v in steady], bins=100)
             ax2.set_xlabel("latency (ms)")
@@ -191,10 +215,11 @@ def main():
             ax2.set_yscale("log")
             ax2.set_title("distribution (after warm-up)")
             fig.tight_layout()
-            fig.savefig(a.png, dpi=100)
-            print(f"plot: {a.png}")
+            fig.savefig(png, dpi=100)
+            print(f"plot: {png}")
         except ImportError:
             print("matplotlib missing: no plot")
+        return figures
     finally:
         if ficus:
             ficus.send_signal(signal.SIGTERM)
@@ -204,6 +229,19 @@ def main():
                 ficus.kill()
         cluster.stop()
         bench.stop_broker(broker)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rate", type=int, default=5000, help="changes per second")
+    ap.add_argument("--seconds", type=int, default=60)
+    ap.add_argument("--batch", type=int, default=100, help="rows per transaction")
+    ap.add_argument("--warmup", type=float, default=5.0, help="seconds excluded at the start")
+    ap.add_argument("--binary", default=os.path.join(bench.ROOT, "target/release/ficus"))
+    ap.add_argument("--png", default=os.path.join(bench.ROOT, "docs/latency.png"))
+    ap.add_argument("--writers", type=int, default=1, help="psql sessions sharing the rate")
+    a = ap.parse_args()
+    measure(a.rate, a.seconds, a.batch, a.warmup, a.binary, a.png, a.writers)
 
 
 if __name__ == "__main__":

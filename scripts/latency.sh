@@ -5,9 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh >/dev/null
 cargo build --release --locked --bin ficus
-if [ ! -x .venv/bench/bin/python ]; then
-    python3 -m venv .venv/bench
-    .venv/bench/bin/pip install -q confluent-kafka matplotlib
-fi
+source scripts/lib/bench-venv.sh
 export FICUS_NOIDA="${FICUS_NOIDA:-$PWD/.venv/noida/bin/noida-db}"
 exec .venv/bench/bin/python scripts/latency.py "$@"

@@ -24,6 +24,13 @@ from lib.cluster import ROOT, Cluster, peak_rss_mib, start_broker, stop_broker  
 TARGET = 0.3
 
 
+def create_table(cluster, rows):
+    """The snapshotted table: `rows` rows of the core benchmark's 5-column shape, vacuumed and analyzed."""
+    cluster.psql("CREATE TABLE snap (id int PRIMARY KEY, a text, b int, c float8, d timestamptz)")
+    cluster.psql(f"INSERT INTO snap SELECT i, md5(i::text), i % 1000, i * 1.5, now() FROM generate_series(1, {rows}) i")
+    cluster.psql("VACUUM ANALYZE snap")
+
+
 def copy_baseline(cluster):
     start = time.monotonic()
     with open(os.devnull, "wb") as null:
@@ -60,15 +67,14 @@ def main():
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--chunk-size", type=int, default=10_000)
     p.add_argument("--kafka", action="store_true", help="also snapshot into the broker")
+    p.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "ficus"))
     a = p.parse_args()
-    binary = os.path.join(ROOT, "target", "release", "ficus")
+    binary = a.binary
     cluster = Cluster()
     broker = None
     try:
         cluster.psql("CREATE DATABASE bench", db="postgres")
-        cluster.psql("CREATE TABLE snap (id int PRIMARY KEY, a text, b int, c float8, d timestamptz)")
-        cluster.psql(f"INSERT INTO snap SELECT i, md5(i::text), i % 1000, i * 1.5, now() FROM generate_series(1, {a.rows}) i")
-        cluster.psql("VACUUM ANALYZE snap")
+        create_table(cluster, a.rows)
         copy_baseline(cluster)  # warm the cache
         results = {}
         copy_s = min(copy_baseline(cluster) for _ in range(3))

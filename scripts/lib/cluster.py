@@ -1,8 +1,7 @@
 """Shared helpers of the benchmark scripts: a throwaway PostgreSQL cluster, the test broker, CPU and RSS readings
 from /proc, and waiting for a slot to confirm a position. Imported by bench.py, latency.py and snapshot_bench.py."""
 
-import argparse
-import json
+import collections
 import os
 import shutil
 import signal
@@ -109,10 +108,15 @@ def walsender_pid(cluster, slot):
     return None
 
 
+# What wait_confirmed measured: seconds until sent and until confirmed, walsender and client CPU% while streaming,
+# the client's peak RSS (MiB), and the client's CPU seconds (all its threads) from its start until confirmed.
+Drain = collections.namedtuple("Drain", "secs conf_secs walsender_cpu client_cpu rss client_cpu_s")
+
+
 def wait_confirmed(cluster, slot, end, proc, timeout=1800, other_pid=None):
     """Polls until the walsender sent `end` and the slot's confirmed_flush_lsn reached it.
 
-    Returns (seconds until sent, seconds until confirmed, walsender cpu%, client cpu%, peak rss). "Sent" is when
+    Returns a Drain. "Sent" is when
     the walsender handed the last byte to the socket: the client cannot lag it by more than the socket buffers, so
     it measures how fast the client drains the stream independently of how often each client reports its flush
     position. "Confirmed" adds the client's acknowledgement delay (for ficus: Kafka acks + the status update).
@@ -155,7 +159,8 @@ def wait_confirmed(cluster, slot, end, proc, timeout=1800, other_pid=None):
     ccpu = 100.0 * (cl_sent - cl0) / TICK / secs if cl0 is not None and cl_sent is not None else float("nan")
     if other_pid and ot0 is not None and ot_sent is not None:
         print(f"  ({slot}: broker CPU {100.0 * (ot_sent - ot0) / TICK / secs:.0f}% while streaming)", flush=True)
-    return secs, conf_secs, wcpu, ccpu, rss
+    # /proc/<pid>/stat counts every thread of the process; the last sample is at (or just before) the confirmation.
+    return Drain(secs, conf_secs, wcpu, ccpu, rss, cl_last / TICK if cl_last is not None else float("nan"))
 
 
 # Issue #3's rules workload: three state-transition rules on updates, plus one rule for inserts so that every change
