@@ -65,6 +65,9 @@ def ficus_config(cluster, slot, brokers, state, table="bench", rules=False):
     changes = "[]" if rules else "['*']"
     return (f"source:\n  url: {cluster.url()}\n  slot: {slot}\n  publication: {table}\n  tables: [public.{table}]\n"
             f"  status_interval_secs: 1\nkafka:\n  brokers: {brokers}\n"
+            # Streaming only: the default `snapshot.mode: initial` would also copy the whole table, work that the
+            # other consumers of the same WAL do not do (the snapshot has its own benchmark, snapshot_bench.py).
+            f"snapshot:\n  mode: never\n"
             f"state:\n  dir: {state}\nchanges:\n  tables: {changes}\n  topic_prefix: {slot}\n"
             + (RULES.format(slot=slot) if rules else ""))
 
