@@ -2,6 +2,7 @@
 # Throughput benchmark: ficus (null sink and end to end) vs pg_recvlogical vs in-server decode on one WAL.
 # Prints a table and the targets; see docs/benchmarks.md.  Usage: scripts/bench.sh [--rows N] [--updates N] [--big-txn N] [--skip-kafka]
 # Snapshot benchmark (ficus copying a 1M-row table vs COPY TO STDOUT): scripts/bench.sh snapshot [--rows N] [--chunk-size N] [--kafka]
+# One large transaction, commit -> last event visible: scripts/bench.sh big-txn [--rows N] [--delivery exactly_once|at_least_once] [--reps N]
 # The full suite of issue 16 (every target, 3 repetitions, one table; ~25 min, --quick ~5 min):
 #   scripts/bench.sh all [--reps 3] [--quick] [--only ROWS] [--json FILE]
 # FICUS_BENCH_BINARY=path/to/ficus: use that binary and skip the release build (e.g. on a shared machine).
@@ -18,7 +19,10 @@ export FICUS_NOIDA="${FICUS_NOIDA:-$PWD/.venv/noida/bin/noida-db}"
 case "${1:-}" in
   snapshot)
     shift
-    exec python3 scripts/snapshot_bench.py "$@" ;;
+    exec python3 scripts/snapshot_bench.py "${binary[@]}" "$@" ;;
+  big-txn)
+    shift
+    exec python3 scripts/big_txn_bench.py "${binary[@]}" "$@" ;;
   all)
     shift
     source scripts/lib/bench-venv.sh

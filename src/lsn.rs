@@ -22,30 +22,36 @@ impl Lsn {
     /// Appends the `Display` form (`16/B374D848`) to `out` without the formatting machinery (hot path: every
     /// event carries LSNs).
     pub fn write_to(self, out: &mut Vec<u8>) {
-        fn hex(out: &mut Vec<u8>, v: u32) {
-            const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
-            let mut buf = [0u8; 8];
-            let mut i = buf.len();
-            let mut v = v;
-            loop {
-                i -= 1;
-                buf[i] = DIGITS[(v & 0xF) as usize];
-                v >>= 4;
-                if v == 0 {
-                    break;
-                }
+        let (buf, len) = self.text();
+        out.extend_from_slice(&buf[..len]);
+    }
+
+    /// The `Display` form in a stack buffer: the bytes `..len` (at most 8 + 1 + 8).
+    fn text(self) -> ([u8; 17], usize) {
+        const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+        let mut buf = [0u8; 17];
+        let mut len = 0;
+        for (i, half) in [(self.0 >> 32) as u32, self.0 as u32].into_iter().enumerate() {
+            if i == 1 {
+                buf[len] = b'/';
+                len += 1;
             }
-            out.extend_from_slice(&buf[i..]);
+            // Hex digits of `half` without leading zeros (at least one digit), most significant first.
+            let digits = (8 - half.leading_zeros() as usize / 4).max(1);
+            for d in (0..digits).rev() {
+                buf[len] = DIGITS[((half >> (4 * d)) & 0xF) as usize];
+                len += 1;
+            }
         }
-        hex(out, (self.0 >> 32) as u32);
-        out.push(b'/');
-        hex(out, self.0 as u32);
+        (buf, len)
     }
 }
 
 impl fmt::Display for Lsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+        // Not `{:X}` formatting: the router turns every change's LSN into a header.
+        let (buf, len) = self.text();
+        f.pad(std::str::from_utf8(&buf[..len]).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -71,11 +77,17 @@ mod write_tests {
     use super::*;
 
     #[test]
-    fn write_to_matches_display() {
-        for v in [0u64, 1, 0x16_B374_D848, u64::MAX, 0xFFFF_FFFF, 1 << 32] {
+    fn write_to_and_display_match_postgres_form() {
+        // The reference is std's hex formatting of the two halves (PostgreSQL's `%X/%X`).
+        let mut values = vec![0u64, 1, 0xF, 0x10, 0x16_B374_D848, u64::MAX, 0xFFFF_FFFF, 1 << 32, 0x1_0000_000F];
+        values.extend((0..64).map(|bit| 1u64 << bit).chain((0..64).map(|bit| u64::MAX >> bit)));
+        for v in values {
+            let expected = format!("{:X}/{:X}", v >> 32, v & 0xFFFF_FFFF);
             let mut out = Vec::new();
             Lsn(v).write_to(&mut out);
-            assert_eq!(String::from_utf8(out).unwrap(), Lsn(v).to_string());
+            assert_eq!(String::from_utf8(out).unwrap(), expected);
+            assert_eq!(Lsn(v).to_string(), expected);
+            assert_eq!(format!("{:>20}", Lsn(v)), format!("{expected:>20}"), "padding is honoured");
         }
     }
 }

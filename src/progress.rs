@@ -172,10 +172,19 @@ impl Progress {
 
     /// Counts one message of `tx` about to be produced. Call *before* handing it to the producer.
     pub fn add_message(&self, tx: TxSeq) {
+        self.add_messages(tx, 1)
+    }
+
+    /// Counts `n` messages of `tx` about to be produced, under one lock. Call *before* handing the first to the
+    /// producer.
+    pub fn add_messages(&self, tx: TxSeq, n: u64) {
+        if n == 0 {
+            return;
+        }
         let mut inner = self.lock();
-        inner.in_flight += 1;
+        inner.in_flight += n;
         if let Some(p) = Self::slot(&mut inner, tx) {
-            p.outstanding += 1;
+            p.outstanding += n;
         }
     }
 

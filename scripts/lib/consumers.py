@@ -55,6 +55,9 @@ def ficus_config(cluster, slot, brokers, state, table="bench", rules=False, tabl
     captured = ", ".join(tables or [f"public.{table}"])
     return (f"source:\n  url: {cluster.url()}\n  slot: {slot}\n  publication: {table}\n  tables: [{captured}]\n"
             f"  status_interval_secs: 1\nkafka:\n  brokers: {brokers}\n"
+            # Streaming only: the default `snapshot.mode: initial` would also copy the whole table, work the other
+            # consumers of the same WAL do not do (snapshots have their own rows and snapshot_bench.py).
+            f"snapshot:\n  mode: never\n"
             f"state:\n  dir: {state}\nchanges:\n  tables: {changes}\n  topic_prefix: {slot}\n"
             + (RULES.format(slot=slot) if rules else ""))
 

@@ -122,11 +122,14 @@ pub fn raw_change(change: &Change, source: &SourceInfo) -> Result<(Option<Vec<u8
     value::write_json_string(&mut out, &source.slot);
     out.extend_from_slice(b",\"lsn\":\"");
     // `position` makes (commitLsn, position) unique per change: rows of one COPY (a heap multi-insert) share `lsn`.
-    let _ = write!(
-        out,
-        "{}\",\"commitLsn\":\"{}\",\"position\":{},\"txId\":{}",
-        change.lsn, change.tx.commit_lsn, change.position, change.tx.xid
-    );
+    // Written without `fmt` (hot path).
+    change.lsn.write_to(&mut out);
+    out.extend_from_slice(b"\",\"commitLsn\":\"");
+    change.tx.commit_lsn.write_to(&mut out);
+    out.extend_from_slice(b"\",\"position\":");
+    out.extend_from_slice(itoa::Buffer::new().format(change.position).as_bytes());
+    out.extend_from_slice(b",\"txId\":");
+    out.extend_from_slice(itoa::Buffer::new().format(change.tx.xid).as_bytes());
     out.extend_from_slice(b",\"commitTime\":\"");
     value::write_unix_micros(&mut out, change.tx.commit_time_us);
     out.extend_from_slice(b"\"}}");

@@ -300,11 +300,26 @@ impl KafkaSink {
 
     /// Hands one record of transaction `tx` to librdkafka, waiting while its queue is full.
     pub async fn send(&self, tx: TxSeq, record: &Record) -> Result<(), SinkError> {
+        self.send_all(tx, std::slice::from_ref(record)).await
+    }
+
+    /// Hands the records of transaction `tx` to librdkafka in order, waiting while its queue is full. They are
+    /// counted in the ack tracker all at once, before the first is produced (an acknowledgement can arrive before
+    /// `produce` returns): one lock of the tracker per change rather than per record. After an error the tracker
+    /// has failed, so the counts of the records not produced do not matter: nothing from `tx` on is confirmed.
+    pub async fn send_all(&self, tx: TxSeq, records: &[Record]) -> Result<(), SinkError> {
+        self.progress.add_messages(tx, records.len() as u64);
+        for record in records {
+            self.produce(tx, record).await?;
+        }
+        Ok(())
+    }
+
+    async fn produce(&self, tx: TxSeq, record: &Record) -> Result<(), SinkError> {
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for (k, v) in &record.headers {
             headers = headers.insert(Header { key: k, value: Some(v.as_str().as_bytes()) });
         }
-        self.progress.add_message(tx);
         let mut rec = BaseRecord::with_opaque_to(&record.topic, tx.0 as usize).headers(headers);
         // A tombstone has no payload at all: librdkafka then sends a null value (an empty payload would be a value).
         if !record.tombstone {

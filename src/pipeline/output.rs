@@ -81,15 +81,9 @@ impl Destination {
                 if !records.is_empty() {
                     txn.before_send(records.iter().map(Record::size).sum())?;
                 }
-                for record in records {
-                    txn.producer().send(tx, record).await?;
-                }
+                txn.producer().send_all(tx, records).await?;
             }
-            Destination::Kafka(sink) => {
-                for record in records {
-                    sink.send(tx, record).await?;
-                }
-            }
+            Destination::Kafka(sink) => sink.send_all(tx, records).await?,
             Destination::Null => {
                 for _ in records {
                     progress.add_message(tx);

@@ -114,7 +114,13 @@ pub fn cloudevent_problem(e: &Envelope<'_>, o: &Origin<'_>) -> Option<String> {
 
 /// Writes a CloudEvents 1.0 structured-mode event (JSON format) up to `"data":`; the caller appends the data and
 /// the closing `}`. Extensions: `correlationid`, `eventversion`, `traceparent` (distributed tracing).
-pub fn write_cloudevent_head(out: &mut Vec<u8>, e: &Envelope<'_>, o: &Origin<'_>, source: &SourceInfo) {
+pub fn write_cloudevent_head(
+    out: &mut Vec<u8>,
+    e: &Envelope<'_>,
+    o: &Origin<'_>,
+    source: &SourceInfo,
+    traceparent: &str,
+) {
     out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
     write_json_string(out, e.event_id);
     out.extend_from_slice(b",\"source\":");
@@ -130,7 +136,7 @@ pub fn write_cloudevent_head(out: &mut Vec<u8>, e: &Envelope<'_>, o: &Origin<'_>
     out.extend_from_slice(b",\"eventversion\":");
     out.extend_from_slice(itoa::Buffer::new().format(e.version).as_bytes());
     out.extend_from_slice(b",\"traceparent\":");
-    write_json_string(out, &crate::encode::trace::traceparent(e.correlation_id, e.event_id));
+    write_json_string(out, traceparent);
     out.extend_from_slice(b",\"data\":");
 }
 

@@ -152,6 +152,9 @@ pub(super) fn build_record(
             return Err(format!("{problem} (encoding {})", head.encoding.as_str()));
         }
     }
+    // W3C Trace Context (CloudEvents distributed-tracing extension), deterministic from the correlation and event ids;
+    // computed once, for the header and (structured CloudEvents) the envelope.
+    let traceparent: Arc<str> = Arc::from(crate::encode::trace::traceparent(&head.correlation_id, &head.event_id));
     let content_type = match head.encoding {
         Encoding::Json => {
             envelope::write_head(&mut payload, &e, &head.origin, source);
@@ -160,7 +163,7 @@ pub(super) fn build_record(
             "application/json"
         }
         Encoding::CloudeventsStructured => {
-            envelope::write_cloudevent_head(&mut payload, &e, &head.origin, source);
+            envelope::write_cloudevent_head(&mut payload, &e, &head.origin, source, &traceparent);
             write_data(&mut payload)?;
             payload.push(b'}');
             "application/cloudevents+json"
@@ -171,8 +174,6 @@ pub(super) fn build_record(
         }
     };
     let mut headers = Vec::with_capacity(15 + extra_headers.len());
-    // W3C Trace Context (CloudEvents distributed-tracing extension), deterministic from the correlation and event ids.
-    let traceparent: Arc<str> = Arc::from(crate::encode::trace::traceparent(&head.correlation_id, &head.event_id));
     if head.encoding == Encoding::CloudeventsBinary {
         headers.push(("ce_traceparent", HeaderValue::Shared(traceparent.clone())));
     }
