@@ -7,8 +7,6 @@
 //! left out of `after` and named in `unavailable` — never a placeholder posing as data. Placeholder columns of a
 //! key-only old row (REPLICA IDENTITY DEFAULT) are not published either: `before` then holds only the key.
 
-use std::io::Write as _;
-
 use crate::change::{Change, Datum, Row, Table};
 use crate::postgres::value::binary;
 use crate::postgres::value::{self, ValueError};
