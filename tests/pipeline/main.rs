@@ -19,6 +19,7 @@ mod faults;
 mod lifecycle;
 mod observability;
 mod ops;
+mod partition;
 mod rules;
 mod secrets;
 mod shutdown;
