@@ -5,6 +5,7 @@
 mod support;
 
 mod chaos;
+mod check_output;
 mod container;
 mod contract;
 mod core;
