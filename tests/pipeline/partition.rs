@@ -1,7 +1,7 @@
 //! One-sided network partitions between ficus and PostgreSQL, through the harness's fault proxy
 //! (`support::FaultProxy`): the connections open at the cut lose every byte in one direction while their sockets
 //! stay open, new connections work. ficus must notice (by its own timeout or the server's `wal_sender_timeout`),
-//! reconnect, and lose nothing.
+//! reconnect, and lose nothing — and must not take a slow broker for a silent server.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -70,4 +70,33 @@ async fn a_partition_from_ficus_to_postgres_ends_in_a_reconnect_and_loses_nothin
 #[tokio::test(flavor = "multi_thread")]
 async fn a_partition_from_postgres_to_ficus_ends_in_a_reconnect_and_loses_nothing() {
     partition(Direction::ToClient).await;
+}
+
+/// The other side of the receive timeout: a slow broker must not look like a silent server. With the broker
+/// frozen for 12 s (three receive timeouts) while a 200,000-row transaction streams, the channel to the sink fills
+/// and the source stops reading the socket — the server's messages wait in the socket buffers, unread. That time
+/// does not count as silence: one session throughout (no reconnect), every row once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_broker_is_not_taken_for_a_silent_server() {
+    let pg = TestPostgres::start();
+    let kafka = TestKafka::start_dedicated();
+    let db = unique_db("slowsink");
+    pg.create_database(&db);
+    pg.execute(&db, "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let prefix = kafka.unique_topic("slowsink").replace('-', "_").to_lowercase();
+    let topic = format!("{prefix}.public.t");
+    let config = Ficus::config(&pg.superuser_url(&db), &["public.t"], &prefix, &kafka.brokers(), "")
+        .replace("  status_interval_secs: 1\n", "  status_interval_secs: 1\n  receive_timeout_secs: 4\n");
+    let mut f = Ficus::start(&config);
+    f.wait_streaming();
+    kafka.pause();
+    pg.execute(&db, "INSERT INTO t SELECT generate_series(1, 200000)").await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    kafka.resume();
+    let msgs = read_all_confirmed(&pg, &db, &prefix, &kafka, &f, &topic, false).await;
+    let mut ids: Vec<i64> = values(&msgs).iter().map(|v| v["after"]["id"].as_i64().unwrap()).collect();
+    ids.sort_unstable();
+    assert_eq!(f.log().matches(STREAMING).count(), 1, "ficus reconnected during the broker pause:\n{}", f.log());
+    assert_eq!(ids, (1..=200000).collect::<Vec<_>>(), "rows lost or repeated");
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
 }
