@@ -9,16 +9,22 @@ use std::time::{Duration, Instant};
 use crate::support::{unique_db, Direction, FaultProxy, PgOptions, TestKafka, TestPostgres};
 use crate::{read_all_confirmed, values, Ficus, STREAMING, WAIT};
 
+/// A new database of `pg` with a table `t`: (database, slot and topic prefix, topic of `t`).
+async fn table_t(pg: &TestPostgres, kafka: &TestKafka, name: &str) -> (String, String, String) {
+    let db = unique_db(name);
+    pg.create_database(&db);
+    pg.execute(&db, "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let prefix = kafka.unique_topic(name).replace('-', "_").to_lowercase();
+    let topic = format!("{prefix}.public.t");
+    (db, prefix, topic)
+}
+
 /// Streams 100 rows, cuts `direction`, writes 100 more, waits (at most 60 s) until ficus streams again on a new
 /// connection, writes 100 more; then every row is in the topic (at_least_once: repeats allowed).
 async fn partition(direction: Direction) {
     let pg = TestPostgres::start_with(PgOptions::default().setting("wal_sender_timeout", "3s"));
     let kafka = TestKafka::shared();
-    let db = unique_db("partition");
-    pg.create_database(&db);
-    pg.execute(&db, "CREATE TABLE t (id int PRIMARY KEY)").await;
-    let prefix = kafka.unique_topic("partition").replace('-', "_").to_lowercase();
-    let topic = format!("{prefix}.public.t");
+    let (db, prefix, topic) = table_t(&pg, kafka, "partition").await;
     let proxy = FaultProxy::start(pg.port()).await;
     let url = pg.superuser_url(&db).replace(&format!(":{}/", pg.port()), &format!(":{}/", proxy.port));
     let config = Ficus::config(&url, &["public.t"], &prefix, &kafka.brokers(), "")
@@ -80,11 +86,7 @@ async fn a_partition_from_postgres_to_ficus_ends_in_a_reconnect_and_loses_nothin
 async fn a_frozen_broker_is_not_taken_for_a_silent_server() {
     let pg = TestPostgres::start();
     let kafka = TestKafka::start_dedicated();
-    let db = unique_db("slowsink");
-    pg.create_database(&db);
-    pg.execute(&db, "CREATE TABLE t (id int PRIMARY KEY)").await;
-    let prefix = kafka.unique_topic("slowsink").replace('-', "_").to_lowercase();
-    let topic = format!("{prefix}.public.t");
+    let (db, prefix, topic) = table_t(&pg, &kafka, "slowsink").await;
     let config = Ficus::config(&pg.superuser_url(&db), &["public.t"], &prefix, &kafka.brokers(), "")
         .replace("  status_interval_secs: 1\n", "  status_interval_secs: 1\n  receive_timeout_secs: 4\n");
     let mut f = Ficus::start(&config);
