@@ -14,6 +14,9 @@ export FICUS_NOIDA="${FICUS_NOIDA:-$PWD/.venv/noida/bin/noida-db}"
 
 args=(--no-fail-fast)   # run every test binary and report all failures; the exit status is still non-zero
 [ -f Cargo.lock ] && args+=(--locked)
+# One build for every target, with the test-only crash points (tests/pipeline/crash_points.rs: the binary the
+# pipeline tests run aborts where FAILPOINTS says). Release builds (`cargo build --release`) have none.
+args+=(--features failpoints)
 # Every target unless the caller picked some (e.g. `--test pipeline`); cargo would otherwise take the union.
 targets=(--all-targets)
 for arg in "$@"; do

@@ -220,7 +220,16 @@ impl CheckpointStore for FileCheckpointStore {
         let tmp = self.path.with_extension("json.tmp");
         let body = serde_json::to_vec_pretty(checkpoint).map_err(|e| CheckpointError::Corrupt(e.to_string()))?;
         let mut f = std::fs::File::create(&tmp).map_err(|e| self.io(e))?;
-        f.write_all(&body).and_then(|_| f.sync_all()).map_err(|e| self.io(e))?;
+        // Written in two halves so that a test build can crash in between (a torn write): the checkpoint in place
+        // must survive it (tests/pipeline/crash_points.rs).
+        let (head, tail) = body.split_at(body.len() / 2);
+        f.write_all(head).map_err(|e| self.io(e))?;
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("checkpoint-mid-write", |_| {
+            eprintln!("failpoint checkpoint-mid-write: aborting");
+            std::process::abort()
+        });
+        f.write_all(tail).and_then(|_| f.sync_all()).map_err(|e| self.io(e))?;
         drop(f);
         std::fs::rename(&tmp, &self.path).map_err(|e| self.io(e))?;
         // The rename is only durable once the directory entry is.

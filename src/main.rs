@@ -190,6 +190,10 @@ const SHUTDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
+    // Test builds only (feature `failpoints`): the crash points named in FAILPOINTS (`name=return` aborts the
+    // process there; `2*off->return` on the third pass) — see tests/pipeline/crash_points.rs.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime.block_on(async_main()),
         Err(e) => {

@@ -406,3 +406,7 @@ mod tests {
         assert_eq!(p.failure().as_deref(), Some("too large"));
     }
 }
+
+#[cfg(test)]
+#[path = "progress_tests.rs"]
+mod proptests;

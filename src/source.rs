@@ -8,6 +8,10 @@
 //!   never times the connection out while Kafka is slow.
 //! - The standby status update reports `write` = last received commit, `flush` = `apply` = the flushed LSN from
 //!   [`crate::progress`] — never more.
+//! - A server that sends nothing for `source.receive_timeout_secs` (ficus asks it for a reply after half of it)
+//!   ends the session with a transient error, so the pipeline reconnects: a connection whose server-to-ficus
+//!   direction died while ficus's status updates still arrive would otherwise hang forever (the server never times
+//!   it out). Time spent not reading because the channel is full does not count as silence.
 //! - Keepalives outside a transaction become [`SourceEvent::Idle`] positions: once everything before them is in
 //!   Kafka they are confirmed, so a slot whose tables are idle does not pin the WAL of a busy database.
 
@@ -127,6 +131,12 @@ pub struct Source<'c> {
     status: Option<Arc<crate::health::Health>>,
     wal_received: Lsn,
     status_received: Lsn,
+    /// See [`Source::with_receive_timeout`]; `None` = off.
+    receive_timeout: Option<Duration>,
+    /// A reply was asked for in the current silence.
+    pinged: bool,
+    /// When the source last went back to reading the socket after waiting for channel capacity.
+    reading_since: Instant,
 }
 
 impl<'c> Source<'c> {
@@ -163,7 +173,17 @@ impl<'c> Source<'c> {
             status: None,
             wal_received: Lsn::INVALID,
             status_received: Lsn::INVALID,
+            receive_timeout: None,
+            pinged: false,
+            reading_since: Instant::now(),
         }
+    }
+
+    /// Ends the stream with a transient error when the server sent nothing for `secs` seconds (0 = never), asking
+    /// it for a reply after half of that (see the module docs).
+    pub fn with_receive_timeout(mut self, secs: u64) -> Source<'c> {
+        self.receive_timeout = (secs > 0).then(|| Duration::from_secs(secs));
+        self
     }
 
     /// Declares that the stream was started with binary values: a relation whose column types cannot be mapped
@@ -213,7 +233,10 @@ impl<'c> Source<'c> {
                     );
                     break;
                 }
-                _ = tick.tick() => self.maybe_status(false).await?,
+                _ = tick.tick() => {
+                    self.check_silence().await?;
+                    self.maybe_status(false).await?;
+                }
                 msg = self.stream.next() => {
                     match msg? {
                         None => return Err(SourceError::Ended),
@@ -242,6 +265,30 @@ impl<'c> Source<'c> {
         let due = self.last_status.elapsed() >= self.status_interval;
         if force || due || flushed != self.reported {
             self.stream.send_status(self.received.max(flushed), flushed, flushed, false).await?;
+            self.reported = flushed;
+            self.last_status = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// The receive timeout (see the module docs): fails after `receive_timeout` without a message, asks for a
+    /// reply (a status update with reply requested, which the server answers with a keepalive) after half of it.
+    async fn check_silence(&mut self) -> Result<(), SourceError> {
+        let Some(timeout) = self.receive_timeout else { return Ok(()) };
+        let silent = self.stream.last_received().max(self.reading_since).elapsed();
+        if silent >= timeout {
+            return Err(SourceError::Replication(ReplicationError::Timeout(format!(
+                "waiting for the server: nothing received for {} s (source.receive_timeout_secs), the connection \
+                 is taken for dead",
+                silent.as_secs()
+            ))));
+        }
+        if silent < timeout / 2 {
+            self.pinged = false;
+        } else if !self.pinged {
+            self.pinged = true;
+            let flushed = *self.flushed.borrow();
+            self.stream.send_status(self.received.max(flushed), flushed, flushed, true).await?;
             self.reported = flushed;
             self.last_status = Instant::now();
         }
@@ -594,6 +641,8 @@ impl<'c> Source<'c> {
             tokio::select! {
                 biased;
                 permit = out.reserve() => {
+                    // Waiting for capacity is not reading: the server's silence counts from here again.
+                    self.reading_since = Instant::now();
                     match permit {
                         Ok(p) => { p.send(batch); return Ok(()); }
                         // The sink is gone; the pipeline reports its error.

@@ -230,3 +230,68 @@ fn shared_instances_are_removed_when_the_test_process_exits() {
         }
     }
 }
+
+/// The fault proxy forwards both ways; rewrites `START_REPLICATION … LOGICAL <lsn>` to `0/0` (and nothing else);
+/// a cut drops one direction of the connections open at that moment only, and a new connection works.
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_proxy_forwards_rewrites_and_cuts_one_direction() {
+    use support::{Direction, FaultProxy};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // An echo server that also reports everything it received.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap().port();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let seen_tx = seen_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n @ 1..) = s.read(&mut buf).await {
+                    seen_tx.send(buf[..n].to_vec()).unwrap();
+                    if s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let proxy = FaultProxy::start(target).await;
+    proxy.rewrite_start_replication_to_zero();
+    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    // A startup packet (untagged), then a START_REPLICATION query (tagged).
+    let startup = [0u8, 0, 0, 8, 0, 3, 0, 0];
+    let query = b"START_REPLICATION SLOT \"s\" LOGICAL 16/B374D848 (\"proto_version\" '1')\0";
+    let mut wire = startup.to_vec();
+    wire.push(b'Q');
+    wire.extend_from_slice(&(query.len() as u32 + 4).to_be_bytes());
+    wire.extend_from_slice(query);
+    c.write_all(&wire).await.unwrap();
+    let rewritten = b"START_REPLICATION SLOT \"s\" LOGICAL 0/0 (\"proto_version\" '1')\0";
+    let mut received = Vec::new();
+    while received.len() < startup.len() + 5 + rewritten.len() {
+        received.extend(tokio::time::timeout(WAIT, seen.recv()).await.unwrap().unwrap());
+    }
+    assert_eq!(&received[..8], &startup);
+    assert_eq!(&received[9..13], &(rewritten.len() as u32 + 4).to_be_bytes());
+    assert_eq!(&received[13..], rewritten);
+    assert_eq!(proxy.rewrites(), 1);
+    let mut echo = vec![0u8; received.len()];
+    c.read_exact(&mut echo).await.unwrap();
+    assert_eq!(echo, received);
+
+    // Cut server → client: the server still gets the bytes, the client gets nothing back.
+    proxy.cut(Direction::ToClient);
+    c.write_all(b"Q\0\0\0\x05x").await.unwrap();
+    assert_eq!(tokio::time::timeout(WAIT, seen.recv()).await.unwrap().unwrap(), b"Q\0\0\0\x05x");
+    let mut one = [0u8; 1];
+    assert!(tokio::time::timeout(Duration::from_millis(300), c.read(&mut one)).await.is_err(), "the cut leaked");
+    // A new connection is not cut (client → server is raw after a startup packet).
+    let mut d = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    d.write_all(&startup).await.unwrap();
+    let mut back = [0u8; 8];
+    tokio::time::timeout(WAIT, d.read_exact(&mut back)).await.unwrap().unwrap();
+    assert_eq!(back, startup);
+    assert_eq!(proxy.connections(), 2);
+    assert!(proxy.dropped() >= 6);
+}

@@ -103,6 +103,12 @@ pub struct SourceConfig {
     /// Seconds between standby status updates (must stay below the server's `wal_sender_timeout / 2`).
     #[serde(default = "default_status_interval_secs")]
     pub status_interval_secs: u64,
+    /// Seconds without any message from the server after which the replication connection is taken for dead and
+    /// opened again (PostgreSQL's `wal_receiver_timeout` for ficus): after half of it ficus asks the server for a
+    /// reply. Catches a connection whose server-to-ficus direction is lost while ficus's status updates still
+    /// arrive (the server then never times out). 0 = off. Default 60.
+    #[serde(default = "default_receive_timeout_secs")]
+    pub receive_timeout_secs: u64,
     /// Every this many seconds, write a tiny transactional logical message (`pg_logical_emit_message`, prefix
     /// `ficus.heartbeat`) so the slot's confirmed position follows the server's WAL even when nothing captured
     /// changes and the server sends no keepalive. 0 = off (default). Off, with a warning, on a standby (it cannot
@@ -199,6 +205,7 @@ impl fmt::Debug for SourceConfig {
             publication,
             tables,
             status_interval_secs,
+            receive_timeout_secs,
             heartbeat_interval_secs,
             reconnect_max_delay_secs,
             value_format,
@@ -211,6 +218,7 @@ impl fmt::Debug for SourceConfig {
             .field("publication", publication)
             .field("tables", tables)
             .field("status_interval_secs", status_interval_secs)
+            .field("receive_timeout_secs", receive_timeout_secs)
             .field("heartbeat_interval_secs", heartbeat_interval_secs)
             .field("reconnect_max_delay_secs", reconnect_max_delay_secs)
             .field("value_format", value_format)
@@ -439,6 +447,9 @@ fn default_reconnect_max_delay_secs() -> u64 {
 fn default_status_interval_secs() -> u64 {
     10
 }
+fn default_receive_timeout_secs() -> u64 {
+    60
+}
 fn default_state_dir() -> PathBuf {
     PathBuf::from("./ficus-state")
 }
@@ -546,6 +557,10 @@ impl Config {
                 "source.status_interval_secs",
                 "must be between 1 and 30 (below wal_sender_timeout / 2; the server default timeout is 60 s)",
             ));
+        }
+        let receive_timeout = self.source.receive_timeout_secs;
+        if receive_timeout == 1 {
+            return Err(ConfigError::invalid("source.receive_timeout_secs", "must be 0 (off) or at least 2"));
         }
         if self.kafka.brokers.trim().is_empty() {
             return Err(ConfigError::invalid("kafka.brokers", "set the bootstrap servers, e.g. 127.0.0.1:9092"));

@@ -288,3 +288,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "text_prop_tests.rs"]
+mod prop_tests;

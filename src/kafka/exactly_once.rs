@@ -147,6 +147,13 @@ impl KafkaTxn {
         }
         let t = Instant::now();
         self.sink.commit_transaction(Duration::from_secs(60)).await?;
+        // Test builds only: a crash here leaves the Kafka transaction (and its checkpoint record) committed and
+        // PostgreSQL unconfirmed — the restart must resume after it (tests/pipeline/crash_points.rs).
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("exactly-once-after-kafka-commit", |_| {
+            eprintln!("failpoint exactly-once-after-kafka-commit: aborting");
+            std::process::abort()
+        });
         tracing::debug!(
             source_txns = self.triggers.source_txns,
             bytes = self.triggers.bytes,

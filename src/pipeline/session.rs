@@ -260,6 +260,7 @@ pub(super) async fn stream_session(
     let source =
         Source::new(stream, tx, confirm, catalog, start, Duration::from_secs(config.source.status_interval_secs))
             .with_binary_values(binary)
+            .with_receive_timeout(config.source.receive_timeout_secs)
             .with_control(client)
             .with_status(health.clone());
     let snapshot_task = snapshots.as_ref().map(|s| {

@@ -299,6 +299,29 @@ mod tests {
         assert_eq!(NAMESPACE.to_string(), "6f1c3b8e-2d4a-4c7e-9a10-3e5b7d9f1a2c");
     }
 
+    /// The worked example of docs/events.md ("The `eventId` formula"), read from the document itself, so the
+    /// documentation and the code cannot drift apart: its name's parts, fed to ficus as a change, give its id.
+    #[test]
+    fn the_documented_example_id_is_what_ficus_computes() {
+        let doc = include_str!("../../docs/events.md");
+        let section = doc.split("**The `eventId` formula**").nth(1).expect("docs/events.md explains the formula");
+        let (before, after) = section.split_once("` → `").expect("the formula's example `name` → `id`");
+        let name = before.rsplit('`').next().unwrap();
+        let id = after.split('`').next().unwrap();
+        let parts: Vec<&str> = name.split('/').collect();
+        let [system, database, hi, lo, position, rule, version] = parts[..] else { panic!("example name {name:?}") };
+        let lsn: Lsn = format!("{hi}/{lo}").parse().unwrap();
+        let src = SourceInfo { system: system.into(), database: database.into(), slot: "any".into() };
+        let c = change(position.parse().unwrap(), lsn.0);
+        let o = Origin::of(&c);
+        let version = version.parse().unwrap();
+        assert_eq!(event_id(&src, &o, rule, version).to_string(), id, "docs/events.md's example {name:?}");
+        assert_eq!(event_id_into(&mut Vec::new(), &src, &o, rule, version), id);
+        // And the example is the documented namespace's UUIDv5 of the documented name.
+        let namespace = section.split("uuid5(").nth(1).and_then(|s| s.split(',').next()).unwrap();
+        assert_eq!(Uuid::new_v5(&namespace.parse().unwrap(), name.as_bytes()).to_string(), id);
+    }
+
     #[test]
     fn invalid_cloudevents_are_named() {
         let c = change(0, 0x100);

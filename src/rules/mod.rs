@@ -318,6 +318,9 @@ impl Rule {
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+mod snapshot_tests;
+
 /// The largest record librdkafka accepts: `message.max.bytes` (default 1,000,000), and at most its whole queue
 /// (`queue.buffering.max.kbytes`, 8192 KiB here by default) — a record larger than the queue would wait for room forever.
 fn max_record_bytes(config: &Config) -> usize {

@@ -12,7 +12,7 @@ use crate::lsn::Lsn;
 use crate::postgres::control::Catalog;
 use crate::postgres::value::oid;
 
-const BASE: &str = r#"
+pub(super) const BASE: &str = r#"
 source:
   url: postgres://ficus@127.0.0.1/shop
   tables: [public.orders, public.customers]
@@ -57,11 +57,11 @@ fn text(s: &str) -> Datum {
     Datum::Text(Bytes::copy_from_slice(s.as_bytes()))
 }
 
-fn row(id: &str, status: &str) -> Vec<Datum> {
+pub(super) fn row(id: &str, status: &str) -> Vec<Datum> {
     vec![text(id), text(status), text("1250"), text("12.50"), Datum::Null, text("fragile")]
 }
 
-fn update(before: Option<Vec<Datum>>, after: Vec<Datum>, position: u32) -> Change {
+pub(super) fn update(before: Option<Vec<Datum>>, after: Vec<Datum>, position: u32) -> Change {
     Change {
         op: Op::Update,
         table: orders(),
@@ -74,7 +74,7 @@ fn update(before: Option<Vec<Datum>>, after: Vec<Datum>, position: u32) -> Chang
     }
 }
 
-fn source() -> SourceInfo {
+pub(super) fn source() -> SourceInfo {
     SourceInfo { system: "7301".into(), database: "shop".into(), slot: "ficus".into() }
 }
 

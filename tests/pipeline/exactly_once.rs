@@ -1,10 +1,10 @@
 //! Exactly-once and source promises that need a real broker and server: a zombie instance is fenced; the broker
 //! away longer than `wal_sender_timeout` keeps the replication connection and loses nothing; the stream resumes at a
-//! checkpoint that is ahead of the slot.
+//! checkpoint that is ahead of the slot, also when the server re-sends what lies between.
 
 use std::time::{Duration, Instant};
 
-use crate::support::{unique_db, PgOptions, TestKafka, TestPostgres};
+use crate::support::{unique_db, FaultProxy, PgOptions, TestKafka, TestPostgres};
 use crate::{read_all_confirmed, values, Ficus, Setup, WAIT};
 
 fn exactly_once(config: &str) -> String {
@@ -181,9 +181,31 @@ async fn the_broker_paused_longer_than_wal_sender_timeout_keeps_the_connection_a
 /// checkpoint.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_checkpoint_ahead_of_the_slot_is_where_the_stream_resumes() {
+    resume_with_the_checkpoint_ahead_of_the_slot(false).await;
+}
+
+/// The same, with the server re-sending what the checkpoint covers: a proxy rewrites ficus's `START_REPLICATION`
+/// to `0/0`, so PostgreSQL starts at the slot's confirmed position (behind the checkpoint) and sends the five
+/// transactions again. PostgreSQL's own skip of commits before the requested start no longer applies: the
+/// source's skip of transactions at or before the checkpoint (src/source.rs) is the only guard against
+/// publishing them twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn transactions_the_server_resends_behind_the_checkpoint_are_not_published_again() {
+    resume_with_the_checkpoint_ahead_of_the_slot(true).await;
+}
+
+async fn resume_with_the_checkpoint_ahead_of_the_slot(server_resends: bool) {
     let s = Setup::new("ahead", "CREATE TABLE t (id int PRIMARY KEY)").await;
     let topic = s.topic("public", "t");
-    let mut f = Ficus::start(&s.config(&["public.t"]));
+    let proxy = FaultProxy::start(s.pg.port()).await;
+    let mut config = s.config(&["public.t"]);
+    if server_resends {
+        proxy.rewrite_start_replication_to_zero();
+        let direct = format!("@127.0.0.1:{}/", s.pg.port());
+        assert!(config.contains(&direct), "{config}");
+        config = config.replace(&direct, &format!("@127.0.0.1:{}/", proxy.port));
+    }
+    let mut f = Ficus::start(&config);
     f.wait_streaming();
     s.sql("INSERT INTO t SELECT generate_series(1, 10)").await;
     s.wait_confirmed_now(&f).await;
@@ -209,6 +231,10 @@ async fn a_checkpoint_ahead_of_the_slot_is_where_the_stream_resumes() {
     let ids: Vec<i64> = values(&msgs).iter().map(|v| v["after"]["id"].as_i64().unwrap()).collect();
     let expected: Vec<i64> = (1..=10).chain(61..=70).collect();
     assert_eq!(ids, expected, "published again what the checkpoint covers, or lost what follows it:\n{}", f.log());
+    if server_resends {
+        // Both sessions went through the proxy; the second started at 0/0, i.e. at the slot, behind the checkpoint.
+        assert!(proxy.rewrites() >= 2, "START_REPLICATION not rewritten:\n{}", f.log());
+    }
     assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
 }
 

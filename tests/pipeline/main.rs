@@ -5,9 +5,11 @@
 mod support;
 
 mod chaos;
+mod check_output;
 mod container;
 mod contract;
 mod core;
+mod crash_points;
 mod differential;
 mod dlq;
 mod evolution;
@@ -19,6 +21,7 @@ mod keys;
 mod lifecycle;
 mod observability;
 mod ops;
+mod partition;
 mod rules;
 mod secrets;
 mod shutdown;
@@ -67,17 +70,27 @@ impl Ficus {
     }
 
     pub(crate) fn start(config: &str) -> Ficus {
+        Self::start_with_env(config, &[])
+    }
+
+    /// [`Ficus::start`] with extra environment variables for this first run only ([`Ficus::restart`] drops them).
+    pub(crate) fn start_with_env(config: &str, env: &[(&str, &str)]) -> Ficus {
         let (dir, path) = Self::dir_config(config);
         let mut f = Ficus { child: None, log: dir.path().join("ficus.log"), dir };
-        f.spawn_with(&path);
+        f.spawn_env(&path, env);
         f
     }
 
     pub(crate) fn spawn_with(&mut self, path: &std::path::Path) {
+        self.spawn_env(path, &[]);
+    }
+
+    fn spawn_env(&mut self, path: &std::path::Path, env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = Command::new(ficus_bin())
             .args(["run", "--config"])
             .arg(path)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info,ficus=debug")
             .stdout(Stdio::null())
             .stderr(log)

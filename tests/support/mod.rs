@@ -1,5 +1,5 @@
 //! Test support for integration tests: an ephemeral PostgreSQL cluster ([`TestPostgres`]), a Kafka-protocol broker
-//! ([`TestKafka`]) and the path of the `ficus` binary ([`ficus_bin`]).
+//! ([`TestKafka`]), a TCP fault proxy ([`FaultProxy`]) and the path of the `ficus` binary ([`ficus_bin`]).
 //!
 //! Use it from a test binary with `mod support;`. Guarantees:
 //! - every wait has a timeout and panics with a message that says what did not happen (with the server's log tail);
@@ -17,6 +17,7 @@
 
 mod kafka;
 mod postgres;
+mod proxy;
 mod watchdog;
 
 use std::net::{TcpListener, TcpStream};
@@ -28,6 +29,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub use kafka::{ConsumedMessage, TestKafka};
 #[allow(unused_imports)]
 pub use postgres::{PgOptions, TestPostgres};
+#[allow(unused_imports)]
+pub use proxy::{Direction, FaultProxy};
 #[allow(unused_imports)]
 pub(crate) use watchdog::Watchdog;
 

@@ -1,0 +1,108 @@
+//! Crashes at exact points (failpoints, the `fail` crate behind the cargo feature `failpoints`: scripts/test.sh
+//! builds the tests and the binary with it; the release binary has none). The ficus under test gets `FAILPOINTS`
+//! naming the point and the pass that aborts the process (SIGABRT: no shutdown, no final flush, like a SIGKILL
+//! at that instruction); the restart runs without it. exactly_once: after the restart the topic holds every row
+//! exactly once.
+//!
+//! Without the feature the tests say so and pass (`cargo test --features failpoints --test pipeline --
+//! crash_points` runs them).
+
+use std::os::unix::process::ExitStatusExt;
+use std::time::{Duration, Instant};
+
+use crate::{lsn, values, Ficus, Setup, WAIT};
+
+fn exactly_once(config: &str) -> String {
+    config.replace("kafka:\n", "kafka:\n  delivery: exactly_once\n")
+}
+
+fn enabled(test: &str) -> bool {
+    if !cfg!(feature = "failpoints") {
+        eprintln!("{test}: skipped, the crash points need `--features failpoints` (scripts/test.sh builds with it)");
+    }
+    cfg!(feature = "failpoints")
+}
+
+/// An exactly_once ficus on a new table `t` that aborts on pass `pass` (1-based) of `point`; then 100-row
+/// transactions 200 ms apart (so each is its own Kafka transaction: the age trigger is 100 ms) until it aborts.
+/// Returns the setup, the (dead) ficus and the next id. Fails if it does not abort within the wait.
+async fn crash_at(name: &str, point: &str, pass: u32) -> (Setup, Ficus, i64) {
+    let s = Setup::new(name, "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let failpoints = format!("{point}={}*off->return", pass - 1);
+    let mut f = Ficus::start_with_env(&exactly_once(&s.config(&["public.t"])), &[("FAILPOINTS", &failpoints)]);
+    f.wait_streaming();
+    let next = write_until_it_aborts(&s, &mut f, point).await;
+    (s, f, next)
+}
+
+async fn write_until_it_aborts(s: &Setup, f: &mut Ficus, point: &str) -> i64 {
+    let deadline = Instant::now() + WAIT;
+    let mut next = 1;
+    while f.is_running() {
+        assert!(Instant::now() < deadline, "ficus did not reach {point}:\n{}", f.log());
+        s.sql(&format!("INSERT INTO t SELECT generate_series({next}, {})", next + 99)).await;
+        next += 100;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = f.wait(Duration::from_secs(1));
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "not aborted at {point} ({status}):\n{}", f.log());
+    assert!(f.log().contains(&format!("failpoint {point}: aborting")), "{}", f.log());
+    next
+}
+
+/// After the restart, more rows; then every id exactly once in the topic (read_committed, exact read).
+async fn restart_and_check_every_row_once(s: &Setup, f: &mut Ficus, mut next: i64) {
+    f.restart();
+    f.wait_streaming();
+    for _ in 0..3 {
+        s.sql(&format!("INSERT INTO t SELECT generate_series({next}, {})", next + 99)).await;
+        next += 100;
+    }
+    let topic = s.topic("public", "t");
+    let msgs = s.read_all_confirmed(f, &topic).await;
+    let mut ids: Vec<i64> = values(&msgs).iter().map(|v| v["after"]["id"].as_i64().unwrap()).collect();
+    ids.sort_unstable();
+    let total = ids.len();
+    ids.dedup();
+    assert_eq!(total - ids.len(), 0, "{} rows published twice:\n{}", total - ids.len(), f.log());
+    assert_eq!(ids, (1..next).collect::<Vec<_>>(), "rows lost:\n{}", f.log());
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+}
+
+/// exactly_once, crashed after a Kafka transaction committed (with its checkpoint record) and before PostgreSQL was
+/// told: the slot is behind what Kafka holds. The restart resumes after the Kafka checkpoint: nothing twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn exactly_once_crash_between_the_kafka_commit_and_the_postgres_confirm_repeats_nothing() {
+    if !enabled("exactly_once_crash_between_the_kafka_commit_and_the_postgres_confirm_repeats_nothing") {
+        return;
+    }
+    // The third Kafka commit aborts.
+    let (s, mut f, next) = crash_at("crash_commit", "exactly-once-after-kafka-commit", 3).await;
+
+    // The crash hit where it should: Kafka's checkpoint is ahead of the slot's confirmed position.
+    let checkpoints = s.kafka.read_to_end(&format!("{}.checkpoints", s.prefix), WAIT).await;
+    let kafka_cp = values(&checkpoints).last().map(|v| v["lsn"].as_str().unwrap().to_string()).expect("a checkpoint");
+    let slot = s.confirmed_flush().await.expect("the slot");
+    assert!(lsn(&slot) < lsn(&kafka_cp), "slot {slot} not behind the Kafka checkpoint {kafka_cp}");
+
+    restart_and_check_every_row_once(&s, &mut f, next).await;
+    assert!(f.log().contains("resuming after the checkpoint committed in Kafka"), "{}", f.log());
+}
+
+/// Crashed in the middle of writing the checkpoint file (half of the temporary file written): the checkpoint in
+/// place is intact, the torn temporary file is ignored and replaced, and the restart loses and repeats nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_in_the_middle_of_a_checkpoint_write_leaves_a_checkpoint_to_resume_from() {
+    if !enabled("a_crash_in_the_middle_of_a_checkpoint_write_leaves_a_checkpoint_to_resume_from") {
+        return;
+    }
+    let (s, mut f, next) = crash_at("crash_cpwrite", "checkpoint-mid-write", 4).await;
+
+    let cp = f.checkpoint(&s.prefix).expect("the checkpoint in place is whole");
+    let torn = f.dir.path().join("state").join(format!("{}.checkpoint.json.tmp", s.prefix));
+    let torn = std::fs::read(&torn).expect("the torn temporary file");
+    assert!(serde_json::from_slice::<serde_json::Value>(&torn).is_err(), "the crash did not tear the write");
+    eprintln!("crashed mid-write: checkpoint in place {}, {} bytes of the next one", cp["lsn"], torn.len());
+
+    restart_and_check_every_row_once(&s, &mut f, next).await;
+}
