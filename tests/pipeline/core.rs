@@ -377,6 +377,36 @@ async fn million_row_transaction_streams_with_bounded_memory() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn wide_rows_stay_within_the_byte_bounded_channel() {
+    // 12,000 rows of 8 KB (incompressible text, stored out of line uncompressed) in one transaction: ~96 MB of
+    // pgoutput data. The channel between the source and the route task holds 64 batches; counted in changes alone
+    // (256 a batch) it could hold the whole transaction's decoded rows while the producer waits for the broker.
+    // Batches also close at 256 KiB, so at most ~16 MiB of rows are in flight whatever their width.
+    let s = Setup::new(
+        "wide",
+        "CREATE TABLE w (id int PRIMARY KEY, body text); ALTER TABLE w ALTER body SET STORAGE EXTERNAL",
+    )
+    .await;
+    let mut f = Ficus::start(&s.config(&["public.w"]));
+    f.wait_streaming();
+    const ROWS: i64 = 12_000;
+    s.sql(&format!(
+        "INSERT INTO w SELECT i, (SELECT string_agg(md5(i::text || ':' || j::text), '') FROM generate_series(1, 256) j) \
+         FROM generate_series(1, {ROWS}) i"
+    ))
+    .await;
+    s.wait_confirmed_now_within(&f, Duration::from_secs(600)).await;
+    let rss = f.peak_rss_kib().expect("VmHWM");
+    let count = s.kafka.high_watermark(&s.topic("public", "w")).await;
+    eprintln!("12,000 rows of 8 KB in one transaction: {count} messages, peak RSS {} MiB", rss / 1024);
+    assert_eq!(count, ROWS, "every row of the transaction reached Kafka");
+    // Debug build: ~35 MiB at rest, librdkafka's 8 MiB queue, the 16 MiB channel, one batch in the route task.
+    // Measured: 52 MiB with the byte cap, 119 MiB without it.
+    assert!(rss < 85 * 1024, "peak RSS {} MiB: the rows in flight are not bounded by bytes", rss / 1024);
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn password_authentication_scram_md5_and_wrong_password() {
     let pg = TestPostgres::start_with(support::PgOptions::default().hba([
         "host all scram_user 127.0.0.1/32 scram-sha-256",
