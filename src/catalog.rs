@@ -152,6 +152,7 @@ events:
             type_oid,
             type_name: "t".into(),
             not_null,
+            generated: Default::default(),
         };
         use crate::postgres::value::oid;
         vec![

@@ -10,6 +10,7 @@ use crate::kafka;
 pub mod preflight;
 pub mod report;
 pub mod resume;
+mod rule_lines;
 pub mod standby;
 
 pub use report::{CheckItem, Report, Status};

@@ -20,13 +20,14 @@
 
 use crate::config::snapshot::OnGap;
 use crate::lsn::Lsn;
+use crate::postgres::control::Invalidation;
 
 /// The slot as the decision needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SlotState {
     Missing,
-    /// `wal_status = lost`: the slot exists but cannot stream.
-    Invalidated,
+    /// The slot exists but cannot stream, and why.
+    Invalidated(Invalidation),
     Usable {
         confirmed: Lsn,
     },
@@ -59,13 +60,23 @@ pub(crate) fn decide(
 ) -> Result<Resume, String> {
     let Some(cp) = checkpoint else {
         return match slot {
-            SlotState::Missing => Ok(Resume { drop_slot: false, create_slot: true, start: None, plan_snapshot: true, recovered_gap: None }),
-            SlotState::Usable { confirmed } => {
-                Ok(Resume { drop_slot: false, create_slot: false, start: Some(confirmed), plan_snapshot: true, recovered_gap: None })
-            }
-            SlotState::Invalidated => gap(
+            SlotState::Missing => Ok(Resume {
+                drop_slot: false,
+                create_slot: true,
+                start: None,
+                plan_snapshot: true,
+                recovered_gap: None,
+            }),
+            SlotState::Usable { confirmed } => Ok(Resume {
+                drop_slot: false,
+                create_slot: false,
+                start: Some(confirmed),
+                plan_snapshot: true,
+                recovered_gap: None,
+            }),
+            SlotState::Invalidated(why) => gap(
                 on_gap,
-                format!("replication slot {slot_name} was invalidated (the WAL it needed was removed, see max_slot_wal_keep_size)"),
+                format!("replication slot {slot_name} was invalidated ({})", why.why()),
                 GapSlot::Invalidated,
                 slot_name,
                 checkpoint_path,
@@ -113,11 +124,12 @@ pub(crate) fn decide(
             slot_name,
             checkpoint_path,
         ),
-        SlotState::Invalidated => gap(
+        SlotState::Invalidated(why) => gap(
             on_gap,
             format!(
-                "replication slot {slot_name} was invalidated (the WAL it needed was removed, see \
-                 max_slot_wal_keep_size): the changes after the checkpoint at {cp} are no longer available"
+                "replication slot {slot_name} was invalidated ({}): the changes after the checkpoint at {cp} are no \
+                 longer available",
+                why.why()
             ),
             GapSlot::Invalidated,
             slot_name,
@@ -211,8 +223,10 @@ pub(crate) async fn state_report(
     };
     let slot = match crate::postgres::control::slot_info(client, &config.source.slot).await {
         Ok(None) => SlotState::Missing,
-        Ok(Some(s)) if s.wal_status.as_deref() == Some("lost") => SlotState::Invalidated,
-        Ok(Some(s)) => SlotState::Usable { confirmed: s.confirmed_flush.unwrap_or(Lsn::INVALID) },
+        Ok(Some(s)) => match s.invalidated() {
+            Some(why) => SlotState::Invalidated(why),
+            None => SlotState::Usable { confirmed: s.confirmed_flush.unwrap_or(Lsn::INVALID) },
+        },
         Err(e) => {
             out.push(item(Status::Fail, "checkpoint", format!("reading the slot: {e}"), None));
             return out;
@@ -374,11 +388,45 @@ mod tests {
     #[test]
     fn an_invalidated_slot_is_a_gap_with_or_without_checkpoint() {
         for cp in [None, Some(40)] {
-            let e = d(cp, SlotState::Invalidated, 100, FAIL).unwrap_err();
+            let e = d(cp, SlotState::Invalidated(Invalidation::WalRemoved), 100, FAIL).unwrap_err();
             assert!(e.contains("invalidated") && e.contains("drop slot s"), "{e}");
-            let r = d(cp, SlotState::Invalidated, 100, RESNAP).unwrap();
+            let r = d(cp, SlotState::Invalidated(Invalidation::WalRemoved), 100, RESNAP).unwrap();
             assert!(r.drop_slot && r.create_slot && r.plan_snapshot);
         }
+    }
+
+    #[test]
+    fn an_invalidated_slot_names_its_reason_and_the_fix() {
+        let slot = |wal_status: &str, reason: Option<&str>| crate::postgres::control::SlotInfo {
+            plugin: Some("pgoutput".into()),
+            database: Some("db".into()),
+            active_pid: None,
+            confirmed_flush: None,
+            wal_status: Some(wal_status.into()),
+            failover: None,
+            synced: None,
+            invalidation_reason: reason.map(str::to_string),
+        };
+        let cases = [
+            // Before 17 there is no invalidation_reason: lost is the WAL removal.
+            (slot("lost", None), "max_slot_wal_keep_size"),
+            (slot("lost", Some("wal_removed")), "max_slot_wal_keep_size"),
+            (slot("lost", Some("idle_timeout")), "idle_replication_slot_timeout"),
+            (slot("lost", Some("rows_removed")), "hot_standby_feedback = on"),
+            (slot("lost", Some("wal_level_insufficient")), "wal_level = logical on the primary"),
+            (slot("lost", Some("something_new")), "pg_replication_slots.invalidation_reason"),
+        ];
+        for (info, fix) in cases {
+            let why = info.invalidated().expect("invalidated");
+            for cp in [None, Some(40)] {
+                let e = d(cp, SlotState::Invalidated(why), 100, FAIL).unwrap_err();
+                assert!(e.contains(fix), "{:?}: {e}", info.invalidation_reason);
+                if fix != "max_slot_wal_keep_size" {
+                    assert!(!e.contains("max_slot_wal_keep_size"), "{e}");
+                }
+            }
+        }
+        assert_eq!(slot("reserved", None).invalidated(), None);
     }
 
     #[test]

@@ -94,8 +94,10 @@ pub(super) async fn stream_session(
             };
             let slot = match control::slot_info(client, &config.source.slot).await? {
                 None => resume::SlotState::Missing,
-                Some(s) if s.wal_status.as_deref() == Some("lost") => resume::SlotState::Invalidated,
-                Some(s) => resume::SlotState::Usable { confirmed: s.confirmed_flush.unwrap_or(Lsn::INVALID) },
+                Some(s) => match s.invalidated() {
+                    Some(why) => resume::SlotState::Invalidated(why),
+                    None => resume::SlotState::Usable { confirmed: s.confirmed_flush.unwrap_or(Lsn::INVALID) },
+                },
             };
             let decision = resume::decide(
                 checkpoint,
@@ -312,8 +314,13 @@ fn plan_snapshots(
     plan_now: bool,
 ) -> Result<Arc<Snapshots>, PipelineError> {
     let captured = config.captured_tables().map_err(|e| PipelineError::Config(e.to_string()))?;
-    let snapshots =
-        Snapshots::new(&config.source.slot, captured.clone(), config.snapshot.backfill_requests, Ledger::new(state));
+    let snapshots = Snapshots::new(
+        &config.source.slot,
+        &config.source.publication,
+        captured.clone(),
+        config.snapshot.backfill_requests,
+        Ledger::new(state),
+    );
     if plan_now {
         let tables = config.snapshot.tables(&captured).map_err(|e| PipelineError::Config(e.to_string()))?;
         tracing::info!(tables = tables.len(), "snapshot planned");

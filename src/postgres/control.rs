@@ -70,6 +70,21 @@ pub struct ColumnType {
     pub type_name: String,
     /// `NOT NULL`.
     pub not_null: bool,
+    /// `pg_attribute.attgenerated`: stored (12+) and virtual (18+) generated columns are sent only when a
+    /// publication asks for them (stored ones, `publish_generated_columns = stored`, 18+) and virtual ones never.
+    pub generated: Generated,
+}
+
+/// How a column's value comes about (`pg_attribute.attgenerated`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Generated {
+    /// An ordinary column.
+    #[default]
+    No,
+    /// `GENERATED ALWAYS AS (…) STORED` (PostgreSQL 12+).
+    Stored,
+    /// `GENERATED ALWAYS AS (…) VIRTUAL` (PostgreSQL 18+): computed when read, never in the WAL.
+    Virtual,
 }
 
 /// Catalog facts for every captured table that exists.
@@ -90,6 +105,67 @@ pub struct SlotInfo {
     pub failover: Option<bool>,
     /// `synced` (PostgreSQL 17+): on a standby, the slot is a synchronized copy of the primary's.
     pub synced: Option<bool>,
+    /// `invalidation_reason` (PostgreSQL 17+): why the slot cannot stream any more.
+    pub invalidation_reason: Option<String>,
+}
+
+impl SlotInfo {
+    /// Why the slot was invalidated, if it was (`wal_status = lost`, or an `invalidation_reason`).
+    pub fn invalidated(&self) -> Option<Invalidation> {
+        match (self.invalidation_reason.as_deref(), self.wal_status.as_deref()) {
+            (Some(reason), _) => Some(Invalidation::from_reason(reason)),
+            // Before 17 the one cause on a primary.
+            (None, Some("lost")) => Some(Invalidation::WalRemoved),
+            (None, _) => None,
+        }
+    }
+}
+
+/// Why PostgreSQL invalidated a slot (`pg_replication_slots.invalidation_reason`, 17+; before 17 only the WAL
+/// removal shows, as `wal_status = lost`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalidation {
+    /// `wal_removed`: the slot fell behind more than `max_slot_wal_keep_size`.
+    WalRemoved,
+    /// `rows_removed`: VACUUM removed catalog rows the slot needed (a slot on a standby).
+    RowsRemoved,
+    /// `wal_level_insufficient`: the primary's `wal_level` fell below logical (a slot on a standby).
+    WalLevelInsufficient,
+    /// `idle_timeout` (18+): inactive longer than `idle_replication_slot_timeout`.
+    IdleTimeout,
+    /// A reason this version of ficus does not know.
+    Other,
+}
+
+impl Invalidation {
+    pub fn from_reason(reason: &str) -> Invalidation {
+        match reason {
+            "wal_removed" => Invalidation::WalRemoved,
+            "rows_removed" => Invalidation::RowsRemoved,
+            "wal_level_insufficient" => Invalidation::WalLevelInsufficient,
+            "idle_timeout" => Invalidation::IdleTimeout,
+            _ => Invalidation::Other,
+        }
+    }
+
+    /// The cause, and how to keep it from happening again.
+    pub fn why(self) -> &'static str {
+        match self {
+            Invalidation::WalRemoved => "the WAL it needed was removed, see max_slot_wal_keep_size",
+            Invalidation::RowsRemoved => {
+                "VACUUM removed catalog rows it needed; on a standby set hot_standby_feedback = on and connect it \
+                 to the primary through a physical slot (primary_slot_name)"
+            }
+            Invalidation::WalLevelInsufficient => {
+                "the primary's wal_level fell below logical; set wal_level = logical on the primary and restart it"
+            }
+            Invalidation::IdleTimeout => {
+                "it was inactive for longer than idle_replication_slot_timeout; raise that setting (or set it to 0, \
+                 off) so that the slot survives ficus being stopped"
+            }
+            Invalidation::Other => "see pg_replication_slots.invalidation_reason",
+        }
+    }
 }
 
 /// Reads the slot, if it exists.
@@ -98,7 +174,8 @@ pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, 
         .query_opt(
             // The 17+ columns through to_jsonb, so one statement serves every version.
             "SELECT plugin::text, database::text, active_pid, confirmed_flush_lsn::text, wal_status, \
-             (to_jsonb(s) ->> 'failover')::bool, (to_jsonb(s) ->> 'synced')::bool \
+             (to_jsonb(s) ->> 'failover')::bool, (to_jsonb(s) ->> 'synced')::bool, \
+             to_jsonb(s) ->> 'invalidation_reason' \
              FROM pg_replication_slots s WHERE slot_name = $1",
             &[&slot],
         )
@@ -112,6 +189,7 @@ pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, 
         wal_status: r.get(4),
         failover: r.get(5),
         synced: r.get(6),
+        invalidation_reason: r.get(7),
     }))
 }
 
@@ -183,14 +261,24 @@ pub async fn table_info_by_oid(client: &Client, oid: u32) -> Result<Option<(Tabl
         if replica_identity == b'i' && !identity_index.is_empty() { identity_index } else { columns_of(true) };
     let columns = client
         .query(
-            "SELECT attname::text, atttypid, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute \
-             WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            "SELECT attname::text, atttypid, format_type(atttypid, atttypmod), attnotnull, attgenerated::text \
+             FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
             &[&oid],
         )
         .await
         .map_err(sql(format!("reading the columns of {table}")))?
         .iter()
-        .map(|r| ColumnType { name: r.get(0), type_oid: r.get(1), type_name: r.get(2), not_null: r.get(3) })
+        .map(|r| ColumnType {
+            name: r.get(0),
+            type_oid: r.get(1),
+            type_name: r.get(2),
+            not_null: r.get(3),
+            generated: match r.get::<_, String>(4).as_str() {
+                "s" => Generated::Stored,
+                "v" => Generated::Virtual,
+                _ => Generated::No,
+            },
+        })
         .collect();
     Ok(Some((table, TableInfo { oid, replica_identity, key_columns, has_primary_key, columns })))
 }
@@ -338,4 +426,42 @@ pub(crate) async fn publication_gap(
     let members = publication_members(client, publication, tables).await?;
     let missing = members.into_iter().filter(|m| m.oid.is_some() && !m.published).map(|m| m.table).collect();
     Ok((true, owned, missing))
+}
+
+/// The columns pgoutput sends for `table` (with catalog facts `info`) under `publication`, in column order: the
+/// columns of `pg_publication_tables.attnames` (15+: a column list; on 18 it also names the stored generated columns of
+/// a publication with `publish_generated_columns = stored`) that are not generated, or on 18 not virtual (15–17 list
+/// stored generated columns there although pgoutput never sends them). Before 15, or while the table is not published
+/// under its own name, every column that is not generated (what pgoutput sends without a column list).
+pub async fn published_columns(
+    client: &Client,
+    publication: &str,
+    table: &TableName,
+    info: &TableInfo,
+) -> Result<Vec<String>, ControlError> {
+    let version: i32 = setting(client, "server_version_num").await?.parse().unwrap_or(0);
+    let sent = |c: &&ColumnType| match c.generated {
+        Generated::No => true,
+        Generated::Stored => version >= 180_000,
+        Generated::Virtual => false,
+    };
+    let mut listed = None;
+    if version >= 150_000 {
+        let row = client
+            .query_opt(
+                "SELECT attnames::text[] FROM pg_publication_tables \
+                 WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
+                &[&publication, &table.schema, &table.name],
+            )
+            .await
+            .map_err(sql(format!("reading the published columns of {table}")))?;
+        listed = row.and_then(|r| r.get::<_, Option<Vec<String>>>(0));
+    }
+    // attnames follows a column list's order; the stream sends table order.
+    Ok(match listed {
+        Some(names) => {
+            info.columns.iter().filter(sent).filter(|c| names.contains(&c.name)).map(|c| c.name.clone()).collect()
+        }
+        None => info.columns.iter().filter(|c| c.generated == Generated::No).map(|c| c.name.clone()).collect(),
+    })
 }

@@ -287,7 +287,13 @@ fn catalog_preflight_names_unknown_columns_and_missing_old_rows() {
     let columns = orders()
         .columns
         .iter()
-        .map(|c| ColumnType { name: c.name.clone(), type_oid: c.type_oid, type_name: "x".into(), not_null: c.is_key })
+        .map(|c| ColumnType {
+            name: c.name.clone(),
+            type_oid: c.type_oid,
+            type_name: "x".into(),
+            not_null: c.is_key,
+            generated: Default::default(),
+        })
         .collect();
     let info =
         TableInfo { oid: 1, replica_identity: b'd', key_columns: vec!["id".into()], has_primary_key: true, columns };

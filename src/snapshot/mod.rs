@@ -131,6 +131,8 @@ pub(crate) enum JobState {
 /// Shared by the workers, the sink's [`Tap`], the checkpoint writer and the reporter for one replication session.
 pub struct Snapshots {
     pub(crate) slot: String,
+    /// The publication: a snapshot row has the columns the stream publishes (`control::published_columns`).
+    pub(crate) publication: String,
     /// Random per session; tags this session's watermarks.
     pub(crate) run: String,
     pub(crate) ledger: Ledger,
@@ -152,10 +154,17 @@ struct Queue {
 
 impl Snapshots {
     /// `ledger` holds what the checkpoint recorded; its unfinished jobs are queued.
-    pub fn new(slot: &str, captured: Vec<TableName>, accept_requests: bool, ledger: Ledger) -> Arc<Snapshots> {
+    pub fn new(
+        slot: &str,
+        publication: &str,
+        captured: Vec<TableName>,
+        accept_requests: bool,
+        ledger: Ledger,
+    ) -> Arc<Snapshots> {
         let run = format!("{:016x}", rand_u64());
         let shared = Arc::new(Snapshots {
             slot: slot.to_string(),
+            publication: publication.to_string(),
             run,
             captured,
             accept_requests,

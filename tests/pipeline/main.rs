@@ -22,6 +22,7 @@ mod rules;
 mod secrets;
 mod shutdown;
 mod snapshot;
+mod versions;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
