@@ -431,8 +431,9 @@ pub(crate) async fn publication_gap(
 /// The columns pgoutput sends for `table` (with catalog facts `info`) under `publication`, in column order: the
 /// columns of `pg_publication_tables.attnames` (15+: a column list; on 18 it also names the stored generated columns of
 /// a publication with `publish_generated_columns = stored`) that are not generated, or on 18 not virtual (15–17 list
-/// stored generated columns there although pgoutput never sends them). Before 15, or while the table is not published
-/// under its own name, every column that is not generated (what pgoutput sends without a column list).
+/// stored generated columns there although pgoutput never sends them). Before 15, or while the table is not listed
+/// under its own name (a partitioned table published through its partitions), what pgoutput sends without a column
+/// list: every column that is not generated, and on 18 the stored generated ones if the publication publishes them.
 pub async fn published_columns(
     client: &Client,
     publication: &str,
@@ -440,28 +441,36 @@ pub async fn published_columns(
     info: &TableInfo,
 ) -> Result<Vec<String>, ControlError> {
     let version: i32 = setting(client, "server_version_num").await?.parse().unwrap_or(0);
+    // pubgencols through to_jsonb (18+), attnames (15+) only where it exists: one statement for every version.
+    let attnames = if version >= 150_000 {
+        "(SELECT attnames::text[] FROM pg_publication_tables t \
+          WHERE t.pubname = p.pubname AND t.schemaname = $2 AND t.tablename = $3)"
+    } else {
+        // No attnames before 15; the parameters still need a type.
+        "(SELECT NULL::text[] WHERE $2::text IS NULL AND $3::text IS NULL)"
+    };
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT coalesce(to_jsonb(p) ->> 'pubgencols', 'n') = 's', {attnames} FROM pg_publication p \
+                 WHERE p.pubname = $1"
+            ),
+            &[&publication, &table.schema, &table.name],
+        )
+        .await
+        .map_err(sql(format!("reading the published columns of {table}")))?;
+    let (stored, listed) = row.map_or((false, None), |r| (r.get::<_, bool>(0), r.get::<_, Option<Vec<String>>>(1)));
     let sent = |c: &&ColumnType| match c.generated {
         Generated::No => true,
-        Generated::Stored => version >= 180_000,
+        Generated::Stored => version >= 180_000 && (stored || listed.is_some()),
         Generated::Virtual => false,
     };
-    let mut listed = None;
-    if version >= 150_000 {
-        let row = client
-            .query_opt(
-                "SELECT attnames::text[] FROM pg_publication_tables \
-                 WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
-                &[&publication, &table.schema, &table.name],
-            )
-            .await
-            .map_err(sql(format!("reading the published columns of {table}")))?;
-        listed = row.and_then(|r| r.get::<_, Option<Vec<String>>>(0));
-    }
     // attnames follows a column list's order; the stream sends table order.
-    Ok(match listed {
-        Some(names) => {
-            info.columns.iter().filter(sent).filter(|c| names.contains(&c.name)).map(|c| c.name.clone()).collect()
-        }
-        None => info.columns.iter().filter(|c| c.generated == Generated::No).map(|c| c.name.clone()).collect(),
-    })
+    Ok(info
+        .columns
+        .iter()
+        .filter(sent)
+        .filter(|c| listed.as_ref().is_none_or(|names| names.contains(&c.name)))
+        .map(|c| c.name.clone())
+        .collect())
 }

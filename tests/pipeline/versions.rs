@@ -165,17 +165,19 @@ async fn snapshot_rows_have_the_columns_the_stream_publishes() {
     s.sql(&format!(
         "CREATE TABLE gen (id int PRIMARY KEY, a int, g int GENERATED ALWAYS AS (a * 2) STORED{virtual_column});
          CREATE TABLE listed (id int PRIMARY KEY, a int, secret text);
-         INSERT INTO gen VALUES (1, 1); INSERT INTO listed VALUES (1, 1, 's1');"
+         CREATE TABLE part (id int PRIMARY KEY, a int, g int GENERATED ALWAYS AS (a * 2) STORED) PARTITION BY RANGE (id);
+         CREATE TABLE part_1 PARTITION OF part FOR VALUES FROM (0) TO (100);
+         INSERT INTO gen VALUES (1, 1); INSERT INTO listed VALUES (1, 1, 's1'); INSERT INTO part VALUES (1, 1);"
     ))
     .await;
     // The user's publication: on 18 it publishes stored generated columns, from 15 on a column list leaves `secret`
-    // out.
+    // out; without publish_via_partition_root `part` is listed through its partition only.
     let listed = if v >= 150_000 { "listed (id, a)" } else { "listed" };
     let with = if v >= 180_000 { " WITH (publish_generated_columns = stored)" } else { "" };
-    s.sql(&format!("CREATE PUBLICATION \"{}\" FOR TABLE gen, {listed}{with}", s.prefix)).await;
+    s.sql(&format!("CREATE PUBLICATION \"{}\" FOR TABLE gen, part, {listed}{with}", s.prefix)).await;
     let config = Ficus::config(
         &s.pg.superuser_url(&s.db),
-        &["public.gen", "public.listed"],
+        &["public.gen", "public.listed", "public.part"],
         &s.prefix,
         &s.kafka.brokers(),
         "snapshot:\n  chunk_size: 100\n",
@@ -183,9 +185,14 @@ async fn snapshot_rows_have_the_columns_the_stream_publishes() {
     let mut f = Ficus::start(&config);
     f.wait_streaming();
     s.wait_snapshot_settled(&f).await;
-    app_write(&s, "INSERT INTO gen VALUES (2, 2); INSERT INTO listed VALUES (2, 2, 's2')").await;
+    app_write(
+        &s,
+        "INSERT INTO gen VALUES (2, 2); INSERT INTO listed VALUES (2, 2, 's2'); INSERT INTO part VALUES (2, 2)",
+    )
+    .await;
     for (table, want) in [
         ("gen", if v >= 180_000 { vec!["a", "g", "id"] } else { vec!["a", "id"] }),
+        ("part", if v >= 180_000 { vec!["a", "g", "id"] } else { vec!["a", "id"] }),
         ("listed", if v >= 150_000 { vec!["a", "id"] } else { vec!["a", "id", "secret"] }),
     ] {
         let events = values(&s.read_all_confirmed(&f, &s.topic("public", table)).await);
