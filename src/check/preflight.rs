@@ -147,7 +147,7 @@ pub async fn preflight(client: &Client, config: &Config, rules: &Rules) -> Resul
     for (table, detail, fix) in generated::conflicts(client, &config.source.publication, &catalog, version).await? {
         report.push(Status::Fail, format!("table {table}"), detail, Some(fix));
     }
-    report.items.extend(rule_lines(rules, &catalog));
+    report.items.extend(rule_lines(rules, &catalog, version >= generated::PUBLISHES_GENERATED && stored));
     check_publication(client, config, &tables, is_super, &mut report).await?;
     check_slot(client, config, &mut report).await?;
     check_failover(client, config, &mut report).await?;

@@ -298,7 +298,7 @@ fn catalog_preflight_names_unknown_columns_and_missing_old_rows() {
     let info =
         TableInfo { oid: 1, replica_identity: b'd', key_columns: vec!["id".into()], has_primary_key: true, columns };
     catalog.tables.insert(TableName::parse("public.orders").unwrap(), info);
-    let items = crate::check::preflight::rule_lines(&r, &catalog);
+    let items = crate::check::preflight::rule_lines(&r, &catalog, false);
     assert_eq!(items.len(), 2);
     assert_eq!(items[0].status, Status::Warn, "{items:?}");
     assert!(items[0].fix.as_deref().unwrap().contains("REPLICA IDENTITY FULL"));
@@ -548,6 +548,6 @@ fn an_unknown_cel_function_is_warned_at_start_and_known_ones_are_not() {
     let catalog = Catalog {
         tables: [(TableName { schema: "public".into(), name: "orders".into() }, info)].into_iter().collect(),
     };
-    let items = crate::check::preflight::rule_lines(&r, &catalog);
+    let items = crate::check::preflight::rule_lines(&r, &catalog, false);
     assert!(items.iter().any(|i| i.status == Status::Warn && i.detail.contains("`nosuch`")), "{items:?}");
 }

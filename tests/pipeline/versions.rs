@@ -308,3 +308,38 @@ async fn an_invalidated_slot_is_reported_with_its_reason() {
     assert_eq!(f.wait(WAIT).code(), Some(2), "{}", f.log());
     assert!(f.log().contains("idle_replication_slot_timeout"), "{}", f.log());
 }
+
+/// A rule reading a generated column the stream never sends fails `ficus check` (it would fail on every change):
+/// virtual ones (18) always, stored ones unless the publication publishes them (18, a publication ficus creates).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rule_reading_a_column_the_stream_never_sends_fails_the_check() {
+    let s = Setup::new("gen_rules", "SELECT 1").await;
+    let v18 = version(s.pg).await >= 180_000;
+    let virtual_column = if v18 { ", v int GENERATED ALWAYS AS (a + 1) VIRTUAL" } else { "" };
+    s.sql(&format!(
+        "CREATE TABLE t (id int PRIMARY KEY, a int, g int GENERATED ALWAYS AS (a * 2) STORED{virtual_column})"
+    ))
+    .await;
+    let rule = |name: &str, column: &str| {
+        format!(
+            "  - {{name: {name}, table: public.t, on: insert, key: string(new.id), topic: {}.ev, data: {{x: new.{column}}}}}\n",
+            s.prefix
+        )
+    };
+    let mut events = format!("events:\n{}{}", rule("ReadsA", "a"), rule("ReadsG", "g"));
+    if v18 {
+        events.push_str(&rule("ReadsV", "v"));
+    }
+    let config = Ficus::config(&s.pg.superuser_url(&s.db), &["public.t"], &s.prefix, &s.kafka.brokers(), &events);
+    let (code, out) = check(&config);
+    assert_ne!(code, 0, "{out}");
+    let failed = |name: &str| {
+        out.lines().any(|l| l.contains(&format!("{name} v1")) && l.contains("that the stream never sends"))
+    };
+    assert!(!failed("ReadsA"), "{out}");
+    // 18: the publication ficus creates publishes stored generated columns.
+    assert_eq!(failed("ReadsG"), !v18, "{out}");
+    if v18 {
+        assert!(failed("ReadsV"), "{out}");
+    }
+}
