@@ -94,9 +94,12 @@ pub async fn preflight(client: &Client, config: &Config, rules: &Rules) -> Resul
                 let q = table.quoted();
                 // FULL is recommended only where it keeps the application's writes working (PostgreSQL 18).
                 let full = generated::full_identity_fix(table, &info, version, &config.source.publication, stored);
-                match (info.replica_identity, info.key_columns.is_empty()) {
-                    (b'f', _) => report.push(Status::Ok, format!("table {table}"), "REPLICA IDENTITY FULL: before images complete", None),
-                    (b'n', _) | (b'd', true) => report.push(
+                let conflict = generated::conflict(table, &info, version, &config.source.publication, stored);
+                match (conflict, info.replica_identity, info.key_columns.is_empty()) {
+                    // The publication would make the application's writes fail (PostgreSQL 18).
+                    (Some((detail, fix)), _, _) => report.push(Status::Fail, format!("table {table}"), detail, Some(fix)),
+                    (None, b'f', _) => report.push(Status::Ok, format!("table {table}"), "REPLICA IDENTITY FULL: before images complete", None),
+                    (None, b'n', _) | (None, b'd', true) => report.push(
                         Status::Fail,
                         format!("table {table}"),
                         "has no replica identity: once published, the legacy application's UPDATE and DELETE on it would fail",
@@ -144,9 +147,6 @@ pub async fn preflight(client: &Client, config: &Config, rules: &Rules) -> Resul
         }
     }
 
-    for (table, detail, fix) in generated::conflicts(client, &config.source.publication, &catalog, version).await? {
-        report.push(Status::Fail, format!("table {table}"), detail, Some(fix));
-    }
     report.items.extend(rule_lines(rules, &catalog, version >= generated::PUBLISHES_GENERATED && stored));
     check_publication(client, config, &tables, is_super, &mut report).await?;
     check_slot(client, config, &mut report).await?;

@@ -160,8 +160,8 @@ impl Invalidation {
                 "the primary's wal_level fell below logical; set wal_level = logical on the primary and restart it"
             }
             Invalidation::IdleTimeout => {
-                "it was inactive for longer than idle_replication_slot_timeout; raise that setting (or set it to 0, \
-                 off) so that the slot survives ficus being stopped"
+                "it was inactive for longer than idle_replication_slot_timeout; raise that setting or set it to 0 to \
+                 turn it off, so that the slot survives ficus being stopped"
             }
             Invalidation::Other => "see pg_replication_slots.invalidation_reason",
         }

@@ -8,7 +8,7 @@
 //! (they are not in the WAL, and no index can cover one, so only FULL can contain one).
 //!
 //! **Guarantee:** ficus never makes a captured table's writes fail: publications it creates on 18+ publish stored
-//! generated columns, and [`conflict`] names every table that a publication could not carry without breaking the
+//! generated columns, and [`conflict`] says when a publication could not carry a table without breaking the
 //! application's writes, with the fix; `postgres::admin` refuses to add such a table, `ficus check` fails on it.
 //! Before 18 nothing here applies (generated columns are not published and PostgreSQL does not check them).
 
@@ -32,28 +32,6 @@ pub async fn publishes_stored(client: &Client, publication: &str) -> Result<Opti
         .await
         .map_err(sql("reading pg_publication"))?;
     Ok(row.map(|r| r.get(0)))
-}
-
-/// Every captured table in `catalog` that `publication` (existing or to be created by ficus) cannot carry without
-/// breaking the application's writes: `(table, detail, fix)`, for `ficus check`.
-pub async fn conflicts(
-    client: &Client,
-    publication: &str,
-    catalog: &super::control::Catalog,
-    version: i32,
-) -> Result<Vec<(TableName, String, String)>, ControlError> {
-    if version < PUBLISHES_GENERATED {
-        return Ok(Vec::new());
-    }
-    // A publication ficus creates publishes stored generated columns (postgres::admin).
-    let stored = publishes_stored(client, publication).await?.unwrap_or(true);
-    let mut found: Vec<_> = catalog
-        .tables
-        .iter()
-        .filter_map(|(t, info)| conflict(t, info, version, publication, stored).map(|(d, f)| (t.clone(), d, f)))
-        .collect();
-    found.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(found)
 }
 
 /// The columns of the table's replica identity (empty without one).

@@ -103,6 +103,7 @@ async fn a_publication_that_would_break_the_application_is_refused_with_the_fix(
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("virtual generated column(s) v, which no publication can publish"), "{out}");
     assert!(out.contains("REPLICA IDENTITY DEFAULT"), "{out}");
+    assert!(!out.contains("before images complete"), "the table's line must not say FULL is fine: {out}");
     let mut f = Ficus::start(&config);
     assert_eq!(f.wait(WAIT).code(), Some(2), "{}", f.log());
     app_write(&s, "UPDATE virt SET a = 5; DELETE FROM virt").await;
