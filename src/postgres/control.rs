@@ -433,7 +433,8 @@ pub(crate) async fn publication_gap(
 /// a publication with `publish_generated_columns = stored`) that are not generated, or on 18 not virtual (15–17 list
 /// stored generated columns there although pgoutput never sends them). Before 15, or while the table is not listed
 /// under its own name (a partitioned table published through its partitions), what pgoutput sends without a column
-/// list: every column that is not generated, and on 18 the stored generated ones if the publication publishes them.
+/// list: every column that is not generated, and on 18 the stored generated ones if the publication publishes them
+/// (or does not exist yet: ficus creates it so, `postgres::admin`).
 pub async fn published_columns(
     client: &Client,
     publication: &str,
@@ -459,7 +460,7 @@ pub async fn published_columns(
         )
         .await
         .map_err(sql(format!("reading the published columns of {table}")))?;
-    let (stored, listed) = row.map_or((false, None), |r| (r.get::<_, bool>(0), r.get::<_, Option<Vec<String>>>(1)));
+    let (stored, listed) = row.map_or((true, None), |r| (r.get::<_, bool>(0), r.get::<_, Option<Vec<String>>>(1)));
     let sent = |c: &&ColumnType| match c.generated {
         Generated::No => true,
         Generated::Stored => version >= 180_000 && (stored || listed.is_some()),

@@ -343,4 +343,27 @@ async fn a_rule_reading_a_column_the_stream_never_sends_fails_the_check() {
     if v18 {
         assert!(failed("ReadsV"), "{out}");
     }
+    // `ficus catalog`: a rule's default data (every column) has the columns the stream sends.
+    let config = Ficus::config(
+        &s.pg.superuser_url(&s.db),
+        &["public.t"],
+        &s.prefix,
+        &s.kafka.brokers(),
+        &format!(
+            "events:\n  - {{name: All, table: public.t, on: insert, key: string(new.id), topic: {}.ev}}\n",
+            s.prefix
+        ),
+    );
+    let (_dir, path) = Ficus::dir_config(&config);
+    let out = std::process::Command::new(crate::support::ficus_bin())
+        .args(["catalog", "--format", "json", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let catalog: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut fields: Vec<&str> =
+        catalog["events"][0]["schema"]["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+    fields.sort();
+    assert_eq!(fields, if v18 { vec!["a", "g", "id"] } else { vec!["a", "id"] }, "{catalog}");
 }
