@@ -81,6 +81,25 @@ async fn application_writes_keep_working_with_generated_columns_in_the_replica_i
         assert_eq!(index[1].1, json!({"g": 4}));
         assert_eq!(pk[1].1, json!({"g": 4}));
     }
+    // A table the table watch adds back later (re-created while streaming) keeps the application's writes working.
+    s.sql(
+        "DROP TABLE full_stored;
+         CREATE TABLE full_stored (id int PRIMARY KEY, a int, g int GENERATED ALWAYS AS (a * 2) STORED);
+         ALTER TABLE full_stored REPLICA IDENTITY FULL; INSERT INTO full_stored VALUES (5, 5);",
+    )
+    .await;
+    f.wait_for_log("was dropped and re-created: added back", WAIT);
+    app_write(&s, "UPDATE full_stored SET a = 6 WHERE id = 5").await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let full = changes(&values(&s.read_all_confirmed(&f, &s.topic("public", "full_stored")).await));
+        if full.iter().any(|c| c.0 == "update" && c.2 == row(Some(5), 6)) {
+            assert!(full.iter().any(|c| c.0 == "update" && c.1 == row(Some(5), 5)), "{full:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no update of the re-created table: {full:?}\n{}", f.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
 }
 
