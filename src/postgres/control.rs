@@ -429,12 +429,12 @@ pub(crate) async fn publication_gap(
 }
 
 /// The columns pgoutput sends for `table` (with catalog facts `info`) under `publication`, in column order: the
-/// columns of `pg_publication_tables.attnames` (15+: a column list; on 18 it also names the stored generated columns of
-/// a publication with `publish_generated_columns = stored`) that are not generated, or on 18 not virtual (15–17 list
-/// stored generated columns there although pgoutput never sends them). Before 15, or while the table is not listed
-/// under its own name (a partitioned table published through its partitions), what pgoutput sends without a column
-/// list: every column that is not generated, and on 18 the stored generated ones if the publication publishes them
-/// (or does not exist yet: ficus creates it so, `postgres::admin`).
+/// columns of the table's column list in the publication (`pg_publication_rel.prattrs`, 15+) if it has one, else
+/// every column that is not generated; stored generated columns only from 18 on, when the column list names them or,
+/// without a list, when the publication publishes them (`publish_generated_columns = stored`, or the publication does
+/// not exist yet: ficus creates it so, `postgres::admin`); virtual generated columns never. Read from the catalogs
+/// alone, not from `pg_publication_tables`: on 18 that view opens the table, so a lock on it (an ALTER TABLE, a LOCK)
+/// would hold up the start.
 pub async fn published_columns(
     client: &Client,
     publication: &str,
@@ -442,36 +442,33 @@ pub async fn published_columns(
     info: &TableInfo,
 ) -> Result<Vec<String>, ControlError> {
     let version: i32 = setting(client, "server_version_num").await?.parse().unwrap_or(0);
-    // pubgencols through to_jsonb (18+), attnames (15+) only where it exists: one statement for every version.
-    let attnames = if version >= 150_000 {
-        "(SELECT attnames::text[] FROM pg_publication_tables t \
-          WHERE t.pubname = p.pubname AND t.schemaname = $2 AND t.tablename = $3)"
+    // pubgencols through to_jsonb (18+), prattrs only where it exists (15+): one statement for every version.
+    let column_list = if version >= 150_000 {
+        "(SELECT array_agg(a.attname::text) FROM pg_publication_rel pr \
+          JOIN pg_attribute a ON a.attrelid = pr.prrelid AND a.attnum = ANY(pr.prattrs) \
+          WHERE pr.prpubid = p.oid AND pr.prrelid = $2)"
     } else {
-        // No attnames before 15; the parameters still need a type.
-        "(SELECT NULL::text[] WHERE $2::text IS NULL AND $3::text IS NULL)"
+        // No column lists before 15; the parameter still needs a type.
+        "(SELECT NULL::text[] WHERE $2::oid IS NULL)"
     };
     let row = client
         .query_opt(
             &format!(
-                "SELECT coalesce(to_jsonb(p) ->> 'pubgencols', 'n') = 's', {attnames} FROM pg_publication p \
+                "SELECT coalesce(to_jsonb(p) ->> 'pubgencols', 'n') = 's', {column_list} FROM pg_publication p \
                  WHERE p.pubname = $1"
             ),
-            &[&publication, &table.schema, &table.name],
+            &[&publication, &info.oid],
         )
         .await
         .map_err(sql(format!("reading the published columns of {table}")))?;
     let (stored, listed) = row.map_or((true, None), |r| (r.get::<_, bool>(0), r.get::<_, Option<Vec<String>>>(1)));
-    let sent = |c: &&ColumnType| match c.generated {
-        Generated::No => true,
-        Generated::Stored => version >= 180_000 && (stored || listed.is_some()),
-        Generated::Virtual => false,
+    let sent = |c: &&ColumnType| {
+        let in_list = listed.as_ref().map(|names| names.contains(&c.name));
+        match c.generated {
+            Generated::No => in_list.unwrap_or(true),
+            Generated::Stored => version >= 180_000 && in_list.unwrap_or(stored),
+            Generated::Virtual => false,
+        }
     };
-    // attnames follows a column list's order; the stream sends table order.
-    Ok(info
-        .columns
-        .iter()
-        .filter(sent)
-        .filter(|c| listed.as_ref().is_none_or(|names| names.contains(&c.name)))
-        .map(|c| c.name.clone())
-        .collect())
+    Ok(info.columns.iter().filter(sent).map(|c| c.name.clone()).collect())
 }
