@@ -45,9 +45,14 @@ pub async fn build(config: &Config, rules: &Rules, offline: bool) -> Result<Vec<
                     let mapped = control::value_types(&client, &oids)
                         .await
                         .map_err(|e| CatalogError::Database(e.to_string()))?;
+                    // Only the columns the stream sends (no virtual generated columns, stored ones where published).
+                    let sent = control::published_columns(&client, &config.source.publication, &table, &t)
+                        .await
+                        .map_err(|e| CatalogError::Database(e.to_string()))?;
                     let cols = t
                         .columns
                         .into_iter()
+                        .filter(|c| sent.contains(&c.name))
                         .map(|c| ColumnType { type_oid: mapped.get(&c.type_oid).copied().unwrap_or(c.type_oid), ..c })
                         .collect();
                     columns.insert(table, cols);
@@ -152,6 +157,7 @@ events:
             type_oid,
             type_name: "t".into(),
             not_null,
+            generated: Default::default(),
         };
         use crate::postgres::value::oid;
         vec![

@@ -63,8 +63,13 @@ mod tests {
             &|_| None,
         )
         .unwrap();
-        let col =
-            |name: &str| ColumnType { name: name.into(), type_oid: 23, type_name: "integer".into(), not_null: false };
+        let col = |name: &str| ColumnType {
+            name: name.into(),
+            type_oid: 23,
+            type_name: "integer".into(),
+            not_null: false,
+            generated: crate::postgres::control::Generated::No,
+        };
         let info = |identity: u8, columns: Vec<ColumnType>| TableInfo {
             oid: 1,
             replica_identity: identity,

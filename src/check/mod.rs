@@ -12,6 +12,7 @@ pub mod preflight;
 pub mod recovery;
 pub mod report;
 pub mod resume;
+mod rule_lines;
 pub mod standby;
 
 pub use report::{CheckItem, Report, Status};

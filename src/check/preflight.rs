@@ -7,10 +7,12 @@
 use tokio_postgres::Client;
 
 use super::report::{CheckItem, Report, Status};
-use crate::config::events::OnError;
+pub(crate) use super::rule_lines::rule_lines;
+use crate::config::snapshot::OnGap;
 use crate::config::Config;
 use crate::ident::{quote_ident, TableName};
 use crate::postgres::control::{publication_gap, setting, slot_info, sql, table_info, Catalog, ControlError};
+use crate::postgres::generated;
 use crate::rules::Rules;
 
 /// Runs every check without changing anything. Returns the report and the catalog of the tables found.
@@ -64,8 +66,9 @@ pub async fn preflight(client: &Client, config: &Config, rules: &Rules) -> Resul
         );
     }
 
-    // Tables.
+    // Tables. A publication ficus creates publishes stored generated columns on 18+ (postgres::admin).
     let tables = config.captured_tables().map_err(|e| ControlError::Invalid(e.to_string()))?;
+    let stored = generated::publishes_stored(client, &config.source.publication).await?.unwrap_or(true);
     for table in &tables {
         match table_info(client, table).await {
             Err(ControlError::Invalid(msg)) => report.push(Status::Fail, format!("table {table}"), msg, None),
@@ -89,13 +92,21 @@ pub async fn preflight(client: &Client, config: &Config, rules: &Rules) -> Resul
                     .map_err(sql("checking SELECT privilege"))?
                     .get(0);
                 let q = table.quoted();
-                match (info.replica_identity, info.key_columns.is_empty()) {
-                    (b'f', _) => report.push(Status::Ok, format!("table {table}"), "REPLICA IDENTITY FULL: before images complete", None),
-                    (b'n', _) | (b'd', true) => report.push(
+                // FULL is recommended only where it keeps the application's writes working (PostgreSQL 18).
+                let full = generated::full_identity_fix(table, &info, version, &config.source.publication, stored);
+                let conflict = generated::conflict(table, &info, version, &config.source.publication, stored);
+                match (conflict, info.replica_identity, info.key_columns.is_empty()) {
+                    // The publication would make the application's writes fail (PostgreSQL 18).
+                    (Some((detail, fix)), _, _) => report.push(Status::Fail, format!("table {table}"), detail, Some(fix)),
+                    (None, b'f', _) => report.push(Status::Ok, format!("table {table}"), "REPLICA IDENTITY FULL: before images complete", None),
+                    (None, b'n', _) | (None, b'd', true) => report.push(
                         Status::Fail,
                         format!("table {table}"),
                         "has no replica identity: once published, the legacy application's UPDATE and DELETE on it would fail",
-                        Some(format!("ALTER TABLE {q} REPLICA IDENTITY FULL;  -- or add a primary key")),
+                        Some(match &full {
+                            Ok(full) => format!("{full}  -- or add a primary key"),
+                            Err(why) => format!("add a primary key ({why})"),
+                        }),
                     ),
                     _ => report.push(
                         Status::Warn,
@@ -103,7 +114,10 @@ pub async fn preflight(client: &Client, config: &Config, rules: &Rules) -> Resul
                         format!("REPLICA IDENTITY {}: `before` holds only the key ({})",
                             if info.replica_identity == b'i' { "USING INDEX" } else { "DEFAULT" },
                             info.key_columns.join(", ")),
-                        Some(format!("ALTER TABLE {q} REPLICA IDENTITY FULL;  -- for complete before images")),
+                        Some(match &full {
+                            Ok(full) => format!("{full}  -- for complete before images"),
+                            Err(why) => format!("none: {why}"),
+                        }),
                     ),
                 }
                 if !select {
@@ -133,7 +147,7 @@ pub async fn preflight(client: &Client, config: &Config, rules: &Rules) -> Resul
         }
     }
 
-    report.items.extend(rule_lines(rules, &catalog));
+    report.items.extend(rule_lines(rules, &catalog, version >= generated::PUBLISHES_GENERATED && stored));
     // A standby (capture from a standby, 16+) cannot write: its own lines, and no publication or failover writes.
     let recovery = super::recovery::read(client, config).await?;
     if let Some(facts) = &recovery {
@@ -454,18 +468,18 @@ async fn check_slot(client: &Client, config: &Config, report: &mut Report) -> Re
                     format!("belongs to database {db}, not {database}"),
                     Some("choose another source.slot".into()),
                 );
-            } else if info.is_invalidated() && config.snapshot.on_gap == crate::config::snapshot::OnGap::Resnapshot {
+            } else if let Some(why) = info.invalidated().filter(|_| config.snapshot.on_gap == OnGap::Resnapshot) {
                 report.push(
                     Status::Warn,
                     title,
-                    format!("was invalidated ({}); snapshot.on_gap: resnapshot drops and re-creates it and copies snapshot.tables again", info.invalidation_cause()),
+                    format!("was invalidated ({}); snapshot.on_gap: resnapshot drops and re-creates it and copies snapshot.tables again", why.why()),
                     None,
                 );
-            } else if info.is_invalidated() {
+            } else if let Some(why) = info.invalidated() {
                 report.push(
                     Status::Fail,
                     title,
-                    format!("was invalidated ({}); changes since then are lost", info.invalidation_cause()),
+                    format!("was invalidated ({}); changes since then are lost", why.why()),
                     Some(format!("{fix_drop}\nthen restart ficus to recreate it and re-snapshot the tables")),
                 );
             } else if let Some(pid) = info.active_pid {
@@ -498,56 +512,6 @@ async fn check_slot(client: &Client, config: &Config, report: &mut Report) -> Re
         report.push(Status::Ok, "WAL senders", format!("{used} of {max} in use"), None);
     }
     Ok(())
-}
-
-/// The rules against the catalog: a column an expression reads that the table lacks fails; a rule reading `old` on
-/// a table whose replica identity is not FULL warns (pgoutput then sends no old row for most updates, so `old.col`
-/// fails for them); an unknown CEL function warns.
-pub(crate) fn rule_lines(rules: &Rules, catalog: &Catalog) -> Vec<CheckItem> {
-    let mut items = Vec::new();
-    for (title, detail) in rules.unknown_function_warnings() {
-        items.push(CheckItem { status: Status::Warn, title: title.to_string(), detail: detail.to_string(), fix: None });
-    }
-    for rule in rules.requirements() {
-        let table = rule.table;
-        let Some(info) = catalog.tables.get(table) else { continue };
-        let unknown: Vec<&str> =
-            rule.columns.iter().filter(|c| !info.columns.iter().any(|x| &x.name == *c)).map(String::as_str).collect();
-        if !unknown.is_empty() {
-            let known: Vec<&str> = info.columns.iter().map(|c| c.name.as_str()).collect();
-            items.push(CheckItem {
-                status: Status::Fail,
-                title: rule.title,
-                detail: format!("reads column(s) {} that {table} does not have", unknown.join(", ")),
-                fix: Some(format!("use one of: {}", known.join(", "))),
-            });
-            continue;
-        }
-        if rule.reads_old_on_update && info.replica_identity != b'f' {
-            items.push(CheckItem {
-                status: Status::Warn,
-                title: rule.title,
-                detail: format!(
-                    "reads `old` on update, but {} does not have REPLICA IDENTITY FULL: updates arrive without the old row and the rule fails for them (→ {})",
-                    table,
-                    match rule.on_error {
-                        OnError::Dlq => "DLQ",
-                        OnError::Fail => "stop",
-                        OnError::Skip => "skipped",
-                    }
-                ),
-                fix: Some(format!("ALTER TABLE {} REPLICA IDENTITY FULL;", table.quoted())),
-            });
-            continue;
-        }
-        items.push(CheckItem {
-            status: Status::Ok,
-            title: rule.title,
-            detail: format!("{table} → {}", rule.topic),
-            fix: None,
-        });
-    }
-    items
 }
 
 #[cfg(test)]

@@ -20,15 +20,14 @@
 
 use crate::config::snapshot::OnGap;
 use crate::lsn::Lsn;
+use crate::postgres::control::Invalidation;
 
 /// The slot as the decision needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SlotState {
     Missing,
-    /// `wal_status = lost` or an invalidation reason: the slot exists but cannot stream, for `cause`.
-    Invalidated {
-        cause: &'static str,
-    },
+    /// The slot exists but cannot stream, and why.
+    Invalidated(Invalidation),
     Usable {
         confirmed: Lsn,
     },
@@ -75,9 +74,9 @@ pub(crate) fn decide(
                 plan_snapshot: true,
                 recovered_gap: None,
             }),
-            SlotState::Invalidated { cause } => gap(
+            SlotState::Invalidated(why) => gap(
                 on_gap,
-                format!("replication slot {slot_name} was invalidated ({cause})"),
+                format!("replication slot {slot_name} was invalidated ({})", why.why()),
                 GapSlot::Invalidated,
                 slot_name,
                 checkpoint_path,
@@ -125,11 +124,12 @@ pub(crate) fn decide(
             slot_name,
             checkpoint_path,
         ),
-        SlotState::Invalidated { cause } => gap(
+        SlotState::Invalidated(why) => gap(
             on_gap,
             format!(
-                "replication slot {slot_name} was invalidated ({cause}): the changes after the checkpoint at {cp} are \
-                 no longer available"
+                "replication slot {slot_name} was invalidated ({}): the changes after the checkpoint at {cp} are no \
+                 longer available",
+                why.why()
             ),
             GapSlot::Invalidated,
             slot_name,
@@ -223,8 +223,10 @@ pub(crate) async fn state_report(
     };
     let slot = match crate::postgres::control::slot_info(client, &config.source.slot).await {
         Ok(None) => SlotState::Missing,
-        Ok(Some(s)) if s.is_invalidated() => SlotState::Invalidated { cause: s.invalidation_cause() },
-        Ok(Some(s)) => SlotState::Usable { confirmed: s.confirmed_flush.unwrap_or(Lsn::INVALID) },
+        Ok(Some(s)) => match s.invalidated() {
+            Some(why) => SlotState::Invalidated(why),
+            None => SlotState::Usable { confirmed: s.confirmed_flush.unwrap_or(Lsn::INVALID) },
+        },
         Err(e) => {
             out.push(item(Status::Fail, "checkpoint", format!("reading the slot: {e}"), None));
             return out;
@@ -394,12 +396,45 @@ mod tests {
     #[test]
     fn an_invalidated_slot_is_a_gap_with_or_without_checkpoint() {
         for cp in [None, Some(40)] {
-            let cause = "the primary removed catalog rows it needed";
-            let e = d(cp, SlotState::Invalidated { cause }, 100, FAIL).unwrap_err();
-            assert!(e.contains("invalidated (the primary removed catalog rows") && e.contains("drop slot s"), "{e}");
-            let r = d(cp, SlotState::Invalidated { cause }, 100, RESNAP).unwrap();
+            let e = d(cp, SlotState::Invalidated(Invalidation::WalRemoved), 100, FAIL).unwrap_err();
+            assert!(e.contains("invalidated") && e.contains("drop slot s"), "{e}");
+            let r = d(cp, SlotState::Invalidated(Invalidation::WalRemoved), 100, RESNAP).unwrap();
             assert!(r.drop_slot && r.create_slot && r.plan_snapshot);
         }
+    }
+
+    #[test]
+    fn an_invalidated_slot_names_its_reason_and_the_fix() {
+        let slot = |wal_status: &str, reason: Option<&str>| crate::postgres::control::SlotInfo {
+            plugin: Some("pgoutput".into()),
+            database: Some("db".into()),
+            active_pid: None,
+            confirmed_flush: None,
+            wal_status: Some(wal_status.into()),
+            failover: None,
+            synced: None,
+            invalidation_reason: reason.map(str::to_string),
+        };
+        let cases = [
+            // Before 17 there is no invalidation_reason: lost is the WAL removal.
+            (slot("lost", None), "max_slot_wal_keep_size"),
+            (slot("lost", Some("wal_removed")), "max_slot_wal_keep_size"),
+            (slot("lost", Some("idle_timeout")), "idle_replication_slot_timeout"),
+            (slot("lost", Some("rows_removed")), "hot_standby_feedback = on"),
+            (slot("lost", Some("wal_level_insufficient")), "wal_level = logical on the primary"),
+            (slot("lost", Some("something_new")), "pg_replication_slots.invalidation_reason"),
+        ];
+        for (info, fix) in cases {
+            let why = info.invalidated().expect("invalidated");
+            for cp in [None, Some(40)] {
+                let e = d(cp, SlotState::Invalidated(why), 100, FAIL).unwrap_err();
+                assert!(e.contains(fix), "{:?}: {e}", info.invalidation_reason);
+                if fix != "max_slot_wal_keep_size" {
+                    assert!(!e.contains("max_slot_wal_keep_size"), "{e}");
+                }
+            }
+        }
+        assert_eq!(slot("reserved", None).invalidated(), None);
     }
 
     #[test]

@@ -98,8 +98,10 @@ pub(super) async fn stream_session(
             };
             let slot = match control::slot_info(client, &config.source.slot).await? {
                 None => resume::SlotState::Missing,
-                Some(s) if s.is_invalidated() => resume::SlotState::Invalidated { cause: s.invalidation_cause() },
-                Some(s) => resume::SlotState::Usable { confirmed: s.confirmed_flush.unwrap_or(Lsn::INVALID) },
+                Some(s) => match s.invalidated() {
+                    Some(why) => resume::SlotState::Invalidated(why),
+                    None => resume::SlotState::Usable { confirmed: s.confirmed_flush.unwrap_or(Lsn::INVALID) },
+                },
             };
             let decision = resume::decide(
                 checkpoint,
@@ -339,7 +341,13 @@ fn plan_snapshots(
         (false, false) => Some("snapshot.backfill_requests is false".to_string()),
         (false, true) => None,
     };
-    let snapshots = Snapshots::new(&config.source.slot, captured.clone(), refuse_requests, Ledger::new(state));
+    let snapshots = Snapshots::new(
+        &config.source.slot,
+        &config.source.publication,
+        captured.clone(),
+        refuse_requests,
+        Ledger::new(state),
+    );
     if plan_now {
         let tables = config.snapshot.tables(&captured).map_err(|e| PipelineError::Config(e.to_string()))?;
         tracing::info!(tables = tables.len(), "snapshot planned");

@@ -1,6 +1,6 @@
 //! One connection's worth of a run: connect the control connection, run the preflight (a blocking problem stops
-//! here, before anything is created), make sure the publication exists, choose binary or text values, then run
-//! replication sessions next to the monitors and the table watch until shutdown or an error.
+//! here, before anything is created), make sure the publication exists, choose binary or text values (from the
+//! columns the stream sends), then run replication sessions next to the monitors and the table watch until shutdown or an error.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,7 +89,7 @@ pub(super) async fn run_with(
     }
     // A dry run streams text values: switching to text later would need a new temporary slot, losing what the
     // server wrote in between.
-    let mut binary = !dry_run && binary_values_possible(&config, &catalog);
+    let mut binary = !dry_run && binary_values_possible(&client, &config, &catalog).await?;
     let session_stop = shutdown.child_token();
     let sessions = async {
         let mut first = true;
@@ -145,24 +145,30 @@ pub(super) async fn run_with(
     result
 }
 
-/// Whether the stream can request binary values: `source.value_format: auto` and every captured column has a
-/// type [`binary::supports`]. Logs why not otherwise.
-fn binary_values_possible(config: &Config, catalog: &control::Catalog) -> bool {
+/// Whether the stream can request binary values: `source.value_format: auto` and every column the stream sends has a
+/// type [`binary::supports`]. Columns never sent (virtual generated ones; stored generated ones the publication does
+/// not publish; those outside a column list) do not count. Logs why not otherwise.
+async fn binary_values_possible(
+    client: &tokio_postgres::Client,
+    config: &Config,
+    catalog: &control::Catalog,
+) -> Result<bool, PipelineError> {
     if config.source.value_format == ValueFormat::Text {
-        return false;
+        return Ok(false);
     }
     for (table, info) in &catalog.tables {
-        if let Some(c) = info.columns.iter().find(|c| !binary::supports(c.type_oid)) {
+        let sent = control::published_columns(client, &config.source.publication, table, info).await?;
+        if let Some(c) = info.columns.iter().find(|c| sent.contains(&c.name) && !binary::supports(c.type_oid)) {
             tracing::info!(
                 table = %table,
                 column = %c.name,
                 r#type = %c.type_name,
                 "streaming text values: this column's type has no binary mapping"
             );
-            return false;
+            return Ok(false);
         }
     }
-    true
+    Ok(true)
 }
 
 /// After our own replication connection closed, the server needs a moment to end its walsender and release the

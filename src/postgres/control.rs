@@ -70,6 +70,21 @@ pub struct ColumnType {
     pub type_name: String,
     /// `NOT NULL`.
     pub not_null: bool,
+    /// `pg_attribute.attgenerated`: stored (12+) and virtual (18+) generated columns are sent only when a
+    /// publication asks for them (stored ones, `publish_generated_columns = stored`, 18+) and virtual ones never.
+    pub generated: Generated,
+}
+
+/// How a column's value comes about (`pg_attribute.attgenerated`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Generated {
+    /// An ordinary column.
+    #[default]
+    No,
+    /// `GENERATED ALWAYS AS (…) STORED` (PostgreSQL 12+).
+    Stored,
+    /// `GENERATED ALWAYS AS (…) VIRTUAL` (PostgreSQL 18+): computed when read, never in the WAL.
+    Virtual,
 }
 
 /// Catalog facts for every captured table that exists.
@@ -90,32 +105,73 @@ pub struct SlotInfo {
     pub failover: Option<bool>,
     /// `synced` (PostgreSQL 17+): on a standby, the slot is a synchronized copy of the primary's.
     pub synced: Option<bool>,
-    /// Why the slot was invalidated, when the server says: `invalidation_reason` (17+), or `conflict with recovery`
-    /// (16: `conflicting`, a slot on a standby).
-    pub invalidation: Option<String>,
+    /// Why the slot cannot stream any more: `invalidation_reason` (17+), or `conflict with recovery` (16:
+    /// `conflicting`, a slot on a standby).
+    pub invalidation_reason: Option<String>,
 }
 
 impl SlotInfo {
-    /// The slot can no longer stream (`wal_status = lost`, or an invalidation reason).
-    pub fn is_invalidated(&self) -> bool {
-        self.wal_status.as_deref() == Some("lost") || self.invalidation.is_some()
+    /// Why the slot was invalidated, if it was (`wal_status = lost`, or an `invalidation_reason`).
+    pub fn invalidated(&self) -> Option<Invalidation> {
+        match (self.invalidation_reason.as_deref(), self.wal_status.as_deref()) {
+            (Some(reason), _) => Some(Invalidation::from_reason(reason)),
+            // Before 17 the one cause on a primary.
+            (None, Some("lost")) => Some(Invalidation::WalRemoved),
+            (None, _) => None,
+        }
+    }
+}
+
+/// Why PostgreSQL invalidated a slot (`pg_replication_slots.invalidation_reason`, 17+; before 17 only the WAL
+/// removal shows, as `wal_status = lost`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalidation {
+    /// `wal_removed`: the slot fell behind more than `max_slot_wal_keep_size`.
+    WalRemoved,
+    /// `rows_removed`: VACUUM removed catalog rows the slot needed (a slot on a standby).
+    RowsRemoved,
+    /// `wal_level_insufficient`: the primary's `wal_level` fell below logical (a slot on a standby).
+    WalLevelInsufficient,
+    /// PostgreSQL 16 only says `conflicting` (a slot on a standby): removed catalog rows or the primary's wal_level.
+    RecoveryConflict,
+    /// `idle_timeout` (18+): inactive longer than `idle_replication_slot_timeout`.
+    IdleTimeout,
+    /// A reason this version of ficus does not know.
+    Other,
+}
+
+impl Invalidation {
+    pub fn from_reason(reason: &str) -> Invalidation {
+        match reason {
+            "wal_removed" => Invalidation::WalRemoved,
+            "rows_removed" => Invalidation::RowsRemoved,
+            "wal_level_insufficient" => Invalidation::WalLevelInsufficient,
+            "idle_timeout" => Invalidation::IdleTimeout,
+            "conflict with recovery" => Invalidation::RecoveryConflict,
+            _ => Invalidation::Other,
+        }
     }
 
-    /// Why it was invalidated and what prevents it, for the refusal: on a standby the usual cause is a recovery
-    /// conflict (catalog rows removed on the primary), not removed WAL.
-    pub fn invalidation_cause(&self) -> &'static str {
-        match self.invalidation.as_deref() {
-            Some("rows_removed") => {
+    /// The cause, and how to keep it from happening again.
+    pub fn why(self) -> &'static str {
+        match self {
+            Invalidation::WalRemoved => "the WAL it needed was removed, see max_slot_wal_keep_size",
+            Invalidation::RowsRemoved => {
                 "the primary removed catalog rows it needed, a recovery conflict on this standby: set \
                  hot_standby_feedback = on on the standby, with primary_slot_name"
             }
-            Some("conflict with recovery") => {
+            Invalidation::RecoveryConflict => {
                 "it conflicted with recovery on this standby: the primary removed catalog rows it needed (set \
                  hot_standby_feedback = on on the standby, with primary_slot_name), or its wal_level is below logical"
             }
-            Some("wal_level_insufficient") => "the primary's wal_level is below logical",
-            Some("idle_timeout") => "it was inactive longer than idle_replication_slot_timeout",
-            _ => "the WAL it needed was removed, see max_slot_wal_keep_size",
+            Invalidation::WalLevelInsufficient => {
+                "the primary's wal_level fell below logical; set wal_level = logical on the primary and restart it"
+            }
+            Invalidation::IdleTimeout => {
+                "it was inactive for longer than idle_replication_slot_timeout; raise that setting or set it to 0 to \
+                 turn it off, so that the slot survives ficus being stopped"
+            }
+            Invalidation::Other => "see pg_replication_slots.invalidation_reason",
         }
     }
 }
@@ -142,7 +198,7 @@ pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, 
         wal_status: r.get(4),
         failover: r.get(5),
         synced: r.get(6),
-        invalidation: r.get(7),
+        invalidation_reason: r.get(7),
     }))
 }
 
@@ -226,14 +282,24 @@ pub async fn table_info_by_oid(client: &Client, oid: u32) -> Result<Option<(Tabl
         if replica_identity == b'i' && !identity_index.is_empty() { identity_index } else { columns_of(true) };
     let columns = client
         .query(
-            "SELECT attname::text, atttypid, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute \
-             WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            "SELECT attname::text, atttypid, format_type(atttypid, atttypmod), attnotnull, attgenerated::text \
+             FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
             &[&oid],
         )
         .await
         .map_err(sql(format!("reading the columns of {table}")))?
         .iter()
-        .map(|r| ColumnType { name: r.get(0), type_oid: r.get(1), type_name: r.get(2), not_null: r.get(3) })
+        .map(|r| ColumnType {
+            name: r.get(0),
+            type_oid: r.get(1),
+            type_name: r.get(2),
+            not_null: r.get(3),
+            generated: match r.get::<_, String>(4).as_str() {
+                "s" => Generated::Stored,
+                "v" => Generated::Virtual,
+                _ => Generated::No,
+            },
+        })
         .collect();
     Ok(Some((table, TableInfo { oid, replica_identity, key_columns, has_primary_key, columns })))
 }
@@ -381,4 +447,49 @@ pub(crate) async fn publication_gap(
     let members = publication_members(client, publication, tables).await?;
     let missing = members.into_iter().filter(|m| m.oid.is_some() && !m.published).map(|m| m.table).collect();
     Ok((true, owned, missing))
+}
+
+/// The columns pgoutput sends for `table` (with catalog facts `info`) under `publication`, in column order: the
+/// columns of the table's column list in the publication (`pg_publication_rel.prattrs`, 15+) if it has one, else
+/// every column that is not generated; stored generated columns only from 18 on, when the column list names them or,
+/// without a list, when the publication publishes them (`publish_generated_columns = stored`, or the publication does
+/// not exist yet: ficus creates it so, `postgres::admin`); virtual generated columns never. Read from the catalogs
+/// alone, not from `pg_publication_tables`: on 18 that view opens the table, so a lock on it (an ALTER TABLE, a LOCK)
+/// would hold up the start.
+pub async fn published_columns(
+    client: &Client,
+    publication: &str,
+    table: &TableName,
+    info: &TableInfo,
+) -> Result<Vec<String>, ControlError> {
+    let version: i32 = setting(client, "server_version_num").await?.parse().unwrap_or(0);
+    // pubgencols through to_jsonb (18+), prattrs only where it exists (15+): one statement for every version.
+    let column_list = if version >= 150_000 {
+        "(SELECT array_agg(a.attname::text) FROM pg_publication_rel pr \
+          JOIN pg_attribute a ON a.attrelid = pr.prrelid AND a.attnum = ANY(pr.prattrs) \
+          WHERE pr.prpubid = p.oid AND pr.prrelid = $2)"
+    } else {
+        // No column lists before 15; the parameter still needs a type.
+        "(SELECT NULL::text[] WHERE $2::oid IS NULL)"
+    };
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT coalesce(to_jsonb(p) ->> 'pubgencols', 'n') = 's', {column_list} FROM pg_publication p \
+                 WHERE p.pubname = $1"
+            ),
+            &[&publication, &info.oid],
+        )
+        .await
+        .map_err(sql(format!("reading the published columns of {table}")))?;
+    let (stored, listed) = row.map_or((true, None), |r| (r.get::<_, bool>(0), r.get::<_, Option<Vec<String>>>(1)));
+    let sent = |c: &&ColumnType| {
+        let in_list = listed.as_ref().map(|names| names.contains(&c.name));
+        match c.generated {
+            Generated::No => in_list.unwrap_or(true),
+            Generated::Stored => version >= 180_000 && in_list.unwrap_or(stored),
+            Generated::Virtual => false,
+        }
+    };
+    Ok(info.columns.iter().filter(sent).map(|c| c.name.clone()).collect())
 }

@@ -7,10 +7,12 @@
 //! - [`value`]: PostgreSQL text values → JSON, as docs/events.md maps them.
 //! - [`value_binary`]: the same mapping from binary (`send`) values, for pgoutput's `binary` option.
 //! - [`control`]: the regular SQL connection: preflight, publication and slot management, catalog reads.
+//! - [`generated`]: generated columns in a replica identity against a publication (PostgreSQL 18).
 
 pub mod admin;
 pub mod connect;
 pub mod control;
+pub mod generated;
 pub mod pgoutput;
 pub mod replication;
 pub mod sqlstate;

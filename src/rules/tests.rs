@@ -287,12 +287,18 @@ fn catalog_preflight_names_unknown_columns_and_missing_old_rows() {
     let columns = orders()
         .columns
         .iter()
-        .map(|c| ColumnType { name: c.name.clone(), type_oid: c.type_oid, type_name: "x".into(), not_null: c.is_key })
+        .map(|c| ColumnType {
+            name: c.name.clone(),
+            type_oid: c.type_oid,
+            type_name: "x".into(),
+            not_null: c.is_key,
+            generated: Default::default(),
+        })
         .collect();
     let info =
         TableInfo { oid: 1, replica_identity: b'd', key_columns: vec!["id".into()], has_primary_key: true, columns };
     catalog.tables.insert(TableName::parse("public.orders").unwrap(), info);
-    let items = crate::check::preflight::rule_lines(&r, &catalog);
+    let items = crate::check::preflight::rule_lines(&r, &catalog, false);
     assert_eq!(items.len(), 2);
     assert_eq!(items[0].status, Status::Warn, "{items:?}");
     assert!(items[0].fix.as_deref().unwrap().contains("REPLICA IDENTITY FULL"));
@@ -542,7 +548,7 @@ fn an_unknown_cel_function_is_warned_at_start_and_known_ones_are_not() {
     let catalog = Catalog {
         tables: [(TableName { schema: "public".into(), name: "orders".into() }, info)].into_iter().collect(),
     };
-    let items = crate::check::preflight::rule_lines(&r, &catalog);
+    let items = crate::check::preflight::rule_lines(&r, &catalog, false);
     assert!(items.iter().any(|i| i.status == Status::Warn && i.detail.contains("`nosuch`")), "{items:?}");
 }
 

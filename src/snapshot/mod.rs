@@ -131,6 +131,8 @@ pub(crate) enum JobState {
 /// Shared by the workers, the sink's [`Tap`], the checkpoint writer and the reporter for one replication session.
 pub struct Snapshots {
     pub(crate) slot: String,
+    /// The publication: a snapshot row has the columns the stream publishes (`control::published_columns`).
+    pub(crate) publication: String,
     /// Random per session; tags this session's watermarks.
     pub(crate) run: String,
     pub(crate) ledger: Ledger,
@@ -156,6 +158,7 @@ impl Snapshots {
     /// are taken up unless `refuse_requests` says why not (logged at ERROR for each).
     pub fn new(
         slot: &str,
+        publication: &str,
         captured: Vec<TableName>,
         refuse_requests: Option<String>,
         ledger: Ledger,
@@ -163,6 +166,7 @@ impl Snapshots {
         let run = format!("{:016x}", rand_u64());
         let shared = Arc::new(Snapshots {
             slot: slot.to_string(),
+            publication: publication.to_string(),
             run,
             captured,
             refuse_requests,

@@ -353,7 +353,7 @@ mod tests {
 
     #[test]
     fn rows_changed_between_the_watermarks_are_not_emitted() {
-        let shared = Snapshots::new("s", Vec::new(), None, Ledger::new(None));
+        let shared = Snapshots::new("s", "p", Vec::new(), None, Ledger::new(None));
         let mut tap = Tap::new(shared.clone());
         // A change before the window is irrelevant: the chunk read sees its result.
         tap.observe(&change(Op::Update, None, Some(row("1", "0"))));
@@ -388,7 +388,7 @@ mod tests {
 
     #[test]
     fn a_truncate_during_the_read_drops_the_chunk_and_foreign_watermarks_are_ignored() {
-        let shared = Snapshots::new("s", Vec::new(), None, Ledger::new(None));
+        let shared = Snapshots::new("s", "p", Vec::new(), None, Ledger::new(None));
         let mut tap = Tap::new(shared.clone());
         let mut other = message(&shared, 1, "low");
         other.content = Bytes::from_static(br#"{"slot":"s","run":"earlier","chunk":1,"mark":"high","oid":42}"#);
@@ -428,7 +428,7 @@ mod tests {
             );
             took
         };
-        let shared = Snapshots::new("s", Vec::new(), None, Ledger::new(None));
+        let shared = Snapshots::new("s", "p", Vec::new(), None, Ledger::new(None));
         let mut tap = Tap::new(shared.clone());
         tap.committed(76);
         tap.committed(77);
@@ -448,7 +448,7 @@ mod tests {
     /// checked: read again rather than trusted.
     #[test]
     fn a_window_past_the_remembered_commits_is_not_trusted() {
-        let shared = Snapshots::new("s", Vec::new(), None, Ledger::new(None));
+        let shared = Snapshots::new("s", "p", Vec::new(), None, Ledger::new(None));
         let mut tap = Tap::new(shared.clone());
         tap.committed(1);
         tap.message(&message(&shared, 1, "low")).unwrap();

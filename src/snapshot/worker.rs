@@ -93,7 +93,7 @@ async fn copy_job(
     stop: &CancellationToken,
 ) -> Result<Outcome, SnapshotError> {
     let name = job.table_name();
-    let (table, mut query) = table_meta(client, &name).await?;
+    let (table, mut query) = table_meta(client, &shared.publication, &name).await?;
     query.filter = job.filter.clone();
     let estimate = estimate_rows(client, table.oid, &name, job.filter.is_some()).await;
     shared.job_started(job, estimate);
@@ -158,8 +158,13 @@ fn drop_in_flight(shared: &Snapshots, in_flight: &mut VecDeque<(u64, u64, onesho
     }
 }
 
-/// The table as the stream would describe it (generated columns excluded, as pgoutput does) and its chunk query.
-async fn table_meta(client: &Client, name: &TableName) -> Result<(Arc<Table>, ChunkQuery), SnapshotError> {
+/// The table as the stream would describe it (the columns `publication` publishes: no virtual generated columns, stored
+/// ones only where a PostgreSQL 18 publication publishes them, a column list's columns) and its chunk query.
+async fn table_meta(
+    client: &Client,
+    publication: &str,
+    name: &TableName,
+) -> Result<(Arc<Table>, ChunkQuery), SnapshotError> {
     let info = control::table_info(client, name)
         .await
         .map_err(|e| SnapshotError::Definite(e.to_string()))?
@@ -167,11 +172,14 @@ async fn table_meta(client: &Client, name: &TableName) -> Result<(Arc<Table>, Ch
     if info.key_columns.is_empty() {
         return Err(SnapshotError::Definite(no_key_message(name)));
     }
+    let published = control::published_columns(client, publication, name, &info)
+        .await
+        .map_err(|e| SnapshotError::Definite(e.to_string()))?;
     let rows = client
         .query(
             "SELECT attname::text, atttypid, atttypmod FROM pg_attribute \
-             WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
-            &[&info.oid],
+             WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attname = ANY($2::text[]) ORDER BY attnum",
+            &[&info.oid, &published],
         )
         .await
         .map_err(SnapshotError::sql("reading the columns"))?;
@@ -194,7 +202,7 @@ async fn table_meta(client: &Client, name: &TableName) -> Result<(Arc<Table>, Ch
         .map(|k| columns.iter().position(|c| &c.name == k))
         .collect::<Option<Vec<usize>>>()
         .ok_or_else(|| {
-            SnapshotError::Definite(format!("a key column of {name} is generated; ficus cannot snapshot it"))
+            SnapshotError::Definite(format!("a key column of {name} is not published (generated, or outside the publication's column list); ficus cannot snapshot it"))
         })?;
     let query = ChunkQuery {
         table: name.clone(),

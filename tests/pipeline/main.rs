@@ -28,6 +28,7 @@ mod shutdown;
 mod snapshot;
 mod standby;
 mod transactions;
+mod versions;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
