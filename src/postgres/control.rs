@@ -105,8 +105,9 @@ pub struct SlotInfo {
     pub failover: Option<bool>,
     /// `synced` (PostgreSQL 17+): on a standby, the slot is a synchronized copy of the primary's.
     pub synced: Option<bool>,
-    /// Why the slot cannot stream any more: `invalidation_reason` (17+), or `conflict with recovery` (16:
-    /// `conflicting`, a slot on a standby).
+    /// Why the slot cannot stream any more: `invalidation_reason` (17+), or `conflict with recovery` (16: its
+    /// `conflicting` is true for every invalidated logical slot, WAL removal included, so it is read as a recovery
+    /// conflict only on a standby, where conflicts happen; on a primary `wal_status = lost` says the WAL removal).
     pub invalidation_reason: Option<String>,
 }
 
@@ -184,7 +185,8 @@ pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, 
             "SELECT plugin::text, database::text, active_pid, confirmed_flush_lsn::text, wal_status, \
              (to_jsonb(s) ->> 'failover')::bool, (to_jsonb(s) ->> 'synced')::bool, \
              coalesce(to_jsonb(s) ->> 'invalidation_reason', \
-                      CASE WHEN (to_jsonb(s) ->> 'conflicting')::bool THEN 'conflict with recovery' END) \
+                      CASE WHEN (to_jsonb(s) ->> 'conflicting')::bool AND pg_is_in_recovery() \
+                           THEN 'conflict with recovery' END) \
              FROM pg_replication_slots s WHERE slot_name = $1",
             &[&slot],
         )
