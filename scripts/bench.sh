@@ -22,7 +22,8 @@ case "${1:-}" in
     exec python3 scripts/snapshot_bench.py "${binary[@]}" "$@" ;;
   big-txn)
     shift
-    exec python3 scripts/big_txn_bench.py "${binary[@]}" "$@" ;;
+    source scripts/lib/bench-venv.sh
+    exec .venv/bench/bin/python scripts/big_txn_bench.py "${binary[@]}" "$@" ;;
   all)
     shift
     source scripts/lib/bench-venv.sh

@@ -48,6 +48,22 @@ def lsn_of(s, key):
     return lsn(v) if v else 0
 
 
+def topic_messages(brokers, topic):
+    """Messages on `topic` (sum of its partitions' high watermarks; exactly_once: committed ones and the commit
+    markers' offsets), so a run that confirmed without publishing every row cannot pass for a fast one. None without
+    confluent-kafka (scripts/bench.sh runs this in .venv/bench, which has it)."""
+    try:
+        from confluent_kafka import Consumer, TopicPartition
+    except ImportError:
+        return None
+    c = Consumer({"bootstrap.servers": brokers, "group.id": "ficus-big-txn-bench", "isolation.level": "read_committed"})
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts)
+    finally:
+        c.close()
+
+
 def run(cluster, brokers, binary, rows, delivery, rep):
     slot = f"big_{delivery}_{rep}"
     table = f"big_{rep}_{delivery}"
@@ -93,7 +109,8 @@ def run(cluster, brokers, binary, rows, delivery, rep):
             if now > 1800:
                 raise RuntimeError("timeout")
             time.sleep(0.02)
-        return {"first_received": first, "all_received": all_received, "visible": visible, "peak_rss_mib": rss}
+        return {"first_received": first, "all_received": all_received, "visible": visible, "peak_rss_mib": rss,
+                "events": topic_messages(brokers, f"{slot}.public.{table}")}
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
@@ -119,7 +136,9 @@ def main():
             results.append(r)
             print(f"rep {rep}: commit -> first change received {r['first_received']:.2f} s, all received "
                   f"{r['all_received']:.2f} s, visible ({a.delivery}) {r['visible']:.2f} s, "
-                  f"peak RSS {r['peak_rss_mib']:.1f} MiB", flush=True)
+                  f"peak RSS {r['peak_rss_mib']:.1f} MiB, messages on the topic {r['events']}", flush=True)
+            if r["events"] is not None and r["events"] < a.rows:
+                raise RuntimeError(f"only {r['events']} of {a.rows} rows reached the topic")
     finally:
         cluster.stop()
         stop_broker(broker)

@@ -358,22 +358,30 @@ async fn message_too_large_fails_loudly_with_table_and_lsn() {
     assert_eq!(fixed.terminate().code(), Some(0), "{}", fixed.log());
 }
 
+/// Streams one transaction (`insert`, `rows` rows into `table`) through ficus, checks that every row reached Kafka and
+/// that ficus exits cleanly; returns ficus's peak RSS in KiB.
+async fn peak_rss_through_one_transaction(s: &Setup, table: &str, insert: &str, rows: i64) -> u64 {
+    let mut f = Ficus::start(&s.config(&[&format!("public.{table}")]));
+    f.wait_streaming();
+    s.sql(insert).await;
+    s.wait_confirmed_now_within(&f, Duration::from_secs(600)).await;
+    let rss = f.peak_rss_kib().expect("VmHWM");
+    let count = s.kafka.high_watermark(&s.topic("public", table)).await;
+    eprintln!("{rows} rows in one transaction: {count} messages, peak RSS {} MiB", rss / 1024);
+    assert_eq!(count, rows, "every row of the transaction reached Kafka");
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+    rss
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn million_row_transaction_streams_with_bounded_memory() {
     let s = Setup::new("million", "CREATE TABLE m (id int PRIMARY KEY, a text, b int, c float8, d timestamptz)").await;
-    let mut f = Ficus::start(&s.config(&["public.m"]));
-    f.wait_streaming();
     const ROWS: i64 = 1_000_000;
-    s.sql(&format!("INSERT INTO m SELECT i, md5(i::text), i % 1000, i * 1.5, now() FROM generate_series(1, {ROWS}) i"))
-        .await;
-    s.wait_confirmed_now_within(&f, Duration::from_secs(600)).await;
-    let rss = f.peak_rss_kib().expect("VmHWM");
-    let count = s.kafka.high_watermark(&s.topic("public", "m")).await;
-    eprintln!("1M-row transaction: {count} messages, peak RSS {} MiB", rss / 1024);
-    assert_eq!(count, ROWS, "every row of the transaction reached Kafka");
+    let insert =
+        format!("INSERT INTO m SELECT i, md5(i::text), i % 1000, i * 1.5, now() FROM generate_series(1, {ROWS}) i");
+    let rss = peak_rss_through_one_transaction(&s, "m", &insert, ROWS).await;
     // The release target is 64 MiB (docs/benchmarks.md); debug builds and librdkafka's queue get some slack.
     assert!(rss < 160 * 1024, "peak RSS {} MiB: memory is not bounded", rss / 1024);
-    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -387,23 +395,15 @@ async fn wide_rows_stay_within_the_byte_bounded_channel() {
         "CREATE TABLE w (id int PRIMARY KEY, body text); ALTER TABLE w ALTER body SET STORAGE EXTERNAL",
     )
     .await;
-    let mut f = Ficus::start(&s.config(&["public.w"]));
-    f.wait_streaming();
     const ROWS: i64 = 12_000;
-    s.sql(&format!(
+    let insert = format!(
         "INSERT INTO w SELECT i, (SELECT string_agg(md5(i::text || ':' || j::text), '') FROM generate_series(1, 256) j) \
          FROM generate_series(1, {ROWS}) i"
-    ))
-    .await;
-    s.wait_confirmed_now_within(&f, Duration::from_secs(600)).await;
-    let rss = f.peak_rss_kib().expect("VmHWM");
-    let count = s.kafka.high_watermark(&s.topic("public", "w")).await;
-    eprintln!("12,000 rows of 8 KB in one transaction: {count} messages, peak RSS {} MiB", rss / 1024);
-    assert_eq!(count, ROWS, "every row of the transaction reached Kafka");
+    );
+    let rss = peak_rss_through_one_transaction(&s, "w", &insert, ROWS).await;
     // Debug build: ~35 MiB at rest, librdkafka's 8 MiB queue, the 16 MiB channel, one batch in the route task.
     // Measured: 52 MiB with the byte cap, 119 MiB without it.
     assert!(rss < 85 * 1024, "peak RSS {} MiB: the rows in flight are not bounded by bytes", rss / 1024);
-    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
 }
 
 #[tokio::test(flavor = "multi_thread")]
