@@ -46,7 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench as core  # noqa: E402  (the core workload)
 import snapshot_bench as snap  # noqa: E402  (the snapshot runs and the COPY baseline)
 from lib.cluster import ROOT, Cluster, lsn, start_broker, stop_broker  # noqa: E402
-from lib.consumers import PEER, run_ficus, run_peer, run_recvlogical  # noqa: E402
+from lib.consumers import PEER, run_ficus, run_peer, run_recvlogical, topic_messages  # noqa: E402
 
 SIZES = {
     "full": dict(rows=1_000_000, updates=500_000, big_txn=1_000_000, oltp=200_000, wide_rows=50_000,
@@ -111,6 +111,10 @@ def scenario_core(size, binary):
                          f"FROM generate_series(1, {size['big_txn']}) i")
             return lsn(cluster.psql("SELECT pg_current_wal_lsn()"))
         big = run_ficus(cluster, "s_big", None, brokers, False, binary, table="big", workload=big_txn)
+        # A drain that confirmed without every row on the topic must not pass for a fast one.
+        published = topic_messages(brokers, "s_big.public.big")
+        if published is not None and published < size["big_txn"]:
+            raise RuntimeError(f"1 big transaction: only {published} of {size['big_txn']} rows on the topic")
         m["big_txn_s"] = big.conf_secs
         m["rss"] = {"core raw": kafka.rss, "core rules": rules.rss, "1 big txn": big.rss}
         return m

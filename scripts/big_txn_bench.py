@@ -33,6 +33,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lib.cluster import ROOT, Cluster, free_port, lsn, peak_rss_mib, start_broker, stop_broker  # noqa: E402
+from lib.consumers import topic_messages  # noqa: E402
 
 
 def status(port):
@@ -46,22 +47,6 @@ def status(port):
 def lsn_of(s, key):
     v = (s or {}).get(key)
     return lsn(v) if v else 0
-
-
-def topic_messages(brokers, topic):
-    """Messages on `topic` (sum of its partitions' high watermarks; exactly_once: committed ones and the commit
-    markers' offsets), so a run that confirmed without publishing every row cannot pass for a fast one. None without
-    confluent-kafka (scripts/bench.sh runs this in .venv/bench, which has it)."""
-    try:
-        from confluent_kafka import Consumer, TopicPartition
-    except ImportError:
-        return None
-    c = Consumer({"bootstrap.servers": brokers, "group.id": "ficus-big-txn-bench", "isolation.level": "read_committed"})
-    try:
-        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts)
-    finally:
-        c.close()
 
 
 def run(cluster, brokers, binary, rows, delivery, rep):

@@ -180,6 +180,8 @@ def start_broker():
     # Own session: the wrapper starts the server as a child, and both are stopped (and measured) as a group.
     proc = subprocess.Popen([noida, "start", "--only", "kafka", "--kafka-port", str(port), "--data-dir", data],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    # The broker's log directory goes with it (stop_broker): a full benchmark run writes tens of GB there.
+    proc.data_dir = data
     for _ in range(300):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -190,9 +192,17 @@ def start_broker():
 
 
 def stop_broker(broker):
-    """Stops a broker from start_broker() and its child processes (None: an external broker, left alone)."""
+    """Stops a broker from start_broker() and its child processes, and removes its data (None: an external broker,
+    left alone)."""
     if not broker:
         return
+    try:
+        _stop_broker_processes(broker)
+    finally:
+        shutil.rmtree(getattr(broker, "data_dir", ""), ignore_errors=True)
+
+
+def _stop_broker_processes(broker):
     try:
         os.killpg(broker.pid, signal.SIGTERM)
         broker.wait(timeout=10)

@@ -141,3 +141,19 @@ PEER = os.path.join(ROOT, "scripts/peer/target/release/walstream-peer")
 def run_peer(cluster, slot, end, publication="bench", binary=PEER):
     """The pg_walstream peer (scripts/peer): protocol 1, text values, every change decoded and dropped."""
     return drain([binary, cluster.url(), slot, publication], cluster, slot, end, timeout=600)
+
+
+def topic_messages(brokers, topic):
+    """Messages on `topic` (sum of its partitions' high watermarks; exactly_once: committed ones and the commit
+    markers' offsets), so a run that confirmed without publishing every row cannot pass for a fast one. None without
+    confluent-kafka (scripts/bench.sh runs this in .venv/bench, which has it)."""
+    try:
+        from confluent_kafka import Consumer, TopicPartition
+    except ImportError:
+        return None
+    c = Consumer({"bootstrap.servers": brokers, "group.id": "ficus-big-txn-bench", "isolation.level": "read_committed"})
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts)
+    finally:
+        c.close()
