@@ -49,12 +49,15 @@ STREAMING_LINE = "streaming slot="
 RUST_LOG = "warn,ficus::pipeline::session=info"
 
 
-def ficus_config(cluster, slot, brokers, state, table="bench", rules=False, tables=None):
-    """A ficus config capturing public.`table` (or every table of `tables`) through publication `table`."""
+def ficus_config(cluster, slot, brokers, state, table="bench", rules=False, tables=None, delivery="at_least_once",
+                 health=None):
+    """A ficus config capturing public.`table` (or every table of `tables`) through publication `table`;
+    `health`: the `health.listen` address (for `/status`), none by default."""
     changes = "[]" if rules else "['*']"
     captured = ", ".join(tables or [f"public.{table}"])
     return (f"source:\n  url: {cluster.url()}\n  slot: {slot}\n  publication: {table}\n  tables: [{captured}]\n"
-            f"  status_interval_secs: 1\nkafka:\n  brokers: {brokers}\n"
+            f"  status_interval_secs: 1\nkafka:\n  brokers: {brokers}\n  delivery: {delivery}\n"
+            + (f"health:\n  listen: {health}\n" if health else "") +
             # Streaming only: the default `snapshot.mode: initial` would also copy the whole table, work the other
             # consumers of the same WAL do not do (snapshots have their own rows and snapshot_bench.py).
             f"snapshot:\n  mode: never\n"

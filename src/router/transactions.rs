@@ -84,22 +84,20 @@ impl Transactions {
         if out.last() != Some(&b'{') {
             out.push(b',');
         }
-        if structured {
-            out.extend_from_slice(b"\"txid\":");
-            write_json_string(out, &id);
-            out.extend_from_slice(b",\"txposition\":");
-            out.extend_from_slice(position.as_bytes());
-            out.extend_from_slice(b",\"txtopicposition\":");
-            out.extend_from_slice(topic_position.as_bytes());
+        // Structured CloudEvents: three extension attributes; otherwise one `transaction` object. Same values.
+        let (open, [id_key, position_key, topic_key], close): (&[u8], [&[u8]; 3], &[u8]) = if structured {
+            (b"", [b"\"txid\":", b",\"txposition\":", b",\"txtopicposition\":"], b"")
         } else {
-            out.extend_from_slice(b"\"transaction\":{\"id\":");
-            write_json_string(out, &id);
-            out.extend_from_slice(b",\"position\":");
-            out.extend_from_slice(position.as_bytes());
-            out.extend_from_slice(b",\"topicPosition\":");
-            out.extend_from_slice(topic_position.as_bytes());
-            out.push(b'}');
-        }
+            (b"\"transaction\":{", [b"\"id\":", b",\"position\":", b",\"topicPosition\":"], b"}")
+        };
+        out.extend_from_slice(open);
+        out.extend_from_slice(id_key);
+        write_json_string(out, &id);
+        out.extend_from_slice(position_key);
+        out.extend_from_slice(position.as_bytes());
+        out.extend_from_slice(topic_key);
+        out.extend_from_slice(topic_position.as_bytes());
+        out.extend_from_slice(close);
         out.push(b'}');
     }
 
