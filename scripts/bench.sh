@@ -3,6 +3,8 @@
 # Prints a table and the targets; see docs/benchmarks.md.  Usage: scripts/bench.sh [--rows N] [--updates N] [--big-txn N] [--skip-kafka]
 # Snapshot benchmark (ficus copying a 1M-row table vs COPY TO STDOUT): scripts/bench.sh snapshot [--rows N] [--chunk-size N] [--kafka]
 # One large transaction, commit -> last event visible: scripts/bench.sh big-txn [--rows N] [--delivery exactly_once|at_least_once] [--reps N]
+# What streaming in-progress transactions would give (a prototype client next to ficus, issue 19):
+#   scripts/bench.sh streaming-probe [--rows N] [--reps N] [--shapes statement,batches]
 # The full suite of issue 16 (every target, 3 repetitions, one table; ~25 min, --quick ~5 min):
 #   scripts/bench.sh all [--reps 3] [--quick] [--only ROWS] [--json FILE]
 # FICUS_BENCH_BINARY=path/to/ficus: use that binary and skip the release build (e.g. on a shared machine).
@@ -24,6 +26,10 @@ case "${1:-}" in
     shift
     source scripts/lib/bench-venv.sh
     exec .venv/bench/bin/python scripts/big_txn_bench.py "${binary[@]}" "$@" ;;
+  streaming-probe)
+    shift
+    source scripts/lib/bench-venv.sh
+    exec .venv/bench/bin/python scripts/streaming_probe.py "${binary[@]}" "$@" ;;
   all)
     shift
     source scripts/lib/bench-venv.sh

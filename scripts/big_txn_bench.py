@@ -49,7 +49,8 @@ def lsn_of(s, key):
     return lsn(v) if v else 0
 
 
-def run(cluster, brokers, binary, rows, delivery, rep):
+def run(cluster, brokers, binary, rows, delivery, rep, write=None):
+    """One repetition; `write(cluster, table)` runs the transaction (default: one INSERT … SELECT of `rows`)."""
     slot = f"big_{delivery}_{rep}"
     table = f"big_{rep}_{delivery}"
     cluster.psql(f"CREATE TABLE {table} (id bigint PRIMARY KEY, name text, qty int, price float8, ts timestamptz); "
@@ -69,8 +70,11 @@ def run(cluster, brokers, binary, rows, delivery, rep):
             time.sleep(0.1)
         time.sleep(1)
         before = lsn(cluster.psql("SELECT pg_current_wal_lsn()"))
-        cluster.psql(f"INSERT INTO {table} SELECT i, md5(i::text), i % 100, i * 0.5, now() "
-                     f"FROM generate_series(1, {rows}) i")
+        if write:
+            write(cluster, table)
+        else:
+            cluster.psql(f"INSERT INTO {table} SELECT i, md5(i::text), i % 100, i * 0.5, now() "
+                         f"FROM generate_series(1, {rows}) i")
         committed = time.monotonic()
         end = lsn(cluster.psql("SELECT pg_current_wal_lsn()"))
         first = all_received = visible = None

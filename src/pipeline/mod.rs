@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 mod checkpointing;
 pub mod error;
+mod identity_watch;
 mod monitor;
 mod output;
 mod route_task;

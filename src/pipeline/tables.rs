@@ -11,6 +11,7 @@
 //! repaired that way (the role may not alter the publication, the table has no key, backfills are off) the pipeline
 //! stops with exit 2 and the fix; on a standby (capture from a standby) always so, since it can neither alter the
 //! publication nor write a request. A dropped table is logged at ERROR once; its changes up to the drop were published.
+//! On PostgreSQL 18 the same tick runs the replica-identity watch ([`super::identity_watch`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -37,6 +38,7 @@ pub(super) async fn table_watch(
     let mut known: HashMap<TableName, Option<u32>> =
         catalog.tables.iter().map(|(t, i)| (t.clone(), Some(i.oid))).collect();
     let mut partitions = PartitionWatch::start(client, catalog).await;
+    let identity = super::identity_watch::IdentityWatch::start(client).await;
     loop {
         tokio::select! {
             _ = stop.cancelled() => std::future::pending::<()>().await,
@@ -54,6 +56,10 @@ pub(super) async fn table_watch(
                 continue;
             }
         };
+        if let Some(e) = identity.check(client, config, &members).await {
+            stop.cancel();
+            return e;
+        }
         for m in members {
             let before = known.insert(m.table.clone(), m.oid).flatten();
             match m.oid {

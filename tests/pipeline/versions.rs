@@ -174,6 +174,76 @@ async fn a_publication_that_would_break_the_application_is_refused_with_the_fix(
     assert_eq!(events[0]["after"], json!({"id": 1, "a": 3, "g": 6}), "{events:?}");
 }
 
+/// Each way the application's writes on a captured table can start failing on PostgreSQL 18 *after* ficus started —
+/// the replica identity set to FULL over a virtual generated column, a virtual generated column added to a FULL table,
+/// the publication's `publish_generated_columns` turned off under a stored one — stops ficus with exit 2 and the fix
+/// (it used to go on streaming while PostgreSQL refused every UPDATE and DELETE). A table with generated columns that
+/// is fine does not stop it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_while_streaming_that_breaks_the_application_stops_ficus_with_the_fix() {
+    let s = Setup::new("gen_watch", "CREATE TABLE plain (id int PRIMARY KEY, a int)").await;
+    if version(s.pg).await < 180_000 {
+        eprintln!("skipped: PostgreSQL 18 is the first to check generated columns in the replica identity");
+        return;
+    }
+    let publication = &s.prefix;
+    s.sql(&format!(
+        "CREATE TABLE stored (id int PRIMARY KEY, a int, g int GENERATED ALWAYS AS (a * 2) STORED);
+         ALTER TABLE stored REPLICA IDENTITY FULL;
+         CREATE TABLE virt (id int PRIMARY KEY, a int, v int GENERATED ALWAYS AS (a * 2) VIRTUAL);
+         CREATE TABLE full_plain (id int PRIMARY KEY, a int); ALTER TABLE full_plain REPLICA IDENTITY FULL;
+         CREATE PUBLICATION \"{publication}\" FOR TABLE plain, stored, virt, full_plain
+             WITH (publish_generated_columns = stored);"
+    ))
+    .await;
+    let config = s.config(&["public.plain", "public.stored", "public.virt", "public.full_plain"]);
+    let stops = |f: &mut Ficus, needles: &[&str]| {
+        assert_eq!(f.wait(WAIT).code(), Some(2), "{}", f.log());
+        let log = f.log();
+        for needle in needles {
+            assert!(log.contains(needle), "the log does not say {needle:?}:\n{log}");
+        }
+    };
+    let changes = [
+        // 1. The publication stops publishing the stored generated column of a FULL identity.
+        (
+            format!("ALTER PUBLICATION \"{publication}\" SET (publish_generated_columns = none)"),
+            vec!["captured table public.stored changed while ficus streamed", "stored generated column(s) g"],
+            format!("ALTER PUBLICATION \"{publication}\" SET (publish_generated_columns = stored)"),
+        ),
+        // 2. FULL over a virtual generated column.
+        (
+            "ALTER TABLE virt REPLICA IDENTITY FULL".to_string(),
+            vec!["captured table public.virt changed", "virtual generated column(s) v", "REPLICA IDENTITY DEFAULT"],
+            "ALTER TABLE virt REPLICA IDENTITY DEFAULT".to_string(),
+        ),
+        // 3. A virtual generated column added to a FULL table.
+        (
+            "ALTER TABLE full_plain ADD COLUMN v int GENERATED ALWAYS AS (a * 3) VIRTUAL".to_string(),
+            vec!["captured table public.full_plain changed", "virtual generated column(s) v"],
+            "ALTER TABLE full_plain DROP COLUMN v".to_string(),
+        ),
+    ];
+    for (i, (change, needles, undo)) in changes.iter().enumerate() {
+        let mut f = Ficus::start(&config);
+        f.wait_streaming();
+        // Generated columns that PostgreSQL can publish do not stop ficus: several watch ticks pass.
+        app_write(&s, &format!("INSERT INTO stored VALUES ({i}, 1); UPDATE virt SET a = a + 1")).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(f.is_running(), "ficus stopped although nothing broke:\n{}", f.log());
+        s.sql(change).await;
+        stops(&mut f, needles);
+        s.sql(undo).await;
+    }
+    // With every change undone, ficus streams again and the application's writes work.
+    let mut f = Ficus::start(&config);
+    f.wait_streaming();
+    app_write(&s, "UPDATE stored SET a = 7; UPDATE virt SET a = 7; UPDATE full_plain SET a = 7").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(f.is_running(), "{}", f.log());
+    assert_eq!(f.terminate().code(), Some(0), "{}", f.log());
+}
+
 /// A snapshot `read` row and a streamed row of the same table have the same columns, whatever the publication
 /// publishes: stored generated columns (18, `publish_generated_columns = stored`), never virtual ones, a column list's
 /// columns (15+).
