@@ -135,7 +135,7 @@ def versus_recvlogical(cluster, table, end, changes, binary):
     finally:
         stop_broker(broker)
     return {"recv_rate": changes / recv.secs, "ratio": changes / kafka.conf_secs / (changes / recv.secs),
-            "rss": kafka.rss}
+            "rss": kafka.rss, "cpu_us": 1e6 * kafka.client_cpu_s / changes}
 
 
 def scenario_oltp(size, binary):
@@ -168,7 +168,8 @@ BEGIN
 END $$""")
         end = lsn(cluster.psql("SELECT pg_current_wal_lsn()"))
         r = versus_recvlogical(cluster, "oltp", end, n, binary)
-        return {"oltp_recv_rate": r["recv_rate"], "oltp_ratio": r["ratio"], "rss": {"oltp": r["rss"]}}
+        return {"oltp_recv_rate": r["recv_rate"], "oltp_ratio": r["ratio"], "oltp_cpu_us": r["cpu_us"],
+                "rss": {"oltp": r["rss"]}}
     finally:
         cluster.stop()
 
@@ -286,6 +287,7 @@ ROWS = [
     ("4", "ficus CPU per change, null sink", "null_cpu_us", "us", LE, 1.5),
     ("4", "ficus CPU per change, end to end (-> broker)", "e2e_cpu_us", "us", LE, 2.5),
     ("5", "OLTP 1-row txns, -> broker until confirmed, vs pg_recvlogical", "oltp_ratio", "x", GE, 0.9),
+    ("5", "OLTP: ficus CPU per change (all threads, until confirmed)", "oltp_cpu_us", "us", INFO, None),
     ("6", "wide rows (jsonb, TOAST), -> broker until confirmed, vs pg_recvlogical", "wide_ratio", "x", GE, 0.9),
     ("7", "1,000 tables: ficus start to streaming", "tables_to_streaming_s", "s", LE, 10),
     ("7", "1,000 tables: peak RSS (all changes confirmed)", "tables_rss", "MiB", LE, 64),

@@ -3,7 +3,9 @@
 //! **Guarantees.**
 //! - Transactions whose commit record lies before the checkpoint are skipped whole: after a restart nothing that was
 //!   already flushed is published again, even if the server resends it (its confirmed position may lag ours).
-//! - Events are forwarded in stream order through a bounded channel. When the channel is full the source stops
+//! - Events are forwarded in stream order through a bounded channel, in batches; a batch ending in a commit is sent
+//!   as soon as no further message is already buffered, so batching never delays a commit for data still to come.
+//!   When the channel is full the source stops
 //!   reading the socket (TCP backpressure to the walsender) but keeps sending standby status updates, so the server
 //!   never times the connection out while Kafka is slow.
 //! - The standby status update reports `write` = last received commit, `flush` = `apply` = the flushed LSN from
@@ -351,7 +353,13 @@ impl<'c> Source<'c> {
                 self.received = self.received.max(c.end_lsn);
                 if !self.skipping {
                     self.batch.push(SourceEvent::Commit { end_lsn: c.end_lsn });
-                    self.flush_batch(shutdown, true).await?;
+                    // A commit is handed on at once unless the next message is already here: then the batch goes
+                    // on filling (up to BATCH / BATCH_BYTES, or the first commit after which the socket has nothing
+                    // buffered). Many one-row transactions thus share a channel send and a wake-up of the route task
+                    // instead of paying one each, and a commit never waits for data that has not arrived.
+                    if !self.stream.message_buffered() {
+                        self.flush_batch(shutdown, true).await?;
+                    }
                 }
                 self.skipping = false;
             }

@@ -135,6 +135,14 @@ pub fn split_frame(buf: &mut BytesMut) -> Result<Option<Frame>, ReplicationError
     Ok(Some(Frame { tag, body: frame.freeze() }))
 }
 
+/// Whether `buf` starts with a complete frame (tag, length, body) — what [`split_frame`] would return.
+fn frame_complete(buf: &[u8]) -> bool {
+    match buf.get(..5) {
+        Some(&[_, a, b, c, d]) => buf.len() > u32::from_be_bytes([a, b, c, d]) as usize,
+        _ => false,
+    }
+}
+
 /// A framed connection.
 pub struct Conn {
     socket: Socket,
@@ -159,6 +167,11 @@ impl Conn {
             tls,
             last_received: Instant::now(),
         }
+    }
+
+    /// Whether a complete frame is already buffered (the next [`Self::try_frame`] returns one or an error).
+    pub fn frame_buffered(&self) -> bool {
+        frame_complete(&self.read)
     }
 
     /// The next complete frame already buffered, without touching the socket.
@@ -211,6 +224,15 @@ mod tests {
         v.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
         v.extend_from_slice(body);
         v
+    }
+
+    #[test]
+    fn a_frame_is_complete_exactly_when_split_frame_returns_it() {
+        let wire = frame(b'd', b"hello");
+        for cut in 0..=wire.len() {
+            let mut buf = BytesMut::from(&wire[..cut]);
+            assert_eq!(frame_complete(&buf), split_frame(&mut buf).unwrap().is_some(), "{cut} bytes");
+        }
     }
 
     #[test]

@@ -84,6 +84,13 @@ impl ReplicationStream {
         }
     }
 
+    /// Whether the next message is already buffered, so [`Self::next`] would return without waiting for the socket
+    /// (a frame that is not a message, e.g. the end of the stream, counts too). The source uses it to hand several
+    /// small transactions downstream at once while the server is sending faster than it reads.
+    pub fn message_buffered(&self) -> bool {
+        self.conn.frame_buffered()
+    }
+
     /// When the server last sent anything. The server may stay silent while idle (our status updates keep it
     /// content), so a caller wanting to detect a dead peer sends `reply_requested = true` and watches this.
     pub fn last_received(&self) -> tokio::time::Instant {
