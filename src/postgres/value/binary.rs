@@ -84,24 +84,34 @@ fn write_scalar(out: &mut Vec<u8>, type_oid: u32, b: &[u8]) -> Result<(), ValueE
             _ => return Err(invalid("binary bool is not 0 or 1")),
         },
         oid::INT2 => {
-            let _ = write!(out, "{}", i16::from_be_bytes(fixed(b).ok_or_else(size)?));
+            out.extend_from_slice(
+                itoa::Buffer::new().format(i16::from_be_bytes(fixed(b).ok_or_else(size)?)).as_bytes(),
+            );
         }
         oid::INT4 => {
-            let _ = write!(out, "{}", i32::from_be_bytes(fixed(b).ok_or_else(size)?));
+            out.extend_from_slice(
+                itoa::Buffer::new().format(i32::from_be_bytes(fixed(b).ok_or_else(size)?)).as_bytes(),
+            );
         }
         oid::INT8 => {
-            let _ = write!(out, "{}", i64::from_be_bytes(fixed(b).ok_or_else(size)?));
+            out.extend_from_slice(
+                itoa::Buffer::new().format(i64::from_be_bytes(fixed(b).ok_or_else(size)?)).as_bytes(),
+            );
         }
         oid::OID => {
-            let _ = write!(out, "{}", u32::from_be_bytes(fixed(b).ok_or_else(size)?));
+            out.extend_from_slice(
+                itoa::Buffer::new().format(u32::from_be_bytes(fixed(b).ok_or_else(size)?)).as_bytes(),
+            );
         }
         oid::FLOAT4 => {
             let v = f32::from_be_bytes(fixed(b).ok_or_else(size)?);
-            write_float(out, f64::from(v), v.is_finite().then(|| format!("{v:e}")), 6);
+            let mut buf = [0u8; SCI_BUF];
+            write_float(out, f64::from(v), v.is_finite().then(|| sci(&mut buf, v)), 6);
         }
         oid::FLOAT8 => {
             let v = f64::from_be_bytes(fixed(b).ok_or_else(size)?);
-            write_float(out, v, v.is_finite().then(|| format!("{v:e}")), 15);
+            let mut buf = [0u8; SCI_BUF];
+            write_float(out, v, v.is_finite().then(|| sci(&mut buf, v)), 15);
         }
         oid::NUMERIC => write_numeric(out, b).map_err(invalid)?,
         oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME => {
@@ -130,7 +140,7 @@ fn write_scalar(out: &mut Vec<u8>, type_oid: u32, b: &[u8]) -> Result<(), ValueE
                 if matches!(i, 4 | 6 | 8 | 10) {
                     out.push(b'-');
                 }
-                let _ = write!(out, "{byte:02x}");
+                out.extend_from_slice(&[HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0xf)]]);
             }
             out.push(b'"');
         }
@@ -212,7 +222,7 @@ fn write_clock(out: &mut Vec<u8>, us: i64) {
 /// A float as PostgreSQL prints it with `extra_float_digits > 0`: the shortest digits that round-trip, in fixed
 /// notation when the decimal exponent is in `-4..max_fixed_exp`, else as `d.ddde+XX`. `sci` is Rust's shortest
 /// `{:e}` form of the same value (digits and exponent are identical to Ryu's, which PostgreSQL uses).
-fn write_float(out: &mut Vec<u8>, v: f64, sci: Option<String>, max_fixed_exp: i32) {
+fn write_float(out: &mut Vec<u8>, v: f64, sci: Option<&str>, max_fixed_exp: i32) {
     let Some(sci) = sci else {
         let s = if v.is_nan() {
             "NaN"
@@ -225,13 +235,20 @@ fn write_float(out: &mut Vec<u8>, v: f64, sci: Option<String>, max_fixed_exp: i3
         return;
     };
     // `sci` looks like "-1.2345e-7" or "5e0".
-    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((sci, "0"));
     let exp: i32 = exp.parse().unwrap_or(0);
     let (negative, mantissa) = match mantissa.strip_prefix('-') {
         Some(m) => (true, m),
         None => (false, mantissa),
     };
-    let digits: Vec<u8> = mantissa.bytes().filter(u8::is_ascii_digit).collect();
+    // At most 17 significant digits (the shortest form of an f64), kept on the stack.
+    let mut digit_buf = [0u8; SCI_BUF];
+    let mut n = 0;
+    for d in mantissa.bytes().filter(u8::is_ascii_digit).take(SCI_BUF) {
+        digit_buf[n] = d;
+        n += 1;
+    }
+    let digits = &digit_buf[..n];
     if negative {
         out.push(b'-');
     }
@@ -243,11 +260,11 @@ fn write_float(out: &mut Vec<u8>, v: f64, sci: Option<String>, max_fixed_exp: i3
         if exp < 0 {
             out.extend_from_slice(b"0.");
             out.extend(std::iter::repeat_n(b'0', (-exp - 1) as usize));
-            out.extend_from_slice(&digits);
+            out.extend_from_slice(digits);
         } else {
             let int_len = exp as usize + 1;
             if digits.len() <= int_len {
-                out.extend_from_slice(&digits);
+                out.extend_from_slice(digits);
                 out.extend(std::iter::repeat_n(b'0', int_len - digits.len()));
             } else {
                 out.extend_from_slice(&digits[..int_len]);
@@ -263,6 +280,20 @@ fn write_float(out: &mut Vec<u8>, v: f64, sci: Option<String>, max_fixed_exp: i3
         }
         let _ = write!(out, "e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.unsigned_abs());
     }
+}
+
+/// Room for Rust's shortest `{:e}` text of any f64 ("-1.7976931348623157e308": 23 bytes).
+const SCI_BUF: usize = 32;
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// `v` in Rust's shortest round-trip scientific notation ("-1.2345e-7", "5e0"), written into `buf` without a heap
+/// allocation (this runs for every float value of every change).
+fn sci(buf: &mut [u8; SCI_BUF], v: impl std::fmt::LowerExp) -> &str {
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{v:e}");
+    let len = usize::try_from(cursor.position()).unwrap_or(0);
+    std::str::from_utf8(&buf[..len]).unwrap_or("0e0")
 }
 
 const NUMERIC_POS: u16 = 0x0000;
@@ -320,7 +351,7 @@ fn write_numeric(out: &mut Vec<u8>, b: &[u8]) -> Result<(), &'static str> {
         for i in 0..=weight {
             let d = digit(i)?;
             if i == 0 {
-                let _ = write!(out, "{d}");
+                out.extend_from_slice(itoa::Buffer::new().format(d).as_bytes());
             } else {
                 push_digits(out, u32::from(d), 4);
             }
