@@ -91,11 +91,12 @@ pub(super) async fn route_loop(
                                 false => route_error(message.lsn)(e),
                             })?;
                             let (n, table_done) = (rows.len(), tap.table_done());
-                            for (i, change) in rows.into_iter().enumerate() {
+                            for (i, row) in rows.into_iter().enumerate() {
                                 records.clear();
                                 let last = table_done && i + 1 == n;
+                                let change = &row.change;
                                 router
-                                    .route_snapshot_row(&change, last, &mut records)
+                                    .route_snapshot_row(change, last, row.encoded.as_ref(), &mut records)
                                     .map_err(route_error(change.lsn))?;
                                 destination.send(&progress, tx, &records, change.lsn).await?;
                             }
