@@ -98,7 +98,10 @@ pub struct EncodedRow {
 impl EncodedRow {
     /// Encodes `row`, a complete row of `table` (a snapshot row: no unchanged-TOAST placeholder).
     pub fn of(table: &Table, row: &Row) -> Result<EncodedRow, EncodeError> {
-        let mut buf = Vec::with_capacity(256);
+        // Sized from the row (a chunk holds thousands of these per worker): names, values, quotes and separators;
+        // the key repeats its columns.
+        let text: usize = table.columns.iter().zip(row.iter()).map(|(c, d)| c.name.len() + datum_len(d) + 6).sum();
+        let mut buf = Vec::with_capacity(text + text / 4 + 16);
         let key_len = match key_json(table, row)? {
             Some(k) => {
                 buf.extend_from_slice(&k);
@@ -123,6 +126,13 @@ impl EncodedRow {
     /// The `after` JSON.
     pub fn after(&self) -> &[u8] {
         &self.buf[self.key_len.unwrap_or(0)..]
+    }
+}
+
+fn datum_len(d: &Datum) -> usize {
+    match d {
+        Datum::Text(b) | Datum::Binary(b) => b.len(),
+        Datum::Null | Datum::UnchangedToast => 4,
     }
 }
 

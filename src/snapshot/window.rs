@@ -303,7 +303,9 @@ impl Tap {
             .map(|(_, xid)| *xid)
     }
 
-    /// A transaction committed (in stream order). Remembered for the commit race while snapshots may run.
+    /// A transaction that changed rows committed (in stream order). Remembered for the commit race while snapshots
+    /// may run. Transactions without a row change (watermarks: with several workers another worker's are often in a
+    /// chunk's in-progress list) need not be told: they cannot make a chunk row stale.
     pub fn committed(&mut self, xid: u32) {
         if self.recent.len() == RECENT_COMMITS {
             self.recent.pop_front();
