@@ -106,6 +106,29 @@ pub struct Job {
     /// Rows copied so far.
     #[serde(default)]
     pub rows: u64,
+    /// The key ranges the table is copied in, in parallel, each with its own cursor (`after` above is then unused);
+    /// empty: one cursor for the whole table (also every checkpoint written before ranges existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ranges: Vec<KeyRange>,
+}
+
+/// A range of a job's table by its first key column: `from <= column < to` (text forms, compared as the column's
+/// type), copied chunk by chunk in key order like a whole table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRange {
+    /// `None`: from the table's first row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// `None`: to the table's last row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Key of the last row of the range's last chunk in Kafka; `None` = from `from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Vec<String>>,
+    /// Every row of the range is in Kafka.
+    #[serde(default)]
+    pub done: bool,
 }
 
 impl Job {

@@ -251,15 +251,32 @@ impl Router {
 
     /// Records for one snapshot row; `last`: the last row of its table's snapshot (Debezium's
     /// `snapshot: "last_in_data_collection"`).
-    pub fn route_snapshot_row(&mut self, change: &Change, last: bool, out: &mut Vec<Record>) -> Result<(), RouteError> {
+    /// `encoded`: the row's key and `after` as its snapshot worker encoded them, used by a raw JSON event that neither
+    /// masking nor `changes.key_columns` alters.
+    pub fn route_snapshot_row(
+        &mut self,
+        change: &Change,
+        last: bool,
+        encoded: Option<&encode::EncodedRow>,
+        out: &mut Vec<Record>,
+    ) -> Result<(), RouteError> {
         self.debezium.set_snapshot_last(last);
-        let result = self.route(change, out);
+        let result = self.route_with(change, encoded, out);
         self.debezium.set_snapshot_last(false);
         result
     }
 
     /// Records for one change, in publishing order.
     pub fn route(&mut self, change: &Change, out: &mut Vec<Record>) -> Result<(), RouteError> {
+        self.route_with(change, None, out)
+    }
+
+    fn route_with(
+        &mut self,
+        change: &Change,
+        encoded: Option<&encode::EncodedRow>,
+        out: &mut Vec<Record>,
+    ) -> Result<(), RouteError> {
         let start = out.len();
         self.ensure_route(change);
         let (source, encoding) = (&self.source, self.encoding);
@@ -291,7 +308,9 @@ impl Router {
             };
             match encoding {
                 ChangeEncoding::Json => {
-                    let (key, payload) = encode::raw_change(change, source)?;
+                    // The worker encoded the row as it read it: valid only for the row unaltered.
+                    let encoded = encoded.filter(|_| masked.is_none() && rekeyed.is_none());
+                    let (key, payload) = encode::raw_change_with(change, source, encoded)?;
                     out.push(Record {
                         topic: topic.clone(),
                         key,

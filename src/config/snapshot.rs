@@ -21,9 +21,14 @@ pub struct SnapshotConfig {
     /// Rows per chunk: each chunk is one short read in key order. Default 10000.
     #[serde(default = "default_chunk_size")]
     pub chunk_size: u32,
-    /// Tables copied at the same time, each by its own connection. Default 2.
+    /// Copy workers, each with its own connection: tables copied at the same time, and the key ranges a large
+    /// table is split into. Default 2.
     #[serde(default = "default_workers")]
     pub workers: u32,
+    /// A table of at least this many rows (`pg_class.reltuples`) is split into `workers` key ranges copied in
+    /// parallel; 0: never split. Default 100000.
+    #[serde(default = "default_split_min_rows")]
+    pub split_min_rows: u64,
     /// Accept `ficus backfill` requests (logical decoding messages any role with access to the database can
     /// write; see docs/snapshots.md). Default true.
     #[serde(default = "default_true")]
@@ -51,6 +56,7 @@ impl Default for SnapshotConfig {
             tables: None,
             chunk_size: default_chunk_size(),
             workers: default_workers(),
+            split_min_rows: default_split_min_rows(),
             backfill_requests: true,
             on_gap: OnGap::Fail,
         }
@@ -73,6 +79,9 @@ fn default_chunk_size() -> u32 {
 fn default_workers() -> u32 {
     2
 }
+fn default_split_min_rows() -> u64 {
+    100_000
+}
 fn default_true() -> bool {
     true
 }
@@ -85,6 +94,17 @@ impl SnapshotConfig {
         }
         if !(1..=32).contains(&self.workers) {
             return Err(ConfigError::invalid("snapshot.workers", "must be between 1 and 32 (default 2)"));
+        }
+        if self.split_min_rows != 0 && self.split_min_rows < 2 * u64::from(self.chunk_size) {
+            // A range holds at least a chunk: splitting a table of fewer rows only adds watermarks.
+            return Err(ConfigError::invalid(
+                "snapshot.split_min_rows",
+                format!(
+                    "must be 0 (never split) or at least twice snapshot.chunk_size ({}); raise it (default \
+                     100000) or lower chunk_size",
+                    2 * u64::from(self.chunk_size)
+                ),
+            ));
         }
         self.tables(captured).map(|_| ())
     }

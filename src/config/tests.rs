@@ -209,3 +209,15 @@ fn key_columns_errors_name_the_table_and_column() {
         .unwrap_err();
     assert!(err.contains("changes.key_columns.public.orders") && err.contains("email is a key column"), "{err}");
 }
+
+#[test]
+fn split_min_rows_is_zero_or_at_least_two_chunks() {
+    let with = |extra: &str| Config::from_yaml(&format!("{MINIMAL}snapshot:\n{extra}"), &env);
+    assert_eq!(Config::from_yaml(MINIMAL, &env).unwrap().snapshot.split_min_rows, 100_000);
+    assert_eq!(with("  split_min_rows: 0\n").unwrap().snapshot.split_min_rows, 0);
+    let err = with("  chunk_size: 1000\n  split_min_rows: 1500\n").unwrap_err().to_string();
+    assert!(
+        err.contains("snapshot.split_min_rows") && err.contains("at least twice snapshot.chunk_size (2000)"),
+        "{err}"
+    );
+}

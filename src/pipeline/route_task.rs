@@ -36,8 +36,11 @@ pub(super) async fn route_loop(
     let result = async {
         let mut records: Vec<Record> = Vec::with_capacity(4);
         let mut commit_time_us = 0i64;
-        // The xid of the transaction being routed (the snapshot tap remembers which committed, see snapshot::window).
+        // The xid of the transaction being routed (the snapshot tap remembers which committed, see snapshot::window),
+        // and whether it changed a row: one that did not (a snapshot watermark, another worker's included) cannot
+        // make a chunk stale, and remembering it would fail the commit race check for nothing.
         let mut xid = 0u32;
+        let mut changed_rows = false;
         loop {
             // exactly_once: commit an open Kafka transaction that waited long enough, at a source commit boundary.
             // The deadline counts from the transaction's start, so a stream of keepalives cannot postpone it.
@@ -66,6 +69,7 @@ pub(super) async fn route_loop(
                         current = Some(progress.begin_at(meta.commit_time_us));
                         commit_time_us = meta.commit_time_us;
                         xid = meta.xid;
+                        changed_rows = false;
                     }
                     SourceEvent::Change(change) => {
                         let tx = current.ok_or_else(|| PipelineError::Route {
@@ -75,6 +79,7 @@ pub(super) async fn route_loop(
                         if let Some(tap) = &mut tap {
                             tap.observe(&change);
                         }
+                        changed_rows = true;
                         records.clear();
                         router.route(&change, &mut records).map_err(route_error(change.lsn))?;
                         destination.send(&progress, tx, &records, change.lsn).await?;
@@ -91,11 +96,12 @@ pub(super) async fn route_loop(
                                 false => route_error(message.lsn)(e),
                             })?;
                             let (n, table_done) = (rows.len(), tap.table_done());
-                            for (i, change) in rows.into_iter().enumerate() {
+                            for (i, row) in rows.into_iter().enumerate() {
                                 records.clear();
                                 let last = table_done && i + 1 == n;
+                                let change = &row.change;
                                 router
-                                    .route_snapshot_row(&change, last, &mut records)
+                                    .route_snapshot_row(change, last, row.encoded.as_ref(), &mut records)
                                     .map_err(route_error(change.lsn))?;
                                 destination.send(&progress, tx, &records, change.lsn).await?;
                             }
@@ -115,7 +121,9 @@ pub(super) async fn route_loop(
                         }
                         if destination.confirms() {
                             if let Some(tap) = &mut tap {
-                                tap.committed(xid);
+                                if changed_rows {
+                                    tap.committed(xid);
+                                }
                                 tap.commit(end_lsn);
                             }
                             progress.commit_at(tx, end_lsn, commit_time_us);

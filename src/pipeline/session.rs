@@ -266,7 +266,13 @@ pub(super) async fn stream_session(
             .with_control(client)
             .with_status(health.clone());
     let snapshot_task = snapshots.as_ref().map(|s| {
-        s.start(info.clone(), config.snapshot.workers, config.snapshot.chunk_size, health.clone(), stop.clone())
+        let settings = crate::snapshot::CopySettings {
+            workers: config.snapshot.workers,
+            chunk_size: config.snapshot.chunk_size,
+            split_min_rows: config.snapshot.split_min_rows,
+            encode_rows: config.changes.encoding == crate::config::ChangeEncoding::Json,
+        };
+        s.start(info.clone(), settings, health.clone(), stop.clone())
     });
     if let (Some(s), SnapshotMode::InitialOnly) = (&snapshots, config.snapshot.mode) {
         tokio::spawn(exit_when_copied(s.clone(), progress.clone(), stop.clone()));

@@ -25,6 +25,8 @@ pub struct ChunkQuery {
     pub key: Vec<usize>,
     /// Extra condition (`ficus backfill --where`), already checked.
     pub filter: Option<String>,
+    /// The key range read (`from <= first key column < to`, text forms), when the table is split.
+    pub range: Option<(Option<String>, Option<String>)>,
 }
 
 impl ChunkQuery {
@@ -37,6 +39,16 @@ impl ChunkQuery {
             let lits: Vec<String> = after.iter().map(|v| quote_literal(v)).collect();
             conditions.push(format!("({}) > ({})", key.join(", "), lits.join(", ")));
         }
+        if let Some((from, to)) = &self.range {
+            // Compared as the column's type: the literal takes the column's type, as the cursor's do.
+            let first = key[0];
+            if let Some(from) = from {
+                conditions.push(format!("{first} >= {}", quote_literal(from)));
+            }
+            if let Some(to) = to {
+                conditions.push(format!("{first} < {}", quote_literal(to)));
+            }
+        }
         if let Some(f) = &self.filter {
             conditions.push(format!("({f})"));
         }
@@ -48,6 +60,41 @@ impl ChunkQuery {
             key.join(", ")
         )
     }
+}
+
+/// The query sampling the first key column's values, sorted in the column's order, as text: about `sample` rows
+/// of a table of about `estimate` rows (`TABLESAMPLE SYSTEM` reads whole pages, a small part of the table).
+pub fn sample_sql(query: &ChunkQuery, estimate: u64, sample: u64) -> String {
+    let percent = (sample as f64 * 100.0 / estimate.max(1) as f64).clamp(0.0001, 100.0);
+    let first = quote_ident(&query.columns[query.key[0]]);
+    // Sorted by the column itself (not its text): boundaries must follow the order the chunks are read in.
+    format!(
+        "SELECT s.k::text FROM (SELECT {first} AS k FROM {} TABLESAMPLE SYSTEM ({percent})) s WHERE s.k IS NOT NULL \
+         ORDER BY s.k",
+        query.table.quoted()
+    )
+}
+
+/// Splits a table into `parts` ranges of about equal size from `sorted`, sampled values of its first key column in
+/// the column's order: the ranges' `(from, to)` bounds (`from <= value < to`, `None` = open end), covering every
+/// value exactly once. Fewer ranges when the sample has fewer distinct values; one (no split) without a sample.
+pub fn ranges_from_sample(sorted: &[String], parts: usize) -> Vec<(Option<String>, Option<String>)> {
+    let mut bounds: Vec<&String> = Vec::new();
+    for i in (1..parts).filter(|_| !sorted.is_empty()) {
+        let b = &sorted[i * sorted.len() / parts];
+        // Equal values cannot be told apart by the first key column: one boundary for them.
+        if bounds.last() != Some(&b) && sorted.first() != Some(b) {
+            bounds.push(b);
+        }
+    }
+    let mut ranges = Vec::with_capacity(bounds.len() + 1);
+    let mut from = None;
+    for b in bounds {
+        ranges.push((from, Some(b.clone())));
+        from = Some(b.clone());
+    }
+    ranges.push((from, None));
+    ranges
 }
 
 /// `'text'` with embedded quotes doubled (valid with `standard_conforming_strings = on`, which the snapshot
@@ -212,6 +259,7 @@ mod tests {
             columns: vec!["order id".into(), "line".into(), "note".into()],
             key: vec![0, 1],
             filter: None,
+            range: None,
         };
         assert_eq!(
             q.sql(None, 5),
@@ -223,6 +271,40 @@ mod tests {
             q.sql(Some(&after), 5),
             r#"COPY (SELECT "order id", "line", "note" FROM "legacy"."Order ""Lines""" WHERE ("order id", "line") > ('4', 'it''s') AND (note <> '') ORDER BY "order id", "line" LIMIT 5) TO STDOUT"#
         );
+    }
+
+    #[test]
+    fn a_key_range_bounds_the_first_key_column() {
+        let q = ChunkQuery {
+            table: TableName { schema: "public".into(), name: "t".into() },
+            columns: vec!["a".into(), "b".into()],
+            key: vec![1, 0],
+            filter: None,
+            range: Some((Some("1'0".into()), Some("20".into()))),
+        };
+        assert_eq!(
+            q.sql(Some(&["15".to_string(), "x".to_string()]), 3),
+            r#"COPY (SELECT "a", "b" FROM "public"."t" WHERE ("b", "a") > ('15', 'x') AND "b" >= '1''0' AND "b" < '20' ORDER BY "b", "a" LIMIT 3) TO STDOUT"#
+        );
+        let q = ChunkQuery { range: Some((None, Some("20".into()))), ..q };
+        assert!(q.sql(None, 3).contains(r#"WHERE "b" < '20' ORDER"#));
+        assert!(sample_sql(&q, 1000, 10).contains(r#"SELECT "b" AS k FROM "public"."t" TABLESAMPLE SYSTEM (1)"#));
+    }
+
+    #[test]
+    fn ranges_from_a_sample_cover_every_value_once() {
+        let sample: Vec<String> = (10..22).map(|i| i.to_string()).collect();
+        let r = |f: Option<&str>, t: Option<&str>| (f.map(str::to_string), t.map(str::to_string));
+        assert_eq!(
+            ranges_from_sample(&sample, 3),
+            vec![r(None, Some("14")), r(Some("14"), Some("18")), r(Some("18"), None)]
+        );
+        assert_eq!(ranges_from_sample(&sample, 1), vec![r(None, None)]);
+        assert_eq!(ranges_from_sample(&[], 4), vec![r(None, None)], "no sample: no split");
+        // Repeated first-column values (a composite key) give one boundary, never an empty or inverted range.
+        let repeated: Vec<String> = ["a", "a", "a", "a", "a", "a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(ranges_from_sample(&repeated, 4), vec![r(None, Some("b")), r(Some("b"), None)]);
+        assert_eq!(ranges_from_sample(&["x".to_string()], 3), vec![r(None, None)]);
     }
 
     #[test]

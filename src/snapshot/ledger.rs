@@ -11,14 +11,17 @@ use std::sync::Mutex;
 
 use crate::ident::TableName;
 
-use crate::checkpoint::{Job, SnapshotState};
+use crate::checkpoint::{Job, KeyRange, SnapshotState};
 use crate::lsn::Lsn;
 
 /// A change to the state, effective once the flushed LSN reaches the transaction that carried it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mutation {
-    /// A chunk of job `job` is in the pipeline: resume after `after`; `finished` = it was the last one.
-    Chunk { job: u64, after: Option<Vec<String>>, rows: u64, finished: bool },
+    /// A chunk of job `job` (of its key range `range`, if split) is in the pipeline: resume after `after`;
+    /// `finished` = it was the last one of the job (of the range). Without `range`, `finished` ends the job.
+    Chunk { job: u64, range: Option<usize>, after: Option<Vec<String>>, rows: u64, finished: bool },
+    /// Job `job` is copied in these key ranges from now on. A plan, not work done: recorded effective at once.
+    Split { job: u64, ranges: Vec<KeyRange> },
     /// A new job (backfill request).
     Add(Job),
 }
@@ -26,7 +29,28 @@ pub enum Mutation {
 impl SnapshotState {
     fn apply(&mut self, m: Mutation) {
         match m {
-            Mutation::Chunk { job, after, rows, finished } => {
+            Mutation::Chunk { job, range: Some(r), after, rows, finished } => {
+                let Some(i) = self.jobs.iter().position(|j| j.id == job) else { return };
+                let j = &mut self.jobs[i];
+                let Some(range) = j.ranges.get_mut(r) else { return };
+                if after.is_some() {
+                    range.after = after;
+                }
+                range.done |= finished;
+                j.rows += rows;
+                if j.ranges.iter().all(|r| r.done) {
+                    self.jobs.remove(i);
+                    self.finished_jobs += 1;
+                }
+            }
+            Mutation::Split { job, ranges } => {
+                // Only a job not started yet is split: its one cursor would not fit any range.
+                if let Some(j) = self.jobs.iter_mut().find(|j| j.id == job && j.after.is_none() && j.ranges.is_empty())
+                {
+                    j.ranges = ranges;
+                }
+            }
+            Mutation::Chunk { job, range: None, after, rows, finished } => {
                 if let Some(i) = self.jobs.iter().position(|j| j.id == job) {
                     if finished {
                         self.jobs.remove(i);
@@ -86,7 +110,15 @@ impl Ledger {
         for t in tables {
             let id = inner.next_job;
             inner.next_job += 1;
-            jobs.push(Job { id, schema: t.schema.clone(), table: t.name.clone(), filter: None, after: None, rows: 0 });
+            jobs.push(Job {
+                id,
+                schema: t.schema.clone(),
+                table: t.name.clone(),
+                filter: None,
+                after: None,
+                rows: 0,
+                ranges: Vec::new(),
+            });
         }
         let next_job = inner.next_job;
         let state = inner.durable.get_or_insert_with(SnapshotState::default);
@@ -135,9 +167,15 @@ mod tests {
         let t = |n: &str| TableName { schema: "public".into(), name: n.into() };
         let jobs = ledger.plan(&[t("a"), t("b")]);
         assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![0, 1]);
-        ledger.record(Lsn(100), Mutation::Chunk { job: 0, after: Some(vec!["10".into()]), rows: 10, finished: false });
-        ledger.record(Lsn(200), Mutation::Chunk { job: 0, after: Some(vec!["20".into()]), rows: 10, finished: false });
-        ledger.record(Lsn(300), Mutation::Chunk { job: 0, after: None, rows: 0, finished: true });
+        ledger.record(
+            Lsn(100),
+            Mutation::Chunk { job: 0, range: None, after: Some(vec!["10".into()]), rows: 10, finished: false },
+        );
+        ledger.record(
+            Lsn(200),
+            Mutation::Chunk { job: 0, range: None, after: Some(vec!["20".into()]), rows: 10, finished: false },
+        );
+        ledger.record(Lsn(300), Mutation::Chunk { job: 0, range: None, after: None, rows: 0, finished: true });
 
         let s = ledger.settle(Lsn(150)).unwrap();
         assert_eq!(s.jobs[0].after, Some(vec!["10".to_string()]));
@@ -160,10 +198,11 @@ mod tests {
                 filter: Some("x > 1".into()),
                 after: None,
                 rows: 0,
+                ranges: Vec::new(),
             }),
         );
-        ledger.record(Lsn(500), Mutation::Chunk { job: 1, after: None, rows: 0, finished: true });
-        ledger.record(Lsn(600), Mutation::Chunk { job: 2, after: None, rows: 3, finished: true });
+        ledger.record(Lsn(500), Mutation::Chunk { job: 1, range: None, after: None, rows: 0, finished: true });
+        ledger.record(Lsn(600), Mutation::Chunk { job: 2, range: None, after: None, rows: 3, finished: true });
         assert!(!ledger.complete_at(Lsn(500)));
         assert!(ledger.complete_at(Lsn(600)));
         let s = ledger.durable().unwrap();
@@ -171,5 +210,68 @@ mod tests {
         // Round trip through the checkpoint's JSON.
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<SnapshotState>(&json).unwrap(), s);
+    }
+
+    /// A split job finishes when its last range does, each range keeping its own cursor; ranges complete in any
+    /// order, and a job that already has a cursor is not split.
+    #[test]
+    fn key_ranges_keep_their_own_cursors() {
+        let ledger = Ledger::new(None);
+        let t = TableName { schema: "public".into(), name: "a".into() };
+        ledger.plan(&[t.clone(), t]);
+        let range = |from: Option<&str>, to: Option<&str>| KeyRange {
+            from: from.map(str::to_string),
+            to: to.map(str::to_string),
+            after: None,
+            done: false,
+        };
+        let ranges = vec![range(None, Some("100")), range(Some("100"), Some("200")), range(Some("200"), None)];
+        ledger.record(Lsn::INVALID, Mutation::Split { job: 0, ranges: ranges.clone() });
+        ledger.record(
+            Lsn(10),
+            Mutation::Chunk { job: 1, range: None, after: Some(vec!["5".into()]), rows: 5, finished: false },
+        );
+        ledger.record(Lsn(10), Mutation::Split { job: 1, ranges: ranges.clone() });
+        let chunk = |range, after: &str, finished| Mutation::Chunk {
+            job: 0,
+            range: Some(range),
+            after: Some(vec![after.to_string()]),
+            rows: 10,
+            finished,
+        };
+        ledger.record(Lsn(100), chunk(2, "250", false));
+        ledger.record(Lsn(200), chunk(0, "50", false));
+        ledger.record(Lsn(300), chunk(2, "299", true));
+        ledger.record(Lsn(400), chunk(1, "199", true));
+        let s = ledger.settle(Lsn(300)).unwrap();
+        assert_eq!(
+            s.jobs[0].ranges.iter().map(|r| (r.after.clone(), r.done)).collect::<Vec<_>>(),
+            vec![(Some(vec!["50".to_string()]), false), (None, false), (Some(vec!["299".to_string()]), true),]
+        );
+        assert_eq!(s.jobs[0].rows, 30);
+        assert!(s.jobs[1].ranges.is_empty(), "job 1 had a cursor: not split");
+        // Round trip through the checkpoint's JSON with the ranges.
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<SnapshotState>(&json).unwrap(), s);
+        ledger.record(Lsn(500), chunk(0, "99", true));
+        let s = ledger.settle(Lsn(500)).unwrap();
+        assert_eq!((s.jobs.len(), s.finished_jobs), (1, 1), "job 0 finished with its last range");
+    }
+
+    /// A checkpoint written before key ranges existed (one `after` per job) still loads and resumes from its cursor.
+    #[test]
+    fn checkpoints_without_ranges_resume_from_their_cursor() {
+        let old = r#"{"jobs":[{"id":3,"schema":"public","table":"a","after":["41"],"rows":41}],"nextJob":4,"finishedJobs":0}"#;
+        let s: SnapshotState = serde_json::from_str(old).unwrap();
+        assert_eq!(s.jobs[0].after, Some(vec!["41".to_string()]));
+        assert!(s.jobs[0].ranges.is_empty());
+        let ledger = Ledger::new(Some(s));
+        ledger.record(
+            Lsn(10),
+            Mutation::Chunk { job: 3, range: None, after: Some(vec!["51".into()]), rows: 10, finished: false },
+        );
+        let s = ledger.settle(Lsn(10)).unwrap();
+        assert_eq!((s.jobs[0].after.clone(), s.jobs[0].rows), (Some(vec!["51".to_string()]), 51));
+        assert!(!serde_json::to_string(&s).unwrap().contains("ranges"), "an unsplit job is written as before");
     }
 }

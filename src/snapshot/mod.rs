@@ -18,7 +18,11 @@
 //! **Guarantees.** Streaming never pauses for a snapshot. A snapshot row is never published after a newer change
 //! of the same key, and a row deleted during the copy does not reappear. No transaction lasts longer than one chunk.
 //! After a crash the copy resumes after the last chunk Kafka acknowledged (the chunk in flight is read again).
-//! Tables are copied in parallel (`snapshot.workers`), each table by one worker at a time.
+//! Tables are copied in parallel (`snapshot.workers`). A table of at least `snapshot.split_min_rows` rows is split
+//! into key ranges (by sampled values of its first key column) that the workers copy in parallel; each range has
+//! its own cursor in the checkpoint and each chunk its own watermark window, so the guarantees above hold per range
+//! (a change touches one key, hence one range; windows of one table may overlap, each drops the keys changed while
+//! it was open). Workers encode the rows they read (raw JSON events): the route task only assembles events.
 
 pub mod chunk;
 
@@ -30,8 +34,8 @@ mod worker;
 pub use crate::config::snapshot::OnGap;
 pub use worker::no_key_message;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -42,7 +46,7 @@ use crate::change::{Row, Table};
 use crate::config::conninfo::ConnInfo;
 use crate::ident::TableName;
 
-pub use crate::checkpoint::{Job, SnapshotState};
+pub use crate::checkpoint::{Job, KeyRange, SnapshotState};
 pub use ledger::Ledger;
 pub use window::{BackfillRequest, Tap};
 
@@ -93,10 +97,18 @@ pub(crate) struct ReadyChunk {
     pub job: u64,
     pub table: Arc<Table>,
     pub rows: Vec<Row>,
+    /// The rows' key and `after` JSON, encoded by the worker (one per row), when the events are raw JSON; `None`
+    /// otherwise, or when a row did not encode (the route task then reports that row's error).
+    pub encoded: Option<Vec<crate::encode::EncodedRow>>,
     /// Key of the last row read (the next chunk starts after it); `None` for an empty chunk.
     pub after: Option<Vec<String>>,
-    /// Fewer rows than the chunk size: the table is done.
+    /// The key range the chunk belongs to (split tables).
+    pub range: Option<usize>,
+    /// Fewer rows than the chunk size: the table (its key range) is done.
     pub finished: bool,
+    /// Split tables: the ranges whose last chunk the stream has not reached yet, shared by the job's chunks; the
+    /// last one reached ends the table's snapshot.
+    pub ranges_left: Option<Arc<AtomicUsize>>,
     /// Transactions the read's snapshot saw in progress (their low 32 bits, as pgoutput sends xids): the commit race
     /// check in `window`.
     pub unseen: Vec<u32>,
@@ -148,9 +160,36 @@ pub struct Snapshots {
 
 #[derive(Default)]
 struct Queue {
-    jobs: VecDeque<Job>,
-    /// Tables a worker is copying: one job per table at a time, so watermark windows never overlap on a table.
-    active: HashSet<TableName>,
+    units: VecDeque<Unit>,
+    /// Tables being copied: one job per table at a time (a backfill of a table waits for its running snapshot, so
+    /// they never race to publish the same key), its key ranges by several workers.
+    active: HashMap<TableName, Active>,
+}
+
+/// What a worker copies: a job, or one key range of a split job.
+#[derive(Debug, Clone)]
+pub(crate) struct Unit {
+    pub job: Job,
+    pub range: Option<usize>,
+    /// Shared by the units of one split job (see [`ReadyChunk::ranges_left`]).
+    pub ranges_left: Option<Arc<AtomicUsize>>,
+}
+
+struct Active {
+    job: u64,
+    /// The job's units not finished in this session (queued or being copied).
+    units_left: usize,
+}
+
+/// Settings of the copy workers (`snapshot:` keys).
+#[derive(Debug, Clone, Copy)]
+pub struct CopySettings {
+    pub workers: u32,
+    pub chunk_size: u32,
+    /// Tables of at least this many rows (estimated) are split into key ranges; 0: never.
+    pub split_min_rows: u64,
+    /// The events are raw JSON: workers encode each row's key and `after`.
+    pub encode_rows: bool,
 }
 
 impl Snapshots {
@@ -200,8 +239,7 @@ impl Snapshots {
     pub fn start(
         self: &Arc<Self>,
         info: ConnInfo,
-        workers: u32,
-        chunk_size: u32,
+        settings: CopySettings,
         health: Arc<crate::health::Health>,
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<Result<(), SnapshotError>> {
@@ -209,8 +247,8 @@ impl Snapshots {
         tokio::spawn(async move {
             let reporter = tokio::spawn(report::run(shared.clone(), health, stop.clone()));
             let mut set = tokio::task::JoinSet::new();
-            for _ in 0..workers {
-                set.spawn(worker::run(shared.clone(), info.clone(), chunk_size, stop.clone()));
+            for _ in 0..settings.workers {
+                set.spawn(worker::run(shared.clone(), info.clone(), settings, stop.clone()));
             }
             let mut result = Ok(());
             while let Some(r) = set.join_next().await {
@@ -235,7 +273,7 @@ impl Snapshots {
     /// Whether no job is queued, running, or waiting for Kafka.
     pub fn complete_at(&self, flushed: crate::lsn::Lsn) -> bool {
         let q = self.lock_queue();
-        q.jobs.is_empty() && q.active.is_empty() && self.ledger.complete_at(flushed)
+        q.units.is_empty() && q.active.is_empty() && self.ledger.complete_at(flushed)
     }
 
     fn lock_queue(&self) -> std::sync::MutexGuard<'_, Queue> {
@@ -261,29 +299,50 @@ impl Snapshots {
                 last_logged: None,
             },
         );
-        self.lock_queue().jobs.push_back(job);
+        self.lock_queue().units.push_back(Unit { job, range: None, ranges_left: None });
         self.wake.notify_waiters();
         self.wake.notify_one();
     }
 
-    /// Puts a job back (worker stopped or lost its connection); the next session starts it from the checkpoint.
-    fn requeue(&self, job: Job) {
-        let mut q = self.lock_queue();
-        q.active.remove(&job.table_name());
-        q.jobs.push_front(job);
+    /// Puts a unit back (worker stopped or lost its connection); the next session starts it from the checkpoint.
+    fn requeue(&self, unit: Unit) {
+        self.lock_queue().units.push_front(unit);
     }
 
-    /// The next job whose table no worker is copying; `None` once `stop` fires.
-    async fn next_job(&self, stop: &CancellationToken) -> Option<Job> {
+    /// Queues the key ranges of `unit`'s job that are not done, but the first, which the caller copies: `unit`
+    /// becomes that range. `None` when every range is done.
+    fn take_ranges(&self, unit: &mut Unit) -> Option<()> {
+        let open: Vec<usize> = (0..unit.job.ranges.len()).filter(|&i| !unit.job.ranges[i].done).collect();
+        let (&first, rest) = open.split_first()?;
+        let left = Arc::new(AtomicUsize::new(open.len()));
+        unit.range = Some(first);
+        unit.ranges_left = Some(left.clone());
+        let mut q = self.lock_queue();
+        if let Some(a) = q.active.get_mut(&unit.job.table_name()) {
+            a.units_left += rest.len();
+        }
+        for &i in rest.iter().rev() {
+            q.units.push_front(Unit { job: unit.job.clone(), range: Some(i), ranges_left: Some(left.clone()) });
+        }
+        drop(q);
+        self.wake.notify_waiters();
+        Some(())
+    }
+
+    /// The next unit whose table no other job is copying; `None` once `stop` fires.
+    async fn next_unit(&self, stop: &CancellationToken) -> Option<Unit> {
         loop {
             let notified = self.wake.notified();
             {
                 let mut q = self.lock_queue();
-                let free = q.jobs.iter().position(|j| !q.active.contains(&j.table_name()));
+                let free = q.units.iter().position(|u| match q.active.get(&u.job.table_name()) {
+                    None => true,
+                    Some(a) => a.job == u.job.id,
+                });
                 if let Some(i) = free {
-                    let job = q.jobs.remove(i).expect("index from position");
-                    q.active.insert(job.table_name());
-                    return Some(job);
+                    let unit = q.units.remove(i).expect("index from position");
+                    q.active.entry(unit.job.table_name()).or_insert(Active { job: unit.job.id, units_left: 1 });
+                    return Some(unit);
                 }
             }
             tokio::select! {
@@ -309,8 +368,21 @@ impl Snapshots {
         }
     }
 
-    fn job_finished(&self, job: &Job) {
-        self.end_job(job, JobState::Done);
+    /// A unit is copied (every chunk handed over); the job is finished with its last unit.
+    fn unit_finished(&self, unit: &Unit) {
+        let done = {
+            let mut q = self.lock_queue();
+            match q.active.get_mut(&unit.job.table_name()) {
+                Some(a) if a.job == unit.job.id => {
+                    a.units_left = a.units_left.saturating_sub(1);
+                    a.units_left == 0
+                }
+                _ => false,
+            }
+        };
+        if done {
+            self.end_job(&unit.job, JobState::Done);
+        }
     }
 
     fn job_failed(&self, job: &Job, e: &SnapshotError) {
@@ -318,14 +390,22 @@ impl Snapshots {
         // Dropping a job needs nothing in Kafka: effective at once.
         self.ledger.record(
             crate::lsn::Lsn::INVALID,
-            ledger::Mutation::Chunk { job: job.id, after: None, rows: 0, finished: true },
+            ledger::Mutation::Chunk { job: job.id, range: None, after: None, rows: 0, finished: true },
         );
+        // Its key ranges not started are dropped; one being copied runs to its end (its chunks no longer count in
+        // the ledger: the job is gone), unless it fails the same way, as a dropped table's does.
+        self.lock_queue().units.retain(|u| u.job.id != job.id);
         self.end_job(job, JobState::Failed(e.to_string()));
     }
 
     fn end_job(&self, job: &Job, state: JobState) {
-        self.lock_queue().active.remove(&job.table_name());
-        if let Some(p) = self.lock_progress().get_mut(&job.id) {
+        {
+            let mut q = self.lock_queue();
+            if q.active.get(&job.table_name()).is_some_and(|a| a.job == job.id) {
+                q.active.remove(&job.table_name());
+            }
+        }
+        if let Some(p) = self.lock_progress().get_mut(&job.id).filter(|p| !matches!(p.state, JobState::Failed(_))) {
             p.ended = Some(Instant::now());
             if state == JobState::Done {
                 let secs = p.started.map_or(0.0, |s| s.elapsed().as_secs_f64());

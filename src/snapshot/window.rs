@@ -24,6 +24,7 @@
 //! it is rare (seen under CPU contention), and the restart is its whole cost.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use crate::change::{Change, LogicalMessage, Op};
@@ -66,6 +67,13 @@ struct Window {
     /// Raw-event key JSON of every row a change touched while the chunk was read.
     keys: HashSet<Vec<u8>>,
     truncated: bool,
+}
+
+/// A snapshot row to publish: its `read` change, and its key and `after` JSON when its worker encoded them.
+#[derive(Debug)]
+pub struct SnapshotRow {
+    pub change: Change,
+    pub encoded: Option<crate::encode::EncodedRow>,
 }
 
 /// Held by the sink task.
@@ -152,7 +160,7 @@ impl Tap {
     }
 
     /// Handles a control message; returns the snapshot rows to publish now (at a high watermark).
-    pub fn message(&mut self, message: &LogicalMessage) -> Result<Vec<Change>, TapError> {
+    pub fn message(&mut self, message: &LogicalMessage) -> Result<Vec<SnapshotRow>, TapError> {
         self.table_done = false;
         if message.prefix == BACKFILL_PREFIX {
             self.request(message);
@@ -178,7 +186,7 @@ impl Tap {
         }
     }
 
-    fn high(&mut self, id: u64, message: &LogicalMessage) -> Result<Vec<Change>, TapError> {
+    fn high(&mut self, id: u64, message: &LogicalMessage) -> Result<Vec<SnapshotRow>, TapError> {
         let window = self.windows.remove(&id).ok_or_else(|| {
             TapError::Invalid(format!("high watermark of chunk {id} at {} without its low watermark", message.lsn))
         })?;
@@ -192,16 +200,21 @@ impl Tap {
         let table = chunk.table.clone();
         let mut out = Vec::with_capacity(if window.truncated { 0 } else { total });
         if !window.truncated {
+            let mut encoded = chunk.encoded.map(Vec::into_iter);
             for row in chunk.rows {
+                let encoded = encoded.as_mut().and_then(Iterator::next);
                 if !window.keys.is_empty() {
-                    if let Ok(Some(key)) = crate::encode::key_json(&table, &row) {
-                        if window.keys.contains(&key) {
-                            continue;
-                        }
+                    // The worker's key JSON is key_json's, so it matches the keys the window collected.
+                    let key = match encoded.as_ref().and_then(|e| e.key()) {
+                        Some(k) => Some(std::borrow::Cow::Borrowed(k)),
+                        None => crate::encode::key_json(&table, &row).ok().flatten().map(std::borrow::Cow::Owned),
+                    };
+                    if key.is_some_and(|k| window.keys.contains(k.as_ref())) {
+                        continue;
                     }
                 }
                 let position = message.position.saturating_add(1 + out.len() as u32);
-                out.push(Change {
+                let change = Change {
                     op: Op::Read,
                     table: table.clone(),
                     before: None,
@@ -210,15 +223,19 @@ impl Tap {
                     lsn: message.lsn,
                     position,
                     tx: message.tx.clone(),
-                });
+                };
+                out.push(SnapshotRow { change, encoded });
             }
         }
         if out.len() < total {
             tracing::debug!(chunk = id, table = %table.qualified_name(), superseded = total - out.len(), "snapshot rows superseded by changes during the read");
         }
-        self.table_done = chunk.finished && !out.is_empty();
+        // A split table's snapshot ends with the last of its ranges to end in the stream.
+        let table_ended = chunk.finished && chunk.ranges_left.is_none_or(|left| left.fetch_sub(1, Relaxed) == 1);
+        self.table_done = table_ended && !out.is_empty();
         self.at_commit.push(Mutation::Chunk {
             job: chunk.job,
+            range: chunk.range,
             after: chunk.after,
             rows: total as u64,
             finished: chunk.finished,
@@ -260,6 +277,7 @@ impl Tap {
             filter: req.filter,
             after: None,
             rows: 0,
+            ranges: Vec::new(),
         };
         tracing::info!(table = %table, filter = job.filter.as_deref().unwrap_or(""), job = job.id, "backfill requested");
         self.at_commit.push(Mutation::Add(job));
@@ -285,7 +303,9 @@ impl Tap {
             .map(|(_, xid)| *xid)
     }
 
-    /// A transaction committed (in stream order). Remembered for the commit race while snapshots may run.
+    /// A transaction that changed rows committed (in stream order). Remembered for the commit race while snapshots
+    /// may run. Transactions without a row change (watermarks: with several workers another worker's are often in a
+    /// chunk's in-progress list) need not be told: they cannot make a chunk row stale.
     pub fn committed(&mut self, xid: u32) {
         if self.recent.len() == RECENT_COMMITS {
             self.recent.pop_front();
@@ -360,21 +380,15 @@ mod tests {
         assert!(tap.message(&message(&shared, 7, "low")).unwrap().is_empty());
         tap.observe(&change(Op::Update, None, Some(row("2", "5"))));
         tap.observe(&change(Op::Delete, Some(row("3", "")), None));
-        let (taken, mut took) = tokio::sync::oneshot::channel();
         let rows = vec![row("1", "0"), row("2", "4"), row("3", "9"), row("4", "1")];
-        shared.put_chunk(
-            7,
-            ReadyChunk {
-                job: 0,
-                table: table(),
-                rows,
-                after: Some(vec!["4".into()]),
-                finished: true,
-                unseen: Vec::new(),
-                taken,
-            },
-        );
+        // As the worker encoded them: their key JSON is what the window's keys are compared with.
+        let encoded = rows.iter().map(|r| crate::encode::EncodedRow::of(&table(), r).unwrap()).collect();
+        let (chunk, mut took) = ready(rows, true);
+        shared.put_chunk(7, ReadyChunk { encoded: Some(encoded), after: Some(vec!["4".into()]), ..chunk });
         let out = tap.message(&message(&shared, 7, "high")).unwrap();
+        assert!(out.iter().all(|r| r.encoded.as_ref().unwrap().after() == br#"{"id":1,"n":0}"#
+            || r.change.after.as_ref().unwrap()[0] != row("1", "")[0]));
+        let out: Vec<Change> = out.into_iter().map(|r| r.change).collect();
         let ids: Vec<_> = out.iter().map(|c| c.after.as_ref().unwrap()[0].clone()).collect();
         assert_eq!(ids, vec![row("1", "")[0].clone(), row("4", "")[0].clone()]);
         assert!(out.iter().all(|c| c.op == Op::Read && c.tx.commit_lsn == Lsn(101)));
@@ -395,19 +409,8 @@ mod tests {
         assert!(tap.message(&other).unwrap().is_empty(), "an earlier session's watermark");
         tap.message(&message(&shared, 1, "low")).unwrap();
         tap.observe(&change(Op::Truncate, None, None));
-        let (taken, _took) = tokio::sync::oneshot::channel();
-        shared.put_chunk(
-            1,
-            ReadyChunk {
-                job: 0,
-                table: table(),
-                rows: vec![row("1", "0")],
-                after: None,
-                finished: false,
-                unseen: Vec::new(),
-                taken,
-            },
-        );
+        let (chunk, _took) = ready(vec![row("1", "0")], false);
+        shared.put_chunk(1, chunk);
         assert!(tap.message(&message(&shared, 1, "high")).unwrap().is_empty());
         // A high watermark without its low one is an error, not a silent pass.
         assert!(tap.message(&message(&shared, 9, "high")).is_err());
@@ -420,12 +423,8 @@ mod tests {
     #[test]
     fn a_chunk_whose_read_missed_a_commit_before_its_low_watermark_is_read_again() {
         let chunk = |shared: &Arc<Snapshots>, id: u64, unseen: Vec<u32>| {
-            let (taken, took) = tokio::sync::oneshot::channel();
-            let rows = vec![row("1", "0")];
-            shared.put_chunk(
-                id,
-                ReadyChunk { job: 0, table: table(), rows, after: None, finished: false, unseen, taken },
-            );
+            let (chunk, took) = ready(vec![row("1", "0")], false);
+            shared.put_chunk(id, ReadyChunk { unseen, ..chunk });
             took
         };
         let shared = Snapshots::new("s", "p", Vec::new(), None, Ledger::new(None));
@@ -456,12 +455,47 @@ mod tests {
         for xid in 2..(RECENT_COMMITS as u32 + 10) {
             tap.committed(xid);
         }
-        let (taken, _took) = tokio::sync::oneshot::channel();
-        let rows = vec![row("1", "0")];
-        shared.put_chunk(
-            1,
-            ReadyChunk { job: 0, table: table(), rows, after: None, finished: false, unseen: vec![1], taken },
-        );
+        let (chunk, _took) = ready(vec![row("1", "0")], false);
+        shared.put_chunk(1, ReadyChunk { unseen: vec![1], ..chunk });
         assert!(tap.message(&message(&shared, 1, "high")).unwrap_err().is_transient());
+    }
+
+    /// A chunk of job 0, not split, with nothing unseen; and the receiver its worker waits on.
+    fn ready(rows: Vec<Vec<Datum>>, finished: bool) -> (ReadyChunk, tokio::sync::oneshot::Receiver<()>) {
+        let (taken, took) = tokio::sync::oneshot::channel();
+        let chunk = ReadyChunk {
+            job: 0,
+            table: table(),
+            rows,
+            encoded: None,
+            after: None,
+            range: None,
+            finished,
+            ranges_left: None,
+            unseen: Vec::new(),
+            taken,
+        };
+        (chunk, took)
+    }
+
+    /// A split table's snapshot ends (Debezium's `last` marker) with the last range whose final chunk the stream
+    /// reaches, whichever range that is; each chunk records its own range's cursor.
+    #[test]
+    fn a_split_table_ends_with_its_last_range_in_stream_order() {
+        let shared = Snapshots::new("s", "p", Vec::new(), None, Ledger::new(None));
+        let mut tap = Tap::new(shared.clone());
+        let left = Arc::new(std::sync::atomic::AtomicUsize::new(2));
+        for (id, range) in [(1, 1), (2, 0)] {
+            tap.message(&message(&shared, id, "low")).unwrap();
+            let (chunk, _took) = ready(vec![row(&id.to_string(), "0")], true);
+            shared.put_chunk(id, ReadyChunk { range: Some(range), ranges_left: Some(left.clone()), ..chunk });
+            assert_eq!(tap.message(&message(&shared, id, "high")).unwrap().len(), 1);
+            assert_eq!(tap.table_done(), id == 2, "chunk {id}");
+            match &tap.at_commit[..] {
+                [Mutation::Chunk { range: Some(r), finished: true, .. }] => assert_eq!(*r, range),
+                other => panic!("{other:?}"),
+            }
+            tap.at_commit.clear();
+        }
     }
 }

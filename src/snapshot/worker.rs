@@ -1,4 +1,6 @@
-//! A snapshot worker: copies one table at a time, chunk by chunk, on its own read-only connection.
+//! A snapshot worker: copies one table (or one key range of a split table) at a time, chunk by chunk, on its own
+//! read-only connection. The first worker to take a large table splits it into key ranges (sampled values of its
+//! first key column) and queues the other ranges for the other workers.
 //!
 //! Per chunk: low watermark → one `COPY (SELECT ... ORDER BY key LIMIT n)` → hand the rows over → high watermark →
 //! next chunk after the last key. A worker reads ahead by one chunk while the sink publishes the previous one: at
@@ -16,13 +18,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::change::{Column, Datum, Row, Table};
 use crate::config::conninfo::ConnInfo;
+use crate::encode::EncodedRow;
 use crate::ident::TableName;
 use crate::postgres::control;
 
 use super::chunk::{self, ChunkQuery};
+use super::ledger::Mutation;
 use super::window::Watermark;
-use super::{ReadyChunk, SnapshotError, Snapshots, WATERMARK_PREFIX};
-use crate::checkpoint::Job;
+use super::{CopySettings, KeyRange, ReadyChunk, SnapshotError, Snapshots, Unit, WATERMARK_PREFIX};
 
 /// How a job ended.
 pub(super) enum Outcome {
@@ -36,35 +39,35 @@ pub(super) enum Outcome {
 pub(super) async fn run(
     shared: Arc<Snapshots>,
     info: ConnInfo,
-    chunk_size: u32,
+    settings: CopySettings,
     stop: CancellationToken,
 ) -> Result<(), SnapshotError> {
     let mut conn: Option<Client> = None;
-    while let Some(mut job) = shared.next_job(&stop).await {
+    while let Some(mut unit) = shared.next_unit(&stop).await {
         let client = match &conn {
             Some(c) if !c.is_closed() => c,
-            _ => conn.insert(connect(&info).await.inspect_err(|_| shared.requeue(job.clone()))?),
+            _ => conn.insert(connect(&info).await.inspect_err(|_| shared.requeue(unit.clone()))?),
         };
         // A chunk query can wait on a table lock for as long as another session holds it (an ALTER TABLE, a
         // LOCK): a shutdown does not wait for it. The copy resumes from the checkpoint at the next start.
         let outcome = tokio::select! {
-            r = copy_job(&shared, client, &mut job, chunk_size, &stop) => r,
+            r = copy_unit(&shared, client, &mut unit, settings, &stop) => r,
             _ = stop.cancelled() => {
-                tracing::info!(table = %job.table_name(), "snapshot: stopping without waiting for the running chunk query");
+                tracing::info!(table = %unit.job.table_name(), "snapshot: stopping without waiting for the running chunk query");
                 Ok(Outcome::Stopped)
             }
         };
         match outcome {
-            Ok(Outcome::Finished) => shared.job_finished(&job),
+            Ok(Outcome::Finished) => shared.unit_finished(&unit),
             Ok(Outcome::Stopped) => {
-                shared.requeue(job);
+                shared.requeue(unit);
                 return Ok(());
             }
             Err(e) if e.is_transient() => {
-                shared.requeue(job);
+                shared.requeue(unit);
                 return Err(e);
             }
-            Err(e) => shared.job_failed(&job, &e),
+            Err(e) => shared.job_failed(&unit.job, &e),
         }
     }
     Ok(())
@@ -85,19 +88,45 @@ async fn connect(info: &ConnInfo) -> Result<Client, SnapshotError> {
     Ok(client)
 }
 
-async fn copy_job(
+async fn copy_unit(
     shared: &Snapshots,
     client: &Client,
-    job: &mut Job,
-    chunk_size: u32,
+    unit: &mut Unit,
+    settings: CopySettings,
     stop: &CancellationToken,
 ) -> Result<Outcome, SnapshotError> {
+    let chunk_size = settings.chunk_size;
+    let job = &mut unit.job;
     let name = job.table_name();
     let (table, mut query) = table_meta(client, &shared.publication, &name).await?;
     query.filter = job.filter.clone();
-    let estimate = estimate_rows(client, table.oid, &name, job.filter.is_some()).await;
-    shared.job_started(job, estimate);
-    tracing::info!(table = %name, job = job.id, resume_after = job.after.as_ref().map(|a| a.join(", ")), estimated_rows = estimate, "snapshot of table started");
+    if unit.range.is_none() {
+        // The job's first unit in this session: a job not started yet may be split, a split one resumes its ranges.
+        let estimate = estimate_rows(client, table.oid, &name, job.filter.is_some()).await;
+        shared.job_started(job, estimate);
+        tracing::info!(table = %name, job = job.id, resume_after = job.after.as_ref().map(|a| a.join(", ")), estimated_rows = estimate, "snapshot of table started");
+        let splittable = settings.workers > 1 && settings.split_min_rows > 0 && job.after.is_none();
+        if job.ranges.is_empty() && splittable && estimate.is_some_and(|e| e >= settings.split_min_rows) {
+            let ranges = plan_ranges(client, &query, estimate.unwrap_or(0), settings.workers as usize).await;
+            if ranges.len() > 1 {
+                tracing::info!(table = %name, job = job.id, ranges = ranges.len(), "snapshot: table split into key ranges copied in parallel");
+                // A plan, not work done: effective at once, before any chunk of a range is recorded.
+                shared.ledger.record(crate::lsn::Lsn::INVALID, Mutation::Split { job: job.id, ranges: ranges.clone() });
+                job.ranges = ranges;
+            }
+        }
+        if !job.ranges.is_empty() && shared.take_ranges(unit).is_none() {
+            return Ok(Outcome::Finished);
+        }
+    }
+    let job = &mut unit.job;
+    if let Some(r) = unit.range {
+        let range = &job.ranges[r];
+        query.range = Some((range.from.clone(), range.to.clone()));
+        // The range's cursor stands in for the job's in this unit.
+        job.after = range.after.clone();
+        tracing::debug!(table = %name, job = job.id, range = r, from = range.from, to = range.to, "snapshot: copying a key range");
+    }
     // Chunks handed over whose high watermark the sink has not reached yet: (id, rows, receiver). Reading chunk n+1
     // while the sink publishes chunk n keeps both busy; the windows never overlap because chunk n+1's low
     // watermark is written after chunk n's high one.
@@ -106,16 +135,27 @@ async fn copy_job(
         let id = shared.next_chunk_id();
         emit(client, shared, id, "low", table.oid).await?;
         let sql = query.sql(job.after.as_deref(), chunk_size);
-        let (rows, unseen) = read_chunk_in_snapshot(client, &sql, table.columns.len()).await?;
-        let n = rows.len();
-        if let Some(last) = rows.last() {
+        let (read, unseen) = read_chunk_in_snapshot(client, &sql, &table, settings.encode_rows).await?;
+        let n = read.rows.len();
+        if let Some(last) = read.rows.last() {
             job.after = Some(key_text(last, &query.key)?);
         }
         let finished = n < chunk_size as usize;
         let (taken, took) = oneshot::channel();
         shared.put_chunk(
             id,
-            ReadyChunk { job: job.id, table: table.clone(), rows, after: job.after.clone(), finished, unseen, taken },
+            ReadyChunk {
+                job: job.id,
+                table: table.clone(),
+                rows: read.rows,
+                encoded: read.encoded,
+                after: job.after.clone(),
+                range: unit.range,
+                finished,
+                ranges_left: unit.ranges_left.clone(),
+                unseen,
+                taken,
+            },
         );
         in_flight.push_back((id, n as u64, took));
         if let Err(e) = emit(client, shared, id, "high", table.oid).await {
@@ -146,6 +186,24 @@ async fn copy_job(
         }
     };
     Ok(outcome)
+}
+
+/// The key ranges to copy a table of about `estimate` rows in, one per worker, from a sample of its first key
+/// column; one range (no split) when the sample fails or has too few distinct values.
+async fn plan_ranges(client: &Client, query: &ChunkQuery, estimate: u64, workers: usize) -> Vec<KeyRange> {
+    // About 100 sampled values per range: enough for ranges of similar size, a tiny read even of a large table.
+    let sql = chunk::sample_sql(query, estimate, 100 * workers as u64);
+    let sample: Vec<String> = match client.query(&sql, &[]).await {
+        Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+        Err(e) => {
+            tracing::info!(table = %query.table, error = %e, "snapshot: the table's keys could not be sampled; it is copied as one range");
+            return Vec::new();
+        }
+    };
+    chunk::ranges_from_sample(&sample, workers)
+        .into_iter()
+        .map(|(from, to)| KeyRange { from, to, after: None, done: false })
+        .collect()
 }
 
 /// Chunks a worker read per table before the sink took the oldest one.
@@ -209,6 +267,7 @@ async fn table_meta(
         columns: columns.iter().map(|c| c.name.clone()).collect(),
         key,
         filter: None,
+        range: None,
     };
     let table = Table {
         oid: info.oid,
@@ -272,8 +331,9 @@ async fn emit(client: &Client, shared: &Snapshots, chunk: u64, mark: &str, oid: 
 async fn read_chunk_in_snapshot(
     client: &Client,
     sql: &str,
-    columns: usize,
-) -> Result<(Vec<Row>, Vec<u32>), SnapshotError> {
+    table: &Table,
+    encode: bool,
+) -> Result<(ChunkRows, Vec<u32>), SnapshotError> {
     // A transaction that committed just before the low watermark may still be in the snapshot's in-progress list
     // (its backend has not left the process array yet): the commit log already says committed. Such a snapshot is
     // dropped and taken again a moment later, so the race the stream side checks for (`window`) is prevented here
@@ -300,7 +360,7 @@ async fn read_chunk_in_snapshot(
             }
             let unseen = in_progress(&snapshot)
                 .ok_or_else(|| SnapshotError::Definite(format!("pg_current_snapshot() returned {snapshot:?}")))?;
-            let rows = read_chunk(client, sql, columns).await?;
+            let rows = read_chunk(client, sql, table, encode).await?;
             Ok(Some((rows, unseen)))
         }
         .await;
@@ -323,10 +383,20 @@ fn in_progress(snapshot: &str) -> Option<Vec<u32>> {
     xip.split(',').filter(|x| !x.is_empty()).map(|x| x.trim().parse::<u64>().ok().map(|x| x as u32)).collect()
 }
 
-async fn read_chunk(client: &Client, sql: &str, columns: usize) -> Result<Vec<Row>, SnapshotError> {
+/// A chunk's rows as read, with their encoding when the worker encodes (see [`ReadyChunk::encoded`]).
+pub(super) struct ChunkRows {
+    pub rows: Vec<Row>,
+    pub encoded: Option<Vec<EncodedRow>>,
+}
+
+/// Reads and parses the chunk; with `encode`, also encodes each row as it arrives (while the server is still
+/// sending the next ones), so the route task only assembles events.
+async fn read_chunk(client: &Client, sql: &str, table: &Table, encode: bool) -> Result<ChunkRows, SnapshotError> {
+    let columns = table.columns.len();
     let stream = client.copy_out(sql).await.map_err(SnapshotError::sql("reading a chunk"))?;
     futures_util::pin_mut!(stream);
-    let mut rows = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
+    let mut encoded = encode.then(Vec::new);
     let mut partial = BytesMut::new();
     while let Some(data) = stream.next().await {
         let data = data.map_err(SnapshotError::sql("reading a chunk"))?;
@@ -340,9 +410,16 @@ async fn read_chunk(client: &Client, sql: &str, columns: usize) -> Result<Vec<Ro
         let mut start = 0;
         for nl in memchr::memchr_iter(b'\n', &data) {
             let line = data.slice(start..=nl);
-            rows.push(
-                chunk::parse_row(&line, columns, rows.len()).map_err(|e| SnapshotError::Definite(e.to_string()))?,
-            );
+            let row =
+                chunk::parse_row(&line, columns, rows.len()).map_err(|e| SnapshotError::Definite(e.to_string()))?;
+            if let Some(out) = &mut encoded {
+                match EncodedRow::of(table, &row) {
+                    Ok(e) => out.push(e),
+                    // The route task meets the same error with this row and reports it.
+                    Err(_) => encoded = None,
+                }
+            }
+            rows.push(row);
             start = nl + 1;
         }
         if start < data.len() {
@@ -352,7 +429,7 @@ async fn read_chunk(client: &Client, sql: &str, columns: usize) -> Result<Vec<Ro
     if !partial.is_empty() {
         return Err(SnapshotError::Definite("COPY output ended inside a row".into()));
     }
-    Ok(rows)
+    Ok(ChunkRows { rows, encoded })
 }
 
 /// The key columns of `row` in text form (for the next chunk's `WHERE` and the checkpoint).
