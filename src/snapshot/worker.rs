@@ -1,6 +1,6 @@
 //! A snapshot worker: copies one table (or one key range of a split table) at a time, chunk by chunk, on its own
-//! read-only connection. The first worker to take a large table splits it into key ranges (sampled values of its
-//! first key column) and queues the other ranges for the other workers.
+//! read-only connection. The first worker to take a large table splits it into key ranges (the first key column's
+//! histogram in `pg_stats`, else sampled values of it) and queues the other ranges for the other workers.
 //!
 //! Per chunk: low watermark → one `COPY (SELECT ... ORDER BY key LIMIT n)` → hand the rows over → high watermark →
 //! next chunk after the last key. A worker reads ahead by one chunk while the sink publishes the previous one: at
@@ -188,19 +188,39 @@ async fn copy_unit(
     Ok(outcome)
 }
 
-/// The key ranges to copy a table of about `estimate` rows in, one per worker, from a sample of its first key
-/// column; one range (no split) when the sample fails or has too few distinct values.
+/// The key ranges to copy a table of about `estimate` rows in, one per worker: from the first key column's histogram
+/// in `pg_stats` (equal-frequency bounds ANALYZE computed), else from a sample of the column; one range (no split)
+/// when neither gives enough distinct values. Bounds only decide how even the ranges are: they always cover every
+/// value once, however stale the statistics.
 async fn plan_ranges(client: &Client, query: &ChunkQuery, estimate: u64, workers: usize) -> Vec<KeyRange> {
-    // About 100 sampled values per range: enough for ranges of similar size, a tiny read even of a large table.
-    let sql = chunk::sample_sql(query, estimate, 100 * workers as u64);
-    let sample: Vec<String> = match client.query(&sql, &[]).await {
-        Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
-        Err(e) => {
-            tracing::info!(table = %query.table, error = %e, "snapshot: the table's keys could not be sampled; it is copied as one range");
-            return Vec::new();
+    let column = &query.columns[query.key[0]];
+    // `histogram_bounds` is anyarray: through its text form into text[], which parses the element quoting.
+    let histogram: Option<Vec<String>> = client
+        .query_opt(
+            "SELECT histogram_bounds::text::text[] FROM pg_stats \
+             WHERE schemaname = $1 AND tablename = $2 AND attname = $3 AND histogram_bounds IS NOT NULL \
+             ORDER BY inherited DESC LIMIT 1",
+            &[&query.table.schema, &query.table.name, column],
+        )
+        .await
+        .ok()
+        .flatten()
+        .map(|row| row.get(0));
+    let sorted = match histogram {
+        Some(bounds) if bounds.len() > workers => bounds,
+        _ => {
+            // TABLESAMPLE SYSTEM reads whole pages: on a small sample they cluster, so the ranges are only roughly even.
+            let sql = chunk::sample_sql(query, estimate, 100 * workers as u64);
+            match client.query(&sql, &[]).await {
+                Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+                Err(e) => {
+                    tracing::info!(table = %query.table, error = %e, "snapshot: the table's keys could not be sampled; it is copied as one range");
+                    return Vec::new();
+                }
+            }
         }
     };
-    chunk::ranges_from_sample(&sample, workers)
+    chunk::ranges_from_sample(&sorted, workers)
         .into_iter()
         .map(|(from, to)| KeyRange { from, to, after: None, done: false })
         .collect()
