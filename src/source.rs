@@ -58,7 +58,7 @@ const BATCH_BYTES: usize = 256 * 1024;
 
 /// Batches the channel from the source to the route task holds: at most 16 × 256 KiB = 4 MiB of pgoutput data
 /// (decoded rows take more), or 4096 changes: ~15 ms at the walsender's fastest pace, enough to smooth the route
-/// task's pauses. 64 (16 MiB) until issue 16: more peak RSS (docs/benchmarks.md).
+/// task's pauses. 64 (16 MiB) until issue 16: more peak RSS, no measured throughput (docs/benchmarks.md).
 pub const CHANNEL_BATCHES: usize = 16;
 
 /// How long a shutdown waits for the end of a transaction it interrupted (the whole shutdown stays under 30 s:

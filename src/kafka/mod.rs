@@ -43,7 +43,8 @@ const DEFAULTS: &[(&str, &str)] = &[
     // 2 MiB, not librdkafka's 1 GiB nor the 8 MiB ficus used before issue 16: the queue holds encoded events (plus
     // librdkafka's per-message bookkeeping, not counted here), so it is the largest buffer of a streaming run. 2 MiB
     // still holds two 1 MB message sets (`message.max.bytes`), enough to keep a request in flight while the next
-    // fills; 8 MiB added ~15 MiB of peak RSS (docs/benchmarks.md, issue 16).
+    // fills. 8 MiB and the 64-batch source channel together added 15–40 MiB of peak RSS for no measured throughput
+    // (docs/benchmarks.md, issue 16).
     ("queue.buffering.max.kbytes", "2048"),
     ("queue.buffering.max.messages", "100000"),
     ("batch.size", "1000000"),
