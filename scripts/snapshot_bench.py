@@ -44,7 +44,10 @@ def run_ficus(cluster, binary, slot, chunk_size, brokers, null_sink):
     cfg = os.path.join(state, "ficus.yaml")
     with open(cfg, "w") as f:
         f.write(f"source:\n  url: {cluster.url()}\n  slot: {slot}\n  publication: {slot}\n  tables: [public.snap]\n"
-                f"kafka:\n  brokers: {brokers}\nstate:\n  dir: {state}\nchanges:\n  tables: ['*']\n  topic_prefix: {slot}\n"
+                f"kafka:\n  brokers: {brokers}\n"
+                + (f"  properties: {{{os.environ['FICUS_BENCH_KAFKA_PROPERTIES']}}}\n"
+                   if os.environ.get("FICUS_BENCH_KAFKA_PROPERTIES") else "")
+                + f"state:\n  dir: {state}\nchanges:\n  tables: ['*']\n  topic_prefix: {slot}\n"
                 f"snapshot:\n  mode: initial_only\n  chunk_size: {chunk_size}\n")
     args = [binary, "run", "--config", cfg] + (["--null-sink"] if null_sink else [])
     with open(os.path.join(state, "log"), "w") as log:

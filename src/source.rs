@@ -53,10 +53,15 @@ pub type Batch = Vec<SourceEvent>;
 
 const BATCH: usize = 256;
 
-/// A batch also closes once its messages hold this many bytes of pgoutput data. The channel to the route task holds
-/// 64 batches: counted in changes alone, 64 × 256 wide rows (a few KB each) kept tens of MB of decoded rows in
-/// flight (156 MiB peak RSS with 4 KB rows); with this cap it is at most 64 × 256 KiB = 16 MiB whatever the row size.
+/// A batch also closes once its messages hold this many bytes of pgoutput data. Counted in changes alone, 64 × 256
+/// wide rows (a few KB each) kept tens of MB of decoded rows in flight (156 MiB peak RSS with 4 KB rows); with this
+/// cap the channel holds at most [`CHANNEL_BATCHES`] × 256 KiB whatever the row size.
 const BATCH_BYTES: usize = 256 * 1024;
+
+/// Batches the channel from the source to the route task holds: at most 16 × 256 KiB = 4 MiB of pgoutput data
+/// (decoded rows take more), or 4096 changes: ~15 ms at the walsender's fastest pace, enough to smooth the route
+/// task's pauses. 64 (16 MiB) until issue 16: more peak RSS, no measured throughput (docs/benchmarks.md).
+pub const CHANNEL_BATCHES: usize = 16;
 
 /// How long a shutdown waits for the end of a transaction it interrupted (the whole shutdown stays under 30 s:
 /// this, then the producer's flush).

@@ -55,8 +55,12 @@ def ficus_config(cluster, slot, brokers, state, table="bench", rules=False, tabl
     `health`: the `health.listen` address (for `/status`), none by default."""
     changes = "[]" if rules else "['*']"
     captured = ", ".join(tables or [f"public.{table}"])
+    # FICUS_BENCH_KAFKA_PROPERTIES, e.g. "queue.buffering.max.kbytes: 2048, linger.ms: 5": kafka.properties for an
+    # A/B of producer settings without a rebuild.
+    props = os.environ.get("FICUS_BENCH_KAFKA_PROPERTIES")
     return (f"source:\n  url: {cluster.url()}\n  slot: {slot}\n  publication: {table}\n  tables: [{captured}]\n"
             f"  status_interval_secs: 1\nkafka:\n  brokers: {brokers}\n  delivery: {delivery}\n"
+            + (f"  properties: {{{props}}}\n" if props else "")
             + (f"health:\n  listen: {health}\n" if health else "") +
             # Streaming only: the default `snapshot.mode: initial` would also copy the whole table, work the other
             # consumers of the same WAL do not do (snapshots have their own rows and snapshot_bench.py).

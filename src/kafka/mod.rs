@@ -6,7 +6,7 @@
 //! to [`Progress`]. A message that librdkafka gives up on (too large, authorization, or an explicit
 //! `message.timeout.ms`) is fatal: the flushed LSN never passes its transaction, so nothing after it is confirmed.
 //!
-//! **Backpressure.** librdkafka's queue is bounded (`queue.buffering.max.kbytes`, 8 MiB by default here). When it
+//! **Backpressure.** librdkafka's queue is bounded (`queue.buffering.max.kbytes`, 2 MiB by default here). When it
 //! is full, [`KafkaSink::send`] waits for acknowledgements instead of buffering; the pipeline's bounded channel then
 //! fills and the source stops reading the replication socket. Memory stays flat whatever the transaction size.
 //!
@@ -32,12 +32,20 @@ pub mod checkpoint_topic;
 pub mod exactly_once;
 pub mod read;
 
+/// `queue.buffering.max.kbytes` unless the user sets it (the rules' largest-record check uses it too).
+pub(crate) const DEFAULT_QUEUE_KBYTES: usize = 2048;
+
 /// Defaults users may override.
 const DEFAULTS: &[(&str, &str)] = &[
     ("compression.type", "lz4"),
     ("linger.ms", "5"),
     ("message.timeout.ms", "0"),
-    ("queue.buffering.max.kbytes", "8192"),
+    // 2 MiB, not librdkafka's 1 GiB nor the 8 MiB ficus used before issue 16: the queue holds encoded events (plus
+    // librdkafka's per-message bookkeeping, not counted here), so it is the largest buffer of a streaming run. 2 MiB
+    // still holds two 1 MB message sets (`message.max.bytes`), enough to keep a request in flight while the next
+    // fills. 8 MiB and the 64-batch source channel together added 15–40 MiB of peak RSS for no measured throughput
+    // (docs/benchmarks.md, issue 16).
+    ("queue.buffering.max.kbytes", "2048"),
     ("queue.buffering.max.messages", "100000"),
     ("batch.size", "1000000"),
     ("client.id", "ficus"),
@@ -460,5 +468,13 @@ mod tests {
         assert_eq!(cc.get("enable.idempotence"), Some("true"));
         assert_eq!(cc.get("acks"), Some("all"));
         assert_eq!(cc.get("bootstrap.servers"), Some("b:9092"));
+    }
+
+    #[test]
+    fn the_queue_default_is_the_one_the_record_size_check_assumes() {
+        let cc = client_config(&config(props(&[])));
+        assert_eq!(cc.get("queue.buffering.max.kbytes"), Some(DEFAULT_QUEUE_KBYTES.to_string().as_str()));
+        let user = props(&[("queue.buffering.max.kbytes", Scalar::Int(8192))]);
+        assert_eq!(client_config(&config(user)).get("queue.buffering.max.kbytes"), Some("8192"), "user-overridable");
     }
 }

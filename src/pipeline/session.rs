@@ -227,7 +227,7 @@ pub(super) async fn stream_session(
         SourceInfo { system: system.systemid.clone(), database: database.clone(), slot: config.source.slot.clone() };
     let router = Router::new(config, source_info, RuleSet::new(rules.clone()));
     let stop = shutdown.child_token();
-    let (tx, rx) = mpsc::channel::<Batch>(64);
+    let (tx, rx) = mpsc::channel::<Batch>(crate::source::CHANNEL_BATCHES);
 
     let tap = snapshots.as_ref().map(|s| crate::snapshot::Tap::new(s.clone()));
     let sink_task =
