@@ -42,7 +42,7 @@ def write_workload(cluster, rows, updates, batch=1000):
         stmts = [f"UPDATE bench SET qty = qty + 1, ts = now() WHERE id BETWEEN {b} AND {min(b + batch - 1, updates)};"
                  for b in range(lo, min(lo + batch * 50, updates + 1), batch)]
         cluster.psql("".join(stmts))
-    return lsn(cluster.psql("SELECT pg_current_wal_lsn()"))
+    return lsn(cluster.psql("SELECT pg_current_wal_insert_lsn()"))
 
 
 def main():
@@ -103,7 +103,7 @@ def main():
             cluster.psql("SELECT pg_create_logical_replication_slot('s_big', 'pgoutput')")
             cluster.psql(f"INSERT INTO big SELECT i, md5(i::text), i % 100, i * 0.5, now() "
                          f"FROM generate_series(1, {a.big_txn}) i")
-            big_end = lsn(cluster.psql("SELECT pg_current_wal_lsn()"))
+            big_end = lsn(cluster.psql("SELECT pg_current_wal_insert_lsn()"))
             secs, conf, w, c, rss, _ = run_ficus(cluster, "s_big", big_end, brokers, False, a.binary, table="big")
             results[f"1 txn of {a.big_txn // 1000}k rows"] = (a.big_txn / secs, secs, conf, w, c, rss)
 

@@ -109,7 +109,7 @@ def scenario_core(size, binary):
         def big_txn():
             cluster.psql(f"INSERT INTO big SELECT i, md5(i::text), i % 100, i * 0.5, now() "
                          f"FROM generate_series(1, {size['big_txn']}) i")
-            return lsn(cluster.psql("SELECT pg_current_wal_lsn()"))
+            return lsn(cluster.psql("SELECT pg_current_wal_insert_lsn()"))
         big = run_ficus(cluster, "s_big", None, brokers, False, binary, table="big", workload=big_txn)
         # A drain that confirmed without every row on the topic must not pass for a fast one.
         published = topic_messages(brokers, "s_big.public.big")
@@ -166,7 +166,7 @@ BEGIN
     COMMIT;
   END LOOP;
 END $$""")
-        end = lsn(cluster.psql("SELECT pg_current_wal_lsn()"))
+        end = lsn(cluster.psql("SELECT pg_current_wal_insert_lsn()"))
         r = versus_recvlogical(cluster, "oltp", end, n, binary)
         return {"oltp_recv_rate": r["recv_rate"], "oltp_ratio": r["ratio"], "oltp_cpu_us": r["cpu_us"],
                 "rss": {"oltp": r["rss"]}}
@@ -203,7 +203,7 @@ def scenario_wide(size, binary):
                              "(SELECT pg_size_pretty(pg_relation_size(reltoastrelid)) FROM pg_class "
                              "WHERE relname = 'wide') "
                              "FROM (SELECT * FROM wide LIMIT 100) w")
-        end = lsn(cluster.psql("SELECT pg_current_wal_lsn()"))
+        end = lsn(cluster.psql("SELECT pg_current_wal_insert_lsn()"))
         r = versus_recvlogical(cluster, "wide", end, rows + updates, binary)
         return {"wide_recv_rate": r["recv_rate"], "wide_ratio": r["ratio"], "rss": {"wide": r["rss"]},
                 "wide_sizes": sizes}
@@ -226,7 +226,7 @@ END LOOP; END $$""")
                  lpad(i::text, 4, '0'));
   COMMIT;
 END LOOP; END $$""")
-        end = lsn(cluster.psql("SELECT pg_current_wal_lsn()"))
+        end = lsn(cluster.psql("SELECT pg_current_wal_insert_lsn()"))
         brokers, broker = start_broker()
         info = {}
         d = run_ficus(cluster, "s_many", end, brokers, False, binary, table="many",

@@ -69,14 +69,14 @@ def run(cluster, brokers, binary, rows, delivery, rep, write=None):
                 raise RuntimeError(f"ficus did not start: {open(os.path.join(state, 'log')).read()[-2000:]}")
             time.sleep(0.1)
         time.sleep(1)
-        before = lsn(cluster.psql("SELECT pg_current_wal_lsn()"))
+        before = lsn(cluster.psql("SELECT pg_current_wal_insert_lsn()"))
         if write:
             write(cluster, table)
         else:
             cluster.psql(f"INSERT INTO {table} SELECT i, md5(i::text), i % 100, i * 0.5, now() "
                          f"FROM generate_series(1, {rows}) i")
         committed = time.monotonic()
-        end = lsn(cluster.psql("SELECT pg_current_wal_lsn()"))
+        end = lsn(cluster.psql("SELECT pg_current_wal_insert_lsn()"))
         first = all_received = visible = None
         rss = None
         while visible is None:
