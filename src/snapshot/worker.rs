@@ -3,8 +3,9 @@
 //! histogram in `pg_stats`, else sampled values of it) and queues the other ranges for the other workers.
 //!
 //! Per chunk: low watermark → one `COPY (SELECT ... ORDER BY key LIMIT n)` → hand the rows over → high watermark →
-//! next chunk after the last key. A worker reads ahead by one chunk while the sink publishes the previous one: at
-//! most two chunks per worker are in memory.
+//! next chunk after the last key. A worker reads its next chunk only once the sink took the previous one: at most
+//! one chunk per worker is in memory (two per worker held 69–71 MiB peak in the 5M-row snapshot → broker run against
+//! 53–54 MiB with one, at the same rows per second: docs/benchmarks.md).
 //! No statement holds a snapshot longer than one chunk's read, so the copy never holds back vacuum.
 
 use std::collections::VecDeque;
@@ -226,8 +227,8 @@ async fn plan_ranges(client: &Client, query: &ChunkQuery, estimate: u64, workers
         .collect()
 }
 
-/// Chunks a worker read per table before the sink took the oldest one.
-const CHUNKS_IN_FLIGHT: usize = 2;
+/// Chunks a worker holds before the sink took the oldest one (see the module docs for why one).
+const CHUNKS_IN_FLIGHT: usize = 1;
 
 /// Forgets the chunks not taken yet (the next session reads them again from the checkpoint).
 fn drop_in_flight(shared: &Snapshots, in_flight: &mut VecDeque<(u64, u64, oneshot::Receiver<()>)>) {
