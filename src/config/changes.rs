@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{default_topic_prefix, MaskingConfig};
+use super::{default_topic_prefix, MaskingConfig, TableName};
 
 /// `changes:` — raw change events.
 #[derive(Debug, Clone, Deserialize)]
@@ -34,6 +34,18 @@ pub struct ChangesConfig {
     /// (both encodings) instead of the replica-identity key.
     #[serde(default)]
     pub key_columns: BTreeMap<String, Vec<String>>,
+}
+
+impl ChangesConfig {
+    /// Whether `table`'s raw change events are ficus's JSON of the row as read: published (`tables`), JSON encoding,
+    /// no masked column and no `key_columns` entry. Only then can a snapshot worker encode the row in advance.
+    pub fn publishes_unaltered_json(&self, table: &TableName) -> bool {
+        let named = |t: &String| TableName::parse(t).as_ref() == Ok(table);
+        self.encoding == ChangeEncoding::Json
+            && self.tables.iter().any(|t| t == "*" || named(t))
+            && !self.masking.covers(table)
+            && !self.key_columns.keys().any(named)
+    }
 }
 
 impl Default for ChangesConfig {

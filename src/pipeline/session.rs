@@ -270,7 +270,7 @@ pub(super) async fn stream_session(
             workers: config.snapshot.workers,
             chunk_size: config.snapshot.chunk_size,
             split_min_rows: config.snapshot.split_min_rows,
-            encode_rows: config.changes.encoding == crate::config::ChangeEncoding::Json,
+            changes: Arc::new(config.changes.clone()),
         };
         s.start(info.clone(), settings, health.clone(), stop.clone())
     });

@@ -182,14 +182,15 @@ struct Active {
 }
 
 /// Settings of the copy workers (`snapshot:` keys).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CopySettings {
     pub workers: u32,
     pub chunk_size: u32,
     /// Tables of at least this many rows (estimated) are split into key ranges; 0: never.
     pub split_min_rows: u64,
-    /// The events are raw JSON: workers encode each row's key and `after`.
-    pub encode_rows: bool,
+    /// `changes:`: workers encode the key and `after` of rows of a table whose raw events are the row's JSON
+    /// unaltered ([`ChangesConfig::publishes_unaltered_json`]); other tables' rows would be encoded for nothing.
+    pub changes: Arc<crate::config::ChangesConfig>,
 }
 
 impl Snapshots {
@@ -248,7 +249,7 @@ impl Snapshots {
             let reporter = tokio::spawn(report::run(shared.clone(), health, stop.clone()));
             let mut set = tokio::task::JoinSet::new();
             for _ in 0..settings.workers {
-                set.spawn(worker::run(shared.clone(), info.clone(), settings, stop.clone()));
+                set.spawn(worker::run(shared.clone(), info.clone(), settings.clone(), stop.clone()));
             }
             let mut result = Ok(());
             while let Some(r) = set.join_next().await {

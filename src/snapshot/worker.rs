@@ -52,7 +52,7 @@ pub(super) async fn run(
         // A chunk query can wait on a table lock for as long as another session holds it (an ALTER TABLE, a
         // LOCK): a shutdown does not wait for it. The copy resumes from the checkpoint at the next start.
         let outcome = tokio::select! {
-            r = copy_unit(&shared, client, &mut unit, settings, &stop) => r,
+            r = copy_unit(&shared, client, &mut unit, &settings, &stop) => r,
             _ = stop.cancelled() => {
                 tracing::info!(table = %unit.job.table_name(), "snapshot: stopping without waiting for the running chunk query");
                 Ok(Outcome::Stopped)
@@ -93,7 +93,7 @@ async fn copy_unit(
     shared: &Snapshots,
     client: &Client,
     unit: &mut Unit,
-    settings: CopySettings,
+    settings: &CopySettings,
     stop: &CancellationToken,
 ) -> Result<Outcome, SnapshotError> {
     let chunk_size = settings.chunk_size;
@@ -101,6 +101,7 @@ async fn copy_unit(
     let name = job.table_name();
     let (table, mut query) = table_meta(client, &shared.publication, &name).await?;
     query.filter = job.filter.clone();
+    let encode_rows = settings.changes.publishes_unaltered_json(&name);
     if unit.range.is_none() {
         // The job's first unit in this session: a job not started yet may be split, a split one resumes its ranges.
         let estimate = estimate_rows(client, table.oid, &name, job.filter.is_some()).await;
@@ -136,7 +137,7 @@ async fn copy_unit(
         let id = shared.next_chunk_id();
         emit(client, shared, id, "low", table.oid).await?;
         let sql = query.sql(job.after.as_deref(), chunk_size);
-        let (read, unseen) = read_chunk_in_snapshot(client, &sql, &table, settings.encode_rows).await?;
+        let (read, unseen) = read_chunk_in_snapshot(client, &sql, &table, encode_rows).await?;
         let n = read.rows.len();
         if let Some(last) = read.rows.last() {
             job.after = Some(key_text(last, &query.key)?);
