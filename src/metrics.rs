@@ -45,6 +45,9 @@ pub const RECONNECTS: &str = "ficus_reconnects_total";
 pub const STREAMING: &str = "ficus_streaming";
 /// Rows read by snapshots and backfills, by `table`.
 pub const SNAPSHOT_ROWS: &str = "ficus_snapshot_rows_total";
+/// Snapshot chunks read again because their read missed a commit before their low watermark (the commit race), by
+/// `table`.
+pub const SNAPSHOT_CHUNKS_READ_AGAIN: &str = "ficus_snapshot_chunks_read_again_total";
 /// Estimated rows a running snapshot of `table` still has to read (from `pg_class.reltuples`).
 pub const SNAPSHOT_REMAINING: &str = "ficus_snapshot_remaining_rows";
 /// Snapshot and backfill jobs not finished yet (queued or running).
@@ -119,6 +122,7 @@ fn describe() {
     describe_counter!(RECONNECTS, "Replication sessions started after the first");
     describe_gauge!(STREAMING, "1 while streaming");
     describe_counter!(SNAPSHOT_ROWS, "Rows read by snapshots and backfills, by table");
+    describe_counter!(SNAPSHOT_CHUNKS_READ_AGAIN, "Snapshot chunks read again after the commit race, by table");
     describe_gauge!(SNAPSHOT_REMAINING, "Estimated rows a running snapshot still has to read, by table");
     describe_gauge!(SNAPSHOT_JOBS, "Snapshot and backfill jobs not finished yet");
 }

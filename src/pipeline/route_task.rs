@@ -91,10 +91,7 @@ pub(super) async fn route_loop(
                         })?;
                         if let (Some(tap), true) = (&mut tap, Tap::is_control(&message.prefix)) {
                             // A high watermark releases its chunk's rows here, in the watermark's transaction.
-                            let rows = tap.message(&message).map_err(|e| match e.is_transient() {
-                                true => PipelineError::Transient(e.to_string()),
-                                false => route_error(message.lsn)(e),
-                            })?;
+                            let rows = tap.message(&message).map_err(route_error(message.lsn))?;
                             let (n, table_done) = (rows.len(), tap.table_done());
                             for (i, row) in rows.into_iter().enumerate() {
                                 records.clear();

@@ -112,8 +112,18 @@ pub(crate) struct ReadyChunk {
     /// Transactions the read's snapshot saw in progress (their low 32 bits, as pgoutput sends xids): the commit race
     /// check in `window`.
     pub unseen: Vec<u32>,
-    /// Tells the worker the sink took the rows.
-    pub taken: oneshot::Sender<()>,
+    /// Tells the worker the sink took the rows, or that the chunk must be read again.
+    pub taken: oneshot::Sender<Handover>,
+}
+
+/// What became of a chunk at its high watermark (sent to its worker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Handover {
+    /// Published (or dropped whole by a `TRUNCATE`): the worker reads the next chunk.
+    Taken,
+    /// Not published: its read missed a transaction that committed before its low watermark (the commit race,
+    /// `window` module docs). The worker reads the same chunk again, in a new window.
+    ReadAgain,
 }
 
 /// Progress of one job, for logs, metrics and `/status`.

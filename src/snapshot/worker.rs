@@ -8,7 +8,6 @@
 //! 53–54 MiB with one, at the same rows per second: docs/benchmarks.md).
 //! No statement holds a snapshot longer than one chunk's read, so the copy never holds back vacuum.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -26,7 +25,7 @@ use crate::postgres::control;
 use super::chunk::{self, ChunkQuery};
 use super::ledger::Mutation;
 use super::window::Watermark;
-use super::{CopySettings, KeyRange, ReadyChunk, SnapshotError, Snapshots, Unit, WATERMARK_PREFIX};
+use super::{CopySettings, Handover, KeyRange, ReadyChunk, SnapshotError, Snapshots, Unit, WATERMARK_PREFIX};
 
 /// How a job ended.
 pub(super) enum Outcome {
@@ -129,20 +128,20 @@ async fn copy_unit(
         job.after = range.after.clone();
         tracing::debug!(table = %name, job = job.id, range = r, from = range.from, to = range.to, "snapshot: copying a key range");
     }
-    // Chunks handed over whose high watermark the sink has not reached yet: (id, rows, receiver). Reading chunk n+1
-    // while the sink publishes chunk n keeps both busy; the windows never overlap because chunk n+1's low
-    // watermark is written after chunk n's high one.
-    let mut in_flight: VecDeque<(u64, u64, oneshot::Receiver<()>)> = VecDeque::new();
+    // One chunk at a time: the next one is read once the sink reached this one's high watermark. That bounds the
+    // memory (module docs) and keeps the checkpoint's cursor honest: a chunk that must be read again (the commit
+    // race, `window`) is never overtaken by a later one whose cursor the checkpoint would record first.
     let outcome = loop {
         let id = shared.next_chunk_id();
         emit(client, shared, id, "low", table.oid).await?;
         let sql = query.sql(job.after.as_deref(), chunk_size);
         let (read, unseen) = read_chunk_in_snapshot(client, &sql, &table, encode_rows).await?;
-        let n = read.rows.len();
-        if let Some(last) = read.rows.last() {
-            job.after = Some(key_text(last, &query.key)?);
-        }
-        let finished = n < chunk_size as usize;
+        let n = read.rows.len() as u64;
+        let after = match read.rows.last() {
+            Some(last) => Some(key_text(last, &query.key)?),
+            None => job.after.clone(),
+        };
+        let finished = n < u64::from(chunk_size);
         let (taken, took) = oneshot::channel();
         shared.put_chunk(
             id,
@@ -151,7 +150,7 @@ async fn copy_unit(
                 table: table.clone(),
                 rows: read.rows,
                 encoded: read.encoded,
-                after: job.after.clone(),
+                after: after.clone(),
                 range: unit.range,
                 finished,
                 ranges_left: unit.ranges_left.clone(),
@@ -159,30 +158,28 @@ async fn copy_unit(
                 taken,
             },
         );
-        in_flight.push_back((id, n as u64, took));
         if let Err(e) = emit(client, shared, id, "high", table.oid).await {
-            drop_in_flight(shared, &mut in_flight);
+            shared.take_chunk(id);
             return Err(e);
         }
-        // At most CHUNKS_IN_FLIGHT chunks per worker in memory; all of them handed over before the job ends.
-        while in_flight.len() >= CHUNKS_IN_FLIGHT || (finished && !in_flight.is_empty()) {
-            let (_, rows, took) = in_flight.front_mut().expect("not empty");
-            let rows = *rows;
-            tokio::select! {
-                _ = stop.cancelled() => {
-                    drop_in_flight(shared, &mut in_flight);
-                    return Ok(Outcome::Stopped);
-                }
-                r = took => if r.is_err() {
-                    // The session ended before the stream reached the high watermark.
-                    drop_in_flight(shared, &mut in_flight);
-                    return Ok(Outcome::Stopped);
-                }
+        let handover = tokio::select! {
+            _ = stop.cancelled() => None,
+            // Err: the session ended before the stream reached the high watermark.
+            r = took => r.ok(),
+        };
+        match handover {
+            None => {
+                // Forgotten: the next session reads it again from the checkpoint.
+                shared.take_chunk(id);
+                return Ok(Outcome::Stopped);
             }
-            in_flight.pop_front();
-            job.rows += rows;
-            shared.chunk_done(job.id, &name, rows);
+            // The same chunk again, after the same key (the tap logged why).
+            Some(Handover::ReadAgain) => continue,
+            Some(Handover::Taken) => {}
         }
+        job.after = after;
+        job.rows += n;
+        shared.chunk_done(job.id, &name, n);
         if finished {
             break Outcome::Finished;
         }
@@ -226,16 +223,6 @@ async fn plan_ranges(client: &Client, query: &ChunkQuery, estimate: u64, workers
         .into_iter()
         .map(|(from, to)| KeyRange { from, to, after: None, done: false })
         .collect()
-}
-
-/// Chunks a worker holds before the sink took the oldest one (see the module docs for why one).
-const CHUNKS_IN_FLIGHT: usize = 1;
-
-/// Forgets the chunks not taken yet (the next session reads them again from the checkpoint).
-fn drop_in_flight(shared: &Snapshots, in_flight: &mut VecDeque<(u64, u64, oneshot::Receiver<()>)>) {
-    for (id, _, _) in in_flight.drain(..) {
-        shared.take_chunk(id);
-    }
 }
 
 /// The table as the stream would describe it (the columns `publication` publishes: no virtual generated columns, stored
