@@ -131,17 +131,23 @@ async fn copy_unit(
     // One chunk at a time: the next one is read once the sink reached this one's high watermark. That bounds the
     // memory (module docs) and keeps the checkpoint's cursor honest: a chunk that must be read again (the commit
     // race, `window`) is never overtaken by a later one whose cursor the checkpoint would record first.
+    // Rows per chunk: at most `chunk_size`, and as many as fit CHUNK_MEMORY at the size the rows read so far had.
+    // The first chunk is small, its rows' size not known yet (a legacy table of 1 MB documents must not be read
+    // `chunk_size` rows at a time).
+    let mut limit = chunk_size.min(FIRST_CHUNK_ROWS);
     let outcome = loop {
         let id = shared.next_chunk_id();
         emit(client, shared, id, "low", table.oid).await?;
-        let sql = query.sql(job.after.as_deref(), chunk_size);
+        let sql = query.sql(job.after.as_deref(), limit);
         let (read, unseen) = read_chunk_in_snapshot(client, &sql, &table, encode_rows).await?;
         let n = read.rows.len() as u64;
+        let chunk_limit = limit;
+        limit = rows_per_chunk(chunk_size, table.columns.len(), read.text_bytes, n).unwrap_or(limit);
         let after = match read.rows.last() {
             Some(last) => Some(key_text(last, &query.key)?),
             None => job.after.clone(),
         };
-        let finished = n < u64::from(chunk_size);
+        let finished = n < u64::from(chunk_limit);
         let (taken, took) = oneshot::channel();
         shared.put_chunk(
             id,
@@ -185,6 +191,27 @@ async fn copy_unit(
         }
     };
     Ok(outcome)
+}
+
+/// About the memory one chunk's rows may take while they are read and handed over (a worker holds one chunk; the
+/// sink publishes it while the worker reads the next). Narrow rows stay at `chunk_size` rows or close to it; wide
+/// ones are read fewer at a time.
+const CHUNK_MEMORY: u64 = 2 << 20;
+/// What a row costs in memory besides its text, twice over (decoded values and encoded JSON): the row's vector and
+/// change, and per value its slot and JSON member.
+const ROW_OVERHEAD: u64 = 256;
+const VALUE_OVERHEAD: u64 = 48;
+/// The first chunk's rows, before their size is known.
+const FIRST_CHUNK_ROWS: u32 = 100;
+
+/// The next chunk's row limit, from the chunk just read (`rows` rows, `text_bytes` of COPY text); `None` when it
+/// read no row (nothing learnt).
+fn rows_per_chunk(chunk_size: u32, columns: usize, text_bytes: u64, rows: u64) -> Option<u32> {
+    if rows == 0 {
+        return None;
+    }
+    let per_row = 2 * text_bytes.div_ceil(rows) + ROW_OVERHEAD + VALUE_OVERHEAD * columns as u64;
+    Some((CHUNK_MEMORY / per_row).clamp(1, u64::from(chunk_size)) as u32)
 }
 
 /// The key ranges to copy a table of about `estimate` rows in, one per worker: from the first key column's histogram
@@ -396,6 +423,8 @@ fn in_progress(snapshot: &str) -> Option<Vec<u32>> {
 pub(super) struct ChunkRows {
     pub rows: Vec<Row>,
     pub encoded: Option<Vec<EncodedRow>>,
+    /// The COPY text the rows came in (sizes the next chunk).
+    pub text_bytes: u64,
 }
 
 /// Reads and parses the chunk; with `encode`, also encodes each row as it arrives (while the server is still
@@ -407,8 +436,10 @@ async fn read_chunk(client: &Client, sql: &str, table: &Table, encode: bool) -> 
     let mut rows: Vec<Row> = Vec::new();
     let mut encoded = encode.then(Vec::new);
     let mut partial = BytesMut::new();
+    let mut text_bytes = 0u64;
     while let Some(data) = stream.next().await {
         let data = data.map_err(SnapshotError::sql("reading a chunk"))?;
+        text_bytes += data.len() as u64;
         // PostgreSQL sends one row per CopyData message; split anyway in case a message holds several or a part.
         let data: Bytes = if partial.is_empty() {
             data
@@ -438,7 +469,7 @@ async fn read_chunk(client: &Client, sql: &str, table: &Table, encode: bool) -> 
     if !partial.is_empty() {
         return Err(SnapshotError::Definite("COPY output ended inside a row".into()));
     }
-    Ok(ChunkRows { rows, encoded })
+    Ok(ChunkRows { rows, encoded, text_bytes })
 }
 
 /// The key columns of `row` in text form (for the next chunk's `WHERE` and the checkpoint).
@@ -455,6 +486,19 @@ fn key_text(row: &Row, key: &[usize]) -> Result<Vec<String>, SnapshotError> {
 
 #[cfg(test)]
 mod tests {
+    /// Narrow rows keep `chunk_size`; wide ones get fewer rows per chunk, never none; an empty chunk changes nothing.
+    #[test]
+    fn chunks_are_sized_by_the_rows_read_so_far() {
+        use super::rows_per_chunk;
+        // The benchmark's 5-column rows (~85 bytes of text): ~2 MiB / 666 B.
+        assert_eq!(rows_per_chunk(10_000, 5, 85 * 100, 100), Some(3148));
+        assert_eq!(rows_per_chunk(1_000, 5, 85 * 100, 100), Some(1_000));
+        // 32 KB documents: 31 rows per chunk; 10 MB ones: one.
+        assert_eq!(rows_per_chunk(10_000, 2, 32 << 20, 1_000), Some(31));
+        assert_eq!(rows_per_chunk(10_000, 2, 10 << 20, 1), Some(1));
+        assert_eq!(rows_per_chunk(10_000, 2, 0, 0), None);
+    }
+
     #[test]
     fn the_in_progress_list_of_a_snapshot_as_32_bit_xids() {
         assert_eq!(super::in_progress("100:104:100,102"), Some(vec![100, 102]));
