@@ -336,14 +336,38 @@ impl KafkaSink {
         if let Some(key) = &record.key {
             rec = rec.key(&key[..]);
         }
+        // The queue was seen empty after the last refusal for a full queue: a refusal by an empty queue means the
+        // record is larger than the whole queue. Seen empty once is not enough — every queued record may have been
+        // acknowledged between the refusal and the look, and then the record fits.
+        let mut seen_empty = false;
         loop {
-            match self.producer.send(rec) {
+            let sent = self.producer.send(rec);
+            // Test builds: `kafka-queue-full=return` lets the queue drain after a refusal for a full queue, before it
+            // is looked at (the acknowledgements arriving in between: a timing a test cannot arrange otherwise).
+            #[cfg(feature = "failpoints")]
+            if matches!(sent, Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)))
+                && fail::eval("kafka-queue-full", |_| ()).is_some()
+            {
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while self.producer.in_flight_count() > 0 && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            match sent {
                 Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if self.producer.in_flight_count() == 0 && !seen_empty =>
+                {
+                    // Once more, now that the queue is known empty.
+                    seen_empty = true;
+                    rec = back;
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
                     if self.producer.in_flight_count() == 0 =>
                 {
-                    // The queue is empty and the record still does not fit: it is larger than the whole queue
-                    // (queue.buffering.max.kbytes) and no acknowledgement will ever make room. Waiting would hang.
+                    // The queue was empty before this attempt and after it, and the record still did not fit: it is
+                    // larger than the whole queue (queue.buffering.max.kbytes) and no acknowledgement will ever make
+                    // room. Waiting would hang.
                     let reason = format!(
                         "the record for topic {} (table {}, LSN {}) is {} bytes, more than librdkafka's whole queue \
                          (kafka.properties.queue.buffering.max.kbytes) holds; raise queue.buffering.max.kbytes above \
@@ -358,6 +382,7 @@ impl KafkaSink {
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     rec = back;
+                    seen_empty = false;
                     // Backpressure: wait for acknowledgements to free queue space. The timeout covers an ack
                     // that raced with registering the waiter.
                     let _ = tokio::time::timeout(Duration::from_millis(10), self.progress.wait_for_ack()).await;
