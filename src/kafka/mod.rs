@@ -32,8 +32,20 @@ pub mod checkpoint_topic;
 pub mod exactly_once;
 pub mod read;
 
-/// `queue.buffering.max.kbytes` unless the user sets it (the rules' largest-record check uses it too).
-pub(crate) const DEFAULT_QUEUE_KBYTES: usize = 2048;
+/// `queue.buffering.max.kbytes` unless the user sets it.
+const DEFAULT_QUEUE_KBYTES: usize = 2048;
+
+/// A numeric `kafka.properties` value as the user wrote it (`None`: not set or not a number).
+pub(crate) fn property_usize(cfg: &KafkaConfig, key: &str) -> Option<usize> {
+    cfg.properties.get(key).and_then(|v| v.to_string().trim_matches('"').parse::<usize>().ok())
+}
+
+/// librdkafka's queue in bytes (`queue.buffering.max.kbytes`, the user's or ficus's default): a record whose payload
+/// is larger can never be queued (librdkafka counts payloads only against it). The sink and the rules' largest-record
+/// check both read it here.
+pub(crate) fn queue_bytes(cfg: &KafkaConfig) -> usize {
+    property_usize(cfg, "queue.buffering.max.kbytes").unwrap_or(DEFAULT_QUEUE_KBYTES).saturating_mul(1024)
+}
 
 /// Defaults users may override.
 const DEFAULTS: &[(&str, &str)] = &[
@@ -237,8 +249,7 @@ pub struct KafkaSink {
     producer: ThreadedProducer<SinkContext>,
     progress: Arc<Progress>,
     brokers: String,
-    /// librdkafka's queue in bytes (`queue.buffering.max.kbytes`): a record whose payload is larger can never be
-    /// queued (librdkafka counts payloads only against it).
+    /// [`queue_bytes`].
     queue_bytes: usize,
 }
 
@@ -262,12 +273,7 @@ impl KafkaSink {
         let producer = cc
             .create_with_context(SinkContext { progress: progress.clone(), fenced: false.into() })
             .map_err(|e| SinkError::Config(describe_error(&e)))?;
-        let queue_bytes = cc
-            .get("queue.buffering.max.kbytes")
-            .and_then(|k| k.trim().parse::<usize>().ok())
-            .unwrap_or(DEFAULT_QUEUE_KBYTES)
-            .saturating_mul(1024);
-        Ok(KafkaSink { producer, progress, brokers: cfg.brokers.clone(), queue_bytes })
+        Ok(KafkaSink { producer, progress, brokers: cfg.brokers.clone(), queue_bytes: queue_bytes(cfg) })
     }
 
     /// exactly_once: registers the transactional id with the broker (fencing older producers with it).

@@ -324,12 +324,8 @@ mod snapshot_tests;
 /// The largest record librdkafka accepts: `message.max.bytes` (default 1,000,000), and at most its whole queue
 /// (`queue.buffering.max.kbytes`, 2048 KiB here by default) — a record larger than the queue would wait for room forever.
 fn max_record_bytes(config: &Config) -> usize {
-    let property = |key: &str| {
-        config.kafka.properties.get(key).and_then(|v| v.to_string().trim_matches('"').parse::<usize>().ok())
-    };
-    let message_max = property("message.max.bytes").unwrap_or(1_000_000);
-    let queue_max =
-        property("queue.buffering.max.kbytes").unwrap_or(crate::kafka::DEFAULT_QUEUE_KBYTES).saturating_mul(1024);
+    let message_max = crate::kafka::property_usize(&config.kafka, "message.max.bytes").unwrap_or(1_000_000);
+    let queue_max = crate::kafka::queue_bytes(&config.kafka);
     // `changes.transaction_metadata` stamps events after the rules built them (the router adds the transaction id
     // and positions: under 256 bytes of value and headers), so an event that fits now still fits then.
     let stamp = if config.changes.transaction_metadata { 256 } else { 0 };
