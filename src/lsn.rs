@@ -26,6 +26,12 @@ impl Lsn {
         out.extend_from_slice(&buf[..len]);
     }
 
+    /// The `Display` form without allocating: every record carries its change's LSN as a header.
+    pub fn text_form(self) -> LsnText {
+        let (buf, len) = self.text();
+        LsnText { buf, len: len as u8 }
+    }
+
     /// The `Display` form in a stack buffer: the bytes `..len` (at most 8 + 1 + 8).
     fn text(self) -> ([u8; 17], usize) {
         const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
@@ -44,6 +50,20 @@ impl Lsn {
             }
         }
         (buf, len)
+    }
+}
+
+/// An LSN's text (`16/B374D848`) held inline, [`Lsn::text_form`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LsnText {
+    buf: [u8; 17],
+    len: u8,
+}
+
+impl LsnText {
+    pub fn as_str(&self) -> &str {
+        // Hex digits and '/' only, by construction.
+        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or_default()
     }
 }
 
@@ -87,6 +107,7 @@ mod write_tests {
             Lsn(v).write_to(&mut out);
             assert_eq!(String::from_utf8(out).unwrap(), expected);
             assert_eq!(Lsn(v).to_string(), expected);
+            assert_eq!(Lsn(v).text_form().as_str(), expected);
             assert_eq!(format!("{:>20}", Lsn(v)), format!("{expected:>20}"), "padding is honoured");
         }
     }

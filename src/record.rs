@@ -23,6 +23,8 @@ pub enum HeaderValue {
     Static(&'static str),
     Shared(Arc<str>),
     Owned(String),
+    /// An LSN's text, inline (no allocation per record).
+    Lsn(crate::lsn::LsnText),
 }
 
 impl HeaderValue {
@@ -31,6 +33,7 @@ impl HeaderValue {
             HeaderValue::Static(s) => s,
             HeaderValue::Shared(s) => s,
             HeaderValue::Owned(s) => s,
+            HeaderValue::Lsn(t) => t.as_str(),
         }
     }
 }

@@ -75,8 +75,6 @@ pub struct Router {
     /// Counts of routes replaced by a new relation (table renamed or re-created), and of logical messages no rule
     /// took, per name: `(received, dropped)`. Updated rarely, never per change.
     retired: HashMap<Arc<str>, (u64, u64)>,
-    /// The `source-lsn` header of the last change: snapshot rows of a chunk all share their watermark's LSN.
-    last_lsn: (crate::lsn::Lsn, Arc<str>),
     /// `changes.transaction_metadata`: transaction ids and positions in events, END records.
     transactions: Option<transactions::Transactions>,
 }
@@ -119,7 +117,6 @@ impl Router {
             routes: HashMap::new(),
             rules,
             retired: HashMap::new(),
-            last_lsn: (crate::lsn::Lsn::INVALID, Arc::from("0/0")),
             transactions: config
                 .changes
                 .transaction_metadata
@@ -295,13 +292,10 @@ impl Router {
             let rekeyed = self.keys.apply(change).map_err(RouteError::Config)?;
             let change = rekeyed.as_ref().unwrap_or(change);
             route.raw_events.increment(1);
-            if self.last_lsn.0 != change.lsn {
-                self.last_lsn = (change.lsn, Arc::from(change.lsn.to_string()));
-            }
             let headers = |op: Op| {
                 vec![
                     ("content-type", HeaderValue::Static("application/json")),
-                    ("source-lsn", HeaderValue::Shared(self.last_lsn.1.clone())),
+                    ("source-lsn", HeaderValue::Lsn(change.lsn.text_form())),
                     ("op", HeaderValue::Static(op.as_str())),
                     ("source-table", HeaderValue::Shared(route.qualified.clone())),
                 ]

@@ -51,7 +51,7 @@ impl RuleSet {
                         ("dlq-error", HeaderValue::Owned(reason.to_string())),
                         ("dlq-rule", HeaderValue::Owned(format!("{} v{}", rule.name, rule.version))),
                         ("source-table", HeaderValue::Owned(table)),
-                        ("source-lsn", HeaderValue::Owned(lsn.to_string())),
+                        ("source-lsn", HeaderValue::Lsn(lsn.text_form())),
                         ("op", HeaderValue::Static(op)),
                     ],
                     tombstone: false,

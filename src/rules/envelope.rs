@@ -21,7 +21,21 @@ pub const NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_3b8e_2d4a_4c7e_9a10_3e5b_7d9f
 /// `<system>/<database>/<commitLsn>/<position>/<rule name>/<version>`.
 pub fn event_id(source: &SourceInfo, o: &Origin<'_>, rule: &str, version: u32) -> Uuid {
     let name = format!("{}/{}/{}/{}/{}/{}", source.system, source.database, o.tx.commit_lsn, o.position, rule, version);
-    Uuid::new_v5(&NAMESPACE, name.as_bytes())
+    uuid_v5(name.as_bytes())
+}
+
+/// RFC 9562's UUIDv5 of `name` in [`NAMESPACE`]: SHA-1 of the namespace's bytes and the name, its first 16 bytes with
+/// the version and variant bits set. Hashed by the `sha1` crate, which uses the CPU's SHA extensions where present
+/// (the same value as `Uuid::new_v5`, which the tests compare against, at a fraction of the cost per event).
+pub fn uuid_v5(name: &[u8]) -> Uuid {
+    use sha1::{Digest, Sha1};
+    let mut hasher = Sha1::new();
+    hasher.update(NAMESPACE.as_bytes());
+    hasher.update(name);
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_sha1_bytes(bytes).into_uuid()
 }
 
 /// [`event_id`] as text, formatting the name in `buf` (reused across events: no allocation but the result).
@@ -39,14 +53,14 @@ pub fn event_id_into(buf: &mut Vec<u8>, source: &SourceInfo, o: &Origin<'_>, rul
     buf.push(b'/');
     buf.extend_from_slice(itoa::Buffer::new().format(version).as_bytes());
     let mut text = String::with_capacity(36);
-    text.push_str(Uuid::new_v5(&NAMESPACE, buf).hyphenated().encode_lower(&mut Uuid::encode_buffer()));
+    text.push_str(uuid_v5(buf).hyphenated().encode_lower(&mut Uuid::encode_buffer()));
     text
 }
 
 /// Default `correlationId`: one per source transaction.
 pub fn correlation_id(source: &SourceInfo, tx: &TxMeta) -> Uuid {
     let name = format!("{}/{}", source.system, tx.commit_lsn);
-    Uuid::new_v5(&NAMESPACE, name.as_bytes())
+    uuid_v5(name.as_bytes())
 }
 
 /// CloudEvents `source` of events derived from `o`: `/postgres/<system>/<database>/<schema>.<table>` (or
@@ -297,6 +311,16 @@ mod tests {
         );
         assert_eq!(correlation_id(&source(), o.tx).to_string(), "27dbaa92-1a78-582e-9da8-89114699e32e");
         assert_eq!(NAMESPACE.to_string(), "6f1c3b8e-2d4a-4c7e-9a10-3e5b7d9f1a2c");
+    }
+
+    /// The SHA-1 behind the ids against uuid's own UUIDv5, for names of every length across SHA-1's 64-byte blocks
+    /// and its padding boundary (55/56 bytes).
+    #[test]
+    fn uuid_v5_is_uuids_new_v5() {
+        for len in 0..300 {
+            let name: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            assert_eq!(uuid_v5(&name), Uuid::new_v5(&NAMESPACE, &name), "name of {len} bytes");
+        }
     }
 
     /// The worked example of docs/events.md ("The `eventId` formula"), read from the document itself, so the

@@ -202,7 +202,7 @@ pub(super) fn build_record(
         ("correlation-id", HeaderValue::Shared(head.correlation_id)),
         ("traceparent", HeaderValue::Shared(traceparent)),
         ("source-table", HeaderValue::Owned(origin)),
-        ("source-lsn", HeaderValue::Owned(head.origin.lsn.to_string())),
+        ("source-lsn", HeaderValue::Lsn(head.origin.lsn.text_form())),
     ]);
     headers.extend(extra_headers);
     Ok(Record { topic: head.topic, key: Some(head.key.into_bytes()), payload, headers, tombstone: false })
