@@ -157,7 +157,8 @@ pub(super) fn compile_rule(
             Some(f @ fast::Fast::StringOf { .. }) => cel_reads.new_columns.push(f.column().to_string()),
             None => cel_reads.collect(expr),
         }
-        Ok(Expression { program, key, fast, source: source.to_string() })
+        let cond = cond::Cond::compile(expr);
+        Ok(Expression { program, key, fast, cond, source: source.to_string() })
     };
     let when = spec.when.as_deref().map(|w| compile(at("when"), w)).transpose()?;
     let key = spec.key.as_deref().map(|k| compile(at("key"), k)).transpose()?;

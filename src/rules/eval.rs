@@ -212,6 +212,11 @@ impl Rule {
     /// Whether the rule's `when` holds (true without one).
     pub(super) fn fires(&self, ctx: &LazyContext<'_>) -> Result<bool, String> {
         let Some(when) = &self.when else { return Ok(true) };
+        if let (Some(cond), Input::Change(change)) = (&when.cond, ctx.input) {
+            if let Some(holds) = cond.holds(change) {
+                return Ok(holds);
+            }
+        }
         match eval(when, ctx)? {
             Value::Bool(b) => Ok(b),
             other => Err(format!("{}: must be true or false, got a {:?}", when.key, other.type_of())),

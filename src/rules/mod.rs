@@ -16,6 +16,7 @@
 //! - CEL is sandboxed and not Turing-complete; expressions cannot reach the database, files or network.
 
 mod compile;
+mod cond;
 mod describe;
 mod digest;
 mod dlq;
@@ -62,6 +63,8 @@ struct Expression {
     key: String,
     /// Set when the expression is a plain column reference, read without CEL.
     fast: Option<fast::Fast>,
+    /// Set when the expression is a condition [`cond::Cond`] evaluates without CEL (used for `when`).
+    cond: Option<cond::Cond>,
     /// The CEL source, as written.
     source: String,
 }

@@ -62,6 +62,40 @@ pub fn row_to_val<'a>(
     Ok(Box::new(CelMap::from(map)))
 }
 
+/// A column value of a type CEL sees as `int`, `double`, `string` or `bool`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Scalar<'a> {
+    Int(i64),
+    Double(f64),
+    Str(&'a str),
+    Bool(bool),
+}
+
+/// The value of a non-null column of the common scalar types, as CEL sees it: integers as `int`, floats as `double`
+/// (Rust parses PostgreSQL's NaN, Infinity and -Infinity too), text types as `string` (borrowed), bool. `None`: not
+/// one of these types or forms (the caller takes the JSON route); `Err`: text that does not parse. The one mapping
+/// for CEL maps ([`row_to_val`]) and conditions evaluated without CEL (`cond`), so both always agree.
+pub(super) fn plain_scalar(type_oid: u32, bytes: &[u8], binary: bool) -> Option<Result<Scalar<'_>, String>> {
+    let as_str = || std::str::from_utf8(bytes).map_err(|_| "not valid UTF-8".to_string());
+    Some(match (type_oid, binary) {
+        // Text and binary forms of these are the string itself.
+        (oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME, _) => as_str().map(Scalar::Str),
+        (oid::INT2 | oid::INT4 | oid::INT8 | oid::OID, false) => as_str()
+            .and_then(|text| text.parse::<i64>().map(Scalar::Int).map_err(|_| format!("{text:?} is not an integer"))),
+        (oid::FLOAT4 | oid::FLOAT8, false) => as_str()
+            .and_then(|text| text.parse::<f64>().map(Scalar::Double).map_err(|_| format!("{text:?} is not a number"))),
+        (oid::BOOL, false) if matches!(bytes, b"t" | b"f") => Ok(Scalar::Bool(bytes == b"t")),
+        (oid::INT2, true) => Ok(Scalar::Int(i64::from(i16::from_be_bytes(bytes.try_into().ok()?)))),
+        (oid::INT4, true) => Ok(Scalar::Int(i64::from(i32::from_be_bytes(bytes.try_into().ok()?)))),
+        (oid::OID, true) => Ok(Scalar::Int(i64::from(u32::from_be_bytes(bytes.try_into().ok()?)))),
+        (oid::INT8, true) => Ok(Scalar::Int(i64::from_be_bytes(bytes.try_into().ok()?))),
+        (oid::FLOAT8, true) => Ok(Scalar::Double(f64::from_be_bytes(bytes.try_into().ok()?))),
+        (oid::FLOAT4, true) => Ok(Scalar::Double(f64::from(f32::from_be_bytes(bytes.try_into().ok()?)))),
+        (oid::BOOL, true) if bytes.len() == 1 => Ok(Scalar::Bool(bytes[0] != 0)),
+        _ => return None,
+    })
+}
+
 /// One non-null column value as a CEL value. Text types borrow their bytes; everything else goes through the
 /// JSON mapping (the same code as raw change events, so both agree on every value).
 fn datum_to_val<'a>(
@@ -70,67 +104,24 @@ fn datum_to_val<'a>(
     binary: bool,
     scratch: &mut Vec<u8>,
 ) -> Result<Box<dyn Val + 'a>, String> {
-    let as_str = |b: &'a [u8]| std::str::from_utf8(b).map_err(|_| "not valid UTF-8".to_string());
     // Fast paths for the common scalar types; the rest (and anything unusual) takes the JSON route below.
-    match (type_oid, binary) {
-        // Text and binary forms of these are the string itself.
-        (oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME, _) => {
-            return Ok(Box::new(CelString::from(as_str(bytes)?)))
-        }
-        (oid::INT2 | oid::INT4 | oid::INT8 | oid::OID, false) => {
-            let text = as_str(bytes)?;
-            return text
-                .parse::<i64>()
-                .map(|i| Box::new(CelInt::from(i)) as Box<dyn Val>)
-                .map_err(|_| format!("{text:?} is not an integer"));
-        }
-        (oid::FLOAT4 | oid::FLOAT8, false) => {
-            // Rust parses PostgreSQL's NaN, Infinity and -Infinity too.
-            let text = as_str(bytes)?;
-            return text
-                .parse::<f64>()
-                .map(|f| Box::new(CelDouble::from(f)) as Box<dyn Val>)
-                .map_err(|_| format!("{text:?} is not a number"));
-        }
-        (oid::BOOL, false) if bytes.len() == 1 && matches!(bytes[0], b't' | b'f') => {
-            return Ok(Box::new(CelBool::from(bytes[0] == b't')));
-        }
-        (oid::INT2, true) if bytes.len() == 2 => {
-            return Ok(Box::new(CelInt::from(i64::from(i16::from_be_bytes([bytes[0], bytes[1]])))))
-        }
-        (oid::INT4, true) if bytes.len() == 4 => {
-            return Ok(Box::new(CelInt::from(i64::from(i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])))));
-        }
-        (oid::OID, true) if bytes.len() == 4 => {
-            return Ok(Box::new(CelInt::from(i64::from(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])))));
-        }
-        (oid::INT8, true) => {
-            if let Ok(b) = <[u8; 8]>::try_from(bytes) {
-                return Ok(Box::new(CelInt::from(i64::from_be_bytes(b))));
+    match plain_scalar(type_oid, bytes, binary) {
+        Some(Ok(Scalar::Int(i))) => return Ok(Box::new(CelInt::from(i))),
+        Some(Ok(Scalar::Double(d))) => return Ok(Box::new(CelDouble::from(d))),
+        Some(Ok(Scalar::Str(s))) => return Ok(Box::new(CelString::from(s))),
+        Some(Ok(Scalar::Bool(b))) => return Ok(Box::new(CelBool::from(b))),
+        Some(Err(e)) => return Err(e),
+        None => {}
+    }
+    if binary && matches!(type_oid, oid::TIMESTAMP | oid::TIMESTAMPTZ) {
+        if let Ok(b) = <[u8; 8]>::try_from(bytes) {
+            // Microseconds since 2000-01-01 UTC; ±infinity (i64::MAX/MIN) stays a string, below.
+            let us = i64::from_be_bytes(b);
+            let unix = us.checked_add(PG_EPOCH_UNIX_MICROS).filter(|_| us != i64::MAX && us != i64::MIN);
+            if let Some(t) = unix.and_then(chrono::DateTime::from_timestamp_micros) {
+                return Ok(Box::new(CelTimestamp::from(t.fixed_offset())));
             }
         }
-        (oid::FLOAT8, true) => {
-            if let Ok(b) = <[u8; 8]>::try_from(bytes) {
-                return Ok(Box::new(CelDouble::from(f64::from_be_bytes(b))));
-            }
-        }
-        (oid::FLOAT4, true) if bytes.len() == 4 => {
-            return Ok(Box::new(CelDouble::from(f64::from(f32::from_be_bytes([
-                bytes[0], bytes[1], bytes[2], bytes[3],
-            ])))));
-        }
-        (oid::BOOL, true) if bytes.len() == 1 => return Ok(Box::new(CelBool::from(bytes[0] != 0))),
-        (oid::TIMESTAMP | oid::TIMESTAMPTZ, true) => {
-            if let Ok(b) = <[u8; 8]>::try_from(bytes) {
-                // Microseconds since 2000-01-01 UTC; ±infinity (i64::MAX/MIN) stays a string, below.
-                let us = i64::from_be_bytes(b);
-                let unix = us.checked_add(PG_EPOCH_UNIX_MICROS).filter(|_| us != i64::MAX && us != i64::MIN);
-                if let Some(t) = unix.and_then(chrono::DateTime::from_timestamp_micros) {
-                    return Ok(Box::new(CelTimestamp::from(t.fixed_offset())));
-                }
-            }
-        }
-        _ => {}
     }
     scratch.clear();
     let written =
