@@ -10,19 +10,24 @@ use sha2::{Digest, Sha256};
 
 /// The `traceparent` of the event `event_id` correlated by `correlation_id`.
 pub fn traceparent(correlation_id: &str, event_id: &str) -> String {
-    let mut trace = match uuid::Uuid::parse_str(correlation_id) {
-        Ok(u) if !u.is_nil() => *u.as_bytes(),
-        _ => {
-            let mut t = [0u8; 16];
-            t.copy_from_slice(&Sha256::digest(correlation_id.as_bytes())[..16]);
-            t
+    // Consecutive events share their correlation id (one per source transaction by default): its trace id is
+    // derived once per run of equal ids, not per event.
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(String, [u8; 16])>> = const { std::cell::RefCell::new(None) };
+    }
+    let trace = LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((id, trace)) if id == correlation_id => *trace,
+            _ => {
+                let trace = trace_id(correlation_id);
+                *last = Some((correlation_id.to_string(), trace));
+                trace
+            }
         }
-    };
+    });
     let mut parent = [0u8; 8];
     parent.copy_from_slice(&Sha256::digest(event_id.as_bytes())[..8]);
-    if trace.iter().all(|&b| b == 0) {
-        trace[15] = 1;
-    }
     if parent.iter().all(|&b| b == 0) {
         parent[7] = 1;
     }
@@ -38,6 +43,23 @@ pub fn traceparent(correlation_id: &str, event_id: &str) -> String {
     }
     out.push_str("-01");
     out
+}
+
+/// The trace id of `correlation_id`: its 16 bytes when it is a UUID, else the first 16 bytes of its SHA-256; never
+/// all zero.
+fn trace_id(correlation_id: &str) -> [u8; 16] {
+    let mut trace = match uuid::Uuid::parse_str(correlation_id) {
+        Ok(u) if !u.is_nil() => *u.as_bytes(),
+        _ => {
+            let mut t = [0u8; 16];
+            t.copy_from_slice(&Sha256::digest(correlation_id.as_bytes())[..16]);
+            t
+        }
+    };
+    if trace.iter().all(|&b| b == 0) {
+        trace[15] = 1;
+    }
+    trace
 }
 
 #[cfg(test)]
@@ -62,5 +84,8 @@ mod tests {
         assert_eq!(custom.len(), 55);
         assert_ne!(&custom[3..35], "00000000000000000000000000000000");
         assert_ne!(traceparent("00000000-0000-0000-0000-000000000000", "e")[3..35], *"0".repeat(32));
+        // The trace id remembered for the last correlation id is never another id's.
+        assert_eq!(traceparent("9a1e2b3c-4d5e-5f60-8a7b-9c0d1e2f3a4b", "5f0c0000-0000-5000-8000-000000000001"), t);
+        assert_eq!(traceparent("order-42", "e"), custom);
     }
 }

@@ -450,6 +450,57 @@ async fn password_authentication_scram_md5_and_wrong_password() {
     assert!(!f.log().contains("wrong-pw"));
 }
 
+/// Two instances on `table`, one streaming binary values and one (prefix `<prefix>_text`) text values, both
+/// streaming; returns (binary, text, the text instance's prefix).
+fn binary_and_text(s: &Setup, table: &str) -> (Ficus, Ficus, String) {
+    let text_prefix = format!("{}_text", s.prefix);
+    let text_config = Ficus::config(&s.pg.superuser_url(&s.db), &[table], &text_prefix, &s.kafka.brokers(), "")
+        .replace("  status_interval_secs: 1\n", "  status_interval_secs: 1\n  value_format: text\n");
+    let bin = Ficus::start(&s.config(&[table]));
+    let txt = Ficus::start(&text_config);
+    bin.wait_for_log("binary_values=true", WAIT);
+    txt.wait_for_log("binary_values=false", WAIT);
+    (bin, txt, text_prefix)
+}
+
+/// Floats whose shortest decimal form is a tie between two candidates (1658206780088562.25 is as close to …562.2 as to
+/// …562.3): PostgreSQL's float4out/float8out round half to even, and an event from binary values must carry the same
+/// digits as one from text values (and as `to_jsonb`), byte for byte — equal numbers after parsing are not enough.
+#[tokio::test(flavor = "multi_thread")]
+async fn binary_floats_have_postgresqls_digits_byte_for_byte() {
+    let ddl = "CREATE TABLE fl (id int PRIMARY KEY, f4 float4, f8 float8)";
+    let s = Setup::new("floats", ddl).await;
+    let (mut bin, mut txt, text_prefix) = binary_and_text(&s, "public.fl");
+    // Ties: every f64 in [2^50, 2^51) ending in .25 or .75, every f32 in [2^18, 2^19) with eighths; and plain values.
+    s.sql(
+        "INSERT INTO fl SELECT i, (262144 + i / 8.0)::float4, (1125899906842624 + i / 4.0)::float8 \
+         FROM generate_series(1, 400) i; \
+         INSERT INTO fl VALUES (1001, 312985.125, 1658206780088562.25), (1002, 0.1, 0.1), (1003, -1.5e-7, 1e100)",
+    )
+    .await;
+    s.wait_slot_confirmed_now(&text_prefix, &txt).await;
+    let bin_msgs = s.read_all_confirmed(&bin, &s.topic("public", "fl")).await;
+    let txt_msgs = s.kafka.read_to_end(&format!("{text_prefix}.public.fl"), WAIT).await;
+    assert_eq!((bin_msgs.len(), txt_msgs.len()), (403, 403), "{}\n{}", bin.log(), txt.log());
+    // The text of `"after":{…}` as written (a float never holds a '}').
+    let after = |m: &support::ConsumedMessage| {
+        let payload = std::str::from_utf8(m.payload.as_deref().expect("payload")).unwrap().to_string();
+        let start = payload.find("\"after\":{").expect("after");
+        payload[start..start + payload[start..].find('}').unwrap() + 1].to_string()
+    };
+    let differ: Vec<(String, String)> =
+        bin_msgs.iter().zip(&txt_msgs).map(|(b, t)| (after(b), after(t))).filter(|(b, t)| b != t).collect();
+    assert!(
+        differ.is_empty(),
+        "{} of 403 events differ (binary, text), e.g. {:?}",
+        differ.len(),
+        &differ[..differ.len().min(3)]
+    );
+    assert!(after(&bin_msgs[400]).contains("\"f8\":1.6582067800885622e+15}"), "{}", after(&bin_msgs[400]));
+    assert_eq!(bin.terminate().code(), Some(0));
+    assert_eq!(txt.terminate().code(), Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn binary_values_match_text_values_and_new_types_fall_back_to_text() {
     let ddl = "CREATE TABLE v (id int PRIMARY KEY, b bool, i2 int2, i8 int8, o oid, f4 float4, f8 float8, n numeric, \
@@ -457,13 +508,7 @@ async fn binary_values_match_text_values_and_new_types_fall_back_to_text() {
                tz timestamptz, by bytea, ai int8[], an numeric[], at text[], ats timestamptz[], a2 float8[]); \
                ALTER TABLE v REPLICA IDENTITY FULL;";
     let s = Setup::new("binary", ddl).await;
-    let text_prefix = format!("{}_text", s.prefix);
-    let text_config = Ficus::config(&s.pg.superuser_url(&s.db), &["public.v"], &text_prefix, &s.kafka.brokers(), "")
-        .replace("  status_interval_secs: 1\n", "  status_interval_secs: 1\n  value_format: text\n");
-    let mut bin = Ficus::start(&s.config(&["public.v"]));
-    let mut txt = Ficus::start(&text_config);
-    bin.wait_for_log("binary_values=true", WAIT);
-    txt.wait_for_log("binary_values=false", WAIT);
+    let (mut bin, mut txt, text_prefix) = binary_and_text(&s, "public.v");
     // Edge values of every type with a binary mapping; the text stream is the reference.
     s.sql(
         r#"INSERT INTO v VALUES

@@ -147,3 +147,74 @@ fn malformed_bytes_are_errors_and_leave_the_buffer_alone() {
         let _ = write_json(&mut out, oid::NUMERIC, &num[..n]);
     }
 }
+
+/// The float layout starts from `sci`'s text: Rust's `{:e}` form with PostgreSQL's digits. Both are the shortest
+/// digits that read back as the value; where two candidates are equally close (1658206780088562.25 lies halfway
+/// between …562.2 and …562.3), float4out/float8out (Ryu) round half to even, and Rust's `{:e}` does not
+/// (`core::binary_floats_have_postgresqls_digits_byte_for_byte` checks against PostgreSQL itself).
+#[test]
+#[allow(clippy::excessive_precision)] // the exact values of the ties, spelled out
+fn sci_is_the_shortest_text_with_ties_to_even() {
+    fn check<F: zmij::Float + std::fmt::LowerExp + std::str::FromStr + Copy + PartialEq + std::fmt::Debug>(v: F) {
+        let mut buf = [0u8; SCI_BUF];
+        let ours = sci(&mut buf, v).to_string();
+        let rust = format!("{v:e}");
+        let back: F = ours.parse().unwrap_or_else(|_| panic!("{ours} does not parse"));
+        assert!(back == v && (ours.starts_with('-') == rust.starts_with('-')), "{ours} is not {v:?}");
+        if ours != rust {
+            // A tie: same length and exponent, last digits one apart, ours even.
+            let (o, r) = (ours.split('e').next().unwrap(), rust.split('e').next().unwrap());
+            assert_eq!((o.len(), ours.split('e').nth(1)), (r.len(), rust.split('e').nth(1)), "{ours} vs {rust}");
+            let (od, rd) = (o.bytes().last().unwrap(), r.bytes().last().unwrap());
+            assert!(od % 2 == 0 && od.abs_diff(rd) == 1 && o[..o.len() - 1] == r[..r.len() - 1], "{ours} vs {rust}");
+        }
+    }
+    let mut buf = [0u8; SCI_BUF];
+    assert_eq!(sci(&mut buf, 312985.125f32), "3.1298512e5");
+    assert_eq!(sci(&mut buf, 1658206780088562.25f64), "1.6582067800885622e15");
+    assert_eq!(sci(&mut buf, 1658206780088562.75f64), "1.6582067800885628e15");
+    assert_eq!(sci(&mut buf, -0.0f64), "-0e0");
+    for v in [
+        0.0,
+        -0.0,
+        0.5,
+        1.0,
+        -1.5,
+        0.1,
+        1e-7,
+        123456.789,
+        1e15,
+        1e16,
+        1e21,
+        1e22,
+        9007199254740993.0,
+        f64::MAX,
+        f64::MIN,
+        f64::MIN_POSITIVE,
+        f64::EPSILON,
+        5e-324,
+        -2.225073858507201e-308,
+    ] {
+        check(v);
+    }
+    for v in [0.0f32, -0.0, 0.1, 1e-7, 16777217.0, f32::MAX, f32::MIN_POSITIVE, 1e-45, 3.4028235e38] {
+        check(v);
+    }
+    // Random bit patterns of both widths (a fixed seed: the same cases every run), and decimal-looking values.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for i in 0..200_000u64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let v = f64::from_bits(x);
+        if v.is_finite() {
+            check(v);
+        }
+        let w = f32::from_bits(x as u32);
+        if w.is_finite() {
+            check(w);
+        }
+        check(i as f64 * 0.01);
+        check((x % 1_000_000) as f64 / 1000.0);
+    }
+}
