@@ -62,8 +62,11 @@ pub struct Progress {
     /// published only by [`Progress::release`].
     gated: bool,
     flushed: watch::Sender<Lsn>,
-    /// Woken on every ack: the sink waits on it when librdkafka's queue is full.
+    /// Woken by acks while someone waits: the sink waits on it when librdkafka's queue is full.
     acked: Notify,
+    /// Tasks in [`Progress::wait_for_ack`]: an ack wakes them only when there are any (waking takes `Notify`'s lock,
+    /// and acks arrive once per message).
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl Progress {
@@ -83,6 +86,7 @@ impl Progress {
             }),
             flushed,
             acked: Notify::new(),
+            waiting: Default::default(),
             gated: false,
         }
     }
@@ -134,9 +138,20 @@ impl Progress {
         self.lock().failure.clone()
     }
 
-    /// Resolves after the next ack (or immediately if one raced); used for backpressure.
+    /// Resolves after the next ack; used for backpressure. An ack that lands between the caller's look at the queue
+    /// and this call is not seen: callers wait with a timeout.
     pub async fn wait_for_ack(&self) {
-        self.acked.notified().await
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        // Registered before it is counted: an ack that sees the count wakes this future even before its first poll.
+        let notified = self.acked.notified();
+        self.waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
+        notified.await
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -171,6 +186,7 @@ impl Progress {
     }
 
     /// Counts one message of `tx` about to be produced. Call *before* handing it to the producer.
+    #[cfg(test)]
     pub fn add_message(&self, tx: TxSeq) {
         self.add_messages(tx, 1)
     }
@@ -203,7 +219,9 @@ impl Progress {
         }
         self.advance(&mut inner);
         drop(inner);
-        self.acked.notify_waiters();
+        if self.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            self.acked.notify_waiters();
+        }
     }
 
     /// A message of `tx` could not be delivered: nothing from `tx` on will ever be flushed.
