@@ -7,10 +7,17 @@
 #   scripts/bench.sh streaming-probe [--rows N] [--reps N] [--shapes statement,batches]
 # The full suite of issue 16 (every target, 3 repetitions, one table; ~25 min, --quick ~5 min):
 #   scripts/bench.sh all [--reps 3] [--quick] [--only ROWS] [--json FILE]
+# A/B of two binaries on one WAL, CPU per change and rate, alternated (builds nothing):
+#   scripts/bench.sh ab OLD_BINARY NEW_BINARY [--rows N] [--updates N] [--reps N] [--modes null,kafka,rules]
 # FICUS_BENCH_BINARY=path/to/ficus: use that binary and skip the release build (e.g. on a shared machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh >/dev/null
+export FICUS_NOIDA="${FICUS_NOIDA:-$PWD/.venv/noida/bin/noida-db}"
+if [ "${1:-}" = ab ]; then
+  shift
+  exec python3 scripts/ab_cpu.py "$@"
+fi
 if [ -n "${FICUS_BENCH_BINARY:-}" ]; then
   binary=(--binary "$FICUS_BENCH_BINARY")
 else

@@ -63,13 +63,6 @@ const BATCH_BYTES: usize = 256 * 1024;
 /// task's pauses. 64 (16 MiB) until issue 16: more peak RSS, no measured throughput (docs/benchmarks.md).
 pub const CHANNEL_BATCHES: usize = 16;
 
-/// The way back for batches the route task is done with ([`Source::with_recycling`]): they are dropped on the
-/// source's thread, which made their values. Every value of a change is a slice of the received buffer whose
-/// reference count the source raised; lowering it on the route task's thread moved that count's cache line between
-/// cores once per value, and freed the rows into another thread's allocator cache. The source drops what came back
-/// each time it sends a batch and reuses one of them, so the way back holds at most [`CHANNEL_BATCHES`] batches.
-pub type Spent = mpsc::Receiver<Batch>;
-
 /// How long a shutdown waits for the end of a transaction it interrupted (the whole shutdown stays under 30 s:
 /// this, then the producer's flush).
 pub const FINISH_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -131,8 +124,6 @@ pub struct Source<'c> {
     /// The transaction whose catalog changes the control connection is known to see (see [`Self::catalog_sees_tx`]).
     visible_xid: Option<u32>,
     out: mpsc::Sender<Batch>,
-    /// Batches the route task is done with (see [`Spent`]).
-    spent: Option<Spent>,
     flushed: watch::Receiver<Lsn>,
     catalog: Catalog,
     relations: HashMap<u32, Arc<Table>>,
@@ -179,7 +170,6 @@ impl<'c> Source<'c> {
             value_types: HashMap::new(),
             visible_xid: None,
             out,
-            spent: None,
             flushed,
             catalog,
             relations: HashMap::new(),
@@ -208,12 +198,6 @@ impl<'c> Source<'c> {
     /// it for a reply after half of that (see the module docs).
     pub fn with_receive_timeout(mut self, secs: u64) -> Source<'c> {
         self.receive_timeout = (secs > 0).then(|| Duration::from_secs(secs));
-        self
-    }
-
-    /// Takes back the batches the route task is done with, to drop them here ([`Spent`]).
-    pub fn with_recycling(mut self, spent: Spent) -> Source<'c> {
-        self.spent = Some(spent);
         self
     }
 
@@ -470,27 +454,13 @@ impl<'c> Source<'c> {
         Ok(())
     }
 
-    /// An empty batch: one the route task is done with when there is one. Every batch that came back is dropped here
-    /// (see [`Spent`]).
-    fn recycled(&mut self) -> Batch {
-        let mut reuse: Option<Batch> = None;
-        if let Some(spent) = &mut self.spent {
-            while let Ok(mut batch) = spent.try_recv() {
-                batch.clear();
-                reuse.get_or_insert(batch);
-            }
-        }
-        reuse.unwrap_or_else(|| Vec::with_capacity(BATCH))
-    }
-
     /// Sends the pending batch, waiting for channel capacity while still answering the server.
     async fn flush_batch(&mut self, shutdown: &CancellationToken, _commit: bool) -> Result<(), SourceError> {
         self.batch_bytes = 0;
         if self.batch.is_empty() {
             return Ok(());
         }
-        let empty = self.recycled();
-        let batch = std::mem::replace(&mut self.batch, empty);
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
         let out = self.out.clone();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -40,7 +40,7 @@ class Cluster:
         subprocess.run(as_pg([f"{PGBIN}/initdb", "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8",
                               "--locale=C", "-D", self.data]), check=True, stdout=subprocess.DEVNULL)
         opts = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c wal_level=logical -c fsync=off "
-                "-c max_replication_slots=10 -c max_wal_senders=10 -c shared_buffers=512MB -c max_wal_size=4GB "
+                "-c max_replication_slots=32 -c max_wal_senders=10 -c shared_buffers=512MB -c max_wal_size=4GB "
                 f"-c synchronous_commit={synchronous_commit}")
         subprocess.run(as_pg([f"{PGBIN}/pg_ctl", "-w", "-D", self.data, "-l", os.path.join(self.dir, "log"),
                               "-o", opts, "start"]), check=True, stdout=subprocess.DEVNULL)

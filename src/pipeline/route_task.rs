@@ -21,9 +21,8 @@ use crate::snapshot::Tap;
 use crate::source::{Batch, SourceEvent};
 
 /// Routes every event and hands records to Kafka in order; returns after the channel closed and the producer flushed.
-/// Each batch, once routed, goes back to the source through `spent` to be dropped there (`source::Spent`).
 pub(super) async fn route_loop(
-    (mut rx, spent): (mpsc::Receiver<Batch>, mpsc::Sender<Batch>),
+    mut rx: mpsc::Receiver<Batch>,
     mut router: Router,
     mut destination: Destination,
     progress: Arc<Progress>,
@@ -62,7 +61,7 @@ pub(super) async fn route_loop(
                 }
             };
             let Some(batch) = batch else { break };
-            for event in &batch {
+            for event in batch {
                 match event {
                     // A dry run confirms nothing: its transactions never enter the progress tracker.
                     SourceEvent::Begin(_) if !destination.confirms() => current = Some(crate::progress::TxSeq(0)),
@@ -78,11 +77,11 @@ pub(super) async fn route_loop(
                             message: "change outside a transaction".into(),
                         })?;
                         if let Some(tap) = &mut tap {
-                            tap.observe(change);
+                            tap.observe(&change);
                         }
                         changed_rows = true;
                         records.clear();
-                        router.route(change, &mut records).map_err(route_error(change.lsn))?;
+                        router.route(&change, &mut records).map_err(route_error(change.lsn))?;
                         destination.send(tx, &records, change.lsn).await?;
                     }
                     SourceEvent::Message(message) => {
@@ -92,7 +91,7 @@ pub(super) async fn route_loop(
                         })?;
                         if let (Some(tap), true) = (&mut tap, Tap::is_control(&message.prefix)) {
                             // A high watermark releases its chunk's rows here, in the watermark's transaction.
-                            let rows = tap.message(message).map_err(route_error(message.lsn))?;
+                            let rows = tap.message(&message).map_err(route_error(message.lsn))?;
                             let (n, table_done) = (rows.len(), tap.table_done());
                             for (i, row) in rows.into_iter().enumerate() {
                                 records.clear();
@@ -106,10 +105,10 @@ pub(super) async fn route_loop(
                             continue;
                         }
                         records.clear();
-                        router.route_message(message, &mut records).map_err(route_error(message.lsn))?;
+                        router.route_message(&message, &mut records).map_err(route_error(message.lsn))?;
                         destination.send(tx, &records, message.lsn).await?;
                     }
-                    &SourceEvent::Commit { end_lsn } => {
+                    SourceEvent::Commit { end_lsn } => {
                         let Some(tx) = current.take() else { continue };
                         // The END records of transaction metadata (Debezium's, ficus's own), inside the transaction they end.
                         records.clear();
@@ -128,14 +127,12 @@ pub(super) async fn route_loop(
                         }
                         destination.source_committed(tx, end_lsn, &progress).await?;
                     }
-                    &SourceEvent::Idle(at) => {
+                    SourceEvent::Idle(at) => {
                         progress.idle(at);
                         destination.idle(at, &progress);
                     }
                 }
             }
-            // Full (the source is not draining it) or closed: dropped here instead.
-            let _ = spent.try_send(batch);
             if let Some(e) = delivery_failure(&progress) {
                 return Err(e);
             }

@@ -228,18 +228,10 @@ pub(super) async fn stream_session(
     let router = Router::new(config, source_info, RuleSet::new(rules.clone()));
     let stop = shutdown.child_token();
     let (tx, rx) = mpsc::channel::<Batch>(crate::source::CHANNEL_BATCHES);
-    let (spent_tx, spent_rx) = mpsc::channel::<Batch>(crate::source::CHANNEL_BATCHES);
 
     let tap = snapshots.as_ref().map(|s| crate::snapshot::Tap::new(s.clone()));
-    let sink_task = tokio::spawn(route_loop(
-        (rx, spent_tx),
-        router,
-        destination,
-        progress.clone(),
-        stop.clone(),
-        health.clone(),
-        tap,
-    ));
+    let sink_task =
+        tokio::spawn(route_loop(rx, router, destination, progress.clone(), stop.clone(), health.clone(), tap));
     let reporter = tokio::spawn(report_loop(health.clone(), progress.clone(), probe, stop.clone()));
     // PostgreSQL is confirmed only up to the durable checkpoint (see `checkpointing`); without a store (dry run)
     // up to the flushed position.
@@ -270,7 +262,6 @@ pub(super) async fn stream_session(
     let source =
         Source::new(stream, tx, confirm, catalog, start, Duration::from_secs(config.source.status_interval_secs))
             .with_binary_values(binary)
-            .with_recycling(spent_rx)
             .with_receive_timeout(config.source.receive_timeout_secs)
             .with_control(client)
             .with_status(health.clone());
