@@ -276,6 +276,11 @@ impl<'c> Source<'c> {
                         if handled == BURST || !self.stream.message_buffered() {
                             break;
                         }
+                        // Between transactions a pending shutdown stops the stream right there, as the select would
+                        // (not after the next transaction began).
+                        if finishing.is_none() && self.tx.is_none() && shutdown.is_cancelled() {
+                            break;
+                        }
                         // `next` is cancel-safe: dropped when it would wait for the socket, nothing is lost.
                         match futures_util::FutureExt::now_or_never(self.stream.next()) {
                             Some(next) => msg = next,
