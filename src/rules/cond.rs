@@ -16,6 +16,7 @@ use std::cmp::Ordering;
 
 use cel::common::ast::{operators, Expr, LiteralValue};
 
+use super::fast;
 use super::values::{self, Scalar};
 use crate::change::{Change, Datum};
 
@@ -68,47 +69,44 @@ impl Cond {
 
     /// Whether the condition holds for `change`; `None`: not decided here (run CEL).
     pub fn holds(&self, change: &Change) -> Option<bool> {
-        match self.eval(change, 0)? {
+        match self.eval(change)? {
             V::Bool(b) => Some(b),
             _ => None,
         }
     }
 
-    fn eval<'a>(&'a self, change: &'a Change, depth: usize) -> Option<V<'a>> {
-        let depth = depth + 1;
-        if depth > MAX_DEPTH {
-            return None;
-        }
+    /// Recursion as deep as the tree, which [`Cond::compile`] bounds by [`MAX_DEPTH`].
+    fn eval<'a>(&'a self, change: &'a Change) -> Option<V<'a>> {
         Some(match self {
             Cond::Int(i) => V::Int(*i),
             Cond::Double(d) => V::Double(*d),
             Cond::Str(s) => V::Str(s),
             Cond::Bool(b) => V::Bool(*b),
             Cond::Column { old, name } => column(change, *old, name)?,
-            Cond::Not(inner) => match inner.eval(change, depth)? {
+            Cond::Not(inner) => match inner.eval(change)? {
                 V::Bool(b) => V::Bool(!b),
                 _ => return None,
             },
-            Cond::Negate(inner) => match inner.eval(change, depth)? {
+            Cond::Negate(inner) => match inner.eval(change)? {
                 V::Int(i) => V::Int(i.checked_neg()?),
                 V::Double(d) if !d.is_nan() => V::Double(-d),
                 _ => return None,
             },
             // CEL's `&&` and `||` short-circuit on a decided left side; an undecided one is left to CEL, which
             // also knows `error && false` is false.
-            Cond::And(left, right) => match left.eval(change, depth)? {
+            Cond::And(left, right) => match left.eval(change)? {
                 V::Bool(false) => V::Bool(false),
-                V::Bool(true) => V::Bool(bool_of(right.eval(change, depth)?)?),
+                V::Bool(true) => V::Bool(bool_of(right.eval(change)?)?),
                 _ => return None,
             },
-            Cond::Or(left, right) => match left.eval(change, depth)? {
+            Cond::Or(left, right) => match left.eval(change)? {
                 V::Bool(true) => V::Bool(true),
-                V::Bool(false) => V::Bool(bool_of(right.eval(change, depth)?)?),
+                V::Bool(false) => V::Bool(bool_of(right.eval(change)?)?),
                 _ => return None,
             },
             Cond::Compare(ordering, equal_holds, left, right) => {
-                let l = left.eval(change, depth)?;
-                let r = right.eval(change, depth)?;
+                let l = left.eval(change)?;
+                let r = right.eval(change)?;
                 let found = match (l, r) {
                     (V::Int(a), V::Int(b)) => a.cmp(&b),
                     (V::Double(a), V::Double(b)) if !a.is_nan() && !b.is_nan() => a.partial_cmp(&b)?,
@@ -119,7 +117,7 @@ impl Cond {
                 };
                 V::Bool(compare(*ordering, *equal_holds, found))
             }
-            Cond::Arith(op, left, right) => match (left.eval(change, depth)?, right.eval(change, depth)?) {
+            Cond::Arith(op, left, right) => match (left.eval(change)?, right.eval(change)?) {
                 (V::Int(a), V::Int(b)) => V::Int(match op {
                     Arith::Add => a.checked_add(b)?,
                     Arith::Sub => a.checked_sub(b)?,
@@ -180,21 +178,19 @@ fn compile(expr: &Expr, depth: usize) -> Option<Cond> {
         }
         Expr::Call(c) if c.target.is_none() && c.args.len() == 2 => {
             let (l, r) = (sub(&c.args[0].expr)?, sub(&c.args[1].expr)?);
-            let cmp = |o: Ordering, eq: bool| Some(Cond::Compare(o, eq, l.clone(), r.clone()));
-            let arith = |a: Arith| Some(Cond::Arith(a, l.clone(), r.clone()));
             match c.func_name.as_str() {
                 operators::LOGICAL_AND => Some(Cond::And(l, r)),
                 operators::LOGICAL_OR => Some(Cond::Or(l, r)),
-                operators::EQUALS => cmp(Ordering::Equal, true),
-                operators::NOT_EQUALS => cmp(Ordering::Equal, false),
-                operators::LESS => cmp(Ordering::Less, false),
-                operators::LESS_EQUALS => cmp(Ordering::Less, true),
-                operators::GREATER => cmp(Ordering::Greater, false),
-                operators::GREATER_EQUALS => cmp(Ordering::Greater, true),
-                operators::ADD => arith(Arith::Add),
-                operators::SUBSTRACT => arith(Arith::Sub),
-                operators::MULTIPLY => arith(Arith::Mul),
-                operators::MODULO => arith(Arith::Rem),
+                operators::EQUALS => Some(Cond::Compare(Ordering::Equal, true, l, r)),
+                operators::NOT_EQUALS => Some(Cond::Compare(Ordering::Equal, false, l, r)),
+                operators::LESS => Some(Cond::Compare(Ordering::Less, false, l, r)),
+                operators::LESS_EQUALS => Some(Cond::Compare(Ordering::Less, true, l, r)),
+                operators::GREATER => Some(Cond::Compare(Ordering::Greater, false, l, r)),
+                operators::GREATER_EQUALS => Some(Cond::Compare(Ordering::Greater, true, l, r)),
+                operators::ADD => Some(Cond::Arith(Arith::Add, l, r)),
+                operators::SUBSTRACT => Some(Cond::Arith(Arith::Sub, l, r)),
+                operators::MULTIPLY => Some(Cond::Arith(Arith::Mul, l, r)),
+                operators::MODULO => Some(Cond::Arith(Arith::Rem, l, r)),
                 _ => None,
             }
         }
@@ -202,27 +198,17 @@ fn compile(expr: &Expr, depth: usize) -> Option<Cond> {
     }
 }
 
-/// The column as CEL sees it in `new`/`old` ([`values::plain_scalar`], the mapping of CEL maps), for the types
-/// mapped to int, double, string and bool; `None` for anything else (null, absent, another type, bytes that do not
-/// parse).
+/// The column as CEL sees it in `new`/`old` ([`fast::column_datum`], [`values::plain_scalar`]: the lookup of the fast
+/// paths and the mapping of CEL maps), for the types mapped to int, double, string and bool; `None` for anything else
+/// (null, absent, another type, bytes that do not parse).
 fn column<'a>(change: &'a Change, old: bool, name: &str) -> Option<V<'a>> {
-    let row = if old { change.before.as_ref()? } else { change.after.as_ref()? };
-    let i = change.table.columns.iter().position(|c| c.name == name)?;
-    let col = &change.table.columns[i];
-    if old && change.before_is_key_only && !col.is_key {
-        return None;
-    }
-    let mut datum = row.get(i)?;
-    // `new` of an unchanged TOAST value: the full old row's value, as in the CEL map.
-    if !old && *datum == Datum::UnchangedToast && !change.before_is_key_only {
-        datum = change.before.as_ref()?.get(i)?;
-    }
+    let (i, datum) = fast::column_datum(change, old, name).ok()?;
     let (bytes, binary) = match datum {
         Datum::Text(b) => (&b[..], false),
         Datum::Binary(b) => (&b[..], true),
         Datum::Null | Datum::UnchangedToast => return None,
     };
-    Some(match values::plain_scalar(col.type_oid, bytes, binary)?.ok()? {
+    Some(match values::plain_scalar(change.table.columns[i].type_oid, bytes, binary)?.ok()? {
         Scalar::Int(i) => V::Int(i),
         Scalar::Double(d) => V::Double(d),
         Scalar::Str(s) => V::Str(s),

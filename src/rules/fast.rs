@@ -50,38 +50,11 @@ impl Fast {
         }
     }
 
-    /// The column's index and datum in `change`. An unchanged TOAST value is taken from the old row when the
-    /// server sent it (REPLICA IDENTITY FULL), as for `new` in CEL.
+    /// The column's index and datum in `change` ([`column_datum`]).
     fn datum<'c>(&self, change: &'c Change) -> Result<(usize, &'c Datum), String> {
-        let (old, name) = match self {
-            Fast::Column { old, name } | Fast::StringOf { old, name } => (*old, name.as_str()),
-        };
-        let which = if old { "old" } else { "new" };
-        let row = if old { change.before.as_ref() } else { change.after.as_ref() };
-        let row = row.ok_or_else(|| {
-            format!(
-                "{which} is null for a{} {}",
-                if change.op.as_str() == "insert" { "n" } else { "" },
-                change.op.as_str()
-            )
-        })?;
-        let i =
-            change.table.columns.iter().position(|c| c.name == name).ok_or_else(|| format!("no such key: {name}"))?;
-        if old && change.before_is_key_only && !change.table.columns[i].is_key {
-            return Err(format!(
-                "no such key: {name} (the old row holds only the key: REPLICA IDENTITY FULL sends all of it)"
-            ));
+        match self {
+            Fast::Column { old, name } | Fast::StringOf { old, name } => column_datum(change, *old, name),
         }
-        let mut datum = row.get(i).ok_or_else(|| format!("no such key: {name}"))?;
-        if *datum == Datum::UnchangedToast && !old && !change.before_is_key_only {
-            if let Some(d) = change.before.as_ref().and_then(|b| b.get(i)) {
-                datum = d;
-            }
-        }
-        if *datum == Datum::UnchangedToast {
-            return Err(format!("no such key: {name} (an unchanged TOAST value the server did not send; test it with has({which}.{name}))"));
-        }
-        Ok((i, datum))
     }
 
     /// Appends the value as JSON, as the value mapping writes it. Only for [`Fast::Column`]; `StringOf` answers
@@ -133,6 +106,36 @@ impl Fast {
             }
         }
     }
+}
+
+/// The index and datum of column `name` of `old` or `new` in `change`, as CEL's maps hold it: an unchanged TOAST value
+/// is taken from the old row when the server sent it (REPLICA IDENTITY FULL); a null row, a column a key-only old row
+/// does not hold and an unknown TOAST value are errors worded as CEL's. Shared by the fast paths here and the
+/// conditions of `cond`.
+pub(super) fn column_datum<'c>(change: &'c Change, old: bool, name: &str) -> Result<(usize, &'c Datum), String> {
+    let which = if old { "old" } else { "new" };
+    let row = if old { change.before.as_ref() } else { change.after.as_ref() };
+    let row = row.ok_or_else(|| {
+        format!("{which} is null for a{} {}", if change.op.as_str() == "insert" { "n" } else { "" }, change.op.as_str())
+    })?;
+    let i = change.table.columns.iter().position(|c| c.name == name).ok_or_else(|| format!("no such key: {name}"))?;
+    if old && change.before_is_key_only && !change.table.columns[i].is_key {
+        return Err(format!(
+            "no such key: {name} (the old row holds only the key: REPLICA IDENTITY FULL sends all of it)"
+        ));
+    }
+    let mut datum = row.get(i).ok_or_else(|| format!("no such key: {name}"))?;
+    if *datum == Datum::UnchangedToast && !old && !change.before_is_key_only {
+        if let Some(d) = change.before.as_ref().and_then(|b| b.get(i)) {
+            datum = d;
+        }
+    }
+    if *datum == Datum::UnchangedToast {
+        return Err(format!(
+            "no such key: {name} (an unchanged TOAST value the server did not send; test it with has({which}.{name}))"
+        ));
+    }
+    Ok((i, datum))
 }
 
 #[cfg(test)]

@@ -287,11 +287,12 @@ const SCI_BUF: usize = 32;
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// `v` (finite) in Rust's shortest round-trip scientific notation ("-1.2345e-7", "5e0", "-0e0": the text of `{:e}`),
-/// written into `buf` without a heap allocation (this runs for every float value of every change). The shortest
-/// digits come from zmij (dtolnay's Schubfach formatter, the one serde_json uses) and are laid out here: core's `{:e}`
-/// formatting machinery cost ~5% of the null sink's CPU on a table with one float8 column. The tests compare it with
-/// `{:e}` over random bit patterns of both widths.
+/// `v` (finite) in the layout of Rust's `{:e}` ("-1.2345e-7", "5e0", "-0e0") with PostgreSQL's digits: the shortest
+/// that read back as the value, a tie rounded half to even (Rust's `{:e}` rounds ties up). Written into `buf` without
+/// a heap allocation (this runs for every float value of every change). The digits come from zmij (dtolnay's
+/// Schubfach formatter, the one serde_json uses) and are laid out here: core's `{:e}` formatting machinery also cost
+/// ~5% of the null sink's CPU on a table with one float8 column. The tests compare it with `{:e}` over random bit
+/// patterns of both widths (equal but for ties) and with PostgreSQL itself.
 fn sci<F: zmij::Float>(buf: &mut [u8; SCI_BUF], v: F) -> &str {
     let mut formatter = zmij::Buffer::new();
     let text = formatter.format_finite(v).as_bytes();
