@@ -32,25 +32,34 @@ impl Lsn {
         LsnText { buf, len: len as u8 }
     }
 
-    /// The `Display` form in a stack buffer: the bytes `..len` (at most 8 + 1 + 8).
+    /// The `Display` form in a stack buffer: the bytes `..len` (at most 8 + 1 + 8). Two calls per change (header
+    /// and event), so the digits come from word arithmetic rather than a loop per digit.
     fn text(self) -> ([u8; 17], usize) {
-        const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
         let mut buf = [0u8; 17];
-        let mut len = 0;
-        for (i, half) in [(self.0 >> 32) as u32, self.0 as u32].into_iter().enumerate() {
-            if i == 1 {
-                buf[len] = b'/';
-                len += 1;
-            }
-            // Hex digits of `half` without leading zeros (at least one digit), most significant first.
-            let digits = (8 - half.leading_zeros() as usize / 4).max(1);
-            for d in (0..digits).rev() {
-                buf[len] = DIGITS[((half >> (4 * d)) & 0xF) as usize];
-                len += 1;
-            }
-        }
-        (buf, len)
+        let (hi, lo) = ((self.0 >> 32) as u32, self.0 as u32);
+        // Hex digits without leading zeros (at least one digit), most significant first: each half's eight digits
+        // shifted so its first significant one leads, stored whole (fixed-size copies), the next part overwriting the
+        // rest.
+        let digits = |half: u32| (8 - half.leading_zeros() as usize / 4).max(1);
+        let leading = |half: u32, n: usize| (u64::from_be_bytes(hex8(half)) << (8 * (8 - n))).to_be_bytes();
+        let (hd, ld) = (digits(hi), digits(lo));
+        buf[..8].copy_from_slice(&leading(hi, hd));
+        buf[hd] = b'/';
+        buf[hd + 1..hd + 9].copy_from_slice(&leading(lo, ld));
+        (buf, hd + 1 + ld)
     }
+}
+
+/// The eight upper-case hex digits of `v`, most significant first: each nibble spread into its own byte, then turned
+/// into ASCII in all eight bytes at once (`'0' + n`, plus 7 more for `A`–`F`).
+fn hex8(v: u32) -> [u8; 8] {
+    let x = u64::from(v);
+    let x = ((x & 0xFFFF_0000) << 16) | (x & 0xFFFF);
+    let x = ((x & 0x0000_FF00_0000_FF00) << 8) | (x & 0x0000_00FF_0000_00FF);
+    let x = ((x & 0x00F0_00F0_00F0_00F0) << 4) | (x & 0x000F_000F_000F_000F);
+    // Bit 4 of a byte is set by `n + 6` exactly when n >= 10; no byte carries into the next (n + 6 < 256).
+    let letters = ((x + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    (x + 0x3030_3030_3030_3030 + letters * 7).to_be_bytes()
 }
 
 /// An LSN's text (`16/B374D848`) held inline, [`Lsn::text_form`].
@@ -101,6 +110,16 @@ mod write_tests {
         // The reference is std's hex formatting of the two halves (PostgreSQL's `%X/%X`).
         let mut values = vec![0u64, 1, 0xF, 0x10, 0x16_B374_D848, u64::MAX, 0xFFFF_FFFF, 1 << 32, 0x1_0000_000F];
         values.extend((0..64).map(|bit| 1u64 << bit).chain((0..64).map(|bit| u64::MAX >> bit)));
+        // Every nibble value in every position, and a spread of others (splitmix64).
+        values.extend([0x0123_4567_89AB_CDEF, 0xFEDC_BA98_7654_3210, 0xA5A5_A5A5_5A5A_5A5A, 0x9999_9999_AAAA_AAAA]);
+        values.extend((0..16u64).map(|n| n * 0x1111_1111_1111_1111));
+        let mut x = 0u64;
+        values.extend((0..2000).map(|_| {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let z = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            (z ^ (z >> 31)) >> (z % 64)
+        }));
         for v in values {
             let expected = format!("{:X}/{:X}", v >> 32, v & 0xFFFF_FFFF);
             let mut out = Vec::new();

@@ -11,7 +11,7 @@ mod transactions;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::change::{Change, Op};
+use crate::change::{Change, OidMap, Op};
 use crate::config::{ChangeEncoding, Config};
 use crate::encode::{self, SourceInfo};
 use crate::ident::TableName;
@@ -70,7 +70,7 @@ pub struct Router {
     debezium: encode::debezium::Debezium,
     changes_tables: Vec<String>,
     /// Per relation id: the decision for the latest schema of that relation.
-    routes: HashMap<u32, Route>,
+    routes: OidMap<Route>,
     rules: RuleSet,
     /// Counts of routes replaced by a new relation (table renamed or re-created), and of logical messages no rule
     /// took, per name: `(received, dropped)`. Updated rarely, never per change.
@@ -114,7 +114,7 @@ impl Router {
             ),
             tx_topic: Arc::from(crate::record::sanitize_topic(&format!("{}.transaction", config.changes.topic_prefix))),
             changes_tables: config.changes.tables.clone(),
-            routes: HashMap::new(),
+            routes: OidMap::default(),
             rules,
             retired: HashMap::new(),
             transactions: config
@@ -399,6 +399,7 @@ mod tests {
                 name: name.into(),
                 columns: vec![Column { name: "id".into(), type_oid: 23, type_modifier: -1, is_key: true }],
                 replica_identity: b'd',
+                json: Default::default(),
             })
         };
         let tx = Arc::new(TxMeta { xid: 1, commit_lsn: crate::lsn::Lsn(9), commit_time_us: 0 });

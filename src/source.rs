@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::change::{Change, Datum, Op, Table, TxMeta};
+use crate::change::{Change, Datum, OidMap, Op, Table, TxMeta};
 use crate::lsn::Lsn;
 use crate::postgres::control::Catalog;
 use crate::postgres::pgoutput::{self, DecodeError, Message, OldKind};
@@ -130,7 +130,7 @@ pub struct Source<'c> {
     out: mpsc::Sender<Batch>,
     flushed: watch::Receiver<Lsn>,
     catalog: Catalog,
-    relations: HashMap<u32, Arc<Table>>,
+    relations: OidMap<Arc<Table>>,
     skip_before: Lsn,
     received: Lsn,
     reported: Lsn,
@@ -176,7 +176,7 @@ impl<'c> Source<'c> {
             out,
             flushed,
             catalog,
-            relations: HashMap::new(),
+            relations: OidMap::default(),
             skip_before,
             received: skip_before,
             reported: Lsn::INVALID,

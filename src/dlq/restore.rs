@@ -218,6 +218,7 @@ pub fn change(payload: &[u8], table: &TableColumns) -> Result<Restored, String> 
         name: e.table.clone(),
         columns,
         replica_identity: table.replica_identity,
+        json: Default::default(),
     };
     let change = Change { op, table: Arc::new(t), before, before_is_key_only, after, lsn, position, tx };
     Ok(Restored::Change(change, source_info(&e.source)))
@@ -337,6 +338,7 @@ mod tests {
                     name: "orders".into(),
                     columns: cols(true),
                     replica_identity: b'd',
+                    json: Default::default(),
                 }),
                 before,
                 before_is_key_only: key_only,

@@ -9,7 +9,6 @@
 //! configuration ([`crate::check::key_columns`]); a relation that changes under a running ficus (DDL) is refused
 //! here, naming the table and column.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::change::{Change, Table};
@@ -19,13 +18,13 @@ use crate::config::TableName;
 pub struct KeyColumns {
     tables: Vec<(TableName, Vec<String>)>,
     /// Per relation: the source table and its re-keyed version (`None`: not configured).
-    cache: HashMap<u32, (Arc<Table>, Option<Arc<Table>>)>,
+    cache: crate::change::OidMap<(Arc<Table>, Option<Arc<Table>>)>,
 }
 
 impl KeyColumns {
     pub fn new(config: &std::collections::BTreeMap<String, Vec<String>>) -> KeyColumns {
         let tables = config.iter().filter_map(|(t, cols)| Some((TableName::parse(t).ok()?, cols.clone()))).collect();
-        KeyColumns { tables, cache: HashMap::new() }
+        KeyColumns { tables, cache: crate::change::OidMap::default() }
     }
 
     /// `change` with its table re-keyed, or `None` when its table keeps its key.
@@ -90,6 +89,7 @@ mod tests {
             name: "orders".into(),
             columns: vec![col("id", true), col("customer", false), col("no", false)],
             replica_identity: identity,
+            json: Default::default(),
         })
     }
 

@@ -3,7 +3,6 @@
 //! it before encoding a raw change event (JSON or Debezium) and to the raw change inside DLQ records, so streamed
 //! changes, snapshot rows, DLQ records and dry-run output are masked alike. Tables without masking cost one branch.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -26,7 +25,7 @@ struct TableMask {
 pub struct Masking {
     config: MaskingConfig,
     secret: Vec<u8>,
-    cache: HashMap<u32, TableMask>,
+    cache: crate::change::OidMap<TableMask>,
 }
 
 impl Masking {
@@ -34,7 +33,7 @@ impl Masking {
         Masking {
             secret: config.secret.as_ref().map(|s| s.0.as_bytes().to_vec()).unwrap_or_default(),
             config: config.clone(),
-            cache: HashMap::new(),
+            cache: crate::change::OidMap::default(),
         }
     }
 
@@ -222,6 +221,7 @@ mod tests {
                 col("age", oid::INT4, false),
             ],
             replica_identity: b'f',
+            json: Default::default(),
         });
         let row =
             |email: &str| vec![text("1"), text(email), text("Anne"), text("123-45-6789"), text("Jährlich"), text("42")];
@@ -275,6 +275,7 @@ mod tests {
             name: "p".into(),
             columns: vec![col("id", oid::INT4, true), col("age", oid::INT4, false), col("ssn", oid::TEXT, false)],
             replica_identity: b'd',
+            json: Default::default(),
         });
         let change = Change {
             op: Op::Insert,

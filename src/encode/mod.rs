@@ -58,6 +58,14 @@ pub(crate) fn write_datum(out: &mut Vec<u8>, table: &Table, col: usize, datum: &
     Ok(())
 }
 
+/// `"<column i>":`, escaped once per table ([`Table::json_names`]).
+fn write_name(out: &mut Vec<u8>, table: &Table, i: usize) {
+    match table.json_names().columns.get(i) {
+        Some(name) => out.extend_from_slice(name),
+        None => out.extend_from_slice(b"\"\":"),
+    }
+}
+
 /// JSON object of the key columns, or `None` when the table has no key. Text and binary values of the same row
 /// give the same bytes (snapshot windows compare keys this way).
 pub fn key_json(table: &Table, row: &Row) -> Result<Option<Vec<u8>>, EncodeError> {
@@ -75,8 +83,7 @@ pub fn key_json(table: &Table, row: &Row) -> Result<Option<Vec<u8>>, EncodeError
             out.push(b',');
         }
         first = false;
-        value::write_json_string(&mut out, &col.name);
-        out.push(b':');
+        write_name(&mut out, table, i);
         write_datum(&mut out, table, i, datum)?;
     }
     out.push(b'}');
@@ -153,10 +160,8 @@ pub fn raw_change_with(
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(b"{\"op\":\"");
     out.extend_from_slice(change.op.as_str().as_bytes());
-    out.extend_from_slice(b"\",\"schema\":");
-    value::write_json_string(&mut out, &table.schema);
-    out.extend_from_slice(b",\"table\":");
-    value::write_json_string(&mut out, &table.name);
+    out.extend_from_slice(b"\",");
+    out.extend_from_slice(&table.json_names().schema_table);
 
     let key = match encoded {
         Some(e) => e.key().map(<[u8]>::to_vec),
@@ -283,8 +288,7 @@ fn write_member(
     if !std::mem::replace(first, false) {
         out.push(b',');
     }
-    value::write_json_string(out, table.columns.get(i).map(|c| c.name.as_str()).unwrap_or(""));
-    out.push(b':');
+    write_name(out, table, i);
     let is_json = table.columns.get(i).is_some_and(|c| matches!(c.type_oid, value::oid::JSON | value::oid::JSONB));
     if json_as_string && is_json && !matches!(datum, Datum::Null | Datum::UnchangedToast) {
         let mut text = Vec::new();
@@ -332,6 +336,7 @@ mod tests {
             name: "orders".into(),
             columns: vec![col("id", 23, true), col("status", 25, false), col("note", 25, false)],
             replica_identity: identity,
+            json: Default::default(),
         })
     }
 

@@ -243,7 +243,14 @@ mod tests {
                 is_key: *name == "i",
             })
             .collect();
-        Arc::new(Table { oid: 1, schema: "public".into(), name: "t".into(), columns, replica_identity: b'f' })
+        Arc::new(Table {
+            oid: 1,
+            schema: "public".into(),
+            name: "t".into(),
+            columns,
+            replica_identity: b'f',
+            json: Default::default(),
+        })
     }
 
     /// A value of column `c` as pgoutput sends it, text or binary.

@@ -265,6 +265,7 @@ mod tests {
                 name: "orders".into(),
                 columns: vec![],
                 replica_identity: b'f',
+                json: Default::default(),
             }),
             before: None,
             before_is_key_only: false,

@@ -190,7 +190,7 @@ pub struct RuleSet {
     /// metrics recorder is installed, and a handle taken then would count into nothing.
     counters: Vec<RuleCounters>,
     /// Per relation id: the table as last seen, its rules and the columns CEL reads.
-    by_relation: HashMap<u32, RelationRules>,
+    by_relation: crate::change::OidMap<RelationRules>,
     /// Default correlation id of the current transaction.
     correlation: Option<(crate::lsn::Lsn, Arc<str>)>,
     /// Reusable buffers (event id name, text conversions).

@@ -3,7 +3,6 @@
 //! failure handled as the rule's `on_error` says (`dlq`).
 
 use std::cell::OnceCell;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::*;
@@ -28,7 +27,7 @@ impl RuleSet {
             stats: vec![RuleStats::default(); compiled.rules.len()],
             counters,
             compiled,
-            by_relation: HashMap::new(),
+            by_relation: crate::change::OidMap::default(),
             correlation: None,
             bufs: Buffers::default(),
         }
@@ -64,11 +63,17 @@ impl RuleSet {
     /// Runs the rules of `change`'s table; appends events (and DLQ records) to `out`. Returns how many rules
     /// matched the table and op (0 = no rule is about this change).
     pub fn apply(&mut self, change: &Change, source: &SourceInfo, out: &mut Vec<Record>) -> Result<usize, RuleFailure> {
-        let (indices, mask) = self.rules_of(&change.table);
-        let matching = indices.iter().filter(|&&i| self.compiled.rules[i].ops.contains(&change.op)).count();
+        // Most changes of most deployments meet no rule: they cost one lookup, no reference count.
+        if self.compiled.rules.is_empty() {
+            return Ok(0);
+        }
+        self.ensure_rules_of(&change.table);
+        let of_table = &self.by_relation[&change.table.oid];
+        let matching = of_table.rules.iter().filter(|&&i| self.compiled.rules[i].ops.contains(&change.op)).count();
         if matching == 0 {
             return Ok(0);
         }
+        let (indices, mask) = (of_table.rules.clone(), of_table.mask.clone());
         let correlation = self.correlation_id(source, &change.tx);
         // The CEL maps are built on first use: rules made of column references never need them.
         let env = self.compiled.env.clone();
@@ -170,11 +175,10 @@ impl RuleSet {
 
     /// Indices of the rules of `table` and which columns CEL reads (`None` = all), cached per relation (a pointer
     /// comparison per change).
-    fn rules_of(&mut self, table: &Arc<Table>) -> (Arc<[usize]>, Option<Arc<[bool]>>) {
-        if let Some(r) = self.by_relation.get(&table.oid) {
-            if Arc::ptr_eq(&r.table, table) {
-                return (r.rules.clone(), r.mask.clone());
-            }
+    /// Makes `by_relation[table.oid]` the rules of `table` (recomputed for a new relation or a new schema of it).
+    fn ensure_rules_of(&mut self, table: &Arc<Table>) {
+        if self.by_relation.get(&table.oid).is_some_and(|r| Arc::ptr_eq(&r.table, table)) {
+            return;
         }
         let name = TableName { schema: table.schema.clone(), name: table.name.clone() };
         let rules: Arc<[usize]> =
@@ -190,9 +194,7 @@ impl RuleSet {
                     .collect(),
             )
         };
-        self.by_relation
-            .insert(table.oid, RelationRules { table: table.clone(), rules: rules.clone(), mask: mask.clone() });
-        (rules, mask)
+        self.by_relation.insert(table.oid, RelationRules { table: table.clone(), rules, mask });
     }
 
     /// The default `correlationId` of a transaction, computed once per transaction.

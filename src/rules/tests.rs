@@ -50,6 +50,7 @@ fn orders() -> Arc<Table> {
             col("notes", oid::TEXT, false),
         ],
         replica_identity: b'f',
+        json: Default::default(),
     })
 }
 
@@ -400,6 +401,7 @@ fn outbox_table() -> Arc<Table> {
             col("tenant", oid::TEXT, false),
         ],
         replica_identity: b'd',
+        json: Default::default(),
     })
 }
 

@@ -326,6 +326,7 @@ mod tests {
                 col("f", oid::FLOAT8, false),
             ],
             replica_identity: b'd',
+            json: Default::default(),
         }
     }
 

@@ -341,6 +341,7 @@ mod tests {
             name: "t".into(),
             columns: vec![col("id", true), col("n", false)],
             replica_identity: b'd',
+            json: Default::default(),
         })
     }
 

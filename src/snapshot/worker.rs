@@ -311,6 +311,7 @@ async fn table_meta(
         name: name.name.clone(),
         columns,
         replica_identity: info.replica_identity,
+        json: Default::default(),
     };
     Ok((Arc::new(table), query))
 }

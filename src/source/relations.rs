@@ -40,8 +40,14 @@ impl<'c> Source<'c> {
                 type_modifier: c.type_modifier,
             })
             .collect();
-        let table =
-            Table { oid: r.oid, schema: r.namespace, name: r.name, columns, replica_identity: r.replica_identity };
+        let table = Table {
+            oid: r.oid,
+            schema: r.namespace,
+            name: r.name,
+            columns,
+            replica_identity: r.replica_identity,
+            json: Default::default(),
+        };
         self.warn_on_rename(&table);
         tracing::debug!(table = %table.qualified_name(), oid = table.oid, keys = %keys.join(", "), "relation");
         self.described.insert(r.oid);

@@ -18,7 +18,6 @@
 //! as a string (Debezium's `decimal.handling.mode=string`), `ts_ms` = the commit time (so a replay gives identical
 //! bytes). An unknown unchanged TOAST value is Debezium's `__debezium_unavailable_value` placeholder by default.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::change::{Change, Datum, Op, Row, Table};
@@ -65,7 +64,7 @@ pub struct Debezium {
     /// The next snapshot row is the last of its table.
     snapshot_last: bool,
     /// Per relation id: the table the schemas were built for, the key schema and the value schema (JSON).
-    schema_cache: HashMap<u32, CachedSchemas>,
+    schema_cache: crate::change::OidMap<CachedSchemas>,
 }
 
 /// The table the schemas were built for, the key schema and the value schema (Connect JSON).
@@ -107,7 +106,7 @@ impl Debezium {
             tx_metadata: false,
             tx: None,
             snapshot_last: false,
-            schema_cache: HashMap::new(),
+            schema_cache: crate::change::OidMap::default(),
         }
     }
 

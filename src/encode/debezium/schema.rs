@@ -1,7 +1,6 @@
 //! Kafka Connect schemas of the Debezium encoding (`changes.debezium.schemas`): Debezium's names and logical types
 //! for the key and the value of a table, built once per table description.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::CachedSchemas;
@@ -10,7 +9,7 @@ use crate::postgres::value::oid;
 
 /// The schemas of `table`, built on first use and after a Relation message changed the table.
 pub(super) fn cached_schemas<'c>(
-    cache: &'c mut HashMap<u32, CachedSchemas>,
+    cache: &'c mut crate::change::OidMap<CachedSchemas>,
     server_name: &str,
     table: &Arc<Table>,
 ) -> &'c CachedSchemas {

@@ -19,6 +19,7 @@ fn update() -> Change {
             name: "orders".into(),
             columns: vec![col("id", oid::INT4, true), col("status", oid::TEXT, false)],
             replica_identity: b'f',
+            json: Default::default(),
         }),
         before: Some(vec![text("42"), text("paid")]),
         before_is_key_only: false,

@@ -16,9 +16,8 @@
 //! **Guarantees:** [`write_json`] appends exactly one JSON value or returns a [`ValueError`] and leaves the buffer
 //! as it was; truncated or malformed bytes never panic. Errors name the type OID, never the value.
 
-use std::io::Write as _;
-
 use super as value;
+use super::time::pair;
 use super::{append_base64, civil_from_days, oid, push_digits, validate_json, write_json_string, ValueError};
 
 /// Whether ficus can map binary values of `type_oid` (scalars below, and arrays of them).
@@ -105,13 +104,11 @@ fn write_scalar(out: &mut Vec<u8>, type_oid: u32, b: &[u8]) -> Result<(), ValueE
         }
         oid::FLOAT4 => {
             let v = f32::from_be_bytes(fixed(b).ok_or_else(size)?);
-            let mut buf = [0u8; SCI_BUF];
-            write_float(out, f64::from(v), v.is_finite().then(|| sci(&mut buf, v)), 6);
+            write_float(out, f64::from(v), v.is_finite().then(|| Shortest::of(v)), 6);
         }
         oid::FLOAT8 => {
             let v = f64::from_be_bytes(fixed(b).ok_or_else(size)?);
-            let mut buf = [0u8; SCI_BUF];
-            write_float(out, v, v.is_finite().then(|| sci(&mut buf, v)), 15);
+            write_float(out, v, v.is_finite().then(|| Shortest::of(v)), 15);
         }
         oid::NUMERIC => write_numeric(out, b).map_err(invalid)?,
         oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME => {
@@ -170,10 +167,19 @@ fn write_scalar(out: &mut Vec<u8>, type_oid: u32, b: &[u8]) -> Result<(), ValueE
                 i64::MAX => out.extend_from_slice(b"infinity"),
                 i64::MIN => out.extend_from_slice(b"-infinity"),
                 _ => {
-                    let days = us.div_euclid(86_400_000_000);
-                    write_date(out, days + PG_EPOCH_DAYS);
-                    out.push(b'T');
-                    write_clock(out, us.rem_euclid(86_400_000_000));
+                    let days = us.div_euclid(86_400_000_000) + PG_EPOCH_DAYS;
+                    let of_day = us.rem_euclid(86_400_000_000);
+                    match super::time::date_time_text(days, (of_day / 1_000_000) as u32) {
+                        Some(text) => {
+                            out.extend_from_slice(&text);
+                            write_fraction(out, (of_day % 1_000_000) as u32);
+                        }
+                        None => {
+                            write_date(out, days);
+                            out.push(b'T');
+                            write_clock(out, of_day);
+                        }
+                    }
                     if type_oid == oid::TIMESTAMPTZ {
                         out.push(b'Z');
                     }
@@ -203,27 +209,35 @@ fn write_date(out: &mut Vec<u8>, days: i64) {
 /// `HH:MM:SS[.f]` with trailing fractional zeros trimmed, like PostgreSQL's time output.
 fn write_clock(out: &mut Vec<u8>, us: i64) {
     let secs = (us / 1_000_000) as u32;
-    let frac = (us % 1_000_000) as u32;
-    push_digits(out, secs / 3600, 2);
-    out.push(b':');
-    push_digits(out, secs % 3600 / 60, 2);
-    out.push(b':');
-    push_digits(out, secs % 60, 2);
-    if frac != 0 {
-        out.push(b'.');
-        let start = out.len();
-        push_digits(out, frac, 6);
-        while out.last() == Some(&b'0') && out.len() > start {
-            out.pop();
-        }
+    let mut clock = *b"00:00:00";
+    clock[0..2].copy_from_slice(&pair(secs / 3600));
+    clock[3..5].copy_from_slice(&pair(secs / 60 % 60));
+    clock[6..8].copy_from_slice(&pair(secs % 60));
+    out.extend_from_slice(&clock);
+    write_fraction(out, (us % 1_000_000) as u32);
+}
+
+/// `.ffffff` of `micros` with trailing zeros trimmed; nothing for zero.
+fn write_fraction(out: &mut Vec<u8>, micros: u32) {
+    if micros == 0 {
+        return;
     }
+    let mut fraction = *b".000000";
+    fraction[1..3].copy_from_slice(&pair(micros / 10_000));
+    fraction[3..5].copy_from_slice(&pair(micros / 100));
+    fraction[5..7].copy_from_slice(&pair(micros));
+    let mut len = 7;
+    while fraction[len - 1] == b'0' {
+        len -= 1;
+    }
+    out.extend_from_slice(&fraction[..len]);
 }
 
 /// A float as PostgreSQL prints it with `extra_float_digits > 0`: the shortest digits that round-trip, in fixed
-/// notation when the decimal exponent is in `-4..max_fixed_exp`, else as `d.ddde+XX`. `sci` is the value in `{:e}`'s
-/// form with PostgreSQL's digits ([`sci`]: Ryu's, which PostgreSQL uses; Rust's own `{:e}` rounds ties differently).
-fn write_float(out: &mut Vec<u8>, v: f64, sci: Option<&str>, max_fixed_exp: i32) {
-    let Some(sci) = sci else {
+/// notation when the decimal exponent is in `-4..max_fixed_exp`, else as `d.ddde+XX`. `digits` are the value's
+/// ([`Shortest::of`]: Ryu's, which PostgreSQL uses; Rust's own `{:e}` rounds ties differently); `None`: not finite.
+fn write_float(out: &mut Vec<u8>, v: f64, digits: Option<Shortest>, max_fixed_exp: i32) {
+    let Some(Shortest { negative, digits: digit_buf, n, exp }) = digits else {
         let s = if v.is_nan() {
             "NaN"
         } else if v > 0.0 {
@@ -234,28 +248,14 @@ fn write_float(out: &mut Vec<u8>, v: f64, sci: Option<&str>, max_fixed_exp: i32)
         write_json_string(out, s);
         return;
     };
-    // `sci` looks like "-1.2345e-7" or "5e0".
-    let (mantissa, exp) = sci.split_once('e').unwrap_or((sci, "0"));
-    let exp: i32 = exp.parse().unwrap_or(0);
-    let (negative, mantissa) = match mantissa.strip_prefix('-') {
-        Some(m) => (true, m),
-        None => (false, mantissa),
-    };
-    // At most 17 significant digits (the shortest form of an f64), kept on the stack.
-    let mut digit_buf = [0u8; SCI_BUF];
-    let mut n = 0;
-    for d in mantissa.bytes().filter(u8::is_ascii_digit).take(SCI_BUF) {
-        digit_buf[n] = d;
-        n += 1;
-    }
-    let digits = &digit_buf[..n];
     if negative {
         out.push(b'-');
     }
-    if digits == [b'0'] {
+    if n == 0 {
         out.push(b'0');
         return;
     }
+    let digits = &digit_buf[..n];
     if (-4..max_fixed_exp).contains(&exp) {
         if exp < 0 {
             out.extend_from_slice(b"0.");
@@ -278,75 +278,111 @@ fn write_float(out: &mut Vec<u8>, v: f64, sci: Option<&str>, max_fixed_exp: i32)
             out.push(b'.');
             out.extend_from_slice(&digits[1..]);
         }
-        let _ = write!(out, "e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.unsigned_abs());
+        out.extend_from_slice(if exp < 0 { b"e-" } else { b"e+" });
+        if exp.unsigned_abs() < 10 {
+            out.push(b'0');
+        }
+        out.extend_from_slice(itoa::Buffer::new().format(exp.unsigned_abs()).as_bytes());
     }
 }
 
-/// Room for Rust's shortest `{:e}` text of any f64 ("-1.7976931348623157e308": 23 bytes).
+/// Room for the significant digits of any float (17 for an f64), with margin.
 const SCI_BUF: usize = 32;
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// `v` (finite) in the layout of Rust's `{:e}` ("-1.2345e-7", "5e0", "-0e0") with PostgreSQL's digits: the shortest
-/// that read back as the value, a tie rounded half to even (Rust's `{:e}` rounds ties up). Written into `buf` without
-/// a heap allocation (this runs for every float value of every change). The digits come from zmij (dtolnay's
-/// Schubfach formatter, the one serde_json uses) and are laid out here: core's `{:e}` formatting machinery also cost
-/// ~5% of the null sink's CPU on a table with one float8 column. The tests compare it with `{:e}` over random bit
-/// patterns of both widths (equal but for ties) and with PostgreSQL itself.
-fn sci<F: zmij::Float>(buf: &mut [u8; SCI_BUF], v: F) -> &str {
-    let mut formatter = zmij::Buffer::new();
-    let text = formatter.format_finite(v).as_bytes();
-    let (negative, body) = match text.split_first() {
+/// A finite float's shortest decimal, `±d.ddd × 10^exp`, with PostgreSQL's digits: the shortest that read back as
+/// the value, a tie rounded half to even (Rust's `{:e}` rounds ties up). The digits come from zmij (dtolnay's
+/// Schubfach formatter, the one serde_json uses) and are taken apart here, on the stack: this runs for every float
+/// value of every change, and core's `{:e}` machinery cost ~5% of the null sink's CPU on a table with one float8
+/// column. The tests compare it with `{:e}` over random bit patterns of both widths (equal but for ties) and with
+/// PostgreSQL itself.
+#[derive(Clone, Copy)]
+struct Shortest {
+    negative: bool,
+    /// The significant digits (ASCII), `..n`; `n == 0` for zero. No leading or trailing zeros.
+    digits: [u8; SCI_BUF],
+    n: usize,
+    /// The power of ten of the first digit.
+    exp: i32,
+}
+
+impl Shortest {
+    fn of<F: zmij::Float>(v: F) -> Shortest {
+        let mut formatter = zmij::Buffer::new();
+        let text = formatter.format_finite(v).as_bytes();
+        let (negative, body) = match text.split_first() {
+            Some((b'-', rest)) => (true, rest),
+            _ => (false, text),
+        };
+        // zmij writes `1.5`, `0.001`, `1e+16` or `1.2345e-7`: a mantissa in decimal and an optional exponent.
+        let (mantissa, mut exp) = match body.iter().position(|&b| b == b'e') {
+            Some(i) => (&body[..i], parse_exponent(&body[i + 1..])),
+            None => (body, 0),
+        };
+        let (int, frac) = match mantissa.iter().position(|&b| b == b'.') {
+            Some(i) => (&mantissa[..i], &mantissa[i + 1..]),
+            None => (mantissa, &[][..]),
+        };
+        exp += i32::try_from(int.len()).unwrap_or(0) - 1;
+        // The significant digits: leading zeros move the exponent, trailing zeros go.
+        let mut digits = [0u8; SCI_BUF];
+        let mut n = 0;
+        for &d in int.iter().chain(frac) {
+            if n == 0 && d == b'0' {
+                exp -= 1;
+            } else if n < SCI_BUF {
+                digits[n] = d;
+                n += 1;
+            }
+        }
+        while n > 0 && digits[n - 1] == b'0' {
+            n -= 1;
+        }
+        if n == 0 {
+            exp = 0;
+        }
+        Shortest { negative, digits, n, exp }
+    }
+}
+
+/// zmij's exponent (`+16`, `-7`, `5`).
+fn parse_exponent(text: &[u8]) -> i32 {
+    let (negative, digits) = match text.split_first() {
         Some((b'-', rest)) => (true, rest),
+        Some((b'+', rest)) => (false, rest),
         _ => (false, text),
     };
-    // zmij writes `1.5`, `0.001`, `1e+16` or `1.2345e-7`: a mantissa in decimal and an optional exponent.
-    let (mantissa, mut exp) = match body.iter().position(|&b| b == b'e') {
-        Some(i) => {
-            let exp = std::str::from_utf8(&body[i + 1..]).ok().and_then(|e| e.parse::<i32>().ok()).unwrap_or(0);
-            (&body[..i], exp)
-        }
-        None => (body, 0),
-    };
-    let (int, frac) = match mantissa.iter().position(|&b| b == b'.') {
-        Some(i) => (&mantissa[..i], &mantissa[i + 1..]),
-        None => (mantissa, &[][..]),
-    };
-    exp += i32::try_from(int.len()).unwrap_or(0) - 1;
-    // The significant digits: leading zeros move the exponent, trailing zeros go.
-    let mut digits = [0u8; SCI_BUF];
-    let mut n = 0;
-    for &d in int.iter().chain(frac) {
-        if n == 0 && d == b'0' {
-            exp -= 1;
-        } else if n < SCI_BUF {
-            digits[n] = d;
-            n += 1;
-        }
-    }
-    while n > 0 && digits[n - 1] == b'0' {
-        n -= 1;
-    }
-    let mut len = 0;
-    let mut put = |bytes: &[u8]| {
-        let end = (len + bytes.len()).min(SCI_BUF);
-        buf[len..end].copy_from_slice(&bytes[..end - len]);
-        len = end;
-    };
+    let magnitude = digits.iter().take(4).fold(0i32, |acc, &d| acc * 10 + i32::from(d.wrapping_sub(b'0') % 10));
     if negative {
-        put(b"-");
+        -magnitude
+    } else {
+        magnitude
+    }
+}
+
+/// `v` (finite) in the layout of Rust's `{:e}` ("-1.2345e-7", "5e0", "-0e0") with [`Shortest`]'s digits: what the
+/// tests compare with `{:e}` and with PostgreSQL.
+#[cfg(test)]
+fn sci<F: zmij::Float>(buf: &mut [u8; SCI_BUF], v: F) -> &str {
+    let Shortest { negative, digits, n, exp } = Shortest::of(v);
+    let mut text = Vec::with_capacity(SCI_BUF);
+    if negative {
+        text.push(b'-');
     }
     if n == 0 {
-        put(b"0e0");
+        text.extend_from_slice(b"0e0");
     } else {
-        put(&digits[..1]);
+        text.push(digits[0]);
         if n > 1 {
-            put(b".");
-            put(&digits[1..n]);
+            text.push(b'.');
+            text.extend_from_slice(&digits[1..n]);
         }
-        put(b"e");
-        put(itoa::Buffer::new().format(exp).as_bytes());
+        text.push(b'e');
+        text.extend_from_slice(itoa::Buffer::new().format(exp).as_bytes());
     }
+    let len = text.len().min(SCI_BUF);
+    buf[..len].copy_from_slice(&text[..len]);
     std::str::from_utf8(&buf[..len]).unwrap_or("0e0")
 }
 

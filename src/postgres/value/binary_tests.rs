@@ -79,6 +79,51 @@ fn dates_and_timestamps() {
     assert_eq!(json(oid::TIME, &45_296_500_000i64.to_be_bytes()), "\"12:34:56.5\"");
 }
 
+/// Binary timestamps and times against chrono, over PostgreSQL's range (the years 0000–9999 are written at once,
+/// the others through the signed forms): dates, clocks and trimmed fractions, every field boundary included.
+#[test]
+fn binary_timestamps_and_times_match_chrono() {
+    const PG_EPOCH_US: i64 = 946_684_800_000_000;
+    let mut x = 0x1234_5678_9ABC_DEF0u64;
+    let mut next = || {
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let z = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let fraction = |micros: i64| {
+        let f = format!("{micros:06}");
+        let f = f.trim_end_matches('0');
+        if f.is_empty() {
+            String::new()
+        } else {
+            format!(".{f}")
+        }
+    };
+    for i in 0..40_000 {
+        let r = next();
+        let us: i64 = match i % 4 {
+            // Around now, any microsecond.
+            0 => (r % 4_000_000_000_000_000) as i64 - 2_000_000_000_000_000,
+            // PostgreSQL's whole range (4713 BC to 294276 AD, within chrono's ±262143 years), whole seconds.
+            1 => ((r % 16_000_000_000_000) as i64 - 8_000_000_000_000) * 1_000_000,
+            // Fractions with trailing zeros.
+            2 => (r % 4_000_000_000_000_000) as i64 / 1000 * 1000 - 2_000_000_000_000_000,
+            // The last and first second of a day.
+            _ => ((r % 200_000) as i64 - 100_000) * 86_400_000_000 + if r % 2 == 0 { 86_399_999_999 } else { 1 },
+        };
+        let t = chrono::DateTime::from_timestamp_micros(us + PG_EPOCH_US).unwrap();
+        let base = t.format("%Y-%m-%dT%H:%M:%S").to_string();
+        let frac = fraction((us + PG_EPOCH_US).rem_euclid(1_000_000));
+        assert_eq!(json(oid::TIMESTAMP, &us.to_be_bytes()), format!("\"{base}{frac}\""), "{us}");
+        assert_eq!(json(oid::TIMESTAMPTZ, &us.to_be_bytes()), format!("\"{base}{frac}Z\""), "{us}");
+        let of_day = us.rem_euclid(86_400_000_000);
+        let clock = t.format("%H:%M:%S").to_string();
+        assert_eq!(json(oid::TIME, &of_day.to_be_bytes()), format!("\"{clock}{frac}\""), "{of_day}");
+    }
+    assert_eq!(json(oid::TIME, &86_400_000_000i64.to_be_bytes()), "\"24:00:00\"");
+}
+
 #[test]
 fn scalars() {
     assert_eq!(json(oid::BOOL, &[1]), "true");

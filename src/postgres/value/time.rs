@@ -20,22 +20,56 @@ pub fn format_unix_micros(us: i64) -> String {
 pub fn write_unix_micros(out: &mut Vec<u8>, us: i64) {
     let secs = us.div_euclid(1_000_000);
     let micros = us.rem_euclid(1_000_000) as u32;
-    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400) as u32;
-    write_year(out, y);
-    out.push(b'-');
-    push_digits(out, m, 2);
-    out.push(b'-');
-    push_digits(out, d, 2);
-    out.push(b'T');
-    push_digits(out, sod / 3600, 2);
-    out.push(b':');
-    push_digits(out, sod % 3600 / 60, 2);
-    out.push(b':');
-    push_digits(out, sod % 60, 2);
-    out.push(b'.');
-    push_digits(out, micros, 6);
-    out.push(b'Z');
+    match date_time_text(days, sod) {
+        Some(text) => out.extend_from_slice(&text),
+        None => {
+            let (y, m, d) = civil_from_days(days);
+            write_year(out, y);
+            out.push(b'-');
+            push_digits(out, m, 2);
+            out.push(b'-');
+            push_digits(out, d, 2);
+            out.push(b'T');
+            push_digits(out, sod / 3600, 2);
+            out.push(b':');
+            push_digits(out, sod % 3600 / 60, 2);
+            out.push(b':');
+            push_digits(out, sod % 60, 2);
+        }
+    }
+    let mut fraction = *b".000000Z";
+    fraction[1..3].copy_from_slice(&pair(micros / 10_000));
+    fraction[3..5].copy_from_slice(&pair(micros / 100));
+    fraction[5..7].copy_from_slice(&pair(micros));
+    out.extend_from_slice(&fraction);
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of `days` since the Unix epoch and `sod` seconds into that day, written at once for the
+/// years 0000–9999 (`None` outside them: [`write_year`]'s signed forms). Every timestamp of every event goes through
+/// here; a digit at a time and a length check per byte cost several times more.
+pub(crate) fn date_time_text(days: i64, sod: u32) -> Option<[u8; 19]> {
+    let (year, month, day) = civil_from_days(days);
+    let year = u32::try_from(year).ok().filter(|y| *y <= 9999)?;
+    let mut text = *b"0000-00-00T00:00:00";
+    text[0..2].copy_from_slice(&pair(year / 100));
+    text[2..4].copy_from_slice(&pair(year));
+    text[5..7].copy_from_slice(&pair(month));
+    text[8..10].copy_from_slice(&pair(day));
+    text[11..13].copy_from_slice(&pair(sod / 3600));
+    text[14..16].copy_from_slice(&pair(sod / 60 % 60));
+    text[17..19].copy_from_slice(&pair(sod % 60));
+    Some(text)
+}
+
+/// The two last decimal digits of `v`.
+pub(crate) fn pair(v: u32) -> [u8; 2] {
+    const PAIRS: &[u8; 200] = b"00010203040506070809101112131415161718192021222324252627282930313233343536373839\
+        40414243444546474849505152535455565758596061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
+    let i = (v % 100) as usize * 2;
+    [PAIRS[i], PAIRS[i + 1]]
 }
 
 /// Appends `v` as exactly `width` decimal digits (zero-padded; `v` must fit).
@@ -162,7 +196,10 @@ pub(super) fn write_timestamp(out: &mut Vec<u8>, s: &str, with_offset: bool) -> 
     if t.offset_seconds == 0 {
         out.push(b'"');
         write_year(out, if t.bc { 1 - t.year } else { t.year });
-        let _ = write!(out, "-{:02}-{:02}T", t.month, t.day);
+        let mut month_day = *b"-00-00T";
+        month_day[1..3].copy_from_slice(&pair(t.month));
+        month_day[4..6].copy_from_slice(&pair(t.day));
+        out.extend_from_slice(&month_day);
         out.extend_from_slice(t.clock.as_bytes());
         if with_offset {
             out.push(b'Z');
