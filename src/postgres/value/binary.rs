@@ -104,11 +104,11 @@ fn write_scalar(out: &mut Vec<u8>, type_oid: u32, b: &[u8]) -> Result<(), ValueE
         }
         oid::FLOAT4 => {
             let v = f32::from_be_bytes(fixed(b).ok_or_else(size)?);
-            write_float(out, f64::from(v), v.is_finite().then(|| Shortest::of(v)), 6);
+            write_float_fast(out, v, f64::from(v), 6);
         }
         oid::FLOAT8 => {
             let v = f64::from_be_bytes(fixed(b).ok_or_else(size)?);
-            write_float(out, v, v.is_finite().then(|| Shortest::of(v)), 15);
+            write_float_fast(out, v, v, 15);
         }
         oid::NUMERIC => write_numeric(out, b).map_err(invalid)?,
         oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME => {
@@ -231,6 +231,31 @@ fn write_fraction(out: &mut Vec<u8>, micros: u32) {
         len -= 1;
     }
     out.extend_from_slice(&fraction[..len]);
+}
+
+/// [`write_float`] of `v` (`wide`: the same value as an f64). zmij's own text is already PostgreSQL's for most
+/// values — a plain decimal with the same shortest digits — and is then copied as it is, without zmij's `.0` on
+/// whole numbers; zero, the values PostgreSQL writes with an exponent and zmij's exponent forms go through
+/// [`Shortest`].
+fn write_float_fast<F: zmij::Float>(out: &mut Vec<u8>, v: F, wide: f64, max_fixed_exp: i32) {
+    if wide.is_finite() && wide != 0.0 {
+        let mut formatter = zmij::Buffer::new();
+        let text = formatter.format_finite(v).as_bytes();
+        let body = text.strip_prefix(b"-").unwrap_or(text);
+        if let (Some(dot), None) = (body.iter().position(|&b| b == b'.'), body.iter().position(|&b| b == b'e')) {
+            // The power of ten of the first significant digit: `123.4` 2, `0.0012` -3.
+            let exp = if body.first() == Some(&b'0') {
+                -(body[dot + 1..].iter().take_while(|&&b| b == b'0').count() as i32) - 1
+            } else {
+                dot as i32 - 1
+            };
+            if (-4..max_fixed_exp).contains(&exp) {
+                out.extend_from_slice(text.strip_suffix(b".0").unwrap_or(text));
+                return;
+            }
+        }
+    }
+    write_float(out, wide, wide.is_finite().then(|| Shortest::of(v)), max_fixed_exp);
 }
 
 /// A float as PostgreSQL prints it with `extra_float_digits > 0`: the shortest digits that round-trip, in fixed

@@ -263,3 +263,44 @@ fn sci_is_the_shortest_text_with_ties_to_even() {
         check((x % 1_000_000) as f64 / 1000.0);
     }
 }
+
+/// The copy of zmij's text ([`write_float_fast`]) against the layout from [`Shortest`] (the path checked against
+/// PostgreSQL itself), over random bit patterns of both widths and the edges of the fixed ranges.
+#[test]
+fn floats_copied_from_zmij_are_laid_out_as_from_their_digits() {
+    fn slow(v: f64, digits: Option<Shortest>, max: i32) -> String {
+        let mut out = Vec::new();
+        write_float(&mut out, v, digits, max);
+        String::from_utf8(out).unwrap()
+    }
+    fn fast<F: zmij::Float>(v: F, wide: f64, max: i32) -> String {
+        let mut out = Vec::new();
+        write_float_fast(&mut out, v, wide, max);
+        String::from_utf8(out).unwrap()
+    }
+    let mut x = 0x0DDB_1A5E_5BAD_5EEDu64;
+    let mut next = || {
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let z = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut doubles: Vec<f64> = (0..100_000).map(|_| f64::from_bits(next())).collect();
+    let mut singles: Vec<f32> = (0..100_000).map(|_| f32::from_bits(next() as u32)).collect();
+    for e in -8..20 {
+        for m in [1.0, 1.5, 9.99, 9.999999, 1.0000001, 123.456, 0.5] {
+            let v = m * 10f64.powi(e);
+            doubles.extend([v, -v, v.next_up(), v.next_down()]);
+            singles.extend([v as f32, -(v as f32)]);
+        }
+    }
+    doubles.extend([0.0, -0.0, f64::MIN_POSITIVE, f64::MAX, f64::MIN, 5e-324, f64::NAN, f64::INFINITY, 1e15, 1e14]);
+    singles.extend([0.0, -0.0, f32::MIN_POSITIVE, f32::MAX, 1e-45, f32::NAN, f32::NEG_INFINITY, 1e6, 999_999.9]);
+    for v in doubles {
+        assert_eq!(fast(v, v, 15), slow(v, v.is_finite().then(|| Shortest::of(v)), 15), "{v:e}");
+    }
+    for v in singles {
+        let wide = f64::from(v);
+        assert_eq!(fast(v, wide, 6), slow(wide, v.is_finite().then(|| Shortest::of(v)), 6), "{v:e}");
+    }
+}

@@ -1,6 +1,6 @@
 //! Tests of the text value mapping (`value`), with the test oracles they need.
 
-use super::time::{days_from_civil, format_unix_micros_civil};
+use super::time::{civil_0_to_9999, civil_from_days, days_from_civil, format_unix_micros_civil};
 use super::*;
 use crate::postgres::test_rng::XorShift;
 
@@ -388,5 +388,18 @@ fn garbage_never_panics_and_output_is_always_json() {
         } else {
             assert!(out.is_empty());
         }
+    }
+}
+
+/// The 32-bit calendar of the years 0000–9999 agrees with the general one on every day, and declines outside.
+#[test]
+fn the_fast_calendar_agrees_on_every_day_of_the_years_0_to_9999() {
+    let (first, last) = (days_from_civil(0, 1, 1), days_from_civil(9999, 12, 31));
+    for days in first..=last {
+        let (y, m, d) = civil_from_days(days);
+        assert_eq!(civil_0_to_9999(days), Some((y as u32, m, d)), "{days}");
+    }
+    for days in [first - 1, last + 1, i64::MIN, i64::MAX] {
+        assert_eq!(civil_0_to_9999(days), None, "{days}");
     }
 }

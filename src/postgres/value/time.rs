@@ -50,8 +50,7 @@ pub fn write_unix_micros(out: &mut Vec<u8>, us: i64) {
 /// years 0000–9999 (`None` outside them: [`write_year`]'s signed forms). Every timestamp of every event goes through
 /// here; a digit at a time and a length check per byte cost several times more.
 pub(crate) fn date_time_text(days: i64, sod: u32) -> Option<[u8; 19]> {
-    let (year, month, day) = civil_from_days(days);
-    let year = u32::try_from(year).ok().filter(|y| *y <= 9999)?;
+    let (year, month, day) = civil_0_to_9999(days)?;
     let mut text = *b"0000-00-00T00:00:00";
     text[0..2].copy_from_slice(&pair(year / 100));
     text[2..4].copy_from_slice(&pair(year));
@@ -61,6 +60,32 @@ pub(crate) fn date_time_text(days: i64, sod: u32) -> Option<[u8; 19]> {
     text[14..16].copy_from_slice(&pair(sod / 60 % 60));
     text[17..19].copy_from_slice(&pair(sod % 60));
     Some(text)
+}
+
+/// [`civil_from_days`] for the days of the years 0000–9999 (`None` outside them) in 32-bit arithmetic, after
+/// C. Neri and L. Schneider, "Euclidean affine functions and their application to calendar algorithms" (2022): every
+/// division is by a constant. Counted from 0000-03-01 minus 400 years, so that January and February of the year 0
+/// are not negative.
+pub(super) fn civil_0_to_9999(days: i64) -> Option<(u32, u32, u32)> {
+    // Days from -0400-03-01 to 1970-01-01 (719_468 from 0000-03-01, plus 146_097 for 400 years).
+    const SHIFT: i64 = 719_468 + 146_097;
+    // 0000-01-01 and 9999-12-31 as days since 1970-01-01.
+    if !(-719_528..=2_932_896).contains(&days) {
+        return None;
+    }
+    let n = (days + SHIFT) as u32;
+    let n1 = 4 * n + 3;
+    let century = n1 / 146_097;
+    let of_century = n1 % 146_097 / 4;
+    let p2 = 2_939_745u64 * u64::from(4 * of_century + 3);
+    let year_of_century = (p2 >> 32) as u32;
+    let day_of_year = (p2 as u32) / 2_939_745 / 4;
+    let n3 = 2141 * day_of_year + 197_913;
+    let (month, day) = (n3 >> 16, (n3 & 0xFFFF) / 2141 + 1);
+    // The computational year starts on March 1st: January and February belong to the next civil year.
+    let january_or_february = day_of_year >= 306;
+    let year = 100 * century + year_of_century + u32::from(january_or_february) - 400;
+    Some((year, if january_or_february { month - 12 } else { month }, day))
 }
 
 /// The two last decimal digits of `v`.
