@@ -13,6 +13,14 @@ use ficus::config::Config;
 use ficus::pipeline::{self, Output, RunOptions};
 use ficus::rules::Rules;
 
+/// mimalloc for every allocation of the process: Rust's through this, and (crate feature `override`) the C code's
+/// too, librdkafka's among them. Each record is allocated on the thread that produces it and freed on the one that
+/// handles its acknowledgement; glibc's malloc served that pattern from locked arenas (its per-thread caches only
+/// help a thread that frees what it allocates), which made allocation the largest cost of publishing
+/// (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "ficus", version, about = "PostgreSQL logical replication → canonical events on Kafka")]
 struct Cli {
@@ -189,7 +197,7 @@ async fn healthcheck(config: Option<&std::path::Path>, url: Option<&str>, timeou
 const SHUTDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn main() -> ExitCode {
-    limit_malloc_arenas();
+    tune_allocator();
     // Test builds only (feature `failpoints`): the crash points named in FAILPOINTS (`name=return` aborts the
     // process there; `2*off->return` on the third pass) — see tests/pipeline/crash_points.rs.
     #[cfg(feature = "failpoints")]
@@ -203,16 +211,26 @@ fn main() -> ExitCode {
     }
 }
 
-/// glibc gives each allocating thread its own arena (up to 8 per core) and keeps freed memory in it: with the
-/// tokio workers and librdkafka's threads that made peak RSS through a large transaction vary between 30 and
-/// 80 MiB from run to run. Two arenas keep it low and repeatable at no measurable throughput cost
-/// (docs/benchmarks.md). Must run before any thread starts. `MALLOC_ARENA_MAX` in the environment still wins.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets an allocator parameter; called before other threads exist.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
+/// mimalloc v3's `mi_option_e` values of the options [`tune_allocator`] sets.
+const MI_OPTION_ARENA_EAGER_COMMIT: std::ffi::c_int = 4;
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
+/// mimalloc's defaults traded memory for speed in a way this sidecar cannot afford: transparent huge pages on its
+/// arenas (turned off at build time, crate feature `no_thp`) and freed pages returned to the OS only a second later
+/// (`purge_delay` 1000 ms) took peak RSS over the benchmark's runs from 40 to 66–99 MiB. Without huge pages, a 10 ms
+/// purge delay and arenas committed on demand, it stays at glibc's (docs/benchmarks.md). `MIMALLOC_PURGE_DELAY` and
+/// `MIMALLOC_ARENA_EAGER_COMMIT` in the environment still win. Runs first thing in `main`, before any thread starts.
+fn tune_allocator() {
+    extern "C" {
+        fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+    }
+    for (option, env, value) in [
+        (MI_OPTION_PURGE_DELAY, "MIMALLOC_PURGE_DELAY", 10),
+        (MI_OPTION_ARENA_EAGER_COMMIT, "MIMALLOC_ARENA_EAGER_COMMIT", 0),
+    ] {
+        if std::env::var_os(env).is_none() {
+            // SAFETY: sets one of mimalloc's options (a valid `mi_option_e` value); no thread runs yet.
+            unsafe { mi_option_set(option, value) };
         }
     }
 }
@@ -305,5 +323,32 @@ async fn async_main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The option numbers `tune_allocator` sets are the options it names: mimalloc v3's defaults for them (the
+    /// numbers shift between major versions of mimalloc), then the values set.
+    #[test]
+    fn the_allocator_options_set_are_the_ones_named() {
+        extern "C" {
+            fn mi_option_get(option: std::ffi::c_int) -> std::ffi::c_long;
+        }
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some()
+            || std::env::var_os("MIMALLOC_ARENA_EAGER_COMMIT").is_some()
+        {
+            return; // the environment's values win; nothing to compare
+        }
+        // SAFETY: reads mimalloc options by valid `mi_option_e` values.
+        let get = |option| unsafe { mi_option_get(option) };
+        let options = (super::MI_OPTION_PURGE_DELAY, super::MI_OPTION_ARENA_EAGER_COMMIT);
+        assert_eq!(
+            (get(options.0), get(options.1)),
+            (1000, 2),
+            "mimalloc v3's purge_delay and arena_eager_commit defaults"
+        );
+        super::tune_allocator();
+        assert_eq!((get(options.0), get(options.1)), (10, 0));
     }
 }
