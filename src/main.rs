@@ -13,13 +13,14 @@ use ficus::config::Config;
 use ficus::pipeline::{self, Output, RunOptions};
 use ficus::rules::Rules;
 
-/// mimalloc for every allocation of the process: Rust's through this, and (crate feature `override`) the C code's
-/// too, librdkafka's among them. Each record is allocated on the thread that produces it and freed on the one that
-/// handles its acknowledgement; glibc's malloc served that pattern from locked arenas (its per-thread caches only
-/// help a thread that frees what it allocates), which made allocation the largest cost of publishing
-/// (docs/benchmarks.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// mimalloc for every allocation of the process: with the crate feature `override` it defines `malloc`, `free` and
+/// the rest for the whole binary, so the C code (librdkafka among it) and Rust's default allocator (which calls
+/// `malloc`) both use it. Each record is allocated on the thread that produces it and freed on the one that handles
+/// its acknowledgement; glibc's malloc served that pattern from locked arenas (its per-thread caches only help a
+/// thread that frees what it allocates), which made allocation the largest cost of publishing (docs/benchmarks.md).
+/// Not `#[global_allocator]`: the crate's allocator calls mimalloc's aligned entry point for every allocation, which
+/// cost more than `malloc` for the 8- and 16-byte alignments Rust asks for.
+extern crate mimalloc;
 
 #[derive(Parser)]
 #[command(name = "ficus", version, about = "PostgreSQL logical replication → canonical events on Kafka")]

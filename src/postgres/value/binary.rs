@@ -112,7 +112,7 @@ fn write_scalar(out: &mut Vec<u8>, type_oid: u32, b: &[u8]) -> Result<(), ValueE
         }
         oid::NUMERIC => write_numeric(out, b).map_err(invalid)?,
         oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME => {
-            write_json_string(out, std::str::from_utf8(b).map_err(|_| ValueError::InvalidUtf8 { type_oid })?);
+            write_json_string(out, value::utf8(b).map_err(|_| ValueError::InvalidUtf8 { type_oid })?);
         }
         oid::JSON => {
             validate_json(b).map_err(invalid)?;

@@ -169,7 +169,7 @@ pub const TEXT_ARRAY: u32 = 1009;
 /// On error nothing is appended.
 pub fn write_json(out: &mut Vec<u8>, type_oid: u32, text: &[u8]) -> Result<(), ValueError> {
     let start = out.len();
-    let result = match std::str::from_utf8(text) {
+    let result = match utf8(text) {
         Ok(s) => match array_element_type(type_oid) {
             Some(elem) => write_array(out, type_oid, elem, s),
             None => write_scalar(out, type_oid, s),
@@ -180,6 +180,18 @@ pub fn write_json(out: &mut Vec<u8>, type_oid: u32, text: &[u8]) -> Result<(), V
         out.truncate(start);
     }
     result
+}
+
+/// `bytes` as text: a word-at-a-time ASCII test first (numbers, dates and most text are ASCII), the full UTF-8
+/// validation only otherwise. std's `from_utf8` cost ~100 instructions per short value, the largest single item of a
+/// snapshot's encoding (docs/benchmarks.md).
+pub(crate) fn utf8(bytes: &[u8]) -> Result<&str, std::str::Utf8Error> {
+    if bytes.is_ascii() {
+        // SAFETY: ASCII bytes are valid UTF-8.
+        Ok(unsafe { std::str::from_utf8_unchecked(bytes) })
+    } else {
+        std::str::from_utf8(bytes)
+    }
 }
 
 /// The value as a `serde_json::Value` (for the rules engine). Slower than [`write_json`]; not for the hot path.

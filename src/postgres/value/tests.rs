@@ -325,6 +325,35 @@ fn every_listed_array_oid_maps() {
     assert_eq!(array_element_type(25), None);
 }
 
+/// The ASCII shortcut answers as std's validation does: ASCII, valid multi-byte text, and every kind of invalid byte
+/// sequence at every position.
+#[test]
+fn text_is_validated_as_std_validates_it() {
+    let mut x = 7u64;
+    let mut next = || {
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let z = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let pieces: [&[u8]; 10] =
+        [b"a", b"0", b" ", "é".as_bytes(), "€".as_bytes(), "😀".as_bytes(), b"\xff", b"\xc3", b"\xed\xa0\x80", b"\x80"];
+    for _ in 0..50_000 {
+        let len = (next() % 24) as usize;
+        let mut bytes = Vec::new();
+        for _ in 0..len {
+            let r = next();
+            // Mostly ASCII, as values are.
+            bytes.extend_from_slice(if r % 4 != 0 {
+                pieces[(r / 4 % 3) as usize]
+            } else {
+                pieces[(r / 4 % 10) as usize]
+            });
+        }
+        assert_eq!(super::utf8(&bytes).ok(), std::str::from_utf8(&bytes).ok(), "{bytes:?}");
+    }
+}
+
 #[test]
 fn invalid_utf8_names_the_type() {
     for t in [oid::TEXT, oid::INT4, oid::JSONB, 1009, 70_000] {
