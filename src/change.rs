@@ -76,7 +76,7 @@ impl Table {
     }
 
     /// The schema, table and column names as events write them, escaped once for the table rather than once per
-    /// event (they were a tenth of the encoder's JSON escaping).
+    /// event (the names were most of the encoder's calls to escape a JSON string).
     pub fn json_names(&self) -> &NamesJson {
         self.json.0.get_or_init(|| {
             let mut schema_table = Vec::with_capacity(self.schema.len() + self.name.len() + 22);

@@ -44,3 +44,5 @@ pub(crate) mod router;
 pub mod rules;
 pub mod snapshot;
 pub(crate) mod source;
+#[cfg(test)]
+pub(crate) mod testing;

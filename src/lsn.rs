@@ -110,15 +110,13 @@ mod write_tests {
         // The reference is std's hex formatting of the two halves (PostgreSQL's `%X/%X`).
         let mut values = vec![0u64, 1, 0xF, 0x10, 0x16_B374_D848, u64::MAX, 0xFFFF_FFFF, 1 << 32, 0x1_0000_000F];
         values.extend((0..64).map(|bit| 1u64 << bit).chain((0..64).map(|bit| u64::MAX >> bit)));
-        // Every nibble value in every position, and a spread of others (splitmix64).
+        // Every nibble value in every position, and a spread of others.
         values.extend([0x0123_4567_89AB_CDEF, 0xFEDC_BA98_7654_3210, 0xA5A5_A5A5_5A5A_5A5A, 0x9999_9999_AAAA_AAAA]);
         values.extend((0..16u64).map(|n| n * 0x1111_1111_1111_1111));
-        let mut x = 0u64;
+        let mut rng = crate::testing::SplitMix64::new(0);
         values.extend((0..2000).map(|_| {
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let z = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            (z ^ (z >> 31)) >> (z % 64)
+            let z = rng.next_u64();
+            z >> (z % 64)
         }));
         for v in values {
             let expected = format!("{:X}/{:X}", v >> 32, v & 0xFFFF_FFFF);

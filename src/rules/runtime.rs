@@ -63,7 +63,8 @@ impl RuleSet {
     /// Runs the rules of `change`'s table; appends events (and DLQ records) to `out`. Returns how many rules
     /// matched the table and op (0 = no rule is about this change).
     pub fn apply(&mut self, change: &Change, source: &SourceInfo, out: &mut Vec<Record>) -> Result<usize, RuleFailure> {
-        // Most changes of most deployments meet no rule: they cost one lookup, no reference count.
+        // Without rules a change costs nothing here; with rules, a change no rule is about costs one lookup and no
+        // reference count.
         if self.compiled.rules.is_empty() {
             return Ok(0);
         }
@@ -173,9 +174,8 @@ impl RuleSet {
         }
     }
 
-    /// Indices of the rules of `table` and which columns CEL reads (`None` = all), cached per relation (a pointer
-    /// comparison per change).
-    /// Makes `by_relation[table.oid]` the rules of `table` (recomputed for a new relation or a new schema of it).
+    /// Makes `by_relation[table.oid]` the indices of the rules of `table` and which columns CEL reads (`None` = all):
+    /// cached per relation (a pointer comparison per change), recomputed for a new relation or a new schema of it.
     fn ensure_rules_of(&mut self, table: &Arc<Table>) {
         if self.by_relation.get(&table.oid).is_some_and(|r| Arc::ptr_eq(&r.table, table)) {
             return;

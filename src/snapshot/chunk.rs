@@ -348,13 +348,8 @@ mod tests {
     /// every offset of the eight-byte words.
     #[test]
     fn copy_rows_split_as_std_splits_them() {
-        let mut x = 11u64;
-        let mut next = || {
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let z = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
+        let mut rng = crate::testing::SplitMix64::new(11u64);
+        let mut next = || rng.next_u64();
         let pieces: [&[u8]; 8] = [b"a", b"7", b"\t", b"\\N", b"\\\\", b"\\t", "é".as_bytes(), b"xyz12345"];
         for _ in 0..20_000 {
             let mut line = Vec::new();

@@ -84,13 +84,8 @@ fn dates_and_timestamps() {
 #[test]
 fn binary_timestamps_and_times_match_chrono() {
     const PG_EPOCH_US: i64 = 946_684_800_000_000;
-    let mut x = 0x1234_5678_9ABC_DEF0u64;
-    let mut next = || {
-        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let z = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
+    let mut rng = crate::testing::SplitMix64::new(0x1234_5678_9ABC_DEF0u64);
+    let mut next = || rng.next_u64();
     let fraction = |micros: i64| {
         let f = format!("{micros:06}");
         let f = f.trim_end_matches('0');
@@ -278,13 +273,8 @@ fn floats_copied_from_zmij_are_laid_out_as_from_their_digits() {
         write_float_fast(&mut out, v, wide, max);
         String::from_utf8(out).unwrap()
     }
-    let mut x = 0x0DDB_1A5E_5BAD_5EEDu64;
-    let mut next = || {
-        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let z = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
+    let mut rng = crate::testing::SplitMix64::new(0x0DDB_1A5E_5BAD_5EEDu64);
+    let mut next = || rng.next_u64();
     let mut doubles: Vec<f64> = (0..100_000).map(|_| f64::from_bits(next())).collect();
     let mut singles: Vec<f32> = (0..100_000).map(|_| f32::from_bits(next() as u32)).collect();
     for e in -8..20 {

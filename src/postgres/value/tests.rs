@@ -329,13 +329,8 @@ fn every_listed_array_oid_maps() {
 /// sequence at every position.
 #[test]
 fn text_is_validated_as_std_validates_it() {
-    let mut x = 7u64;
-    let mut next = || {
-        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let z = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
+    let mut rng = crate::testing::SplitMix64::new(7u64);
+    let mut next = || rng.next_u64();
     let pieces: [&[u8]; 10] =
         [b"a", b"0", b" ", "é".as_bytes(), "€".as_bytes(), "😀".as_bytes(), b"\xff", b"\xc3", b"\xed\xa0\x80", b"\x80"];
     for _ in 0..50_000 {
