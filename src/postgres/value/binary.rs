@@ -17,7 +17,7 @@
 //! as it was; truncated or malformed bytes never panic. Errors name the type OID, never the value.
 
 use super as value;
-use super::time::pair;
+use super::time::{clock_text, fraction_text};
 use super::{append_base64, civil_from_days, oid, push_digits, validate_json, write_json_string, ValueError};
 
 /// Whether ficus can map binary values of `type_oid` (scalars below, and arrays of them).
@@ -208,12 +208,7 @@ fn write_date(out: &mut Vec<u8>, days: i64) {
 
 /// `HH:MM:SS[.f]` with trailing fractional zeros trimmed, like PostgreSQL's time output.
 fn write_clock(out: &mut Vec<u8>, us: i64) {
-    let secs = (us / 1_000_000) as u32;
-    let mut clock = *b"00:00:00";
-    clock[0..2].copy_from_slice(&pair(secs / 3600));
-    clock[3..5].copy_from_slice(&pair(secs / 60 % 60));
-    clock[6..8].copy_from_slice(&pair(secs % 60));
-    out.extend_from_slice(&clock);
+    out.extend_from_slice(&clock_text((us / 1_000_000) as u32));
     write_fraction(out, (us % 1_000_000) as u32);
 }
 
@@ -222,10 +217,7 @@ fn write_fraction(out: &mut Vec<u8>, micros: u32) {
     if micros == 0 {
         return;
     }
-    let mut fraction = *b".000000";
-    fraction[1..3].copy_from_slice(&pair(micros / 10_000));
-    fraction[3..5].copy_from_slice(&pair(micros / 100));
-    fraction[5..7].copy_from_slice(&pair(micros));
+    let fraction = fraction_text(micros);
     let mut len = 7;
     while fraction[len - 1] == b'0' {
         len -= 1;
@@ -238,9 +230,13 @@ fn write_fraction(out: &mut Vec<u8>, micros: u32) {
 /// whole numbers; zero, the values PostgreSQL writes with an exponent and zmij's exponent forms go through
 /// [`Shortest`].
 fn write_float_fast<F: zmij::Float>(out: &mut Vec<u8>, v: F, wide: f64, max_fixed_exp: i32) {
-    if wide.is_finite() && wide != 0.0 {
-        let mut formatter = zmij::Buffer::new();
-        let text = formatter.format_finite(v).as_bytes();
+    if !wide.is_finite() {
+        write_float(out, wide, None, max_fixed_exp);
+        return;
+    }
+    let mut formatter = zmij::Buffer::new();
+    let text = formatter.format_finite(v).as_bytes();
+    if wide != 0.0 {
         let body = text.strip_prefix(b"-").unwrap_or(text);
         if let (Some(dot), None) = (body.iter().position(|&b| b == b'.'), body.iter().position(|&b| b == b'e')) {
             // The power of ten of the first significant digit: `123.4` 2, `0.0012` -3.
@@ -255,12 +251,12 @@ fn write_float_fast<F: zmij::Float>(out: &mut Vec<u8>, v: F, wide: f64, max_fixe
             }
         }
     }
-    write_float(out, wide, wide.is_finite().then(|| Shortest::of(v)), max_fixed_exp);
+    write_float(out, wide, Some(Shortest::parse(text)), max_fixed_exp);
 }
 
 /// A float as PostgreSQL prints it with `extra_float_digits > 0`: the shortest digits that round-trip, in fixed
 /// notation when the decimal exponent is in `-4..max_fixed_exp`, else as `d.ddde+XX`. `digits` are the value's
-/// ([`Shortest::of`]: Ryu's, which PostgreSQL uses; Rust's own `{:e}` rounds ties differently); `None`: not finite.
+/// ([`Shortest::parse`]: Ryu's, which PostgreSQL uses; Rust's own `{:e}` rounds ties differently); `None`: not finite.
 fn write_float(out: &mut Vec<u8>, v: f64, digits: Option<Shortest>, max_fixed_exp: i32) {
     let Some(Shortest { negative, digits: digit_buf, n, exp }) = digits else {
         let s = if v.is_nan() {
@@ -333,9 +329,14 @@ struct Shortest {
 }
 
 impl Shortest {
+    /// The digits of `v` (finite).
+    #[cfg(test)]
     fn of<F: zmij::Float>(v: F) -> Shortest {
-        let mut formatter = zmij::Buffer::new();
-        let text = formatter.format_finite(v).as_bytes();
+        Shortest::parse(zmij::Buffer::new().format_finite(v).as_bytes())
+    }
+
+    /// The digits of zmij's text of a finite float.
+    fn parse(text: &[u8]) -> Shortest {
         let (negative, body) = match text.split_first() {
             Some((b'-', rest)) => (true, rest),
             _ => (false, text),

@@ -32,18 +32,11 @@ pub fn write_unix_micros(out: &mut Vec<u8>, us: i64) {
             out.push(b'-');
             push_digits(out, d, 2);
             out.push(b'T');
-            push_digits(out, sod / 3600, 2);
-            out.push(b':');
-            push_digits(out, sod % 3600 / 60, 2);
-            out.push(b':');
-            push_digits(out, sod % 60, 2);
+            out.extend_from_slice(&clock_text(sod));
         }
     }
-    let mut fraction = *b".000000Z";
-    fraction[1..3].copy_from_slice(&pair(micros / 10_000));
-    fraction[3..5].copy_from_slice(&pair(micros / 100));
-    fraction[5..7].copy_from_slice(&pair(micros));
-    out.extend_from_slice(&fraction);
+    out.extend_from_slice(&fraction_text(micros));
+    out.push(b'Z');
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` of `days` since the Unix epoch and `sod` seconds into that day, written at once for the
@@ -56,10 +49,26 @@ pub(crate) fn date_time_text(days: i64, sod: u32) -> Option<[u8; 19]> {
     text[2..4].copy_from_slice(&pair(year));
     text[5..7].copy_from_slice(&pair(month));
     text[8..10].copy_from_slice(&pair(day));
-    text[11..13].copy_from_slice(&pair(sod / 3600));
-    text[14..16].copy_from_slice(&pair(sod / 60 % 60));
-    text[17..19].copy_from_slice(&pair(sod % 60));
+    text[11..19].copy_from_slice(&clock_text(sod));
     Some(text)
+}
+
+/// `HH:MM:SS` of `secs` seconds into a day (`24:00:00` for 86,400).
+pub(crate) fn clock_text(secs: u32) -> [u8; 8] {
+    let mut clock = *b"00:00:00";
+    clock[0..2].copy_from_slice(&pair(secs / 3600));
+    clock[3..5].copy_from_slice(&pair(secs / 60 % 60));
+    clock[6..8].copy_from_slice(&pair(secs % 60));
+    clock
+}
+
+/// `.ffffff`: `micros` (below a million) as six fractional digits.
+pub(crate) fn fraction_text(micros: u32) -> [u8; 7] {
+    let mut fraction = *b".000000";
+    fraction[1..3].copy_from_slice(&pair(micros / 10_000));
+    fraction[3..5].copy_from_slice(&pair(micros / 100));
+    fraction[5..7].copy_from_slice(&pair(micros));
+    fraction
 }
 
 /// [`civil_from_days`] for the days of the years 0000–9999 (`None` outside them) in 32-bit arithmetic, after
@@ -89,7 +98,7 @@ pub(super) fn civil_0_to_9999(days: i64) -> Option<(u32, u32, u32)> {
 }
 
 /// The two last decimal digits of `v`.
-pub(crate) fn pair(v: u32) -> [u8; 2] {
+fn pair(v: u32) -> [u8; 2] {
     const PAIRS: &[u8; 200] = b"00010203040506070809101112131415161718192021222324252627282930313233343536373839\
         40414243444546474849505152535455565758596061626364656667686970717273747576777879\
         8081828384858687888990919293949596979899";
