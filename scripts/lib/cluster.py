@@ -165,7 +165,9 @@ def wait_confirmed(cluster, slot, end, proc, timeout=1800, other_pid=None):
 
 # Issue #3's rules workload: three state-transition rules on updates, plus one rule for inserts so that every change
 # yields at least one event, as the raw passthrough does. Every update evaluates all three `when`s.
-def start_broker():
+def start_broker(trim=os.environ.get("FICUS_BENCH_BROKER_TRIM", "1") != "0"):
+    """A fresh local broker (or FICUS_TEST_KAFKA's, left alone): `(bootstrap servers, process)`. With `trim`, a
+    thread deletes what it holds as it arrives (start_trimmer)."""
     if os.environ.get("FICUS_TEST_KAFKA"):
         return os.environ["FICUS_TEST_KAFKA"], None
     noida = os.environ.get("FICUS_NOIDA", os.path.join(ROOT, ".venv/noida/bin/noida-db"))
@@ -185,10 +187,63 @@ def start_broker():
     for _ in range(300):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return f"127.0.0.1:{port}", proc
+            brokers = f"127.0.0.1:{port}"
+            proc.trimmer = start_trimmer(brokers) if trim else None
+            return brokers, proc
         except OSError:
             time.sleep(0.1)
     raise RuntimeError("broker did not start")
+
+
+TRIM_INTERVAL = 0.5
+
+
+def start_trimmer(brokers):
+    """Deletes (DeleteRecords) every record below each partition's high watermark every TRIM_INTERVAL seconds.
+
+    The local broker keeps its whole log in one JSON file (`kafka.json`) that it rewrites every second or two, and
+    each rewrite costs it CPU in proportion to what it holds (~90 MB of JSON after 1M small events) and stops it
+    answering produce requests meanwhile: its cost per record grows with the records it retains, a real broker's does
+    not. The benchmarks measure ficus, so they keep the stand-in's log short. High watermarks are unaffected (row
+    checks that count a topic's messages still see every one). FICUS_BENCH_BROKER_TRIM=0 turns this off; without
+    confluent-kafka (outside .venv/bench) it is off."""
+    try:
+        from confluent_kafka import Consumer, TopicPartition
+        from confluent_kafka.admin import AdminClient
+    except ImportError:
+        return None
+    import threading
+    stop = threading.Event()
+
+    def run():
+        admin = AdminClient({"bootstrap.servers": brokers})
+        consumer = Consumer({"bootstrap.servers": brokers, "group.id": "ficus-bench-trimmer"})
+        trimmed = {}
+        try:
+            while not stop.wait(TRIM_INTERVAL):
+                try:
+                    topics = consumer.list_topics(timeout=5).topics
+                    marks = []
+                    for name, meta in topics.items():
+                        if name.startswith("__"):
+                            continue
+                        for p in meta.partitions:
+                            high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=5)[1]
+                            if high > trimmed.get((name, p), 0):
+                                marks.append(TopicPartition(name, p, high))
+                    if marks:
+                        for tp, f in admin.delete_records(marks).items():
+                            f.result(10)
+                            trimmed[(tp.topic, tp.partition)] = tp.offset
+                except Exception:  # noqa: BLE001  (a topic being created, the broker stopping: try again)
+                    pass
+        finally:
+            consumer.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.stop = stop
+    return thread
 
 
 def stop_broker(broker):
@@ -196,6 +251,9 @@ def stop_broker(broker):
     left alone)."""
     if not broker:
         return
+    if getattr(broker, "trimmer", None):
+        broker.trimmer.stop.set()
+        broker.trimmer.join(timeout=15)
     try:
         _stop_broker_processes(broker)
     finally:
