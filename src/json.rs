@@ -210,8 +210,22 @@ fn json_literal_end(b: &[u8], i: usize, literal: &[u8]) -> Result<usize, &'stati
 
 /// `b[i]` is the opening quote; returns the index after the closing quote.
 fn json_string_end(b: &[u8], i: usize) -> Result<usize, &'static str> {
+    string_end(b, i, true)
+}
+
+/// [`json_string_end`]; `by_words` false scans byte by byte (the tests' reference for the word skip).
+fn string_end(b: &[u8], i: usize, by_words: bool) -> Result<usize, &'static str> {
     let mut j = i + 1;
     loop {
+        // Eight bytes at a time while none is a quote, a backslash or a control character — the bytes the match
+        // below stops at; every other byte only moves on. A jsonb document is mostly string content: byte by byte,
+        // this scan was a fifth of ficus's CPU on the wide-rows benchmark.
+        while let Some(word) = b.get(j..j + 8).filter(|_| by_words) {
+            if needs_escape(u64::from_le_bytes(word.try_into().unwrap_or_default())) {
+                break;
+            }
+            j += 8;
+        }
         match b.get(j) {
             None => return Err("unterminated JSON string"),
             Some(b'"') => return Ok(j + 1),
@@ -234,6 +248,66 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// The word-at-a-time string scan ends (or fails) exactly where the byte-by-byte one does: every byte that stops
+    /// the scan (quote, backslash and its escapes, each control character) and neighbours that must not (`!`, `#`,
+    /// `[`, `]`, DEL, multi-byte UTF-8), at every offset of strings shorter and longer than a word, plus random bytes.
+    #[test]
+    fn string_scan_by_words_agrees_with_the_scan_by_bytes() {
+        let specials: Vec<&[u8]> = vec![
+            b"\"",
+            b"\\\"",
+            b"\\n",
+            b"\\u00e9",
+            b"\\u12",
+            b"\\x",
+            b"\\",
+            b"\x00",
+            b"\x1f",
+            b"\t",
+            b" ",
+            b"!",
+            b"#",
+            b"[",
+            b"]",
+            b"\x7f",
+            "é".as_bytes(),
+            "😀".as_bytes(),
+            b"/",
+            b"a",
+        ];
+        let mut checked = 0;
+        for len in 0..26 {
+            for at in 0..=len {
+                for special in &specials {
+                    for tail in [&b""[..], b"\"", b"x\"", b"\" , 1]"] {
+                        let mut doc = b"\"".to_vec();
+                        doc.extend(std::iter::repeat_n(b'a', at));
+                        doc.extend_from_slice(special);
+                        doc.extend(std::iter::repeat_n(b'b', len - at));
+                        doc.extend_from_slice(tail);
+                        assert_eq!(
+                            json_string_end(&doc, 0),
+                            string_end(&doc, 0, false),
+                            "{:?}",
+                            String::from_utf8_lossy(&doc)
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        let mut rng = crate::testing::SplitMix64::new(7);
+        let alphabet = b"ab\"\\\x01\x1f u0123456789 /!#\x7f\xc3\xa9";
+        for _ in 0..50_000 {
+            let len = (rng.next_u64() % 40) as usize;
+            let mut doc = vec![b'"'];
+            doc.extend((0..len).map(|_| alphabet[(rng.next_u64() % alphabet.len() as u64) as usize]));
+            assert_eq!(json_string_end(&doc, 0), string_end(&doc, 0, false), "{:?}", String::from_utf8_lossy(&doc));
+            checked += 1;
+        }
+        assert!(checked > 60_000);
+    }
 
     fn escaped(s: &str) -> String {
         let mut out = Vec::new();
