@@ -14,7 +14,6 @@ Usage: scripts/latency.sh [--rate 5000] [--seconds 60] [--batch 100] [--png docs
 
 import argparse
 import datetime
-import json
 import os
 import signal
 import subprocess

@@ -163,8 +163,6 @@ def wait_confirmed(cluster, slot, end, proc, timeout=1800, other_pid=None):
     return Drain(secs, conf_secs, wcpu, ccpu, rss, cl_last / TICK if cl_last is not None else float("nan"))
 
 
-# Issue #3's rules workload: three state-transition rules on updates, plus one rule for inserts so that every change
-# yields at least one event, as the raw passthrough does. Every update evaluates all three `when`s.
 def start_broker(trim=os.environ.get("FICUS_BENCH_BROKER_TRIM", "1") != "0"):
     """A fresh local broker (or FICUS_TEST_KAFKA's, left alone): `(bootstrap servers, process)`. With `trim`, a
     thread deletes what it holds as it arrives (start_trimmer)."""

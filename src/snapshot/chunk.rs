@@ -14,6 +14,7 @@ use bytes::Bytes;
 
 use crate::change::Datum;
 use crate::ident::{quote_ident, TableName};
+use crate::json::has_byte;
 
 /// What a chunk query needs to know about its table.
 #[derive(Debug, Clone)]
@@ -160,13 +161,6 @@ pub fn parse_row(line: &Bytes, columns: usize, row: usize) -> Result<Vec<Datum>,
         return Err(err(format!("has {} fields, expected {columns}", out.len())));
     }
     Ok(out)
-}
-
-/// Whether any of the eight bytes of `word` is `byte` (exact: "Bit Twiddling Hacks", `haszero` of the XOR).
-fn has_byte(word: u64, byte: u8) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    let x = word ^ (ONES * u64::from(byte));
-    x.wrapping_sub(ONES) & !x & (ONES * 0x80) != 0
 }
 
 /// Undoes COPY's text-format escapes (`\b \f \n \r \t \v \\`, octal `\ooo`, hex `\xhh`; any other escaped
