@@ -8,15 +8,18 @@
 # The full suite of issue 16 (every target, 3 repetitions, one table; ~25 min, --quick ~5 min):
 #   scripts/bench.sh all [--reps 3] [--quick] [--only ROWS] [--json FILE]
 # A/B of two binaries on one WAL, CPU per change and rate, alternated (builds nothing):
-#   scripts/bench.sh ab OLD_BINARY NEW_BINARY [--rows N] [--updates N] [--reps N] [--modes null,kafka,rules]
+#   scripts/bench.sh ab OLD_BINARY NEW_BINARY [--rows N] [--updates N] [--reps N] [--modes null,kafka,rules,rules-null]
 # FICUS_BENCH_BINARY=path/to/ficus: use that binary and skip the release build (e.g. on a shared machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh >/dev/null
 export FICUS_NOIDA="${FICUS_NOIDA:-$PWD/.venv/noida/bin/noida-db}"
+# Every mode runs in the bench venv: with its confluent-kafka, the local broker's log is trimmed as records arrive
+# (scripts/lib/cluster.py, start_trimmer); without it the stand-in broker's cost grows with its log.
+source scripts/lib/bench-venv.sh
 if [ "${1:-}" = ab ]; then
   shift
-  exec python3 scripts/ab_cpu.py "$@"
+  exec .venv/bench/bin/python scripts/ab_cpu.py "$@"
 fi
 if [ -n "${FICUS_BENCH_BINARY:-}" ]; then
   binary=(--binary "$FICUS_BENCH_BINARY")
@@ -24,25 +27,21 @@ else
   cargo build --release --locked --bin ficus
   binary=()
 fi
-export FICUS_NOIDA="${FICUS_NOIDA:-$PWD/.venv/noida/bin/noida-db}"
 case "${1:-}" in
   snapshot)
     shift
-    exec python3 scripts/snapshot_bench.py "${binary[@]}" "$@" ;;
+    exec .venv/bench/bin/python scripts/snapshot_bench.py "${binary[@]}" "$@" ;;
   big-txn)
     shift
-    source scripts/lib/bench-venv.sh
     exec .venv/bench/bin/python scripts/big_txn_bench.py "${binary[@]}" "$@" ;;
   streaming-probe)
     shift
-    source scripts/lib/bench-venv.sh
     exec .venv/bench/bin/python scripts/streaming_probe.py "${binary[@]}" "$@" ;;
   all)
     shift
-    source scripts/lib/bench-venv.sh
     # The pg_walstream peer (row 13): its own crate and lock file, outside ficus's dependency graph.
     (cd scripts/peer && CARGO_TARGET_DIR=target cargo build --release --locked --quiet) ||
       echo "warning: the pg_walstream peer did not build; row 13 is left out" >&2
     exec .venv/bench/bin/python scripts/bench_all.py "${binary[@]}" "$@" ;;
 esac
-exec python3 scripts/bench.py "${binary[@]}" "$@"
+exec .venv/bench/bin/python scripts/bench.py "${binary[@]}" "$@"
