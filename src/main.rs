@@ -20,6 +20,9 @@ use ficus::rules::Rules;
 /// thread that frees what it allocates), which made allocation the largest cost of publishing (docs/benchmarks.md).
 /// Not `#[global_allocator]`: the crate's allocator calls mimalloc's aligned entry point for every allocation, which
 /// cost more than `malloc` for the 8- and 16-byte alignments Rust asks for.
+/// mimalloc 2.x (Cargo feature `v2`), not the crate's default 3.x: with 3.x the runtime worker kept taking fresh pages
+/// for the records it allocates and librdkafka's threads free (~190k minor page faults per 800k changes end to end,
+/// against ~45k), which cost 12–18% of ficus's CPU per change (docs/benchmarks.md, 2026-11-30).
 extern crate mimalloc;
 
 #[derive(Parser)]
