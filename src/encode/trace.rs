@@ -8,8 +8,9 @@
 
 use sha2::{Digest, Sha256};
 
-/// The `traceparent` of the event `event_id` correlated by `correlation_id`.
-pub fn traceparent(correlation_id: &str, event_id: &str) -> String {
+/// The `traceparent` of the event `event_id` correlated by `correlation_id` (shared: the header and, in structured
+/// CloudEvents, the envelope both hold it).
+pub fn traceparent(correlation_id: &str, event_id: &str) -> std::sync::Arc<str> {
     // Consecutive events share their correlation id (one per source transaction by default): its trace id is
     // derived once per run of equal ids, not per event.
     thread_local! {
@@ -32,17 +33,14 @@ pub fn traceparent(correlation_id: &str, event_id: &str) -> String {
         parent[7] = 1;
     }
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(55);
-    out.push_str("00-");
+    // Written on the stack, then one allocation for the shared text.
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-01";
     for (i, b) in trace.iter().chain(&parent).enumerate() {
-        if i == 16 {
-            out.push('-');
-        }
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0xf)]));
+        let at = if i < 16 { 3 + 2 * i } else { 4 + 2 * i };
+        out[at] = HEX[usize::from(b >> 4)];
+        out[at + 1] = HEX[usize::from(b & 0xf)];
     }
-    out.push_str("-01");
-    out
+    std::str::from_utf8(&out).map(std::sync::Arc::from).unwrap_or_else(|_| std::sync::Arc::from(""))
 }
 
 /// The trace id of `correlation_id`: its 16 bytes when it is a UUID, else the first 16 bytes of its SHA-256; never

@@ -8,6 +8,34 @@ use super::*;
 pub(super) struct Buffers {
     pub(super) id: Vec<u8>,
     pub(super) scratch: Vec<u8>,
+    /// The last `source-table` header value: consecutive events mostly come from one table, so they share it
+    /// instead of formatting it each time.
+    source_table: Option<Arc<str>>,
+}
+
+impl Buffers {
+    /// The `source-table` header of events from `origin`: `schema.table`, or `message <prefix>`.
+    pub(super) fn source_table(&mut self, origin: &envelope::Origin<'_>) -> Arc<str> {
+        let (head, sep, tail) = match origin.what {
+            envelope::What::Table { schema, name } => (schema, ".", name),
+            envelope::What::Message { prefix } => ("message", " ", prefix),
+        };
+        match &self.source_table {
+            Some(last)
+                if last.len() == head.len() + sep.len() + tail.len()
+                    && last.starts_with(head)
+                    && last[head.len()..].starts_with(sep)
+                    && last.ends_with(tail) =>
+            {
+                last.clone()
+            }
+            _ => {
+                let text: Arc<str> = Arc::from(format!("{head}{sep}{tail}"));
+                self.source_table = Some(text.clone());
+                text
+            }
+        }
+    }
 }
 
 /// What a rule runs on: a row change or a logical decoding message.
@@ -130,6 +158,8 @@ pub(super) struct EventHead<'a> {
     pub topic: Arc<str>,
     pub encoding: Encoding,
     pub origin: envelope::Origin<'a>,
+    /// The `source-table` header ([`Buffers::source_table`]).
+    pub source_table: Arc<str>,
 }
 
 /// Builds the Kafka record of an event in its encoding; `write_data` appends `data` as JSON.
@@ -154,7 +184,7 @@ pub(super) fn build_record(
     }
     // W3C Trace Context (CloudEvents distributed-tracing extension), deterministic from the correlation and event ids;
     // computed once, for the header and (structured CloudEvents) the envelope.
-    let traceparent: Arc<str> = Arc::from(crate::encode::trace::traceparent(&head.correlation_id, &head.event_id));
+    let traceparent = crate::encode::trace::traceparent(&head.correlation_id, &head.event_id);
     let content_type = match head.encoding {
         Encoding::Json => {
             envelope::write_head(&mut payload, &e, &head.origin, source);
@@ -189,11 +219,6 @@ pub(super) fn build_record(
             ("ce_eventversion", HeaderValue::Shared(head.version_text.clone())),
         ]);
     }
-    // Where the event came from, as on raw change events: also what a Kafka error about this record names.
-    let origin = match head.origin.what {
-        envelope::What::Table { schema, name } => format!("{schema}.{name}"),
-        envelope::What::Message { prefix } => format!("message {prefix}"),
-    };
     headers.extend([
         ("content-type", HeaderValue::Static(content_type)),
         ("event-type", HeaderValue::Shared(head.event_type)),
@@ -201,7 +226,8 @@ pub(super) fn build_record(
         ("event-version", HeaderValue::Shared(head.version_text)),
         ("correlation-id", HeaderValue::Shared(head.correlation_id)),
         ("traceparent", HeaderValue::Shared(traceparent)),
-        ("source-table", HeaderValue::Owned(origin)),
+        // Where the event came from, as on raw change events: also what a Kafka error about this record names.
+        ("source-table", HeaderValue::Shared(head.source_table)),
         ("source-lsn", HeaderValue::Lsn(head.origin.lsn.text_form())),
     ]);
     headers.extend(extra_headers);
@@ -239,6 +265,7 @@ impl Rule {
         let key = eval_text(key_expr, ctx, &mut bufs.scratch).map_err(|e| e.replacen(": ", ": the key ", 1))?;
         let origin = ctx.input.origin();
         let event_id = envelope::event_id_into(&mut bufs.id, source, &origin, &self.name, self.version);
+        let source_table = bufs.source_table(&origin);
         let correlation_id: Arc<str> = match &self.correlation {
             Some(expr) => eval_text(expr, ctx, &mut bufs.scratch)?.into(),
             None => default_correlation.clone(),
@@ -259,6 +286,7 @@ impl Rule {
             topic: self.topic.clone(),
             encoding: self.encoding,
             origin,
+            source_table,
         };
         build_record(head, source, |out| self.write_data(out, ctx), extra).map(Some)
     }

@@ -115,6 +115,7 @@ impl Outbox {
             topic: topic.into(),
             encoding: rule.encoding,
             origin: envelope::Origin::of(change),
+            source_table: bufs.source_table(&envelope::Origin::of(change)),
         };
         build_record(
             head,
