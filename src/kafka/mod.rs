@@ -19,7 +19,7 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::ClientContext;
 
 pub use crate::config::kafka::describe_error;
@@ -30,6 +30,7 @@ use crate::record::Record;
 
 pub mod checkpoint_topic;
 pub mod exactly_once;
+mod polling;
 pub mod read;
 
 /// `queue.buffering.max.kbytes` unless the user sets it.
@@ -246,7 +247,9 @@ fn hint(err: &KafkaError) -> &'static str {
 /// The producer. Cheap to share by reference; sends in call order.
 #[derive(Clone)]
 pub struct KafkaSink {
-    producer: ThreadedProducer<SinkContext>,
+    /// Delivery reports run mostly on the producing task (`polling`).
+    polled: polling::Polled<SinkContext>,
+    producer: Arc<BaseProducer<SinkContext>>,
     progress: Arc<Progress>,
     brokers: String,
     /// [`queue_bytes`].
@@ -270,10 +273,13 @@ impl KafkaSink {
                 cc.set("transaction.timeout.ms", "60000");
             }
         }
-        let producer = cc
+        let producer: BaseProducer<SinkContext> = cc
             .create_with_context(SinkContext { progress: progress.clone(), fenced: false.into() })
             .map_err(|e| SinkError::Config(describe_error(&e)))?;
-        Ok(KafkaSink { producer, progress, brokers: cfg.brokers.clone(), queue_bytes: queue_bytes(cfg) })
+        let polled = polling::Polled::new(producer)
+            .map_err(|e| SinkError::Config(format!("could not start the delivery report thread: {e}")))?;
+        let producer = polled.producer().clone();
+        Ok(KafkaSink { polled, producer, progress, brokers: cfg.brokers.clone(), queue_bytes: queue_bytes(cfg) })
     }
 
     /// exactly_once: registers the transactional id with the broker (fencing older producers with it).
@@ -334,6 +340,8 @@ impl KafkaSink {
         for record in records {
             self.produce(tx, record).await?;
         }
+        // The reports of earlier records, here: their messages are freed on the thread that allocated them.
+        self.polled.poll_here(false);
         Ok(())
     }
 
@@ -386,6 +394,12 @@ impl KafkaSink {
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     rec = back;
+                    // Reports already in make room at once; later ones come through the background poller.
+                    self.polled.poll_here(true);
+                    if let Some(f) = self.progress.failure() {
+                        self.progress.remove_message(tx);
+                        return Err(SinkError::Delivery(f));
+                    }
                     // Backpressure: wait for acknowledgements to free queue space. The timeout covers an ack
                     // that raced with registering the waiter.
                     let _ = tokio::time::timeout(Duration::from_millis(10), self.progress.wait_for_ack()).await;
