@@ -6,7 +6,8 @@ every run decodes exactly the same WAL. Usage (through scripts/bench.sh, which b
 
     scripts/bench.sh ab OLD_BINARY NEW_BINARY [--rows N] [--updates N] [--reps N] [--modes null,kafka,rules,rules-null]
 
-`rules-null` runs the rules on the null sink (their CPU without the producer and the broker). Prints, per mode and binary, min / median / max of the CPU per change and of the rate, and the median ratio new/old.
+`rules-null` runs the rules on the null sink (their CPU without the producer and the broker); `rules-minimal` the
+rules to the broker with `event_defaults.envelope_headers: minimal`. Prints, per mode and binary, min / median / max of the CPU per change and of the rate, and the median ratio new/old.
 """
 
 import argparse
@@ -52,6 +53,7 @@ def main():
         for slot, (mode, rep, which) in zip(slots, runs):
             d = run_ficus(cluster, slot, end, brokers, mode in ("null", "rules-null"), binaries[which],
                           rules=mode.startswith("rules"),
+                          envelope_headers="minimal" if mode.endswith("-minimal") else None,
                           broker_pid=broker and broker.pid)
             secs = d.secs if mode in ("null", "rules-null") else d.conf_secs
             cpu_us = d.client_cpu_s / changes * 1e6

@@ -50,7 +50,7 @@ RUST_LOG = "warn,ficus::pipeline::session=info"
 
 
 def ficus_config(cluster, slot, brokers, state, table="bench", rules=False, tables=None, delivery="at_least_once",
-                 health=None):
+                 health=None, envelope_headers=None):
     """A ficus config capturing public.`table` (or every table of `tables`) through publication `table`;
     `health`: the `health.listen` address (for `/status`), none by default."""
     changes = "[]" if rules else "['*']"
@@ -66,6 +66,7 @@ def ficus_config(cluster, slot, brokers, state, table="bench", rules=False, tabl
             # consumers of the same WAL do not do (snapshots have their own rows and snapshot_bench.py).
             f"snapshot:\n  mode: never\n"
             f"state:\n  dir: {state}\nchanges:\n  tables: {changes}\n  topic_prefix: {slot}\n"
+            + (f"event_defaults:\n  envelope_headers: {envelope_headers}\n" if envelope_headers else "")
             + (RULES.format(slot=slot) if rules else ""))
 
 
@@ -84,7 +85,7 @@ def wait_streaming(proc, log_path, timeout=300):
 
 
 def run_ficus(cluster, slot, end, brokers, null_sink, binary, table="bench", broker_pid=None, rules=False,
-              tables=None, workload=None, info=None):
+              tables=None, workload=None, info=None, envelope_headers=None):
     """Runs ficus on `slot` until the slot confirmed `end`; returns the Drain.
 
     `workload`: a function called once ficus streams, which writes the WAL and returns its end LSN (`end` is then
@@ -93,7 +94,7 @@ def run_ficus(cluster, slot, end, brokers, null_sink, binary, table="bench", bro
     state = tempfile.mkdtemp(prefix="ficus-bench-state-")
     cfg = os.path.join(state, "ficus.yaml")
     with open(cfg, "w") as f:
-        f.write(ficus_config(cluster, slot, brokers, state, table, rules, tables))
+        f.write(ficus_config(cluster, slot, brokers, state, table, rules, tables, envelope_headers=envelope_headers))
     args = [binary, "run", "--config", cfg] + (["--null-sink"] if null_sink else [])
     # A profiler prefix, e.g. "perf record -e cpu-clock -g -o /tmp/p.data --": FICUS_BENCH_WRAP for the null-sink
     # run, FICUS_BENCH_WRAP_KAFKA for the end-to-end run.

@@ -56,6 +56,10 @@ pub struct RuleSpec {
     /// default `event_defaults.encoding`, else `json`.
     #[serde(default)]
     pub encoding: Option<Encoding>,
+    /// Which of ficus's own headers the events carry: `all` or `minimal` (docs/events.md); default
+    /// `event_defaults.envelope_headers`, else `all`.
+    #[serde(default)]
+    pub envelope_headers: Option<EnvelopeHeaders>,
     /// What to do when the rule fails at run time for a change: `dlq`, `fail`, `skip`; default
     /// `event_defaults.on_error`, else `dlq`.
     #[serde(default)]
@@ -176,6 +180,19 @@ impl Encoding {
     }
 }
 
+/// `envelope_headers:` of a rule: which of ficus's own headers its events carry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnvelopeHeaders {
+    /// Every header of docs/events.md, in every encoding.
+    #[default]
+    All,
+    /// Only what the record does not already hold: not `event-id`, `event-version`, `correlation-id` (in the JSON
+    /// envelope and the structured CloudEvent), and in `cloudevents-binary` neither `event-type` nor `traceparent`
+    /// (`ce_type`, `ce_traceparent`). Each header is an allocation, a copy and a free in librdkafka per event.
+    Minimal,
+}
+
 /// `event_defaults:` — defaults for every rule of `events:`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -186,6 +203,9 @@ pub struct EventDefaults {
     /// Default `on_error` of rules.
     #[serde(default)]
     pub on_error: OnError,
+    /// Default `envelope_headers` of rules.
+    #[serde(default)]
+    pub envelope_headers: EnvelopeHeaders,
     /// The keys of the CEL function `hmac('<name>', value)`: name → secret, written `${NAME}` or
     /// `${file:/run/secrets/…}` (a literal is refused: the key would sit in the config file). Never printed.
     #[serde(default)]

@@ -218,6 +218,7 @@ pub(super) fn compile_rule(
         correlation,
         on_error: spec.on_error.unwrap_or(defaults.on_error),
         encoding: spec.encoding.unwrap_or(defaults.encoding),
+        envelope_headers: spec.envelope_headers.unwrap_or(defaults.envelope_headers),
         reads_old: reads.old,
         reads_tx: reads.tx,
         uses_hmac,

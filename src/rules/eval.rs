@@ -157,6 +157,7 @@ pub(super) struct EventHead<'a> {
     pub correlation_id: Arc<str>,
     pub topic: Arc<str>,
     pub encoding: Encoding,
+    pub envelope_headers: EnvelopeHeaders,
     pub origin: envelope::Origin<'a>,
     /// The `source-table` header ([`Buffers::source_table`]).
     pub source_table: Arc<str>,
@@ -219,13 +220,24 @@ pub(super) fn build_record(
             ("ce_eventversion", HeaderValue::Shared(head.version_text.clone())),
         ]);
     }
+    headers.push(("content-type", HeaderValue::Static(content_type)));
+    // `minimal`: no header that repeats what the record holds (the envelope's ids; the `ce_` headers).
+    let binary = head.encoding == Encoding::CloudeventsBinary;
+    let all = head.envelope_headers == EnvelopeHeaders::All;
+    if all || !binary {
+        headers.push(("event-type", HeaderValue::Shared(head.event_type)));
+    }
+    if all {
+        headers.extend([
+            ("event-id", HeaderValue::Owned(head.event_id)),
+            ("event-version", HeaderValue::Shared(head.version_text)),
+            ("correlation-id", HeaderValue::Shared(head.correlation_id)),
+        ]);
+    }
+    if all || !binary {
+        headers.push(("traceparent", HeaderValue::Shared(traceparent)));
+    }
     headers.extend([
-        ("content-type", HeaderValue::Static(content_type)),
-        ("event-type", HeaderValue::Shared(head.event_type)),
-        ("event-id", HeaderValue::Owned(head.event_id)),
-        ("event-version", HeaderValue::Shared(head.version_text)),
-        ("correlation-id", HeaderValue::Shared(head.correlation_id)),
-        ("traceparent", HeaderValue::Shared(traceparent)),
         // Where the event came from, as on raw change events: also what a Kafka error about this record names.
         ("source-table", HeaderValue::Shared(head.source_table)),
         ("source-lsn", HeaderValue::Lsn(head.origin.lsn.text_form())),
@@ -285,6 +297,7 @@ impl Rule {
             correlation_id,
             topic: self.topic.clone(),
             encoding: self.encoding,
+            envelope_headers: self.envelope_headers,
             origin,
             source_table,
         };

@@ -39,7 +39,7 @@ use cel::common::value::Val;
 use cel::{Context, Env, Program, Value};
 
 use crate::change::{Change, Datum, LogicalMessage, Op, Table, TxMeta};
-use crate::config::events::{Encoding, EventDefaults, OnError, OpName, RuleSpec};
+use crate::config::events::{Encoding, EnvelopeHeaders, EventDefaults, OnError, OpName, RuleSpec};
 use crate::config::{Config, ConfigError};
 use crate::encode::{self, SourceInfo};
 use crate::ident::TableName;
@@ -102,6 +102,7 @@ pub struct Rule {
     correlation: Option<Expression>,
     pub on_error: OnError,
     pub encoding: Encoding,
+    pub envelope_headers: EnvelopeHeaders,
     /// Some expression of the rule reads `old` (the old row): needs REPLICA IDENTITY FULL for non-key columns.
     pub reads_old: bool,
     /// Columns the rule's expressions read from `new`/`old` (checked against the catalog by `ficus check`).

@@ -114,6 +114,7 @@ impl Outbox {
             correlation_id: default_correlation.clone(),
             topic: topic.into(),
             encoding: rule.encoding,
+            envelope_headers: rule.envelope_headers,
             origin: envelope::Origin::of(change),
             source_table: bufs.source_table(&envelope::Origin::of(change)),
         };

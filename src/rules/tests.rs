@@ -385,6 +385,55 @@ events:
         .starts_with("events[0].headers.ce_id"));
 }
 
+/// `envelope_headers: minimal` leaves out the headers that repeat what the record holds, per encoding; `all` (the
+/// default, and a rule's own setting over `event_defaults`) keeps every one.
+#[test]
+fn minimal_envelope_headers_leave_out_what_the_record_holds() {
+    let events = r#"
+event_defaults: {envelope_headers: minimal}
+events:
+  - {name: OrderShipped, table: public.orders, key: string(new.id), topic: t, data: {orderId: new.id}}
+  - {name: OrderShipped, version: 2, encoding: cloudevents-binary, table: public.orders, key: string(new.id), topic: t, data: {orderId: new.id}}
+  - {name: OrderShipped, version: 3, encoding: cloudevents-structured, table: public.orders, key: string(new.id), topic: t, data: {orderId: new.id}}
+  - {name: OrderShipped, version: 4, envelope_headers: all, table: public.orders, key: string(new.id), topic: t, data: {orderId: new.id}}
+"#;
+    let cfg = Config::from_yaml(&format!("{}{}", BASE.trim_end_matches("events:\n"), events), &|_| None).unwrap();
+    let mut r = RuleSet::compile(&cfg).unwrap();
+    let mut out = Vec::new();
+    r.apply(&update(None, row("42", "S"), 0), &source(), &mut out).unwrap();
+    let names = |i: usize| out[i].headers.iter().map(|(k, _)| *k).collect::<Vec<_>>();
+    assert_eq!(names(0), ["content-type", "event-type", "traceparent", "source-table", "source-lsn"]);
+    let binary = names(1);
+    assert!(binary.iter().filter(|h| h.starts_with("ce_")).count() == 9, "{binary:?}");
+    assert_eq!(
+        binary.iter().copied().filter(|h| !h.starts_with("ce_")).collect::<Vec<_>>(),
+        ["content-type", "source-table", "source-lsn"]
+    );
+    assert_eq!(names(2), ["content-type", "event-type", "traceparent", "source-table", "source-lsn"]);
+    assert_eq!(
+        names(3),
+        [
+            "content-type",
+            "event-type",
+            "event-id",
+            "event-version",
+            "correlation-id",
+            "traceparent",
+            "source-table",
+            "source-lsn"
+        ]
+    );
+    // What minimal leaves out is in the value: the envelope's ids are those `all` sends as headers.
+    let (minimal, full) = (json(&out[0]), &out[3]);
+    assert!(minimal["eventId"].as_str().is_some_and(|id| id.len() == 36));
+    assert_eq!(minimal["correlationId"].as_str(), full.header("correlation-id"));
+    assert_eq!(json(full)["eventId"].as_str(), full.header("event-id"));
+    assert!(compile_error(
+        "  - {name: A, table: public.orders, key: string(new.id), topic: t, envelope_headers: some}\n"
+    )
+    .starts_with("events[0].envelope_headers"));
+}
+
 fn outbox_table() -> Arc<Table> {
     let col =
         |name: &str, type_oid: u32, is_key: bool| Column { name: name.into(), type_oid, type_modifier: -1, is_key };
