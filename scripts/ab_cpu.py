@@ -4,10 +4,11 @@ null sink and end to end (→ broker), with the binaries alternated so that the 
 One cluster, the core workload (bench.py's table and transactions), one slot per run created before the workload, so
 every run decodes exactly the same WAL. Usage (through scripts/bench.sh, which builds nothing in this mode):
 
-    scripts/bench.sh ab OLD_BINARY NEW_BINARY [--rows N] [--updates N] [--reps N] [--modes null,kafka,rules,rules-null]
+    scripts/bench.sh ab OLD_BINARY NEW_BINARY [--rows N] [--updates N] [--reps N] [--modes null,kafka,rules,rules-null,rules-minimal]
 
 `rules-null` runs the rules on the null sink (their CPU without the producer and the broker); `rules-minimal` the
-rules to the broker with `event_defaults.envelope_headers: minimal`. Prints, per mode and binary, min / median / max of the CPU per change and of the rate, and the median ratio new/old.
+rules to the broker with `event_defaults.envelope_headers: minimal`. Prints, per mode and binary, min / median / max
+of the CPU per change and of the rate, and the median ratio new/old.
 """
 
 import argparse
@@ -19,6 +20,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench as core  # noqa: E402  (the core workload)
 from lib.cluster import Cluster, start_broker, stop_broker  # noqa: E402
 from lib.consumers import run_ficus  # noqa: E402
+
+
+# Modes that run ficus with --null-sink (timed until sent, no broker needed).
+NULL_SINK_MODES = ("null", "rules-null")
 
 
 def main():
@@ -45,17 +50,17 @@ def main():
             cluster.psql(f"SELECT pg_create_logical_replication_slot('{s}', 'pgoutput')")
         end = core.write_workload(cluster, args.rows, args.updates)
         changes = args.rows + args.updates
-        if any(m not in ("null", "rules-null") for m in modes):
+        if any(m not in NULL_SINK_MODES for m in modes):
             brokers, broker = start_broker()
         else:
             brokers = "127.0.0.1:9"
         results = {}
         for slot, (mode, rep, which) in zip(slots, runs):
-            d = run_ficus(cluster, slot, end, brokers, mode in ("null", "rules-null"), binaries[which],
+            d = run_ficus(cluster, slot, end, brokers, mode in NULL_SINK_MODES, binaries[which],
                           rules=mode.startswith("rules"),
                           envelope_headers="minimal" if mode.endswith("-minimal") else None,
                           broker_pid=broker and broker.pid)
-            secs = d.secs if mode in ("null", "rules-null") else d.conf_secs
+            secs = d.secs if mode in NULL_SINK_MODES else d.conf_secs
             cpu_us = d.client_cpu_s / changes * 1e6
             results.setdefault((mode, which), []).append((cpu_us, changes / secs))
             print(f"{mode:6} rep {rep + 1} {which}: {cpu_us:.2f} us/change, {changes / secs:,.0f} changes/s", flush=True)

@@ -8,7 +8,7 @@
 # The full suite of issue 16 (every target, 3 repetitions, one table; ~25 min, --quick ~5 min):
 #   scripts/bench.sh all [--reps 3] [--quick] [--only ROWS] [--json FILE]
 # A/B of two binaries on one WAL, CPU per change and rate, alternated (builds nothing):
-#   scripts/bench.sh ab OLD_BINARY NEW_BINARY [--rows N] [--updates N] [--reps N] [--modes null,kafka,rules,rules-null]
+#   scripts/bench.sh ab OLD_BINARY NEW_BINARY [--rows N] [--updates N] [--reps N] [--modes null,kafka,rules,rules-null,rules-minimal]
 # FICUS_BENCH_BINARY=path/to/ficus: use that binary and skip the release build (e.g. on a shared machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."

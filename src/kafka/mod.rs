@@ -247,9 +247,8 @@ fn hint(err: &KafkaError) -> &'static str {
 /// The producer. Cheap to share by reference; sends in call order.
 #[derive(Clone)]
 pub struct KafkaSink {
-    /// Delivery reports run mostly on the producing task (`polling`).
+    /// The producer; its delivery reports run mostly on the producing task (`polling`).
     polled: polling::Polled<SinkContext>,
-    producer: Arc<BaseProducer<SinkContext>>,
     progress: Arc<Progress>,
     brokers: String,
     /// [`queue_bytes`].
@@ -257,6 +256,10 @@ pub struct KafkaSink {
 }
 
 impl KafkaSink {
+    fn producer(&self) -> &Arc<BaseProducer<SinkContext>> {
+        self.polled.producer()
+    }
+
     /// exactly_once: a transactional producer. A later producer with the same `transactional_id` fences this one
     /// (a zombie instance can then commit nothing).
     pub fn with_transactional_id(
@@ -278,13 +281,12 @@ impl KafkaSink {
             .map_err(|e| SinkError::Config(describe_error(&e)))?;
         let polled = polling::Polled::new(producer)
             .map_err(|e| SinkError::Config(format!("could not start the delivery report thread: {e}")))?;
-        let producer = polled.producer().clone();
-        Ok(KafkaSink { polled, producer, progress, brokers: cfg.brokers.clone(), queue_bytes: queue_bytes(cfg) })
+        Ok(KafkaSink { polled, progress, brokers: cfg.brokers.clone(), queue_bytes: queue_bytes(cfg) })
     }
 
     /// exactly_once: registers the transactional id with the broker (fencing older producers with it).
     pub async fn init_transactions(&self, timeout: Duration) -> Result<(), SinkError> {
-        let producer = self.producer.clone();
+        let producer = self.producer().clone();
         tokio::task::spawn_blocking(move || producer.init_transactions(timeout))
             .await
             .map_err(|e| SinkError::Delivery(e.to_string()))?
@@ -293,12 +295,12 @@ impl KafkaSink {
 
     /// exactly_once: starts a Kafka transaction.
     pub fn begin_transaction(&self) -> Result<(), SinkError> {
-        self.producer.begin_transaction().map_err(|e| txn_error("beginning a Kafka transaction", e))
+        self.producer().begin_transaction().map_err(|e| txn_error("beginning a Kafka transaction", e))
     }
 
     /// exactly_once: commits the open Kafka transaction (flushes it first); blocks up to `timeout`.
     pub async fn commit_transaction(&self, timeout: Duration) -> Result<(), SinkError> {
-        let producer = self.producer.clone();
+        let producer = self.producer().clone();
         tokio::task::spawn_blocking(move || producer.commit_transaction(timeout))
             .await
             .map_err(|e| SinkError::Delivery(e.to_string()))?
@@ -307,13 +309,13 @@ impl KafkaSink {
 
     /// exactly_once: aborts the open Kafka transaction (best effort: the broker aborts it on timeout anyway).
     pub async fn abort_transaction(&self, timeout: Duration) {
-        let producer = self.producer.clone();
+        let producer = self.producer().clone();
         let _ = tokio::task::spawn_blocking(move || producer.abort_transaction(timeout)).await;
     }
 
     /// Fetches cluster metadata once; `Unreachable` if the broker does not answer within `timeout`.
     pub async fn probe(&self, timeout: Duration) -> Result<usize, SinkError> {
-        let producer = self.producer.clone();
+        let producer = self.producer().clone();
         let brokers = self.brokers.clone();
         tokio::task::spawn_blocking(move || {
             producer
@@ -359,7 +361,7 @@ impl KafkaSink {
             rec = rec.key(&key[..]);
         }
         loop {
-            let sent = self.producer.send(rec);
+            let sent = self.producer().send(rec);
             // Test builds: `kafka-queue-full=return` lets the queue drain after a refusal for a full queue, before it
             // is looked at (the acknowledgements arriving in between: a timing a test cannot arrange otherwise).
             #[cfg(feature = "failpoints")]
@@ -367,7 +369,7 @@ impl KafkaSink {
                 && fail::eval("kafka-queue-full", |_| ()).is_some()
             {
                 let deadline = std::time::Instant::now() + Duration::from_secs(10);
-                while self.producer.in_flight_count() > 0 && std::time::Instant::now() < deadline {
+                while self.producer().in_flight_count() > 0 && std::time::Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(1));
                 }
             }
@@ -419,7 +421,7 @@ impl KafkaSink {
                     );
                     // A fatal error after fencing (librdkafka refuses every produce then) says so.
                     let fatal_fenced = matches!(err.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal))
-                        && self.producer.client().fatal_error().is_some_and(|(code, _)| {
+                        && self.producer().client().fatal_error().is_some_and(|(code, _)| {
                             matches!(
                                 code,
                                 RDKafkaErrorCode::ProducerFenced
@@ -428,7 +430,7 @@ impl KafkaSink {
                             )
                         });
                     let reason = if fatal_fenced
-                        || self.producer.context().fenced.load(std::sync::atomic::Ordering::SeqCst)
+                        || self.producer().context().fenced.load(std::sync::atomic::Ordering::SeqCst)
                         || is_fenced(&err)
                     {
                         format!("fenced: another ficus instance with the same slot (transactional.id) took over; this one stops: {reason}")
@@ -445,7 +447,7 @@ impl KafkaSink {
 
     /// Waits until every queued message was acknowledged or failed, at most `timeout`.
     pub async fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
-        let producer = self.producer.clone();
+        let producer = self.producer().clone();
         let brokers = self.brokers.clone();
         tokio::task::spawn_blocking(move || producer.flush(timeout))
             .await
@@ -455,7 +457,7 @@ impl KafkaSink {
 
     /// Messages librdkafka still holds.
     pub fn in_flight(&self) -> i32 {
-        self.producer.in_flight_count()
+        self.producer().in_flight_count()
     }
 }
 

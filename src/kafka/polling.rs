@@ -13,14 +13,14 @@
 //! one of them, and the delivery callback ([`super::SinkContext`]) is thread-safe.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::{BaseProducer, ProducerContext};
 
 /// How long the producing side may go without polling before the background thread takes over.
-pub const HANDOVER: Duration = Duration::from_millis(2);
+const HANDOVER: Duration = Duration::from_millis(2);
 
 /// The producing side polls at most this often: a poll that finds nothing still takes librdkafka's queue lock.
 const POLL_EVERY: Duration = Duration::from_micros(200);
@@ -47,14 +47,13 @@ impl<C: ProducerContext + 'static> Clone for Polled<C> {
 struct Shared {
     clock: Clock,
     stop: Arc<AtomicBool>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(thread) = thread {
+        if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
@@ -103,7 +102,7 @@ impl<C: ProducerContext + 'static> Polled<C> {
                 }
             }
         })?;
-        let shared = Arc::new(Shared { clock, stop, thread: Mutex::new(Some(thread)) });
+        let shared = Arc::new(Shared { clock, stop, thread: Some(thread) });
         Ok(Polled { shared, producer })
     }
 
