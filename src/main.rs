@@ -20,9 +20,6 @@ use ficus::rules::Rules;
 /// thread that frees what it allocates), which made allocation the largest cost of publishing (docs/benchmarks.md).
 /// Not `#[global_allocator]`: the crate's allocator calls mimalloc's aligned entry point for every allocation, which
 /// cost more than `malloc` for the 8- and 16-byte alignments Rust asks for.
-/// mimalloc 2.x (Cargo feature `v2`), not the crate's default 3.x: with 3.x the runtime worker kept taking fresh pages
-/// for the records it allocates and librdkafka's threads free (~190k minor page faults per 800k changes end to end,
-/// against ~45k), which cost 12–18% of ficus's CPU per change (docs/benchmarks.md, 2026-11-30).
 extern crate mimalloc;
 
 #[derive(Parser)]
@@ -215,17 +212,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// mimalloc's `mi_option_e` values of the options [`tune_allocator`] sets (the same in its 2.x line, built here, and
-/// in 3.x).
+/// mimalloc v3's `mi_option_e` values of the options [`tune_allocator`] sets.
 const MI_OPTION_ARENA_EAGER_COMMIT: std::ffi::c_int = 4;
 const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 
 /// mimalloc's defaults traded memory for speed in a way this sidecar cannot afford: transparent huge pages on its
-/// arenas (turned off at build time, crate feature `no_thp`) and, in mimalloc 3.x, freed pages returned to the OS only
-/// a second later (`purge_delay` 1000 ms) took peak RSS over the benchmark's runs from 40 to 66–99 MiB. Without huge
-/// pages, a 10 ms purge delay (2.x's default, set here all the same) and arenas committed on demand, it stays near
-/// glibc's (docs/benchmarks.md). `MIMALLOC_PURGE_DELAY` and `MIMALLOC_ARENA_EAGER_COMMIT` in the environment still
-/// win. Runs first thing in `main`, before any thread starts.
+/// arenas (turned off at build time, crate feature `no_thp`) and freed pages returned to the OS only a second later
+/// (`purge_delay` 1000 ms) took peak RSS over the benchmark's runs from 40 to 66–99 MiB. Without huge pages, a 10 ms
+/// purge delay and arenas committed on demand, it stays at glibc's (docs/benchmarks.md). `MIMALLOC_PURGE_DELAY` and
+/// `MIMALLOC_ARENA_EAGER_COMMIT` in the environment still win. Runs first thing in `main`, before any thread starts.
 fn tune_allocator() {
     extern "C" {
         fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
@@ -342,9 +337,8 @@ async fn async_main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    /// The option numbers `tune_allocator` sets are the options it names: the defaults of the mimalloc built (2.x:
-    /// purge_delay 10 ms, arena_eager_commit 2; the numbers could shift between versions of mimalloc), then the
-    /// values set.
+    /// The option numbers `tune_allocator` sets are the options it names: mimalloc v3's defaults for them (the
+    /// numbers shift between major versions of mimalloc), then the values set.
     #[test]
     fn the_allocator_options_set_are_the_ones_named() {
         extern "C" {
@@ -360,8 +354,8 @@ mod tests {
         let options = (super::MI_OPTION_PURGE_DELAY, super::MI_OPTION_ARENA_EAGER_COMMIT);
         assert_eq!(
             (get(options.0), get(options.1)),
-            (10, 2),
-            "mimalloc 2.x's purge_delay and arena_eager_commit defaults"
+            (1000, 2),
+            "mimalloc v3's purge_delay and arena_eager_commit defaults"
         );
         super::tune_allocator();
         assert_eq!((get(options.0), get(options.1)), (10, 0));
